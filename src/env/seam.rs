@@ -1,0 +1,131 @@
+//! The traits every engine component uses to reach the disk.
+//!
+//! The surface is deliberately narrow (after redb's storage backend): a file
+//! is a byte array with positional reads and writes, a length and two kinds
+//! of sync; a file system creates, opens, renames, removes and lists files and
+//! syncs directories. Nothing here buffers: callers decide when to sync.
+//!
+//! Semantics every implementation must honour (they are Linux's, which
+//! [`SimFs`](super::SimFs) models and [`RealFs`](super::RealFs) inherits):
+//!
+//! - A write is durable only after `sync_data`/`sync_all` on its file returns
+//!   `Ok`.
+//! - A create, rename or remove is durable only after `sync_dir` on the parent
+//!   directory returns `Ok`.
+//! - After a failed sync the unsynced data may be gone, and a second sync may
+//!   report success anyway. Callers must treat a failed sync as fatal.
+//! - `write_at` may write fewer bytes than asked; `write_all_at` loops.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::clock::Clock;
+
+/// An open file: positional I/O, length, sync.
+pub trait File: Send + Sync {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read
+    /// (0 at or past the end of the file).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Writes up to `buf.len()` bytes at `offset`; returns how many were
+    /// written, which may be fewer (a short write).
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize>;
+    /// Sets the file's length, zero-filling when it grows.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The file's current length.
+    fn len(&self) -> io::Result<u64>;
+    /// Makes the file's data (and the metadata needed to read it) durable:
+    /// `fdatasync`.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Makes the file's data and all its metadata durable: `fsync`.
+    fn sync_all(&self) -> io::Result<()>;
+
+    /// Writes all of `buf` at `offset`, looping over short writes.
+    fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            let written = self.write_at(buf, offset)?;
+            if written == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0 bytes"));
+            }
+            buf = &buf[written..];
+            offset += written as u64;
+        }
+        Ok(())
+    }
+
+    /// Fills `buf` from `offset`, or fails with `UnexpectedEof` if the file is
+    /// too short.
+    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            let read = self.read_at(buf, offset)?;
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("file ends before offset {}", offset + buf.len() as u64),
+                ));
+            }
+            buf = &mut buf[read..];
+            offset += read as u64;
+        }
+        Ok(())
+    }
+}
+
+/// A file system: the namespace operations the engine needs.
+pub trait Fs: Send + Sync {
+    /// Opens an existing file for reading and writing.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn File>>;
+    /// Creates a new, empty file for reading and writing. Fails with
+    /// `AlreadyExists` if the path exists: nothing is ever truncated by
+    /// accident.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn File>>;
+    /// Atomically renames `from` to `to`, replacing `to` if it exists. Both
+    /// must be in the same directory.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// The names of the files in `dir`, sorted.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Makes the creates, renames and removes in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Creates a directory and its parents. Directories are created at set-up
+    /// time, and implementations make them durable before returning.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Whether a file or directory exists at `path`.
+    fn exists(&self, path: &Path) -> io::Result<bool>;
+}
+
+/// The environment handed to every engine component.
+#[derive(Clone)]
+pub struct Env {
+    /// The file system.
+    pub fs: Arc<dyn Fs>,
+    /// Wall-clock and monotonic time.
+    pub clock: Arc<dyn Clock>,
+    seed: u64,
+}
+
+impl Env {
+    /// An environment over the given file system and clock. `seed` feeds
+    /// every random choice the engine makes.
+    pub fn new(fs: Arc<dyn Fs>, clock: Arc<dyn Clock>, seed: u64) -> Self {
+        Self { fs, clock, seed }
+    }
+
+    /// The environment's seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// A seeded generator for one named purpose. Different streams give
+    /// independent sequences from the same seed, so adding a consumer of
+    /// randomness does not perturb the others.
+    pub fn rng(&self, stream: u64) -> ChaCha8Rng {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(stream);
+        rng
+    }
+}
