@@ -1,0 +1,18 @@
+//! The write-ahead log: records, LSNs, segments, group commit and the reader.
+//!
+//! See `docs/design.md` for the byte format and the commit protocol, with what
+//! a crash at each step leaves behind.
+
+mod error;
+mod lsn;
+mod reader;
+mod record;
+mod segment;
+mod writer;
+
+pub use error::WalError;
+pub use lsn::{Lsn, ParseLsnError};
+pub use reader::{LogEnd, WalReader};
+pub use record::{decode, DecodeError, Decoded, Record, RecordKind, HEADER_LEN, MAX_PAYLOAD_LEN, RECORD_ALIGN};
+pub use segment::{parse_segment_file_name, segment_file_name, WalOptions, DEFAULT_SEGMENT_SIZE};
+pub use writer::{Wal, WalStats};

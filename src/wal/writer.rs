@@ -1,0 +1,352 @@
+//! Appending to the WAL: the insert buffer, group commit, segment rotation
+//! and the fail-stop latch.
+//!
+//! Appending encodes a record into an in-memory buffer and assigns its LSN;
+//! no I/O happens. Flushing makes everything up to an LSN durable. Flushes
+//! use group commit: the first caller to take the I/O lock becomes the
+//! leader, writes everything appended so far, syncs once, and publishes the
+//! new durable LSN; callers queued behind it find their records already
+//! durable and return without I/O.
+//!
+//! Invariants:
+//!
+//! - **Commit rule:** [`Wal::flush`] returns `Ok` only once every byte before
+//!   the requested LSN has been synced. A commit is acknowledged after that.
+//! - **Sector isolation:** every flush ends on a 512-byte sector boundary
+//!   (a `Pad` record fills the gap), so a later torn write can never damage a
+//!   sector holding acknowledged bytes.
+//! - **Fail-stop:** the first failed write or sync latches the WAL. Every
+//!   later call fails with [`WalError::Stopped`] until the database is
+//!   reopened and recovery runs. A failed fsync is never retried: Linux may
+//!   already have dropped the data while a retry would report success.
+//! - **Crash-safe segments:** a new segment is zero-filled under a temporary
+//!   name, synced, renamed into place, and its directory synced before any
+//!   record is written to it. A crash leaves either no segment or a complete
+//!   empty one.
+//! - **Durable cut:** on open, the bytes after the end of the valid log are
+//!   zeroed and later segments removed, durably, before anything is appended,
+//!   so a record from before a crash can never reappear after new writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::error::WalError;
+use super::lsn::Lsn;
+use super::reader::LogEnd;
+use super::record::{Record, RecordKind, HEADER_LEN, MAX_PAYLOAD_LEN};
+use super::segment::{parse_segment_file_name, WalOptions};
+use crate::env::{File, Fs, SECTOR_SIZE};
+
+/// Appended bytes beyond which an append writes the buffer out (unsynced),
+/// bounding the buffer's memory.
+const WRITE_BEHIND_BYTES: usize = 4 << 20;
+
+/// Zero-fill chunk for new segments.
+const ZERO_CHUNK: usize = 1 << 20;
+
+const TEMP_PREFIX: &str = "xlogtemp.";
+
+/// Counters describing the WAL's work since it was opened.
+#[derive(Debug, Default)]
+pub struct WalStats {
+    /// Bytes written to segment files (records and padding).
+    pub bytes_written: AtomicU64,
+    /// Successful group flushes (each ends in one sync per touched segment).
+    pub flushes: AtomicU64,
+    /// Segment files created.
+    pub segments_created: AtomicU64,
+}
+
+struct InsertBuffer {
+    /// The LSN of `bytes[0]`.
+    start: Lsn,
+    bytes: Vec<u8>,
+    /// Where the next record goes.
+    next: Lsn,
+}
+
+struct SegmentWriter {
+    /// Every byte before this has been written (not necessarily synced).
+    written: Lsn,
+    open: BTreeMap<u64, Box<dyn File>>,
+    unsynced: BTreeSet<u64>,
+}
+
+/// The write-ahead log, open for appending.
+pub struct Wal {
+    fs: Arc<dyn Fs>,
+    opts: WalOptions,
+    insert: Mutex<InsertBuffer>,
+    io: tokio::sync::Mutex<SegmentWriter>,
+    durable_lsn: AtomicU64,
+    stopped: Mutex<Option<String>>,
+    stats: WalStats,
+}
+
+impl Wal {
+    /// Opens the WAL for appending after the valid log that a reader found to
+    /// end at `end`. The tail after `end` is cut off durably first.
+    pub fn open(fs: Arc<dyn Fs>, opts: WalOptions, end: LogEnd) -> Result<Wal, WalError> {
+        opts.validate()?;
+        let dir = &opts.dir;
+        fs.create_dir_all(dir).map_err(|e| WalError::io("create directory", dir, e))?;
+        let end = end.lsn();
+        let resume_at = Lsn(end.0.next_multiple_of(SECTOR_SIZE));
+        cut_tail(fs.as_ref(), &opts, end, resume_at)?;
+        let mut insert = InsertBuffer { start: resume_at, bytes: Vec::new(), next: resume_at };
+        if resume_at != end {
+            // The sector holding `end` also holds records recovery has read
+            // (now synced). It is never rewritten; the log continues at the
+            // next sector, linked by a Resume record.
+            let resume = Record { kind: RecordKind::Resume, xid: 0, prev_lsn: Lsn::ZERO, payload: end.0.to_le_bytes().to_vec() };
+            let len = resume.encode_into(&mut insert.bytes, resume_at, opts.timeline, end);
+            insert.next = resume_at.plus(len);
+        }
+        let writer = SegmentWriter { written: resume_at, open: BTreeMap::new(), unsynced: BTreeSet::new() };
+        Ok(Wal {
+            fs,
+            opts,
+            insert: Mutex::new(insert),
+            io: tokio::sync::Mutex::new(writer),
+            durable_lsn: AtomicU64::new(end.0),
+            stopped: Mutex::new(None),
+            stats: WalStats::default(),
+        })
+    }
+
+    /// The options the WAL was opened with.
+    pub fn options(&self) -> &WalOptions {
+        &self.opts
+    }
+
+    /// Every byte before this LSN is durable.
+    pub fn durable_lsn(&self) -> Lsn {
+        Lsn(self.durable_lsn.load(Ordering::Acquire))
+    }
+
+    /// Where the next record will be appended.
+    pub fn end_lsn(&self) -> Lsn {
+        self.lock_insert().next
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> &WalStats {
+        &self.stats
+    }
+
+    /// Appends a record to the log buffer and returns its LSN and the LSN just
+    /// past it. The record is not durable until [`flush`](Self::flush) covers
+    /// the returned end.
+    pub async fn append(&self, record: &Record) -> Result<(Lsn, Lsn), WalError> {
+        self.check_running()?;
+        if record.payload.len() > MAX_PAYLOAD_LEN {
+            return Err(WalError::RecordTooLarge { len: record.payload.len(), max: MAX_PAYLOAD_LEN });
+        }
+        assert!(!record.kind.is_internal(), "{:?} records are the WAL's own", record.kind);
+        let (lsn, end, buffered) = {
+            let mut insert = self.lock_insert();
+            let lsn = insert.next;
+            let len = record.encode_into(&mut insert.bytes, lsn, self.opts.timeline, self.durable_lsn());
+            insert.next = lsn.plus(len);
+            (lsn, insert.next, insert.bytes.len())
+        };
+        if buffered >= WRITE_BEHIND_BYTES {
+            let mut writer = self.io.lock().await;
+            self.check_running()?;
+            self.write_buffer(&mut writer, false).map_err(|e| self.stop(e))?;
+        }
+        Ok((lsn, end))
+    }
+
+    /// Makes every record before `upto` durable. Concurrent callers share one
+    /// sync (group commit).
+    pub async fn flush(&self, upto: Lsn) -> Result<Lsn, WalError> {
+        if self.durable_lsn() >= upto {
+            return Ok(self.durable_lsn());
+        }
+        let mut writer = self.io.lock().await;
+        self.check_running()?;
+        if self.durable_lsn() >= upto {
+            return Ok(self.durable_lsn());
+        }
+        // Let committers that are ready to run append before the leader
+        // takes the buffer, so one sync serves them too.
+        tokio::task::yield_now().await;
+        let target = self.lock_insert().next;
+        assert!(upto <= target, "flush({upto}) past the end of the log ({target})");
+        self.write_buffer(&mut writer, true).map_err(|e| self.stop(e))?;
+        self.sync(&mut writer).map_err(|e| self.stop(e))?;
+        let durable = writer.written;
+        assert!(durable >= upto, "the flush covered {upto}");
+        assert!(durable.0 % SECTOR_SIZE == 0, "flushes end on sector boundaries");
+        self.durable_lsn.store(durable.0, Ordering::Release);
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(durable)
+    }
+
+    /// Appends a commit record and waits until it is durable. Returns its LSN.
+    pub async fn commit(&self, xid: u64, prev_lsn: Lsn, commit_time_micros: u64) -> Result<Lsn, WalError> {
+        let (lsn, end) = self.append(&Record::commit(xid, prev_lsn, commit_time_micros)).await?;
+        self.flush(end).await?;
+        Ok(lsn)
+    }
+
+    fn lock_insert(&self) -> MutexGuard<'_, InsertBuffer> {
+        self.insert.lock().expect("WAL insert lock poisoned")
+    }
+
+    fn check_running(&self) -> Result<(), WalError> {
+        match &*self.stopped.lock().expect("WAL latch poisoned") {
+            Some(cause) => Err(WalError::Stopped { cause: cause.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Latches the WAL on its first I/O error.
+    fn stop(&self, error: WalError) -> WalError {
+        let mut stopped = self.stopped.lock().expect("WAL latch poisoned");
+        if stopped.is_none() {
+            tracing::error!(%error, "WAL stopped: the outcome of a write or sync is unknown; restart to recover");
+            *stopped = Some(error.to_string());
+        }
+        error
+    }
+
+    /// Writes out the insert buffer. With `pad`, first pads the log to a
+    /// sector boundary so that the flush ends on one.
+    fn write_buffer(&self, writer: &mut SegmentWriter, pad: bool) -> Result<(), WalError> {
+        let (start, bytes) = {
+            let mut insert = self.lock_insert();
+            if pad {
+                pad_to_sector(&mut insert, self.opts.timeline, self.durable_lsn());
+            }
+            let start = insert.start;
+            insert.start = insert.next;
+            (start, std::mem::take(&mut insert.bytes))
+        };
+        assert_eq!(start, writer.written, "the log is written without gaps");
+        let mut pos = start;
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let segno = self.opts.segno(pos);
+            let offset = self.opts.offset(pos);
+            let take = rest.len().min((self.opts.segment_size - offset) as usize);
+            let path = self.opts.path(segno);
+            let file = self.segment_file(writer, segno)?;
+            file.write_all_at(&rest[..take], offset).map_err(|e| WalError::io("write", &path, e))?;
+            writer.unsynced.insert(segno);
+            rest = &rest[take..];
+            pos = pos.plus(take as u64);
+        }
+        writer.written = pos;
+        self.stats.bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn sync(&self, writer: &mut SegmentWriter) -> Result<(), WalError> {
+        for segno in std::mem::take(&mut writer.unsynced) {
+            let file = writer.open.get(&segno).expect("unsynced segments stay open");
+            file.sync_data().map_err(|e| WalError::io("sync", self.opts.path(segno), e))?;
+        }
+        // Only the segment being written stays open.
+        let current = self.opts.segno(writer.written);
+        writer.open.retain(|segno, _| *segno >= current);
+        Ok(())
+    }
+
+    fn segment_file<'w>(&self, writer: &'w mut SegmentWriter, segno: u64) -> Result<&'w dyn File, WalError> {
+        if !writer.open.contains_key(&segno) {
+            let path = self.opts.path(segno);
+            let file = match self.fs.open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.stats.segments_created.fetch_add(1, Ordering::Relaxed);
+                    create_segment(self.fs.as_ref(), &self.opts, segno)?
+                }
+                Err(e) => return Err(WalError::io("open", path, e)),
+            };
+            writer.open.insert(segno, file);
+        }
+        Ok(writer.open[&segno].as_ref())
+    }
+}
+
+/// Fills the log up to the next sector boundary with a Pad record.
+fn pad_to_sector(insert: &mut InsertBuffer, timeline: u32, durable: Lsn) {
+    let gap = insert.next.0.next_multiple_of(SECTOR_SIZE) - insert.next.0;
+    if gap == 0 {
+        return;
+    }
+    let len = if gap < HEADER_LEN as u64 { gap + SECTOR_SIZE } else { gap };
+    let pad = Record { kind: RecordKind::Pad, xid: 0, prev_lsn: Lsn::ZERO, payload: vec![0; len as usize - HEADER_LEN] };
+    let at = insert.next;
+    let written = pad.encode_into(&mut insert.bytes, at, timeline, durable);
+    assert_eq!(written, len, "a pad fills the gap exactly");
+    insert.next = at.plus(written);
+}
+
+/// Creates segment `segno` crash-safely: zero-filled under a temporary name,
+/// synced, renamed into place, directory synced.
+fn create_segment(fs: &dyn Fs, opts: &WalOptions, segno: u64) -> Result<Box<dyn File>, WalError> {
+    let temp = opts.dir.join(format!("{TEMP_PREFIX}{segno}"));
+    let path = opts.path(segno);
+    if fs.exists(&temp).map_err(|e| WalError::io("stat", &temp, e))? {
+        fs.remove(&temp).map_err(|e| WalError::io("remove", &temp, e))?;
+    }
+    let file = fs.create(&temp).map_err(|e| WalError::io("create", &temp, e))?;
+    let zeroes = vec![0u8; ZERO_CHUNK.min(opts.segment_size as usize)];
+    let mut offset = 0;
+    while offset < opts.segment_size {
+        file.write_all_at(&zeroes, offset).map_err(|e| WalError::io("zero-fill", &temp, e))?;
+        offset += zeroes.len() as u64;
+    }
+    file.sync_data().map_err(|e| WalError::io("sync", &temp, e))?;
+    fs.rename(&temp, &path).map_err(|e| WalError::io("rename", &temp, e))?;
+    fs.sync_dir(&opts.dir).map_err(|e| WalError::io("sync directory", &opts.dir, e))?;
+    tracing::debug!(segment = %opts.file_name(segno), "created WAL segment");
+    Ok(file)
+}
+
+/// Makes the valid log durable up to `end`, then durably removes everything
+/// from `resume_at` on: zeroes the rest of its segment and deletes later
+/// segments and leftover temporary files.
+fn cut_tail(fs: &dyn Fs, opts: &WalOptions, end: Lsn, resume_at: Lsn) -> Result<(), WalError> {
+    let dir = &opts.dir;
+    let names = fs.list(dir).map_err(|e| WalError::io("list", dir, e))?;
+    let mut removed = false;
+    for name in &names {
+        let later = match parse_segment_file_name(name, opts.segment_size) {
+            Some((timeline, segno)) => timeline == opts.timeline && segno > opts.segno(resume_at),
+            None => name.starts_with(TEMP_PREFIX),
+        };
+        if later {
+            let path = dir.join(name);
+            fs.remove(&path).map_err(|e| WalError::io("remove", &path, e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        fs.sync_dir(dir).map_err(|e| WalError::io("sync directory", dir, e))?;
+    }
+    for segno in BTreeSet::from([opts.segno(end), opts.segno(resume_at)]) {
+        let path = opts.path(segno);
+        let file = match fs.open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(WalError::io("open", path, e)),
+        };
+        let from = if segno == opts.segno(resume_at) { opts.offset(resume_at) } else { opts.segment_size };
+        let len = file.len().map_err(|e| WalError::io("stat", &path, e))?;
+        let mut tail = vec![0; len.saturating_sub(from) as usize];
+        file.read_exact_at(&mut tail, from).map_err(|e| WalError::io("read", &path, e))?;
+        if tail.iter().any(|b| *b != 0) {
+            tracing::info!(segment = %opts.file_name(segno), lsn = %resume_at, "cutting off the torn WAL tail");
+            file.write_all_at(&vec![0; tail.len()], from).map_err(|e| WalError::io("zero", &path, e))?;
+        }
+        // Also makes what recovery read before `end` durable.
+        file.sync_data().map_err(|e| WalError::io("sync", &path, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! WAL behaviour on the simulated and the real disk.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thunderdb::env::{FaultConfig, FaultKind, Fs, RealFs, SimDisk};
+use thunderdb::wal::{Lsn, Record, RecordKind, Wal, WalError, WalOptions, WalReader};
+
+fn opts() -> WalOptions {
+    WalOptions::new("/db/wal").with_segment_size(1024)
+}
+
+fn record(i: u64) -> Record {
+    // Sizes from tiny to larger than a segment, so records span segments.
+    let len = [0, 7, 100, 500, 1500, 3000][(i % 6) as usize];
+    Record::data(i, Lsn(i * 8), vec![i as u8; len])
+}
+
+fn open_wal(fs: Arc<dyn Fs>, opts: &WalOptions) -> Wal {
+    let end = WalReader::new(fs.clone(), opts.clone(), opts.first_lsn()).read_to_end().unwrap();
+    Wal::open(fs, opts.clone(), end).unwrap()
+}
+
+fn read_all(fs: Arc<dyn Fs>, opts: &WalOptions) -> Result<Vec<(Lsn, Record)>, WalError> {
+    let mut reader = WalReader::new(fs, opts.clone(), opts.first_lsn());
+    let mut out = vec![];
+    while let Some(entry) = reader.next_record()? {
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+async fn write_records(wal: &Wal, range: std::ops::Range<u64>) -> Vec<(Lsn, Record)> {
+    let mut out = vec![];
+    for i in range {
+        let rec = record(i);
+        let (lsn, end) = wal.append(&rec).await.unwrap();
+        if i % 3 == 0 {
+            wal.flush(end).await.unwrap();
+        }
+        out.push((lsn, rec));
+    }
+    let end = wal.end_lsn();
+    wal.flush(end).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn records_round_trip_across_segments_and_reopens() {
+    let disk = SimDisk::new(1, FaultConfig::none());
+    let fs: Arc<dyn Fs> = disk.fs();
+    let wal = open_wal(fs.clone(), &opts());
+    let mut written = write_records(&wal, 0..40).await;
+    assert!(wal.stats().segments_created.load(std::sync::atomic::Ordering::Relaxed) > 10, "rotation happened");
+    drop(wal);
+    assert_eq!(read_all(fs.clone(), &opts()).unwrap(), written);
+
+    // Reopen and append more: the log continues after the old end.
+    let wal = open_wal(fs.clone(), &opts());
+    written.extend(write_records(&wal, 40..60).await);
+    assert_eq!(read_all(fs.clone(), &opts()).unwrap(), written);
+
+    // Reading can start at any record boundary.
+    let (start, _) = written[17];
+    let mut reader = WalReader::new(fs, opts(), start);
+    assert_eq!(reader.next_record().unwrap(), Some(written[17].clone()));
+}
+
+#[tokio::test]
+async fn the_real_disk_round_trips_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions::new(dir.path().join("wal")).with_segment_size(4096);
+    let fs: Arc<dyn Fs> = Arc::new(RealFs);
+    fs.create_dir_all(&opts.dir).unwrap();
+    let wal = open_wal(fs.clone(), &opts);
+    let written = write_records(&wal, 0..30).await;
+    let commit = wal.commit(77, written[29].0, 1_768_473_045_000_000).await.unwrap();
+    drop(wal);
+    let read = read_all(fs.clone(), &opts).unwrap();
+    assert_eq!(&read[..30], &written[..]);
+    assert_eq!(read[30].0, commit);
+    assert_eq!(read[30].1.commit_time_micros(), Some(1_768_473_045_000_000));
+    let names = fs.list(&opts.dir).unwrap();
+    assert!(names.iter().all(|n| n.len() == 24 && n.starts_with("00000001")), "{names:?}");
+}
+
+/// Cut the WAL at every byte offset: recovery yields exactly the records that
+/// end at or before the cut, never more, never a damaged one.
+#[tokio::test]
+async fn cutting_the_log_at_every_byte_offset_yields_a_prefix() {
+    let opts = opts();
+    let disk = SimDisk::new(2, FaultConfig::none());
+    let wal = open_wal(disk.fs(), &opts);
+    let written = write_records(&wal, 0..14).await;
+    let end = wal.durable_lsn();
+    drop(wal);
+    let segments: Vec<(u64, Vec<u8>)> = (opts.segno(opts.first_lsn())..=opts.segno(end))
+        .filter_map(|segno| disk.durable_image(&opts.path(segno)).map(|image| (segno, image)))
+        .collect();
+
+    for cut in opts.first_lsn().0..=end.0 {
+        let copy = SimDisk::new(3, FaultConfig::none());
+        let fs = copy.fs();
+        fs.create_dir_all(&opts.dir).unwrap();
+        for (segno, image) in &segments {
+            let start = segno * opts.segment_size;
+            if start >= cut {
+                continue;
+            }
+            let file = fs.create(&opts.path(*segno)).unwrap();
+            let keep = (cut - start).min(image.len() as u64) as usize;
+            file.write_all_at(&image[..keep], 0).unwrap();
+        }
+        let read = read_all(fs, &opts).unwrap_or_else(|e| panic!("cut at {}: {e}", Lsn(cut)));
+        let expected: Vec<_> =
+            written.iter().filter(|(lsn, rec)| lsn.0 + 40 + rec.payload.len() as u64 <= cut).cloned().collect();
+        assert_eq!(read, expected, "cut at {}", Lsn(cut));
+    }
+}
+
+#[tokio::test]
+async fn after_a_failed_fsync_nothing_is_acknowledged_and_the_latch_holds() {
+    let disk = SimDisk::new(4, FaultConfig::none());
+    let fs: Arc<dyn Fs> = disk.fs();
+    let wal = open_wal(fs.clone(), &opts());
+    let acked = wal.commit(1, Lsn::ZERO, 10).await.unwrap();
+    let (_, end) = wal.append(&record(2)).await.unwrap();
+    disk.set_faults(FaultConfig { fsync_error_rate: 1.0, ..FaultConfig::none() });
+    let err = wal.flush(end).await.unwrap_err();
+    assert!(matches!(err, WalError::Io { op: "sync", .. }), "{err}");
+    assert!(err.to_string().contains("/db/wal/0000000100000000000000"), "the error names the segment: {err}");
+    assert!(wal.durable_lsn() < end, "nothing past the failed sync counts as durable");
+
+    // The disk is healthy again and a retried fsync would "succeed": the WAL
+    // must not retry, and must refuse everything from now on.
+    disk.set_faults(FaultConfig::none());
+    let syncs = disk.sync_count();
+    for attempt in [wal.flush(end).await.unwrap_err(), wal.commit(3, Lsn::ZERO, 11).await.unwrap_err()] {
+        assert!(matches!(attempt, WalError::Stopped { .. }), "{attempt}");
+        assert!(attempt.to_string().contains("restart"), "{attempt}");
+    }
+    assert!(wal.append(&record(4)).await.is_err());
+    assert_eq!(disk.sync_count(), syncs, "no fsync was retried");
+    drop(wal);
+
+    // After a crash the acknowledged commit is there and the failed one is not.
+    disk.set_faults(FaultConfig::power_loss());
+    disk.crash();
+    let read = read_all(disk.fs(), &opts()).unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].0, acked);
+}
+
+#[tokio::test]
+async fn a_bad_record_followed_by_durable_records_is_corruption_not_a_torn_tail() {
+    let opts = opts();
+    let disk = SimDisk::new(5, FaultConfig::none());
+    let fs: Arc<dyn Fs> = disk.fs();
+    let wal = open_wal(fs.clone(), &opts);
+    let written = write_records(&wal, 0..12).await;
+    drop(wal);
+    // Flip a byte inside the payload of the fifth record.
+    let (victim, rec) = &written[4];
+    assert!(!rec.payload.is_empty());
+    let at = victim.0 + 40;
+    let file = fs.open(&opts.path(opts.segno(Lsn(at)))).unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, opts.offset(Lsn(at))).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], opts.offset(Lsn(at))).unwrap();
+
+    let err = read_all(fs.clone(), &opts).unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    let message = err.to_string();
+    assert!(message.contains(&victim.to_string()), "names the LSN: {message}");
+    assert!(message.contains(&opts.file_name(opts.segno(*victim))), "names the segment: {message}");
+    // Opening for writes is impossible without a LogEnd, so nothing was cut:
+    // the later records are still on disk.
+    let mut reader = WalReader::new(fs, opts.clone(), written[5].0);
+    assert_eq!(reader.next_record().unwrap(), Some(written[5].clone()));
+}
+
+#[tokio::test]
+async fn a_bad_record_below_the_known_durable_point_is_corruption() {
+    let opts = opts();
+    let disk = SimDisk::new(6, FaultConfig::none());
+    let fs: Arc<dyn Fs> = disk.fs();
+    let wal = open_wal(fs.clone(), &opts);
+    let written = write_records(&wal, 0..3).await;
+    drop(wal);
+    // Zero the last record: that looks exactly like a torn tail...
+    let (last, _) = written[2];
+    let file = fs.open(&opts.path(opts.segno(last))).unwrap();
+    file.write_all_at(&[0; 40], opts.offset(last)).unwrap();
+    assert_eq!(read_all(fs.clone(), &opts).unwrap().len(), 2);
+    // ...unless the caller knows it was durable (e.g. a checkpoint after it).
+    let mut reader = WalReader::new(fs, opts.clone(), opts.first_lsn()).durable_through(last.plus(8));
+    let err = reader.read_to_end().unwrap_err();
+    assert!(err.is_corruption() && err.to_string().contains(&last.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_committers_share_syncs() {
+    let disk = SimDisk::new(7, FaultConfig::none());
+    let wal = Arc::new(open_wal(disk.fs(), &WalOptions::new("/db/wal").with_segment_size(1 << 20)));
+    let syncs_before = disk.sync_count();
+    let committers = 64u64;
+    let rounds = 10u64;
+    let mut tasks = vec![];
+    for xid in 0..committers {
+        let wal = wal.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lsns = vec![];
+            for round in 0..rounds {
+                lsns.push(wal.commit(xid * 1000 + round, Lsn::ZERO, round).await.unwrap());
+                assert!(wal.durable_lsn() > *lsns.last().unwrap(), "acknowledged only once durable");
+            }
+            lsns
+        }));
+    }
+    let mut acked = vec![];
+    for task in tasks {
+        acked.extend(task.await.unwrap());
+    }
+    let syncs = disk.sync_count() - syncs_before;
+    let commits = committers * rounds;
+    assert!(syncs * 4 < commits, "{commits} commits took {syncs} syncs: group commit must batch");
+    let read: Vec<Lsn> = read_all(disk.fs(), wal.options()).unwrap().into_iter().map(|(lsn, _)| lsn).collect();
+    acked.sort();
+    assert_eq!(read, acked);
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_off_durably_and_never_reappears() {
+    // Write a batch, tear it with a crash, reopen: the torn records are gone.
+    // Then append new, smaller records and crash losing them: the old torn
+    // records must not come back as if they followed the new ones.
+    for seed in 0..40 {
+        let opts = opts();
+        let disk = SimDisk::new(seed, FaultConfig::power_loss());
+        let wal = open_wal(disk.fs(), &opts);
+        let acked = write_records(&wal, 0..4).await;
+        for i in 100..110 {
+            wal.append(&record(i)).await.unwrap();
+        }
+        // Written but not synced: the next flush would have synced them.
+        drop(wal);
+        disk.crash();
+        let survivors = read_all(disk.fs(), &opts).unwrap();
+        assert_eq!(&survivors[..4], &acked[..], "seed {seed}");
+        let wal = open_wal(disk.fs(), &opts);
+        let appended = wal.append(&Record::data(999, Lsn::ZERO, vec![])).await.unwrap();
+        wal.flush(appended.1).await.unwrap();
+        drop(wal);
+        disk.crash();
+        let read = read_all(disk.fs(), &opts).unwrap();
+        assert_eq!(read.last().map(|(lsn, _)| *lsn), Some(appended.0), "seed {seed}: nothing after the new record");
+        assert_eq!(&read[..survivors.len()], &survivors[..], "seed {seed}: recovery is idempotent");
+    }
+}
+
+#[test]
+fn internal_kinds_are_never_returned() {
+    assert!(RecordKind::Pad.is_internal() && RecordKind::Resume.is_internal());
+    assert!(!RecordKind::Commit.is_internal());
+    let _ = PathBuf::new();
+    let _ = FaultKind::ALL;
+}
