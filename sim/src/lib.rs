@@ -1,0 +1,14 @@
+//! ThunderDB's deterministic simulator.
+//!
+//! A seed fixes everything: the swarm options (segment size, writer count,
+//! which fault kinds are on and how often), the crash schedule, the
+//! simulated disk's every fault, and (under madsim) the interleaving of tasks.
+//! A run of a seed ends in an oracle verdict and a trace hash; two runs of the
+//! same seed must give the same hash.
+//!
+//! Today the simulator drives the WAL (`wal_run`). The engine, SQL and backup
+//! workloads join as they land.
+
+pub mod wal_run;
+
+pub use wal_run::{run_wal_seed, SeedFailure, SeedOutcome};
