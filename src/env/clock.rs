@@ -26,14 +26,13 @@ pub struct SimClock {
     wall_jump_micros: AtomicI64,
 }
 
+// The simulated clock is part of the seam: it reads the runtime's timer,
+// which madsim simulates.
+#[allow(clippy::disallowed_methods)]
 impl SimClock {
     /// A clock whose wall time reads `wall_origin_micros` now.
     pub fn new(wall_origin_micros: u64) -> Self {
-        Self {
-            origin: tokio::time::Instant::now(),
-            wall_origin_micros,
-            wall_jump_micros: AtomicI64::new(0),
-        }
+        Self { origin: tokio::time::Instant::now(), wall_origin_micros, wall_jump_micros: AtomicI64::new(0) }
     }
 
     /// Moves the wall clock by `delta_micros` (negative goes back in time).
@@ -43,6 +42,7 @@ impl SimClock {
     }
 }
 
+#[allow(clippy::disallowed_methods)]
 impl Clock for SimClock {
     fn wall_micros(&self) -> u64 {
         let elapsed = u64::try_from(self.monotonic().as_micros()).unwrap_or(u64::MAX);

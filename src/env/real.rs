@@ -61,11 +61,8 @@ impl File for RealFile {
 
 impl Fs for RealFs {
     fn open(&self, path: &Path) -> io::Result<Box<dyn File>> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| with_path(e, "open", path))?;
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| with_path(e, "open", path))?;
         Ok(Box::new(RealFile(file)))
     }
 
@@ -109,9 +106,7 @@ impl Fs for RealFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| with_path(e, "sync directory", dir))
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| with_path(e, "sync directory", dir))
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {

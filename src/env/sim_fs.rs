@@ -356,7 +356,8 @@ impl SimDisk {
             let lose = state.faults.lose_metadata;
             let dir = state.dirs.get_mut(&dir_path).expect("dir exists");
             let pending = std::mem::take(&mut dir.pending);
-            let keep = if lose && !pending.is_empty() { state.rng.random_range(0..=pending.len()) } else { pending.len() };
+            let keep =
+                if lose && !pending.is_empty() { state.rng.random_range(0..=pending.len()) } else { pending.len() };
             let dir = state.dirs.get_mut(&dir_path).expect("dir exists");
             for op in &pending[..keep] {
                 apply_dir_op(&mut dir.durable, op);
@@ -570,7 +571,8 @@ impl SimFile {
             // reaches the media; the error is reported once.
             let inode = state.inodes.get_mut(&self.ino).expect("inode exists");
             let dropped = std::mem::take(&mut inode.pending);
-            let bytes = dropped.iter().map(|op| if let Pending::Write { data, .. } = op { data.len() as u64 } else { 0 }).sum();
+            let bytes =
+                dropped.iter().map(|op| if let Pending::Write { data, .. } = op { data.len() as u64 } else { 0 }).sum();
             state.record(FaultKind::FsyncError, &self.path, 0, bytes);
             return Err(injected(FaultKind::FsyncError, &self.path));
         }

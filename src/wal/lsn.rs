@@ -43,7 +43,11 @@ impl FromStr for Lsn {
         let (high, low) = s.split_once('/').ok_or_else(error)?;
         let half = |part: &str| {
             let valid = (1..=8).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_hexdigit());
-            if valid { u32::from_str_radix(part, 16).ok() } else { None }
+            if valid {
+                u32::from_str_radix(part, 16).ok()
+            } else {
+                None
+            }
         };
         let (high, low) = (half(high).ok_or_else(error)?, half(low).ok_or_else(error)?);
         Ok(Lsn((u64::from(high) << 32) | u64::from(low)))

@@ -100,7 +100,8 @@ impl Wal {
             // The sector holding `end` also holds records recovery has read
             // (now synced). It is never rewritten; the log continues at the
             // next sector, linked by a Resume record.
-            let resume = Record { kind: RecordKind::Resume, xid: 0, prev_lsn: Lsn::ZERO, payload: end.0.to_le_bytes().to_vec() };
+            let resume =
+                Record { kind: RecordKind::Resume, xid: 0, prev_lsn: Lsn::ZERO, payload: end.0.to_le_bytes().to_vec() };
             let len = resume.encode_into(&mut insert.bytes, resume_at, opts.timeline, end);
             insert.next = resume_at.plus(len);
         }
@@ -257,19 +258,22 @@ impl Wal {
     }
 
     fn segment_file<'w>(&self, writer: &'w mut SegmentWriter, segno: u64) -> Result<&'w dyn File, WalError> {
-        if !writer.open.contains_key(&segno) {
-            let path = self.opts.path(segno);
-            let file = match self.fs.open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.stats.segments_created.fetch_add(1, Ordering::Relaxed);
-                    create_segment(self.fs.as_ref(), &self.opts, segno)?
-                }
-                Err(e) => return Err(WalError::io("open", path, e)),
-            };
-            writer.open.insert(segno, file);
-        }
-        Ok(writer.open[&segno].as_ref())
+        let file: &'w dyn File = match writer.open.entry(segno) {
+            std::collections::btree_map::Entry::Occupied(entry) => &**entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                let path = self.opts.path(segno);
+                let file = match self.fs.open(&path) {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        self.stats.segments_created.fetch_add(1, Ordering::Relaxed);
+                        create_segment(self.fs.as_ref(), &self.opts, segno)?
+                    }
+                    Err(e) => return Err(WalError::io("open", path, e)),
+                };
+                &**entry.insert(file)
+            }
+        };
+        Ok(file)
     }
 }
 
@@ -280,7 +284,8 @@ fn pad_to_sector(insert: &mut InsertBuffer, timeline: u32, durable: Lsn) {
         return;
     }
     let len = if gap < HEADER_LEN as u64 { gap + SECTOR_SIZE } else { gap };
-    let pad = Record { kind: RecordKind::Pad, xid: 0, prev_lsn: Lsn::ZERO, payload: vec![0; len as usize - HEADER_LEN] };
+    let pad =
+        Record { kind: RecordKind::Pad, xid: 0, prev_lsn: Lsn::ZERO, payload: vec![0; len as usize - HEADER_LEN] };
     let at = insert.next;
     let written = pad.encode_into(&mut insert.bytes, at, timeline, durable);
     assert_eq!(written, len, "a pad fills the gap exactly");

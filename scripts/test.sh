@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs every check: formatting, clippy in both builds, the tests in both
+# builds, simulator seeds, docs and a bounded fuzz run. This is the command the
+# README gives and the one CI runs.
+#
+#   scripts/test.sh            everything
+#   SIM_SEEDS=0..200 scripts/test.sh   fewer simulator seeds
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SIM_SEEDS=${SIM_SEEDS:-0..2000}
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "format"
+cargo fmt --all --check
+
+step "clippy, normal build"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "clippy, madsim build (target/sim)"
+cargo simclippy -- -D warnings
+
+step "tests, normal build"
+cargo test --workspace 2>&1 | tee -a "$log"
+
+step "tests, madsim build (target/sim)"
+cargo simtest 2>&1 | tee -a "$log"
+
+step "simulator: seeds $SIM_SEEDS, each run twice for determinism"
+cargo sim -- --seeds "$SIM_SEEDS"
+
+step "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+step "fuzz: ${FUZZ_SECONDS}s per target"
+if ! command -v cargo-fuzz >/dev/null; then
+    cargo install cargo-fuzz --locked
+fi
+for target in $(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" 2>&1 | tail -n 2)
+done
+
+passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+if [ "$passed" -eq 0 ]; then
+    echo "no tests ran" >&2
+    exit 1
+fi
+printf '\nAll checks passed.\n%s passed, 0 failed\n' "$passed"
