@@ -92,11 +92,12 @@ fn main() -> ExitCode {
         return match run_checked(seed, determinism) {
             Ok(outcome) => {
                 println!(
-                    "seed={seed} ok crashes={} recoveries={} accepted={} acknowledged={} trace_hash={:016x}",
+                    "seed={seed} ok crashes={} recoveries={} accepted={} acknowledged={} retired={} trace_hash={:016x}",
                     outcome.crashes,
                     outcome.recoveries,
                     outcome.records_accepted,
                     outcome.records_acknowledged,
+                    outcome.segments_retired,
                     outcome.trace_hash
                 );
                 ExitCode::SUCCESS
@@ -110,7 +111,8 @@ fn main() -> ExitCode {
     let range = args.seeds.unwrap_or(0..100);
     let clock = RealClock::new();
     let mut faults: BTreeMap<FaultKind, u64> = BTreeMap::new();
-    let (mut crashes, mut recoveries, mut acknowledged, mut failures) = (0u64, 0u64, 0u64, Vec::new());
+    let (mut crashes, mut recoveries, mut acknowledged, mut retired, mut failures) =
+        (0u64, 0u64, 0u64, 0u64, Vec::new());
     for seed in range.clone() {
         match run_checked(seed, determinism) {
             Ok(outcome) => {
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
                 crashes += outcome.crashes;
                 recoveries += outcome.recoveries;
                 acknowledged += outcome.records_acknowledged;
+                retired += outcome.segments_retired;
             }
             Err(failure) => {
                 report_failure(&failure);
@@ -130,7 +133,9 @@ fn main() -> ExitCode {
     let elapsed = clock.monotonic().max(Duration::from_millis(1));
     let seeds = range.end - range.start;
     println!("seeds run: {seeds}, failures: {}", failures.len());
-    println!("crashes: {crashes}, recoveries: {recoveries}, records acknowledged: {acknowledged}");
+    println!(
+        "crashes: {crashes}, recoveries: {recoveries}, records acknowledged: {acknowledged}, segments retired: {retired}"
+    );
     let listed: Vec<String> = FaultKind::ALL.iter().map(|k| format!("{k}={}", faults.get(k).unwrap_or(&0))).collect();
     println!("faults injected: {}", listed.join(" "));
     println!(

@@ -10,6 +10,9 @@
 //!    cuts the tail), checks the oracle, arms a crash countdown, and lets the
 //!    writers run until they stop (crash, fail-stop latch, or work done).
 //!    Some countdowns are short enough to crash during recovery itself.
+//!    Beside the writers, a checkpointer moves the redo point (the oldest LSN
+//!    recovery reads from, as a control file would hold it) forward to an
+//!    acknowledged record and retires the segments before it, recycling some.
 //! 3. **Liveness.** Faults stop; the system must recover, accept writes and
 //!    make them durable within a bounded number of attempts.
 
@@ -47,6 +50,8 @@ pub struct SeedOutcome {
     pub records_accepted: u64,
     /// Records acknowledged durable.
     pub records_acknowledged: u64,
+    /// WAL segments retired behind the redo point (recycled or removed).
+    pub segments_retired: u64,
 }
 
 /// A seed that broke an invariant.
@@ -89,10 +94,13 @@ struct Run {
     disk: SimDisk,
     swarm: Swarm,
     model: Arc<Mutex<WalModel>>,
+    /// Where recovery starts reading: the durable redo point.
+    redo_point: Arc<Mutex<Lsn>>,
     crashes: u64,
     recoveries: u64,
     accepted: u64,
     acknowledged: u64,
+    retired: u64,
 }
 
 /// Runs one seed to its verdict.
@@ -106,12 +114,15 @@ pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         disk,
         swarm,
         model: Arc::new(Mutex::new(WalModel::default())),
+        redo_point: Arc::new(Mutex::new(Lsn::ZERO)),
         crashes: 0,
         recoveries: 0,
         accepted: 0,
         acknowledged: 0,
+        retired: 0,
     };
     run.disk.fs().create_dir_all(&run.swarm.opts.dir).map_err(|e| run.fail("setup", e.to_string()))?;
+    *run.redo_point.lock().expect("redo point lock") = run.swarm.opts.first_lsn();
     for _ in 0..CYCLES {
         // One time in five, the crash lands within the first I/Os: during
         // recovery's reads or its tail cut.
@@ -137,6 +148,7 @@ pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         recoveries: run.recoveries,
         records_accepted: run.accepted,
         records_acknowledged: run.acknowledged,
+        segments_retired: run.retired,
     })
 }
 
@@ -156,7 +168,12 @@ impl Run {
     async fn recover(&mut self) -> Result<Option<Wal>, SeedFailure> {
         let fs: Arc<dyn Fs> = self.disk.fs();
         let opts = self.swarm.opts.clone();
-        let mut reader = WalReader::new(fs.clone(), opts.clone(), opts.first_lsn());
+        let redo_point = *self.redo_point.lock().expect("redo point lock");
+        let mut reader = WalReader::new(fs.clone(), opts.clone(), redo_point);
+        if redo_point != opts.first_lsn() {
+            // The record at a moved redo point was acknowledged: it must be there.
+            reader = reader.durable_through(redo_point.plus(1));
+        }
         let mut recovered = Vec::new();
         loop {
             match reader.next_record() {
@@ -192,6 +209,12 @@ impl Run {
             let xid_base = u64::from(writer) << 32 | self.crashes << 16;
             tasks.push(tokio::spawn(async move { writer_task(wal, model, &mut rng, xid_base).await }));
         }
+        let checkpointer = {
+            let (wal, model, redo_point) = (wal.clone(), self.model.clone(), self.redo_point.clone());
+            let mut rng = ChaCha8Rng::seed_from_u64(self.rng.random());
+            tokio::spawn(async move { checkpointer_task(wal, model, redo_point, &mut rng).await })
+        };
+        self.retired += checkpointer.await.expect("checkpointer task panicked");
         for task in tasks {
             let (accepted, acknowledged) = task.await.expect("writer task panicked");
             self.accepted += accepted;
@@ -226,6 +249,35 @@ impl Run {
         }
         Err(self.fail("liveness", format!("no clean recovery in {LIVENESS_ATTEMPTS} attempts with faults off")))
     }
+}
+
+/// Now and then moves the redo point to an acknowledged record and retires
+/// the segments before it. Returns how many segments it retired.
+async fn checkpointer_task(
+    wal: Arc<Wal>,
+    model: Arc<Mutex<WalModel>>,
+    redo_point: Arc<Mutex<Lsn>>,
+    rng: &mut ChaCha8Rng,
+) -> u64 {
+    let mut retired = 0;
+    for _ in 0..4 {
+        for _ in 0..rng.random_range(1..30) {
+            tokio::task::yield_now().await;
+        }
+        let Some(point) = model.lock().expect("model lock").pick_redo_point(rng) else { continue };
+        if point <= *redo_point.lock().expect("redo point lock") {
+            continue;
+        }
+        // The control file is durable before any segment goes.
+        *redo_point.lock().expect("redo point lock") = point;
+        model.lock().expect("model lock").forget_before(point);
+        let keep_ready = rng.random_range(0..4);
+        match wal.retire_segments(point, keep_ready, &|_| true).await {
+            Ok(report) => retired += (report.recycled.len() + report.removed.len()) as u64,
+            Err(_) => break,
+        }
+    }
+    retired
 }
 
 async fn writer_task(wal: Arc<Wal>, model: Arc<Mutex<WalModel>>, rng: &mut ChaCha8Rng, xid_base: u64) -> (u64, u64) {

@@ -15,4 +15,4 @@ pub use lsn::{Lsn, ParseLsnError};
 pub use reader::{LogEnd, WalReader};
 pub use record::{decode, DecodeError, Decoded, Record, RecordKind, HEADER_LEN, MAX_PAYLOAD_LEN, RECORD_ALIGN};
 pub use segment::{parse_segment_file_name, segment_file_name, WalOptions, DEFAULT_SEGMENT_SIZE};
-pub use writer::{Wal, WalStats};
+pub use writer::{RetireReport, Wal, WalStats};

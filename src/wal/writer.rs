@@ -23,6 +23,13 @@
 //!   name, synced, renamed into place, and its directory synced before any
 //!   record is written to it. A crash leaves either no segment or a complete
 //!   empty one.
+//! - **Recycling:** a segment is retired only when the caller says crash
+//!   recovery no longer needs it, and only if `may_remove` agrees (the
+//!   archiver's hook: a segment waits until it is archived). A retired
+//!   segment is renamed to a future segment's name instead of being deleted,
+//!   so appends overwrite allocated blocks rather than zero-filling new ones.
+//!   Its stale records never validate there, because each record's CRC
+//!   covers its own LSN.
 //! - **Durable cut:** on open, the bytes after the end of the valid log are
 //!   zeroed and later segments removed, durably, before anything is appended,
 //!   so a record from before a crash can never reappear after new writes.
@@ -55,8 +62,23 @@ pub struct WalStats {
     pub bytes_written: AtomicU64,
     /// Successful group flushes (each ends in one sync per touched segment).
     pub flushes: AtomicU64,
-    /// Segment files created.
+    /// Segment files created (zero-filled).
     pub segments_created: AtomicU64,
+    /// Retired segments renamed to future names for reuse.
+    pub segments_recycled: AtomicU64,
+    /// Retired segments removed.
+    pub segments_removed: AtomicU64,
+}
+
+/// What [`Wal::retire_segments`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RetireReport {
+    /// Segments renamed to future names, ready for reuse.
+    pub recycled: Vec<String>,
+    /// Segments removed.
+    pub removed: Vec<String>,
+    /// Segments kept because `may_remove` said no (e.g. not yet archived).
+    pub held: Vec<String>,
 }
 
 struct InsertBuffer {
@@ -192,6 +214,63 @@ impl Wal {
         let (lsn, end) = self.append(&Record::commit(xid, prev_lsn, commit_time_micros)).await?;
         self.flush(end).await?;
         Ok(lsn)
+    }
+
+    /// Retires the segments that lie wholly before `needed_from`, the oldest
+    /// LSN crash recovery still needs (a checkpoint's redo point). Segments
+    /// for which `may_remove(name)` is false are held (the archiver's hook).
+    /// Up to `keep_ready` retired segments are renamed to the next unused
+    /// segment names for reuse; the rest are removed. The renames and removals
+    /// are durable when this returns.
+    pub async fn retire_segments(
+        &self,
+        needed_from: Lsn,
+        keep_ready: usize,
+        may_remove: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<RetireReport, WalError> {
+        let writer = self.io.lock().await;
+        self.check_running()?;
+        let first_needed = self.opts.segno(needed_from);
+        assert!(needed_from <= self.durable_lsn(), "retiring WAL that is not durable yet: {needed_from}");
+        let dir = &self.opts.dir;
+        let names = self.fs.list(dir).map_err(|e| WalError::io("list", dir, e))?;
+        let ours: Vec<(u64, &String)> = names
+            .iter()
+            .filter_map(|name| match parse_segment_file_name(name, self.opts.segment_size) {
+                Some((timeline, segno)) if timeline == self.opts.timeline => Some((segno, name)),
+                _ => None,
+            })
+            .collect();
+        let mut next_free =
+            ours.iter().map(|(segno, _)| segno + 1).max().unwrap_or(0).max(self.opts.segno(writer.written) + 1);
+        let ready = ours.iter().filter(|(segno, _)| *segno > self.opts.segno(writer.written)).count();
+        let mut report = RetireReport::default();
+        for (segno, name) in ours.into_iter().filter(|(segno, _)| *segno < first_needed) {
+            assert!(
+                !writer.open.contains_key(&segno) || segno < self.opts.segno(writer.written),
+                "retiring the segment being written"
+            );
+            if !may_remove(name) {
+                report.held.push(name.clone());
+                continue;
+            }
+            let path = dir.join(name);
+            if ready + report.recycled.len() < keep_ready {
+                let future = self.opts.path(next_free);
+                self.fs.rename(&path, &future).map_err(|e| self.stop(WalError::io("rename", &path, e)))?;
+                report.recycled.push(self.opts.file_name(next_free));
+                next_free += 1;
+            } else {
+                self.fs.remove(&path).map_err(|e| self.stop(WalError::io("remove", &path, e)))?;
+                report.removed.push(name.clone());
+            }
+        }
+        if !report.recycled.is_empty() || !report.removed.is_empty() {
+            self.fs.sync_dir(dir).map_err(|e| self.stop(WalError::io("sync directory", dir, e)))?;
+        }
+        self.stats.segments_recycled.fetch_add(report.recycled.len() as u64, Ordering::Relaxed);
+        self.stats.segments_removed.fetch_add(report.removed.len() as u64, Ordering::Relaxed);
+        Ok(report)
     }
 
     fn lock_insert(&self) -> MutexGuard<'_, InsertBuffer> {

@@ -65,6 +65,22 @@ impl WalModel {
         self.accepted.range(..self.acknowledged_through).count()
     }
 
+    /// A durable LSN of an accepted record below the acknowledged point,
+    /// suitable as a redo point (the oldest LSN recovery needs), drawn at
+    /// random; `None` if nothing is acknowledged yet.
+    pub fn pick_redo_point(&self, rng: &mut impl Rng) -> Option<Lsn> {
+        let candidates = self.acknowledged_count();
+        if candidates == 0 {
+            return None;
+        }
+        self.accepted.keys().nth(rng.random_range(0..candidates)).copied()
+    }
+
+    /// The log before `lsn` is retired: recovery starts reading there.
+    pub fn forget_before(&mut self, lsn: Lsn) {
+        self.accepted = self.accepted.split_off(&lsn);
+    }
+
     /// Checks what recovery found against the model. Returns a description of
     /// the first violation.
     pub fn check(&self, recovered: &[(Lsn, Record)]) -> Result<(), String> {
