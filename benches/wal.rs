@@ -189,4 +189,3 @@ fn append(c: &mut Criterion) {
 
 criterion_group!(benches, disk, commits, append);
 criterion_main!(benches);
-

@@ -1,0 +1,126 @@
+//! The `thunderdb` command.
+//!
+//! The SQL server arrives with its own issue; until then the binary offers
+//! the WAL inspector and says plainly that there is no server to start.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use thunderdb::env::{Fs, RealFs};
+use thunderdb::wal::{parse_segment_file_name, Lsn, RecordKind, WalOptions, WalReader};
+
+/// ThunderDB: a PostgreSQL-wire database that does not lose data.
+#[derive(Parser, Debug)]
+#[command(name = "thunderdb", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the records of a WAL directory, like pg_waldump.
+    WalDump {
+        /// The WAL directory (e.g. ./thunderdb-data/wal).
+        dir: PathBuf,
+        /// Start at this LSN (a record boundary, e.g. a checkpoint's redo
+        /// point). Default: the start of the log, if segment 1 is present.
+        #[arg(long)]
+        from: Option<Lsn>,
+        /// The timeline to read. Default: the highest in the directory.
+        #[arg(long)]
+        timeline: Option<u32>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::WalDump { dir, from, timeline }) => match wal_dump(&dir, from, timeline) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("thunderdb wal-dump: {message}");
+                ExitCode::FAILURE
+            }
+        },
+        None => {
+            eprintln!(
+                "thunderdb: the SQL server is not built yet; it arrives with the server work (see README, Status).\n\
+                 Available now: `thunderdb wal-dump DIR` to inspect a WAL directory. See `thunderdb --help`."
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Finds the segment size and timeline from the files in `dir`: segments are
+/// preallocated, so each file's length is the segment size.
+fn detect(fs: &dyn Fs, dir: &Path, timeline: Option<u32>) -> Result<(WalOptions, Vec<u64>), String> {
+    let names = fs.list(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let first = names
+        .iter()
+        // Any segment name parses under the smallest segment size.
+        .find(|name| parse_segment_file_name(name, 1024).is_some())
+        .ok_or_else(|| format!("no WAL segment files in {}", dir.display()))?;
+    let size = fs.open(&dir.join(first)).and_then(|f| f.len()).map_err(|e| format!("{first}: {e}"))?;
+    let opts = WalOptions { dir: dir.to_path_buf(), timeline: 1, segment_size: size };
+    opts.validate().map_err(|e| format!("{first} is {size} bytes, not a WAL segment: {e}"))?;
+    let segments: Vec<(u32, u64)> = names.iter().filter_map(|n| parse_segment_file_name(n, size)).collect();
+    let timeline = match timeline {
+        Some(timeline) => timeline,
+        None => segments.iter().map(|(t, _)| *t).max().expect("at least one segment"),
+    };
+    let segnos = segments.iter().filter(|(t, _)| *t == timeline).map(|(_, s)| *s).collect();
+    Ok((WalOptions { timeline, ..opts }, segnos))
+}
+
+fn wal_dump(dir: &Path, from: Option<Lsn>, timeline: Option<u32>) -> Result<(), String> {
+    let fs: Arc<dyn Fs> = Arc::new(RealFs);
+    let (opts, segnos) = detect(fs.as_ref(), dir, timeline)?;
+    let start = match from {
+        Some(lsn) => lsn,
+        None if segnos.contains(&opts.segno(opts.first_lsn())) => opts.first_lsn(),
+        None => {
+            let oldest = segnos.iter().min().map(|s| opts.file_name(*s)).unwrap_or_default();
+            return Err(format!(
+                "segment 1 is gone (oldest is {oldest}), so the first record boundary is unknown: pass --from LSN"
+            ));
+        }
+    };
+    if start.0 % 8 != 0 {
+        return Err(format!("--from {start} is not a record boundary (records start at multiples of 8)"));
+    }
+    println!("WAL {} timeline {} segment size {} bytes, from {start}", dir.display(), opts.timeline, opts.segment_size);
+    let mut reader = WalReader::new(fs, opts, start);
+    let mut count = 0u64;
+    while let Some((lsn, record)) = reader.next_record().map_err(|e| e.to_string())? {
+        count += 1;
+        let mut line = format!(
+            "{lsn:>12} {:<6} xid {:<6} prev {:<10} len {}",
+            kind_name(record.kind),
+            record.xid,
+            record.prev_lsn.to_string(),
+            record.payload.len()
+        );
+        if let Some(micros) = record.commit_time_micros() {
+            let time = UNIX_EPOCH + Duration::from_micros(micros);
+            line.push_str(&format!(" time {}", humantime::format_rfc3339_micros(time)));
+        }
+        println!("{line}");
+    }
+    let end = reader.end().expect("the reader reached the end");
+    println!("end of log at {} ({count} records)", end.lsn());
+    Ok(())
+}
+
+fn kind_name(kind: RecordKind) -> &'static str {
+    match kind {
+        RecordKind::Data => "DATA",
+        RecordKind::Commit => "COMMIT",
+        RecordKind::Abort => "ABORT",
+        _ => "OTHER",
+    }
+}

@@ -1,0 +1,71 @@
+//! The `thunderdb` binary, run for real.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use thunderdb::env::{Fs, RealFs};
+use thunderdb::wal::{Lsn, Record, Wal, WalOptions, WalReader};
+
+fn thunderdb(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_thunderdb")).args(args).output().expect("run thunderdb");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("utf-8 output");
+    (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+}
+
+async fn sample_wal(opts: &WalOptions) -> Lsn {
+    let fs: Arc<dyn Fs> = Arc::new(RealFs);
+    fs.create_dir_all(&opts.dir).unwrap();
+    let end = WalReader::new(fs.clone(), opts.clone(), opts.first_lsn()).read_to_end().unwrap();
+    let wal = Wal::open(fs, opts.clone(), end).unwrap();
+    let (first, end) = wal.append(&Record::data(7, Lsn::ZERO, vec![1; 3000])).await.unwrap();
+    // Its own flush, so the commit's group proves this one was durable.
+    wal.flush(end).await.unwrap();
+    // 2026-01-15T10:30:45Z
+    wal.commit(7, first, 1_768_473_045_000_000).await.unwrap();
+    first
+}
+
+#[tokio::test]
+async fn wal_dump_prints_every_record_with_commit_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions::new(dir.path().join("wal")).with_segment_size(4096);
+    let first = sample_wal(&opts).await;
+    let (code, stdout, stderr) = thunderdb(&["wal-dump", opts.dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("timeline 1 segment size 4096 bytes"), "{stdout}");
+    assert!(stdout.contains(&format!("{first:>12} DATA   xid 7")), "{stdout}");
+    assert!(stdout.contains("COMMIT xid 7"), "{stdout}");
+    assert!(stdout.contains("time 2026-01-15T10:30:45.000000Z"), "{stdout}");
+    assert!(stdout.contains("(2 records)"), "{stdout}");
+}
+
+#[tokio::test]
+async fn wal_dump_reports_corruption_naming_the_segment_and_lsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions::new(dir.path().join("wal")).with_segment_size(4096);
+    let first = sample_wal(&opts).await;
+    // Damage the first record's payload; the commit after it proves it was durable.
+    let file = RealFs.open(&opts.path(opts.segno(first))).unwrap();
+    file.write_all_at(&[0xEE], opts.offset(first) + 100).unwrap();
+    let (code, _, stderr) = thunderdb(&["wal-dump", opts.dir.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("WAL corruption in segment 000000010000000000000001 at LSN 0/1000"), "{stderr}");
+}
+
+#[test]
+fn wal_dump_refuses_a_directory_without_segments_and_a_bad_lsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = thunderdb(&["wal-dump", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no WAL segment files in"), "{stderr}");
+    let (code, _, stderr) = thunderdb(&["wal-dump", dir.path().to_str().unwrap(), "--from", "12/xyz"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("invalid LSN \"12/xyz\""), "{stderr}");
+}
+
+#[test]
+fn without_arguments_it_says_the_server_is_not_built_yet() {
+    let (code, _, stderr) = thunderdb(&[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("not built yet") && stderr.contains("wal-dump"), "{stderr}");
+}
