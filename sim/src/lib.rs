@@ -9,6 +9,8 @@
 //! Today the simulator drives the WAL (`wal_run`). The engine, SQL and backup
 //! workloads join as they land.
 
+pub mod runner;
 pub mod wal_run;
 
+pub use runner::{run_seed_checked, run_seed_isolated};
 pub use wal_run::{run_wal_seed, SeedFailure, SeedOutcome};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use thunderdb::env::{Clock, FaultKind, RealClock};
-use thunderdb_sim::{run_wal_seed, SeedFailure, SeedOutcome};
+use thunderdb_sim::{run_seed_checked, SeedFailure};
 
 /// ThunderDB's deterministic simulator.
 #[derive(Parser, Debug)]
@@ -39,47 +39,6 @@ fn parse_range(text: &str) -> Result<Range<u64>, String> {
     Ok(range)
 }
 
-/// Runs one seed on a fresh OS thread with its own runtime, pinned to the seed.
-// madsim needs a fresh thread per seed; the harness, not the engine, owns it.
-#[allow(clippy::disallowed_methods)]
-fn run_isolated(seed: u64) -> Result<SeedOutcome, SeedFailure> {
-    std::thread::spawn(move || runtime_block_on(seed)).join().unwrap_or_else(|panic| {
-        let detail = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panic".into());
-        Err(SeedFailure { seed, check: "no_panic", detail })
-    })
-}
-
-#[cfg(madsim)]
-fn runtime_block_on(seed: u64) -> Result<SeedOutcome, SeedFailure> {
-    let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-    runtime.block_on(run_wal_seed(seed))
-}
-
-#[cfg(not(madsim))]
-fn runtime_block_on(seed: u64) -> Result<SeedOutcome, SeedFailure> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    runtime.block_on(run_wal_seed(seed))
-}
-
-fn run_checked(seed: u64, determinism: bool) -> Result<SeedOutcome, SeedFailure> {
-    let first = run_isolated(seed)?;
-    if determinism {
-        let second = run_isolated(seed)?;
-        if first != second {
-            return Err(SeedFailure {
-                seed,
-                check: "determinism",
-                detail: format!("trace_hash {:016x} then {:016x}", first.trace_hash, second.trace_hash),
-            });
-        }
-    }
-    Ok(first)
-}
-
 fn report_failure(failure: &SeedFailure) {
     println!("FAILED: {failure}");
     println!("replay: cargo sim -- --seed {}", failure.seed);
@@ -89,7 +48,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let determinism = !args.no_determinism_check;
     if let Some(seed) = args.seed {
-        return match run_checked(seed, determinism) {
+        return match run_seed_checked(seed, determinism) {
             Ok(outcome) => {
                 println!(
                     "seed={seed} ok crashes={} recoveries={} accepted={} acknowledged={} retired={} trace_hash={:016x}",
@@ -114,7 +73,7 @@ fn main() -> ExitCode {
     let (mut crashes, mut recoveries, mut acknowledged, mut retired, mut failures) =
         (0u64, 0u64, 0u64, 0u64, Vec::new());
     for seed in range.clone() {
-        match run_checked(seed, determinism) {
+        match run_seed_checked(seed, determinism) {
             Ok(outcome) => {
                 for (kind, count) in outcome.faults {
                     *faults.entry(kind).or_default() += count;

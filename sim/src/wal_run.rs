@@ -300,18 +300,3 @@ async fn writer_task(wal: Arc<Wal>, model: Arc<Mutex<WalModel>>, rng: &mut ChaCh
     }
     (accepted, acknowledged)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn seeds_pass_and_replay_identically() {
-        for seed in 0..60 {
-            let first = run_wal_seed(seed).await.unwrap_or_else(|f| panic!("{f}"));
-            let second = run_wal_seed(seed).await.unwrap_or_else(|f| panic!("{f}"));
-            assert_eq!(first, second, "seed {seed} is not deterministic");
-            assert!(first.crashes >= CYCLES as u64, "every cycle crashes");
-        }
-    }
-}
