@@ -290,6 +290,11 @@ async fn writer_task(wal: Arc<Wal>, model: Arc<Mutex<WalModel>>, rng: &mut ChaCh
         accepted += 1;
         prev = lsn;
         if rng.random_bool(0.3) {
+            if rng.random_bool(0.5) {
+                // Other work between the last write and the commit: the
+                // group holding this record may be in flight meanwhile.
+                tokio::task::yield_now().await;
+            }
             let Ok(durable) = wal.flush(end).await else { break };
             model.lock().expect("model lock").acknowledged(durable);
             acknowledged += 1;

@@ -200,6 +200,10 @@ impl Wal {
         let target = self.lock_insert().next;
         assert!(upto <= target, "flush({upto}) past the end of the log ({target})");
         self.write_buffer(&mut writer, true).map_err(|e| self.stop(e))?;
+        // The sync takes time on a real disk, and other tasks run meanwhile.
+        // Yielding here gives the simulator that window too, so a bug that
+        // leaks state between the write and the sync can be observed.
+        tokio::task::yield_now().await;
         self.sync(&mut writer).map_err(|e| self.stop(e))?;
         let durable = writer.written;
         assert!(durable >= upto, "the flush covered {upto}");
