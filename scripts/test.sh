@@ -33,6 +33,12 @@ cargo simtest 2>&1 | tee -a "$log"
 step "simulator: seeds $SIM_SEEDS, each run twice for determinism"
 cargo sim -- --seeds "$SIM_SEEDS"
 
+step "simulator: regression seeds"
+cargo sim -- --regressions sim/regressions.txt
+
+step "simulator: every planted bug must be caught"
+cargo sim --features planted-bugs -- --planted-report
+
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 

@@ -6,5 +6,6 @@
 //! `docs/design.md` for the on-disk formats and the protocols.
 
 pub mod env;
+pub mod planted;
 pub mod storage;
 pub mod wal;

@@ -315,8 +315,9 @@ async fn scripted(fs: Arc<dyn Fs>, opts: &WalOptions, model: &mut thunderdb_work
     let Ok(wal) = Wal::open(fs, opts.clone(), end) else { return };
     for i in 0..12u64 {
         let rec = record(i);
+        let hint = wal.durable_lsn();
         let Ok((lsn, end)) = wal.append(&rec).await else { return };
-        model.accepted(lsn, rec);
+        model.accepted(lsn, rec, hint);
         if i % 2 == 1 {
             let Ok(durable) = wal.flush(end).await else { return };
             model.acknowledged(durable);

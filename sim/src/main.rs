@@ -1,32 +1,53 @@
-//! `thunderdb-sim`: run seeds, summarise, replay failures.
+//! `thunderdb-sim`: run seeds, summarise, replay failures, measure power.
 //!
 //! ```text
-//! cargo sim -- --seed 42            # one seed; the last line has trace_hash=…
-//! cargo sim -- --seeds 0..2000      # a range, each run twice for determinism
+//! cargo sim -- --seed 42                  # one seed; the last line has trace_hash=…
+//! cargo sim -- --seeds 0..2000            # a range, each run twice for determinism
+//! cargo sim -- --regressions sim/regressions.txt
+//! cargo sim --features planted-bugs -- --planted-report
+//! cargo sim --features planted-bugs -- --plant ack_before_sync --seeds 0..100
 //! ```
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use thunderdb::env::{Clock, FaultKind, RealClock};
-use thunderdb_sim::{run_seed_checked, SeedFailure};
+use thunderdb::env::{Clock, FaultKind, Fs, RealClock, RealFs};
+use thunderdb::planted::PlantedBug;
+use thunderdb_sim::{run_seed_checked, run_seed_isolated, SeedFailure, SeedOutcome};
 
 /// ThunderDB's deterministic simulator.
 #[derive(Parser, Debug)]
 #[command(name = "thunderdb-sim", version)]
 struct Args {
     /// Run one seed and print its trace hash.
-    #[arg(long, conflicts_with = "seeds")]
+    #[arg(long, conflicts_with_all = ["seeds", "regressions"])]
     seed: Option<u64>,
     /// Run a range of seeds, `A..B` (B excluded).
     #[arg(long, value_parser = parse_range)]
     seeds: Option<Range<u64>>,
+    /// Run the seeds listed in a file (one per line; `#` starts a comment).
+    #[arg(long)]
+    regressions: Option<PathBuf>,
     /// Skip the second run of each seed that checks determinism.
     #[arg(long)]
     no_determinism_check: bool,
+    /// Switch a planted bug on (needs `--features planted-bugs`).
+    #[arg(long, value_parser = parse_bug)]
+    plant: Option<PlantedBug>,
+    /// Hunt every planted bug and report the median seeds-to-detect (needs
+    /// `--features planted-bugs`). Fails if any bug survives its budget.
+    #[arg(long)]
+    planted_report: bool,
+    /// Seeds one hunt may try before the bug counts as uncaught.
+    #[arg(long, default_value_t = 2000)]
+    hunt_budget: u64,
+    /// Independent hunts per planted bug.
+    #[arg(long, default_value_t = 5)]
+    hunts: u64,
 }
 
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
@@ -39,72 +60,188 @@ fn parse_range(text: &str) -> Result<Range<u64>, String> {
     Ok(range)
 }
 
-fn report_failure(failure: &SeedFailure) {
+fn parse_bug(name: &str) -> Result<PlantedBug, String> {
+    PlantedBug::from_name(name).ok_or_else(|| {
+        let names: Vec<_> = PlantedBug::ALL.iter().map(|b| b.name()).collect();
+        format!("unknown planted bug {name:?}; known: {}", names.join(", "))
+    })
+}
+
+fn read_regressions(path: &std::path::Path) -> Result<Vec<u64>, String> {
+    let read = || -> std::io::Result<String> {
+        let file = RealFs.open(path)?;
+        let mut bytes = vec![0; file.len()? as usize];
+        file.read_exact_at(&mut bytes, 0)?;
+        String::from_utf8(bytes).map_err(std::io::Error::other)
+    };
+    let text = read().map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut seeds = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let seed = line.split('#').next().unwrap_or("").trim();
+        if !seed.is_empty() {
+            seeds.push(seed.parse().map_err(|e| format!("{}:{}: {seed:?}: {e}", path.display(), index + 1))?);
+        }
+    }
+    Ok(seeds)
+}
+
+fn report_failure(failure: &SeedFailure, plant: Option<PlantedBug>) {
     println!("FAILED: {failure}");
-    println!("replay: cargo sim -- --seed {}", failure.seed);
+    let features = if plant.is_some() { " --features planted-bugs" } else { "" };
+    let planted = plant.map(|bug| format!(" --plant {bug}")).unwrap_or_default();
+    println!("replay: cargo sim{features} --{planted} --seed {}", failure.seed);
+}
+
+#[cfg(feature = "planted-bugs")]
+fn plant(bugs: &[PlantedBug]) -> Result<(), String> {
+    thunderdb::planted::set_active(bugs);
+    Ok(())
+}
+
+#[cfg(not(feature = "planted-bugs"))]
+fn plant(bugs: &[PlantedBug]) -> Result<(), String> {
+    if bugs.is_empty() {
+        Ok(())
+    } else {
+        Err("planted bugs need a build with them: cargo sim --features planted-bugs -- …".into())
+    }
+}
+
+/// Hunts each planted bug from `hunts` starting points and prints the
+/// seeds-to-detect. Returns whether every bug was caught in every hunt.
+fn planted_report(budget: u64, hunts: u64) -> Result<bool, String> {
+    // Planted bugs trip assertions; the report says so, without the noise.
+    std::panic::set_hook(Box::new(|_| {}));
+    println!("| planted bug | caught | median seeds to detect | first check failed |");
+    println!("|---|---:|---:|---|");
+    let mut all_caught = true;
+    for bug in PlantedBug::ALL {
+        plant(&[bug])?;
+        let mut counts = Vec::new();
+        let mut checks = BTreeMap::new();
+        for hunt in 0..hunts {
+            let start = 1 + hunt * 1_000_000;
+            let found = (start..start + budget).find_map(|seed| run_seed_isolated(seed).err());
+            if let Some(failure) = found {
+                counts.push(failure.seed - start + 1);
+                *checks.entry(failure.check).or_insert(0) += 1;
+            }
+        }
+        counts.sort_unstable();
+        let caught = counts.len() as u64 == hunts;
+        all_caught &= caught;
+        let median = counts.get(counts.len() / 2).map_or("-".into(), |m| m.to_string());
+        let checks: Vec<String> = checks.iter().map(|(check, n)| format!("`{check}` ×{n}")).collect();
+        println!("| {bug} | {}/{hunts} | {median} | {} |", counts.len(), checks.join(", "));
+    }
+    plant(&[])?;
+    Ok(all_caught)
+}
+
+struct Summary {
+    seeds: u64,
+    faults: BTreeMap<FaultKind, u64>,
+    crashes: u64,
+    recoveries: u64,
+    acknowledged: u64,
+    retired: u64,
+    corruptions_detected: u64,
+    failures: Vec<SeedFailure>,
+}
+
+impl Summary {
+    fn add(&mut self, outcome: SeedOutcome) {
+        for (kind, count) in outcome.faults {
+            *self.faults.entry(kind).or_default() += count;
+        }
+        self.crashes += outcome.crashes;
+        self.recoveries += outcome.recoveries;
+        self.acknowledged += outcome.records_acknowledged;
+        self.retired += outcome.segments_retired;
+        self.corruptions_detected += u64::from(outcome.corruption_detected);
+    }
+
+    fn print(&self, elapsed: Duration, determinism: bool) {
+        println!("seeds run: {}, failures: {}", self.seeds, self.failures.len());
+        println!(
+            "crashes: {}, recoveries: {}, records acknowledged: {}, segments retired: {}, corruptions detected: {}",
+            self.crashes, self.recoveries, self.acknowledged, self.retired, self.corruptions_detected
+        );
+        let listed: Vec<String> =
+            FaultKind::ALL.iter().map(|k| format!("{k}={}", self.faults.get(k).unwrap_or(&0))).collect();
+        println!("faults injected: {}", listed.join(" "));
+        println!(
+            "seeds per second: {:.1}{}",
+            self.seeds as f64 / elapsed.as_secs_f64().max(0.001),
+            if determinism { " (each seed run twice)" } else { "" }
+        );
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(message) => {
+            eprintln!("thunderdb-sim: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<bool, String> {
+    if args.planted_report {
+        return planted_report(args.hunt_budget, args.hunts);
+    }
+    plant(&args.plant.into_iter().collect::<Vec<_>>())?;
     let determinism = !args.no_determinism_check;
     if let Some(seed) = args.seed {
-        return match run_seed_checked(seed, determinism) {
+        return Ok(match run_seed_checked(seed, determinism) {
             Ok(outcome) => {
                 println!(
-                    "seed={seed} ok crashes={} recoveries={} accepted={} acknowledged={} retired={} trace_hash={:016x}",
+                    "seed={seed} ok crashes={} recoveries={} accepted={} acknowledged={} retired={} corruption_detected={} trace_hash={:016x}",
                     outcome.crashes,
                     outcome.recoveries,
                     outcome.records_accepted,
                     outcome.records_acknowledged,
                     outcome.segments_retired,
+                    outcome.corruption_detected,
                     outcome.trace_hash
                 );
-                ExitCode::SUCCESS
+                true
             }
             Err(failure) => {
-                report_failure(&failure);
-                ExitCode::FAILURE
+                report_failure(&failure, args.plant);
+                false
             }
-        };
+        });
     }
-    let range = args.seeds.unwrap_or(0..100);
+    let seeds: Vec<u64> = match (&args.regressions, &args.seeds) {
+        (Some(path), _) => read_regressions(path)?,
+        (None, Some(range)) => range.clone().collect(),
+        (None, None) => (0..100).collect(),
+    };
     let clock = RealClock::new();
-    let mut faults: BTreeMap<FaultKind, u64> = BTreeMap::new();
-    let (mut crashes, mut recoveries, mut acknowledged, mut retired, mut failures) =
-        (0u64, 0u64, 0u64, 0u64, Vec::new());
-    for seed in range.clone() {
+    let mut summary = Summary {
+        seeds: seeds.len() as u64,
+        faults: BTreeMap::new(),
+        crashes: 0,
+        recoveries: 0,
+        acknowledged: 0,
+        retired: 0,
+        corruptions_detected: 0,
+        failures: Vec::new(),
+    };
+    for seed in seeds {
         match run_seed_checked(seed, determinism) {
-            Ok(outcome) => {
-                for (kind, count) in outcome.faults {
-                    *faults.entry(kind).or_default() += count;
-                }
-                crashes += outcome.crashes;
-                recoveries += outcome.recoveries;
-                acknowledged += outcome.records_acknowledged;
-                retired += outcome.segments_retired;
-            }
+            Ok(outcome) => summary.add(outcome),
             Err(failure) => {
-                report_failure(&failure);
-                failures.push(failure);
+                report_failure(&failure, args.plant);
+                summary.failures.push(failure);
             }
         }
     }
-    let elapsed = clock.monotonic().max(Duration::from_millis(1));
-    let seeds = range.end - range.start;
-    println!("seeds run: {seeds}, failures: {}", failures.len());
-    println!(
-        "crashes: {crashes}, recoveries: {recoveries}, records acknowledged: {acknowledged}, segments retired: {retired}"
-    );
-    let listed: Vec<String> = FaultKind::ALL.iter().map(|k| format!("{k}={}", faults.get(k).unwrap_or(&0))).collect();
-    println!("faults injected: {}", listed.join(" "));
-    println!(
-        "seeds per second: {:.1}{}",
-        seeds as f64 / elapsed.as_secs_f64(),
-        if determinism { " (each seed run twice)" } else { "" }
-    );
-    if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    summary.print(clock.monotonic(), determinism);
+    Ok(summary.failures.is_empty())
 }

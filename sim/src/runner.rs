@@ -58,10 +58,16 @@ mod tests {
 
     #[test]
     fn seeds_pass_and_replay_identically() {
+        let mut detected = 0;
         for seed in 0..60 {
             let outcome = run_seed_checked(seed, true).unwrap_or_else(|f| panic!("{f}"));
-            assert!(outcome.crashes >= 6, "seed {seed}: every cycle crashes");
             assert!(outcome.recoveries > 0, "seed {seed}: recovery ran");
+            if outcome.corruption_detected {
+                detected += 1;
+            } else {
+                assert!(outcome.crashes >= 6, "seed {seed}: every cycle crashes");
+            }
         }
+        assert!(detected > 0, "some seeds rot the log and see it reported");
     }
 }

@@ -52,6 +52,9 @@ pub struct SeedOutcome {
     pub records_acknowledged: u64,
     /// WAL segments retired behind the redo point (recycled or removed).
     pub segments_retired: u64,
+    /// Injected bit rot was reported as corruption, ending the run: the
+    /// right outcome, since only a restore can repair it.
+    pub corruption_detected: bool,
 }
 
 /// A seed that broke an invariant.
@@ -75,6 +78,11 @@ struct Swarm {
     opts: WalOptions,
     writers: u32,
     faults: FaultConfig,
+    /// Rot a bit of durable, evidenced log after some crashes.
+    bit_rot: bool,
+    /// Every record has this payload size: stale records left by a crash
+    /// then line up with new record boundaries, which random sizes rarely do.
+    uniform_payload: Option<usize>,
 }
 
 impl Swarm {
@@ -84,6 +92,8 @@ impl Swarm {
             opts: WalOptions::new("/thunderdb/wal").with_segment_size(segment_size),
             writers: rng.random_range(1..=8),
             faults: FaultConfig::swarm(rng),
+            bit_rot: rng.random_bool(0.3),
+            uniform_payload: if rng.random_bool(0.3) { Some(rng.random_range(0..300)) } else { None },
         }
     }
 }
@@ -101,6 +111,9 @@ struct Run {
     accepted: u64,
     acknowledged: u64,
     retired: u64,
+    /// Bit rot injected into the log that recovery has not yet reported.
+    rotted: bool,
+    corruption_detected: bool,
 }
 
 /// Runs one seed to its verdict.
@@ -120,6 +133,8 @@ pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         accepted: 0,
         acknowledged: 0,
         retired: 0,
+        rotted: false,
+        corruption_detected: false,
     };
     run.disk.fs().create_dir_all(&run.swarm.opts.dir).map_err(|e| run.fail("setup", e.to_string()))?;
     *run.redo_point.lock().expect("redo point lock") = run.swarm.opts.first_lsn();
@@ -132,9 +147,15 @@ pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         if let Some(wal) = run.recover().await? {
             run.write(Arc::new(wal)).await;
         }
+        if run.corruption_detected {
+            break;
+        }
         run.crash();
+        run.maybe_rot();
     }
-    run.liveness().await?;
+    if !run.corruption_detected {
+        run.liveness().await?;
+    }
     let faults = run.disk.ledger().iter().fold(BTreeMap::new(), |mut counts, entry| {
         *counts.entry(entry.kind).or_insert(0) += 1;
         counts
@@ -149,12 +170,30 @@ pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         records_accepted: run.accepted,
         records_acknowledged: run.acknowledged,
         segments_retired: run.retired,
+        corruption_detected: run.corruption_detected,
     })
 }
 
 impl Run {
     fn fail(&self, check: &'static str, detail: String) -> SeedFailure {
         SeedFailure { seed: self.seed, check, detail }
+    }
+
+    /// With the swarm's bit rot on, now and then flips a bit in the durable
+    /// log where evidence of durability follows it, so a correct reader must
+    /// report it (cutting it off would lose acknowledged records).
+    fn maybe_rot(&mut self) {
+        if !self.swarm.bit_rot || !self.rng.random_bool(0.5) {
+            return;
+        }
+        let from = *self.redo_point.lock().expect("redo point lock");
+        let to = self.model.lock().expect("model lock").evidence_point();
+        if to <= from {
+            return;
+        }
+        let at = Lsn(self.rng.random_range(from.0..to.0));
+        let opts = &self.swarm.opts;
+        self.rotted |= self.disk.rot_at(&opts.path(opts.segno(at)), opts.offset(at));
     }
 
     fn crash(&mut self) {
@@ -179,6 +218,10 @@ impl Run {
             match reader.next_record() {
                 Ok(Some(entry)) => recovered.push(entry),
                 Ok(None) => break,
+                Err(WalError::Corrupt { .. }) if self.rotted => {
+                    self.corruption_detected = true;
+                    return Ok(None);
+                }
                 Err(e @ WalError::Corrupt { .. }) => return Err(self.fail("wal_no_corruption", e.to_string())),
                 Err(_) => return Ok(None),
             }
@@ -207,7 +250,8 @@ impl Run {
             let model = self.model.clone();
             let mut rng = ChaCha8Rng::seed_from_u64(self.rng.random());
             let xid_base = u64::from(writer) << 32 | self.crashes << 16;
-            tasks.push(tokio::spawn(async move { writer_task(wal, model, &mut rng, xid_base).await }));
+            let uniform = self.swarm.uniform_payload;
+            tasks.push(tokio::spawn(async move { writer_task(wal, model, &mut rng, xid_base, uniform).await }));
         }
         let checkpointer = {
             let (wal, model, redo_point) = (wal.clone(), self.model.clone(), self.redo_point.clone());
@@ -228,14 +272,19 @@ impl Run {
         for _ in 0..LIVENESS_ATTEMPTS {
             self.disk.set_crash_countdown(None);
             let Some(wal) = self.recover().await? else {
+                if self.corruption_detected {
+                    // Reported, as it must be; only a restore repairs it.
+                    return Ok(());
+                }
                 self.crash();
                 continue;
             };
             let mut last = Lsn::ZERO;
             for xid in 0..5 {
                 let record = Record::commit(xid, last, xid);
+                let hint = wal.durable_lsn();
                 let (lsn, end) = wal.append(&record).await.map_err(|e| self.fail("liveness", e.to_string()))?;
-                self.model.lock().expect("model lock").accepted(lsn, record);
+                self.model.lock().expect("model lock").accepted(lsn, record, hint);
                 last = lsn;
                 let durable = wal.flush(end).await.map_err(|e| self.fail("liveness", e.to_string()))?;
                 self.model.lock().expect("model lock").acknowledged(durable);
@@ -280,13 +329,24 @@ async fn checkpointer_task(
     retired
 }
 
-async fn writer_task(wal: Arc<Wal>, model: Arc<Mutex<WalModel>>, rng: &mut ChaCha8Rng, xid_base: u64) -> (u64, u64) {
+async fn writer_task(
+    wal: Arc<Wal>,
+    model: Arc<Mutex<WalModel>>,
+    rng: &mut ChaCha8Rng,
+    xid_base: u64,
+    uniform_payload: Option<usize>,
+) -> (u64, u64) {
     let (mut accepted, mut acknowledged) = (0, 0);
     let mut prev = Lsn::ZERO;
     for n in 0..RECORDS_PER_WRITER {
-        let record = random_record(rng, xid_base + u64::from(n), prev);
+        let xid = xid_base + u64::from(n);
+        let record = match uniform_payload {
+            Some(len) => Record::data(xid, prev, vec![n as u8; len]),
+            None => random_record(rng, xid, prev),
+        };
+        let hint = wal.durable_lsn();
         let Ok((lsn, end)) = wal.append(&record).await else { break };
-        model.lock().expect("model lock").accepted(lsn, record);
+        model.lock().expect("model lock").accepted(lsn, record, hint);
         accepted += 1;
         prev = lsn;
         if rng.random_bool(0.3) {

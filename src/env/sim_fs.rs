@@ -411,6 +411,27 @@ impl SimDisk {
         count
     }
 
+    /// Flips one random bit of the byte at `offset` in the durable data of
+    /// `path`, as bit rot at rest. Returns false if there is no such byte.
+    pub fn rot_at(&self, path: &Path, offset: u64) -> bool {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Ok((dir, name)) = DiskState::split(path) else { return false };
+        let Some(ino) = state.dirs.get(&dir).and_then(|d| d.durable.get(&name)).copied() else { return false };
+        let at = offset as usize;
+        if state.inodes[&ino].durable.len() <= at {
+            return false;
+        }
+        let bit = 1u8 << state.rng.random_range(0..8);
+        let inode = state.inodes.get_mut(&ino).expect("inode exists");
+        inode.durable[at] ^= bit;
+        if inode.live.len() > at {
+            inode.live[at] ^= bit;
+        }
+        state.record(FaultKind::BitRot, path, offset, 1);
+        true
+    }
+
     /// Every fault injected so far, in order.
     pub fn ledger(&self) -> Vec<LedgerEntry> {
         self.lock().ledger.clone()

@@ -32,6 +32,7 @@ use super::lsn::Lsn;
 use super::record::{decode, parse_header, DecodeError, Decoded, Record, RecordKind, HEADER_LEN, RECORD_ALIGN};
 use super::segment::{parse_segment_file_name, WalOptions};
 use crate::env::{Fs, SECTOR_SIZE};
+use crate::planted::{active, PlantedBug};
 
 /// Where the valid log ends, as found by a [`WalReader`]. Only a reader that
 /// has read to the end makes one, so [`Wal::open`](super::Wal::open) cannot be
@@ -166,6 +167,9 @@ impl WalReader {
                 lsn: at,
                 detail: format!("{why}, below {} which is known durable", self.durable_floor),
             });
+        }
+        if active(PlantedBug::TruncateAtFirstBadCrc) {
+            return Ok(());
         }
         if let Some((found, durable)) = self.find_later_durable_record(at)? {
             return Err(WalError::Corrupt {

@@ -149,7 +149,9 @@ fn padded(len: usize) -> u64 {
 
 fn checksum(lsn: Lsn, bytes: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&lsn.0.to_le_bytes());
+    if !crate::planted::active(crate::planted::PlantedBug::CrcWithoutLsn) {
+        hasher.update(&lsn.0.to_le_bytes());
+    }
     hasher.update(bytes);
     hasher.finalize()
 }

@@ -45,6 +45,7 @@ use super::reader::LogEnd;
 use super::record::{Record, RecordKind, HEADER_LEN, MAX_PAYLOAD_LEN};
 use super::segment::{parse_segment_file_name, WalOptions};
 use crate::env::{File, Fs, SECTOR_SIZE};
+use crate::planted::{active, PlantedBug};
 
 /// Appended bytes beyond which an append writes the buffer out (unsynced),
 /// bounding the buffer's memory.
@@ -115,8 +116,11 @@ impl Wal {
         let dir = &opts.dir;
         fs.create_dir_all(dir).map_err(|e| WalError::io("create directory", dir, e))?;
         let end = end.lsn();
-        let resume_at = Lsn(end.0.next_multiple_of(SECTOR_SIZE));
-        cut_tail(fs.as_ref(), &opts, end, resume_at)?;
+        let resume_at =
+            if active(PlantedBug::RewriteTornSector) { end } else { Lsn(end.0.next_multiple_of(SECTOR_SIZE)) };
+        if !active(PlantedBug::SkipTailCut) {
+            cut_tail(fs.as_ref(), &opts, end, resume_at)?;
+        }
         let mut insert = InsertBuffer { start: resume_at, bytes: Vec::new(), next: resume_at };
         if resume_at != end {
             // The sector holding `end` also holds records recovery has read
@@ -203,11 +207,27 @@ impl Wal {
         // The sync takes time on a real disk, and other tasks run meanwhile.
         // Yielding here gives the simulator that window too, so a bug that
         // leaks state between the write and the sync can be observed.
+        if active(PlantedBug::AckBeforeSync) {
+            self.durable_lsn.store(writer.written.0, Ordering::Release);
+        }
         tokio::task::yield_now().await;
-        self.sync(&mut writer).map_err(|e| self.stop(e))?;
+        if let Err(error) = self.sync(&mut writer) {
+            if active(PlantedBug::IgnoreFsyncError) {
+                tracing::warn!(%error, "planted bug: ignoring a failed sync");
+            } else if active(PlantedBug::RetryFsync) {
+                let last = self.opts.segno(Lsn(writer.written.0 - 1));
+                writer.unsynced.insert(last);
+                self.sync(&mut writer).map_err(|e| self.stop(e))?;
+            } else {
+                return Err(self.stop(error));
+            }
+        }
         let durable = writer.written;
         assert!(durable >= upto, "the flush covered {upto}");
-        assert!(durable.0 % SECTOR_SIZE == 0, "flushes end on sector boundaries");
+        assert!(
+            durable.0 % SECTOR_SIZE == 0 || active(PlantedBug::NoSectorPadding),
+            "flushes end on sector boundaries"
+        );
         self.durable_lsn.store(durable.0, Ordering::Release);
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(durable)
@@ -234,7 +254,7 @@ impl Wal {
     ) -> Result<RetireReport, WalError> {
         let writer = self.io.lock().await;
         self.check_running()?;
-        let first_needed = self.opts.segno(needed_from);
+        let first_needed = self.opts.segno(needed_from) + u64::from(active(PlantedBug::RecycleNeededSegment));
         assert!(needed_from <= self.durable_lsn(), "retiring WAL that is not durable yet: {needed_from}");
         let dir = &self.opts.dir;
         let names = self.fs.list(dir).map_err(|e| WalError::io("list", dir, e))?;
@@ -250,10 +270,7 @@ impl Wal {
         let ready = ours.iter().filter(|(segno, _)| *segno > self.opts.segno(writer.written)).count();
         let mut report = RetireReport::default();
         for (segno, name) in ours.into_iter().filter(|(segno, _)| *segno < first_needed) {
-            assert!(
-                !writer.open.contains_key(&segno) || segno < self.opts.segno(writer.written),
-                "retiring the segment being written"
-            );
+            assert!(segno < self.opts.segno(writer.written), "retiring segment {name}, which is being written");
             if !may_remove(name) {
                 report.held.push(name.clone());
                 continue;
@@ -363,7 +380,7 @@ impl Wal {
 /// Fills the log up to the next sector boundary with a Pad record.
 fn pad_to_sector(insert: &mut InsertBuffer, timeline: u32, durable: Lsn) {
     let gap = insert.next.0.next_multiple_of(SECTOR_SIZE) - insert.next.0;
-    if gap == 0 {
+    if gap == 0 || active(PlantedBug::NoSectorPadding) {
         return;
     }
     let len = if gap < HEADER_LEN as u64 { gap + SECTOR_SIZE } else { gap };
@@ -392,7 +409,9 @@ fn create_segment(fs: &dyn Fs, opts: &WalOptions, segno: u64) -> Result<Box<dyn 
     }
     file.sync_data().map_err(|e| WalError::io("sync", &temp, e))?;
     fs.rename(&temp, &path).map_err(|e| WalError::io("rename", &temp, e))?;
-    fs.sync_dir(&opts.dir).map_err(|e| WalError::io("sync directory", &opts.dir, e))?;
+    if !active(PlantedBug::SkipSegmentDirSync) {
+        fs.sync_dir(&opts.dir).map_err(|e| WalError::io("sync directory", &opts.dir, e))?;
+    }
     tracing::debug!(segment = %opts.file_name(segno), "created WAL segment");
     Ok(file)
 }

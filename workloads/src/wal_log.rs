@@ -33,6 +33,9 @@ fn fill(rng: &mut impl Rng, len: std::ops::Range<usize>) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub struct WalModel {
     accepted: BTreeMap<Lsn, Record>,
+    /// Each accepted record's `durable_lsn` hint: how far the log was durable
+    /// when it was appended.
+    hints: BTreeMap<Lsn, Lsn>,
     acknowledged_through: Lsn,
 }
 
@@ -44,10 +47,19 @@ impl WalModel {
         model
     }
 
-    /// The WAL accepted `record` at `lsn`.
-    pub fn accepted(&mut self, lsn: Lsn, record: Record) {
+    /// The WAL accepted `record` at `lsn`, when the log was durable through
+    /// `durable_hint` (read from the WAL just before the append).
+    pub fn accepted(&mut self, lsn: Lsn, record: Record, durable_hint: Lsn) {
         let previous = self.accepted.insert(lsn, record);
         assert!(previous.is_none(), "the WAL handed out LSN {lsn} twice");
+        self.hints.insert(lsn, durable_hint);
+    }
+
+    /// Bytes of the log below this LSN have durable evidence after them: an
+    /// acknowledged record appended when the log was already durable past
+    /// them. Damage there must be reported as corruption, never cut off.
+    pub fn evidence_point(&self) -> Lsn {
+        self.hints.range(..self.acknowledged_through).map(|(_, hint)| *hint).max().unwrap_or(Lsn::ZERO)
     }
 
     /// A flush returned: everything before `durable` is acknowledged.
@@ -79,6 +91,7 @@ impl WalModel {
     /// The log before `lsn` is retired: recovery starts reading there.
     pub fn forget_before(&mut self, lsn: Lsn) {
         self.accepted = self.accepted.split_off(&lsn);
+        self.hints = self.hints.split_off(&lsn);
     }
 
     /// Checks what recovery found against the model. Returns a description of
@@ -114,6 +127,7 @@ impl WalModel {
     /// the LSNs of the lost ones will be reused.
     pub fn reset_to(&mut self, recovered: &[(Lsn, Record)]) {
         self.accepted = recovered.iter().cloned().collect();
+        self.hints.retain(|lsn, _| self.accepted.contains_key(lsn));
         self.acknowledged_through = recovered.last().map_or(Lsn::ZERO, |(lsn, rec)| lsn.plus(rec.encoded_len()));
     }
 }
@@ -129,7 +143,7 @@ mod tests {
     fn model() -> WalModel {
         let mut model = WalModel::default();
         for i in 0..4u8 {
-            model.accepted(Lsn(1024 + 48 * u64::from(i)), rec(i));
+            model.accepted(Lsn(1024 + 48 * u64::from(i)), rec(i), Lsn(1024 + 48 * u64::from(i)));
         }
         model.acknowledged(Lsn(1024 + 48 * 2));
         model
@@ -141,6 +155,12 @@ mod tests {
         let all: Vec<_> = model.accepted.clone().into_iter().collect();
         assert!(model.check(&all[..2]).is_ok());
         assert!(model.check(&all).is_ok());
+    }
+
+    #[test]
+    fn evidence_reaches_the_largest_hint_among_acknowledged_records() {
+        // Records at 0x400 and 0x430 are acknowledged; their hints are their LSNs.
+        assert_eq!(model().evidence_point(), Lsn(1024 + 48));
     }
 
     #[test]

@@ -1,0 +1,104 @@
+//! Planted bugs: deliberate, realistic defects the simulator must catch.
+//!
+//! They exist only with the `planted-bugs` cargo feature, which normal builds
+//! never enable; without it [`active`] is a constant `false` and every
+//! planted branch compiles away. The simulator switches one on by name
+//! (`thunderdb-sim --plant NAME`) and measures how many seeds it takes to
+//! catch it (`--planted-report`). A planted bug that goes uncaught means the
+//! simulator needs work.
+
+use std::fmt;
+
+/// One planted bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum PlantedBug {
+    /// Publish the durable LSN before the sync, so a commit can be
+    /// acknowledged before its record is durable.
+    AckBeforeSync,
+    /// Skip the directory sync after renaming a new segment into place.
+    SkipSegmentDirSync,
+    /// After a failed fsync, retry it instead of stopping.
+    RetryFsync,
+    /// Treat a failed fsync as success.
+    IgnoreFsyncError,
+    /// The reader truncates at the first bad record, even mid-log.
+    TruncateAtFirstBadCrc,
+    /// Retire the segment that holds the redo point.
+    RecycleNeededSegment,
+    /// Flushes end mid-sector, so later torn writes can hit acknowledged bytes.
+    NoSectorPadding,
+    /// Open the WAL without cutting off the torn tail durably.
+    SkipTailCut,
+    /// Record checksums leave out the record's LSN.
+    CrcWithoutLsn,
+    /// After a torn sector, resume writing inside it instead of at the next
+    /// sector.
+    RewriteTornSector,
+}
+
+impl PlantedBug {
+    /// Every planted bug.
+    pub const ALL: [PlantedBug; 10] = [
+        PlantedBug::AckBeforeSync,
+        PlantedBug::SkipSegmentDirSync,
+        PlantedBug::RetryFsync,
+        PlantedBug::IgnoreFsyncError,
+        PlantedBug::TruncateAtFirstBadCrc,
+        PlantedBug::RecycleNeededSegment,
+        PlantedBug::NoSectorPadding,
+        PlantedBug::SkipTailCut,
+        PlantedBug::CrcWithoutLsn,
+        PlantedBug::RewriteTornSector,
+    ];
+
+    /// The bug's name, as `--plant` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantedBug::AckBeforeSync => "ack_before_sync",
+            PlantedBug::SkipSegmentDirSync => "skip_segment_dir_sync",
+            PlantedBug::RetryFsync => "retry_fsync",
+            PlantedBug::IgnoreFsyncError => "ignore_fsync_error",
+            PlantedBug::TruncateAtFirstBadCrc => "truncate_at_first_bad_crc",
+            PlantedBug::RecycleNeededSegment => "recycle_needed_segment",
+            PlantedBug::NoSectorPadding => "no_sector_padding",
+            PlantedBug::SkipTailCut => "skip_tail_cut",
+            PlantedBug::CrcWithoutLsn => "crc_without_lsn",
+            PlantedBug::RewriteTornSector => "rewrite_torn_sector",
+        }
+    }
+
+    /// The bug with this name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|bug| bug.name() == name)
+    }
+}
+
+impl fmt::Display for PlantedBug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+static ACTIVE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Whether `bug` is switched on. Always `false` without `planted-bugs`.
+#[cfg(feature = "planted-bugs")]
+pub fn active(bug: PlantedBug) -> bool {
+    ACTIVE.load(std::sync::atomic::Ordering::Relaxed) & (1 << bug as u32) != 0
+}
+
+/// Whether `bug` is switched on. Always `false` without `planted-bugs`.
+#[cfg(not(feature = "planted-bugs"))]
+#[inline(always)]
+pub fn active(_bug: PlantedBug) -> bool {
+    false
+}
+
+/// Switches exactly the given bugs on, process-wide.
+#[cfg(feature = "planted-bugs")]
+pub fn set_active(bugs: &[PlantedBug]) {
+    let mask = bugs.iter().fold(0u32, |mask, bug| mask | 1 << *bug as u32);
+    ACTIVE.store(mask, std::sync::atomic::Ordering::Relaxed);
+}
