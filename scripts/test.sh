@@ -31,7 +31,7 @@ step "tests, madsim build (target/sim)"
 cargo simtest 2>&1 | tee -a "$log"
 
 step "simulator: seeds $SIM_SEEDS, each run twice for determinism"
-cargo sim -- --seeds "$SIM_SEEDS"
+cargo sim -- --seeds "$SIM_SEEDS" --require-probes
 
 step "simulator: regression seeds"
 cargo sim -- --regressions sim/regressions.txt

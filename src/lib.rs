@@ -7,5 +7,6 @@
 
 pub mod env;
 pub mod planted;
+pub mod probe;
 pub mod storage;
 pub mod wal;

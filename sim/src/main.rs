@@ -45,6 +45,9 @@ struct Args {
     /// Seeds one hunt may try before the bug counts as uncaught.
     #[arg(long, default_value_t = 2000)]
     hunt_budget: u64,
+    /// Fail if any coverage probe was never hit (for long runs).
+    #[arg(long)]
+    require_probes: bool,
     /// Independent hunts per planted bug.
     #[arg(long, default_value_t = 5)]
     hunts: u64,
@@ -243,5 +246,13 @@ fn run(args: Args) -> Result<bool, String> {
         }
     }
     summary.print(clock.monotonic(), determinism);
+    let counts = thunderdb::probe::counts();
+    let hit = counts.iter().filter(|(_, count)| *count > 0).count();
+    println!("probes hit: {hit} of {}", counts.len());
+    let missing = thunderdb::probe::missing();
+    if args.require_probes && !missing.is_empty() {
+        println!("FAILED: probes never hit: {}", missing.join(", "));
+        return Ok(false);
+    }
     Ok(summary.failures.is_empty())
 }

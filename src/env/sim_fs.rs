@@ -137,6 +137,7 @@ impl DiskState {
     }
 
     fn record(&mut self, kind: FaultKind, path: &Path, offset: u64, len: u64) {
+        crate::probe::fault(kind);
         self.trace(&[0xFA17, kind as u64, offset, len]);
         self.ledger.push(LedgerEntry { kind, path: path.to_path_buf(), offset, len, boot: self.boot });
     }

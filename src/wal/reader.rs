@@ -33,6 +33,7 @@ use super::record::{decode, parse_header, DecodeError, Decoded, Record, RecordKi
 use super::segment::{parse_segment_file_name, WalOptions};
 use crate::env::{Fs, SECTOR_SIZE};
 use crate::planted::{active, PlantedBug};
+use crate::probe::{self, Phase, Probe};
 
 /// Where the valid log ends, as found by a [`WalReader`]. Only a reader that
 /// has read to the end makes one, so [`Wal::open`](super::Wal::open) cannot be
@@ -90,6 +91,7 @@ impl WalReader {
     /// The next record and its LSN; `None` at the end of the log; an error on
     /// corruption or I/O failure.
     pub fn next_record(&mut self) -> Result<Option<(Lsn, Record)>, WalError> {
+        let _phase = probe::enter(Phase::WalRecoveryRead);
         loop {
             if self.end.is_some() {
                 return Ok(None);
@@ -104,10 +106,17 @@ impl WalReader {
                 }
                 Err(why) => {
                     if let Some(resumed) = self.resume_after(at)? {
+                        probe::hit(Probe::ResumeLinkFollowed);
                         self.next = resumed;
                         continue;
                     }
-                    self.check_torn_tail(at, &why)?;
+                    if let Err(corrupt) = self.check_torn_tail(at, &why) {
+                        probe::hit(Probe::CorruptionReported);
+                        return Err(corrupt);
+                    }
+                    if !matches!(why, DecodeError::Zeroed | DecodeError::Truncated { .. }) {
+                        probe::hit(Probe::TornTailCut);
+                    }
                     self.end = Some(LogEnd { lsn: at });
                     return Ok(None);
                 }

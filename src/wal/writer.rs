@@ -46,6 +46,7 @@ use super::record::{Record, RecordKind, HEADER_LEN, MAX_PAYLOAD_LEN};
 use super::segment::{parse_segment_file_name, WalOptions};
 use crate::env::{File, Fs, SECTOR_SIZE};
 use crate::planted::{active, PlantedBug};
+use crate::probe::{self, Phase, Probe};
 
 /// Appended bytes beyond which an append writes the buffer out (unsynced),
 /// bounding the buffer's memory.
@@ -196,6 +197,7 @@ impl Wal {
         let mut writer = self.io.lock().await;
         self.check_running()?;
         if self.durable_lsn() >= upto {
+            probe::hit(Probe::GroupCommitFollower);
             return Ok(self.durable_lsn());
         }
         // Let committers that are ready to run append before the leader
@@ -254,6 +256,7 @@ impl Wal {
     ) -> Result<RetireReport, WalError> {
         let writer = self.io.lock().await;
         self.check_running()?;
+        let _phase = probe::enter(Phase::WalRetire);
         let first_needed = self.opts.segno(needed_from) + u64::from(active(PlantedBug::RecycleNeededSegment));
         assert!(needed_from <= self.durable_lsn(), "retiring WAL that is not durable yet: {needed_from}");
         let dir = &self.opts.dir;
@@ -328,6 +331,10 @@ impl Wal {
             (start, std::mem::take(&mut insert.bytes))
         };
         assert_eq!(start, writer.written, "the log is written without gaps");
+        let _phase = probe::enter(Phase::WalWrite);
+        if !bytes.is_empty() && self.opts.segno(start) != self.opts.segno(start.plus(bytes.len() as u64 - 1)) {
+            probe::hit(Probe::GroupCommitSpansSegments);
+        }
         let mut pos = start;
         let mut rest = &bytes[..];
         while !rest.is_empty() {
@@ -347,6 +354,7 @@ impl Wal {
     }
 
     fn sync(&self, writer: &mut SegmentWriter) -> Result<(), WalError> {
+        let _phase = probe::enter(Phase::WalSync);
         for segno in std::mem::take(&mut writer.unsynced) {
             let file = writer.open.get(&segno).expect("unsynced segments stay open");
             file.sync_data().map_err(|e| WalError::io("sync", self.opts.path(segno), e))?;
@@ -358,12 +366,18 @@ impl Wal {
     }
 
     fn segment_file<'w>(&self, writer: &'w mut SegmentWriter, segno: u64) -> Result<&'w dyn File, WalError> {
+        let rotating = segno > self.opts.segno(writer.written);
         let file: &'w dyn File = match writer.open.entry(segno) {
             std::collections::btree_map::Entry::Occupied(entry) => &**entry.into_mut(),
             std::collections::btree_map::Entry::Vacant(entry) => {
                 let path = self.opts.path(segno);
                 let file = match self.fs.open(&path) {
-                    Ok(file) => file,
+                    Ok(file) => {
+                        if rotating {
+                            probe::hit(Probe::SegmentReused);
+                        }
+                        file
+                    }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         self.stats.segments_created.fetch_add(1, Ordering::Relaxed);
                         create_segment(self.fs.as_ref(), &self.opts, segno)?
@@ -395,6 +409,7 @@ fn pad_to_sector(insert: &mut InsertBuffer, timeline: u32, durable: Lsn) {
 /// Creates segment `segno` crash-safely: zero-filled under a temporary name,
 /// synced, renamed into place, directory synced.
 fn create_segment(fs: &dyn Fs, opts: &WalOptions, segno: u64) -> Result<Box<dyn File>, WalError> {
+    let _phase = probe::enter(Phase::WalRotate);
     let temp = opts.dir.join(format!("{TEMP_PREFIX}{segno}"));
     let path = opts.path(segno);
     if fs.exists(&temp).map_err(|e| WalError::io("stat", &temp, e))? {
@@ -420,6 +435,7 @@ fn create_segment(fs: &dyn Fs, opts: &WalOptions, segno: u64) -> Result<Box<dyn 
 /// from `resume_at` on: zeroes the rest of its segment and deletes later
 /// segments and leftover temporary files.
 fn cut_tail(fs: &dyn Fs, opts: &WalOptions, end: Lsn, resume_at: Lsn) -> Result<(), WalError> {
+    let _phase = probe::enter(Phase::WalTailCut);
     let dir = &opts.dir;
     let names = fs.list(dir).map_err(|e| WalError::io("list", dir, e))?;
     let mut removed = false;
@@ -449,6 +465,7 @@ fn cut_tail(fs: &dyn Fs, opts: &WalOptions, end: Lsn, resume_at: Lsn) -> Result<
         let mut tail = vec![0; len.saturating_sub(from) as usize];
         file.read_exact_at(&mut tail, from).map_err(|e| WalError::io("read", &path, e))?;
         if tail.iter().any(|b| *b != 0) {
+            probe::hit(Probe::TailZeroed);
             tracing::info!(segment = %opts.file_name(segno), lsn = %resume_at, "cutting off the torn WAL tail");
             file.write_all_at(&vec![0; tail.len()], from).map_err(|e| WalError::io("zero", &path, e))?;
         }
