@@ -9,6 +9,7 @@
 //! Today the simulator drives the WAL (`wal_run`). The engine, SQL and backup
 //! workloads join as they land.
 
+pub mod fuzz_checks;
 pub mod runner;
 pub mod wal_run;
 
