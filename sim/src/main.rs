@@ -149,6 +149,7 @@ struct Summary {
     acknowledged: u64,
     retired: u64,
     corruptions_detected: u64,
+    io_ops: u64,
     failures: Vec<SeedFailure>,
 }
 
@@ -162,6 +163,7 @@ impl Summary {
         self.acknowledged += outcome.records_acknowledged;
         self.retired += outcome.segments_retired;
         self.corruptions_detected += u64::from(outcome.corruption_detected);
+        self.io_ops += outcome.io_ops;
     }
 
     fn print(&self, elapsed: Duration, determinism: bool) {
@@ -173,6 +175,8 @@ impl Summary {
         let listed: Vec<String> =
             FaultKind::ALL.iter().map(|k| format!("{k}={}", self.faults.get(k).unwrap_or(&0))).collect();
         println!("faults injected: {}", listed.join(" "));
+        let passed = (self.seeds - self.failures.len() as u64).max(1);
+        println!("I/O operations per seed: {} on average", self.io_ops / passed);
         println!(
             "seeds per second: {:.1}{}",
             self.seeds as f64 / elapsed.as_secs_f64().max(0.001),
@@ -234,6 +238,7 @@ fn run(args: Args) -> Result<bool, String> {
         acknowledged: 0,
         retired: 0,
         corruptions_detected: 0,
+        io_ops: 0,
         failures: Vec::new(),
     };
     for seed in seeds {

@@ -22,12 +22,14 @@ use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use thunderdb::env::{FaultConfig, FaultKind, Fs, SimDisk};
+use thunderdb::env::{DiskTrace, FaultConfig, FaultKind, Fs, SimDisk};
 use thunderdb::wal::{Lsn, Record, Wal, WalError, WalOptions, WalReader};
 use thunderdb_workloads::wal_log::{random_record, WalModel};
 
-/// Crash cycles per seed.
-const CYCLES: u32 = 6;
+/// Crash cycles per seed with a sparse crash schedule (long runs between
+/// crashes), and with a frequent one (a crash every few dozen I/Os).
+const SPARSE_CYCLES: u32 = 8;
+const FREQUENT_CYCLES: u32 = 20;
 /// Records each writer attempts per cycle, at most.
 const RECORDS_PER_WRITER: u32 = 40;
 /// Recovery attempts in the liveness phase before declaring the system stuck.
@@ -55,6 +57,10 @@ pub struct SeedOutcome {
     /// Injected bit rot was reported as corruption, ending the run: the
     /// right outcome, since only a restore can repair it.
     pub corruption_detected: bool,
+    /// I/O operations the disk performed.
+    pub io_ops: u64,
+    /// Every disk event, for finding where two runs diverge.
+    pub trace: Arc<DiskTrace>,
 }
 
 /// A seed that broke an invariant.
@@ -80,6 +86,9 @@ struct Swarm {
     faults: FaultConfig,
     /// Rot a bit of durable, evidenced log after some crashes.
     bit_rot: bool,
+    /// Crash every few dozen I/Os instead of every few hundred: the
+    /// crash, reopen, short write, crash sequences that test the tail cut.
+    frequent_crashes: bool,
     /// Every record has this payload size: stale records left by a crash
     /// then line up with new record boundaries, which random sizes rarely do.
     uniform_payload: Option<usize>,
@@ -93,6 +102,7 @@ impl Swarm {
             writers: rng.random_range(1..=8),
             faults: FaultConfig::swarm(rng),
             bit_rot: rng.random_bool(0.3),
+            frequent_crashes: rng.random_bool(0.3),
             uniform_payload: if rng.random_bool(0.3) { Some(rng.random_range(0..300)) } else { None },
         }
     }
@@ -138,11 +148,16 @@ pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     };
     run.disk.fs().create_dir_all(&run.swarm.opts.dir).map_err(|e| run.fail("setup", e.to_string()))?;
     *run.redo_point.lock().expect("redo point lock") = run.swarm.opts.first_lsn();
-    for _ in 0..CYCLES {
+    let (cycles, countdowns) =
+        if run.swarm.frequent_crashes { (FREQUENT_CYCLES, 12..80) } else { (SPARSE_CYCLES, 50..1500) };
+    for _ in 0..cycles {
         // One time in five, the crash lands within the first I/Os: during
         // recovery's reads or its tail cut.
-        let countdown =
-            if run.rng.random_bool(0.2) { run.rng.random_range(0..12) } else { run.rng.random_range(20..400) };
+        let countdown = if run.rng.random_bool(0.2) {
+            run.rng.random_range(0..12)
+        } else {
+            run.rng.random_range(countdowns.clone())
+        };
         run.disk.set_crash_countdown(Some(countdown));
         if let Some(wal) = run.recover().await? {
             run.write(Arc::new(wal)).await;
@@ -171,6 +186,8 @@ pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         records_acknowledged: run.acknowledged,
         segments_retired: run.retired,
         corruption_detected: run.corruption_detected,
+        io_ops: run.disk.op_count(),
+        trace: Arc::new(run.disk.trace()),
     })
 }
 

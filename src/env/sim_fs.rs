@@ -123,22 +123,99 @@ struct DiskState {
     dirs: BTreeMap<PathBuf, Dir>,
     ledger: Vec<LedgerEntry>,
     trace_hash: u64,
+    trace: DiskTrace,
     ops: u64,
     syncs: u64,
 }
 
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
+// Event tags in the trace. Operation events carry `OP_BASE + code`; the
+// words after an operation event are its arguments.
+const OP_BASE: u64 = 0x0900;
+const FAULT_EVENT: u64 = 0xFA17;
+const CRASH_EVENT: u64 = 0xC8A5;
+const OP_NAMES: [&str; 15] = [
+    "?",
+    "open",
+    "create",
+    "rename",
+    "remove",
+    "list",
+    "sync_dir",
+    "create_dir_all",
+    "exists",
+    "?",
+    "read",
+    "write",
+    "set_len",
+    "len",
+    "sync",
+];
+
+/// Every event the disk saw, in order: operations, their arguments, faults
+/// and crashes. Two runs of a seed must produce the same trace; when they do
+/// not, [`DiskTrace::first_divergence`] says where.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskTrace {
+    events: Vec<[u64; 4]>,
+    names: BTreeMap<u64, PathBuf>,
+}
+
+impl DiskTrace {
+    /// Events recorded.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The index of the first event where the two traces differ, with both
+    /// events described; `None` if they are the same.
+    pub fn first_divergence(&self, other: &DiskTrace) -> Option<(usize, String, String)> {
+        let index =
+            (0..self.events.len().max(other.events.len())).find(|&i| self.events.get(i) != other.events.get(i))?;
+        Some((index, self.describe(index), other.describe(index)))
+    }
+
+    /// Event `index` in words.
+    pub fn describe(&self, index: usize) -> String {
+        let Some(event) = self.events.get(index) else { return "end of trace".into() };
+        let [tag, a, b, c] = *event;
+        match tag {
+            FAULT_EVENT => {
+                let kind = FaultKind::ALL.iter().find(|k| **k as u64 == a).map_or("?", |k| k.name());
+                format!("fault {kind} at offset {b}, {c} bytes")
+            }
+            CRASH_EVENT => format!("power loss ending boot {a}"),
+            tag if (OP_BASE..OP_BASE + OP_NAMES.len() as u64).contains(&tag) => {
+                let path = self.names.get(&a).map_or_else(|| format!("path#{a:x}"), |p| p.display().to_string());
+                format!("{} {path}", OP_NAMES[(tag - OP_BASE) as usize])
+            }
+            _ => format!("arguments {tag}, {a}, {b}, {c}"),
+        }
+    }
+}
+
 impl DiskState {
     fn trace(&mut self, words: &[u64]) {
+        let mut event = [0u64; 4];
+        for (slot, word) in event.iter_mut().zip(words) {
+            *slot = *word;
+        }
+        assert!(words.len() <= event.len(), "trace events have at most 4 words");
         for word in words {
             self.trace_hash = (self.trace_hash ^ word).wrapping_mul(FNV_PRIME);
         }
+        self.trace.events.push(event);
     }
 
     fn record(&mut self, kind: FaultKind, path: &Path, offset: u64, len: u64) {
         crate::probe::fault(kind);
-        self.trace(&[0xFA17, kind as u64, offset, len]);
+        self.trace(&[FAULT_EVENT, kind as u64, offset, len]);
         self.ledger.push(LedgerEntry { kind, path: path.to_path_buf(), offset, len, boot: self.boot });
     }
 
@@ -151,7 +228,9 @@ impl DiskState {
     /// if the machine is down, or goes down now.
     fn begin_op(&mut self, code: u64, path: &Path) -> io::Result<()> {
         self.ops += 1;
-        self.trace(&[code, hash_path(path)]);
+        let path_hash = hash_path(path);
+        self.trace.names.entry(path_hash).or_insert_with(|| path.to_path_buf());
+        self.trace(&[OP_BASE + code, path_hash]);
         if self.crashed {
             return Err(crashed_error());
         }
@@ -312,6 +391,7 @@ impl SimDisk {
             dirs: BTreeMap::from([(PathBuf::from("/"), Dir::default()), (PathBuf::new(), Dir::default())]),
             ledger: Vec::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
+            trace: DiskTrace::default(),
             ops: 0,
             syncs: 0,
         };
@@ -350,7 +430,7 @@ impl SimDisk {
     pub fn crash(&self) -> u64 {
         let mut state = self.lock();
         let state = &mut *state;
-        state.trace(&[0xC8A5, state.boot]);
+        state.trace(&[CRASH_EVENT, state.boot]);
         // Namespace first: decide which entries survive.
         let dir_paths: Vec<PathBuf> = state.dirs.keys().cloned().collect();
         for dir_path in dir_paths {
@@ -436,6 +516,11 @@ impl SimDisk {
     /// Every fault injected so far, in order.
     pub fn ledger(&self) -> Vec<LedgerEntry> {
         self.lock().ledger.clone()
+    }
+
+    /// Every event so far (see [`DiskTrace`]).
+    pub fn trace(&self) -> DiskTrace {
+        self.lock().trace.clone()
     }
 
     /// A rolling hash of every operation and fault so far.
@@ -934,6 +1019,25 @@ mod tests {
         disk.crash();
         assert!(file.len().is_err(), "handles from before the crash are stale");
         assert_eq!(read_all(&disk.fs(), &path), b"ab");
+    }
+
+    #[test]
+    fn the_first_diverging_event_is_named() {
+        let run = |sync_first: bool| {
+            let disk = SimDisk::new(3, FaultConfig::none());
+            let fs = disk.fs();
+            fs.create_dir_all(&dir()).unwrap();
+            let file = fs.create(&dir().join("f")).unwrap();
+            if sync_first {
+                file.sync_data().unwrap();
+            }
+            file.write_all_at(b"x", 0).unwrap();
+            disk.trace()
+        };
+        let (one, two) = (run(false), run(true));
+        assert_eq!(one.first_divergence(&one.clone()), None);
+        let (index, left, right) = one.first_divergence(&two).expect("the runs differ");
+        assert_eq!((left.as_str(), right.as_str()), ("write /db/f", "sync /db/f"), "at event {index}");
     }
 
     #[test]
