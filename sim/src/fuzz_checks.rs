@@ -148,7 +148,11 @@ fn recover(disk: &SimDisk, opts: &WalOptions, model: &mut WalModel) -> Result<Op
         }
     }
     model.check(&recovered)?;
-    model.reset_to(&recovered);
     let end = reader.end().expect("the reader reached the end");
-    Ok(Wal::open(fs, opts.clone(), end).ok())
+    let wal = Wal::open(fs, opts.clone(), end).ok();
+    if wal.is_some() {
+        // A crash while opening leaves the previous truth in force.
+        model.reset_to(&recovered);
+    }
+    Ok(wal)
 }

@@ -243,14 +243,13 @@ impl Run {
                 Err(_) => return Ok(None),
             }
         }
-        {
-            let mut model = self.model.lock().expect("model lock");
-            model.check(&recovered).map_err(|detail| self.fail("wal_durable_prefix", detail))?;
-            model.reset_to(&recovered);
-        }
+        self.model.lock().expect("model lock").check(&recovered).map_err(|d| self.fail("wal_durable_prefix", d))?;
         let end = reader.end().expect("the reader reached the end");
         match Wal::open(fs, opts, end) {
             Ok(wal) => {
+                // Only an opened WAL makes this recovery's end the truth: a
+                // crash while opening leaves the previous truth in force.
+                self.model.lock().expect("model lock").reset_to(&recovered);
                 self.recoveries += 1;
                 Ok(Some(wal))
             }

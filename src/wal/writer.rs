@@ -33,6 +33,9 @@
 //! - **Durable cut:** on open, the bytes after the end of the valid log are
 //!   zeroed and later segments removed, durably, before anything is appended,
 //!   so a record from before a crash can never reappear after new writes.
+//!   When the log ends mid-sector, the Resume record that links past the
+//!   torn sector is made durable before `open` returns: otherwise the zeroes
+//!   could complete the failed record into a valid one (found by seed 1624).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -133,7 +136,7 @@ impl Wal {
             insert.next = resume_at.plus(len);
         }
         let writer = SegmentWriter { written: resume_at, open: BTreeMap::new(), unsynced: BTreeSet::new() };
-        Ok(Wal {
+        let wal = Wal {
             fs,
             opts,
             insert: Mutex::new(insert),
@@ -141,7 +144,19 @@ impl Wal {
             durable_lsn: AtomicU64::new(end.0),
             stopped: Mutex::new(None),
             stats: WalStats::default(),
-        })
+        };
+        if resume_at != end {
+            // The Resume record must be durable before anything else: until
+            // it is, the record that failed at `end` can still validate if
+            // the bytes after the torn sector are completed by zeroes (the
+            // cut, or a fresh segment) that happen to be its true contents.
+            // Padded to a whole sector, so no later write touches it.
+            let mut writer = wal.io.try_lock().expect("no one else holds a WAL that is still opening");
+            wal.write_buffer(&mut writer, true)?;
+            wal.sync(&mut writer)?;
+            wal.durable_lsn.store(writer.written.0, Ordering::Release);
+        }
+        Ok(wal)
     }
 
     /// The options the WAL was opened with.
