@@ -1,10 +1,12 @@
-//! The storage engine: pages, the control file and (to come) the buffer
-//! pool and tables.
+//! The storage engine: pages, the buffer pool, the control file and (to
+//! come) tables.
 
+mod buffer;
 mod control;
 mod error;
 mod page;
 
+pub use buffer::{BufferError, BufferPool, BufferStats};
 pub use control::{ControlFile, ControlState, CONTROL_FILE_NAME};
 pub use error::StorageError;
 pub use page::{Page, PageCheck, PageKind, PAGE_HEADER_LEN, PAGE_SIZE};

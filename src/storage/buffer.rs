@@ -1,0 +1,371 @@
+//! The buffer pool: a bounded cache of pages over one data file, with the
+//! dirty page table and the WAL rule.
+//!
+//! Invariants:
+//!
+//! - **Bounded memory:** at most `frames_max` pages are resident, where
+//!   `frames_max = buffer_pool_size / PAGE_SIZE` (at least 4).
+//! - **WAL rule:** a dirty page is written only after the WAL is durable up to
+//!   its page LSN. A page's LSN is the *end* LSN of the last record applied
+//!   to it (as in PostgreSQL), so flushing the WAL to the page LSN covers the
+//!   whole record.
+//! - **Dirty page table:** every dirty page has a recovery LSN, the end LSN
+//!   of the first record that dirtied it since it was last written. A
+//!   checkpoint's redo point is the smallest of them.
+//! - **Verified reads:** every page read is checked (checksum, page number);
+//!   a failure is an error naming the file and page, never a silent use.
+//!
+//! Writes go to the operating system without a sync; [`BufferPool::flush_all`]
+//! (a checkpoint) writes every dirty page and then syncs the file. A torn
+//! page write is repaired by redo from the page's full-page image, which the
+//! engine logs on a page's first change after each checkpoint.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::error::StorageError;
+use super::page::{Page, PageCheck, PageKind, PAGE_SIZE};
+use crate::env::{File, Fs};
+use crate::wal::{Lsn, Wal, WalError};
+
+/// The fewest frames a pool may have: enough for a B+tree split's pages.
+const FRAMES_MIN: usize = 4;
+
+/// Counters since the pool was opened.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BufferStats {
+    /// Fetches served from memory.
+    pub hits: u64,
+    /// Fetches that read the page from disk.
+    pub misses: u64,
+    /// Pages evicted to make room.
+    pub evictions: u64,
+    /// Pages written to the data file.
+    pub writes: u64,
+}
+
+struct Frame {
+    page: Page,
+    /// `Some` when dirty: the end LSN of the first record that dirtied it.
+    rec_lsn: Option<Lsn>,
+    last_use: u64,
+}
+
+/// Why a buffer-pool call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    /// The data file failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The WAL could not be made durable before a page write.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+}
+
+/// A bounded page cache over one data file.
+pub struct BufferPool {
+    path: PathBuf,
+    file: Box<dyn File>,
+    frames_max: usize,
+    frames: BTreeMap<u32, Frame>,
+    /// Last-use tick to page number, for least-recently-used eviction.
+    lru: BTreeMap<u64, u32>,
+    tick: u64,
+    stats: BufferStats,
+}
+
+impl BufferPool {
+    /// Opens (or creates, durably) the data file at `path` with a pool of
+    /// `pool_bytes` bytes.
+    pub fn open(fs: Arc<dyn Fs>, path: &Path, pool_bytes: u64) -> Result<Self, StorageError> {
+        let file = match fs.open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let file = fs.create(path).map_err(|e| StorageError::io("create", path, e))?;
+                let dir = path.parent().unwrap_or(Path::new("."));
+                fs.sync_dir(dir).map_err(|e| StorageError::io("sync directory", dir, e))?;
+                file
+            }
+            Err(e) => return Err(StorageError::io("open", path, e)),
+        };
+        let frames_max = usize::try_from(pool_bytes / PAGE_SIZE as u64).unwrap_or(usize::MAX).max(FRAMES_MIN);
+        Ok(BufferPool {
+            path: path.to_path_buf(),
+            file,
+            frames_max,
+            frames: BTreeMap::new(),
+            lru: BTreeMap::new(),
+            tick: 0,
+            stats: BufferStats::default(),
+        })
+    }
+
+    /// The most pages the pool holds at once.
+    pub fn frames_max(&self) -> usize {
+        self.frames_max
+    }
+
+    /// Pages resident now.
+    pub fn resident(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> BufferStats {
+        self.stats
+    }
+
+    /// Pages in the data file (not counting pages still only in memory).
+    pub fn file_pages(&self) -> Result<u32, StorageError> {
+        let len = self.file.len().map_err(|e| StorageError::io("stat", &self.path, e))?;
+        Ok(u32::try_from(len / PAGE_SIZE as u64).expect("data files stay under 32 TiB"))
+    }
+
+    /// The dirty page table: page number to recovery LSN.
+    pub fn dirty_pages(&self) -> BTreeMap<u32, Lsn> {
+        self.frames.iter().filter_map(|(no, frame)| frame.rec_lsn.map(|lsn| (*no, lsn))).collect()
+    }
+
+    /// Brings page `page_no` into the pool (evicting under the WAL rule if
+    /// full) and returns it. A page that fails its checks is an error.
+    pub async fn fetch(&mut self, page_no: u32, wal: &Wal) -> Result<&Page, BufferError> {
+        if self.frames.contains_key(&page_no) {
+            self.stats.hits += 1;
+        } else {
+            self.stats.misses += 1;
+            self.make_room(wal).await?;
+            let page = self.read(page_no)?;
+            self.frames.insert(page_no, Frame { page, rec_lsn: None, last_use: 0 });
+        }
+        self.touch(page_no);
+        Ok(&self.frames[&page_no].page)
+    }
+
+    /// Adds a new, empty page that is not on disk yet (an allocation). It is
+    /// dirty from `lsn`, the end LSN of the record that created it.
+    pub async fn create(&mut self, page_no: u32, kind: PageKind, lsn: Lsn, wal: &Wal) -> Result<(), BufferError> {
+        assert!(!self.frames.contains_key(&page_no), "page {page_no} is already resident");
+        self.make_room(wal).await?;
+        let mut page = Page::new(page_no, kind);
+        page.set_page_lsn(lsn);
+        self.frames.insert(page_no, Frame { page, rec_lsn: Some(lsn), last_use: 0 });
+        self.touch(page_no);
+        Ok(())
+    }
+
+    /// Applies a logged change to a resident page: `change` runs on the page,
+    /// whose LSN becomes `lsn`, the end LSN of the change's record (already
+    /// appended to the WAL).
+    pub fn modify(&mut self, page_no: u32, lsn: Lsn, change: impl FnOnce(&mut Page)) {
+        let frame = self.frames.get_mut(&page_no).unwrap_or_else(|| panic!("page {page_no} is not resident"));
+        change(&mut frame.page);
+        frame.page.set_page_lsn(lsn);
+        frame.rec_lsn.get_or_insert(lsn);
+        self.touch(page_no);
+    }
+
+    /// Writes every dirty page (WAL first) and syncs the data file: what a
+    /// checkpoint needs before it can move the redo point.
+    pub async fn flush_all(&mut self, wal: &Wal) -> Result<(), BufferError> {
+        let dirty: Vec<u32> = self.dirty_pages().into_keys().collect();
+        let newest = dirty.iter().map(|no| self.frames[no].page.page_lsn()).max();
+        if let Some(newest) = newest {
+            wal.flush(newest).await?;
+        }
+        for page_no in dirty {
+            self.write(page_no, wal)?;
+        }
+        self.file.sync_data().map_err(|e| StorageError::io("sync", &self.path, e))?;
+        Ok(())
+    }
+
+    fn touch(&mut self, page_no: u32) {
+        self.tick += 1;
+        let frame = self.frames.get_mut(&page_no).expect("resident");
+        self.lru.remove(&frame.last_use);
+        frame.last_use = self.tick;
+        self.lru.insert(self.tick, page_no);
+    }
+
+    /// Evicts the least recently used page if the pool is full.
+    async fn make_room(&mut self, wal: &Wal) -> Result<(), BufferError> {
+        if self.frames.len() < self.frames_max {
+            return Ok(());
+        }
+        let (&tick, &victim) = self.lru.iter().next().expect("a full pool has pages");
+        if self.frames[&victim].rec_lsn.is_some() {
+            wal.flush(self.frames[&victim].page.page_lsn()).await?;
+            self.write(victim, wal)?;
+        }
+        self.lru.remove(&tick);
+        self.frames.remove(&victim);
+        self.stats.evictions += 1;
+        Ok(())
+    }
+
+    /// Writes a dirty page; the caller has made the WAL durable through its LSN.
+    fn write(&mut self, page_no: u32, wal: &Wal) -> Result<(), StorageError> {
+        let frame = self.frames.get_mut(&page_no).expect("resident");
+        let lsn = frame.page.page_lsn();
+        assert!(wal.durable_lsn() >= lsn, "WAL rule: page {page_no} at {lsn}, WAL durable to {}", wal.durable_lsn());
+        let offset = u64::from(page_no) * PAGE_SIZE as u64;
+        self.file.write_all_at(frame.page.seal(), offset).map_err(|e| StorageError::io("write", &self.path, e))?;
+        frame.rec_lsn = None;
+        self.stats.writes += 1;
+        Ok(())
+    }
+
+    fn read(&self, page_no: u32) -> Result<Page, StorageError> {
+        let mut bytes = vec![0u8; PAGE_SIZE];
+        let offset = u64::from(page_no) * PAGE_SIZE as u64;
+        let corrupt = |detail: String| StorageError::CorruptPage { path: self.path.clone(), page_no, detail };
+        match self.file.read_exact_at(&mut bytes, offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(corrupt(format!("page is past the end of the file ({} pages)", self.file_pages()?)));
+            }
+            Err(e) => return Err(StorageError::io("read", &self.path, e)),
+        }
+        Page::from_bytes(&bytes, page_no).map_err(|check| match check {
+            PageCheck::Zeroed => corrupt("the page was never written (all zeroes)".into()),
+            PageCheck::Damaged(detail) => corrupt(detail),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::{FaultConfig, SimDisk};
+    use crate::wal::{Record, WalOptions, WalReader};
+
+    const DATA: &str = "/db/data/main.tdb";
+
+    fn wal(disk: &SimDisk) -> Wal {
+        let opts = WalOptions::new("/db/wal").with_segment_size(1 << 16);
+        let fs: Arc<dyn Fs> = disk.fs();
+        let end = WalReader::new(fs.clone(), opts.clone(), opts.first_lsn()).read_to_end().unwrap();
+        Wal::open(fs, opts, end).unwrap()
+    }
+
+    fn disk() -> SimDisk {
+        let disk = SimDisk::new(1, FaultConfig::none());
+        disk.fs().create_dir_all(Path::new("/db/data")).unwrap();
+        disk
+    }
+
+    /// Logs a change (without flushing) and returns its end LSN.
+    async fn log(wal: &Wal, page_no: u32) -> Lsn {
+        wal.append(&Record::data(1, Lsn::ZERO, page_no.to_le_bytes().to_vec())).await.unwrap().1
+    }
+
+    async fn fill(pool: &mut BufferPool, wal: &Wal, pages: u32) {
+        for page_no in 0..pages {
+            let lsn = log(wal, page_no).await;
+            pool.create(page_no, PageKind::Leaf, lsn, wal).await.unwrap();
+            pool.modify(page_no, lsn, |page| page.body_mut()[..4].copy_from_slice(&page_no.to_le_bytes()));
+            assert!(pool.resident() <= pool.frames_max(), "memory stays bounded");
+        }
+    }
+
+    #[tokio::test]
+    async fn pages_round_trip_through_a_bounded_pool() {
+        let disk = disk();
+        let wal = wal(&disk);
+        let mut pool = BufferPool::open(disk.fs(), Path::new(DATA), 4 * PAGE_SIZE as u64).unwrap();
+        fill(&mut pool, &wal, 10).await;
+        assert_eq!(pool.stats().evictions, 6);
+        pool.flush_all(&wal).await.unwrap();
+        assert!(pool.dirty_pages().is_empty());
+
+        let mut pool = BufferPool::open(disk.fs(), Path::new(DATA), 4 * PAGE_SIZE as u64).unwrap();
+        assert_eq!(pool.file_pages().unwrap(), 10);
+        for page_no in (0..10).chain(0..2) {
+            let page = pool.fetch(page_no, &wal).await.unwrap();
+            assert_eq!(page.body()[..4], page_no.to_le_bytes());
+        }
+        assert_eq!(pool.stats().misses, 12, "0 and 1 were evicted again before the second pass");
+        pool.fetch(1, &wal).await.unwrap();
+        assert_eq!(pool.stats().hits, 1);
+    }
+
+    #[tokio::test]
+    async fn eviction_makes_the_wal_durable_first_even_across_a_crash() {
+        let disk = SimDisk::new(2, FaultConfig::power_loss());
+        disk.fs().create_dir_all(Path::new("/db/data")).unwrap();
+        let wal = wal(&disk);
+        let mut pool = BufferPool::open(disk.fs(), Path::new(DATA), 4 * PAGE_SIZE as u64).unwrap();
+        assert_eq!(wal.durable_lsn(), WalOptions::new("/").with_segment_size(1 << 16).first_lsn());
+        fill(&mut pool, &wal, 8).await;
+        let last_evicted = pool.frames.keys().min().copied();
+        assert_eq!(last_evicted, Some(4), "pages 0 to 3 were evicted");
+        // Nothing flushed the WAL but the evictions, which had to.
+        let written = pool.stats().writes;
+        assert_eq!(written, 4);
+        let first = WalOptions::new("/").with_segment_size(1 << 16).first_lsn();
+        assert!(wal.durable_lsn() > first, "the evictions flushed the WAL");
+        let file = disk.fs().open(Path::new(DATA)).unwrap();
+        for page_no in 0..4u32 {
+            let mut bytes = vec![0; PAGE_SIZE];
+            file.read_exact_at(&mut bytes, u64::from(page_no) * PAGE_SIZE as u64).unwrap();
+            let page = Page::from_bytes(&bytes, page_no).unwrap();
+            assert!(page.page_lsn() <= wal.durable_lsn(), "page {page_no} is not ahead of the WAL");
+        }
+        // After power loss, no page on disk is ahead of the WAL that survived.
+        drop((pool, wal));
+        disk.crash();
+        let opts = WalOptions::new("/db/wal").with_segment_size(1 << 16);
+        let end = WalReader::new(disk.fs(), opts.clone(), opts.first_lsn()).read_to_end().unwrap();
+        let file = disk.fs().open(Path::new(DATA)).unwrap();
+        let pages = file.len().unwrap() / PAGE_SIZE as u64;
+        for page_no in 0..pages as u32 {
+            let mut bytes = vec![0; PAGE_SIZE];
+            file.read_exact_at(&mut bytes, u64::from(page_no) * PAGE_SIZE as u64).unwrap();
+            if let Ok(page) = Page::from_bytes(&bytes, page_no) {
+                assert!(
+                    page.page_lsn() <= end.lsn(),
+                    "page {page_no} at {} survived past the WAL end {}",
+                    page.page_lsn(),
+                    end.lsn()
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_dirty_page_table_keeps_the_first_dirtying_lsn() {
+        let disk = disk();
+        let wal = wal(&disk);
+        let mut pool = BufferPool::open(disk.fs(), Path::new(DATA), 1 << 20).unwrap();
+        let first = log(&wal, 0).await;
+        pool.create(0, PageKind::Leaf, first, &wal).await.unwrap();
+        let second = log(&wal, 0).await;
+        pool.modify(0, second, |_| {});
+        assert_eq!(pool.dirty_pages(), BTreeMap::from([(0, first)]));
+        assert_eq!(pool.fetch(0, &wal).await.unwrap().page_lsn(), second);
+        pool.flush_all(&wal).await.unwrap();
+        assert!(pool.dirty_pages().is_empty());
+        assert!(wal.durable_lsn() >= second, "the checkpoint flushed the WAL first");
+    }
+
+    #[tokio::test]
+    async fn a_bad_page_is_an_error_naming_the_file_and_page() {
+        let disk = disk();
+        let wal = wal(&disk);
+        let mut pool = BufferPool::open(disk.fs(), Path::new(DATA), 1 << 20).unwrap();
+        fill(&mut pool, &wal, 5).await;
+        pool.flush_all(&wal).await.unwrap();
+        drop(pool);
+        let file = disk.fs().open(Path::new(DATA)).unwrap();
+        file.write_all_at(&[0xFF; 3], 3 * PAGE_SIZE as u64 + 100).unwrap();
+
+        let mut pool = BufferPool::open(disk.fs(), Path::new(DATA), 1 << 20).unwrap();
+        let err = pool.fetch(3, &wal).await.unwrap_err().to_string();
+        assert!(err.contains("corrupt page 3 in /db/data/main.tdb: checksum mismatch"), "{err}");
+        let err = pool.fetch(9, &wal).await.unwrap_err().to_string();
+        assert!(err.contains("corrupt page 9") && err.contains("past the end of the file (5 pages)"), "{err}");
+        assert!(pool.fetch(2, &wal).await.is_ok(), "other pages are still usable");
+    }
+}
