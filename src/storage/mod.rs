@@ -4,6 +4,7 @@
 mod buffer;
 mod control;
 mod error;
+pub mod node;
 mod page;
 
 pub use buffer::{BufferError, BufferPool, BufferStats};
