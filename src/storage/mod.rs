@@ -5,9 +5,11 @@ mod buffer;
 mod control;
 mod error;
 pub mod node;
+mod op;
 mod page;
 
 pub use buffer::{BufferError, BufferPool, BufferStats};
 pub use control::{ControlFile, ControlState, CONTROL_FILE_NAME};
 pub use error::StorageError;
+pub use op::{Op, OpDecodeError, Redo};
 pub use page::{Page, PageCheck, PageKind, PAGE_HEADER_LEN, PAGE_SIZE};
