@@ -107,6 +107,11 @@ impl BufferPool {
         self.frames_max
     }
 
+    /// Whether page `page_no` is in memory.
+    pub fn is_resident(&self, page_no: u32) -> bool {
+        self.frames.contains_key(&page_no)
+    }
+
     /// Pages resident now.
     pub fn resident(&self) -> usize {
         self.frames.len()
@@ -151,6 +156,25 @@ impl BufferPool {
         let mut page = Page::new(page_no, kind);
         page.set_page_lsn(lsn);
         self.frames.insert(page_no, Frame { page, rec_lsn: Some(lsn), last_use: 0 });
+        self.touch(page_no);
+        Ok(())
+    }
+
+    /// Installs a page rebuilt from a logged image during redo (its page LSN
+    /// is the record's end), unless the resident copy is already as new.
+    /// Never reads the page from disk: the image is the truth.
+    pub async fn install(&mut self, page: Page, wal: &Wal) -> Result<(), BufferError> {
+        let page_no = page.page_no();
+        let lsn = page.page_lsn();
+        if let Some(frame) = self.frames.get_mut(&page_no) {
+            if frame.page.page_lsn() < lsn {
+                frame.page = page;
+                frame.rec_lsn.get_or_insert(lsn);
+            }
+        } else {
+            self.make_room(wal).await?;
+            self.frames.insert(page_no, Frame { page, rec_lsn: Some(lsn), last_use: 0 });
+        }
         self.touch(page_no);
         Ok(())
     }

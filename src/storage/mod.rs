@@ -7,9 +7,11 @@ mod error;
 pub mod node;
 mod op;
 mod page;
+mod tree;
 
 pub use buffer::{BufferError, BufferPool, BufferStats};
 pub use control::{ControlFile, ControlState, CONTROL_FILE_NAME};
 pub use error::StorageError;
 pub use op::{Op, OpDecodeError, Redo};
 pub use page::{Page, PageCheck, PageKind, PAGE_HEADER_LEN, PAGE_SIZE};
+pub use tree::{Store, StoreError, Tree, MAX_KEY_LEN};

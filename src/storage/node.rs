@@ -144,6 +144,11 @@ pub fn free_space(body: &[u8]) -> usize {
     content_at(body) - (HEADER_LEN + SLOT_LEN * count(body))
 }
 
+/// Bytes an insert can use: contiguous free space plus reclaimable garbage.
+pub fn room(body: &[u8]) -> usize {
+    free_space(body) + garbage(body)
+}
+
 /// Inserts a cell at slot `index` (the position `search` returned). Compacts
 /// if that makes room; `NodeFull` if nothing does.
 pub fn insert(body: &mut [u8], index: usize, key: &[u8], value: &[u8]) -> Result<(), NodeFull> {

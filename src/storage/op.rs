@@ -6,7 +6,7 @@
 //!
 //! | op | tag | fields | redo | undo |
 //! |---|---:|---|---|---|
-//! | `PageImage` | 1 | page, 8 KiB image | install the image | none (structure changes and full-page images are redo-only) |
+//! | `PageImages` | 1 | count, then (page, 8 KiB image) each | install each image | none (structure changes and full-page images are redo-only) |
 //! | `Insert` | 2 | table, page, key, value | put key → value | delete key |
 //! | `Delete` | 3 | table, page, key, old value | remove key | put key → old value |
 //! | `Update` | 4 | table, page, key, old value, new value | put key → new value | put key → old value |
@@ -16,9 +16,9 @@
 //!
 //! Integers are little-endian; keys and values are length-prefixed (u16 and
 //! u32). A full-page image is logged on a page's first change after each
-//! checkpoint, so a torn page is rebuilt by redo; B+tree splits log the
-//! after-images of every page they touch in one record each, so a crash
-//! mid-split replays to a valid tree.
+//! checkpoint, so a torn page is rebuilt by redo; a B+tree split logs the
+//! after-images of every page it touches in one record, so a crash mid-split
+//! replays to a valid tree.
 //!
 //! Redo rule: a record whose end LSN is `end` is applied to a page only if
 //! the page's LSN is below `end`, and the page's LSN becomes `end`. Applying
@@ -31,12 +31,11 @@ use crate::wal::Lsn;
 /// One storage change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// A whole page's contents after the change.
-    PageImage {
-        /// The page.
-        page_no: u32,
-        /// Its sealed bytes.
-        image: Box<[u8; PAGE_SIZE]>,
+    /// Whole pages' contents, installed together (a full-page image, or
+    /// every page a split touched).
+    PageImages {
+        /// Each page and its sealed bytes.
+        images: Vec<(u32, Box<[u8; PAGE_SIZE]>)>,
     },
     /// A row was inserted.
     Insert {
@@ -106,15 +105,13 @@ pub enum Redo {
 pub struct OpDecodeError(String);
 
 impl Op {
-    /// The page this op changes, if any.
-    pub fn page_no(&self) -> Option<u32> {
+    /// The pages this op changes.
+    pub fn pages(&self) -> Vec<u32> {
         match self {
-            Op::PageImage { page_no, .. }
-            | Op::Insert { page_no, .. }
-            | Op::Delete { page_no, .. }
-            | Op::Update { page_no, .. } => Some(*page_no),
-            Op::Compensation { redo, .. } => redo.page_no(),
-            Op::CheckpointBegin | Op::CheckpointEnd { .. } => None,
+            Op::PageImages { images } => images.iter().map(|(page_no, _)| *page_no).collect(),
+            Op::Insert { page_no, .. } | Op::Delete { page_no, .. } | Op::Update { page_no, .. } => vec![*page_no],
+            Op::Compensation { redo, .. } => redo.pages(),
+            Op::CheckpointBegin | Op::CheckpointEnd { .. } => Vec::new(),
         }
     }
 
@@ -126,7 +123,7 @@ impl Op {
             Op::Update { table, page_no, key, old_value, new_value } => {
                 Some(Op::Update { table, page_no, key, old_value: new_value, new_value: old_value })
             }
-            Op::PageImage { .. } | Op::Compensation { .. } | Op::CheckpointBegin | Op::CheckpointEnd { .. } => None,
+            Op::PageImages { .. } | Op::Compensation { .. } | Op::CheckpointBegin | Op::CheckpointEnd { .. } => None,
         }
     }
 
@@ -143,10 +140,13 @@ impl Op {
             out.extend_from_slice(b);
         };
         match self {
-            Op::PageImage { page_no, image } => {
+            Op::PageImages { images } => {
                 out.push(1);
-                out.extend_from_slice(&page_no.to_le_bytes());
-                out.extend_from_slice(&image[..]);
+                out.extend_from_slice(&(images.len() as u32).to_le_bytes());
+                for (page_no, image) in images {
+                    out.extend_from_slice(&page_no.to_le_bytes());
+                    out.extend_from_slice(&image[..]);
+                }
             }
             Op::Insert { table, page_no, key, value } => {
                 out.push(2);
@@ -210,10 +210,11 @@ impl Op {
             return Ok(Redo::AlreadyApplied);
         }
         match self {
-            Op::PageImage { page_no, image } => {
-                let mut installed = Page::from_bytes(&image[..], *page_no).expect("logged images are valid pages");
-                installed.set_page_lsn(end.max(installed.page_lsn()));
-                *page = installed;
+            Op::PageImages { images } => {
+                let page_no = page.page_no();
+                let (_, image) = images.iter().find(|(no, _)| *no == page_no).expect("redo gives each image its page");
+                *page = Page::from_bytes(&image[..], page_no).expect("logged images are valid pages");
+                page.reset_page_lsn(end);
                 return Ok(Redo::Applied);
             }
             Op::Insert { key, value, .. } | Op::Update { key, new_value: value, .. } => {
@@ -270,9 +271,15 @@ impl Reader<'_> {
         let tag = self.take(1)?[0];
         Ok(match tag {
             1 => {
-                let page_no = self.u32()?;
-                let image: Box<[u8; PAGE_SIZE]> = self.take(PAGE_SIZE)?.to_vec().try_into().expect("page size");
-                Op::PageImage { page_no, image }
+                let count = self.u32()?;
+                let images = (0..count)
+                    .map(|_| {
+                        let page_no = self.u32()?;
+                        let image: Box<[u8; PAGE_SIZE]> = self.take(PAGE_SIZE)?.to_vec().try_into().expect("page size");
+                        Ok((page_no, image))
+                    })
+                    .collect::<Result<_, _>>()?;
+                Op::PageImages { images }
             }
             2 => Op::Insert { table: self.u32()?, page_no: self.u32()?, key: self.bytes()?, value: self.bytes()? },
             3 => Op::Delete { table: self.u32()?, page_no: self.u32()?, key: self.bytes()?, old_value: self.bytes()? },
@@ -421,7 +428,7 @@ mod tests {
         good.set_page_lsn(Lsn(500));
         let image: Box<[u8; PAGE_SIZE]> = Box::new(*good.clone().seal());
         let mut torn = leaf();
-        Op::PageImage { page_no: 3, image }.redo(&mut torn, Lsn(600)).unwrap();
+        Op::PageImages { images: vec![(3, image)] }.redo(&mut torn, Lsn(600)).unwrap();
         assert_eq!(node::key(torn.body(), 0), b"k");
         assert_eq!(torn.page_lsn(), Lsn(600));
     }

@@ -166,6 +166,12 @@ impl Page {
         self.bytes[16..24].copy_from_slice(&lsn.0.to_le_bytes());
     }
 
+    /// Sets the page LSN of a page just installed from a logged image, whose
+    /// own LSN is older than the record that carried it.
+    pub(crate) fn reset_page_lsn(&mut self, lsn: Lsn) {
+        self.bytes[16..24].copy_from_slice(&lsn.0.to_le_bytes());
+    }
+
     /// The kind-specific body.
     pub fn body(&self) -> &[u8] {
         &self.bytes[PAGE_HEADER_LEN..]
