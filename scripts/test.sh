@@ -33,6 +33,9 @@ cargo simtest 2>&1 | tee -a "$log"
 step "simulator: seeds $SIM_SEEDS, each run twice for determinism"
 cargo sim -- --seeds "$SIM_SEEDS" --require-probes
 
+step "simulator: kv workload (B+tree through the storage engine), seeds 0..300"
+cargo sim -- --workload kv --seeds 0..300
+
 step "simulator: regression seeds"
 cargo sim -- --regressions sim/regressions.txt
 
@@ -46,8 +49,11 @@ step "fuzz: ${FUZZ_SECONDS}s per target"
 if ! command -v cargo-fuzz >/dev/null; then
     cargo install cargo-fuzz --locked
 fi
+# New inputs go to a scratch directory; the committed corpus is read, not grown.
 for target in $(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
-    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" 2>&1 | tail -n 2)
+    scratch=$(mktemp -d)
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "$scratch" "corpus/$target" -- -max_total_time="$FUZZ_SECONDS" 2>&1 | tail -n 2)
+    rm -rf "$scratch"
 done
 
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')

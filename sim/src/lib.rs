@@ -6,12 +6,14 @@
 //! A run of a seed ends in an oracle verdict and a trace hash; two runs of the
 //! same seed must give the same hash.
 //!
-//! Today the simulator drives the WAL (`wal_run`). The engine, SQL and backup
-//! workloads join as they land.
+//! Workloads: `wal` drives the write-ahead log directly (`wal_run`); `kv`
+//! drives B+tree puts and deletes through the storage engine (`kv_run`).
+//! Transactional, SQL and backup workloads join as they land.
 
 pub mod fuzz_checks;
+pub mod kv_run;
 pub mod runner;
 pub mod wal_run;
 
-pub use runner::{run_seed_checked, run_seed_isolated};
+pub use runner::{run_seed_checked, run_seed_isolated, Workload};
 pub use wal_run::{run_wal_seed, SeedFailure, SeedOutcome};

@@ -17,7 +17,7 @@ use std::time::Duration;
 use clap::Parser;
 use thunderdb::env::{Clock, FaultKind, Fs, RealClock, RealFs};
 use thunderdb::planted::PlantedBug;
-use thunderdb_sim::{run_seed_checked, run_seed_isolated, SeedFailure, SeedOutcome};
+use thunderdb_sim::{run_seed_checked, run_seed_isolated, SeedFailure, SeedOutcome, Workload};
 
 /// ThunderDB's deterministic simulator.
 #[derive(Parser, Debug)]
@@ -32,6 +32,9 @@ struct Args {
     /// Run the seeds listed in a file (one per line; `#` starts a comment).
     #[arg(long)]
     regressions: Option<PathBuf>,
+    /// What the seeds exercise.
+    #[arg(long, value_enum, default_value = "wal")]
+    workload: Workload,
     /// Skip the second run of each seed that checks determinism.
     #[arg(long)]
     no_determinism_check: bool,
@@ -88,11 +91,12 @@ fn read_regressions(path: &std::path::Path) -> Result<Vec<u64>, String> {
     Ok(seeds)
 }
 
-fn report_failure(failure: &SeedFailure, plant: Option<PlantedBug>) {
+fn report_failure(failure: &SeedFailure, plant: Option<PlantedBug>, workload: Workload) {
     println!("FAILED: {failure}");
     let features = if plant.is_some() { " --features planted-bugs" } else { "" };
     let planted = plant.map(|bug| format!(" --plant {bug}")).unwrap_or_default();
-    println!("replay: cargo sim{features} --{planted} --seed {}", failure.seed);
+    let workload = if workload == Workload::Wal { String::new() } else { " --workload kv".into() };
+    println!("replay: cargo sim{features} --{planted}{workload} --seed {}", failure.seed);
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -124,7 +128,7 @@ fn planted_report(budget: u64, hunts: u64) -> Result<bool, String> {
         let mut checks = BTreeMap::new();
         for hunt in 0..hunts {
             let start = 1 + hunt * 1_000_000;
-            let found = (start..start + budget).find_map(|seed| run_seed_isolated(seed).err());
+            let found = (start..start + budget).find_map(|seed| run_seed_isolated(seed, Workload::Wal).err());
             if let Some(failure) = found {
                 counts.push(failure.seed - start + 1);
                 *checks.entry(failure.check).or_insert(0) += 1;
@@ -204,7 +208,7 @@ fn run(args: Args) -> Result<bool, String> {
     plant(&args.plant.into_iter().collect::<Vec<_>>())?;
     let determinism = !args.no_determinism_check;
     if let Some(seed) = args.seed {
-        return Ok(match run_seed_checked(seed, determinism) {
+        return Ok(match run_seed_checked(seed, determinism, args.workload) {
             Ok(outcome) => {
                 println!(
                     "seed={seed} ok crashes={} recoveries={} accepted={} acknowledged={} retired={} corruption_detected={} trace_hash={:016x}",
@@ -219,7 +223,7 @@ fn run(args: Args) -> Result<bool, String> {
                 true
             }
             Err(failure) => {
-                report_failure(&failure, args.plant);
+                report_failure(&failure, args.plant, args.workload);
                 false
             }
         });
@@ -242,10 +246,10 @@ fn run(args: Args) -> Result<bool, String> {
         failures: Vec::new(),
     };
     for seed in seeds {
-        match run_seed_checked(seed, determinism) {
+        match run_seed_checked(seed, determinism, args.workload) {
             Ok(outcome) => summary.add(outcome),
             Err(failure) => {
-                report_failure(&failure, args.plant);
+                report_failure(&failure, args.plant, args.workload);
                 summary.failures.push(failure);
             }
         }

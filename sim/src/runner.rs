@@ -3,14 +3,33 @@
 //! fault follow from the seed alone. Two runs of a seed in one runtime would
 //! differ, because the scheduler's generator carries on from the first.
 
+use crate::kv_run::run_kv_seed;
 use crate::wal_run::{run_wal_seed, SeedFailure, SeedOutcome};
+
+/// What a seed exercises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// The write-ahead log, directly.
+    Wal,
+    /// Puts and deletes through the storage engine's B+tree.
+    Kv,
+}
+
+impl Workload {
+    async fn run(self, seed: u64) -> Result<SeedOutcome, SeedFailure> {
+        match self {
+            Workload::Wal => run_wal_seed(seed).await,
+            Workload::Kv => run_kv_seed(seed).await,
+        }
+    }
+}
 
 /// Runs one seed on a fresh thread in its own runtime. A panic is reported as
 /// the failure of the `no_panic` check.
 // madsim needs a fresh thread per seed; the harness, not the engine, owns it.
 #[allow(clippy::disallowed_methods)]
-pub fn run_seed_isolated(seed: u64) -> Result<SeedOutcome, SeedFailure> {
-    std::thread::spawn(move || block_on(seed)).join().unwrap_or_else(|panic| {
+pub fn run_seed_isolated(seed: u64, workload: Workload) -> Result<SeedOutcome, SeedFailure> {
+    std::thread::spawn(move || block_on(seed, workload)).join().unwrap_or_else(|panic| {
         let detail = panic
             .downcast_ref::<String>()
             .cloned()
@@ -22,10 +41,10 @@ pub fn run_seed_isolated(seed: u64) -> Result<SeedOutcome, SeedFailure> {
 
 /// Runs a seed, and with `determinism` runs it again and compares the
 /// outcomes, trace hash included.
-pub fn run_seed_checked(seed: u64, determinism: bool) -> Result<SeedOutcome, SeedFailure> {
-    let first = run_seed_isolated(seed)?;
+pub fn run_seed_checked(seed: u64, determinism: bool, workload: Workload) -> Result<SeedOutcome, SeedFailure> {
+    let first = run_seed_isolated(seed, workload)?;
     if determinism {
-        let second = run_seed_isolated(seed)?;
+        let second = run_seed_isolated(seed, workload)?;
         if first != second {
             let divergence = match first.trace.first_divergence(&second.trace) {
                 Some((index, one, two)) => format!("first diverging event #{index}: `{one}` then `{two}`"),
@@ -42,15 +61,15 @@ pub fn run_seed_checked(seed: u64, determinism: bool) -> Result<SeedOutcome, See
 }
 
 #[cfg(madsim)]
-fn block_on(seed: u64) -> Result<SeedOutcome, SeedFailure> {
+fn block_on(seed: u64, workload: Workload) -> Result<SeedOutcome, SeedFailure> {
     let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-    runtime.block_on(run_wal_seed(seed))
+    runtime.block_on(workload.run(seed))
 }
 
 #[cfg(not(madsim))]
-fn block_on(seed: u64) -> Result<SeedOutcome, SeedFailure> {
+fn block_on(seed: u64, workload: Workload) -> Result<SeedOutcome, SeedFailure> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    runtime.block_on(run_wal_seed(seed))
+    runtime.block_on(workload.run(seed))
 }
 
 #[cfg(test)]
@@ -61,7 +80,7 @@ mod tests {
     fn seeds_pass_and_replay_identically() {
         let mut detected = 0;
         for seed in 0..60 {
-            let outcome = run_seed_checked(seed, true).unwrap_or_else(|f| panic!("{f}"));
+            let outcome = run_seed_checked(seed, true, Workload::Wal).unwrap_or_else(|f| panic!("{f}"));
             assert!(outcome.recoveries > 0, "seed {seed}: recovery ran");
             if outcome.corruption_detected {
                 detected += 1;
@@ -70,5 +89,13 @@ mod tests {
             }
         }
         assert!(detected > 0, "some seeds rot the log and see it reported");
+    }
+
+    #[test]
+    fn kv_seeds_pass_and_replay_identically() {
+        for seed in 0..30 {
+            let outcome = run_seed_checked(seed, true, Workload::Kv).unwrap_or_else(|f| panic!("{f}"));
+            assert!(outcome.recoveries > 0, "seed {seed}: recovery ran");
+        }
     }
 }

@@ -24,13 +24,15 @@
 //! reclaimed when the node refills).
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use super::buffer::{BufferError, BufferPool};
 use super::node::{self, CellTooLarge, MAX_CELL_LEN};
 use super::op::{Op, Redo};
 use super::page::{Page, PageKind, PAGE_SIZE};
-use crate::wal::{Lsn, Record, Wal, WalError};
+use crate::env::Fs;
+use crate::wal::{Lsn, Record, RecordKind, Wal, WalError, WalOptions, WalReader};
 
 /// The longest key a tree accepts, so that separator cells always fit.
 pub const MAX_KEY_LEN: usize = 512;
@@ -50,6 +52,14 @@ pub enum StoreError {
     /// The row does not fit in a cell.
     #[error(transparent)]
     TooLarge(#[from] CellTooLarge),
+    /// A storage record in the log does not decode.
+    #[error("WAL record at {lsn} is not a storage record: {detail}")]
+    BadRecord {
+        /// Where the record starts.
+        lsn: Lsn,
+        /// What was wrong.
+        detail: String,
+    },
     /// The key is longer than a tree accepts.
     #[error("a key of {len} bytes exceeds the {MAX_KEY_LEN}-byte limit")]
     KeyTooLong {
@@ -105,6 +115,39 @@ impl Store {
     /// The WAL.
     pub fn wal(&self) -> &Arc<Wal> {
         &self.wal
+    }
+
+    /// Recovers a store, redo only: reads the WAL from its start, opens it
+    /// for appending (cutting the torn tail), and replays every storage
+    /// record into a fresh pool over the data file at `data_path`.
+    pub async fn recover(
+        fs: Arc<dyn Fs>,
+        wal_opts: WalOptions,
+        data_path: &Path,
+        pool_bytes: u64,
+    ) -> Result<Store, StoreError> {
+        let mut reader = WalReader::new(fs.clone(), wal_opts.clone(), wal_opts.first_lsn());
+        let mut records = Vec::new();
+        while let Some((lsn, record)) = reader.next_record()? {
+            if record.kind == RecordKind::Data {
+                let op =
+                    Op::decode(&record.payload).map_err(|e| StoreError::BadRecord { lsn, detail: e.to_string() })?;
+                records.push((lsn.plus(record.encoded_len()), op));
+            }
+        }
+        let end = reader.end().expect("the reader reached the end");
+        let wal = Arc::new(Wal::open(fs.clone(), wal_opts, end)?);
+        let pool = BufferPool::open(fs, data_path, pool_bytes).map_err(BufferError::from)?;
+        let mut store = Store::new(pool, wal)?;
+        for (end, op) in records {
+            store.redo(end, &op).await?;
+        }
+        Ok(store)
+    }
+
+    /// Whether any page was ever allocated (a tree exists).
+    pub fn is_empty(&self) -> bool {
+        self.next_page == 0
     }
 
     /// Replays one storage record (ending at `end`) during recovery.
@@ -324,7 +367,6 @@ mod tests {
 
     use super::*;
     use crate::env::{FaultConfig, Fs, SimDisk};
-    use crate::wal::{WalOptions, WalReader};
 
     const DATA: &str = "/db/data/main.tdb";
 
@@ -332,24 +374,11 @@ mod tests {
         WalOptions::new("/db/wal").with_segment_size(1 << 14)
     }
 
-    /// Recovery, redo only: replay every storage record into a fresh store.
     async fn recover(disk: &SimDisk, pool_pages: u64) -> Result<Store, String> {
         let fs: Arc<dyn Fs> = disk.fs();
         fs.create_dir_all(Path::new("/db/data")).map_err(|e| e.to_string())?;
-        let mut reader = WalReader::new(fs.clone(), wal_opts(), wal_opts().first_lsn());
-        let mut records = Vec::new();
-        while let Some((lsn, record)) = reader.next_record().map_err(|e| e.to_string())? {
-            records.push((lsn.plus(record.encoded_len()), record));
-        }
-        let end = reader.end().expect("read to the end");
-        let wal = Arc::new(Wal::open(fs.clone(), wal_opts(), end).map_err(|e| e.to_string())?);
-        let pool = BufferPool::open(fs, Path::new(DATA), pool_pages * PAGE_SIZE as u64).map_err(|e| e.to_string())?;
-        let mut store = Store::new(pool, wal).map_err(|e| e.to_string())?;
-        for (end, record) in records {
-            let op = Op::decode(&record.payload).map_err(|e| e.to_string())?;
-            store.redo(end, &op).await.map_err(|e| e.to_string())?;
-        }
-        Ok(store)
+        let pool_bytes = pool_pages * PAGE_SIZE as u64;
+        Store::recover(fs, wal_opts(), Path::new(DATA), pool_bytes).await.map_err(|e| e.to_string())
     }
 
     fn key(rng: &mut ChaCha8Rng, long: bool) -> Vec<u8> {
@@ -455,7 +484,7 @@ mod tests {
             disk.crash();
             let mut store = recover(&disk, 4).await.unwrap_or_else(|e| panic!("crash at {crash_at}: {e}"));
             let tree = Tree { table: 1, root: 0 };
-            let found = if store.pool().file_pages().unwrap() == 0 && !store.pool().is_resident(0) {
+            let found = if store.is_empty() {
                 Vec::new()
             } else {
                 store.scan(&tree).await.unwrap_or_else(|e| panic!("crash at {crash_at}: {e}"))
