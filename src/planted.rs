@@ -35,11 +35,16 @@ pub enum PlantedBug {
     /// After a torn sector, resume writing inside it instead of at the next
     /// sector.
     RewriteTornSector,
+    /// Change a page for the first time after a checkpoint without logging
+    /// its full image.
+    SkipFullPageImage,
+    /// Write the checkpoint pointer before the dirty pages are flushed.
+    CheckpointBeforeFlush,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 10] = [
+    pub const ALL: [PlantedBug; 12] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::SkipSegmentDirSync,
         PlantedBug::RetryFsync,
@@ -50,6 +55,8 @@ impl PlantedBug {
         PlantedBug::SkipTailCut,
         PlantedBug::CrcWithoutLsn,
         PlantedBug::RewriteTornSector,
+        PlantedBug::SkipFullPageImage,
+        PlantedBug::CheckpointBeforeFlush,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -65,12 +72,22 @@ impl PlantedBug {
             PlantedBug::SkipTailCut => "skip_tail_cut",
             PlantedBug::CrcWithoutLsn => "crc_without_lsn",
             PlantedBug::RewriteTornSector => "rewrite_torn_sector",
+            PlantedBug::SkipFullPageImage => "skip_full_page_image",
+            PlantedBug::CheckpointBeforeFlush => "checkpoint_before_flush",
         }
     }
 
     /// The bug with this name.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|bug| bug.name() == name)
+    }
+}
+
+impl PlantedBug {
+    /// Whether the bug lives in the storage engine (hunted with the kv
+    /// workload) rather than in the WAL.
+    pub fn is_storage(self) -> bool {
+        matches!(self, PlantedBug::SkipFullPageImage | PlantedBug::CheckpointBeforeFlush)
     }
 }
 

@@ -2,7 +2,9 @@
 //! crashes at random I/O boundaries (recovery included), and after every
 //! recovery the rows are checked against the model.
 //!
-//! Swarm draws: the buffer pool's size (from 4 pages, so evictions are
+//! A checkpoint now and then flushes the pages, moves the redo point in the
+//! control file and retires WAL segments, so recovery starts mid-log and
+//! reads untouched pages from disk. Swarm draws: the buffer pool's size (from 4 pages, so evictions are
 //! constant), WAL segment size, key length (long keys make internal nodes
 //! split), value sizes, the fault kinds and the crash schedule. Recovery is
 //! the storage engine's (`Store::recover`, redo only for now), so this
@@ -43,6 +45,7 @@ struct Run {
     crashes: u64,
     recoveries: u64,
     acknowledged: u64,
+    checkpoints: u64,
 }
 
 /// Runs one kv seed to its verdict.
@@ -56,7 +59,17 @@ pub async fn run_kv_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         faults: FaultConfig::swarm(&mut rng),
     };
     let disk = SimDisk::new(rng.random(), swarm.faults.clone());
-    let mut run = Run { seed, rng, disk, swarm, model: KvModel::default(), crashes: 0, recoveries: 0, acknowledged: 0 };
+    let mut run = Run {
+        seed,
+        rng,
+        disk,
+        swarm,
+        model: KvModel::default(),
+        crashes: 0,
+        recoveries: 0,
+        acknowledged: 0,
+        checkpoints: 0,
+    };
     let fs = run.disk.fs();
     fs.create_dir_all(Path::new("/thunderdb/data")).map_err(|e| run.fail("setup", e.to_string()))?;
     fs.create_dir_all(&run.swarm.wal.dir).map_err(|e| run.fail("setup", e.to_string()))?;
@@ -84,6 +97,7 @@ pub async fn run_kv_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         records_accepted: run.model.expected().len() as u64,
         records_acknowledged: run.acknowledged,
         segments_retired: 0,
+        checkpoints: run.checkpoints,
         corruption_detected: false,
         io_ops: run.disk.op_count(),
         trace: Arc::new(run.disk.trace()),
@@ -150,7 +164,13 @@ impl Run {
             };
             let Ok(value) = result else { return };
             self.model.changed(key, value);
-            if self.rng.random_bool(0.2) {
+            if self.rng.random_bool(0.03) {
+                if store.checkpoint(&|_| true).await.is_err() {
+                    return;
+                }
+                self.model.acknowledged_all();
+                self.checkpoints += 1;
+            } else if self.rng.random_bool(0.2) {
                 let wal = store.wal().clone();
                 if wal.flush(wal.end_lsn()).await.is_err() {
                     return;

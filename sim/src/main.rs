@@ -128,7 +128,8 @@ fn planted_report(budget: u64, hunts: u64) -> Result<bool, String> {
         let mut checks = BTreeMap::new();
         for hunt in 0..hunts {
             let start = 1 + hunt * 1_000_000;
-            let found = (start..start + budget).find_map(|seed| run_seed_isolated(seed, Workload::Wal).err());
+            let workload = if bug.is_storage() { Workload::Kv } else { Workload::Wal };
+            let found = (start..start + budget).find_map(|seed| run_seed_isolated(seed, workload).err());
             if let Some(failure) = found {
                 counts.push(failure.seed - start + 1);
                 *checks.entry(failure.check).or_insert(0) += 1;
@@ -152,6 +153,7 @@ struct Summary {
     recoveries: u64,
     acknowledged: u64,
     retired: u64,
+    checkpoints: u64,
     corruptions_detected: u64,
     io_ops: u64,
     failures: Vec<SeedFailure>,
@@ -166,6 +168,7 @@ impl Summary {
         self.recoveries += outcome.recoveries;
         self.acknowledged += outcome.records_acknowledged;
         self.retired += outcome.segments_retired;
+        self.checkpoints += outcome.checkpoints;
         self.corruptions_detected += u64::from(outcome.corruption_detected);
         self.io_ops += outcome.io_ops;
     }
@@ -173,8 +176,8 @@ impl Summary {
     fn print(&self, elapsed: Duration, determinism: bool) {
         println!("seeds run: {}, failures: {}", self.seeds, self.failures.len());
         println!(
-            "crashes: {}, recoveries: {}, records acknowledged: {}, segments retired: {}, corruptions detected: {}",
-            self.crashes, self.recoveries, self.acknowledged, self.retired, self.corruptions_detected
+            "crashes: {}, recoveries: {}, records acknowledged: {}, segments retired: {}, checkpoints: {}, corruptions detected: {}",
+            self.crashes, self.recoveries, self.acknowledged, self.retired, self.checkpoints, self.corruptions_detected
         );
         let listed: Vec<String> =
             FaultKind::ALL.iter().map(|k| format!("{k}={}", self.faults.get(k).unwrap_or(&0))).collect();
@@ -241,6 +244,7 @@ fn run(args: Args) -> Result<bool, String> {
         recoveries: 0,
         acknowledged: 0,
         retired: 0,
+        checkpoints: 0,
         corruptions_detected: 0,
         io_ops: 0,
         failures: Vec::new(),

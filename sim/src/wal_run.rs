@@ -54,6 +54,8 @@ pub struct SeedOutcome {
     pub records_acknowledged: u64,
     /// WAL segments retired behind the redo point (recycled or removed).
     pub segments_retired: u64,
+    /// Storage checkpoints taken.
+    pub checkpoints: u64,
     /// Injected bit rot was reported as corruption, ending the run: the
     /// right outcome, since only a restore can repair it.
     pub corruption_detected: bool,
@@ -185,6 +187,7 @@ pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         records_accepted: run.accepted,
         records_acknowledged: run.acknowledged,
         segments_retired: run.retired,
+        checkpoints: 0,
         corruption_detected: run.corruption_detected,
         io_ops: run.disk.op_count(),
         trace: Arc::new(run.disk.trace()),

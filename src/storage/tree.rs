@@ -7,10 +7,10 @@
 //!
 //! Logging (see `op.rs` for the formats):
 //!
-//! - A page's first change since the store opened logs its full image before
-//!   the change itself, so redo can rebuild a torn page and never needs to
-//!   read a page from disk: every page's first appearance in the log is an
-//!   image. (With checkpoints, "since open" becomes "since the checkpoint".)
+//! - A page's first change after each checkpoint (before the first: since
+//!   the store opened) logs its full image before the change itself, so redo
+//!   can rebuild a torn page; it reads from disk only pages untouched since
+//!   the checkpoint, which the checkpoint wrote and synced.
 //! - A row change logs a physiological `Insert`, `Update` or `Delete` that
 //!   carries the old value for undo.
 //! - A split first makes sure the parent has room for a separator (splitting
@@ -19,19 +19,25 @@
 //!   valid tree on its own, so a crash between splits or mid-split replays to
 //!   a valid tree.
 //!
+//! Checkpoints ([`Store::checkpoint`]) flush the pool, move the redo point
+//! in the control file and retire WAL segments.
+//!
 //! Not yet: transactions and undo (each change is its own atomic record),
-//! and merging underfull nodes (deletes leave nodes sparse; they are
-//! reclaimed when the node refills).
+//! fuzzy checkpoints, and merging underfull nodes (deletes leave nodes
+//! sparse; they are reclaimed when the node refills).
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::buffer::{BufferError, BufferPool};
+use super::control::{ControlFile, ControlState};
+use super::error::StorageError;
 use super::node::{self, CellTooLarge, MAX_CELL_LEN};
 use super::op::{Op, Redo};
 use super::page::{Page, PageKind, PAGE_SIZE};
 use crate::env::Fs;
+use crate::planted::{active, PlantedBug};
 use crate::wal::{Lsn, Record, RecordKind, Wal, WalError, WalOptions, WalReader};
 
 /// The longest key a tree accepts, so that separator cells always fit.
@@ -60,6 +66,9 @@ pub enum StoreError {
         /// What was wrong.
         detail: String,
     },
+    /// The data file or the control file failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// The key is longer than a tree accepts.
     #[error("a key of {len} bytes exceeds the {MAX_KEY_LEN}-byte limit")]
     KeyTooLong {
@@ -77,12 +86,15 @@ pub struct Tree {
     pub root: u32,
 }
 
-/// Pages, the WAL, and page allocation.
+/// Pages, the WAL, page allocation and checkpoints.
 pub struct Store {
+    fs: Arc<dyn Fs>,
+    data_dir: PathBuf,
     pool: BufferPool,
     wal: Arc<Wal>,
     next_page: u32,
-    /// Pages whose image has been logged since the store opened.
+    /// Pages whose image has been logged since the last checkpoint (or,
+    /// before the first, since the store opened).
     imaged: BTreeSet<u32>,
 }
 
@@ -100,11 +112,9 @@ fn child_for(body: &[u8], key: &[u8]) -> u32 {
 }
 
 impl Store {
-    /// A store over `pool`, logging to `wal`. Call [`redo`](Self::redo) for
-    /// each storage record of the log before changing anything.
-    pub fn new(pool: BufferPool, wal: Arc<Wal>) -> Result<Self, StoreError> {
+    fn new(fs: Arc<dyn Fs>, data_dir: &Path, pool: BufferPool, wal: Arc<Wal>) -> Result<Self, StoreError> {
         let next_page = pool.file_pages().map_err(BufferError::from)?;
-        Ok(Store { pool, wal, next_page, imaged: BTreeSet::new() })
+        Ok(Store { fs, data_dir: data_dir.to_path_buf(), pool, wal, next_page, imaged: BTreeSet::new() })
     }
 
     /// The buffer pool.
@@ -117,16 +127,25 @@ impl Store {
         &self.wal
     }
 
-    /// Recovers a store, redo only: reads the WAL from its start, opens it
-    /// for appending (cutting the torn tail), and replays every storage
-    /// record into a fresh pool over the data file at `data_path`.
+    /// Recovers a store, redo only: reads the WAL from the redo point of the
+    /// last checkpoint (the control file beside the data file; the start of
+    /// the log without one), opens it for appending (cutting the torn tail),
+    /// and replays every storage record into a fresh pool over the data file
+    /// at `data_path`. Pages untouched since the checkpoint are read from
+    /// disk; every page touched since first appears in the log as an image.
     pub async fn recover(
         fs: Arc<dyn Fs>,
         wal_opts: WalOptions,
         data_path: &Path,
         pool_bytes: u64,
     ) -> Result<Store, StoreError> {
-        let mut reader = WalReader::new(fs.clone(), wal_opts.clone(), wal_opts.first_lsn());
+        let data_dir = data_path.parent().unwrap_or(Path::new("."));
+        let control = ControlFile::load(fs.as_ref(), data_dir)?;
+        let mut reader = match control {
+            Some(control) => WalReader::new(fs.clone(), wal_opts.clone(), control.redo_lsn)
+                .durable_through(control.checkpoint_lsn.plus(1)),
+            None => WalReader::new(fs.clone(), wal_opts.clone(), wal_opts.first_lsn()),
+        };
         let mut records = Vec::new();
         while let Some((lsn, record)) = reader.next_record()? {
             if record.kind == RecordKind::Data {
@@ -137,8 +156,8 @@ impl Store {
         }
         let end = reader.end().expect("the reader reached the end");
         let wal = Arc::new(Wal::open(fs.clone(), wal_opts, end)?);
-        let pool = BufferPool::open(fs, data_path, pool_bytes).map_err(BufferError::from)?;
-        let mut store = Store::new(pool, wal)?;
+        let pool = BufferPool::open(fs.clone(), data_path, pool_bytes).map_err(BufferError::from)?;
+        let mut store = Store::new(fs, data_dir, pool, wal)?;
         for (end, op) in records {
             store.redo(end, &op).await?;
         }
@@ -177,7 +196,7 @@ impl Store {
         let root = self.allocate();
         let mut page = Page::new(root, PageKind::Leaf);
         node::init(page.body_mut(), 0);
-        let end = self.log(&Op::PageImages { images: vec![(root, image(&page))] }).await?;
+        let (_, end) = self.log(&Op::PageImages { images: vec![(root, image(&page))] }).await?;
         self.pool.create(root, PageKind::Leaf, end, &self.wal).await?;
         self.pool.modify(root, end, |resident| *resident = page);
         self.imaged.insert(root);
@@ -250,20 +269,52 @@ impl Store {
         Ok(Some(self.change(leaf, &page, op, changed).await?))
     }
 
-    /// Writes everything dirty and syncs the data file (after the WAL).
-    pub async fn flush_all(&mut self) -> Result<(), StoreError> {
-        Ok(self.pool.flush_all(&self.wal).await?)
+    /// Takes a checkpoint and returns its LSN:
+    ///
+    /// 1. log `CheckpointBegin`; from here a page's next change logs its full
+    ///    image again;
+    /// 2. write every dirty page and sync the data file (WAL first);
+    /// 3. log `CheckpointEnd` and make it durable;
+    /// 4. replace the control file atomically, pointing at the begin record,
+    ///    which is also the redo point: every change before it is on disk;
+    /// 5. retire the WAL segments recovery no longer needs (`may_retire` is
+    ///    the archiver's say).
+    ///
+    /// A crash before step 4 leaves the previous checkpoint in force, and
+    /// the log it needs is still there.
+    pub async fn checkpoint(&mut self, may_retire: &(dyn Fn(&str) -> bool + Sync)) -> Result<Lsn, StoreError> {
+        let (begin, _) = self.log(&Op::CheckpointBegin).await?;
+        self.imaged.clear();
+        let control = ControlFile {
+            state: ControlState::InProduction,
+            checkpoint_lsn: begin,
+            redo_lsn: begin,
+            next_xid: 0,
+            timeline: self.wal.options().timeline,
+            wal_segment_size: self.wal.options().segment_size,
+        };
+        if active(PlantedBug::CheckpointBeforeFlush) {
+            self.wal.flush(self.wal.end_lsn()).await?;
+            control.store(self.fs.as_ref(), &self.data_dir)?;
+        }
+        self.pool.flush_all(&self.wal).await?;
+        let dirty = self.pool.dirty_pages().into_iter().collect();
+        let (_, end) = self.log(&Op::CheckpointEnd { active: Vec::new(), dirty }).await?;
+        self.wal.flush(end).await?;
+        control.store(self.fs.as_ref(), &self.data_dir)?;
+        self.wal.retire_segments(begin, 2, may_retire).await?;
+        Ok(begin)
     }
 
     /// Logs a row change (after the page's image, on its first change) and
     /// makes it in the pool.
     async fn change(&mut self, page_no: u32, before: &Page, op: Op, after: Page) -> Result<Lsn, StoreError> {
-        if !self.imaged.contains(&page_no) {
-            let end = self.log(&Op::PageImages { images: vec![(page_no, image(before))] }).await?;
+        if !self.imaged.contains(&page_no) && !active(PlantedBug::SkipFullPageImage) {
+            let (_, end) = self.log(&Op::PageImages { images: vec![(page_no, image(before))] }).await?;
             self.pool.modify(page_no, end, |_| {});
             self.imaged.insert(page_no);
         }
-        let end = self.log(&op).await?;
+        let (_, end) = self.log(&op).await?;
         self.pool.modify(page_no, end, |resident| *resident = after);
         Ok(end)
     }
@@ -274,8 +325,9 @@ impl Store {
         page_no
     }
 
-    async fn log(&self, op: &Op) -> Result<Lsn, StoreError> {
-        Ok(self.wal.append(&Record::data(0, Lsn::ZERO, op.encode())).await?.1)
+    /// Appends a storage record; returns its LSN and end LSN.
+    async fn log(&self, op: &Op) -> Result<(Lsn, Lsn), StoreError> {
+        Ok(self.wal.append(&Record::data(0, Lsn::ZERO, op.encode())).await?)
     }
 
     async fn descend(&mut self, tree: &Tree, key: &[u8]) -> Result<Vec<u32>, StoreError> {
@@ -336,7 +388,7 @@ impl Store {
             vec![left, right, parent]
         };
         let images = pages.iter().map(|page| (page.page_no(), image(page))).collect();
-        let end = self.log(&Op::PageImages { images }).await?;
+        let (_, end) = self.log(&Op::PageImages { images }).await?;
         for page in pages.drain(..) {
             let page_no = page.page_no();
             self.imaged.insert(page_no);
@@ -458,7 +510,13 @@ mod tests {
                 break;
             }
             ops.push((key, value));
-            if step % 4 == 3 {
+            if step % 30 == 29 {
+                // A checkpoint makes everything before it durable too.
+                if store.checkpoint(&|_| true).await.is_err() {
+                    break;
+                }
+                acked = ops.len();
+            } else if step % 4 == 3 {
                 let wal = store.wal().clone();
                 if wal.flush(wal.end_lsn()).await.is_err() {
                     break;
@@ -476,7 +534,7 @@ mod tests {
             script(&disk).await;
             disk.op_count()
         };
-        assert!(total > 150, "the script does real I/O: {total} operations");
+        assert!(total > 250, "the script does real I/O, checkpoints included: {total} operations");
         for crash_at in 0..=total {
             let disk = SimDisk::new(crash_at, FaultConfig::power_loss());
             disk.set_crash_countdown(Some(crash_at));
