@@ -50,9 +50,16 @@ if ! command -v cargo-fuzz >/dev/null; then
     cargo install cargo-fuzz --locked
 fi
 # New inputs go to a scratch directory; the committed corpus is read, not grown.
+# On a failure, the panic and the saved input (fuzz/artifacts/<target>/) are
+# shown; add the input to fuzz/corpus/<target>/ with the fix.
 for target in $(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
     scratch=$(mktemp -d)
-    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "$scratch" "corpus/$target" -- -max_total_time="$FUZZ_SECONDS" 2>&1 | tail -n 2)
+    if ! out=$(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "$scratch" "corpus/$target" -- -max_total_time="$FUZZ_SECONDS" 2>&1); then
+        printf '%s\n' "$out" | grep -E "panicked|assertion|Test unit written|SUMMARY" | cut -c1-300
+        echo "fuzz target $target failed" >&2
+        exit 1
+    fi
+    printf '%s: %s\n' "$target" "$(printf '%s\n' "$out" | grep -E '^Done' | tail -n 1)"
     rm -rf "$scratch"
 done
 
