@@ -11,7 +11,6 @@
 //! checks the tree's logging: full-page images, atomic split records and the
 //! redo rule.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -84,14 +83,10 @@ pub async fn run_kv_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         run.crashes += 1;
     }
     run.liveness().await?;
-    let faults = run.disk.ledger().iter().fold(BTreeMap::new(), |mut counts, entry| {
-        *counts.entry(entry.kind).or_insert(0) += 1;
-        counts
-    });
     Ok(SeedOutcome {
         seed,
         trace_hash: run.disk.trace_hash(),
-        faults,
+        faults: run.disk.fault_counts(),
         crashes: run.crashes,
         recoveries: run.recoveries,
         records_accepted: run.model.expected().len() as u64,

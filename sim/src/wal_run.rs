@@ -173,15 +173,11 @@ pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     if !run.corruption_detected {
         run.liveness().await?;
     }
-    let faults = run.disk.ledger().iter().fold(BTreeMap::new(), |mut counts, entry| {
-        *counts.entry(entry.kind).or_insert(0) += 1;
-        counts
-    });
     let model = run.model.lock().expect("model lock");
     Ok(SeedOutcome {
         seed,
         trace_hash: run.disk.trace_hash() ^ (model.accepted_count() as u64).rotate_left(32),
-        faults,
+        faults: run.disk.fault_counts(),
         crashes: run.crashes,
         recoveries: run.recoveries,
         records_accepted: run.accepted,

@@ -513,6 +513,14 @@ impl SimDisk {
         true
     }
 
+    /// Faults injected so far, counted by kind.
+    pub fn fault_counts(&self) -> BTreeMap<FaultKind, u64> {
+        self.lock().ledger.iter().fold(BTreeMap::new(), |mut counts, entry| {
+            *counts.entry(entry.kind).or_insert(0) += 1;
+            counts
+        })
+    }
+
     /// Every fault injected so far, in order.
     pub fn ledger(&self) -> Vec<LedgerEntry> {
         self.lock().ledger.clone()

@@ -339,6 +339,12 @@ mod tests {
     }
 
     #[test]
+    fn pad_and_resume_are_the_wals_own() {
+        assert!(RecordKind::Pad.is_internal() && RecordKind::Resume.is_internal());
+        assert!(!RecordKind::Commit.is_internal() && !RecordKind::Data.is_internal());
+    }
+
+    #[test]
     fn zeroes_are_not_a_record() {
         assert_eq!(decode(&[0; 64], Lsn(4096)), Err(DecodeError::Zeroed));
         assert!(matches!(decode(&[1; 8], Lsn(4096)), Err(DecodeError::Truncated { .. })));
