@@ -36,10 +36,28 @@ pub enum Phase {
     WalTailCut,
     /// Retiring segments behind the redo point.
     WalRetire,
+    /// A checkpoint writing and syncing dirty pages.
+    CheckpointFlush,
+    /// A checkpoint replacing the control file.
+    CheckpointControl,
+    /// Storage recovery replaying records into pages.
+    StorageRedo,
+    /// A B+tree split.
+    TreeSplit,
+}
+
+/// Which part of the system a probe covers; a workload requires the probes
+/// of the layer it exercises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// The write-ahead log.
+    Wal,
+    /// Pages, trees, checkpoints and storage recovery.
+    Storage,
 }
 
 impl Phase {
-    const ALL: [Phase; 7] = [
+    const ALL: [Phase; 11] = [
         Phase::Other,
         Phase::WalWrite,
         Phase::WalSync,
@@ -47,7 +65,18 @@ impl Phase {
         Phase::WalRecoveryRead,
         Phase::WalTailCut,
         Phase::WalRetire,
+        Phase::CheckpointFlush,
+        Phase::CheckpointControl,
+        Phase::StorageRedo,
+        Phase::TreeSplit,
     ];
+
+    fn layer(self) -> Layer {
+        match self {
+            Phase::CheckpointFlush | Phase::CheckpointControl | Phase::StorageRedo | Phase::TreeSplit => Layer::Storage,
+            _ => Layer::Wal,
+        }
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -58,6 +87,10 @@ impl Phase {
             Phase::WalRecoveryRead => "wal_recovery_read",
             Phase::WalTailCut => "wal_tail_cut",
             Phase::WalRetire => "wal_retire",
+            Phase::CheckpointFlush => "checkpoint_flush",
+            Phase::CheckpointControl => "checkpoint_control",
+            Phase::StorageRedo => "storage_redo",
+            Phase::TreeSplit => "tree_split",
         }
     }
 
@@ -74,6 +107,10 @@ impl Phase {
             Phase::WalRecoveryRead => &[Crash, ReadError],
             Phase::WalTailCut => &[Crash, ReadError, FsyncError],
             Phase::WalRetire => &[Crash],
+            Phase::CheckpointFlush => &[Crash, WriteError, FsyncError],
+            Phase::CheckpointControl => &[Crash, FsyncError],
+            Phase::StorageRedo => &[Crash, ReadError],
+            Phase::TreeSplit => &[Crash],
         }
     }
 }
@@ -96,10 +133,19 @@ pub enum Probe {
     CorruptionReported,
     /// Opening the WAL zeroed a non-empty tail.
     TailZeroed,
+    /// A B+tree root split (the tree grew a level).
+    TreeRootSplit,
+    /// A B+tree internal node split.
+    TreeInternalSplit,
+    /// A checkpoint completed and moved the redo point.
+    CheckpointCompleted,
+    /// Redo applied a record to a page read from disk (untouched since the
+    /// checkpoint), not one rebuilt from an image.
+    RedoOnDiskPage,
 }
 
 impl Probe {
-    const ALL: [Probe; 7] = [
+    const ALL: [Probe; 11] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::SegmentReused,
@@ -107,7 +153,20 @@ impl Probe {
         Probe::ResumeLinkFollowed,
         Probe::CorruptionReported,
         Probe::TailZeroed,
+        Probe::TreeRootSplit,
+        Probe::TreeInternalSplit,
+        Probe::CheckpointCompleted,
+        Probe::RedoOnDiskPage,
     ];
+
+    fn layer(self) -> Layer {
+        match self {
+            Probe::TreeRootSplit | Probe::TreeInternalSplit | Probe::CheckpointCompleted | Probe::RedoOnDiskPage => {
+                Layer::Storage
+            }
+            _ => Layer::Wal,
+        }
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -118,13 +177,18 @@ impl Probe {
             Probe::ResumeLinkFollowed => "resume_link_followed",
             Probe::CorruptionReported => "corruption_reported",
             Probe::TailZeroed => "tail_zeroed",
+            Probe::TreeRootSplit => "tree_root_split",
+            Probe::TreeInternalSplit => "tree_internal_split",
+            Probe::CheckpointCompleted => "checkpoint_completed",
+            Probe::RedoOnDiskPage => "redo_on_disk_page",
         }
     }
 }
 
 const KINDS: usize = FaultKind::ALL.len();
-static FAULTS: [[AtomicU64; KINDS]; Phase::ALL.len()] = [const { [const { AtomicU64::new(0) }; KINDS] }; 7];
-static PATHS: [AtomicU64; Probe::ALL.len()] = [const { AtomicU64::new(0) }; 7];
+static FAULTS: [[AtomicU64; KINDS]; Phase::ALL.len()] =
+    [const { [const { AtomicU64::new(0) }; KINDS] }; Phase::ALL.len()];
+static PATHS: [AtomicU64; Probe::ALL.len()] = [const { AtomicU64::new(0) }; Probe::ALL.len()];
 
 thread_local! {
     static CURRENT: Cell<Phase> = const { Cell::new(Phase::Other) };
@@ -158,26 +222,26 @@ pub fn hit(probe: Probe) {
     PATHS[probe as usize].fetch_add(1, Ordering::Relaxed);
 }
 
-/// Every expected probe with its count so far, by name
+/// Every expected probe of `layer` with its count so far, by name
 /// (`fault.<kind>@<phase>` or `path.<probe>`).
-pub fn counts() -> Vec<(String, u64)> {
+pub fn counts(layer: Layer) -> Vec<(String, u64)> {
     let mut out = Vec::new();
-    for phase in Phase::ALL {
+    for phase in Phase::ALL.into_iter().filter(|phase| phase.layer() == layer) {
         for kind in phase.expected_faults() {
             let column = FaultKind::ALL.iter().position(|k| k == kind).expect("listed");
             let count = FAULTS[phase as usize][column].load(Ordering::Relaxed);
             out.push((format!("fault.{kind}@{}", phase.name()), count));
         }
     }
-    for probe in Probe::ALL {
+    for probe in Probe::ALL.into_iter().filter(|probe| probe.layer() == layer) {
         out.push((format!("path.{}", probe.name()), PATHS[probe as usize].load(Ordering::Relaxed)));
     }
     out
 }
 
-/// The expected probes never hit so far.
-pub fn missing() -> Vec<String> {
-    counts().into_iter().filter(|(_, count)| *count == 0).map(|(name, _)| name).collect()
+/// The expected probes of `layer` never hit so far.
+pub fn missing(layer: Layer) -> Vec<String> {
+    counts(layer).into_iter().filter(|(_, count)| *count == 0).map(|(name, _)| name).collect()
 }
 
 #[cfg(test)]
@@ -186,13 +250,13 @@ mod tests {
 
     #[test]
     fn faults_are_attributed_to_the_phase_in_force() {
-        let before = counts();
+        let before = counts(Layer::Wal);
         {
             let _guard = enter(Phase::WalRetire);
             fault(FaultKind::Crash);
         }
         fault(FaultKind::Crash);
-        let after = counts();
+        let after = counts(Layer::Wal);
         let get = |list: &[(String, u64)], name: &str| list.iter().find(|(n, _)| n == name).map(|(_, c)| *c).unwrap();
         assert_eq!(get(&after, "fault.crash@wal_retire"), get(&before, "fault.crash@wal_retire") + 1);
         assert_eq!(CURRENT.with(Cell::get), Phase::Other, "the guard restored the phase");

@@ -259,10 +259,14 @@ fn run(args: Args) -> Result<bool, String> {
         }
     }
     summary.print(clock.monotonic(), determinism);
-    let counts = thunderdb::probe::counts();
+    let layer = match args.workload {
+        Workload::Wal => thunderdb::probe::Layer::Wal,
+        Workload::Kv => thunderdb::probe::Layer::Storage,
+    };
+    let counts = thunderdb::probe::counts(layer);
     let hit = counts.iter().filter(|(_, count)| *count > 0).count();
-    println!("probes hit: {hit} of {}", counts.len());
-    let missing = thunderdb::probe::missing();
+    println!("probes hit: {hit} of {} ({layer:?} layer)", counts.len());
+    let missing = thunderdb::probe::missing(layer);
     if args.require_probes && !missing.is_empty() {
         println!("FAILED: probes never hit: {}", missing.join(", "));
         return Ok(false);

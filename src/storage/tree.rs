@@ -38,6 +38,7 @@ use super::op::{Op, Redo};
 use super::page::{Page, PageKind, PAGE_SIZE};
 use crate::env::Fs;
 use crate::planted::{active, PlantedBug};
+use crate::probe::{self, Phase, Probe};
 use crate::wal::{Lsn, Record, RecordKind, Wal, WalError, WalOptions, WalReader};
 
 /// The longest key a tree accepts, so that separator cells always fit.
@@ -159,6 +160,7 @@ impl Store {
         let pool = BufferPool::open(fs.clone(), data_path, pool_bytes).map_err(BufferError::from)?;
         let mut store = Store::new(fs, data_dir, pool, wal)?;
         for (end, op) in records {
+            let _phase = probe::enter(Phase::StorageRedo);
             store.redo(end, &op).await?;
         }
         Ok(store)
@@ -182,8 +184,12 @@ impl Store {
                 result = Redo::Applied;
                 continue;
             }
+            let on_disk = !self.pool.is_resident(page_no);
             let mut page = self.pool.fetch(page_no, &self.wal).await?.clone();
             if op.redo(&mut page, end).expect("redo replays what once fitted") == Redo::Applied {
+                if on_disk {
+                    probe::hit(Probe::RedoOnDiskPage);
+                }
                 self.pool.modify(page_no, end, |resident| *resident = page);
                 result = Redo::Applied;
             }
@@ -297,12 +303,19 @@ impl Store {
             self.wal.flush(self.wal.end_lsn()).await?;
             control.store(self.fs.as_ref(), &self.data_dir)?;
         }
-        self.pool.flush_all(&self.wal).await?;
+        {
+            let _phase = probe::enter(Phase::CheckpointFlush);
+            self.pool.flush_all(&self.wal).await?;
+        }
         let dirty = self.pool.dirty_pages().into_iter().collect();
         let (_, end) = self.log(&Op::CheckpointEnd { active: Vec::new(), dirty }).await?;
         self.wal.flush(end).await?;
-        control.store(self.fs.as_ref(), &self.data_dir)?;
+        {
+            let _phase = probe::enter(Phase::CheckpointControl);
+            control.store(self.fs.as_ref(), &self.data_dir)?;
+        }
         self.wal.retire_segments(begin, 2, may_retire).await?;
+        probe::hit(Probe::CheckpointCompleted);
         Ok(begin)
     }
 
@@ -345,6 +358,7 @@ impl Store {
     /// Splits the last node of `path`, or an ancestor first if the parent
     /// has no room for a separator. The caller descends again afterwards.
     async fn split(&mut self, tree: &Tree, path: &[u32]) -> Result<(), StoreError> {
+        let _phase = probe::enter(Phase::TreeSplit);
         let mut level = path.len() - 1;
         while level > 0 {
             let parent = self.pool.fetch(path[level - 1], &self.wal).await?;
@@ -356,6 +370,7 @@ impl Store {
         let page_no = path[level];
         let page = self.pool.fetch(page_no, &self.wal).await?.clone();
         let kind = page.kind();
+        probe::hit(if level == 0 { Probe::TreeRootSplit } else { Probe::TreeInternalSplit });
         let right_no = self.allocate();
         let mut left = page.clone();
         let mut right = Page::new(right_no, kind);
