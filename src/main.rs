@@ -10,7 +10,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use thunderdb::env::{Fs, RealFs};
-use thunderdb::wal::{parse_segment_file_name, Lsn, RecordKind, WalOptions, WalReader};
+use thunderdb::storage::Op;
+use thunderdb::wal::{parse_segment_file_name, Lsn, Record, RecordKind, WalOptions, WalReader};
 
 /// ThunderDB: a PostgreSQL-wire database that does not lose data.
 #[derive(Parser, Debug)]
@@ -105,6 +106,9 @@ fn wal_dump(dir: &Path, from: Option<Lsn>, timeline: Option<u32>) -> Result<(), 
             record.prev_lsn.to_string(),
             record.payload.len()
         );
+        if let Some(op) = describe_op(&record) {
+            line.push_str(&format!(" {op}"));
+        }
         if let Some(micros) = record.commit_time_micros() {
             let time = UNIX_EPOCH + Duration::from_micros(micros);
             line.push_str(&format!(" time {}", humantime::format_rfc3339_micros(time)));
@@ -114,6 +118,43 @@ fn wal_dump(dir: &Path, from: Option<Lsn>, timeline: Option<u32>) -> Result<(), 
     let end = reader.end().expect("the reader reached the end");
     println!("end of log at {} ({count} records)", end.lsn());
     Ok(())
+}
+
+/// A storage record's op in a few words.
+fn describe_op(record: &Record) -> Option<String> {
+    if record.kind != RecordKind::Data {
+        return None;
+    }
+    let Ok(op) = Op::decode(&record.payload) else { return Some("(not a storage record)".into()) };
+    let row = |table: u32, page: u32, key: &[u8], value: usize| {
+        format!("table {table} page {page} key {} value {value} bytes", hex(key))
+    };
+    Some(match op {
+        Op::PageImages { images } => {
+            let pages: Vec<String> = images.iter().map(|(page, _)| page.to_string()).collect();
+            format!("PAGE IMAGES {}", pages.join(","))
+        }
+        Op::Insert { table, page_no, key, value } => format!("INSERT {}", row(table, page_no, &key, value.len())),
+        Op::Update { table, page_no, key, new_value, .. } => {
+            format!("UPDATE {}", row(table, page_no, &key, new_value.len()))
+        }
+        Op::Delete { table, page_no, key, .. } => format!("DELETE {}", row(table, page_no, &key, 0)),
+        Op::Compensation { undo_next, .. } => format!("COMPENSATION undo-next {undo_next}"),
+        Op::CheckpointBegin => "CHECKPOINT BEGIN".into(),
+        Op::CheckpointEnd { active, dirty } => {
+            format!("CHECKPOINT END {} active, {} dirty", active.len(), dirty.len())
+        }
+    })
+}
+
+/// A key as hex, shortened past 16 bytes.
+fn hex(bytes: &[u8]) -> String {
+    let shown: String = bytes.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    if bytes.len() > 16 {
+        format!("{shown}…")
+    } else {
+        shown
+    }
 }
 
 fn kind_name(kind: RecordKind) -> &'static str {

@@ -69,3 +69,29 @@ fn without_arguments_it_says_the_server_is_not_built_yet() {
     assert_eq!(code, 2);
     assert!(stderr.contains("not built yet") && stderr.contains("wal-dump"), "{stderr}");
 }
+
+#[tokio::test]
+async fn wal_dump_decodes_storage_records() {
+    use thunderdb::storage::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let fs: Arc<dyn Fs> = Arc::new(RealFs);
+    let opts = WalOptions::new(dir.path().join("wal"));
+    fs.create_dir_all(&opts.dir).unwrap();
+    fs.create_dir_all(&dir.path().join("data")).unwrap();
+    let data = dir.path().join("data/main.tdb");
+    let mut store = Store::recover(fs, opts.clone(), &data, 1 << 20).await.unwrap();
+    let tree = store.create_tree(1).await.unwrap();
+    store.put(&tree, b"ab", b"value").await.unwrap();
+    store.checkpoint(&|_| true).await.unwrap();
+    drop(store);
+    let (code, stdout, stderr) = thunderdb(&["wal-dump", opts.dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    for expected in [
+        "PAGE IMAGES 0",
+        "INSERT table 1 page 0 key 6162 value 5 bytes",
+        "CHECKPOINT BEGIN",
+        "CHECKPOINT END 0 active, 0 dirty",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+}
