@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::StorageError;
-use super::page::{Page, PageCheck, PageKind, PAGE_SIZE};
+use super::page::{Page, PageCheck, PAGE_SIZE};
 use crate::env::{File, Fs};
 use crate::wal::{Lsn, Wal, WalError};
 
@@ -148,20 +148,9 @@ impl BufferPool {
         Ok(&self.frames[&page_no].page)
     }
 
-    /// Adds a new, empty page that is not on disk yet (an allocation). It is
-    /// dirty from `lsn`, the end LSN of the record that created it.
-    pub async fn create(&mut self, page_no: u32, kind: PageKind, lsn: Lsn, wal: &Wal) -> Result<(), BufferError> {
-        assert!(!self.frames.contains_key(&page_no), "page {page_no} is already resident");
-        self.make_room(wal).await?;
-        let mut page = Page::new(page_no, kind);
-        page.set_page_lsn(lsn);
-        self.frames.insert(page_no, Frame { page, rec_lsn: Some(lsn), last_use: 0 });
-        self.touch(page_no);
-        Ok(())
-    }
-
-    /// Installs a page rebuilt from a logged image during redo (its page LSN
-    /// is the record's end), unless the resident copy is already as new.
+    /// Installs a whole page whose image was logged (its page LSN is the
+    /// record's end): a new page, a page rebuilt by a split, or one replayed
+    /// during redo. Replaces the resident copy unless that is already as new.
     /// Never reads the page from disk: the image is the truth.
     pub async fn install(&mut self, page: Page, wal: &Wal) -> Result<(), BufferError> {
         let page_no = page.page_no();
@@ -263,6 +252,7 @@ impl BufferPool {
 mod tests {
     use super::*;
     use crate::env::{FaultConfig, SimDisk};
+    use crate::storage::PageKind;
     use crate::wal::{Record, WalOptions, WalReader};
 
     const DATA: &str = "/db/data/main.tdb";
@@ -280,6 +270,13 @@ mod tests {
         disk
     }
 
+    /// Adds a new, empty page dirty from `lsn`, as an allocation does.
+    async fn create(pool: &mut BufferPool, page_no: u32, lsn: Lsn, wal: &Wal) {
+        let mut page = Page::new(page_no, PageKind::Leaf);
+        page.set_page_lsn(lsn);
+        pool.install(page, wal).await.unwrap();
+    }
+
     /// Logs a change (without flushing) and returns its end LSN.
     async fn log(wal: &Wal, page_no: u32) -> Lsn {
         wal.append(&Record::data(1, Lsn::ZERO, page_no.to_le_bytes().to_vec())).await.unwrap().1
@@ -288,7 +285,7 @@ mod tests {
     async fn fill(pool: &mut BufferPool, wal: &Wal, pages: u32) {
         for page_no in 0..pages {
             let lsn = log(wal, page_no).await;
-            pool.create(page_no, PageKind::Leaf, lsn, wal).await.unwrap();
+            create(pool, page_no, lsn, wal).await;
             pool.modify(page_no, lsn, |page| page.body_mut()[..4].copy_from_slice(&page_no.to_le_bytes()));
             assert!(pool.resident() <= pool.frames_max(), "memory stays bounded");
         }
@@ -364,7 +361,7 @@ mod tests {
         let wal = wal(&disk);
         let mut pool = BufferPool::open(disk.fs(), Path::new(DATA), 1 << 20).unwrap();
         let first = log(&wal, 0).await;
-        pool.create(0, PageKind::Leaf, first, &wal).await.unwrap();
+        create(&mut pool, 0, first, &wal).await;
         let second = log(&wal, 0).await;
         pool.modify(0, second, |_| {});
         assert_eq!(pool.dirty_pages(), BTreeMap::from([(0, first)]));

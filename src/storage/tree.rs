@@ -176,10 +176,10 @@ impl Store {
         let mut result = Redo::AlreadyApplied;
         for page_no in op.pages() {
             self.next_page = self.next_page.max(page_no + 1);
-            if let Op::PageImages { images } = op {
-                let (_, bytes) = images.iter().find(|(no, _)| *no == page_no).expect("listed page");
-                let mut page = Page::from_bytes(&bytes[..], page_no).expect("logged images are valid pages");
-                page.reset_page_lsn(end);
+            if matches!(op, Op::PageImages { .. }) {
+                // An image is the truth: install it without reading the disk.
+                let mut page = Page::new(page_no, PageKind::Free);
+                op.redo(&mut page, end).expect("an image always applies to a blank page");
                 self.pool.install(page, &self.wal).await?;
                 result = Redo::Applied;
                 continue;
@@ -203,9 +203,7 @@ impl Store {
         let mut page = Page::new(root, PageKind::Leaf);
         node::init(page.body_mut(), 0);
         let (_, end) = self.log(&Op::PageImages { images: vec![(root, image(&page))] }).await?;
-        self.pool.create(root, PageKind::Leaf, end, &self.wal).await?;
-        self.pool.modify(root, end, |resident| *resident = page);
-        self.imaged.insert(root);
+        self.install_logged(vec![page], end).await?;
         Ok(Tree { table, root })
     }
 
@@ -385,7 +383,7 @@ impl Store {
             node::set_link(right.body_mut(), child);
             node::remove(right.body_mut(), 0);
         }
-        let mut pages = if level == 0 {
+        let pages = if level == 0 {
             // The root stays put: its cells move to a new left child.
             assert_eq!(page_no, tree.root);
             let left_no = self.allocate();
@@ -404,21 +402,18 @@ impl Store {
         };
         let images = pages.iter().map(|page| (page.page_no(), image(page))).collect();
         let (_, end) = self.log(&Op::PageImages { images }).await?;
-        for page in pages.drain(..) {
-            let page_no = page.page_no();
-            self.imaged.insert(page_no);
-            if page_no >= self.pool.file_pages().map_err(BufferError::from)? && !self.is_resident(page_no) {
-                self.pool.create(page_no, page.kind(), end, &self.wal).await?;
-            } else {
-                self.pool.fetch(page_no, &self.wal).await?;
-            }
-            self.pool.modify(page_no, end, |resident| *resident = page);
-        }
-        Ok(())
+        self.install_logged(pages, end).await
     }
 
-    fn is_resident(&self, page_no: u32) -> bool {
-        self.pool.is_resident(page_no)
+    /// Puts pages whose images a record ending at `end` just logged into the
+    /// pool, replacing any resident copies.
+    async fn install_logged(&mut self, pages: Vec<Page>, end: Lsn) -> Result<(), StoreError> {
+        for mut page in pages {
+            page.reset_page_lsn(end);
+            self.imaged.insert(page.page_no());
+            self.pool.install(page, &self.wal).await?;
+        }
+        Ok(())
     }
 }
 
