@@ -40,11 +40,21 @@ pub enum PlantedBug {
     SkipFullPageImage,
     /// Write the checkpoint pointer before the dirty pages are flushed.
     CheckpointBeforeFlush,
+    /// Undo a change in the page without logging a compensation record (the
+    /// page LSN stays put), so redo after a crash cannot repeat the undo.
+    UndoWithoutClr,
+    /// Write a page out of the buffer pool without first making the WAL
+    /// durable up to its page LSN (break the WAL rule).
+    PageBeforeWal,
+    /// Leave the active transactions out of the checkpoint's end record, so
+    /// analysis misses a transaction whose records all precede the
+    /// checkpoint and never rolls it back.
+    ForgetActiveTransactions,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 12] = [
+    pub const ALL: [PlantedBug; 15] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::SkipSegmentDirSync,
         PlantedBug::RetryFsync,
@@ -57,6 +67,9 @@ impl PlantedBug {
         PlantedBug::RewriteTornSector,
         PlantedBug::SkipFullPageImage,
         PlantedBug::CheckpointBeforeFlush,
+        PlantedBug::UndoWithoutClr,
+        PlantedBug::PageBeforeWal,
+        PlantedBug::ForgetActiveTransactions,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -74,6 +87,9 @@ impl PlantedBug {
             PlantedBug::RewriteTornSector => "rewrite_torn_sector",
             PlantedBug::SkipFullPageImage => "skip_full_page_image",
             PlantedBug::CheckpointBeforeFlush => "checkpoint_before_flush",
+            PlantedBug::UndoWithoutClr => "undo_without_clr",
+            PlantedBug::PageBeforeWal => "page_before_wal",
+            PlantedBug::ForgetActiveTransactions => "forget_active_transactions",
         }
     }
 
@@ -84,10 +100,17 @@ impl PlantedBug {
 }
 
 impl PlantedBug {
-    /// Whether the bug lives in the storage engine (hunted with the kv
-    /// workload) rather than in the WAL.
+    /// Whether the bug lives in the storage engine or transactions (hunted
+    /// with the kv workload) rather than in the WAL.
     pub fn is_storage(self) -> bool {
-        matches!(self, PlantedBug::SkipFullPageImage | PlantedBug::CheckpointBeforeFlush)
+        matches!(
+            self,
+            PlantedBug::SkipFullPageImage
+                | PlantedBug::CheckpointBeforeFlush
+                | PlantedBug::UndoWithoutClr
+                | PlantedBug::PageBeforeWal
+                | PlantedBug::ForgetActiveTransactions
+        )
     }
 }
 

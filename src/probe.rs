@@ -44,6 +44,12 @@ pub enum Phase {
     StorageRedo,
     /// A B+tree split.
     TreeSplit,
+    /// A B+tree leaf merge.
+    TreeMerge,
+    /// Recovery's analysis pass.
+    RecoveryAnalysis,
+    /// Recovery's undo pass (rolling back losers, logging CLRs).
+    RecoveryUndo,
 }
 
 /// Which part of the system a probe covers; a workload requires the probes
@@ -57,7 +63,7 @@ pub enum Layer {
 }
 
 impl Phase {
-    const ALL: [Phase; 11] = [
+    const ALL: [Phase; 14] = [
         Phase::Other,
         Phase::WalWrite,
         Phase::WalSync,
@@ -69,11 +75,20 @@ impl Phase {
         Phase::CheckpointControl,
         Phase::StorageRedo,
         Phase::TreeSplit,
+        Phase::TreeMerge,
+        Phase::RecoveryAnalysis,
+        Phase::RecoveryUndo,
     ];
 
     fn layer(self) -> Layer {
         match self {
-            Phase::CheckpointFlush | Phase::CheckpointControl | Phase::StorageRedo | Phase::TreeSplit => Layer::Storage,
+            Phase::CheckpointFlush
+            | Phase::CheckpointControl
+            | Phase::StorageRedo
+            | Phase::TreeSplit
+            | Phase::TreeMerge
+            | Phase::RecoveryAnalysis
+            | Phase::RecoveryUndo => Layer::Storage,
             _ => Layer::Wal,
         }
     }
@@ -91,6 +106,9 @@ impl Phase {
             Phase::CheckpointControl => "checkpoint_control",
             Phase::StorageRedo => "storage_redo",
             Phase::TreeSplit => "tree_split",
+            Phase::TreeMerge => "tree_merge",
+            Phase::RecoveryAnalysis => "recovery_analysis",
+            Phase::RecoveryUndo => "recovery_undo",
         }
     }
 
@@ -110,7 +128,9 @@ impl Phase {
             Phase::CheckpointFlush => &[Crash, WriteError, FsyncError],
             Phase::CheckpointControl => &[Crash, FsyncError],
             Phase::StorageRedo => &[Crash, ReadError],
-            Phase::TreeSplit => &[Crash],
+            Phase::TreeSplit | Phase::TreeMerge => &[Crash],
+            Phase::RecoveryAnalysis => &[Crash, ReadError],
+            Phase::RecoveryUndo => &[Crash],
         }
     }
 }
@@ -142,10 +162,26 @@ pub enum Probe {
     /// Redo applied a record to a page read from disk (untouched since the
     /// checkpoint), not one rebuilt from an image.
     RedoOnDiskPage,
+    /// A B+tree leaf was merged into its sibling.
+    TreeLeafMerge,
+    /// A checkpoint kept WAL before its redo point for an active
+    /// transaction's undo.
+    CheckpointHeldForUndo,
+    /// Recovery rolled back a transaction that had no end record.
+    LoserRolledBack,
+    /// Recovery's undo met a compensation record: an earlier undo was cut
+    /// off by a crash and resumed where it stopped.
+    UndoResumed,
+    /// Undo read a record back from the WAL (older than recovery's scan).
+    UndoReadFromLog,
+    /// A transaction waited for a lock.
+    LockWaited,
+    /// A deadlock was found and a victim aborted.
+    DeadlockVictim,
 }
 
 impl Probe {
-    const ALL: [Probe; 11] = [
+    const ALL: [Probe; 18] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::SegmentReused,
@@ -157,14 +193,25 @@ impl Probe {
         Probe::TreeInternalSplit,
         Probe::CheckpointCompleted,
         Probe::RedoOnDiskPage,
+        Probe::TreeLeafMerge,
+        Probe::CheckpointHeldForUndo,
+        Probe::LoserRolledBack,
+        Probe::UndoResumed,
+        Probe::UndoReadFromLog,
+        Probe::LockWaited,
+        Probe::DeadlockVictim,
     ];
 
     fn layer(self) -> Layer {
         match self {
-            Probe::TreeRootSplit | Probe::TreeInternalSplit | Probe::CheckpointCompleted | Probe::RedoOnDiskPage => {
-                Layer::Storage
-            }
-            _ => Layer::Wal,
+            Probe::GroupCommitFollower
+            | Probe::GroupCommitSpansSegments
+            | Probe::SegmentReused
+            | Probe::TornTailCut
+            | Probe::ResumeLinkFollowed
+            | Probe::CorruptionReported
+            | Probe::TailZeroed => Layer::Wal,
+            _ => Layer::Storage,
         }
     }
 
@@ -181,6 +228,13 @@ impl Probe {
             Probe::TreeInternalSplit => "tree_internal_split",
             Probe::CheckpointCompleted => "checkpoint_completed",
             Probe::RedoOnDiskPage => "redo_on_disk_page",
+            Probe::TreeLeafMerge => "tree_leaf_merge",
+            Probe::CheckpointHeldForUndo => "checkpoint_held_for_undo",
+            Probe::LoserRolledBack => "loser_rolled_back",
+            Probe::UndoResumed => "undo_resumed",
+            Probe::UndoReadFromLog => "undo_read_from_log",
+            Probe::LockWaited => "lock_waited",
+            Probe::DeadlockVictim => "deadlock_victim",
         }
     }
 }
@@ -197,6 +251,19 @@ thread_local! {
 /// Marks the current thread as in `phase` until the guard drops.
 pub fn enter(phase: Phase) -> PhaseGuard {
     PhaseGuard { previous: CURRENT.with(|current| current.replace(phase)) }
+}
+
+/// Marks the current thread as in `phase` unless a caller already marked a
+/// phase (e.g. recovery's analysis reading the WAL keeps its own phase).
+pub fn enter_unless_marked(phase: Phase) -> PhaseGuard {
+    let previous = CURRENT.with(|current| {
+        let previous = current.get();
+        if previous == Phase::Other {
+            current.set(phase);
+        }
+        previous
+    });
+    PhaseGuard { previous }
 }
 
 /// Restores the previous phase when dropped.

@@ -72,23 +72,25 @@ fn without_arguments_it_says_the_server_is_not_built_yet() {
 
 #[tokio::test]
 async fn wal_dump_decodes_storage_records() {
-    use thunderdb::storage::Store;
+    use thunderdb::db::{Database, EngineConfig};
+    use thunderdb::env::{Env, RealClock};
     let dir = tempfile::tempdir().unwrap();
-    let fs: Arc<dyn Fs> = Arc::new(RealFs);
-    let opts = WalOptions::new(dir.path().join("wal"));
-    fs.create_dir_all(&opts.dir).unwrap();
-    fs.create_dir_all(&dir.path().join("data")).unwrap();
-    let data = dir.path().join("data/main.tdb");
-    let mut store = Store::recover(fs, opts.clone(), &data, 1 << 20).await.unwrap();
-    let tree = store.create_tree(1).await.unwrap();
-    store.put(&tree, b"ab", b"value").await.unwrap();
-    store.checkpoint(&|_| true).await.unwrap();
-    drop(store);
-    let (code, stdout, stderr) = thunderdb(&["wal-dump", opts.dir.to_str().unwrap()]);
+    let env = Env::new(Arc::new(RealFs), Arc::new(RealClock::new()), 1);
+    let db = Database::open(env, EngineConfig::new(dir.path())).await.unwrap();
+    let mut txn = db.begin().await.unwrap();
+    let table = txn.create_table("t", b"").await.unwrap();
+    txn.insert(&table, b"ab", b"value").await.unwrap();
+    txn.commit().await.unwrap();
+    db.checkpoint().await.unwrap();
+    db.shutdown().await.unwrap();
+    let (code, stdout, stderr) = thunderdb(&["wal-dump", dir.path().join("wal").to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     for expected in [
         "PAGE IMAGES 0",
-        "INSERT table 1 page 0 key 6162 value 5 bytes",
+        "PAGE IMAGES 1",
+        "INSERT table 0 page 0 key 74 value 4 bytes",
+        "INSERT table 1 page 1 key 6162 value 5 bytes",
+        "COMMIT",
         "CHECKPOINT BEGIN",
         "CHECKPOINT END 0 active, 0 dirty",
     ] {

@@ -6,12 +6,13 @@
 //! A run of a seed ends in an oracle verdict and a trace hash; two runs of the
 //! same seed must give the same hash.
 //!
-//! Workloads: `wal` drives the write-ahead log directly (`wal_run`); `kv`
-//! drives B+tree puts and deletes through the storage engine (`kv_run`).
-//! Transactional, SQL and backup workloads join as they land.
+//! Workloads: `wal` drives the write-ahead log directly (`wal_run`); `db`
+//! runs concurrent transactions through the engine (`db_run`: kv, bank,
+//! long transactions, catalog churn, large rows). SQL and backup workloads
+//! join as they land.
 
+pub mod db_run;
 pub mod fuzz_checks;
-pub mod kv_run;
 pub mod runner;
 pub mod wal_run;
 

@@ -95,7 +95,7 @@ fn report_failure(failure: &SeedFailure, plant: Option<PlantedBug>, workload: Wo
     println!("FAILED: {failure}");
     let features = if plant.is_some() { " --features planted-bugs" } else { "" };
     let planted = plant.map(|bug| format!(" --plant {bug}")).unwrap_or_default();
-    let workload = if workload == Workload::Wal { String::new() } else { " --workload kv".into() };
+    let workload = if workload == Workload::Wal { String::new() } else { " --workload db".into() };
     println!("replay: cargo sim{features} --{planted}{workload} --seed {}", failure.seed);
 }
 
@@ -128,7 +128,7 @@ fn planted_report(budget: u64, hunts: u64) -> Result<bool, String> {
         let mut checks = BTreeMap::new();
         for hunt in 0..hunts {
             let start = 1 + hunt * 1_000_000;
-            let workload = if bug.is_storage() { Workload::Kv } else { Workload::Wal };
+            let workload = if bug.is_storage() { Workload::Db } else { Workload::Wal };
             let found = (start..start + budget).find_map(|seed| run_seed_isolated(seed, workload).err());
             if let Some(failure) = found {
                 counts.push(failure.seed - start + 1);
@@ -261,7 +261,7 @@ fn run(args: Args) -> Result<bool, String> {
     summary.print(clock.monotonic(), determinism);
     let layer = match args.workload {
         Workload::Wal => thunderdb::probe::Layer::Wal,
-        Workload::Kv => thunderdb::probe::Layer::Storage,
+        Workload::Db => thunderdb::probe::Layer::Storage,
     };
     let counts = thunderdb::probe::counts(layer);
     let hit = counts.iter().filter(|(_, count)| *count > 0).count();

@@ -1,5 +1,5 @@
-//! The storage engine: pages, the buffer pool, the control file and (to
-//! come) tables.
+//! The storage engine: pages, the buffer pool, the control file and B+tree
+//! tables with logged changes and undo.
 
 mod buffer;
 mod control;
@@ -12,6 +12,6 @@ mod tree;
 pub use buffer::{BufferError, BufferPool, BufferStats};
 pub use control::{ControlFile, ControlState, CONTROL_FILE_NAME};
 pub use error::StorageError;
-pub use op::{Op, OpDecodeError, Redo};
+pub use op::{ActiveTxnEntry, Op, OpDecodeError, Redo};
 pub use page::{Page, PageCheck, PageKind, PAGE_HEADER_LEN, PAGE_SIZE};
-pub use tree::{Store, StoreError, Tree, MAX_KEY_LEN};
+pub use tree::{Store, StoreError, Tree, DATA_FILE_NAME, MAX_KEY_LEN};

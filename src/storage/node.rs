@@ -149,6 +149,17 @@ pub fn room(body: &[u8]) -> usize {
     free_space(body) + garbage(body)
 }
 
+/// Bytes the cells and their slots occupy: what moving every cell into an
+/// empty node would use.
+pub fn live_bytes(body: &[u8]) -> usize {
+    BODY_LEN - HEADER_LEN - room(body)
+}
+
+/// Whether every cell of `left` and `right` fits in one node.
+pub fn fits_together(left: &[u8], right: &[u8]) -> bool {
+    live_bytes(left) + live_bytes(right) <= BODY_LEN - HEADER_LEN
+}
+
 /// Inserts a cell at slot `index` (the position `search` returned). Compacts
 /// if that makes room; `NodeFull` if nothing does.
 pub fn insert(body: &mut [u8], index: usize, key: &[u8], value: &[u8]) -> Result<(), NodeFull> {

@@ -12,7 +12,7 @@
 //! | `Update` | 4 | table, page, key, old value, new value | put key → new value | put key → old value |
 //! | `Compensation` | 5 | undo-next LSN, then one redo-only op | as the inner op | never undone |
 //! | `CheckpointBegin` | 6 | | | |
-//! | `CheckpointEnd` | 7 | active transactions, dirty pages | | |
+//! | `CheckpointEnd` | 7 | active transactions (id, last LSN, undo-next LSN), dirty pages (page, recovery LSN) | | |
 //!
 //! Integers are little-endian; keys and values are length-prefixed (u16 and
 //! u32). A full-page image is logged on a page's first change after each
@@ -39,7 +39,7 @@ pub enum Op {
     },
     /// A row was inserted.
     Insert {
-        /// The table.
+        /// The table: its tree's root page, so undo can find the row by key.
         table: u32,
         /// The leaf page.
         page_no: u32,
@@ -50,7 +50,7 @@ pub enum Op {
     },
     /// A row was deleted.
     Delete {
-        /// The table.
+        /// The table: its tree's root page, so undo can find the row by key.
         table: u32,
         /// The leaf page.
         page_no: u32,
@@ -61,7 +61,7 @@ pub enum Op {
     },
     /// A row was replaced.
     Update {
-        /// The table.
+        /// The table: its tree's root page, so undo can find the row by key.
         table: u32,
         /// The leaf page.
         page_no: u32,
@@ -83,11 +83,22 @@ pub enum Op {
     CheckpointBegin,
     /// A fuzzy checkpoint ended.
     CheckpointEnd {
-        /// Active transactions and their last LSNs.
-        active: Vec<(u64, Lsn)>,
+        /// Active transactions: id, last LSN and undo-next LSN.
+        active: Vec<ActiveTxnEntry>,
         /// Dirty pages and their recovery LSNs.
         dirty: Vec<(u32, Lsn)>,
     },
+}
+
+/// A transaction active at a checkpoint, as its end record lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveTxnEntry {
+    /// The transaction id.
+    pub xid: u64,
+    /// Its last record, which its next record's `prev_lsn` names.
+    pub last_lsn: Lsn,
+    /// Its newest record not yet undone (`Lsn::ZERO`: nothing to undo).
+    pub undo_next: Lsn,
 }
 
 /// What redo did with a record for a page.
@@ -180,9 +191,10 @@ impl Op {
             Op::CheckpointEnd { active, dirty } => {
                 out.push(7);
                 out.extend_from_slice(&(active.len() as u32).to_le_bytes());
-                for (xid, lsn) in active {
-                    out.extend_from_slice(&xid.to_le_bytes());
-                    out.extend_from_slice(&lsn.0.to_le_bytes());
+                for entry in active {
+                    out.extend_from_slice(&entry.xid.to_le_bytes());
+                    out.extend_from_slice(&entry.last_lsn.0.to_le_bytes());
+                    out.extend_from_slice(&entry.undo_next.0.to_le_bytes());
                 }
                 out.extend_from_slice(&(dirty.len() as u32).to_le_bytes());
                 for (page_no, lsn) in dirty {
@@ -296,7 +308,11 @@ impl Reader<'_> {
             }
             6 => Op::CheckpointBegin,
             7 => {
-                let active = (0..self.u32()?).map(|_| Ok((self.u64()?, Lsn(self.u64()?)))).collect::<Result<_, _>>()?;
+                let active = (0..self.u32()?)
+                    .map(|_| {
+                        Ok(ActiveTxnEntry { xid: self.u64()?, last_lsn: Lsn(self.u64()?), undo_next: Lsn(self.u64()?) })
+                    })
+                    .collect::<Result<_, _>>()?;
                 let dirty = (0..self.u32()?).map(|_| Ok((self.u32()?, Lsn(self.u64()?)))).collect::<Result<_, _>>()?;
                 Op::CheckpointEnd { active, dirty }
             }
@@ -343,9 +359,9 @@ mod tests {
             4 => row_op(),
             1 => (row_op(), any::<u64>()).prop_map(|(op, next)| Op::Compensation { undo_next: Lsn(next), redo: Box::new(op) }),
             1 => Just(Op::CheckpointBegin),
-            1 => (proptest::collection::vec((any::<u64>(), any::<u64>()), 0..5), proptest::collection::vec((any::<u32>(), any::<u64>()), 0..5))
+            1 => (proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..5), proptest::collection::vec((any::<u32>(), any::<u64>()), 0..5))
                 .prop_map(|(a, d)| Op::CheckpointEnd {
-                    active: a.into_iter().map(|(x, l)| (x, Lsn(l))).collect(),
+                    active: a.into_iter().map(|(xid, l, u)| ActiveTxnEntry { xid, last_lsn: Lsn(l), undo_next: Lsn(u) }).collect(),
                     dirty: d.into_iter().map(|(p, l)| (p, Lsn(l))).collect(),
                 }),
         ]

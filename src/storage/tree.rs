@@ -1,9 +1,11 @@
 //! B+trees over the buffer pool, with every change logged before it is made.
 //!
-//! A [`Store`] owns the buffer pool and a handle on the WAL, and allocates
-//! pages. Each table is a [`Tree`] whose root page never moves: a root split
-//! copies the root's cells into two new children and turns the root into an
-//! internal node above them, so nothing has to learn a new root.
+//! A [`Store`] owns the buffer pool, a handle on the WAL, page allocation and
+//! the table of active transactions. Each table is a [`Tree`] named by its
+//! root page, which never moves: a root split copies the root's cells into
+//! two new children and turns the root into an internal node above them. The
+//! root is therefore also the table's id in log records, and undo finds a
+//! row by (root, key) however the tree has changed since.
 //!
 //! Logging (see `op.rs` for the formats):
 //!
@@ -11,22 +13,31 @@
 //!   the store opened) logs its full image before the change itself, so redo
 //!   can rebuild a torn page; it reads from disk only pages untouched since
 //!   the checkpoint, which the checkpoint wrote and synced.
-//! - A row change logs a physiological `Insert`, `Update` or `Delete` that
-//!   carries the old value for undo.
+//! - A row change logs a physiological `Insert`, `Update` or `Delete` under
+//!   its transaction's id, linked to the transaction's previous record, and
+//!   carrying the old value for undo.
+//! - Undo is logical: it finds the row by key from the root (a split since
+//!   may have moved it) and logs a compensation record (CLR) whose undo-next
+//!   LSN is the undone record's predecessor, so a crash during undo resumes
+//!   where it stopped and never undoes a change twice.
 //! - A split first makes sure the parent has room for a separator (splitting
 //!   the parent first if not), then logs the after-images of the split node,
-//!   its new right sibling and the parent in one record. Each split leaves a
-//!   valid tree on its own, so a crash between splits or mid-split replays to
-//!   a valid tree.
+//!   its new right sibling and the parent in one redo-only record. Each
+//!   split leaves a valid tree on its own, so a crash between splits or
+//!   mid-split replays to a valid tree, and a transaction that rolls back
+//!   leaves the split in place (the tree is valid either way).
+//! - A leaf left less than a quarter full by a delete is merged into its
+//!   left or right sibling under the same parent when their rows fit in one
+//!   page; the merge logs the after-images of the survivor and the parent in
+//!   one redo-only record. The emptied page is not reused (there is no free
+//!   page map yet).
 //!
-//! Checkpoints ([`Store::checkpoint`]) flush the pool, move the redo point
-//! in the control file and retire WAL segments.
-//!
-//! Not yet: transactions and undo (each change is its own atomic record),
-//! fuzzy checkpoints, and merging underfull nodes (deletes leave nodes
-//! sparse; they are reclaimed when the node refills).
+//! Checkpoints ([`Store::checkpoint`]) log the active transactions, flush
+//! the pool, move the redo point in the control file and retire WAL
+//! segments recovery no longer needs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,17 +45,23 @@ use super::buffer::{BufferError, BufferPool};
 use super::control::{ControlFile, ControlState};
 use super::error::StorageError;
 use super::node::{self, CellTooLarge, MAX_CELL_LEN};
-use super::op::{Op, Redo};
+use super::op::{ActiveTxnEntry, Op, Redo};
 use super::page::{Page, PageKind, PAGE_SIZE};
 use crate::env::Fs;
 use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Phase, Probe};
-use crate::wal::{Lsn, Record, RecordKind, Wal, WalError, WalOptions, WalReader};
+use crate::wal::{Lsn, Record, Wal, WalError, WalReader};
 
 /// The longest key a tree accepts, so that separator cells always fit.
 pub const MAX_KEY_LEN: usize = 512;
 
+/// The data file's name in the data directory.
+pub const DATA_FILE_NAME: &str = "main.tdb";
+
 const SEPARATOR_ROOM: usize = 4 + MAX_KEY_LEN + 4 + 2;
+
+/// A leaf with less live data than this after a delete is merged if it can be.
+const MERGE_BELOW: usize = (PAGE_SIZE - super::page::PAGE_HEADER_LEN) / 4;
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,16 +95,43 @@ pub enum StoreError {
     },
 }
 
-/// One B+tree: a table's rows by primary key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl StoreError {
+    /// Whether the error reports damaged data on disk (a page, the control
+    /// file, the log).
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            StoreError::Buffer(BufferError::Storage(e)) | StoreError::Storage(e) => e.is_corruption(),
+            StoreError::Buffer(BufferError::Wal(e)) | StoreError::Wal(e) => e.is_corruption(),
+            StoreError::BadRecord { .. } => true,
+            StoreError::TooLarge(_) | StoreError::KeyTooLong { .. } => false,
+        }
+    }
+}
+
+/// One B+tree: a table's rows by primary key, named by its root page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Tree {
-    /// The table it stores.
-    pub table: u32,
-    /// Its root page, which never moves.
+    /// The root page, which never moves; also the table's id in log records.
     pub root: u32,
 }
 
-/// Pages, the WAL, page allocation and checkpoints.
+/// A transaction that has begun and not yet ended, as the store tracks it.
+#[derive(Debug, Default)]
+struct ActiveTxn {
+    /// Its first record (`Lsn::ZERO` until it writes): the WAL must keep
+    /// everything from here while it may still roll back.
+    first_lsn: Lsn,
+    /// Its last record: the next one's `prev_lsn`.
+    last_lsn: Lsn,
+    /// Its newest record not yet undone.
+    undo_next: Lsn,
+    /// Its undoable records by LSN, each with its `prev_lsn`, so rollback
+    /// reads no log. A transaction recovered from the log may have older
+    /// records than these, which undo reads back from the WAL.
+    records: BTreeMap<Lsn, (Lsn, Op)>,
+}
+
+/// Pages, the WAL, page allocation, active transactions and checkpoints.
 pub struct Store {
     fs: Arc<dyn Fs>,
     data_dir: PathBuf,
@@ -97,25 +141,53 @@ pub struct Store {
     /// Pages whose image has been logged since the last checkpoint (or,
     /// before the first, since the store opened).
     imaged: BTreeSet<u32>,
+    active: BTreeMap<u64, ActiveTxn>,
+    next_xid: u64,
 }
 
 fn image(page: &Page) -> Box<[u8; PAGE_SIZE]> {
     Box::new(*page.clone().seal())
 }
 
-fn child_for(body: &[u8], key: &[u8]) -> u32 {
-    let child = |i| u32::from_le_bytes(node::value(body, i).try_into().expect("child pointers are u32"));
+fn child_at(body: &[u8], index: usize) -> u32 {
+    u32::from_le_bytes(node::value(body, index).try_into().expect("child pointers are u32"))
+}
+
+/// The child of an internal node covering `key`, and its position: `None`
+/// for the leftmost child (the link), else its cell's index.
+fn child_for(body: &[u8], key: &[u8]) -> (u32, Option<usize>) {
     match node::search(body, key) {
-        Ok(index) => child(index),
-        Err(0) => node::link(body),
-        Err(index) => child(index - 1),
+        Ok(index) => (child_at(body, index), Some(index)),
+        Err(0) => (node::link(body), None),
+        Err(index) => (child_at(body, index - 1), Some(index - 1)),
     }
 }
 
+fn rows_in(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    (0..node::count(body)).map(move |i| (node::key(body, i), node::value(body, i)))
+}
+
 impl Store {
-    fn new(fs: Arc<dyn Fs>, data_dir: &Path, pool: BufferPool, wal: Arc<Wal>) -> Result<Self, StoreError> {
+    /// Opens a store over a pool and an open WAL, after redo. `next_xid` is
+    /// the lowest transaction id not yet used in the log.
+    pub(crate) fn new(
+        fs: Arc<dyn Fs>,
+        data_dir: &Path,
+        pool: BufferPool,
+        wal: Arc<Wal>,
+        next_xid: u64,
+    ) -> Result<Self, StoreError> {
         let next_page = pool.file_pages().map_err(BufferError::from)?;
-        Ok(Store { fs, data_dir: data_dir.to_path_buf(), pool, wal, next_page, imaged: BTreeSet::new() })
+        Ok(Store {
+            fs,
+            data_dir: data_dir.to_path_buf(),
+            pool,
+            wal,
+            next_page,
+            imaged: BTreeSet::new(),
+            active: BTreeMap::new(),
+            next_xid: next_xid.max(1),
+        })
     }
 
     /// The buffer pool.
@@ -128,47 +200,24 @@ impl Store {
         &self.wal
     }
 
-    /// Recovers a store, redo only: reads the WAL from the redo point of the
-    /// last checkpoint (the control file beside the data file; the start of
-    /// the log without one), opens it for appending (cutting the torn tail),
-    /// and replays every storage record into a fresh pool over the data file
-    /// at `data_path`. Pages untouched since the checkpoint are read from
-    /// disk; every page touched since first appears in the log as an image.
-    pub async fn recover(
-        fs: Arc<dyn Fs>,
-        wal_opts: WalOptions,
-        data_path: &Path,
-        pool_bytes: u64,
-    ) -> Result<Store, StoreError> {
-        let data_dir = data_path.parent().unwrap_or(Path::new("."));
-        let control = ControlFile::load(fs.as_ref(), data_dir)?;
-        let mut reader = match control {
-            Some(control) => WalReader::new(fs.clone(), wal_opts.clone(), control.redo_lsn)
-                .durable_through(control.checkpoint_lsn.plus(1)),
-            None => WalReader::new(fs.clone(), wal_opts.clone(), wal_opts.first_lsn()),
-        };
-        let mut records = Vec::new();
-        while let Some((lsn, record)) = reader.next_record()? {
-            if record.kind == RecordKind::Data {
-                let op =
-                    Op::decode(&record.payload).map_err(|e| StoreError::BadRecord { lsn, detail: e.to_string() })?;
-                records.push((lsn.plus(record.encoded_len()), op));
-            }
-        }
-        let end = reader.end().expect("the reader reached the end");
-        let wal = Arc::new(Wal::open(fs.clone(), wal_opts, end)?);
-        let pool = BufferPool::open(fs.clone(), data_path, pool_bytes).map_err(BufferError::from)?;
-        let mut store = Store::new(fs, data_dir, pool, wal)?;
-        for (end, op) in records {
-            let _phase = probe::enter(Phase::StorageRedo);
-            store.redo(end, &op).await?;
-        }
-        Ok(store)
-    }
-
     /// Whether any page was ever allocated (a tree exists).
     pub fn is_empty(&self) -> bool {
         self.next_page == 0
+    }
+
+    /// Pages allocated so far.
+    pub fn page_count(&self) -> u32 {
+        self.next_page
+    }
+
+    /// Whether transaction `xid` has begun and not ended.
+    pub fn is_active(&self, xid: u64) -> bool {
+        self.active.contains_key(&xid)
+    }
+
+    /// The transactions that have begun and not ended, by id.
+    pub fn active_xids(&self) -> Vec<u64> {
+        self.active.keys().copied().collect()
     }
 
     /// Replays one storage record (ending at `end`) during recovery.
@@ -197,30 +246,177 @@ impl Store {
         Ok(result)
     }
 
-    /// Creates an empty tree for `table`.
-    pub async fn create_tree(&mut self, table: u32) -> Result<Tree, StoreError> {
+    /// Begins a transaction and returns its id.
+    pub fn begin(&mut self) -> u64 {
+        let xid = self.next_xid;
+        self.next_xid += 1;
+        self.active.insert(xid, ActiveTxn::default());
+        xid
+    }
+
+    /// Re-creates a transaction that recovery found without an end record,
+    /// so that [`rollback`](Self::rollback) can undo it. `records` are its
+    /// undoable records that analysis read (older ones are read back from
+    /// the WAL).
+    pub(crate) fn adopt_loser(&mut self, entry: ActiveTxnEntry, records: BTreeMap<Lsn, (Lsn, Op)>) {
+        self.next_xid = self.next_xid.max(entry.xid + 1);
+        let txn = ActiveTxn { first_lsn: Lsn::ZERO, last_lsn: entry.last_lsn, undo_next: entry.undo_next, records };
+        self.active.insert(entry.xid, txn);
+    }
+
+    /// Ends transaction `xid` with a commit record stamped `commit_time_micros`
+    /// and returns the record's LSN and end; the caller must make the end
+    /// durable ([`Wal::flush`]) before acknowledging. A transaction that
+    /// wrote nothing logs nothing and returns `None`.
+    pub async fn commit(&mut self, xid: u64, commit_time_micros: u64) -> Result<Option<(Lsn, Lsn)>, StoreError> {
+        let txn = self.active.get(&xid).unwrap_or_else(|| panic!("transaction {xid} is not active"));
+        if txn.first_lsn == Lsn::ZERO {
+            self.active.remove(&xid);
+            return Ok(None);
+        }
+        let (lsn, end) = self.wal.append(&Record::commit(xid, txn.last_lsn, commit_time_micros)).await?;
+        self.active.remove(&xid);
+        Ok(Some((lsn, end)))
+    }
+
+    /// Rolls transaction `xid` back: undoes each of its changes newest first,
+    /// logging a compensation record for each, then logs its abort record.
+    /// Used by an explicit rollback, a transaction chosen as a deadlock
+    /// victim, and recovery's undo phase alike. Returns how many changes were
+    /// undone. If it fails (an I/O error reading a page, say), the engine
+    /// stops, since the transaction's remaining changes cannot be hidden;
+    /// recovery completes the rollback on restart.
+    pub async fn rollback(&mut self, xid: u64) -> Result<u64, StoreError> {
+        let result = self.undo_all(xid).await;
+        if let Err(error) = &result {
+            // Half undone, the transaction's changes would be visible to
+            // others: stop, and let recovery finish the rollback.
+            self.wal.halt(&format!("rolling back transaction {xid} failed: {error}"));
+        }
+        result
+    }
+
+    async fn undo_all(&mut self, xid: u64) -> Result<u64, StoreError> {
+        let mut reader: Option<WalReader> = None;
+        let mut undone = 0;
+        loop {
+            let txn = self.active.get(&xid).unwrap_or_else(|| panic!("transaction {xid} is not active"));
+            let next = txn.undo_next;
+            if next == Lsn::ZERO {
+                break;
+            }
+            let (prev, op) = match txn.records.get(&next) {
+                Some((prev, op)) => (*prev, op.clone()),
+                None => {
+                    let reader = reader.get_or_insert_with(|| {
+                        WalReader::new(self.fs.clone(), self.wal.options().clone(), self.wal.options().first_lsn())
+                    });
+                    probe::hit(Probe::UndoReadFromLog);
+                    let record = reader.record_at(next)?;
+                    let op = Op::decode(&record.payload)
+                        .map_err(|e| StoreError::BadRecord { lsn: next, detail: e.to_string() })?;
+                    (record.prev_lsn, op)
+                }
+            };
+            match op {
+                Op::Compensation { undo_next, .. } => {
+                    self.active.get_mut(&xid).expect("active").undo_next = undo_next;
+                }
+                op => {
+                    let Some(inverse) = op.undo() else {
+                        return Err(StoreError::BadRecord {
+                            lsn: next,
+                            detail: format!("transaction {xid}'s undo chain reaches a redo-only record"),
+                        });
+                    };
+                    self.undo_one(xid, inverse, prev).await?;
+                    self.active.get_mut(&xid).expect("active").undo_next = prev;
+                    undone += 1;
+                }
+            }
+        }
+        let txn = self.active.get(&xid).expect("active");
+        if txn.last_lsn != Lsn::ZERO {
+            self.wal.append(&Record::abort(xid, txn.last_lsn)).await?;
+        }
+        self.active.remove(&xid);
+        Ok(undone)
+    }
+
+    /// Applies the inverse of one change by key, logged as a compensation
+    /// record pointing at `undo_next`.
+    async fn undo_one(&mut self, xid: u64, inverse: Op, undo_next: Lsn) -> Result<(), StoreError> {
+        let undo_next = Some(undo_next);
+        match inverse {
+            Op::Delete { table, key, .. } => {
+                self.write(xid, Tree { root: table }, &key, None, undo_next).await?;
+            }
+            Op::Insert { table, key, value, .. } | Op::Update { table, key, new_value: value, .. } => {
+                self.write(xid, Tree { root: table }, &key, Some(&value), undo_next).await?;
+            }
+            other => unreachable!("undo of a row change is a row change, not {other:?}"),
+        }
+        Ok(())
+    }
+
+    /// Creates an empty tree. Its page is logged redo-only: a transaction
+    /// that creates a table and rolls back leaves an unreachable page.
+    pub async fn create_tree(&mut self) -> Result<Tree, StoreError> {
         let root = self.allocate();
         let mut page = Page::new(root, PageKind::Leaf);
         node::init(page.body_mut(), 0);
-        let (_, end) = self.log(&Op::PageImages { images: vec![(root, image(&page))] }).await?;
+        let (_, end) = self.log_redo_only(&Op::PageImages { images: vec![(root, image(&page))] }).await?;
         self.install_logged(vec![page], end).await?;
-        Ok(Tree { table, root })
+        Ok(Tree { root })
     }
 
     /// The value stored under `key`.
-    pub async fn get(&mut self, tree: &Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn get(&mut self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.wal.check_running()?;
         let leaf = *self.descend(tree, key).await?.last().expect("a path ends at a leaf");
         let body = self.pool.fetch(leaf, &self.wal).await?.body();
         Ok(node::search(body, key).ok().map(|index| node::value(body, index).to_vec()))
     }
 
     /// Every row, in key order.
-    pub async fn scan(&mut self, tree: &Tree) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let mut leaf = *self.descend(tree, &[]).await?.last().expect("a path ends at a leaf");
+    pub async fn scan(&mut self, tree: Tree) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.scan_range(tree, Bound::Unbounded, Bound::Unbounded).await
+    }
+
+    /// The rows with keys in the range, in key order.
+    pub async fn scan_range(
+        &mut self,
+        tree: Tree,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.wal.check_running()?;
+        let first: &[u8] = match start {
+            Bound::Included(key) | Bound::Excluded(key) => key,
+            Bound::Unbounded => &[],
+        };
+        let mut leaf = *self.descend(tree, first).await?.last().expect("a path ends at a leaf");
         let mut rows = Vec::new();
         loop {
             let body = self.pool.fetch(leaf, &self.wal).await?.body();
-            rows.extend((0..node::count(body)).map(|i| (node::key(body, i).to_vec(), node::value(body, i).to_vec())));
+            for (key, value) in rows_in(body) {
+                let after_start = match start {
+                    Bound::Included(s) => key >= s,
+                    Bound::Excluded(s) => key > s,
+                    Bound::Unbounded => true,
+                };
+                let before_end = match end {
+                    Bound::Included(e) => key <= e,
+                    Bound::Excluded(e) => key < e,
+                    Bound::Unbounded => true,
+                };
+                if !before_end {
+                    return Ok(rows);
+                }
+                if after_start {
+                    rows.push((key.to_vec(), value.to_vec()));
+                }
+            }
             match node::link(body) {
                 0 => return Ok(rows),
                 next => leaf = next,
@@ -228,49 +424,73 @@ impl Store {
         }
     }
 
-    /// Inserts or replaces a row; returns the end LSN of its record (not yet
-    /// durable: flush the WAL to it before acknowledging).
-    pub async fn put(&mut self, tree: &Tree, key: &[u8], value: &[u8]) -> Result<Lsn, StoreError> {
+    /// Inserts or replaces a row on behalf of transaction `xid`.
+    pub async fn put(&mut self, xid: u64, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         if key.len() > MAX_KEY_LEN {
             return Err(StoreError::KeyTooLong { len: key.len() });
         }
         node::check_cell(key, value)?;
+        self.write(xid, tree, key, Some(value), None).await.map(|_| ())
+    }
+
+    /// Deletes a row on behalf of transaction `xid`; `false` if there was no
+    /// such row.
+    pub async fn delete(&mut self, xid: u64, tree: Tree, key: &[u8]) -> Result<bool, StoreError> {
+        self.write(xid, tree, key, None, None).await
+    }
+
+    /// Sets (`Some`) or removes (`None`) the row under `key`, logging the
+    /// change under `xid`; as a compensation record when `compensates` names
+    /// an undo-next LSN. Returns whether a record was logged: removing a
+    /// missing row logs nothing, unless it compensates (the chain must move).
+    async fn write(
+        &mut self,
+        xid: u64,
+        tree: Tree,
+        key: &[u8],
+        value: Option<&[u8]>,
+        compensates: Option<Lsn>,
+    ) -> Result<bool, StoreError> {
         loop {
             let path = self.descend(tree, key).await?;
             let leaf = *path.last().expect("a path ends at a leaf");
             let page = self.pool.fetch(leaf, &self.wal).await?.clone();
             let mut changed = page.clone();
             let body = changed.body_mut();
-            let old = node::search(body, key).ok().map(|index| {
+            let found = node::search(body, key).ok();
+            let old = found.map(|index| {
                 let old = node::value(body, index).to_vec();
                 node::remove(body, index);
                 old
             });
-            let index = node::search(body, key).expect_err("just removed");
-            if node::insert(body, index, key, value).is_err() {
-                self.split(tree, &path).await?;
-                continue;
-            }
-            let (table, page_no, key) = (tree.table, leaf, key.to_vec());
-            let op = match old {
-                Some(old_value) => Op::Update { table, page_no, key, old_value, new_value: value.to_vec() },
-                None => Op::Insert { table, page_no, key, value: value.to_vec() },
+            let (table, page_no, key) = (tree.root, leaf, key.to_vec());
+            let op = match (value, old) {
+                (Some(value), old) => {
+                    let index = node::search(body, &key).expect_err("just removed");
+                    if node::insert(body, index, &key, value).is_err() {
+                        self.split(tree, &path).await?;
+                        continue;
+                    }
+                    match old {
+                        Some(old_value) => Op::Update { table, page_no, key, old_value, new_value: value.to_vec() },
+                        None => Op::Insert { table, page_no, key, value: value.to_vec() },
+                    }
+                }
+                (None, Some(old_value)) => Op::Delete { table, page_no, key, old_value },
+                (None, None) if compensates.is_some() => Op::Delete { table, page_no, key, old_value: Vec::new() },
+                (None, None) => return Ok(false),
             };
-            return self.change(leaf, &page, op, changed).await;
+            let underfull = value.is_none() && node::live_bytes(changed.body()) < MERGE_BELOW;
+            let op = match compensates {
+                Some(undo_next) => Op::Compensation { undo_next, redo: Box::new(op) },
+                None => op,
+            };
+            self.change(xid, leaf, &page, op, changed).await?;
+            if underfull && path.len() > 1 {
+                self.merge(&path).await?;
+            }
+            return Ok(true);
         }
-    }
-
-    /// Deletes a row; returns the end LSN of its record, or `None` if there
-    /// was no such row.
-    pub async fn delete(&mut self, tree: &Tree, key: &[u8]) -> Result<Option<Lsn>, StoreError> {
-        let leaf = *self.descend(tree, key).await?.last().expect("a path ends at a leaf");
-        let page = self.pool.fetch(leaf, &self.wal).await?.clone();
-        let Ok(index) = node::search(page.body(), key) else { return Ok(None) };
-        let old_value = node::value(page.body(), index).to_vec();
-        let mut changed = page.clone();
-        node::remove(changed.body_mut(), index);
-        let op = Op::Delete { table: tree.table, page_no: leaf, key: key.to_vec(), old_value };
-        Ok(Some(self.change(leaf, &page, op, changed).await?))
     }
 
     /// Takes a checkpoint and returns its LSN:
@@ -278,22 +498,31 @@ impl Store {
     /// 1. log `CheckpointBegin`; from here a page's next change logs its full
     ///    image again;
     /// 2. write every dirty page and sync the data file (WAL first);
-    /// 3. log `CheckpointEnd` and make it durable;
+    /// 3. log `CheckpointEnd` with the active transactions (each with its
+    ///    last and undo-next LSNs) and the dirty page table, and make it
+    ///    durable;
     /// 4. replace the control file atomically, pointing at the begin record,
-    ///    which is also the redo point: every change before it is on disk;
-    /// 5. retire the WAL segments recovery no longer needs (`may_retire` is
-    ///    the archiver's say).
+    ///    which is also the redo point (every change before it is on disk),
+    ///    and recording `state`;
+    /// 5. retire the WAL segments that neither redo nor the undo of an
+    ///    active transaction still needs (`may_retire` is the archiver's say).
     ///
     /// A crash before step 4 leaves the previous checkpoint in force, and
-    /// the log it needs is still there.
-    pub async fn checkpoint(&mut self, may_retire: &(dyn Fn(&str) -> bool + Sync)) -> Result<Lsn, StoreError> {
-        let (begin, _) = self.log(&Op::CheckpointBegin).await?;
+    /// the log it needs is still there. Transactions keep running across a
+    /// checkpoint (it is fuzzy with respect to them); the caller holds the
+    /// store, so no change lands between the begin and end records.
+    pub async fn checkpoint(
+        &mut self,
+        state: ControlState,
+        may_retire: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Lsn, StoreError> {
+        let (begin, _) = self.log_redo_only(&Op::CheckpointBegin).await?;
         self.imaged.clear();
         let control = ControlFile {
-            state: ControlState::InProduction,
+            state,
             checkpoint_lsn: begin,
             redo_lsn: begin,
-            next_xid: 0,
+            next_xid: self.next_xid,
             timeline: self.wal.options().timeline,
             wal_segment_size: self.wal.options().segment_size,
         };
@@ -306,28 +535,43 @@ impl Store {
             self.pool.flush_all(&self.wal).await?;
         }
         let dirty = self.pool.dirty_pages().into_iter().collect();
-        let (_, end) = self.log(&Op::CheckpointEnd { active: Vec::new(), dirty }).await?;
+        let att = self
+            .active
+            .iter()
+            .filter(|(_, txn)| txn.first_lsn != Lsn::ZERO && !active(PlantedBug::ForgetActiveTransactions))
+            .map(|(&xid, txn)| ActiveTxnEntry { xid, last_lsn: txn.last_lsn, undo_next: txn.undo_next })
+            .collect();
+        let (_, end) = self.log_redo_only(&Op::CheckpointEnd { active: att, dirty }).await?;
         self.wal.flush(end).await?;
         {
             let _phase = probe::enter(Phase::CheckpointControl);
             control.store(self.fs.as_ref(), &self.data_dir)?;
         }
-        self.wal.retire_segments(begin, 2, may_retire).await?;
+        let oldest_undo = self.active.values().map(|txn| txn.first_lsn).filter(|lsn| *lsn != Lsn::ZERO).min();
+        let needed_from = oldest_undo.map_or(begin, |oldest| oldest.min(begin));
+        if needed_from < begin {
+            probe::hit(Probe::CheckpointHeldForUndo);
+        }
+        self.wal.retire_segments(needed_from, 2, may_retire).await?;
         probe::hit(Probe::CheckpointCompleted);
         Ok(begin)
     }
 
     /// Logs a row change (after the page's image, on its first change) and
     /// makes it in the pool.
-    async fn change(&mut self, page_no: u32, before: &Page, op: Op, after: Page) -> Result<Lsn, StoreError> {
+    async fn change(&mut self, xid: u64, page_no: u32, before: &Page, op: Op, after: Page) -> Result<(), StoreError> {
+        if matches!(op, Op::Compensation { .. }) && active(PlantedBug::UndoWithoutClr) {
+            self.pool.modify(page_no, before.page_lsn(), |resident| *resident = after);
+            return Ok(());
+        }
         if !self.imaged.contains(&page_no) && !active(PlantedBug::SkipFullPageImage) {
-            let (_, end) = self.log(&Op::PageImages { images: vec![(page_no, image(before))] }).await?;
+            let (_, end) = self.log_redo_only(&Op::PageImages { images: vec![(page_no, image(before))] }).await?;
             self.pool.modify(page_no, end, |_| {});
             self.imaged.insert(page_no);
         }
-        let (_, end) = self.log(&op).await?;
+        let end = self.log_for(xid, op).await?;
         self.pool.modify(page_no, end, |resident| *resident = after);
-        Ok(end)
+        Ok(())
     }
 
     fn allocate(&mut self) -> u32 {
@@ -336,12 +580,33 @@ impl Store {
         page_no
     }
 
-    /// Appends a storage record; returns its LSN and end LSN.
-    async fn log(&self, op: &Op) -> Result<(Lsn, Lsn), StoreError> {
+    /// Appends a record that belongs to no transaction (structure changes,
+    /// page images, checkpoints); returns its LSN and end LSN.
+    async fn log_redo_only(&self, op: &Op) -> Result<(Lsn, Lsn), StoreError> {
         Ok(self.wal.append(&Record::data(0, Lsn::ZERO, op.encode())).await?)
     }
 
-    async fn descend(&mut self, tree: &Tree, key: &[u8]) -> Result<Vec<u32>, StoreError> {
+    /// Appends transaction `xid`'s next record, linked to its previous one;
+    /// returns the record's end LSN.
+    async fn log_for(&mut self, xid: u64, op: Op) -> Result<Lsn, StoreError> {
+        let txn = self.active.get(&xid).unwrap_or_else(|| panic!("transaction {xid} is not active"));
+        let (lsn, end) = self.wal.append(&Record::data(xid, txn.last_lsn, op.encode())).await?;
+        let txn = self.active.get_mut(&xid).expect("active");
+        if txn.first_lsn == Lsn::ZERO {
+            txn.first_lsn = lsn;
+        }
+        let prev = std::mem::replace(&mut txn.last_lsn, lsn);
+        match op {
+            Op::Compensation { undo_next, .. } => txn.undo_next = undo_next,
+            op => {
+                txn.undo_next = lsn;
+                txn.records.insert(lsn, (prev, op));
+            }
+        }
+        Ok(end)
+    }
+
+    async fn descend(&mut self, tree: Tree, key: &[u8]) -> Result<Vec<u32>, StoreError> {
         let mut path = vec![tree.root];
         loop {
             let page = self.pool.fetch(*path.last().expect("non-empty"), &self.wal).await?;
@@ -349,13 +614,12 @@ impl Store {
                 return Ok(path);
             }
             assert_eq!(page.kind(), PageKind::Internal, "a tree holds only leaves and internal nodes");
-            path.push(child_for(page.body(), key));
+            path.push(child_for(page.body(), key).0);
         }
     }
-
     /// Splits the last node of `path`, or an ancestor first if the parent
     /// has no room for a separator. The caller descends again afterwards.
-    async fn split(&mut self, tree: &Tree, path: &[u32]) -> Result<(), StoreError> {
+    async fn split(&mut self, tree: Tree, path: &[u32]) -> Result<(), StoreError> {
         let _phase = probe::enter(Phase::TreeSplit);
         let mut level = path.len() - 1;
         while level > 0 {
@@ -401,7 +665,47 @@ impl Store {
             vec![left, right, parent]
         };
         let images = pages.iter().map(|page| (page.page_no(), image(page))).collect();
-        let (_, end) = self.log(&Op::PageImages { images }).await?;
+        let (_, end) = self.log_redo_only(&Op::PageImages { images }).await?;
+        self.install_logged(pages, end).await
+    }
+
+    /// Merges the leaf at the end of `path` with a sibling under the same
+    /// parent if their rows fit in one page: the right one's rows move into
+    /// the left one, which takes over its sibling link, and the parent drops
+    /// the right one's separator. One redo-only record logs the after-images
+    /// of both survivors, so a crash leaves the merge whole or not begun.
+    async fn merge(&mut self, path: &[u32]) -> Result<(), StoreError> {
+        let _phase = probe::enter(Phase::TreeMerge);
+        let (leaf, parent_no) = (path[path.len() - 1], path[path.len() - 2]);
+        let parent = self.pool.fetch(parent_no, &self.wal).await?.clone();
+        let body = parent.body();
+        if node::count(body) == 0 {
+            return Ok(());
+        }
+        // The pair (left, right) and the index of right's separator.
+        let position = (0..node::count(body)).find(|&i| child_at(body, i) == leaf);
+        let (left_no, right_no, separator) = match position {
+            None => (leaf, child_at(body, 0), 0),
+            Some(0) => (node::link(body), leaf, 0),
+            Some(i) => (child_at(body, i - 1), leaf, i),
+        };
+        let mut left = self.pool.fetch(left_no, &self.wal).await?.clone();
+        let right = self.pool.fetch(right_no, &self.wal).await?.clone();
+        if !node::fits_together(left.body(), right.body()) {
+            return Ok(());
+        }
+        assert_eq!(node::link(left.body()), right_no, "siblings under one parent are neighbours in the leaf chain");
+        probe::hit(Probe::TreeLeafMerge);
+        for (key, value) in rows_in(right.body()) {
+            let index = node::count(left.body());
+            node::insert(left.body_mut(), index, key, value).expect("checked to fit");
+        }
+        node::set_link(left.body_mut(), node::link(right.body()));
+        let mut parent = parent;
+        node::remove(parent.body_mut(), separator);
+        let pages = vec![left, parent];
+        let images = pages.iter().map(|page| (page.page_no(), image(page))).collect();
+        let (_, end) = self.log_redo_only(&Op::PageImages { images }).await?;
         self.install_logged(pages, end).await
     }
 
@@ -428,154 +732,119 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::env::{FaultConfig, Fs, SimDisk};
+    use crate::env::{FaultConfig, Fs, SimClock, SimDisk};
+    use crate::recovery::{recover, StoreOptions};
+    use crate::wal::WalOptions;
 
-    const DATA: &str = "/db/data/main.tdb";
-
-    fn wal_opts() -> WalOptions {
-        WalOptions::new("/db/wal").with_segment_size(1 << 14)
-    }
-
-    async fn recover(disk: &SimDisk, pool_pages: u64) -> Result<Store, String> {
+    async fn open(disk: &SimDisk, pool_pages: u64) -> Store {
         let fs: Arc<dyn Fs> = disk.fs();
-        fs.create_dir_all(Path::new("/db/data")).map_err(|e| e.to_string())?;
-        let pool_bytes = pool_pages * PAGE_SIZE as u64;
-        Store::recover(fs, wal_opts(), Path::new(DATA), pool_bytes).await.map_err(|e| e.to_string())
+        fs.create_dir_all(Path::new("/db/data")).unwrap();
+        let opts = StoreOptions {
+            data_dir: "/db/data".into(),
+            wal: WalOptions::new("/db/wal").with_segment_size(1 << 14),
+            pool_bytes: pool_pages * PAGE_SIZE as u64,
+        };
+        recover(fs, &SimClock::new(0), &opts).await.unwrap().0
     }
 
-    fn key(rng: &mut ChaCha8Rng, long: bool) -> Vec<u8> {
+    fn key(rng: &mut ChaCha8Rng) -> Vec<u8> {
         let id: u16 = rng.random_range(0..400);
         let mut key = id.to_be_bytes().to_vec();
-        if long {
-            key.resize(300, b'k');
-        }
+        key.resize(300, b'k');
         key
     }
 
     #[tokio::test]
-    async fn a_tree_matches_an_ordered_map_through_many_splits() {
+    async fn a_tree_matches_an_ordered_map_through_splits_and_merges() {
         let disk = SimDisk::new(1, FaultConfig::none());
-        let mut store = recover(&disk, 6).await.unwrap();
-        let tree = store.create_tree(1).await.unwrap();
+        let mut store = open(&disk, 6).await;
+        let tree = store.create_tree().await.unwrap();
+        let xid = store.begin();
         let mut model = BTreeMap::new();
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        for step in 0..3000 {
-            let key = key(&mut rng, true);
-            if rng.random_bool(0.2) {
-                let deleted = store.delete(&tree, &key).await.unwrap();
-                assert_eq!(deleted.is_some(), model.remove(&key).is_some(), "step {step}");
+        let merges_before = probe_count("path.tree_leaf_merge");
+        for step in 0..4000 {
+            let key = key(&mut rng);
+            // Grow for 3,000 steps, then mostly delete, so leaves empty and merge.
+            if rng.random_bool(if step < 3000 { 0.2 } else { 0.9 }) {
+                let deleted = store.delete(xid, tree, &key).await.unwrap();
+                assert_eq!(deleted, model.remove(&key).is_some(), "step {step}");
             } else {
                 let value = vec![step as u8; rng.random_range(0..200)];
-                store.put(&tree, &key, &value).await.unwrap();
+                store.put(xid, tree, &key, &value).await.unwrap();
                 model.insert(key, value);
+            }
+            if step == 2999 {
+                let root = store.pool.fetch(tree.root, &store.wal.clone()).await.unwrap().clone();
+                assert_eq!(root.kind(), PageKind::Internal);
+                let child = store.pool.fetch(node::link(root.body()), &store.wal.clone()).await.unwrap();
+                assert_eq!(child.kind(), PageKind::Internal, "internal nodes split too: the tree has three levels");
             }
         }
         assert!(store.pool().stats().evictions > 100, "the pool stayed bounded");
-        let root = store.pool.fetch(tree.root, &store.wal.clone()).await.unwrap().clone();
-        assert_eq!(root.kind(), PageKind::Internal);
-        let child = store.pool.fetch(node::link(root.body()), &store.wal.clone()).await.unwrap();
-        assert_eq!(child.kind(), PageKind::Internal, "internal nodes split too: the tree has three levels");
-        assert_eq!(store.scan(&tree).await.unwrap(), model.clone().into_iter().collect::<Vec<_>>());
+        assert!(probe_count("path.tree_leaf_merge") > merges_before, "emptied leaves merged");
+        assert_eq!(store.scan(tree).await.unwrap(), model.clone().into_iter().collect::<Vec<_>>());
         for (key, value) in model.iter().take(50) {
-            assert_eq!(store.get(&tree, key).await.unwrap().as_ref(), Some(value));
+            assert_eq!(store.get(tree, key).await.unwrap().as_ref(), Some(value));
         }
-        assert_eq!(store.get(&tree, b"absent").await.unwrap(), None);
+        assert_eq!(store.get(tree, b"absent").await.unwrap(), None);
+        let (low, high) = (model.keys().nth(3).unwrap().clone(), model.keys().nth(9).unwrap().clone());
+        let range = store.scan_range(tree, Bound::Excluded(&low), Bound::Included(&high)).await.unwrap();
+        let expected: Vec<_> = model.range(low.clone()..=high).skip(1).map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(range, expected);
 
         // The whole log replays to the same tree on a fresh store.
+        store.commit(xid, 0).await.unwrap();
         let wal = store.wal().clone();
         wal.flush(wal.end_lsn()).await.unwrap();
         drop((store, wal));
-        let mut again = recover(&disk, 6).await.unwrap();
-        assert_eq!(again.scan(&tree).await.unwrap(), model.into_iter().collect::<Vec<_>>());
+        let mut again = open(&disk, 6).await;
+        assert_eq!(again.scan(tree).await.unwrap(), model.into_iter().collect::<Vec<_>>());
+    }
+
+    fn probe_count(name: &str) -> u64 {
+        let counts = probe::counts(probe::Layer::Storage);
+        counts.into_iter().find(|(n, _)| n == name).map(|(_, count)| count).expect("a storage probe")
+    }
+
+    #[tokio::test]
+    async fn rollback_restores_every_row_a_transaction_touched() {
+        let disk = SimDisk::new(1, FaultConfig::none());
+        let mut store = open(&disk, 8).await;
+        let tree = store.create_tree().await.unwrap();
+        let setup = store.begin();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for _ in 0..200 {
+            let value = vec![1; rng.random_range(0..300)];
+            store.put(setup, tree, &key(&mut rng), &value).await.unwrap();
+        }
+        store.commit(setup, 0).await.unwrap();
+        let before = store.scan(tree).await.unwrap();
+        let xid = store.begin();
+        for step in 0..600 {
+            let key = key(&mut rng);
+            if step % 3 == 0 {
+                store.delete(xid, tree, &key).await.unwrap();
+            } else {
+                store.put(xid, tree, &key, &vec![2; rng.random_range(0..400)]).await.unwrap();
+            }
+        }
+        assert_ne!(store.scan(tree).await.unwrap(), before);
+        let undone = store.rollback(xid).await.unwrap();
+        assert!(undone >= 400, "every change was undone: {undone}");
+        assert_eq!(store.scan(tree).await.unwrap(), before, "splits and merges stay, the rows come back");
+        assert!(!store.is_active(xid));
     }
 
     #[tokio::test]
     async fn oversized_rows_and_keys_are_refused() {
         let disk = SimDisk::new(1, FaultConfig::none());
-        let mut store = recover(&disk, 8).await.unwrap();
-        let tree = store.create_tree(1).await.unwrap();
-        let err = store.put(&tree, b"k", &[0; 3000]).await.unwrap_err();
+        let mut store = open(&disk, 8).await;
+        let tree = store.create_tree().await.unwrap();
+        let xid = store.begin();
+        let err = store.put(xid, tree, b"k", &[0; 3000]).await.unwrap_err();
         assert!(err.to_string().contains("3001 bytes"), "{err}");
-        let err = store.put(&tree, &[1; 600], b"v").await.unwrap_err();
+        let err = store.put(xid, tree, &[1; 600], b"v").await.unwrap_err();
         assert!(err.to_string().contains("600 bytes exceeds the 512-byte limit"), "{err}");
-    }
-
-    /// The scripted workload: puts and deletes with a flush every few ops.
-    /// Returns each op and whether it was acknowledged, stopping at the first
-    /// error (the crash).
-    async fn script(disk: &SimDisk) -> (Vec<(Vec<u8>, Option<Vec<u8>>)>, usize) {
-        let (mut ops, mut acked) = (Vec::new(), 0);
-        let Ok(mut store) = recover(disk, 4).await else { return (ops, acked) };
-        let Ok(tree) = store.create_tree(1).await else { return (ops, acked) };
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        for step in 0..120u32 {
-            let key = key(&mut rng, step % 2 == 0);
-            let (result, value) = if step % 5 == 4 {
-                (store.delete(&tree, &key).await.map(|_| ()), None)
-            } else {
-                let value = vec![step as u8; rng.random_range(0..300)];
-                (store.put(&tree, &key, &value).await.map(|_| ()), Some(value))
-            };
-            if result.is_err() {
-                break;
-            }
-            ops.push((key, value));
-            if step % 30 == 29 {
-                // A checkpoint makes everything before it durable too.
-                if store.checkpoint(&|_| true).await.is_err() {
-                    break;
-                }
-                acked = ops.len();
-            } else if step % 4 == 3 {
-                let wal = store.wal().clone();
-                if wal.flush(wal.end_lsn()).await.is_err() {
-                    break;
-                }
-                acked = ops.len();
-            }
-        }
-        (ops, acked)
-    }
-
-    #[tokio::test]
-    async fn a_crash_at_every_io_boundary_recovers_a_prefix_holding_every_acknowledged_change() {
-        let total = {
-            let disk = SimDisk::new(0, FaultConfig::none());
-            script(&disk).await;
-            disk.op_count()
-        };
-        assert!(total > 250, "the script does real I/O, checkpoints included: {total} operations");
-        for crash_at in 0..=total {
-            let disk = SimDisk::new(crash_at, FaultConfig::power_loss());
-            disk.set_crash_countdown(Some(crash_at));
-            let (ops, acked) = script(&disk).await;
-            disk.crash();
-            let mut store = recover(&disk, 4).await.unwrap_or_else(|e| panic!("crash at {crash_at}: {e}"));
-            let tree = Tree { table: 1, root: 0 };
-            let found = if store.is_empty() {
-                Vec::new()
-            } else {
-                store.scan(&tree).await.unwrap_or_else(|e| panic!("crash at {crash_at}: {e}"))
-            };
-            // Some prefix of the ops, at least the acknowledged ones, explains the tree.
-            let mut model = BTreeMap::new();
-            let mut matched = acked == 0 && found.is_empty();
-            for (index, (key, value)) in ops.iter().enumerate() {
-                match value {
-                    Some(value) => model.insert(key.clone(), value.clone()),
-                    None => model.remove(key),
-                };
-                if index + 1 >= acked && found == model.clone().into_iter().collect::<Vec<_>>() {
-                    matched = true;
-                    break;
-                }
-            }
-            assert!(
-                matched,
-                "crash at {crash_at}: {} rows recovered match no prefix of {} ops with {acked} acknowledged",
-                found.len(),
-                ops.len()
-            );
-        }
     }
 }

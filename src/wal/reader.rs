@@ -91,7 +91,7 @@ impl WalReader {
     /// The next record and its LSN; `None` at the end of the log; an error on
     /// corruption or I/O failure.
     pub fn next_record(&mut self) -> Result<Option<(Lsn, Record)>, WalError> {
-        let _phase = probe::enter(Phase::WalRecoveryRead);
+        let _phase = probe::enter_unless_marked(Phase::WalRecoveryRead);
         loop {
             if self.end.is_some() {
                 return Ok(None);
@@ -128,6 +128,21 @@ impl WalReader {
     pub fn read_to_end(&mut self) -> Result<LogEnd, WalError> {
         while self.next_record()?.is_some() {}
         Ok(self.end.expect("set when next_record returns None"))
+    }
+
+    /// The record at `lsn`, which an earlier read proved valid (undo follows a
+    /// transaction's `prev_lsn` chain back through the log). Loaded segments
+    /// stay cached, so walking a chain reads each segment once. A record that
+    /// no longer decodes there is corruption.
+    pub fn record_at(&mut self, lsn: Lsn) -> Result<Record, WalError> {
+        match self.decode_at(lsn)? {
+            Ok(decoded) => Ok(decoded.record),
+            Err(why) => Err(WalError::Corrupt {
+                segment: self.opts.file_name(self.opts.segno(lsn)),
+                lsn,
+                detail: format!("a record a transaction's chain points to does not decode: {why}"),
+            }),
+        }
     }
 
     fn decode_at(&mut self, at: Lsn) -> Result<Result<Decoded, DecodeError>, WalError> {

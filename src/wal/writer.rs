@@ -316,10 +316,24 @@ impl Wal {
         self.insert.lock().expect("WAL insert lock poisoned")
     }
 
-    fn check_running(&self) -> Result<(), WalError> {
+    /// `Ok` while the WAL runs; [`WalError::Stopped`] once an I/O error has
+    /// latched it. Readers of pages check it too: after a fail-stop, pages
+    /// may hold changes whose undo could not be logged, so nothing is served.
+    pub fn check_running(&self) -> Result<(), WalError> {
         match &*self.stopped.lock().expect("WAL latch poisoned") {
             Some(cause) => Err(WalError::Stopped { cause: cause.clone() }),
             None => Ok(()),
+        }
+    }
+
+    /// Stops the engine (fail-stop) for a reason outside the WAL, e.g. a
+    /// rollback that could not finish: from now on every append, flush and
+    /// page read fails until restart, when recovery finishes the job.
+    pub fn halt(&self, cause: &str) {
+        let mut stopped = self.stopped.lock().expect("WAL latch poisoned");
+        if stopped.is_none() {
+            tracing::error!(cause, "engine stopped; restart to recover");
+            *stopped = Some(cause.to_string());
         }
     }
 

@@ -4,5 +4,5 @@
 //! engine must hold afterwards, and a checker that compares the two after
 //! every crash and recovery.
 
-pub mod kv;
+pub mod db;
 pub mod wal_log;

@@ -1,0 +1,533 @@
+//! One seeded run of the transactional engine: concurrent sessions run a mix
+//! of workloads through [`Database`] on a faulty disk, crashes cut in at
+//! random I/O boundaries (recovery included), and after every recovery the
+//! oracle compares every table with the model.
+//!
+//! Workloads (each session picks one per transaction, by swarm weights):
+//!
+//! - **kv:** a few puts, deletes and reads on one table, sometimes after a
+//!   range delete (a scan, then a delete of each row found); a read must see
+//!   the last committed value (serializable reads), or the transaction's own
+//!   write. Some transactions roll back.
+//! - **bank:** transfers between accounts (read both, write both: lock
+//!   upgrades, so deadlocks are common and their victims retry) and audits
+//!   that scan the table and check the total is conserved.
+//! - **long:** a hundred or more writes, a checkpoint in the middle, then a
+//!   rollback, a commit, or nothing at all (the client goes silent and the
+//!   crash cuts it off, leaving recovery to undo it).
+//! - **churn:** create a table with a few rows, or drop one.
+//! - **large rows:** rows near the 1,996-byte limit.
+//!
+//! Swarm draws per seed: sessions (1 to 6), the buffer pool (4 pages to
+//! 256), WAL segment size, `max_wal_size`, `checkpoint_interval`, key
+//! length, the workload weights, the fault kinds and the crash schedule.
+//! Sessions sleep a few simulated milliseconds between transactions, so
+//! the interval checkpointer fires in simulated time.
+//!
+//! After each crash the oracle requires: recovery succeeds or fails only on
+//! an injected I/O error (never corruption); the state equals the model
+//! after a prefix of the commit order holding every acknowledged commit;
+//! the bank's total is conserved. The run ends with a liveness phase: faults
+//! off, the database must open, commit, shut down cleanly and reopen
+//! without crash recovery, holding exactly what was committed.
+
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use thunderdb::db::{Database, DbError, EngineConfig};
+use thunderdb::env::{Env, FaultConfig, SimClock, SimDisk};
+use thunderdb::txn::Transaction;
+use thunderdb_workloads::db::{bank_total, describe, short, DbModel, Rows, State, Write};
+
+use crate::wal_run::{SeedFailure, SeedOutcome};
+
+const CYCLES: u32 = 5;
+const TXNS_PER_SESSION: u32 = 12;
+const ACCOUNTS: u16 = 12;
+const OPENING_BALANCE: i64 = 1_000;
+const KV: &str = "kv";
+const BANK: &str = "bank";
+/// The largest key plus value a row may have.
+const ROW_MAX: usize = 1996;
+
+#[derive(Clone)]
+struct Swarm {
+    config: EngineConfig,
+    sessions: u32,
+    long_keys: bool,
+    value_max: usize,
+    /// Weights of kv, bank, long, churn, large rows.
+    weights: [u32; 5],
+    faults: FaultConfig,
+}
+
+impl Swarm {
+    fn draw(rng: &mut ChaCha8Rng) -> Self {
+        let mut config = EngineConfig::new("/thunderdb");
+        config.buffer_pool_size = [4, 16, 256][rng.random_range(0..3)] * 8192;
+        config.wal_segment_size = [4096, 65536][rng.random_range(0..2)];
+        config.max_wal_size = [16 << 10, 256 << 10, 64 << 20][rng.random_range(0..3)];
+        config.checkpoint_interval = Duration::from_millis([20, 200, 30_000][rng.random_range(0..3)]);
+        config.lock_timeout = Duration::from_millis(500);
+        let mut weight = |max| if rng.random_bool(0.8) { rng.random_range(1..=max) } else { 0 };
+        let mut weights = [weight(6), weight(6), weight(2), weight(2), weight(2)];
+        if weights.iter().all(|w| *w == 0) {
+            weights[0] = 1;
+        }
+        Swarm {
+            config,
+            sessions: rng.random_range(1..=6),
+            long_keys: rng.random_bool(0.3),
+            value_max: [64, 400][rng.random_range(0..2)],
+            weights,
+            faults: FaultConfig::swarm(rng),
+        }
+    }
+
+    fn key(&self, rng: &mut ChaCha8Rng) -> Vec<u8> {
+        let id: u16 = rng.random_range(0..300);
+        let mut key = id.to_be_bytes().to_vec();
+        if self.long_keys {
+            key.resize(300, b'k');
+        }
+        key
+    }
+}
+
+/// What the sessions share: the model, and the first failure any saw.
+#[derive(Default)]
+struct Shared {
+    model: DbModel,
+    failure: Option<(&'static str, String)>,
+    next_table: u32,
+    commits: u64,
+    acknowledged: u64,
+}
+
+type SharedRef = Arc<Mutex<Shared>>;
+
+fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn fail(shared: &SharedRef, check: &'static str, detail: String) {
+    lock(shared).failure.get_or_insert((check, detail));
+}
+
+struct Run {
+    seed: u64,
+    rng: ChaCha8Rng,
+    disk: SimDisk,
+    clock: Arc<SimClock>,
+    swarm: Swarm,
+    shared: SharedRef,
+    crashes: u64,
+    recoveries: u64,
+    checkpoints: u64,
+}
+
+/// Runs one seed of the transactional workloads to its verdict.
+pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let swarm = Swarm::draw(&mut rng);
+    let disk = SimDisk::new(rng.random(), swarm.faults.clone());
+    let mut run = Run {
+        seed,
+        rng,
+        disk,
+        clock: Arc::new(SimClock::new(1_700_000_000_000_000)),
+        swarm,
+        shared: SharedRef::default(),
+        crashes: 0,
+        recoveries: 0,
+        checkpoints: 0,
+    };
+    for _ in 0..CYCLES {
+        let countdown =
+            if run.rng.random_bool(0.2) { run.rng.random_range(0..40) } else { run.rng.random_range(50..1000) };
+        run.disk.set_crash_countdown(Some(countdown));
+        if let Some(db) = run.open().await? {
+            run.work(db).await?;
+        }
+        run.disk.crash();
+        run.crashes += 1;
+    }
+    run.liveness().await?;
+    let shared = lock(&run.shared);
+    Ok(SeedOutcome {
+        seed,
+        trace_hash: run.disk.trace_hash(),
+        faults: run.disk.fault_counts(),
+        crashes: run.crashes,
+        recoveries: run.recoveries,
+        records_accepted: shared.commits,
+        records_acknowledged: shared.acknowledged,
+        segments_retired: 0,
+        checkpoints: run.checkpoints,
+        corruption_detected: false,
+        io_ops: run.disk.op_count(),
+        trace: Arc::new(run.disk.trace()),
+    })
+}
+
+impl Run {
+    fn fail(&self, check: &'static str, detail: String) -> SeedFailure {
+        SeedFailure { seed: self.seed, check, detail }
+    }
+
+    fn env(&self) -> Env {
+        Env::new(self.disk.fs(), self.clock.clone(), self.seed)
+    }
+
+    /// Opens (recovering) and checks the state against the model. An I/O
+    /// error (injected, or the countdown) ends the attempt with `None`;
+    /// corruption or a model mismatch fails the seed.
+    async fn open(&mut self) -> Result<Option<Database>, SeedFailure> {
+        let db = match Database::open(self.env(), self.swarm.config.clone()).await {
+            Ok(db) => db,
+            Err(e) if e.is_corruption() => return Err(self.fail("no_corruption", e.to_string())),
+            Err(_) => return Ok(None),
+        };
+        let found = match read_state(&db).await {
+            Ok(found) => found,
+            Err(e) if e.is_corruption() => return Err(self.fail("no_corruption", e.to_string())),
+            Err(_) => return Ok(None),
+        };
+        lock(&self.shared).model.check(&found).map_err(|detail| self.fail("durable_prefix", detail))?;
+        if let Some(bank) = found.get(BANK) {
+            let total = bank_total(bank).map_err(|detail| self.fail("bank_conserved", detail))?;
+            if total != i64::from(ACCOUNTS) * OPENING_BALANCE {
+                return Err(self.fail("bank_conserved", format!("the accounts hold {total} after recovery")));
+            }
+        }
+        let fresh = !found.contains_key(KV);
+        lock(&self.shared).model.adopt(found);
+        self.recoveries += 1;
+        if fresh && setup(&db, &self.shared).await.is_err() {
+            return Ok(None);
+        }
+        Ok(Some(db))
+    }
+
+    /// Runs the sessions until they finish or the engine stops.
+    async fn work(&mut self, db: Database) -> Result<(), SeedFailure> {
+        let db = Arc::new(db);
+        let mut handles = Vec::new();
+        for _ in 0..self.swarm.sessions {
+            let session = Session {
+                db: db.clone(),
+                shared: self.shared.clone(),
+                swarm: self.swarm.clone(),
+                rng: ChaCha8Rng::seed_from_u64(self.rng.random()),
+            };
+            handles.push(tokio::spawn(session.run(TXNS_PER_SESSION)));
+        }
+        for handle in handles {
+            handle.await.map_err(|e| self.fail("no_panic", format!("a session panicked: {e}")))?;
+        }
+        self.checkpoints += db.stats().checkpoints.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some((check, detail)) = lock(&self.shared).failure.take() {
+            return Err(self.fail(check, detail));
+        }
+        Ok(())
+    }
+
+    /// Faults off: the database must open, commit, shut down cleanly and
+    /// reopen without crash recovery, holding exactly what was committed.
+    async fn liveness(&mut self) -> Result<(), SeedFailure> {
+        self.disk.set_faults(FaultConfig::none());
+        self.disk.set_crash_countdown(None);
+        let Some(db) = self.open().await? else {
+            return Err(self.fail("liveness", "the database did not open with faults off".into()));
+        };
+        let db = Arc::new(db);
+        let session = Session {
+            db: db.clone(),
+            shared: self.shared.clone(),
+            swarm: Swarm { weights: [1, 1, 0, 0, 0], ..self.swarm.clone() },
+            rng: ChaCha8Rng::seed_from_u64(self.rng.random()),
+        };
+        session.run(5).await;
+        if let Some((check, detail)) = lock(&self.shared).failure.take() {
+            return Err(self.fail(check, detail));
+        }
+        let db = Arc::into_inner(db).expect("the session is done");
+        db.shutdown().await.map_err(|e| self.fail("liveness", format!("clean shutdown failed: {e}")))?;
+        let expected = lock(&self.shared).model.expected();
+        let db = Database::open(self.env(), self.swarm.config.clone())
+            .await
+            .map_err(|e| self.fail("liveness", format!("reopening after a clean shutdown failed: {e}")))?;
+        if db.recovery_report().crashed {
+            return Err(self.fail("clean_shutdown", "crash recovery ran after a clean shutdown".into()));
+        }
+        let found = read_state(&db).await.map_err(|e| self.fail("liveness", e.to_string()))?;
+        if found != expected {
+            return Err(self.fail(
+                "clean_shutdown",
+                format!("after a clean shutdown found ({}), expected ({})", describe(&found), describe(&expected)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Every table's rows, read in one transaction.
+async fn read_state(db: &Database) -> Result<State, DbError> {
+    let mut txn = db.begin().await?;
+    let mut state = State::new();
+    for table in txn.tables().await? {
+        let rows: Rows = txn.scan(&table, Bound::Unbounded, Bound::Unbounded).await?.into_iter().collect();
+        state.insert(table.name, rows);
+    }
+    txn.commit().await?;
+    Ok(state)
+}
+
+/// Creates the kv table and the bank with its opening balances.
+async fn setup(db: &Database, shared: &SharedRef) -> Result<(), DbError> {
+    let mut txn = db.begin().await?;
+    let mut writes = vec![Write::CreateTable(KV.into()), Write::CreateTable(BANK.into())];
+    txn.create_table(KV, b"").await?;
+    let bank = txn.create_table(BANK, b"").await?;
+    for account in 0..ACCOUNTS {
+        let (key, value) = (account.to_be_bytes().to_vec(), OPENING_BALANCE.to_le_bytes().to_vec());
+        txn.put(&bank, &key, &value).await?;
+        writes.push(Write::Put(BANK.into(), key, value));
+    }
+    commit(txn, writes, shared).await
+}
+
+/// Commits, telling the model first (in commit-record order: nothing
+/// yields between here and the commit taking the store) and marking the
+/// commit acknowledged when it returns `Ok` with a logged commit record.
+async fn commit(txn: Transaction, writes: Vec<Write>, shared: &SharedRef) -> Result<(), DbError> {
+    let index = {
+        let mut shared = lock(shared);
+        shared.commits += 1;
+        shared.model.committing(writes)
+    };
+    if txn.commit().await?.is_none() {
+        // Nothing was logged, so the commit promised nothing about durability.
+        return Ok(());
+    }
+    let mut shared = lock(shared);
+    shared.acknowledged += 1;
+    shared.model.acknowledged(index);
+    Ok(())
+}
+
+struct Session {
+    db: Arc<Database>,
+    shared: SharedRef,
+    swarm: Swarm,
+    rng: ChaCha8Rng,
+}
+
+impl Session {
+    /// Runs up to `txns` transactions; stops when the engine does.
+    async fn run(mut self, txns: u32) {
+        for _ in 0..txns {
+            let pause = self.rng.random_range(0..3000);
+            tokio::time::sleep(Duration::from_micros(pause)).await;
+            let total: u32 = self.swarm.weights.iter().sum();
+            let mut pick = self.rng.random_range(0..total);
+            let kind = self.swarm.weights.iter().position(|w| {
+                let hit = pick < *w;
+                pick = pick.saturating_sub(*w);
+                hit
+            });
+            let result = match kind.expect("weights sum to the pick's range") {
+                0 => self.kv().await,
+                1 => self.bank().await,
+                2 => self.long().await,
+                3 => self.churn().await,
+                _ => self.large_rows().await,
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if e.is_corruption() => return fail(&self.shared, "no_corruption", e.to_string()),
+                Err(DbError::Lock(_) | DbError::NoSuchTable(_) | DbError::TableExists(_)) => {}
+                // The engine stopped (an injected fault or the crash).
+                Err(_) => return,
+            }
+            if self.rng.random_bool(0.02) && self.db.checkpoint().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn table(&self, txn: &mut Transaction, name: &str) -> Result<thunderdb::txn::Table, DbError> {
+        txn.table(name).await?.ok_or_else(|| DbError::NoSuchTable(name.into()))
+    }
+
+    /// Checks a read against the model: the transaction's own last write to
+    /// the key, else the last committed value.
+    fn check_read(&self, table: &str, key: &[u8], own: &[Write], got: &Option<Vec<u8>>) {
+        let mine = own.iter().rev().find_map(|write| match write {
+            Write::Put(t, k, v) if t == table && k == key => Some(Some(v.clone())),
+            Write::Delete(t, k) if t == table && k == key => Some(None),
+            _ => None,
+        });
+        let expected = mine.unwrap_or_else(|| lock(&self.shared).model.expected_value(table, key));
+        if &expected != got {
+            fail(
+                &self.shared,
+                "serializable_reads",
+                format!(
+                    "table {table} key {}: read {}, the model says {}",
+                    short(key),
+                    got.as_deref().map_or("nothing".into(), short),
+                    expected.as_deref().map_or("nothing".into(), short)
+                ),
+            );
+        }
+    }
+
+    async fn kv(&mut self) -> Result<(), DbError> {
+        let mut txn = self.db.begin().await?;
+        let table = self.table(&mut txn, KV).await?;
+        let mut writes = Vec::new();
+        if self.rng.random_bool(0.1) {
+            // A range delete: scan a slice of the key space (locking the
+            // table) and delete what is there, emptying leaves to merge.
+            let (low, high) = (self.swarm.key(&mut self.rng), self.swarm.key(&mut self.rng));
+            let (low, high) = (low.clone().min(high.clone()), low.max(high));
+            for (key, _) in txn.scan(&table, Bound::Included(&low), Bound::Excluded(&high)).await? {
+                txn.delete(&table, &key).await?;
+                writes.push(Write::Delete(KV.into(), key));
+            }
+        }
+        for _ in 0..self.rng.random_range(1..=8) {
+            let key = self.swarm.key(&mut self.rng);
+            match self.rng.random_range(0..10) {
+                0..=2 => {
+                    let got = txn.get(&table, &key).await?;
+                    self.check_read(KV, &key, &writes, &got);
+                }
+                3..=4 => {
+                    txn.delete(&table, &key).await?;
+                    writes.push(Write::Delete(KV.into(), key));
+                }
+                _ => {
+                    let value = vec![self.rng.random(); self.rng.random_range(0..self.swarm.value_max)];
+                    txn.put(&table, &key, &value).await?;
+                    writes.push(Write::Put(KV.into(), key, value));
+                }
+            }
+        }
+        if self.rng.random_bool(0.1) {
+            return txn.rollback().await;
+        }
+        commit(txn, writes, &self.shared).await
+    }
+
+    async fn bank(&mut self) -> Result<(), DbError> {
+        let mut txn = self.db.begin().await?;
+        let bank = self.table(&mut txn, BANK).await?;
+        if self.rng.random_bool(0.2) {
+            let rows: Rows = txn.scan(&bank, Bound::Unbounded, Bound::Unbounded).await?.into_iter().collect();
+            let expected = lock(&self.shared).model.expected().remove(BANK).unwrap_or_default();
+            if rows != expected {
+                fail(
+                    &self.shared,
+                    "serializable_reads",
+                    format!("an audit read {} accounts unlike the model's", rows.len()),
+                );
+            }
+            match bank_total(&rows) {
+                Ok(total) if total == i64::from(ACCOUNTS) * OPENING_BALANCE => {}
+                Ok(total) => fail(&self.shared, "bank_conserved", format!("an audit summed {total}")),
+                Err(detail) => fail(&self.shared, "bank_conserved", detail),
+            }
+            return txn.commit().await.map(|_| ());
+        }
+        let from: u16 = self.rng.random_range(0..ACCOUNTS);
+        let to = (from + self.rng.random_range(1..ACCOUNTS)) % ACCOUNTS;
+        let amount = self.rng.random_range(1..200);
+        let mut writes = Vec::new();
+        for (account, delta) in [(from, -amount), (to, amount)] {
+            let key = account.to_be_bytes().to_vec();
+            let got = txn.get(&bank, &key).await?;
+            self.check_read(BANK, &key, &writes, &got);
+            let balance = got.as_deref().and_then(thunderdb_workloads::db::balance).unwrap_or(0);
+            let value = (balance + delta).to_le_bytes().to_vec();
+            txn.put(&bank, &key, &value).await?;
+            writes.push(Write::Put(BANK.into(), key, value));
+        }
+        commit(txn, writes, &self.shared).await
+    }
+
+    async fn long(&mut self) -> Result<(), DbError> {
+        let mut txn = self.db.begin().await?;
+        let table = self.table(&mut txn, KV).await?;
+        let mut writes = Vec::new();
+        let count = self.rng.random_range(60..200);
+        for step in 0..count {
+            let key = self.swarm.key(&mut self.rng);
+            let value = vec![self.rng.random(); self.rng.random_range(0..self.swarm.value_max)];
+            txn.put(&table, &key, &value).await?;
+            writes.push(Write::Put(KV.into(), key, value));
+            if step == count / 2 && self.rng.random_bool(0.5) {
+                // A checkpoint while the transaction is open: its undo needs
+                // WAL from before the redo point.
+                self.db.checkpoint().await?;
+            }
+        }
+        match self.rng.random_range(0..10) {
+            0..=4 => txn.rollback().await,
+            5..=7 => commit(txn, writes, &self.shared).await,
+            _ => {
+                // The client goes silent: the transaction stays open, holding
+                // its locks, until the crash.
+                std::mem::forget(txn);
+                Ok(())
+            }
+        }
+    }
+
+    async fn churn(&mut self) -> Result<(), DbError> {
+        let mut txn = self.db.begin().await?;
+        let existing: Vec<String> =
+            lock(&self.shared).model.expected().into_keys().filter(|name| name.starts_with('c')).collect();
+        let mut writes = Vec::new();
+        if !existing.is_empty() && self.rng.random_bool(0.4) {
+            let name = &existing[self.rng.random_range(0..existing.len())];
+            txn.drop_table(name).await?;
+            writes.push(Write::DropTable(name.clone()));
+        } else {
+            let name = {
+                let mut shared = lock(&self.shared);
+                shared.next_table += 1;
+                format!("c{}", shared.next_table)
+            };
+            let table = txn.create_table(&name, b"churn").await?;
+            writes.push(Write::CreateTable(name.clone()));
+            for _ in 0..self.rng.random_range(0..6) {
+                let key = self.swarm.key(&mut self.rng);
+                txn.put(&table, &key, b"row").await?;
+                writes.push(Write::Put(name.clone(), key, b"row".to_vec()));
+            }
+        }
+        if self.rng.random_bool(0.3) {
+            return txn.rollback().await;
+        }
+        commit(txn, writes, &self.shared).await
+    }
+
+    async fn large_rows(&mut self) -> Result<(), DbError> {
+        let mut txn = self.db.begin().await?;
+        let table = self.table(&mut txn, KV).await?;
+        let mut writes = Vec::new();
+        for _ in 0..self.rng.random_range(1..=3) {
+            let key = self.swarm.key(&mut self.rng);
+            let len = self.rng.random_range(ROW_MAX - 500..=ROW_MAX) - key.len();
+            let value = vec![self.rng.random(); len];
+            txn.put(&table, &key, &value).await?;
+            writes.push(Write::Put(KV.into(), key, value));
+        }
+        commit(txn, writes, &self.shared).await
+    }
+}

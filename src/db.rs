@@ -1,0 +1,285 @@
+//! The engine's front door: [`Database`] opens (recovering), hands out
+//! transactions, checkpoints and shuts down.
+//!
+//! One [`Store`] sits behind an async mutex: each call holds it only while it
+//! changes pages and appends records, never while it waits for a lock or a
+//! sync, so many transactions run at once and share group commits. Strict
+//! two-phase locking ([`crate::txn::lock`]) keeps them serializable.
+//!
+//! Tables live in a catalog, itself a B+tree at page 0 whose rows map a
+//! table's name to its root page and an opaque description (the SQL layer's
+//! schema). Creating or dropping a table is a catalog row change, so it is
+//! transactional and recovered like any other. A dropped table's pages are
+//! not reused yet.
+//!
+//! A background checkpointer runs every `checkpoint_interval`, and early
+//! when more than `max_wal_size` of WAL has been written since the last
+//! checkpoint.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::env::Env;
+use crate::recovery::{self, RecoveryReport, StoreOptions};
+use crate::storage::{ControlState, Store, StoreError, Tree};
+use crate::txn::lock::{LockError, LockManager};
+use crate::txn::Transaction;
+use crate::wal::{Lsn, Wal, WalOptions};
+
+/// The catalog's tree: the first page ever allocated.
+pub const CATALOG: Tree = Tree { root: 0 };
+
+/// Engine settings (the `[storage]` config section, and where files live).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The data directory (data file, control file).
+    pub data_dir: PathBuf,
+    /// The WAL directory.
+    pub wal_dir: PathBuf,
+    /// The buffer pool's size in bytes.
+    pub buffer_pool_size: u64,
+    /// WAL segment size in bytes.
+    pub wal_segment_size: u64,
+    /// Time between checkpoints.
+    pub checkpoint_interval: Duration,
+    /// WAL written since the last checkpoint that triggers one early.
+    pub max_wal_size: u64,
+    /// How long a transaction waits for a lock before it is rolled back.
+    pub lock_timeout: Duration,
+}
+
+impl EngineConfig {
+    /// The defaults (SPEC.md), with files under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        EngineConfig {
+            data_dir: root.join("data"),
+            wal_dir: root.join("wal"),
+            buffer_pool_size: 128 << 20,
+            wal_segment_size: 16 << 20,
+            checkpoint_interval: Duration::from_secs(30),
+            max_wal_size: 512 << 20,
+            lock_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            data_dir: self.data_dir.clone(),
+            wal: WalOptions::new(&self.wal_dir).with_segment_size(self.wal_segment_size),
+            pool_bytes: self.buffer_pool_size,
+        }
+    }
+}
+
+/// Why a database call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The storage engine failed (I/O, corruption, a row too large). After
+    /// an I/O error the engine has stopped (fail-stop) until restart.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The transaction could not get a lock and was rolled back.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The transaction was already rolled back (a deadlock, a lock timeout,
+    /// an error, or shutdown).
+    #[error("transaction {xid} was rolled back earlier; only ROLLBACK is accepted now")]
+    Aborted {
+        /// The transaction.
+        xid: u64,
+    },
+    /// An insert found a row with the same key.
+    #[error("duplicate key in table \"{table}\": a row with this primary key already exists")]
+    DuplicateKey {
+        /// The table.
+        table: String,
+    },
+    /// A table with that name exists.
+    #[error("table \"{0}\" already exists")]
+    TableExists(String),
+    /// No table has that name.
+    #[error("table \"{0}\" does not exist")]
+    NoSuchTable(String),
+    /// The database is shutting down.
+    #[error("the database is shutting down")]
+    ShuttingDown,
+}
+
+impl DbError {
+    /// Whether the client should simply retry the transaction.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DbError::Lock(_))
+    }
+
+    /// Whether the error reports damaged data on disk.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, DbError::Store(e) if e.is_corruption())
+    }
+}
+
+/// Counters since open.
+#[derive(Debug, Default)]
+pub struct DbStats {
+    /// Transactions committed (with a durable commit record, or read-only).
+    pub committed: AtomicU64,
+    /// Transactions rolled back.
+    pub aborted: AtomicU64,
+    /// Checkpoints completed.
+    pub checkpoints: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) env: Env,
+    pub(crate) store: tokio::sync::Mutex<Store>,
+    pub(crate) wal: Arc<Wal>,
+    pub(crate) locks: LockManager,
+    pub(crate) stats: DbStats,
+    pub(crate) shutting_down: AtomicBool,
+    config: EngineConfig,
+    last_checkpoint: Mutex<Lsn>,
+    checkpoint_wanted: Arc<Notify>,
+}
+
+impl Shared {
+    /// Asks the checkpointer for an early checkpoint if the WAL has grown
+    /// past `max_wal_size` since the last one.
+    pub(crate) fn wal_written(&self) {
+        let since = self.wal.end_lsn().0.saturating_sub(self.last_checkpoint.lock().map(|lsn| lsn.0).unwrap_or(0));
+        if since > self.config.max_wal_size {
+            self.checkpoint_wanted.notify_one();
+        }
+    }
+
+    async fn checkpoint(&self, state: ControlState) -> Result<Lsn, DbError> {
+        let mut store = self.store.lock().await;
+        let lsn = store.checkpoint(state, &|_| true).await?;
+        if let Ok(mut last) = self.last_checkpoint.lock() {
+            *last = lsn;
+        }
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(lsn)
+    }
+}
+
+/// An open database.
+pub struct Database {
+    shared: Arc<Shared>,
+    recovery: RecoveryReport,
+}
+
+impl Database {
+    /// Opens the database in `config`'s directories, creating it if new, and
+    /// recovering it if it was not shut down cleanly (see
+    /// [`recovery`](crate::recovery)). Ends with a checkpoint, then starts the
+    /// background checkpointer.
+    pub async fn open(env: Env, config: EngineConfig) -> Result<Database, DbError> {
+        let opts = config.store_options();
+        for dir in [&config.data_dir, &config.wal_dir] {
+            env.fs
+                .create_dir_all(dir)
+                .map_err(|e| StoreError::Storage(crate::storage::StorageError::io("create directory", dir, e)))?;
+        }
+        let (mut store, recovery) = recovery::recover(env.fs.clone(), env.clock.as_ref(), &opts).await?;
+        if store.is_empty() {
+            let catalog = store.create_tree().await?;
+            assert_eq!(catalog, CATALOG, "the catalog is the first tree");
+            tracing::info!(data_dir = %config.data_dir.display(), "initialised a new database");
+        }
+        let last = store.checkpoint(ControlState::InProduction, &|_| true).await?;
+        let wal = store.wal().clone();
+        let shared = Arc::new(Shared {
+            env,
+            store: tokio::sync::Mutex::new(store),
+            wal,
+            locks: LockManager::new(config.lock_timeout),
+            stats: DbStats::default(),
+            shutting_down: AtomicBool::new(false),
+            last_checkpoint: Mutex::new(last),
+            checkpoint_wanted: Arc::new(Notify::new()),
+            config,
+        });
+        shared.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(checkpointer(Arc::downgrade(&shared), shared.checkpoint_wanted.clone()));
+        Ok(Database { shared, recovery })
+    }
+
+    /// What recovery did when this database opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Begins a transaction.
+    pub async fn begin(&self) -> Result<Transaction, DbError> {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(DbError::ShuttingDown);
+        }
+        let xid = self.shared.store.lock().await.begin();
+        Ok(Transaction::new(self.shared.clone(), xid))
+    }
+
+    /// Takes a checkpoint now; returns its LSN once it is durable.
+    pub async fn checkpoint(&self) -> Result<Lsn, DbError> {
+        self.shared.checkpoint(ControlState::InProduction).await
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> &DbStats {
+        &self.shared.stats
+    }
+
+    /// The WAL (for its position and counters).
+    pub fn wal(&self) -> &Arc<Wal> {
+        &self.shared.wal
+    }
+
+    /// Buffer-pool counters.
+    pub async fn buffer_stats(&self) -> crate::storage::BufferStats {
+        self.shared.store.lock().await.pool().stats()
+    }
+
+    /// Shuts down cleanly: refuses new transactions, rolls back those still
+    /// open, and takes a final checkpoint marked as a clean shutdown, so the
+    /// next open needs no crash recovery.
+    pub async fn shutdown(self) -> Result<(), DbError> {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        self.shared.checkpoint_wanted.notify_one();
+        {
+            let mut store = self.shared.store.lock().await;
+            for xid in store.active_xids() {
+                store.rollback(xid).await?;
+                self.shared.stats.aborted.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(store);
+        }
+        self.shared.checkpoint(ControlState::ShutDown).await?;
+        Ok(())
+    }
+}
+
+/// Checkpoints every `checkpoint_interval`, or when asked (WAL growth),
+/// until the database is dropped or shuts down. A failed checkpoint means
+/// the engine has stopped: the checkpointer stops too.
+async fn checkpointer(shared: Weak<Shared>, wanted: Arc<Notify>) {
+    loop {
+        let Some(interval) = shared.upgrade().map(|shared| shared.config.checkpoint_interval) else { return };
+        tokio::select! {
+            biased;
+            () = wanted.notified() => {}
+            () = tokio::time::sleep(interval) => {}
+        }
+        let Some(shared) = shared.upgrade() else { return };
+        if shared.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(error) = shared.checkpoint(ControlState::InProduction).await {
+            tracing::error!(%error, "checkpoint failed; the engine has stopped");
+            return;
+        }
+    }
+}
