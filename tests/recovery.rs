@@ -1,0 +1,373 @@
+//! Crash recovery end to end on the simulated disk: a scripted workload
+//! crashed at every I/O boundary, crashes during recovery and during undo,
+//! torn and rotten pages, fsync failure, and the recovery log lines.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+use thunderdb::db::{Database, DbError, EngineConfig};
+use thunderdb::env::{Env, FaultConfig, SimClock, SimDisk};
+use thunderdb::storage::{DATA_FILE_NAME, PAGE_SIZE};
+use thunderdb_workloads::db::{first_difference, DbModel, Rows, State, Write};
+
+fn config() -> EngineConfig {
+    let mut config = EngineConfig::new("/db");
+    config.buffer_pool_size = 4 * PAGE_SIZE as u64;
+    config.wal_segment_size = 1 << 14;
+    config
+}
+
+fn env(disk: &SimDisk) -> Env {
+    Env::new(disk.fs(), Arc::new(SimClock::new(1_700_000_000_000_000)), 7)
+}
+
+async fn open(disk: &SimDisk) -> Result<Database, DbError> {
+    Database::open(env(disk), config()).await
+}
+
+async fn read_state(db: &Database) -> Result<State, DbError> {
+    let mut txn = db.begin().await?;
+    let mut state = State::new();
+    for table in txn.tables().await? {
+        let rows: Rows = txn.scan(&table, Bound::Unbounded, Bound::Unbounded).await?.into_iter().collect();
+        state.insert(table.name, rows);
+    }
+    txn.commit().await?;
+    Ok(state)
+}
+
+fn key(n: u32) -> Vec<u8> {
+    let mut key = n.to_be_bytes().to_vec();
+    key.resize(200, b'k');
+    key
+}
+
+fn value(n: u32, len: usize) -> Vec<u8> {
+    vec![n as u8; len]
+}
+
+/// The scripted workload. Every commit goes through the model; the script
+/// stops at the first error (the crash).
+///
+/// 1. create table `t` with 60 rows of ~700 bytes (splits);
+/// 2. update 30 rows and delete 10, then roll back (undo, merges);
+/// 3. begin a transaction that inserts 20 rows and stays open;
+/// 4. checkpoint with it open (its undo needs WAL before the redo point);
+/// 5. delete 45 rows and commit (leaf merges);
+/// 6. the open transaction writes 10 more rows and never commits;
+/// 7. update 10 rows and commit.
+async fn script(disk: &SimDisk, model: &mut DbModel) -> Result<(), DbError> {
+    let db = open(disk).await?;
+    let mut txn = db.begin().await?;
+    let table = txn.create_table("t", b"").await?;
+    let mut writes = vec![Write::CreateTable("t".into())];
+    for n in 0..60 {
+        txn.insert(&table, &key(n), &value(n, 700)).await?;
+        writes.push(Write::Put("t".into(), key(n), value(n, 700)));
+    }
+    commit(txn, writes, model).await?;
+
+    let mut txn = db.begin().await?;
+    for n in 0..30 {
+        txn.put(&table, &key(n), &value(100 + n, 300)).await?;
+    }
+    for n in 30..40 {
+        txn.delete(&table, &key(n)).await?;
+    }
+    txn.rollback().await?;
+
+    let mut open_txn = db.begin().await?;
+    for n in 200..220 {
+        open_txn.put(&table, &key(n), &value(n, 500)).await?;
+    }
+    db.checkpoint().await?;
+
+    let mut txn = db.begin().await?;
+    let mut writes = Vec::new();
+    for n in 5..50 {
+        txn.delete(&table, &key(n)).await?;
+        writes.push(Write::Delete("t".into(), key(n)));
+    }
+    commit(txn, writes, model).await?;
+
+    for n in 220..230 {
+        open_txn.put(&table, &key(n), &value(n, 500)).await?;
+    }
+
+    let mut txn = db.begin().await?;
+    let mut writes = Vec::new();
+    for n in 50..60 {
+        txn.put(&table, &key(n), &value(n + 1, 100)).await?;
+        writes.push(Write::Put("t".into(), key(n), value(n + 1, 100)));
+    }
+    commit(txn, writes, model).await?;
+    std::mem::forget(open_txn);
+    Ok(())
+}
+
+async fn commit(txn: thunderdb::txn::Transaction, writes: Vec<Write>, model: &mut DbModel) -> Result<(), DbError> {
+    let index = model.committing(writes);
+    txn.commit().await?;
+    model.acknowledged(index);
+    Ok(())
+}
+
+/// Recovers and checks the state against the model; returns the database.
+async fn recover_and_check(disk: &SimDisk, model: &DbModel, context: &str) -> Database {
+    let db = open(disk).await.unwrap_or_else(|e| panic!("{context}: recovery failed: {e}"));
+    let found = read_state(&db).await.unwrap_or_else(|e| panic!("{context}: reading failed: {e}"));
+    model.check(&found).unwrap_or_else(|e| panic!("{context}: {e}"));
+    db
+}
+
+#[tokio::test]
+async fn a_crash_at_every_io_boundary_recovers_every_acknowledged_commit_and_nothing_else() {
+    let total = {
+        let disk = SimDisk::new(0, FaultConfig::none());
+        script(&disk, &mut DbModel::default()).await.unwrap();
+        disk.op_count()
+    };
+    assert!(total > 300, "the script does real I/O: {total} operations");
+    for crash_at in 0..=total {
+        let disk = SimDisk::new(crash_at, FaultConfig::power_loss());
+        disk.set_crash_countdown(Some(crash_at));
+        let mut model = DbModel::default();
+        let _ = script(&disk, &mut model).await;
+        disk.crash();
+        let context = format!("crash at I/O {crash_at} of {total}");
+        if crash_at % 7 == 3 {
+            // Crash again part way through recovery (redo or undo) first.
+            disk.set_crash_countdown(Some(crash_at % 97));
+            let _ = open(&disk).await;
+            disk.crash();
+        }
+        disk.set_crash_countdown(None);
+        let db = recover_and_check(&disk, &model, &context).await;
+        let first = read_state(&db).await.unwrap();
+        drop(db);
+        // Recovery is idempotent: crash right after it and recover again.
+        disk.crash();
+        let db = recover_and_check(&disk, &model, &context).await;
+        let again = read_state(&db).await.unwrap();
+        assert_eq!(
+            first,
+            again,
+            "{context}: a second recovery changed the state: {}",
+            first_difference(&again, &first)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_crash_at_every_io_boundary_of_undo_recovers_the_same_state() {
+    // A database with a large loser to roll back.
+    let disk = SimDisk::new(3, FaultConfig::none());
+    let mut model = DbModel::default();
+    {
+        let db = open(&disk).await.unwrap();
+        let mut txn = db.begin().await.unwrap();
+        let table = txn.create_table("t", b"").await.unwrap();
+        let mut writes = vec![Write::CreateTable("t".into())];
+        for n in 0..50 {
+            txn.put(&table, &key(n), &value(n, 400)).await.unwrap();
+            writes.push(Write::Put("t".into(), key(n), value(n, 400)));
+        }
+        commit(txn, writes, &mut model).await.unwrap();
+        let mut loser = db.begin().await.unwrap();
+        for n in 0..50 {
+            loser.put(&table, &key(n * 3), &value(n, 900)).await.unwrap();
+        }
+        for n in 0..25 {
+            loser.delete(&table, &key(n * 2)).await.unwrap();
+        }
+        db.wal().flush(db.wal().end_lsn()).await.unwrap();
+        std::mem::forget(loser);
+    }
+    disk.crash();
+    let base = disk.op_count();
+    let recovery_ops = {
+        let db = recover_and_check(&disk, &model, "clean recovery").await;
+        assert_eq!(db.recovery_report().losers, 1);
+        assert_eq!(db.recovery_report().changes_undone, 75);
+        disk.op_count() - base
+    };
+    // Crash recovery at each of its own I/O boundaries, then recover again.
+    for crash_at in 0..recovery_ops {
+        let disk = SimDisk::new(3, FaultConfig::none());
+        let mut model = DbModel::default();
+        {
+            let db = open(&disk).await.unwrap();
+            let mut txn = db.begin().await.unwrap();
+            let table = txn.create_table("t", b"").await.unwrap();
+            let mut writes = vec![Write::CreateTable("t".into())];
+            for n in 0..50 {
+                txn.put(&table, &key(n), &value(n, 400)).await.unwrap();
+                writes.push(Write::Put("t".into(), key(n), value(n, 400)));
+            }
+            commit(txn, writes, &mut model).await.unwrap();
+            let mut loser = db.begin().await.unwrap();
+            for n in 0..50 {
+                loser.put(&table, &key(n * 3), &value(n, 900)).await.unwrap();
+            }
+            for n in 0..25 {
+                loser.delete(&table, &key(n * 2)).await.unwrap();
+            }
+            db.wal().flush(db.wal().end_lsn()).await.unwrap();
+            std::mem::forget(loser);
+        }
+        disk.crash();
+        disk.set_faults(FaultConfig::power_loss());
+        disk.set_crash_countdown(Some(crash_at));
+        let _ = open(&disk).await;
+        disk.crash();
+        disk.set_crash_countdown(None);
+        recover_and_check(&disk, &model, &format!("crash at I/O {crash_at} of recovery's {recovery_ops}")).await;
+    }
+}
+
+#[tokio::test]
+async fn a_page_damaged_after_the_checkpoint_is_rebuilt_from_its_full_page_image() {
+    let disk = SimDisk::new(5, FaultConfig::none());
+    let mut model = DbModel::default();
+    {
+        let db = open(&disk).await.unwrap();
+        let mut txn = db.begin().await.unwrap();
+        let table = txn.create_table("t", b"").await.unwrap();
+        commit(txn, vec![Write::CreateTable("t".into())], &mut model).await.unwrap();
+        db.checkpoint().await.unwrap();
+        let mut txn = db.begin().await.unwrap();
+        txn.put(&table, b"k", b"v").await.unwrap();
+        commit(txn, vec![Write::Put("t".into(), b"k".to_vec(), b"v".to_vec())], &mut model).await.unwrap();
+    }
+    disk.crash();
+    // The table's page (page 1) is damaged on disk, as a torn write would
+    // leave it; its first change after the checkpoint logged its image.
+    let data = Path::new("/db/data").join(DATA_FILE_NAME);
+    for offset in [PAGE_SIZE as u64 + 100, PAGE_SIZE as u64 + 5000] {
+        assert!(disk.rot_at(&data, offset));
+    }
+    let db = recover_and_check(&disk, &model, "torn page").await;
+    assert!(db.recovery_report().crashed);
+}
+
+#[tokio::test]
+async fn a_page_damaged_outside_the_logs_reach_is_reported_not_used() {
+    let disk = SimDisk::new(6, FaultConfig::none());
+    {
+        let db = open(&disk).await.unwrap();
+        let mut txn = db.begin().await.unwrap();
+        let table = txn.create_table("t", b"").await.unwrap();
+        txn.put(&table, b"k", b"v").await.unwrap();
+        txn.commit().await.unwrap();
+        db.shutdown().await.unwrap();
+    }
+    let data = Path::new("/db/data").join(DATA_FILE_NAME);
+    assert!(disk.rot_at(&data, PAGE_SIZE as u64 + 300));
+    let db = open(&disk).await.unwrap();
+    assert!(!db.recovery_report().crashed, "a clean shutdown needs no crash recovery");
+    let err = read_state(&db).await.unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("corrupt page 1") && text.contains("main.tdb"), "{text}");
+}
+
+#[tokio::test]
+async fn after_an_fsync_error_the_engine_stops_and_restart_recovers() {
+    let disk = SimDisk::new(8, FaultConfig::none());
+    let mut model = DbModel::default();
+    let db = open(&disk).await.unwrap();
+    let mut txn = db.begin().await.unwrap();
+    let table = txn.create_table("t", b"").await.unwrap();
+    txn.put(&table, b"a", b"1").await.unwrap();
+    commit(txn, vec![Write::CreateTable("t".into()), Write::Put("t".into(), b"a".to_vec(), b"1".to_vec())], &mut model)
+        .await
+        .unwrap();
+
+    disk.set_faults(FaultConfig { fsync_error_rate: 1.0, ..FaultConfig::none() });
+    let mut txn = db.begin().await.unwrap();
+    txn.put(&table, b"b", b"2").await.unwrap();
+    let index = model.committing(vec![Write::Put("t".into(), b"b".to_vec(), b"2".to_vec())]);
+    let err = txn.commit().await.unwrap_err();
+    assert!(err.to_string().contains("fsync") || err.to_string().contains("sync"), "{err}");
+    let _ = index; // never acknowledged
+
+    disk.set_faults(FaultConfig::none());
+    // Fail-stop: nothing more is accepted, reads included, though the disk works again.
+    let mut txn = db.begin().await.unwrap();
+    let err = txn.get(&table, b"a").await.unwrap_err();
+    assert!(err.to_string().contains("restart the database"), "{err}");
+    assert!(db.checkpoint().await.is_err());
+    drop((txn, db));
+
+    disk.crash();
+    let db = recover_and_check(&disk, &model, "after fsync error").await;
+    assert!(db.recovery_report().crashed);
+}
+
+#[tokio::test]
+async fn recovery_logs_the_documented_lines_with_real_counts() {
+    let disk = SimDisk::new(9, FaultConfig::none());
+    {
+        let db = open(&disk).await.unwrap();
+        let mut txn = db.begin().await.unwrap();
+        let table = txn.create_table("t", b"").await.unwrap();
+        for n in 0..20 {
+            txn.put(&table, &key(n), &value(n, 300)).await.unwrap();
+        }
+        txn.commit().await.unwrap();
+        for loser in 0..3 {
+            let mut txn = db.begin().await.unwrap();
+            txn.put(&table, &key(100 + loser), b"uncommitted").await.unwrap();
+            std::mem::forget(txn);
+        }
+        db.wal().flush(db.wal().end_lsn()).await.unwrap();
+    }
+    disk.crash();
+    let db = open(&disk).await.unwrap();
+    let report = db.recovery_report();
+    assert_eq!(report.losers, 3);
+    let lines: Vec<String> = report
+        .lines
+        .iter()
+        .map(|line| match line.split_once(" in ") {
+            Some((head, _)) if head == "Recovery complete" => format!("{head} in [duration]"),
+            _ => line.clone(),
+        })
+        .collect();
+    insta::assert_snapshot!(lines.join("\n"));
+    let found = read_state(&db).await.unwrap();
+    assert_eq!(found["t"].len(), 20, "the losers' rows are gone");
+}
+
+#[cfg_attr(not(madsim), tokio::test(start_paused = true))]
+#[cfg_attr(madsim, tokio::test)]
+async fn checkpoints_run_on_the_interval_and_when_the_wal_outgrows_max_wal_size() {
+    let disk = SimDisk::new(10, FaultConfig::none());
+    let mut config = config();
+    config.checkpoint_interval = std::time::Duration::from_secs(30);
+    config.max_wal_size = 256 << 10;
+    let db = Database::open(env(&disk), config).await.unwrap();
+    let count = |db: &Database| db.stats().checkpoints.load(std::sync::atomic::Ordering::Relaxed);
+    let opened = count(&db);
+    tokio::time::sleep(std::time::Duration::from_secs(95)).await;
+    assert_eq!(count(&db), opened + 3, "one checkpoint per 30 s interval");
+
+    // Write well past max_wal_size between intervals.
+    let mut txn = db.begin().await.unwrap();
+    let table = txn.create_table("t", b"").await.unwrap();
+    txn.commit().await.unwrap();
+    let before = count(&db);
+    for round in 0..40u32 {
+        let mut txn = db.begin().await.unwrap();
+        for n in 0..10 {
+            txn.put(&table, &key(round * 10 + n), &value(n, 1500)).await.unwrap();
+        }
+        txn.commit().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    assert!(count(&db) > before, "WAL growth past max_wal_size triggered a checkpoint");
+    let checkpoint = db.checkpoint().await.unwrap();
+    assert!(checkpoint <= db.wal().end_lsn() && db.wal().durable_lsn() > checkpoint, "on demand, durable");
+}
