@@ -22,7 +22,8 @@
 //! 256), WAL segment size, `max_wal_size`, `checkpoint_interval`, key
 //! length, the workload weights, the fault kinds and the crash schedule.
 //! Sessions sleep a few simulated milliseconds between transactions, so
-//! the interval checkpointer fires in simulated time.
+//! the interval checkpointer fires in simulated time, and now and then step
+//! the wall clock up to a minute either way, as NTP does.
 //!
 //! After each crash the oracle requires: recovery succeeds or fails only on
 //! an injected I/O error (never corruption); the state equals the model
@@ -219,6 +220,7 @@ impl Run {
         for _ in 0..self.swarm.sessions {
             let session = Session {
                 db: db.clone(),
+                clock: self.clock.clone(),
                 shared: self.shared.clone(),
                 swarm: self.swarm.clone(),
                 rng: ChaCha8Rng::seed_from_u64(self.rng.random()),
@@ -246,6 +248,7 @@ impl Run {
         let db = Arc::new(db);
         let session = Session {
             db: db.clone(),
+            clock: self.clock.clone(),
             shared: self.shared.clone(),
             swarm: Swarm { weights: [1, 1, 0, 0, 0], ..self.swarm.clone() },
             rng: ChaCha8Rng::seed_from_u64(self.rng.random()),
@@ -321,6 +324,7 @@ async fn commit(txn: Transaction, writes: Vec<Write>, shared: &SharedRef) -> Res
 
 struct Session {
     db: Arc<Database>,
+    clock: Arc<SimClock>,
     shared: SharedRef,
     swarm: Swarm,
     rng: ChaCha8Rng,
@@ -355,6 +359,10 @@ impl Session {
             }
             if self.rng.random_bool(0.02) && self.db.checkpoint().await.is_err() {
                 return;
+            }
+            if self.rng.random_bool(0.02) {
+                // NTP steps the wall clock, either way; commit stamps follow it.
+                self.clock.jump_wall(self.rng.random_range(-60_000_000..60_000_000));
             }
         }
     }

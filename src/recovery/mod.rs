@@ -80,6 +80,8 @@ pub struct RecoveryReport {
     pub end_lsn: Lsn,
     /// Wall time from start to end.
     pub duration: Duration,
+    /// Of which: analysis, redo and undo.
+    pub phases: [Duration; 3],
     /// The log lines, as logged.
     pub lines: Vec<String>,
 }
@@ -91,11 +93,10 @@ impl RecoveryReport {
     }
 }
 
-/// A loser found by analysis, with the undoable records it logged since the
-/// redo point.
+/// A loser found by analysis. Undo reads its records back from the WAL
+/// along its chain, so analysis keeps none of them.
 struct Loser {
     entry: ActiveTxnEntry,
-    records: BTreeMap<Lsn, (Lsn, Op)>,
     /// Its newest record is a compensation record: an undo was under way.
     resumed: bool,
 }
@@ -140,36 +141,31 @@ pub async fn recover(
                 losers.remove(&record.xid);
                 ended.insert(record.xid);
             }
-            RecordKind::Data => match decode(lsn, &record.payload)? {
-                Op::CheckpointBegin => {}
-                Op::CheckpointEnd { active, dirty: listed } => {
-                    for entry in active.into_iter().filter(|entry| !ended.contains(&entry.xid)) {
-                        losers.entry(entry.xid).or_insert(Loser { entry, records: BTreeMap::new(), resumed: false });
-                    }
-                    for (page_no, rec_lsn) in listed {
-                        dirty.entry(page_no).or_insert(rec_lsn);
-                    }
-                }
-                op => {
+            RecordKind::Data => match Op::peek(&record.payload) {
+                Some((pages, undo_next)) => {
                     changes += 1;
-                    for page_no in op.pages() {
+                    for page_no in pages {
                         dirty.entry(page_no).or_insert(lsn);
                     }
                     if record.xid != 0 {
                         let xid = record.xid;
                         let loser = losers.entry(xid).or_insert_with(|| Loser {
                             entry: ActiveTxnEntry { xid, last_lsn: Lsn::ZERO, undo_next: Lsn::ZERO },
-                            records: BTreeMap::new(),
                             resumed: false,
                         });
                         loser.entry.last_lsn = lsn;
-                        loser.resumed = matches!(op, Op::Compensation { .. });
-                        match op {
-                            Op::Compensation { undo_next, .. } => loser.entry.undo_next = undo_next,
-                            op => {
-                                loser.entry.undo_next = lsn;
-                                loser.records.insert(lsn, (record.prev_lsn, op));
-                            }
+                        // A compensation record points past what it undid.
+                        loser.entry.undo_next = undo_next.unwrap_or(lsn);
+                        loser.resumed = undo_next.is_some();
+                    }
+                }
+                None => {
+                    if let Op::CheckpointEnd { active, dirty: listed } = decode(lsn, &record.payload)? {
+                        for entry in active.into_iter().filter(|entry| !ended.contains(&entry.xid)) {
+                            losers.entry(entry.xid).or_insert(Loser { entry, resumed: false });
+                        }
+                        for (page_no, rec_lsn) in listed {
+                            dirty.entry(page_no).or_insert(rec_lsn);
                         }
                     }
                 }
@@ -197,6 +193,8 @@ pub async fn recover(
         ));
     }
 
+    report.phases[0] = clock.monotonic().saturating_sub(started);
+
     // Phase 2: redo.
     let wal = Arc::new(Wal::open(fs.clone(), opts.wal.clone(), end)?);
     let data_path = opts.data_dir.join(DATA_FILE_NAME);
@@ -213,7 +211,7 @@ pub async fn recover(
         }
         report.records_replayed += 1;
         let _phase = probe::enter(Phase::StorageRedo);
-        let applied = store.redo(lsn.plus(record.encoded_len()), &op).await?;
+        let applied = store.redo(lsn.plus(record.encoded_len()), op).await?;
         if applied == Redo::Applied {
             report.records_applied += 1;
         }
@@ -225,6 +223,8 @@ pub async fn recover(
         ));
     }
 
+    report.phases[1] = clock.monotonic().saturating_sub(started) - report.phases[0];
+
     // Phase 3: undo.
     {
         let _phase = probe::enter(Phase::RecoveryUndo);
@@ -233,7 +233,7 @@ pub async fn recover(
             if loser.resumed {
                 probe::hit(Probe::UndoResumed);
             }
-            store.adopt_loser(loser.entry, loser.records);
+            store.adopt_loser(loser.entry);
             report.changes_undone += store.rollback(xid).await?;
             probe::hit(Probe::LoserRolledBack);
         }
@@ -241,6 +241,7 @@ pub async fn recover(
         wal.flush(wal.end_lsn()).await?;
     }
     report.duration = clock.monotonic().saturating_sub(started);
+    report.phases[2] = report.duration.saturating_sub(report.phases[0] + report.phases[1]);
     if report.crashed {
         report.say(format!(
             "Phase 3 (Undo): Rolling back {} active transactions... done",

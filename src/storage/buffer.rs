@@ -20,7 +20,7 @@
 //! page write is repaired by redo from the page's full-page image, which the
 //! engine logs on a page's first change after each checkpoint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,7 +51,8 @@ struct Frame {
     page: Page,
     /// `Some` when dirty: the end LSN of the first record that dirtied it.
     rec_lsn: Option<Lsn>,
-    last_use: u64,
+    /// Used since the clock hand last passed (second chance).
+    referenced: bool,
 }
 
 /// Why a buffer-pool call failed.
@@ -80,9 +81,10 @@ pub struct BufferPool {
     file: Box<dyn File>,
     frames_max: usize,
     frames: BTreeMap<u32, Frame>,
-    /// Last-use tick to page number, for least-recently-used eviction.
-    lru: BTreeMap<u64, u32>,
-    tick: u64,
+    /// Resident pages in clock order: eviction takes the first one not
+    /// referenced since the hand last passed it (CLOCK, an LRU
+    /// approximation with O(1) bookkeeping per access).
+    clock: VecDeque<u32>,
     stats: BufferStats,
 }
 
@@ -106,8 +108,7 @@ impl BufferPool {
             file,
             frames_max,
             frames: BTreeMap::new(),
-            lru: BTreeMap::new(),
-            tick: 0,
+            clock: VecDeque::new(),
             stats: BufferStats::default(),
         })
     }
@@ -152,7 +153,8 @@ impl BufferPool {
             self.stats.misses += 1;
             self.make_room(wal).await?;
             let page = self.read(page_no)?;
-            self.frames.insert(page_no, Frame { page, rec_lsn: None, last_use: 0 });
+            self.frames.insert(page_no, Frame { page, rec_lsn: None, referenced: false });
+            self.clock.push_back(page_no);
         }
         self.touch(page_no);
         Ok(&self.frames[&page_no].page)
@@ -172,10 +174,30 @@ impl BufferPool {
             }
         } else {
             self.make_room(wal).await?;
-            self.frames.insert(page_no, Frame { page, rec_lsn: Some(lsn), last_use: 0 });
+            self.frames.insert(page_no, Frame { page, rec_lsn: Some(lsn), referenced: false });
+            self.clock.push_back(page_no);
         }
         self.touch(page_no);
         Ok(())
+    }
+
+    /// Brings page `page_no` in and runs `apply` on it in place (redo);
+    /// `apply` returns whether it changed the page, whose LSN it sets. A
+    /// changed page becomes dirty with `lsn` as its recovery LSN if clean.
+    pub async fn apply<E>(
+        &mut self,
+        page_no: u32,
+        lsn: Lsn,
+        wal: &Wal,
+        apply: impl FnOnce(&mut Page) -> Result<bool, E>,
+    ) -> Result<Result<bool, E>, BufferError> {
+        self.fetch(page_no, wal).await?;
+        let frame = self.frames.get_mut(&page_no).expect("just fetched");
+        let result = apply(&mut frame.page);
+        if let Ok(true) = result {
+            frame.rec_lsn.get_or_insert(lsn);
+        }
+        Ok(result)
     }
 
     /// Applies a logged change to a resident page: `change` runs on the page,
@@ -205,28 +227,41 @@ impl BufferPool {
     }
 
     fn touch(&mut self, page_no: u32) {
-        self.tick += 1;
-        let frame = self.frames.get_mut(&page_no).expect("resident");
-        self.lru.remove(&frame.last_use);
-        frame.last_use = self.tick;
-        self.lru.insert(self.tick, page_no);
+        self.frames.get_mut(&page_no).expect("resident").referenced = true;
     }
 
-    /// Evicts the least recently used page if the pool is full.
+    /// Evicts a page not used recently if the pool is full.
     async fn make_room(&mut self, wal: &Wal) -> Result<(), BufferError> {
         if self.frames.len() < self.frames_max {
             return Ok(());
         }
-        let (&tick, &victim) = self.lru.iter().next().expect("a full pool has pages");
-        if self.frames[&victim].rec_lsn.is_some() {
-            if !active(PlantedBug::PageBeforeWal) {
-                wal.flush(self.frames[&victim].page.page_lsn()).await?;
+        let victim = loop {
+            let candidate = self.clock.pop_front().expect("a full pool has pages");
+            let frame = self.frames.get_mut(&candidate).expect("the clock holds resident pages");
+            if !frame.referenced {
+                break candidate;
             }
-            self.write(victim, wal)?;
+            frame.referenced = false;
+            self.clock.push_back(candidate);
+        };
+        if let Err(error) = self.write_back(victim, wal).await {
+            self.clock.push_front(victim);
+            return Err(error);
         }
-        self.lru.remove(&tick);
         self.frames.remove(&victim);
         self.stats.evictions += 1;
+        Ok(())
+    }
+
+    /// Writes a page if it is dirty, making the WAL durable through its LSN
+    /// first.
+    async fn write_back(&mut self, page_no: u32, wal: &Wal) -> Result<(), BufferError> {
+        if self.frames[&page_no].rec_lsn.is_some() {
+            if !active(PlantedBug::PageBeforeWal) {
+                wal.flush(self.frames[&page_no].page.page_lsn()).await?;
+            }
+            self.write(page_no, wal)?;
+        }
         Ok(())
     }
 

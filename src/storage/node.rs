@@ -199,16 +199,13 @@ pub fn remove(body: &mut [u8], index: usize) {
 
 /// Rewrites the content area without garbage, keeping slot order.
 fn compact(body: &mut [u8]) {
-    let cells: Vec<Vec<u8>> = (0..count(body))
-        .map(|i| {
-            let at = cell_at(body, i);
-            body[at..at + cell_len(body, at)].to_vec()
-        })
-        .collect();
+    let before: Box<[u8; BODY_LEN]> = Box::new(body.try_into().expect("a node is a whole page body"));
     let mut at = BODY_LEN;
-    for (index, cell) in cells.iter().enumerate() {
-        at -= cell.len();
-        body[at..at + cell.len()].copy_from_slice(cell);
+    for index in 0..count(body) {
+        let from = cell_at(&before[..], index);
+        let len = cell_len(&before[..], from);
+        at -= len;
+        body[at..at + len].copy_from_slice(&before[from..from + len]);
         put_u16(body, HEADER_LEN + SLOT_LEN * index, at);
     }
     put_u16(body, 2, at);

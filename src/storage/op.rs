@@ -205,6 +205,46 @@ impl Op {
         }
     }
 
+    /// What recovery's analysis needs from a payload, read without decoding
+    /// it: the pages the op changes and, for a compensation record, its
+    /// undo-next LSN. `None` for checkpoint records (decode those) and for
+    /// payloads too short to say (the redo pass decodes and reports them).
+    pub fn peek(bytes: &[u8]) -> Option<(Vec<u32>, Option<Lsn>)> {
+        let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+        match *bytes.first()? {
+            1 => Some((Self::image_pages(bytes)?, None)),
+            2..=4 => Some((vec![u32_at(5)?], None)),
+            5 => {
+                let undo_next = Lsn(u64::from_le_bytes(bytes.get(1..9)?.try_into().ok()?));
+                let inner = bytes.get(9..)?;
+                if inner.first() == Some(&5) {
+                    return None;
+                }
+                Some((Self::peek(inner)?.0, Some(undo_next)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The pages a `PageImages` payload installs, read without copying the
+    /// images (recovery's analysis needs only the page numbers); `None` for
+    /// any other op or a malformed payload.
+    pub fn image_pages(bytes: &[u8]) -> Option<Vec<u32>> {
+        let mut reader = Reader { bytes, at: 0 };
+        if reader.take(1).ok()?[0] != 1 {
+            return None;
+        }
+        let count = reader.u32().ok()?;
+        let pages = (0..count)
+            .map(|_| {
+                let page_no = reader.u32().ok()?;
+                reader.take(PAGE_SIZE).ok()?;
+                Some(page_no)
+            })
+            .collect::<Option<Vec<u32>>>()?;
+        (reader.at == bytes.len()).then_some(pages)
+    }
+
     /// Decodes a WAL payload. Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Op, OpDecodeError> {
         let mut reader = Reader { bytes, at: 0 };
@@ -376,6 +416,22 @@ mod tests {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Op::decode(&bytes);
+            let _ = Op::peek(&bytes);
+        }
+
+        /// Peeking agrees with decoding on the pages and the undo-next LSN.
+        #[test]
+        fn peeking_agrees_with_decoding(op in any_op()) {
+            let bytes = op.encode();
+            match (Op::peek(&bytes), &op) {
+                (None, Op::CheckpointBegin | Op::CheckpointEnd { .. }) => {}
+                (Some((pages, undo_next)), op) => {
+                    prop_assert_eq!(pages, op.pages());
+                    let expected = match op { Op::Compensation { undo_next, .. } => Some(*undo_next), _ => None };
+                    prop_assert_eq!(undo_next, expected);
+                }
+                (None, op) => prop_assert!(false, "peek failed on {:?}", op),
+            }
         }
 
         /// Replaying a log twice (a crash during recovery) gives the same page

@@ -170,6 +170,17 @@ impl Page {
         self.bytes[16..24].copy_from_slice(&lsn.0.to_le_bytes());
     }
 
+    /// A page from a full-page image that a WAL record carried, installed by
+    /// redo as the record ending at `end` left it. The record's checksum
+    /// already covered the bytes, so they are not checked again (in debug
+    /// builds they are).
+    pub(crate) fn from_logged_image(page_no: u32, image: Box<[u8; PAGE_SIZE]>, end: Lsn) -> Self {
+        debug_assert!(Page::from_bytes(&image[..], page_no).is_ok(), "logged images are valid pages");
+        let mut page = Page { bytes: image };
+        page.reset_page_lsn(end);
+        page
+    }
+
     /// Sets the page LSN of a page just installed from a logged image, whose
     /// own LSN is older than the record that carried it.
     pub(crate) fn reset_page_lsn(&mut self, lsn: Lsn) {

@@ -126,8 +126,8 @@ struct ActiveTxn {
     /// Its newest record not yet undone.
     undo_next: Lsn,
     /// Its undoable records by LSN, each with its `prev_lsn`, so rollback
-    /// reads no log. A transaction recovered from the log may have older
-    /// records than these, which undo reads back from the WAL.
+    /// reads no log. Empty for a transaction recovered from the log: undo
+    /// reads those back from the WAL.
     records: BTreeMap<Lsn, (Lsn, Op)>,
 }
 
@@ -221,25 +221,28 @@ impl Store {
     }
 
     /// Replays one storage record (ending at `end`) during recovery.
-    pub async fn redo(&mut self, end: Lsn, op: &Op) -> Result<Redo, StoreError> {
+    pub async fn redo(&mut self, end: Lsn, op: Op) -> Result<Redo, StoreError> {
+        if let Op::PageImages { images } = op {
+            // An image is the truth: install it without reading the disk.
+            for (page_no, image) in images {
+                self.next_page = self.next_page.max(page_no + 1);
+                self.pool.install(Page::from_logged_image(page_no, image, end), &self.wal).await?;
+            }
+            return Ok(Redo::Applied);
+        }
         let mut result = Redo::AlreadyApplied;
         for page_no in op.pages() {
             self.next_page = self.next_page.max(page_no + 1);
-            if matches!(op, Op::PageImages { .. }) {
-                // An image is the truth: install it without reading the disk.
-                let mut page = Page::new(page_no, PageKind::Free);
-                op.redo(&mut page, end).expect("an image always applies to a blank page");
-                self.pool.install(page, &self.wal).await?;
-                result = Redo::Applied;
-                continue;
-            }
             let on_disk = !self.pool.is_resident(page_no);
-            let mut page = self.pool.fetch(page_no, &self.wal).await?.clone();
-            if op.redo(&mut page, end).expect("redo replays what once fitted") == Redo::Applied {
+            let applied = self
+                .pool
+                .apply(page_no, end, &self.wal, |page| op.redo(page, end).map(|redo| redo == Redo::Applied))
+                .await?
+                .expect("redo replays what once fitted");
+            if applied {
                 if on_disk {
                     probe::hit(Probe::RedoOnDiskPage);
                 }
-                self.pool.modify(page_no, end, |resident| *resident = page);
                 result = Redo::Applied;
             }
         }
@@ -255,12 +258,12 @@ impl Store {
     }
 
     /// Re-creates a transaction that recovery found without an end record,
-    /// so that [`rollback`](Self::rollback) can undo it. `records` are its
-    /// undoable records that analysis read (older ones are read back from
-    /// the WAL).
-    pub(crate) fn adopt_loser(&mut self, entry: ActiveTxnEntry, records: BTreeMap<Lsn, (Lsn, Op)>) {
+    /// so that [`rollback`](Self::rollback) can undo it, reading its records
+    /// back from the WAL along its chain.
+    pub(crate) fn adopt_loser(&mut self, entry: ActiveTxnEntry) {
         self.next_xid = self.next_xid.max(entry.xid + 1);
-        let txn = ActiveTxn { first_lsn: Lsn::ZERO, last_lsn: entry.last_lsn, undo_next: entry.undo_next, records };
+        let (last_lsn, undo_next) = (entry.last_lsn, entry.undo_next);
+        let txn = ActiveTxn { first_lsn: Lsn::ZERO, last_lsn, undo_next, records: BTreeMap::new() };
         self.active.insert(entry.xid, txn);
     }
 

@@ -146,6 +146,19 @@ impl WalReader {
     }
 
     fn decode_at(&mut self, at: Lsn) -> Result<Result<Decoded, DecodeError>, WalError> {
+        // Fast path: the record lies inside one loaded segment; decode it in place.
+        let offset = self.opts.offset(at) as usize;
+        if let Some(data) = self.segment(self.opts.segno(at))? {
+            if let Some(rest) = data.get(offset..).filter(|rest| rest.len() >= HEADER_LEN) {
+                let len = match parse_header(rest) {
+                    Ok(header) => header.len as usize,
+                    Err(why) => return Ok(Err(why)),
+                };
+                if len <= rest.len() {
+                    return Ok(self.on_timeline(decode(&rest[..len], at)));
+                }
+            }
+        }
         let header = match self.read_span(at, HEADER_LEN as u64)? {
             Ok(bytes) => bytes,
             Err(why) => return Ok(Err(why)),
@@ -158,13 +171,17 @@ impl WalReader {
             Ok(bytes) => bytes,
             Err(why) => return Ok(Err(why)),
         };
-        Ok(decode(&bytes, at).and_then(|decoded| {
+        Ok(self.on_timeline(decode(&bytes, at)))
+    }
+
+    fn on_timeline(&self, decoded: Result<Decoded, DecodeError>) -> Result<Decoded, DecodeError> {
+        decoded.and_then(|decoded| {
             if decoded.timeline == self.opts.timeline {
                 Ok(decoded)
             } else {
                 Err(DecodeError::WrongTimeline(decoded.timeline))
             }
-        }))
+        })
     }
 
     /// After a bad record at an unaligned `at`, a `Resume` record at the next
