@@ -42,6 +42,7 @@ cargo sim -- --workload db --seeds 0..1500 --require-probes
 
 step "simulator: regression seeds"
 cargo sim -- --regressions sim/regressions.txt
+cargo sim -- --workload db --regressions sim/regressions-db.txt
 
 step "simulator: every planted bug must be caught"
 cargo sim --features planted-bugs -- --planted-report

@@ -365,6 +365,7 @@ impl Store {
     /// Creates an empty tree. Its page is logged redo-only: a transaction
     /// that creates a table and rolls back leaves an unreachable page.
     pub async fn create_tree(&mut self) -> Result<Tree, StoreError> {
+        self.wal.check_running()?;
         let root = self.allocate();
         let mut page = Page::new(root, PageKind::Leaf);
         node::init(page.body_mut(), 0);
@@ -375,7 +376,6 @@ impl Store {
 
     /// The value stored under `key`.
     pub async fn get(&mut self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.wal.check_running()?;
         let leaf = *self.descend(tree, key).await?.last().expect("a path ends at a leaf");
         let body = self.pool.fetch(leaf, &self.wal).await?.body();
         Ok(node::search(body, key).ok().map(|index| node::value(body, index).to_vec()))
@@ -393,7 +393,6 @@ impl Store {
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        self.wal.check_running()?;
         let first: &[u8] = match start {
             Bound::Included(key) | Bound::Excluded(key) => key,
             Bound::Unbounded => &[],
@@ -609,7 +608,12 @@ impl Store {
         Ok(end)
     }
 
+    /// The pages from the root to the leaf for `key`. Every tree operation
+    /// starts here, so here the engine refuses to serve once it has stopped:
+    /// after a fail-stop the pool may hold a half-installed split or a
+    /// half-undone transaction.
     async fn descend(&mut self, tree: Tree, key: &[u8]) -> Result<Vec<u32>, StoreError> {
+        self.wal.check_running()?;
         let mut path = vec![tree.root];
         loop {
             let page = self.pool.fetch(*path.last().expect("non-empty"), &self.wal).await?;

@@ -1,0 +1,378 @@
+//! The server's configuration: embedded defaults, a TOML file, `THUNDERDB_*`
+//! environment variables and command-line flags, in rising precedence.
+//!
+//! Every source is checked on its own before they are merged, so an error
+//! names where the bad setting came from: the file (with its line), the
+//! environment variable, or the flag. An unknown key is an error, never
+//! ignored: a typo in a backup setting must not silently fall back to a
+//! default.
+//!
+//! Sizes accept `B`, `KB`, `MB`, `GB`, `TB` (powers of 1024, any case, spaces
+//! allowed) or a plain integer of bytes. Durations accept `ms`, `s`, `m`, `h`
+//! and `d` (e.g. `"30s"`, `"7d"`, `"1h 30m"`).
+//!
+//! Environment variables are `THUNDERDB_` and the key in capitals, without
+//! its section: `THUNDERDB_PG_PORT=5433`, `THUNDERDB_MAX_WAL_SIZE=1GB`,
+//! `THUNDERDB_ADMIN_TOKEN=…`. An unknown `THUNDERDB_*` variable is an error.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The configuration every default comes from (SPEC.md), as a config file
+/// would write it.
+pub const DEFAULTS: &str = r#"
+listen_addr = "127.0.0.1"
+pg_port     = 5432
+http_port   = 8088
+data_dir    = "./thunderdb-data/data"
+wal_dir     = "./thunderdb-data/wal"
+
+[storage]
+buffer_pool_size      = "128MB"
+checkpoint_interval   = "30s"
+max_wal_size          = "512MB"
+wal_segment_size      = "16MB"
+wal_archive_enabled   = false
+wal_archive_dir       = ""
+wal_archive_command   = ""
+wal_restore_command   = ""
+wal_archive_retention = "7d"
+lock_timeout          = "10s"
+
+[security]
+superuser_password = ""
+admin_token        = ""
+"#;
+
+/// A size in bytes, written with a unit or as a plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+/// A duration written for humans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The address both listeners bind.
+    pub listen_addr: String,
+    /// The PostgreSQL wire protocol port.
+    pub pg_port: u16,
+    /// The admin HTTP port.
+    pub http_port: u16,
+    /// Where the data file and control file live.
+    pub data_dir: PathBuf,
+    /// Where the WAL segments live.
+    pub wal_dir: PathBuf,
+    /// `[storage]`.
+    pub storage: StorageConfig,
+    /// `[security]`.
+    pub security: SecurityConfig,
+}
+
+/// The `[storage]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The buffer pool's size.
+    pub buffer_pool_size: ByteSize,
+    /// Time between checkpoints.
+    pub checkpoint_interval: HumanDuration,
+    /// WAL since the last checkpoint that forces one.
+    pub max_wal_size: ByteSize,
+    /// One WAL segment file: a power of two, 1 MB to 1 GB.
+    pub wal_segment_size: ByteSize,
+    /// Whether completed segments are archived.
+    pub wal_archive_enabled: bool,
+    /// Where archived segments go (empty: not set).
+    pub wal_archive_dir: String,
+    /// A command that archives one segment (`%f` path, `%n` name).
+    pub wal_archive_command: String,
+    /// A command that fetches one segment for recovery.
+    pub wal_restore_command: String,
+    /// How long archived segments are kept.
+    pub wal_archive_retention: HumanDuration,
+    /// How long a transaction waits for a lock before it is rolled back.
+    pub lock_timeout: HumanDuration,
+}
+
+/// The `[security]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// The password clients must give (empty: trust loopback).
+    pub superuser_password: String,
+    /// The bearer token the admin API requires (empty: none).
+    pub admin_token: String,
+}
+
+/// A setting that could not be used, with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}: {message}")]
+pub struct ConfigError {
+    /// The file, environment variable or flag.
+    pub source_name: String,
+    /// What was wrong, naming the key.
+    pub message: String,
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bytes(bytes) => Ok(ByteSize(bytes)),
+            Raw::Text(text) => parse_size(&text).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text).map(HumanDuration).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `"512MB"`, `"16 mb"`, `"1GB"`, `"4096"`, `"4096B"`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let bad = || format!("invalid size {text:?}: expected a whole number with B, KB, MB, GB or TB (e.g. \"512MB\")");
+    let number: u64 = digits.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "KB" => 10,
+        "MB" => 20,
+        "GB" => 30,
+        "TB" => 40,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(1 << shift).ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Parses `"30s"`, `"500ms"`, `"7d"`, `"1h 30m"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?}: {e}; expected e.g. \"500ms\", \"30s\", \"5m\", \"1h\", \"7d\""))
+}
+
+/// Where a layer of settings came from.
+#[derive(Debug, Clone)]
+enum Source {
+    Defaults,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Defaults => f.write_str("built-in defaults"),
+            Source::File(path) => write!(f, "config file {}", path.display()),
+            Source::Env(name) => write!(f, "environment variable {name}"),
+            Source::Flag(name) => write!(f, "command-line flag --{name}"),
+        }
+    }
+}
+
+/// Builds the configuration from the defaults, then `file`'s contents (its
+/// path and text), then `env` (`THUNDERDB_*` pairs), then `flags` (key and
+/// value, e.g. from `--pg-port`).
+pub fn load(
+    file: Option<(&Path, &str)>,
+    env: &[(String, String)],
+    flags: &[(&str, String)],
+) -> Result<Config, ConfigError> {
+    let defaults: toml::Table = toml::from_str(DEFAULTS).expect("the defaults parse");
+    let mut layers: Vec<(Source, toml::Table)> = Vec::new();
+    if let Some((path, text)) = file {
+        let source = Source::File(path.to_path_buf());
+        let table: toml::Table = toml::from_str(text).map_err(|e| error(&source, e.to_string()))?;
+        layers.push((source, table));
+    }
+    for (name, value) in env.iter().filter(|(name, _)| name.starts_with("THUNDERDB_")) {
+        let source = Source::Env(name.clone());
+        let key = name["THUNDERDB_".len()..].to_ascii_lowercase();
+        layers.push((source.clone(), single(&defaults, &key, value).map_err(|m| error(&source, m))?));
+    }
+    for (key, value) in flags {
+        let source = Source::Flag(key.replace('_', "-"));
+        layers.push((source.clone(), single(&defaults, key, value).map_err(|m| error(&source, m))?));
+    }
+    let mut merged = defaults.clone();
+    for (source, layer) in &layers {
+        check_keys(&defaults, layer, "").map_err(|m| error(source, m))?;
+        // Each layer alone over the defaults must make a valid config, so a
+        // bad value is reported against its own source.
+        let mut alone = defaults.clone();
+        overlay(&mut alone, layer);
+        validate(alone).map_err(|m| error(source, m))?;
+        overlay(&mut merged, layer);
+    }
+    validate(merged).map_err(|m| error(&Source::Defaults, m))
+}
+
+fn error(source: &Source, message: String) -> ConfigError {
+    ConfigError { source_name: source.to_string(), message }
+}
+
+/// A one-key table for `key` (searched in every section) set to `value`,
+/// typed as the default is.
+fn single(defaults: &toml::Table, key: &str, value: &str) -> Result<toml::Table, String> {
+    let (section, default) = std::iter::once((None, defaults))
+        .chain(defaults.iter().filter_map(|(name, v)| v.as_table().map(|t| (Some(name.as_str()), t))))
+        .find_map(|(section, table)| table.get(key).filter(|v| !v.is_table()).map(|v| (section, v)))
+        .ok_or_else(|| format!("unknown setting `{key}`"))?;
+    let typed = match default {
+        toml::Value::Integer(_) => toml::Value::Integer(
+            value.trim().parse().map_err(|_| format!("`{key}` must be a whole number, not {value:?}"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            value.trim().parse().map_err(|_| format!("`{key}` must be true or false, not {value:?}"))?,
+        ),
+        _ => toml::Value::String(value.to_string()),
+    };
+    let mut leaf = toml::Table::new();
+    leaf.insert(key.to_string(), typed);
+    Ok(match section {
+        None => leaf,
+        Some(section) => {
+            let mut outer = toml::Table::new();
+            outer.insert(section.to_string(), toml::Value::Table(leaf));
+            outer
+        }
+    })
+}
+
+fn check_keys(known: &toml::Table, given: &toml::Table, prefix: &str) -> Result<(), String> {
+    for (key, value) in given {
+        let path = format!("{prefix}{key}");
+        match (known.get(key), value) {
+            (None, _) => {
+                let expected: Vec<String> = known.keys().map(|k| format!("{prefix}{k}")).collect();
+                return Err(format!("unknown key `{path}` (known keys here: {})", expected.join(", ")));
+            }
+            (Some(toml::Value::Table(known)), toml::Value::Table(given)) => {
+                check_keys(known, given, &format!("{path}."))?;
+            }
+            (Some(toml::Value::Table(_)), _) => return Err(format!("`{path}` must be a section ([{path}])")),
+            (Some(_), _) => {}
+        }
+    }
+    Ok(())
+}
+
+fn overlay(base: &mut toml::Table, layer: &toml::Table) {
+    for (key, value) in layer {
+        match (base.get_mut(key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(layer)) => overlay(base, layer),
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+fn validate(table: toml::Table) -> Result<Config, String> {
+    let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| e.message().to_string())?;
+    let segment = config.storage.wal_segment_size.0;
+    if !segment.is_power_of_two() || !((1 << 20)..=(1 << 30)).contains(&segment) {
+        return Err(format!(
+            "`storage.wal_segment_size` must be a power of two from 1MB to 1GB, not {segment} bytes"
+        ));
+    }
+    if config.storage.buffer_pool_size.0 < 1 << 20 {
+        return Err("`storage.buffer_pool_size` must be at least 1MB".into());
+    }
+    if config.storage.checkpoint_interval.0 < Duration::from_millis(100) {
+        return Err("`storage.checkpoint_interval` must be at least 100ms".into());
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_defaults_are_the_specs() {
+        let config = load(None, &[], &[]).unwrap();
+        assert_eq!((config.listen_addr.as_str(), config.pg_port, config.http_port), ("127.0.0.1", 5432, 8088));
+        assert_eq!(config.data_dir, PathBuf::from("./thunderdb-data/data"));
+        assert_eq!(config.storage.checkpoint_interval, HumanDuration(Duration::from_secs(30)));
+        assert_eq!(config.storage.max_wal_size, ByteSize(512 << 20));
+        assert_eq!(config.storage.wal_segment_size, ByteSize(16 << 20));
+        assert_eq!(config.storage.buffer_pool_size, ByteSize(128 << 20));
+    }
+
+    #[test]
+    fn sizes_and_durations_read_as_people_write_them() {
+        assert_eq!(parse_size("512MB"), Ok(512 << 20));
+        assert_eq!(parse_size("16 mb"), Ok(16 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1TB"), Ok(1 << 40));
+        assert!(parse_size("12XB").unwrap_err().contains("\"12XB\""));
+        assert!(parse_size("MB").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn flags_beat_the_environment_which_beats_the_file() {
+        let file = "pg_port = 6000\nhttp_port = 6001\n[storage]\nmax_wal_size = \"1GB\"\n";
+        let config = load(
+            Some((Path::new("/etc/thunderdb.toml"), file)),
+            &env(&[("THUNDERDB_PG_PORT", "7000"), ("THUNDERDB_MAX_WAL_SIZE", "2GB"), ("HOME", "/root")]),
+            &[("pg_port", "8000".into())],
+        )
+        .unwrap();
+        assert_eq!(config.pg_port, 8000, "flag");
+        assert_eq!(config.storage.max_wal_size, ByteSize(2 << 30), "environment over file");
+        assert_eq!(config.http_port, 6001, "file over default");
+    }
+
+    #[test]
+    fn an_unknown_key_or_bad_value_names_its_source_and_key() {
+        let path = Path::new("/etc/thunderdb.toml");
+        let err = load(Some((path, "[storage]\nwal_archive_enabeld = true\n")), &[], &[]).unwrap_err();
+        assert_eq!(err.source_name, "config file /etc/thunderdb.toml");
+        assert!(err.message.contains("unknown key `storage.wal_archive_enabeld`"), "{err}");
+
+        let err = load(Some((path, "[storage]\nmax_wal_size = \"12XB\"\n")), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("/etc/thunderdb.toml") && err.message.contains("12XB"), "{err}");
+
+        let err = load(Some((path, "pg_port = \"five\"\n")), &[], &[]).unwrap_err();
+        assert!(err.message.contains("pg_port") || err.message.contains("integer"), "{err}");
+
+        let err = load(Some((path, "[storage]\nwal_segment_size = \"3MB\"\n")), &[], &[]).unwrap_err();
+        assert!(err.message.contains("wal_segment_size") && err.message.contains("power of two"), "{err}");
+
+        let err = load(None, &env(&[("THUNDERDB_PG_PORTT", "1")]), &[]).unwrap_err();
+        assert_eq!(err.source_name, "environment variable THUNDERDB_PG_PORTT");
+        assert!(err.message.contains("unknown setting `pg_portt`"), "{err}");
+
+        let err = load(None, &env(&[("THUNDERDB_PG_PORT", "many")]), &[]).unwrap_err();
+        assert!(err.message.contains("whole number"), "{err}");
+
+        let err = load(Some((path, "pg_port = \n")), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("/etc/thunderdb.toml"), "a syntax error names the file: {err}");
+    }
+}
