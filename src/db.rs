@@ -176,7 +176,7 @@ pub struct Database {
 impl Database {
     /// Opens the database in `config`'s directories, creating it if new, and
     /// recovering it if it was not shut down cleanly (see
-    /// [`recovery`](crate::recovery)). Ends with a checkpoint, then starts the
+    /// [`recovery`]). Ends with a checkpoint, then starts the
     /// background checkpointer.
     pub async fn open(env: Env, config: EngineConfig) -> Result<Database, DbError> {
         let opts = config.store_options();

@@ -12,6 +12,7 @@ pub mod env;
 pub mod planted;
 pub mod probe;
 pub mod recovery;
+pub mod server;
 pub mod storage;
 pub mod txn;
 pub mod wal;

@@ -1,7 +1,10 @@
 //! The `thunderdb` command.
 //!
-//! The SQL server arrives with its own issue; until then the binary offers
-//! the WAL inspector and says plainly that there is no server to start.
+//! With no subcommand it runs the server: the engine opens (recovering after
+//! an unclean stop) with the configuration from the embedded defaults, the
+//! `--config` file, `THUNDERDB_*` variables and flags, and runs until SIGTERM
+//! or SIGINT, when it shuts down cleanly. `wal-dump` inspects a WAL
+//! directory.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,6 +22,24 @@ use thunderdb::wal::{parse_segment_file_name, Lsn, Record, RecordKind, WalOption
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// The TOML config file (settings: docs/configuration.md).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Overrides `listen_addr`.
+    #[arg(long)]
+    listen_addr: Option<String>,
+    /// Overrides `pg_port`.
+    #[arg(long)]
+    pg_port: Option<String>,
+    /// Overrides `http_port`.
+    #[arg(long)]
+    http_port: Option<String>,
+    /// Overrides `data_dir`.
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Overrides `wal_dir`.
+    #[arg(long)]
+    wal_dir: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -47,14 +68,91 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        None => {
-            eprintln!(
-                "thunderdb: the SQL server is not built yet; it arrives with the server work (see README, Status).\n\
-                 Available now: `thunderdb wal-dump DIR` to inspect a WAL directory. See `thunderdb --help`."
-            );
-            ExitCode::from(2)
+        None => serve(&cli),
+    }
+}
+
+/// Loads the configuration; an error names the file, variable or flag and
+/// the key.
+fn load_config(cli: &Cli) -> Result<thunderdb::server::config::Config, String> {
+    let text = match &cli.config {
+        Some(path) => Some(read_text(path).map_err(|e| format!("config file {}: {e}", path.display()))?),
+        None => None,
+    };
+    let file = cli.config.as_deref().zip(text.as_deref());
+    let env: Vec<(String, String)> = std::env::vars().filter(|(name, _)| name.starts_with("THUNDERDB_")).collect();
+    let flags: Vec<(&str, String)> = [
+        ("listen_addr", &cli.listen_addr),
+        ("pg_port", &cli.pg_port),
+        ("http_port", &cli.http_port),
+        ("data_dir", &cli.data_dir),
+        ("wal_dir", &cli.wal_dir),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.clone().map(|value| (key, value)))
+    .collect();
+    thunderdb::server::config::load(file, &env, &flags).map_err(|e| e.to_string())
+}
+
+fn read_text(path: &Path) -> std::io::Result<String> {
+    let file = RealFs.open(path)?;
+    let mut bytes = vec![0; file.len()? as usize];
+    file.read_exact_at(&mut bytes, 0)?;
+    String::from_utf8(bytes).map_err(std::io::Error::other)
+}
+
+#[cfg(not(madsim))]
+fn serve(cli: &Cli) -> ExitCode {
+    let config = match load_config(cli) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("thunderdb: invalid configuration: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    thunderdb::server::logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("thunderdb: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(thunderdb::server::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
         }
     }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+#[cfg(not(madsim))]
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The server needs real sockets and signals; the madsim build drives the
+/// engine through the simulator instead.
+#[cfg(madsim)]
+fn serve(cli: &Cli) -> ExitCode {
+    if let Err(message) = load_config(cli) {
+        eprintln!("thunderdb: invalid configuration: {message}");
+    }
+    eprintln!("thunderdb: the server does not run in the madsim build; use the normal build");
+    ExitCode::from(2)
 }
 
 /// Finds the segment size and timeline from the files in `dir`: segments are

@@ -63,13 +63,6 @@ fn wal_dump_refuses_a_directory_without_segments_and_a_bad_lsn() {
     assert!(stderr.contains("invalid LSN \"12/xyz\""), "{stderr}");
 }
 
-#[test]
-fn without_arguments_it_says_the_server_is_not_built_yet() {
-    let (code, _, stderr) = thunderdb(&[]);
-    assert_eq!(code, 2);
-    assert!(stderr.contains("not built yet") && stderr.contains("wal-dump"), "{stderr}");
-}
-
 #[tokio::test]
 async fn wal_dump_decodes_storage_records() {
     use thunderdb::db::{Database, EngineConfig};
