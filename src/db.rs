@@ -228,6 +228,17 @@ impl Database {
         self.shared.checkpoint(ControlState::InProduction).await
     }
 
+    /// The wall clock, in microseconds since the Unix epoch, read through
+    /// the environment (so simulated runs see simulated time).
+    pub fn wall_micros(&self) -> u64 {
+        self.shared.env.clock.wall_micros()
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::Acquire)
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> &DbStats {
         &self.shared.stats
@@ -246,7 +257,7 @@ impl Database {
     /// Shuts down cleanly: refuses new transactions, rolls back those still
     /// open, and takes a final checkpoint marked as a clean shutdown, so the
     /// next open needs no crash recovery.
-    pub async fn shutdown(self) -> Result<(), DbError> {
+    pub async fn shutdown(&self) -> Result<(), DbError> {
         self.shared.shutting_down.store(true, Ordering::Release);
         self.shared.checkpoint_wanted.notify_one();
         {

@@ -13,6 +13,7 @@ pub mod planted;
 pub mod probe;
 pub mod recovery;
 pub mod server;
+pub mod sql;
 pub mod storage;
 pub mod txn;
 pub mod wal;

@@ -118,7 +118,16 @@ fn serve(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(thunderdb::server::run(config, shutdown_signal())) {
+    // The handlers are installed before the server says it is up, so a
+    // signal sent as soon as it is up is a clean stop, never a kill.
+    let signals = match runtime.block_on(async { shutdown_signals() }) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("thunderdb: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(thunderdb::server::run(config, signals)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
@@ -127,21 +136,19 @@ fn serve(cli: &Cli) -> ExitCode {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// A future that resolves on SIGTERM or SIGINT, with both handlers
+/// installed when this returns.
 #[cfg(not(madsim))]
-async fn shutdown_signal() {
+fn shutdown_signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }
 
 /// The server needs real sockets and signals; the madsim build drives the

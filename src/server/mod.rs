@@ -1,15 +1,17 @@
-//! The server process: configuration, logging, the engine's lifetime and
-//! graceful shutdown. (The PostgreSQL wire listener and the admin HTTP API
-//! are the next pieces of the server work; see the README's Status.)
+//! The server process: configuration, logging, the engine's lifetime, the
+//! PostgreSQL wire listener, the admin HTTP API and graceful shutdown.
+//!
+//! The listeners need real tokio sockets, so they exist only in the normal
+//! build; the simulator drives [`crate::sql::Session`] directly.
 
 pub mod config;
+#[cfg(not(madsim))]
+pub mod http;
 pub mod logging;
+#[cfg(not(madsim))]
+pub mod pg;
 
-use std::future::Future;
-use std::sync::Arc;
-
-use crate::db::{Database, EngineConfig};
-use crate::env::{Env, Fs, RealClock, RealFs};
+use crate::db::EngineConfig;
 use config::Config;
 
 impl Config {
@@ -27,23 +29,89 @@ impl Config {
     }
 }
 
-/// Opens the database (running crash recovery first if the last stop was
-/// not clean), serves until `shutdown` resolves, then shuts down cleanly:
-/// open transactions are rolled back and a final checkpoint is taken.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
-    let fs: Arc<dyn Fs> = Arc::new(RealFs);
-    let seed = u64::from(std::process::id());
-    let env = Env::new(fs, Arc::new(RealClock::new()), seed);
-    let db = Database::open(env, config.engine()).await.map_err(|e| format!("opening the database failed: {e}"))?;
-    tracing::info!(
-        data_dir = %config.data_dir.display(),
-        wal_dir = %config.wal_dir.display(),
-        wal_end = %db.wal().end_lsn(),
-        "ThunderDB is up"
-    );
-    shutdown.await;
-    tracing::info!("shutting down: rolling back open transactions and taking a final checkpoint");
-    db.shutdown().await.map_err(|e| format!("clean shutdown failed: {e}"))?;
-    tracing::info!("shut down cleanly");
-    Ok(())
+#[cfg(not(madsim))]
+pub use serve::run;
+
+#[cfg(not(madsim))]
+mod serve {
+    use std::future::Future;
+    use std::sync::Arc;
+
+    use tokio::net::TcpListener;
+    use tokio::task::JoinSet;
+
+    use super::config::Config;
+    use super::http::{router, AdminState};
+    use super::pg::{Connection, Handlers};
+    use crate::db::Database;
+    use crate::env::{Env, Fs, RealClock, RealFs};
+
+    fn non_empty(s: &str) -> Option<String> {
+        (!s.is_empty()).then(|| s.to_string())
+    }
+
+    /// Opens the database (running crash recovery first if the last stop
+    /// was not clean), then serves SQL and the admin API until `shutdown`
+    /// resolves. Then it stops accepting, ends every session (rolling back
+    /// its open transaction) and shuts the engine down with a final
+    /// checkpoint.
+    pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+        let fs: Arc<dyn Fs> = Arc::new(RealFs);
+        let seed = u64::from(std::process::id());
+        let env = Env::new(fs, Arc::new(RealClock::new()), seed);
+        let db = Database::open(env, config.engine()).await.map_err(|e| format!("opening the database failed: {e}"))?;
+        let db = Arc::new(db);
+        let pg_addr = format!("{}:{}", config.listen_addr, config.pg_port);
+        let http_addr = format!("{}:{}", config.listen_addr, config.http_port);
+        let pg =
+            TcpListener::bind(&pg_addr).await.map_err(|e| format!("listening on {pg_addr} (pg_port) failed: {e}"))?;
+        let http = TcpListener::bind(&http_addr)
+            .await
+            .map_err(|e| format!("listening on {http_addr} (http_port) failed: {e}"))?;
+        let admin = AdminState { db: db.clone(), token: non_empty(&config.security.admin_token) };
+        let http_task = tokio::spawn(async move { axum::serve(http, router(admin)).await });
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            wal_dir = %config.wal_dir.display(),
+            wal_end = %db.wal().end_lsn(),
+            pg = %pg_addr,
+            http = %http_addr,
+            "ThunderDB is up"
+        );
+
+        let password = non_empty(&config.security.superuser_password);
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = pg.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let _ = socket.set_nodelay(true);
+                        let connection = Connection::new(db.clone(), password.clone());
+                        connections.spawn(async move {
+                            if let Err(error) = pgwire::tokio::process_socket(socket, None, Handlers(connection.clone())).await {
+                                tracing::debug!(%peer, %error, "connection ended with an error");
+                            }
+                            connection.close().await;
+                        });
+                    }
+                    Err(error) => tracing::warn!(%error, "accepting a connection failed"),
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        tracing::info!(
+            sessions = connections.len(),
+            "shutting down: closing sessions, rolling back open transactions, taking a final checkpoint"
+        );
+        drop(pg);
+        // Sessions are cut off between statements or mid-statement; the
+        // engine's shutdown rolls back whatever they left open.
+        connections.shutdown().await;
+        http_task.abort();
+        db.shutdown().await.map_err(|e| format!("clean shutdown failed: {e}"))?;
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
 }

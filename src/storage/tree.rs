@@ -393,6 +393,18 @@ impl Store {
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.scan_limit(tree, start, end, usize::MAX).await
+    }
+
+    /// At most `limit` rows with keys in the range, in key order: a batch of
+    /// a long scan, resumed from just after the last key returned.
+    pub async fn scan_limit(
+        &mut self,
+        tree: Tree,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let first: &[u8] = match start {
             Bound::Included(key) | Bound::Excluded(key) => key,
             Bound::Unbounded => &[],
@@ -412,7 +424,7 @@ impl Store {
                     Bound::Excluded(e) => key < e,
                     Bound::Unbounded => true,
                 };
-                if !before_end {
+                if !before_end || rows.len() == limit {
                     return Ok(rows);
                 }
                 if after_start {

@@ -61,11 +61,15 @@ pub struct Transaction {
     xid: u64,
     state: State,
     held: Vec<Resource>,
+    /// Roots of the tables this transaction holds exclusively: their rows
+    /// need no locks of their own (a bulk load or a rewrite would otherwise
+    /// hold one per row).
+    exclusive: Vec<u32>,
 }
 
 impl Transaction {
     pub(crate) fn new(shared: Arc<Shared>, xid: u64) -> Self {
-        Transaction { shared, xid, state: State::Active, held: Vec::new() }
+        Transaction { shared, xid, state: State::Active, held: Vec::new(), exclusive: Vec::new() }
     }
 
     /// The transaction's id.
@@ -80,6 +84,16 @@ impl Transaction {
         self.check(found)
     }
 
+    /// The row under `key`, or `None`, locked for writing: a read that is
+    /// about to become a write takes the write lock at once, so two
+    /// read-modify-write transactions queue instead of deadlocking on the
+    /// upgrade.
+    pub async fn get_for_update(&mut self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+        self.lock_row(table.tree, key, LockMode::Exclusive).await?;
+        let found = self.shared.store.lock().await.get(table.tree, key).await;
+        self.check(found)
+    }
+
     /// The rows with keys in the range, in key order.
     pub async fn scan(
         &mut self,
@@ -87,9 +101,35 @@ impl Transaction {
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DbError> {
-        self.lock(Resource::Table(table.tree.root), LockMode::Shared).await?;
-        let rows = self.shared.store.lock().await.scan_range(table.tree, start, end).await;
+        self.scan_limit(table, start, end, usize::MAX).await
+    }
+
+    /// At most `limit` rows with keys in the range, in key order; a long scan
+    /// reads in batches, each starting just after the last key of the one
+    /// before. The whole table is locked shared, so the batches see one
+    /// state.
+    pub async fn scan_limit(
+        &mut self,
+        table: &Table,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DbError> {
+        if !self.exclusive.contains(&table.tree.root) {
+            self.lock(Resource::Table(table.tree.root), LockMode::Shared).await?;
+        }
+        let rows = self.shared.store.lock().await.scan_limit(table.tree, start, end, limit).await;
         self.check(rows)
+    }
+
+    /// Locks the whole table exclusively until the transaction ends; its
+    /// rows then take no locks of their own.
+    pub async fn lock_exclusive(&mut self, table: &Table) -> Result<(), DbError> {
+        if !self.exclusive.contains(&table.tree.root) {
+            self.lock(Resource::Table(table.tree.root), LockMode::Exclusive).await?;
+            self.exclusive.push(table.tree.root);
+        }
+        Ok(())
     }
 
     /// Sets the row under `key`, inserting or replacing it.
@@ -171,6 +211,32 @@ impl Transaction {
         self.check(done).map(|_| ())
     }
 
+    /// Gives the table called `name` a new, empty tree described by `meta`
+    /// (`TRUNCATE`, or a rewrite that fills the new tree from the old).
+    /// Returns the old table and the new; both are locked exclusively. Like
+    /// a dropped table's, the old tree's pages are not reclaimed.
+    pub async fn replace_table(&mut self, name: &str, meta: &[u8]) -> Result<(Table, Table), DbError> {
+        let Some(old) = self.table(name).await? else { return Err(DbError::NoSuchTable(name.to_string())) };
+        self.lock_row(CATALOG, name.as_bytes(), LockMode::Exclusive).await?;
+        self.lock_exclusive(&old).await?;
+        let mut store = self.shared.store.lock().await;
+        let created = async {
+            let tree = store.create_tree().await?;
+            let mut row = tree.root.to_le_bytes().to_vec();
+            row.extend_from_slice(meta);
+            store.put(self.xid, CATALOG, name.as_bytes(), &row).await?;
+            Ok(tree)
+        }
+        .await;
+        drop(store);
+        let tree = self.check(created)?;
+        // Nobody else can see the new tree before this transaction commits
+        // (the catalog row is ours), so the lock is only bookkeeping.
+        let new = Table { name: name.to_string(), tree, meta: meta.to_vec() };
+        self.lock_exclusive(&new).await?;
+        Ok((old, new))
+    }
+
     /// Commits: returns once the commit record is durable, with its LSN;
     /// `None` if the transaction changed nothing, so nothing was logged and
     /// nothing waited for the disk (a read-only commit says nothing about
@@ -238,6 +304,9 @@ impl Transaction {
     }
 
     async fn lock_row(&mut self, tree: Tree, key: &[u8], mode: LockMode) -> Result<(), DbError> {
+        if self.exclusive.contains(&tree.root) {
+            return self.ensure_active();
+        }
         let intent = if mode == LockMode::Shared { LockMode::IntentShared } else { LockMode::IntentExclusive };
         self.lock(Resource::Table(tree.root), intent).await?;
         self.lock(Resource::Row(tree.root, key.to_vec()), mode).await

@@ -1,0 +1,452 @@
+//! The PostgreSQL wire front (pgwire): one [`Connection`] per socket, each
+//! with its own [`Session`]. The simple and extended query protocols and
+//! `COPY … FROM STDIN` are served; errors carry their SQLSTATE and leave the
+//! connection usable.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::{stream, Sink, SinkExt};
+use pgwire::api::auth::{
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata, DefaultServerParameterProvider,
+    LoginInfo, ServerParameterProvider, StartupHandler,
+};
+use pgwire::api::copy::CopyHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    CopyResponse, DataRowEncoder, DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse,
+    Response, Tag,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::data::DataRow;
+use pgwire::messages::response::CommandComplete;
+use pgwire::messages::startup::Authentication;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use sqlparser::ast::Statement;
+use tokio::sync::Mutex;
+
+use crate::db::Database;
+use crate::sql::{self, ColumnDesc, Output, Session, SqlError, SqlType, Value};
+
+/// The version clients see in `server_version`.
+const SERVER_VERSION: &str = "15.0";
+
+/// One client connection's handlers and session.
+pub struct Connection {
+    session: Arc<Mutex<Option<Session>>>,
+    parser: Arc<Parser>,
+    password: Option<String>,
+}
+
+impl Connection {
+    /// A connection to `db`; with `password`, clients must give it
+    /// (cleartext password authentication) whatever their address.
+    pub fn new(db: Arc<Database>, password: Option<String>) -> Arc<Connection> {
+        let session = Arc::new(Mutex::new(Some(Session::new(db))));
+        Arc::new(Connection { parser: Arc::new(Parser { session: session.clone() }), session, password })
+    }
+
+    /// Ends the session: its open transaction is rolled back.
+    pub async fn close(&self) {
+        if let Some(session) = self.session.lock().await.take() {
+            session.close().await;
+        }
+    }
+}
+
+fn user_error(e: SqlError) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(e)))
+}
+
+fn error_info(e: SqlError) -> ErrorInfo {
+    ErrorInfo::new("ERROR".into(), e.code.into(), e.message)
+}
+
+fn closed() -> PgWireError {
+    user_error(SqlError::new("08003", "the session is closed"))
+}
+
+/// The wire type of a SQL type (NUMERIC travels as float8: see docs/sql.md).
+pub fn wire_type(ty: SqlType) -> Type {
+    match ty {
+        SqlType::SmallInt => Type::INT2,
+        SqlType::Int => Type::INT4,
+        SqlType::BigInt => Type::INT8,
+        SqlType::Real => Type::FLOAT4,
+        SqlType::Double | SqlType::Numeric => Type::FLOAT8,
+        SqlType::Text(None) => Type::TEXT,
+        SqlType::Text(Some(_)) => Type::VARCHAR,
+        SqlType::Char(_) => Type::BPCHAR,
+        SqlType::Bool => Type::BOOL,
+        SqlType::Timestamp => Type::TIMESTAMP,
+        SqlType::TimestampTz => Type::TIMESTAMPTZ,
+    }
+}
+
+fn sql_type(ty: &Type) -> Option<SqlType> {
+    Some(match *ty {
+        Type::INT2 => SqlType::SmallInt,
+        Type::INT4 => SqlType::Int,
+        Type::INT8 => SqlType::BigInt,
+        Type::FLOAT4 => SqlType::Real,
+        Type::FLOAT8 | Type::NUMERIC => SqlType::Double,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => SqlType::Text(None),
+        Type::BOOL => SqlType::Bool,
+        Type::TIMESTAMP => SqlType::Timestamp,
+        Type::TIMESTAMPTZ => SqlType::TimestampTz,
+        _ => return None,
+    })
+}
+
+fn fields(columns: &[ColumnDesc], format: &Format) -> Arc<Vec<FieldInfo>> {
+    Arc::new(
+        columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| FieldInfo::new(c.name.clone(), None, None, wire_type(c.ty), format.format_for(i)))
+            .collect(),
+    )
+}
+
+fn encode_row(schema: &Arc<Vec<FieldInfo>>, columns: &[ColumnDesc], row: Vec<Value>) -> PgWireResult<DataRow> {
+    let mut encoder = DataRowEncoder::new(schema.clone());
+    for (value, column) in row.into_iter().zip(columns) {
+        let value = column.ty.coerce(value).map_err(user_error)?;
+        match (value, column.ty) {
+            (Value::Null, _) => encoder.encode_field(&None::<i64>)?,
+            (Value::Int(n), SqlType::SmallInt) => encoder.encode_field(&(n as i16))?,
+            (Value::Int(n), SqlType::Int) => encoder.encode_field(&(n as i32))?,
+            (Value::Int(n), _) => encoder.encode_field(&n)?,
+            (Value::Float(x), SqlType::Real) => encoder.encode_field(&(x as f32))?,
+            (Value::Float(x), _) => encoder.encode_field(&x)?,
+            (Value::Bool(b), _) => encoder.encode_field(&b)?,
+            (Value::Text(s), _) => encoder.encode_field(&s)?,
+            (Value::Timestamp(t), ty) => {
+                let at = chrono::DateTime::from_timestamp_micros(t).unwrap_or_default();
+                if ty == SqlType::TimestampTz {
+                    encoder.encode_field(&at)?
+                } else {
+                    encoder.encode_field(&at.naive_utc())?
+                }
+            }
+        }
+    }
+    encoder.finish()
+}
+
+fn rows_response(columns: Vec<ColumnDesc>, rows: Vec<Vec<Value>>, format: &Format, tag: Option<&str>) -> Response {
+    let schema = fields(&columns, format);
+    let encoded: Vec<PgWireResult<DataRow>> = rows.into_iter().map(|r| encode_row(&schema, &columns, r)).collect();
+    let mut response = QueryResponse::new(schema, stream::iter(encoded));
+    if let Some(tag) = tag {
+        response.set_command_tag(tag);
+    }
+    Response::Query(response)
+}
+
+fn response(output: Output, format: &Format, show: bool) -> Response {
+    match output {
+        Output::Rows { columns, rows } => rows_response(columns, rows, format, show.then_some("SHOW")),
+        Output::Command(tag) => Response::Execution(Tag::new(&tag)),
+        Output::Begin => Response::TransactionStart(Tag::new("BEGIN")),
+        Output::End(tag) => Response::TransactionEnd(Tag::new(tag)),
+        Output::CopyIn { columns } => Response::CopyIn(CopyResponse::new(0, columns, vec![0; columns])),
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Connection {
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut guard = self.session.lock().await;
+        let session = guard.as_mut().ok_or_else(closed)?;
+        // SHOW's tag is "SHOW"; every other row-returning statement's "SELECT".
+        let shows: Vec<bool> = sql::parse(query)
+            .map(|s| s.iter().map(|s| matches!(s, Statement::ShowVariable { .. })).collect())
+            .unwrap_or_default();
+        let (outputs, error) = session.run(query).await;
+        let mut responses: Vec<Response> = outputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, out)| response(out, &Format::UnifiedText, shows.get(i).copied().unwrap_or(false)))
+            .collect();
+        if let Some(e) = error {
+            responses.push(Response::Error(Box::new(error_info(e))));
+        }
+        Ok(responses)
+    }
+}
+
+/// A prepared statement: its text, parsed, with the parameter types and
+/// result columns found when it was parsed (if its tables existed then).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    statement: Option<Statement>,
+    described: Option<(Vec<SqlType>, Vec<ColumnDesc>)>,
+}
+
+/// Parses and describes statements for the extended protocol.
+pub struct Parser {
+    session: Arc<Mutex<Option<Session>>>,
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Prepared>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut statements = sql::parse(sql).map_err(user_error)?;
+        if statements.len() > 1 {
+            return Err(user_error(SqlError::syntax("cannot insert multiple commands into a prepared statement")));
+        }
+        let Some(statement) = statements.pop() else { return Ok(Prepared { statement: None, described: None }) };
+        let declared: Vec<Option<SqlType>> = types.iter().map(|t| t.as_ref().and_then(sql_type)).collect();
+        let mut guard = self.session.lock().await;
+        let session = guard.as_mut().ok_or_else(closed)?;
+        // A statement on a table that does not exist yet is described again
+        // when it runs.
+        let described = session.describe(&statement, &declared).await.ok();
+        Ok(Prepared { statement: Some(statement), described })
+    }
+}
+
+impl Connection {
+    async fn described(
+        &self,
+        prepared: &Prepared,
+        declared: &[Option<Type>],
+    ) -> PgWireResult<(Vec<SqlType>, Vec<ColumnDesc>)> {
+        if let Some(d) = &prepared.described {
+            return Ok(d.clone());
+        }
+        let Some(statement) = &prepared.statement else { return Ok((Vec::new(), Vec::new())) };
+        let declared: Vec<Option<SqlType>> = declared.iter().map(|t| t.as_ref().and_then(sql_type)).collect();
+        let mut guard = self.session.lock().await;
+        let session = guard.as_mut().ok_or_else(closed)?;
+        session.describe(statement, &declared).await.map_err(user_error)
+    }
+}
+
+fn parameter(portal: &Portal<Prepared>, i: usize, ty: SqlType) -> PgWireResult<Value> {
+    let wire = wire_type(ty);
+    let wire = if portal.parameter_format.is_binary(i) { wire } else { Type::TEXT };
+    Ok(match sql_type(&wire).unwrap_or(SqlType::Text(None)) {
+        SqlType::SmallInt => portal.parameter::<i16>(i, &wire)?.map_or(Value::Null, |v| Value::Int(v.into())),
+        SqlType::Int => portal.parameter::<i32>(i, &wire)?.map_or(Value::Null, |v| Value::Int(v.into())),
+        SqlType::BigInt => portal.parameter::<i64>(i, &wire)?.map_or(Value::Null, Value::Int),
+        SqlType::Real => portal.parameter::<f32>(i, &wire)?.map_or(Value::Null, |v| Value::Float(v.into())),
+        SqlType::Double | SqlType::Numeric => portal.parameter::<f64>(i, &wire)?.map_or(Value::Null, Value::Float),
+        SqlType::Bool => portal.parameter::<bool>(i, &wire)?.map_or(Value::Null, Value::Bool),
+        SqlType::Timestamp => portal
+            .parameter::<chrono::NaiveDateTime>(i, &wire)?
+            .map_or(Value::Null, |t| Value::Timestamp(t.and_utc().timestamp_micros())),
+        SqlType::TimestampTz => portal
+            .parameter::<chrono::DateTime<chrono::FixedOffset>>(i, &wire)?
+            .map_or(Value::Null, |t| Value::Timestamp(t.timestamp_micros())),
+        SqlType::Text(_) | SqlType::Char(_) => portal.parameter::<String>(i, &wire)?.map_or(Value::Null, Value::Text),
+    })
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Connection {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        self.parser.clone()
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<Prepared>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (params, columns) = self.described(&target.statement, &target.parameter_types).await?;
+        let params = params.into_iter().map(wire_type).collect();
+        let fields = fields(&columns, &Format::UnifiedText);
+        Ok(DescribeStatementResponse::new(params, fields.to_vec()))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Prepared>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (_, columns) = self.described(&portal.statement.statement, &portal.statement.parameter_types).await?;
+        Ok(DescribePortalResponse::new(fields(&columns, &portal.result_column_format).to_vec()))
+    }
+
+    async fn do_query<C>(&self, _client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &portal.statement.statement;
+        let Some(statement) = &prepared.statement else { return Ok(Response::EmptyQuery) };
+        let (types, _) = self.described(prepared, &portal.statement.parameter_types).await?;
+        let params = (0..portal.parameter_len())
+            .map(|i| parameter(portal, i, types.get(i).copied().unwrap_or(SqlType::Text(None))))
+            .collect::<PgWireResult<Vec<_>>>()?;
+        let mut guard = self.session.lock().await;
+        let session = guard.as_mut().ok_or_else(closed)?;
+        let output = session.execute(statement, &params).await.map_err(user_error)?;
+        let show = matches!(statement, Statement::ShowVariable { .. });
+        Ok(response(output, &portal.result_column_format, show))
+    }
+}
+
+#[async_trait]
+impl CopyHandler for Connection {
+    async fn on_copy_data<C>(&self, _client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut guard = self.session.lock().await;
+        guard.as_mut().ok_or_else(closed)?.copy_data(&copy_data.data).await;
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let result = {
+            let mut guard = self.session.lock().await;
+            guard.as_mut().ok_or_else(closed)?.copy_done().await
+        };
+        match result {
+            Ok(Output::Command(tag)) => {
+                client.send(PgWireBackendMessage::CommandComplete(CommandComplete::new(tag))).await?;
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(user_error(e)),
+        }
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut guard = self.session.lock().await;
+        match guard.as_mut() {
+            Some(session) => user_error(session.copy_fail(&fail.message).await),
+            None => closed(),
+        }
+    }
+}
+
+/// The parameters every client is told at start-up.
+struct Parameters(DefaultServerParameterProvider);
+
+// pgwire's trait returns a HashMap; its order does not matter (each entry
+// becomes its own ParameterStatus message).
+#[allow(clippy::disallowed_types)]
+impl ServerParameterProvider for Parameters {
+    fn server_parameters<C>(&self, client: &C) -> Option<std::collections::HashMap<String, String>>
+    where
+        C: ClientInfo,
+    {
+        self.0.server_parameters(client)
+    }
+}
+
+fn parameters() -> Parameters {
+    let mut p = DefaultServerParameterProvider::default();
+    p.server_version = SERVER_VERSION.into();
+    p.time_zone = "UTC".into();
+    Parameters(p)
+}
+
+#[async_trait]
+impl StartupHandler for Connection {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                if self.password.is_some() {
+                    client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                    client.send(PgWireBackendMessage::Authentication(Authentication::CleartextPassword)).await?;
+                } else {
+                    finish_authentication(client, &parameters()).await?;
+                }
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(password) => {
+                let given = password.into_password()?;
+                let expected = self.password.as_deref().unwrap_or_default();
+                if given.password.as_bytes() == expected.as_bytes() {
+                    finish_authentication(client, &parameters()).await?;
+                } else {
+                    let user = LoginInfo::from_client_info(client).user().unwrap_or_default().to_string();
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "FATAL".into(),
+                        "28P01".into(),
+                        format!("password authentication failed for user \"{user}\""),
+                    ))));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The handlers pgwire asks for, all served by one connection.
+pub struct Handlers(pub Arc<Connection>);
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.0.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.0.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.0.clone()
+    }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        self.0.clone()
+    }
+}

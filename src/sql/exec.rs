@@ -1,0 +1,1266 @@
+//! Planning and running statements inside a transaction.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use sqlparser::ast::{
+    AlterTableOperation, BinaryOperator, ColumnOption, CopySource, CopyTarget, CreateTable, Delete, Expr, FromTable,
+    GroupByExpr, Ident, InTarget, Insert, LimitClause, ObjectName, ObjectNamePart, OrderByKind, Query, Select,
+    SelectItem, Set, SetExpr, Statement, TableConstraint, TableFactor, TableObject, TableWithJoins, Update,
+    Value as AstValue,
+};
+
+use super::expr::{self, eval, ident_name, is_aggregate, single_arg, Scope};
+use super::types::{decode_row, encode_row, Column, Schema, SqlType, Value};
+use super::{ColumnDesc, Output, SqlError};
+use crate::db::DbError;
+use crate::txn::{Table, Transaction};
+
+/// Rows read per batch of a table scan.
+const SCAN_BATCH: usize = 1024;
+
+/// What a statement runs with.
+pub struct Context<'a> {
+    pub txn: &'a mut Transaction,
+    pub params: &'a [Value],
+    pub now: i64,
+    pub next_row_id: &'a mut u64,
+}
+
+/// A statement's result.
+pub enum Executed {
+    Done(Output),
+    Copy(CopyState),
+}
+
+pub async fn execute(ctx: &mut Context<'_>, statement: &Statement) -> Result<Executed, SqlError> {
+    let done = |out| Ok(Executed::Done(out));
+    match statement {
+        Statement::Query(query) => done(select(ctx, query).await?),
+        Statement::Insert(insert) => done(insert_rows(ctx, insert).await?),
+        Statement::Update(update) => done(update_rows(ctx, update).await?),
+        Statement::Delete(delete) => done(delete_rows(ctx, delete).await?),
+        Statement::CreateTable(create) => done(create_table(ctx, create).await?),
+        Statement::Drop { object_type, if_exists, names, .. } => {
+            if object_type.to_string().to_uppercase() != "TABLE" {
+                return Err(SqlError::unsupported(&format!("DROP {object_type}")));
+            }
+            for name in names {
+                let name = object_name(name)?;
+                match ctx.txn.drop_table(&name).await {
+                    Err(DbError::NoSuchTable(_)) if *if_exists => {}
+                    other => other?,
+                }
+            }
+            done(Output::Command("DROP TABLE".into()))
+        }
+        Statement::Truncate(truncate) => {
+            for target in &truncate.table_names {
+                let name = object_name(&target.name)?;
+                let (table, _) = load(ctx.txn, &name).await?;
+                ctx.txn.replace_table(&name, &table.meta).await?;
+            }
+            done(Output::Command("TRUNCATE TABLE".into()))
+        }
+        Statement::AlterTable(alter) => {
+            let name = object_name(&alter.name)?;
+            for operation in &alter.operations {
+                match operation {
+                    AlterTableOperation::AddConstraint { constraint: TableConstraint::PrimaryKey(pk), .. } => {
+                        let columns = pk
+                            .columns
+                            .iter()
+                            .map(|c| expr::column_ref(&c.column.expr).ok_or_else(|| SqlError::syntax("bad key column")))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        add_primary_key(ctx, &name, &columns).await?;
+                    }
+                    other => return Err(SqlError::unsupported(&format!("ALTER TABLE … {other}"))),
+                }
+            }
+            done(Output::Command("ALTER TABLE".into()))
+        }
+        Statement::Copy { source, to, target, options, legacy_options, .. } => {
+            if *to || !matches!(target, CopyTarget::Stdin) {
+                return Err(SqlError::unsupported("COPY other than FROM STDIN"));
+            }
+            let CopySource::Table { table_name, columns } = source else {
+                return Err(SqlError::unsupported("COPY from a query"));
+            };
+            let mut delimiter = b'\t';
+            for option in options {
+                let text = option.to_string().to_uppercase();
+                if text.starts_with("DELIMITER") {
+                    let d = option.to_string();
+                    delimiter =
+                        d.trim_start_matches(|c: char| c != '\'').trim_matches('\'').bytes().next().unwrap_or(b'\t');
+                } else if text.starts_with("FORMAT") && !text.contains("TEXT") {
+                    return Err(SqlError::unsupported(&format!("COPY option {option}")));
+                }
+            }
+            if !legacy_options.is_empty() {
+                return Err(SqlError::unsupported("COPY's legacy options"));
+            }
+            let name = object_name(table_name)?;
+            let (table, schema) = load(ctx.txn, &name).await?;
+            let targets = target_columns(&schema, &name, columns.iter().map(ident_name))?;
+            // A bulk load locks the table once instead of every row.
+            ctx.txn.lock_exclusive(&table).await?;
+            Ok(Executed::Copy(CopyState {
+                table,
+                schema,
+                targets,
+                delimiter,
+                pending: Vec::new(),
+                rows: 0,
+                error: None,
+                now: ctx.now,
+            }))
+        }
+        other => Err(SqlError::unsupported(&format!("the statement `{}`", first_words(&other.to_string())))),
+    }
+}
+
+fn first_words(sql: &str) -> String {
+    sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// A table name, lower-cased unless quoted; `public.` is accepted.
+fn object_name(name: &ObjectName) -> Result<String, SqlError> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(ident) => Ok(ident_name(ident)),
+            _ => Err(SqlError::syntax(format!("bad name {name}"))),
+        })
+        .collect::<Result<_, _>>()?;
+    match parts.as_slice() {
+        [table] => Ok(table.clone()),
+        [schema, table] if schema == "public" => Ok(table.clone()),
+        _ => Err(SqlError::new("42P01", format!("relation \"{name}\" does not exist"))),
+    }
+}
+
+async fn load(txn: &mut Transaction, name: &str) -> Result<(Table, Schema), SqlError> {
+    let table =
+        txn.table(name).await?.ok_or_else(|| SqlError::new("42P01", format!("relation \"{name}\" does not exist")))?;
+    let schema = Schema::decode(name, &table.meta)?;
+    Ok((table, schema))
+}
+
+fn target_columns(schema: &Schema, table: &str, names: impl Iterator<Item = String>) -> Result<Vec<usize>, SqlError> {
+    let targets: Vec<usize> = names
+        .map(|n| {
+            schema
+                .column(&n)
+                .ok_or_else(|| SqlError::new("42703", format!("column \"{n}\" of relation \"{table}\" does not exist")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(if targets.is_empty() { (0..schema.columns.len()).collect() } else { targets })
+}
+
+fn names(schema: &Schema) -> Vec<String> {
+    schema.columns.iter().map(|c| c.name.clone()).collect()
+}
+
+/// Completes a row from the values given for `targets`: defaults for the
+/// rest, every value converted to its column's type, NOT NULL checked.
+fn complete_row(
+    schema: &Schema,
+    table: &str,
+    targets: &[usize],
+    values: Vec<Value>,
+    now: i64,
+) -> Result<Vec<Value>, SqlError> {
+    let mut row = vec![None; schema.columns.len()];
+    for (&i, v) in targets.iter().zip(values) {
+        row[i] = Some(v);
+    }
+    row.into_iter()
+        .zip(&schema.columns)
+        .map(|(v, column)| {
+            let v = match v {
+                Some(v) => v,
+                None => match &column.default {
+                    Some(text) => {
+                        let e = parse_expr(text)?;
+                        eval(&e, &Scope { names: &[], row: &[], params: &[], now, aggregates: &[] })?
+                    }
+                    None => Value::Null,
+                },
+            };
+            let v = column
+                .ty
+                .coerce(v)
+                .map_err(|e| SqlError::new(e.code, format!("{} (column \"{}\")", e.message, column.name)))?;
+            if v.is_null() && column.not_null {
+                return Err(SqlError::new(
+                    "23502",
+                    format!(
+                        "null value in column \"{}\" of relation \"{table}\" violates not-null constraint",
+                        column.name
+                    ),
+                ));
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+fn parse_expr(text: &str) -> Result<Expr, SqlError> {
+    sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| SqlError::syntax(e.to_string()))
+}
+
+fn row_key(schema: &Schema, row: &[Value], txn: &Transaction, next_row_id: &mut u64) -> Vec<u8> {
+    schema.key(row).unwrap_or_else(|| {
+        *next_row_id += 1;
+        let mut key = txn.xid().to_be_bytes().to_vec();
+        key.extend_from_slice(&next_row_id.to_be_bytes());
+        key
+    })
+}
+
+async fn insert_one(
+    txn: &mut Transaction,
+    table: &Table,
+    schema: &Schema,
+    row: &[Value],
+    next_row_id: &mut u64,
+) -> Result<(), SqlError> {
+    let key = row_key(schema, row, txn, next_row_id);
+    match txn.insert(table, &key, &encode_row(row)).await {
+        Err(DbError::DuplicateKey { .. }) => Err(SqlError::new(
+            "23505",
+            format!("duplicate key value violates unique constraint \"{}_pkey\"", table.name),
+        )),
+        other => Ok(other?),
+    }
+}
+
+async fn insert_rows(ctx: &mut Context<'_>, insert: &Insert) -> Result<Output, SqlError> {
+    let TableObject::TableName(name) = &insert.table else {
+        return Err(SqlError::unsupported("INSERT into a function"));
+    };
+    if insert.returning.is_some() || insert.on.is_some() {
+        return Err(SqlError::unsupported("INSERT … RETURNING / ON CONFLICT"));
+    }
+    let name = object_name(name)?;
+    let (table, schema) = load(ctx.txn, &name).await?;
+    let column_names = insert.columns.iter().map(|c| c.to_string().trim_matches('"').to_lowercase());
+    let mut targets = target_columns(&schema, &name, column_names)?;
+    let Some(source) = &insert.source else { return Err(SqlError::syntax("INSERT needs VALUES")) };
+    let SetExpr::Values(values) = source.body.as_ref() else {
+        return Err(SqlError::unsupported("INSERT … SELECT"));
+    };
+    if insert.columns.is_empty() {
+        // Without a column list, the values fill the first columns.
+        if let Some(first) = values.rows.first() {
+            targets.truncate(first.content.len().max(1));
+        }
+    }
+    let scope = Scope { names: &[], row: &[], params: ctx.params, now: ctx.now, aggregates: &[] };
+    let mut count = 0;
+    for row in &values.rows {
+        if row.content.len() != targets.len() {
+            return Err(SqlError::syntax(format!(
+                "INSERT has {} expressions for {} target columns",
+                row.content.len(),
+                targets.len()
+            )));
+        }
+        let given = row.content.iter().map(|e| eval(e, &scope)).collect::<Result<Vec<_>, _>>()?;
+        let full = complete_row(&schema, &name, &targets, given, ctx.now)?;
+        insert_one(ctx.txn, &table, &schema, &full, ctx.next_row_id).await?;
+        count += 1;
+    }
+    Ok(Output::Command(format!("INSERT 0 {count}")))
+}
+
+/// The rows of `table` that `filter` selects, as (key, row) pairs, read
+/// for update (row locks taken exclusive, or the table's) when `for_update`.
+async fn matching_rows(
+    ctx: &mut Context<'_>,
+    table: &Table,
+    schema: &Schema,
+    filter: Option<&Expr>,
+    for_update: bool,
+) -> Result<Vec<(Vec<u8>, Vec<Value>)>, SqlError> {
+    let names = names(schema);
+    let keep = |row: &[Value], params: &[Value], now: i64| -> Result<bool, SqlError> {
+        match filter {
+            None => Ok(true),
+            Some(f) => Ok(eval(f, &Scope { names: &names, row, params, now, aggregates: &[] })? == Value::Bool(true)),
+        }
+    };
+    if let Some(key) = point_key(schema, filter, ctx.params, ctx.now)? {
+        let found =
+            if for_update { ctx.txn.get_for_update(table, &key).await? } else { ctx.txn.get(table, &key).await? };
+        let mut out = Vec::new();
+        if let Some(bytes) = found {
+            let row = decode_row(&table.name, &bytes)?;
+            if keep(&row, ctx.params, ctx.now)? {
+                out.push((key, row));
+            }
+        }
+        return Ok(out);
+    }
+    if for_update {
+        ctx.txn.lock_exclusive(table).await?;
+    }
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let batch = ctx.txn.scan_limit(table, start, Bound::Unbounded, SCAN_BATCH).await?;
+        let full = batch.len() == SCAN_BATCH;
+        for (key, bytes) in batch {
+            let row = decode_row(&table.name, &bytes)?;
+            if keep(&row, ctx.params, ctx.now)? {
+                out.push((key.clone(), row));
+            }
+            after = Some(key);
+        }
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// The primary key `filter` pins down by equalities on every key column
+/// with constants, if it does.
+fn point_key(schema: &Schema, filter: Option<&Expr>, params: &[Value], now: i64) -> Result<Option<Vec<u8>>, SqlError> {
+    let Some(filter) = filter else { return Ok(None) };
+    if schema.primary_key.is_empty() {
+        return Ok(None);
+    }
+    let mut conjuncts = Vec::new();
+    split_and(filter, &mut conjuncts);
+    let scope = Scope { names: &[], row: &[], params, now, aggregates: &[] };
+    let mut key = Vec::new();
+    for &column in &schema.primary_key {
+        let name = &schema.columns[column].name;
+        let found = conjuncts.iter().find_map(|c| match c {
+            Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
+                match (expr::column_ref(left), expr::column_ref(right)) {
+                    (Some(l), _) if l == *name && is_constant(right) => Some(right.as_ref()),
+                    (_, Some(r)) if r == *name && is_constant(left) => Some(left.as_ref()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        });
+        let Some(constant) = found else { return Ok(None) };
+        let Ok(value) = schema.columns[column].ty.coerce(eval(constant, &scope)?) else { return Ok(None) };
+        if value.is_null() {
+            return Ok(None);
+        }
+        super::types::encode_key_part(&value, &mut key);
+    }
+    Ok(Some(key))
+}
+
+fn split_and<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+    match e {
+        Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
+            split_and(left, out);
+            split_and(right, out);
+        }
+        Expr::Nested(inner) => split_and(inner, out),
+        other => out.push(other),
+    }
+}
+
+fn is_constant(e: &Expr) -> bool {
+    match e {
+        Expr::Value(_) => true,
+        Expr::Nested(inner) | Expr::UnaryOp { expr: inner, .. } | Expr::Cast { expr: inner, .. } => is_constant(inner),
+        Expr::BinaryOp { left, right, .. } => is_constant(left) && is_constant(right),
+        _ => false,
+    }
+}
+
+fn single_table(from: &[TableWithJoins]) -> Result<Option<String>, SqlError> {
+    match from {
+        [] => Ok(None),
+        [TableWithJoins { relation: TableFactor::Table { name, .. }, joins }] if joins.is_empty() => {
+            Ok(Some(object_name(name)?))
+        }
+        _ => Err(SqlError::unsupported("joins and subqueries in FROM")),
+    }
+}
+
+async fn update_rows(ctx: &mut Context<'_>, update: &Update) -> Result<Output, SqlError> {
+    if update.returning.is_some() || update.from.is_some() {
+        return Err(SqlError::unsupported("UPDATE … FROM / RETURNING"));
+    }
+    let name = single_table(std::slice::from_ref(&update.table))?.expect("one table");
+    let (table, schema) = load(ctx.txn, &name).await?;
+    let names = names(&schema);
+    let assignments = update
+        .assignments
+        .iter()
+        .map(|a| {
+            let column = a.target.to_string().trim_matches('"').to_lowercase();
+            let i = schema.column(&column).ok_or_else(|| {
+                SqlError::new("42703", format!("column \"{column}\" of relation \"{name}\" does not exist"))
+            })?;
+            Ok((i, &a.value))
+        })
+        .collect::<Result<Vec<_>, SqlError>>()?;
+    let rows = matching_rows(ctx, &table, &schema, update.selection.as_ref(), true).await?;
+    let count = rows.len();
+    for (key, old) in rows {
+        let scope = Scope { names: &names, row: &old, params: ctx.params, now: ctx.now, aggregates: &[] };
+        let mut new = old.clone();
+        for &(i, value) in &assignments {
+            new[i] = eval(value, &scope)?;
+        }
+        let targets: Vec<usize> = (0..new.len()).collect();
+        let new = complete_row(&schema, &name, &targets, new, ctx.now)?;
+        match schema.key(&new) {
+            Some(new_key) if new_key != key => {
+                ctx.txn.delete(&table, &key).await?;
+                insert_one(ctx.txn, &table, &schema, &new, ctx.next_row_id).await?;
+            }
+            _ => ctx.txn.put(&table, &key, &encode_row(&new)).await?,
+        }
+    }
+    Ok(Output::Command(format!("UPDATE {count}")))
+}
+
+async fn delete_rows(ctx: &mut Context<'_>, delete: &Delete) -> Result<Output, SqlError> {
+    if delete.returning.is_some() || delete.using.is_some() {
+        return Err(SqlError::unsupported("DELETE … USING / RETURNING"));
+    }
+    let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
+    let name = single_table(from)?.ok_or_else(|| SqlError::syntax("DELETE needs a table"))?;
+    let (table, schema) = load(ctx.txn, &name).await?;
+    let rows = matching_rows(ctx, &table, &schema, delete.selection.as_ref(), true).await?;
+    for (key, _) in &rows {
+        ctx.txn.delete(&table, key).await?;
+    }
+    Ok(Output::Command(format!("DELETE {}", rows.len())))
+}
+
+async fn create_table(ctx: &mut Context<'_>, create: &CreateTable) -> Result<Output, SqlError> {
+    let name = object_name(&create.name)?;
+    if create.query.is_some() || create.like.is_some() {
+        return Err(SqlError::unsupported("CREATE TABLE … AS / LIKE"));
+    }
+    let mut columns = Vec::new();
+    let mut primary_key = Vec::new();
+    for def in &create.columns {
+        let column_name = ident_name(&def.name);
+        if columns.iter().any(|c: &Column| c.name == column_name) {
+            return Err(SqlError::new("42701", format!("column \"{column_name}\" specified more than once")));
+        }
+        let mut column = Column {
+            name: column_name,
+            ty: SqlType::parse(&def.data_type.to_string())?,
+            not_null: false,
+            default: None,
+        };
+        for option in &def.options {
+            match &option.option {
+                ColumnOption::Null => {}
+                ColumnOption::NotNull => column.not_null = true,
+                ColumnOption::Default(e) => column.default = Some(e.to_string()),
+                ColumnOption::PrimaryKey(_) => {
+                    column.not_null = true;
+                    primary_key.push(columns.len());
+                }
+                other => return Err(SqlError::unsupported(&format!("the column option {other}"))),
+            }
+        }
+        columns.push(column);
+    }
+    for constraint in &create.constraints {
+        match constraint {
+            TableConstraint::PrimaryKey(pk) => {
+                if !primary_key.is_empty() {
+                    return Err(SqlError::new("42P16", format!("multiple primary keys for table \"{name}\"")));
+                }
+                for c in &pk.columns {
+                    let n = expr::column_ref(&c.column.expr).unwrap_or_default();
+                    let i = columns
+                        .iter()
+                        .position(|col| col.name == n)
+                        .ok_or_else(|| SqlError::new("42703", format!("column \"{n}\" named in key does not exist")))?;
+                    columns[i].not_null = true;
+                    primary_key.push(i);
+                }
+            }
+            other => return Err(SqlError::unsupported(&format!("the constraint {other}"))),
+        }
+    }
+    let schema = Schema { columns, primary_key };
+    match ctx.txn.create_table(&name, &schema.encode()).await {
+        Err(DbError::TableExists(_)) if create.if_not_exists => {}
+        Err(DbError::TableExists(_)) => {
+            return Err(SqlError::new("42P07", format!("relation \"{name}\" already exists")));
+        }
+        other => {
+            other?;
+        }
+    }
+    Ok(Output::Command("CREATE TABLE".into()))
+}
+
+/// Rebuilds `name` keyed by `columns`: a new tree filled from the old in
+/// batches, in this transaction (so a crash leaves the old table).
+async fn add_primary_key(ctx: &mut Context<'_>, name: &str, columns: &[String]) -> Result<(), SqlError> {
+    let (_, mut schema) = load(ctx.txn, name).await?;
+    if !schema.primary_key.is_empty() {
+        return Err(SqlError::new("42P16", format!("multiple primary keys for table \"{name}\" are not allowed")));
+    }
+    for column in columns {
+        let i = schema.column(column).ok_or_else(|| {
+            SqlError::new("42703", format!("column \"{column}\" of relation \"{name}\" does not exist"))
+        })?;
+        schema.columns[i].not_null = true;
+        schema.primary_key.push(i);
+    }
+    let (old, new) = ctx.txn.replace_table(name, &schema.encode()).await?;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let batch = ctx.txn.scan_limit(&old, start, Bound::Unbounded, SCAN_BATCH).await?;
+        let full = batch.len() == SCAN_BATCH;
+        for (key, bytes) in batch {
+            let row = decode_row(name, &bytes)?;
+            for &i in &schema.primary_key {
+                if row[i].is_null() {
+                    return Err(SqlError::new(
+                        "23502",
+                        format!("column \"{}\" of relation \"{name}\" contains null values", schema.columns[i].name),
+                    ));
+                }
+            }
+            let new_key = schema.key(&row).expect("a primary key");
+            match ctx.txn.insert(&new, &new_key, &bytes).await {
+                Err(DbError::DuplicateKey { .. }) => {
+                    return Err(SqlError::new(
+                        "23505",
+                        format!("could not create unique index \"{name}_pkey\": the key is duplicated"),
+                    ))
+                }
+                other => other?,
+            }
+            after = Some(key);
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- SELECT
+
+/// A planned `SELECT`.
+struct Plan<'q> {
+    table: Option<(Table, Schema)>,
+    names: Vec<String>,
+    select: &'q Select,
+    items: Vec<(String, Expr)>,
+    aggregates: Vec<sqlparser::ast::Function>,
+    group_by: Vec<Expr>,
+    columns: Vec<ColumnDesc>,
+}
+
+async fn plan<'q>(txn: &mut Transaction, query: &'q Query, params: &[SqlType]) -> Result<Plan<'q>, SqlError> {
+    if query.with.is_some() || query.fetch.is_some() {
+        return Err(SqlError::unsupported("WITH / FETCH"));
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return Err(SqlError::unsupported("set operations and VALUES as a query"));
+    };
+    if select.distinct.is_some() {
+        return Err(SqlError::unsupported("SELECT DISTINCT"));
+    }
+    let table = match single_table(&select.from)? {
+        Some(name) => Some(load(txn, &name).await?),
+        None => None,
+    };
+    let names = table.as_ref().map(|(_, s)| names(s)).unwrap_or_default();
+    let mut items = Vec::new();
+    for item in &select.projection {
+        match item {
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                for n in &names {
+                    items.push((n.clone(), Expr::Identifier(Ident::new(n.clone()))));
+                }
+            }
+            SelectItem::UnnamedExpr(e) => items.push((output_name(e), e.clone())),
+            SelectItem::ExprWithAlias { expr, alias } => items.push((ident_name(alias), expr.clone())),
+            SelectItem::ExprWithAliases { .. } => return Err(SqlError::unsupported("multiple aliases")),
+        }
+    }
+    let mut aggregates = Vec::new();
+    for (_, e) in &items {
+        collect_aggregates(e, &mut aggregates);
+    }
+    if let Some(h) = &select.having {
+        collect_aggregates(h, &mut aggregates);
+    }
+    if let Some(order) = &query.order_by {
+        if let OrderByKind::Expressions(list) = &order.kind {
+            for o in list {
+                collect_aggregates(&o.expr, &mut aggregates);
+            }
+        }
+    }
+    let group_by = match &select.group_by {
+        GroupByExpr::Expressions(list, modifiers) if modifiers.is_empty() => list.clone(),
+        _ => return Err(SqlError::unsupported("GROUP BY ALL / ROLLUP")),
+    };
+    let schema = table.as_ref().map(|(_, s)| s);
+    let columns =
+        items.iter().map(|(name, e)| ColumnDesc { name: name.clone(), ty: type_of(e, schema, params) }).collect();
+    Ok(Plan { table, names, select, items, aggregates, group_by, columns })
+}
+
+fn output_name(e: &Expr) -> String {
+    match e {
+        Expr::Function(f) => f.name.to_string().to_lowercase(),
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => output_name(expr),
+        e => expr::column_ref(e).unwrap_or_else(|| "?column?".into()),
+    }
+}
+
+fn collect_aggregates(e: &Expr, out: &mut Vec<sqlparser::ast::Function>) {
+    match e {
+        Expr::Function(f) if is_aggregate(f) && !out.iter().any(|g| g.to_string() == f.to_string()) => {
+            out.push(f.clone());
+        }
+        Expr::BinaryOp { left, right, .. } => {
+            collect_aggregates(left, out);
+            collect_aggregates(right, out);
+        }
+        Expr::Nested(inner) | Expr::UnaryOp { expr: inner, .. } | Expr::Cast { expr: inner, .. } => {
+            collect_aggregates(inner, out)
+        }
+        _ => {}
+    }
+}
+
+/// The type an expression yields, as PostgreSQL would report it (within
+/// our types).
+fn type_of(e: &Expr, schema: Option<&Schema>, params: &[SqlType]) -> SqlType {
+    let column_type = |e: &Expr| {
+        let name = expr::column_ref(e)?;
+        let s = schema?;
+        s.column(&name).map(|i| s.columns[i].ty)
+    };
+    if let Some(ty) = column_type(e) {
+        return ty;
+    }
+    match e {
+        Expr::Value(v) => match &v.value {
+            AstValue::Number(n, _) => match n.parse::<i64>() {
+                Ok(i) if i32::try_from(i).is_ok() => SqlType::Int,
+                Ok(_) => SqlType::BigInt,
+                Err(_) => SqlType::Numeric,
+            },
+            AstValue::Boolean(_) => SqlType::Bool,
+            AstValue::Placeholder(p) => p
+                .trim_start_matches('$')
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| params.get(n.wrapping_sub(1)).copied())
+                .unwrap_or(SqlType::Text(None)),
+            _ => SqlType::Text(None),
+        },
+        Expr::Nested(inner) => type_of(inner, schema, params),
+        Expr::UnaryOp { expr, op } => match op {
+            sqlparser::ast::UnaryOperator::Not => SqlType::Bool,
+            _ => type_of(expr, schema, params),
+        },
+        Expr::Cast { data_type, .. } => SqlType::parse(&data_type.to_string()).unwrap_or(SqlType::Text(None)),
+        Expr::BinaryOp { left, op, right } => match op {
+            BinaryOperator::Plus
+            | BinaryOperator::Minus
+            | BinaryOperator::Multiply
+            | BinaryOperator::Divide
+            | BinaryOperator::Modulo => {
+                let (l, r) = (type_of(left, schema, params), type_of(right, schema, params));
+                let rank = |t: SqlType| match t {
+                    SqlType::SmallInt => 0,
+                    SqlType::Int => 1,
+                    SqlType::BigInt => 2,
+                    _ => 3,
+                };
+                match rank(l).max(rank(r)) {
+                    0 => SqlType::SmallInt,
+                    1 => SqlType::Int,
+                    2 => SqlType::BigInt,
+                    _ => SqlType::Double,
+                }
+            }
+            BinaryOperator::StringConcat => SqlType::Text(None),
+            _ => SqlType::Bool,
+        },
+        Expr::Function(f) => {
+            let arg = single_arg(f).ok().flatten().map(|a| type_of(a, schema, params));
+            match f.name.to_string().to_lowercase().as_str() {
+                "count" => SqlType::BigInt,
+                "sum" => match arg {
+                    Some(SqlType::SmallInt | SqlType::Int | SqlType::BigInt) => SqlType::BigInt,
+                    _ => SqlType::Double,
+                },
+                "avg" => SqlType::Double,
+                "min" | "max" | "abs" | "coalesce" => arg.unwrap_or(SqlType::Text(None)),
+                "now" | "current_timestamp" | "transaction_timestamp" | "statement_timestamp" => SqlType::TimestampTz,
+                "length" | "char_length" => SqlType::Int,
+                _ => SqlType::Text(None),
+            }
+        }
+        Expr::IsNull(_) | Expr::IsNotNull(_) | Expr::Between { .. } | Expr::In { .. } | Expr::Like { .. } => {
+            SqlType::Bool
+        }
+        Expr::Identifier(i) if i.value.eq_ignore_ascii_case("current_timestamp") => SqlType::TimestampTz,
+        _ => SqlType::Text(None),
+    }
+}
+
+#[derive(Clone)]
+enum Acc {
+    Count(i64),
+    Sum(Value),
+    Min(Value),
+    Max(Value),
+    Avg(f64, i64),
+}
+
+impl Acc {
+    fn new(f: &sqlparser::ast::Function) -> Acc {
+        match f.name.to_string().to_lowercase().as_str() {
+            "count" => Acc::Count(0),
+            "sum" => Acc::Sum(Value::Null),
+            "min" => Acc::Min(Value::Null),
+            "max" => Acc::Max(Value::Null),
+            _ => Acc::Avg(0.0, 0),
+        }
+    }
+
+    fn add(&mut self, v: Option<Value>) -> Result<(), SqlError> {
+        match (self, v) {
+            (Acc::Count(n), None) => *n += 1,
+            (_, None) => return Err(SqlError::syntax("only count takes *")),
+            (_, Some(Value::Null)) => {}
+            (Acc::Count(n), Some(_)) => *n += 1,
+            (Acc::Sum(s), Some(v)) => {
+                *s = if s.is_null() { v } else { expr::binary(s.clone(), &BinaryOperator::Plus, v)? };
+            }
+            (Acc::Min(m), Some(v)) => {
+                if m.is_null() || v.compare(m) == Some(std::cmp::Ordering::Less) {
+                    *m = v;
+                }
+            }
+            (Acc::Max(m), Some(v)) => {
+                if m.is_null() || v.compare(m) == Some(std::cmp::Ordering::Greater) {
+                    *m = v;
+                }
+            }
+            (Acc::Avg(s, n), Some(v)) => {
+                *s += match v {
+                    Value::Int(i) => i as f64,
+                    Value::Float(x) => x,
+                    other => return Err(SqlError::new("42883", format!("avg of {other:?}"))),
+                };
+                *n += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn value(&self) -> Value {
+        match self {
+            Acc::Count(n) => Value::Int(*n),
+            Acc::Sum(v) | Acc::Min(v) | Acc::Max(v) => v.clone(),
+            Acc::Avg(_, 0) => Value::Null,
+            Acc::Avg(s, n) => Value::Float(s / *n as f64),
+        }
+    }
+}
+
+/// An output row and its ORDER BY keys.
+type Projected = (Vec<Value>, Vec<Value>);
+
+struct Group {
+    first: Vec<Value>,
+    accs: Vec<Acc>,
+}
+
+async fn select(ctx: &mut Context<'_>, query: &Query) -> Result<Output, SqlError> {
+    let param_types: Vec<SqlType> = ctx.params.iter().map(value_type).collect();
+    let plan = plan(ctx.txn, query, &param_types).await?;
+    let (params, now) = (ctx.params, ctx.now);
+    let filter = plan.select.selection.as_ref();
+    let grouped = !plan.aggregates.is_empty() || !plan.group_by.is_empty();
+    let (limit, offset) = limits(query, params, now)?;
+    let early_stop = if query.order_by.is_none() && !grouped { limit.map(|l| l + offset) } else { None };
+
+    // (output row, sort keys)
+    let mut out: Vec<Projected> = Vec::new();
+    let mut groups: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
+    let order: Vec<&sqlparser::ast::OrderByExpr> = match &query.order_by {
+        Some(o) => match &o.kind {
+            OrderByKind::Expressions(list) => list.iter().collect(),
+            OrderByKind::All(_) => return Err(SqlError::unsupported("ORDER BY ALL")),
+        },
+        None => Vec::new(),
+    };
+    let project = |row: &[Value], aggregates: &[(String, Value)]| -> Result<Option<Projected>, SqlError> {
+        let scope = Scope { names: &plan.names, row, params, now, aggregates };
+        if grouped {
+            if let Some(h) = &plan.select.having {
+                if eval(h, &scope)? != Value::Bool(true) {
+                    return Ok(None);
+                }
+            }
+        }
+        let values = plan.items.iter().map(|(_, e)| eval(e, &scope)).collect::<Result<Vec<_>, _>>()?;
+        let keys =
+            order.iter().map(|o| sort_key(&o.expr, &plan.items, &values, &scope)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((values, keys)))
+    };
+
+    let mut visit = |row: Vec<Value>| -> Result<bool, SqlError> {
+        let scope = Scope { names: &plan.names, row: &row, params, now, aggregates: &[] };
+        if let Some(f) = filter {
+            if eval(f, &scope)? != Value::Bool(true) {
+                return Ok(true);
+            }
+        }
+        if grouped {
+            let group_values = plan.group_by.iter().map(|e| eval(e, &scope)).collect::<Result<Vec<_>, _>>()?;
+            let mut group_key = Vec::new();
+            for v in &group_values {
+                super::types::encode_key_part(v, &mut group_key);
+            }
+            let args = plan
+                .aggregates
+                .iter()
+                .map(|f| single_arg(f).and_then(|a| a.map(|a| eval(a, &scope)).transpose()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let group = groups
+                .entry(group_key)
+                .or_insert_with(|| Group { first: row.clone(), accs: plan.aggregates.iter().map(Acc::new).collect() });
+            for (acc, arg) in group.accs.iter_mut().zip(args) {
+                acc.add(arg)?;
+            }
+            return Ok(true);
+        }
+        if let Some(projected) = project(&row, &[])? {
+            out.push(projected);
+        }
+        Ok(early_stop.is_none_or(|n| out.len() < n))
+    };
+
+    match &plan.table {
+        None => {
+            visit(Vec::new())?;
+        }
+        Some((table, schema)) => {
+            if let Some(key) = point_key(schema, filter, params, now)? {
+                if let Some(bytes) = ctx.txn.get(table, &key).await? {
+                    visit(decode_row(&table.name, &bytes)?)?;
+                }
+            } else {
+                let mut after: Option<Vec<u8>> = None;
+                'scan: loop {
+                    let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                    let batch = ctx.txn.scan_limit(table, start, Bound::Unbounded, SCAN_BATCH).await?;
+                    let full = batch.len() == SCAN_BATCH;
+                    for (key, bytes) in batch {
+                        if !visit(decode_row(&table.name, &bytes)?)? {
+                            break 'scan;
+                        }
+                        after = Some(key);
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if grouped {
+        if groups.is_empty() && plan.group_by.is_empty() {
+            groups.insert(
+                Vec::new(),
+                Group {
+                    first: vec![Value::Null; plan.names.len()],
+                    accs: plan.aggregates.iter().map(Acc::new).collect(),
+                },
+            );
+        }
+        for group in groups.values() {
+            let aggregates: Vec<(String, Value)> =
+                plan.aggregates.iter().zip(&group.accs).map(|(f, a)| (f.to_string(), a.value())).collect();
+            if let Some(projected) = project(&group.first, &aggregates)? {
+                out.push(projected);
+            }
+        }
+    }
+    if !order.is_empty() {
+        let mut failure = None;
+        out.sort_by(|(_, a), (_, b)| {
+            for ((x, y), o) in a.iter().zip(b).zip(&order) {
+                let ordering = x.compare(y).unwrap_or_else(|| {
+                    failure = Some(SqlError::new("42883", "ORDER BY values of different types"));
+                    std::cmp::Ordering::Equal
+                });
+                let ordering = if o.options.sort == Some(sqlparser::ast::OrderBySort::Desc) {
+                    ordering.reverse()
+                } else {
+                    ordering
+                };
+                if ordering.is_ne() {
+                    return ordering;
+                }
+            }
+            std::cmp::Ordering::Equal
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+    }
+    let rows = out.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).map(|(row, _)| row).collect();
+    Ok(Output::Rows { columns: plan.columns, rows })
+}
+
+fn sort_key(e: &Expr, items: &[(String, Expr)], values: &[Value], scope: &Scope) -> Result<Value, SqlError> {
+    if let Expr::Value(v) = e {
+        if let AstValue::Number(n, _) = &v.value {
+            let i: usize = n.parse().map_err(|_| SqlError::syntax(format!("bad ORDER BY position {n}")))?;
+            return values
+                .get(i.wrapping_sub(1))
+                .cloned()
+                .ok_or_else(|| SqlError::new("42P10", format!("ORDER BY position {i} is not in select list")));
+        }
+    }
+    if let Some(name) = expr::column_ref(e) {
+        if let Some(i) = items.iter().position(|(n, _)| *n == name) {
+            return Ok(values[i].clone());
+        }
+    }
+    eval(e, scope)
+}
+
+fn limits(query: &Query, params: &[Value], now: i64) -> Result<(Option<usize>, usize), SqlError> {
+    let scope = Scope { names: &[], row: &[], params, now, aggregates: &[] };
+    let number = |e: &Expr| -> Result<Option<usize>, SqlError> {
+        match eval(e, &scope)? {
+            Value::Null => Ok(None),
+            Value::Int(n) if n >= 0 => Ok(Some(n as usize)),
+            other => Err(SqlError::new("2201W", format!("LIMIT/OFFSET must not be negative: {other}"))),
+        }
+    };
+    match &query.limit_clause {
+        None => Ok((None, 0)),
+        Some(LimitClause::LimitOffset { limit, offset, .. }) => Ok((
+            limit.as_ref().map(number).transpose()?.flatten(),
+            offset.as_ref().map(|o| number(&o.value)).transpose()?.flatten().unwrap_or(0),
+        )),
+        Some(LimitClause::OffsetCommaLimit { offset, limit }) => Ok((number(limit)?, number(offset)?.unwrap_or(0))),
+    }
+}
+
+fn value_type(v: &Value) -> SqlType {
+    match v {
+        Value::Int(_) => SqlType::BigInt,
+        Value::Float(_) => SqlType::Double,
+        Value::Bool(_) => SqlType::Bool,
+        Value::Timestamp(_) => SqlType::TimestampTz,
+        Value::Null | Value::Text(_) => SqlType::Text(None),
+    }
+}
+
+// ---------------------------------------------------------------- Describe
+
+/// Parameter types (declared ones kept, the rest inferred from the columns
+/// they meet) and result columns of `statement`.
+pub async fn describe(
+    txn: &mut Transaction,
+    statement: &Statement,
+    declared: &[Option<SqlType>],
+) -> Result<(Vec<SqlType>, Vec<ColumnDesc>), SqlError> {
+    let mut inferred: BTreeMap<usize, SqlType> = BTreeMap::new();
+    let mut columns = Vec::new();
+    match statement {
+        Statement::Query(query) => {
+            let SetExpr::Select(select) = query.body.as_ref() else { return Err(SqlError::unsupported("this query")) };
+            let schema = match single_table(&select.from)? {
+                Some(name) => Some(load(txn, &name).await?.1),
+                None => None,
+            };
+            if let Some(f) = &select.selection {
+                infer(f, schema.as_ref(), &mut inferred);
+            }
+            if let Some(LimitClause::LimitOffset { limit, offset, .. }) = &query.limit_clause {
+                for e in limit.iter().chain(offset.as_ref().map(|o| &o.value)) {
+                    if let Some(n) = placeholder(e) {
+                        inferred.insert(n, SqlType::BigInt);
+                    }
+                }
+            }
+            let types = param_list(declared, &inferred);
+            columns = plan(txn, query, &types).await?.columns;
+        }
+        Statement::Insert(insert) => {
+            if let (TableObject::TableName(name), Some(source)) = (&insert.table, &insert.source) {
+                let name = object_name(name)?;
+                let (_, schema) = load(txn, &name).await?;
+                let targets = target_columns(
+                    &schema,
+                    &name,
+                    insert.columns.iter().map(|c| c.to_string().trim_matches('"').to_lowercase()),
+                )?;
+                if let SetExpr::Values(values) = source.body.as_ref() {
+                    for row in &values.rows {
+                        for (e, &i) in row.content.iter().zip(&targets) {
+                            if let Some(n) = placeholder(e) {
+                                inferred.insert(n, schema.columns[i].ty);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Statement::Update(update) => {
+            if let Some(name) = single_table(std::slice::from_ref(&update.table))? {
+                let (_, schema) = load(txn, &name).await?;
+                for a in &update.assignments {
+                    let column = a.target.to_string().trim_matches('"').to_lowercase();
+                    if let (Some(n), Some(i)) = (placeholder(&a.value), schema.column(&column)) {
+                        inferred.insert(n, schema.columns[i].ty);
+                    }
+                    infer(&a.value, Some(&schema), &mut inferred);
+                }
+                if let Some(f) = &update.selection {
+                    infer(f, Some(&schema), &mut inferred);
+                }
+            }
+        }
+        Statement::Delete(delete) => {
+            let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
+            if let Some(name) = single_table(from)? {
+                let (_, schema) = load(txn, &name).await?;
+                if let Some(f) = &delete.selection {
+                    infer(f, Some(&schema), &mut inferred);
+                }
+            }
+        }
+        Statement::ShowVariable { variable } => {
+            columns.push(ColumnDesc {
+                name: variable.iter().map(ident_name).collect::<Vec<_>>().join("_"),
+                ty: SqlType::Text(None),
+            });
+        }
+        _ => {}
+    }
+    Ok((param_list(declared, &inferred), columns))
+}
+
+fn param_list(declared: &[Option<SqlType>], inferred: &BTreeMap<usize, SqlType>) -> Vec<SqlType> {
+    let count = declared.len().max(inferred.keys().next_back().copied().unwrap_or(0));
+    (1..=count)
+        .map(|n| {
+            declared.get(n - 1).copied().flatten().or_else(|| inferred.get(&n).copied()).unwrap_or(SqlType::Text(None))
+        })
+        .collect()
+}
+
+fn placeholder(e: &Expr) -> Option<usize> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            AstValue::Placeholder(p) => p.trim_start_matches('$').parse().ok(),
+            _ => None,
+        },
+        Expr::Nested(inner) => placeholder(inner),
+        _ => None,
+    }
+}
+
+/// Infers parameter types from the expressions they meet: `col = $1`,
+/// `$1 + col`, `col BETWEEN $1 AND $2`, `col IN ($1, $2)`.
+fn infer(e: &Expr, schema: Option<&Schema>, out: &mut BTreeMap<usize, SqlType>) {
+    let pair = |a: &Expr, b: &Expr, out: &mut BTreeMap<usize, SqlType>| {
+        if let Some(n) = placeholder(b) {
+            let ty = type_of(a, schema, &[]);
+            if placeholder(a).is_none() && ty != SqlType::Text(None) || expr::column_ref(a).is_some() {
+                out.entry(n).or_insert(ty);
+            }
+        }
+    };
+    match e {
+        Expr::BinaryOp { left, right, .. } => {
+            pair(left, right, out);
+            pair(right, left, out);
+            infer(left, schema, out);
+            infer(right, schema, out);
+        }
+        Expr::Between { expr, low, high, .. } => {
+            pair(expr, low, out);
+            pair(expr, high, out);
+        }
+        Expr::In { expr, target: InTarget::List(list), .. } => {
+            for item in list {
+                pair(expr, item, out);
+            }
+        }
+        Expr::Nested(inner) | Expr::UnaryOp { expr: inner, .. } => infer(inner, schema, out),
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------- SET / SHOW
+
+pub fn set(settings: &mut BTreeMap<String, String>, set: &Set) -> Result<(), SqlError> {
+    if let Set::SingleAssignment { variable, values, .. } = set {
+        let value = values
+            .iter()
+            .map(|v| match v {
+                Expr::Value(v) => match &v.value {
+                    AstValue::SingleQuotedString(s) => s.clone(),
+                    other => other.to_string(),
+                },
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        settings.insert(variable.to_string().to_lowercase(), value);
+    }
+    Ok(())
+}
+
+pub fn show(settings: &BTreeMap<String, String>, variable: &[Ident]) -> Result<Output, SqlError> {
+    let name = variable.iter().map(ident_name).collect::<Vec<_>>().join(" ");
+    let builtin = match name.as_str() {
+        "server_version" => Some("15.0"),
+        "server_version_num" => Some("150000"),
+        "server_encoding" | "client_encoding" => Some("UTF8"),
+        "transaction_isolation" | "transaction isolation level" | "default_transaction_isolation" => {
+            Some("serializable")
+        }
+        "standard_conforming_strings" | "integer_datetimes" => Some("on"),
+        "datestyle" => Some("ISO, MDY"),
+        "timezone" | "time zone" => Some("UTC"),
+        "max_identifier_length" => Some("63"),
+        "search_path" => Some("\"$user\", public"),
+        _ => None,
+    };
+    let value = settings
+        .get(&name)
+        .cloned()
+        .or(builtin.map(str::to_string))
+        .ok_or_else(|| SqlError::new("42704", format!("unrecognized configuration parameter \"{name}\"")))?;
+    Ok(Output::Rows {
+        columns: vec![ColumnDesc { name: name.replace(' ', "_"), ty: SqlType::Text(None) }],
+        rows: vec![vec![Value::Text(value)]],
+    })
+}
+
+// ---------------------------------------------------------------- COPY
+
+/// `COPY … FROM STDIN` in progress: text format, one row per line.
+pub struct CopyState {
+    table: Table,
+    schema: Schema,
+    targets: Vec<usize>,
+    delimiter: u8,
+    /// The incomplete last line of the data so far.
+    pending: Vec<u8>,
+    rows: u64,
+    error: Option<SqlError>,
+    now: i64,
+}
+
+impl CopyState {
+    pub fn columns(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Loads the complete lines of `data` (all of it at `end`).
+    pub async fn feed(&mut self, txn: &mut Transaction, data: &[u8], end: bool, next_row_id: &mut u64) {
+        if self.error.is_some() {
+            return;
+        }
+        self.pending.extend_from_slice(data);
+        let Some(cut) = (if end {
+            Some(self.pending.len())
+        } else {
+            self.pending.iter().rposition(|&b| b == b'\n').map(|i| i + 1)
+        }) else {
+            return;
+        };
+        let chunk: Vec<u8> = self.pending.drain(..cut).collect();
+        for line in chunk.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            if line == b"\\." {
+                break;
+            }
+            if let Err(e) = self.load_line(txn, line, next_row_id).await {
+                let line_no = self.rows + 1;
+                self.error =
+                    Some(SqlError::new(e.code, format!("{} (COPY {}, line {line_no})", e.message, self.table.name)));
+                return;
+            }
+        }
+    }
+
+    async fn load_line(&mut self, txn: &mut Transaction, line: &[u8], next_row_id: &mut u64) -> Result<(), SqlError> {
+        let text = std::str::from_utf8(line).map_err(|_| SqlError::new("22021", "invalid UTF-8 in COPY data"))?;
+        let fields: Vec<Value> = text.split(self.delimiter as char).map(unescape).collect();
+        if fields.len() != self.targets.len() {
+            return Err(SqlError::new(
+                "22P04",
+                format!("expected {} columns, found {}", self.targets.len(), fields.len()),
+            ));
+        }
+        let row = complete_row(&self.schema, &self.table.name, &self.targets, fields, self.now)?;
+        insert_one(txn, &self.table, &self.schema, &row, next_row_id).await?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Output, SqlError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(Output::Command(format!("COPY {}", self.rows))),
+        }
+    }
+}
+
+/// A COPY text field: `\N` is NULL; backslash escapes are decoded.
+fn unescape(field: &str) -> Value {
+    if field == "\\N" {
+        return Value::Null;
+    }
+    if !field.contains('\\') {
+        return Value::Text(field.to_string());
+    }
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    Value::Text(out)
+}

@@ -1,0 +1,345 @@
+//! Expression evaluation over one row.
+
+use sqlparser::ast::{
+    BinaryOperator, CastKind, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, InTarget,
+    UnaryOperator, Value as AstValue,
+};
+
+use super::types::{SqlType, Value};
+use super::SqlError;
+
+/// What an expression can see: the row's columns, the statement's
+/// parameters, the statement's clock, and (in an aggregate query) the
+/// group's aggregate values.
+pub struct Scope<'a> {
+    /// Column names, in row order.
+    pub names: &'a [String],
+    /// The row (empty when there is no `FROM`).
+    pub row: &'a [Value],
+    /// `$1`, `$2`, … values.
+    pub params: &'a [Value],
+    /// `now()`, in microseconds since the epoch.
+    pub now: i64,
+    /// Aggregate results of the current group, by the aggregate's SQL text.
+    pub aggregates: &'a [(String, Value)],
+}
+
+/// An identifier as PostgreSQL folds it: lower case unless quoted.
+pub fn ident_name(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+/// The name a column reference refers to, if `expr` is one.
+pub fn column_ref(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Identifier(ident) => Some(ident_name(ident)),
+        Expr::CompoundIdentifier(parts) => parts.last().map(ident_name),
+        Expr::Nested(inner) => column_ref(inner),
+        _ => None,
+    }
+}
+
+/// The aggregate functions.
+pub fn is_aggregate(function: &Function) -> bool {
+    matches!(function.name.to_string().to_lowercase().as_str(), "count" | "sum" | "min" | "max" | "avg")
+}
+
+/// The single argument of a function call (`None` for `*` or no argument).
+pub fn single_arg(function: &Function) -> Result<Option<&Expr>, SqlError> {
+    match &function.args {
+        FunctionArguments::None => Ok(None),
+        FunctionArguments::List(list) => match list.args.as_slice() {
+            [] => Ok(None),
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))] => Ok(Some(e)),
+            [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] => Ok(None),
+            _ => Err(SqlError::new("42883", format!("function {} takes one argument", function.name))),
+        },
+        FunctionArguments::Subquery(_) => Err(SqlError::unsupported("subqueries")),
+    }
+}
+
+fn args(function: &Function) -> Result<Vec<&Expr>, SqlError> {
+    match &function.args {
+        FunctionArguments::None => Ok(Vec::new()),
+        FunctionArguments::List(list) => list
+            .args
+            .iter()
+            .map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e),
+                _ => Err(SqlError::new("42883", format!("unsupported arguments to {}", function.name))),
+            })
+            .collect(),
+        FunctionArguments::Subquery(_) => Err(SqlError::unsupported("subqueries")),
+    }
+}
+
+/// Evaluates a literal.
+pub fn literal(value: &AstValue, params: &[Value]) -> Result<Value, SqlError> {
+    Ok(match value {
+        AstValue::Number(n, _) => match n.parse::<i64>() {
+            Ok(i) => Value::Int(i),
+            Err(_) => Value::Float(n.parse().map_err(|_| SqlError::syntax(format!("bad number {n}")))?),
+        },
+        AstValue::SingleQuotedString(s) | AstValue::EscapedStringLiteral(s) | AstValue::NationalStringLiteral(s) => {
+            Value::Text(s.clone())
+        }
+        AstValue::DollarQuotedString(s) => Value::Text(s.value.clone()),
+        AstValue::Boolean(b) => Value::Bool(*b),
+        AstValue::Null => Value::Null,
+        AstValue::Placeholder(p) => {
+            let n: usize =
+                p.trim_start_matches('$').parse().map_err(|_| SqlError::syntax(format!("bad parameter {p}")))?;
+            params
+                .get(n.wrapping_sub(1))
+                .cloned()
+                .ok_or_else(|| SqlError::new("08P01", format!("there is no parameter {p}")))?
+        }
+        other => return Err(SqlError::unsupported(&format!("the literal {other}"))),
+    })
+}
+
+/// Evaluates `expr` in `scope`.
+pub fn eval(expr: &Expr, scope: &Scope) -> Result<Value, SqlError> {
+    match expr {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => {
+            let name = column_ref(expr).expect("an identifier");
+            match scope.names.iter().position(|n| *n == name) {
+                Some(i) => Ok(scope.row.get(i).cloned().unwrap_or(Value::Null)),
+                None if name == "current_timestamp" || name == "localtimestamp" => Ok(Value::Timestamp(scope.now)),
+                None => Err(SqlError::new("42703", format!("column \"{name}\" does not exist"))),
+            }
+        }
+        Expr::Value(v) => literal(&v.value, scope.params),
+        Expr::Nested(inner) => eval(inner, scope),
+        Expr::UnaryOp { op, expr } => {
+            let v = eval(expr, scope)?;
+            match (op, v) {
+                (_, Value::Null) => Ok(Value::Null),
+                (UnaryOperator::Minus, Value::Int(n)) => {
+                    n.checked_neg().map(Value::Int).ok_or_else(|| SqlError::new("22003", "integer out of range"))
+                }
+                (UnaryOperator::Minus, Value::Float(x)) => Ok(Value::Float(-x)),
+                (UnaryOperator::Plus, v @ (Value::Int(_) | Value::Float(_))) => Ok(v),
+                (UnaryOperator::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
+                (op, v) => Err(type_error(&format!("operator {op} does not apply to {v:?}"))),
+            }
+        }
+        Expr::BinaryOp { left, op, right } => binary(eval(left, scope)?, op, eval(right, scope)?),
+        Expr::IsNull(e) => Ok(Value::Bool(eval(e, scope)?.is_null())),
+        Expr::IsNotNull(e) => Ok(Value::Bool(!eval(e, scope)?.is_null())),
+        Expr::IsTrue(e) => Ok(Value::Bool(eval(e, scope)? == Value::Bool(true))),
+        Expr::IsFalse(e) => Ok(Value::Bool(eval(e, scope)? == Value::Bool(false))),
+        Expr::Between { expr, negated, low, high } => {
+            let v = eval(expr, scope)?;
+            let ge = binary(v.clone(), &BinaryOperator::GtEq, eval(low, scope)?)?;
+            let le = binary(v, &BinaryOperator::LtEq, eval(high, scope)?)?;
+            let both = binary(ge, &BinaryOperator::And, le)?;
+            Ok(if *negated { not(both) } else { both })
+        }
+        Expr::In { expr, target: InTarget::List(list), negated, .. } => {
+            let v = eval(expr, scope)?;
+            let mut result = Value::Bool(false);
+            for item in list {
+                let eq = binary(v.clone(), &BinaryOperator::Eq, eval(item, scope)?)?;
+                result = binary(result, &BinaryOperator::Or, eq)?;
+            }
+            Ok(if *negated { not(result) } else { result })
+        }
+        Expr::Like { negated, expr, pattern, .. } => like_expr(expr, pattern, *negated, false, scope),
+        Expr::ILike { negated, expr, pattern, .. } => like_expr(expr, pattern, *negated, true, scope),
+        Expr::Cast { kind: CastKind::Cast | CastKind::DoubleColon, expr, data_type, .. } => {
+            let ty = SqlType::parse(&data_type.to_string())?;
+            ty.coerce(eval(expr, scope)?)
+        }
+        Expr::Function(function) => call(function, scope),
+        Expr::TypedString(typed) => {
+            let ty = SqlType::parse(&typed.data_type.to_string())?;
+            ty.coerce(literal(&typed.value.value, scope.params)?)
+        }
+        other => Err(SqlError::unsupported(&format!("the expression {other}"))),
+    }
+}
+
+fn call(function: &Function, scope: &Scope) -> Result<Value, SqlError> {
+    let name = function.name.to_string().to_lowercase();
+    if is_aggregate(function) {
+        let text = function.to_string();
+        return scope
+            .aggregates
+            .iter()
+            .find(|(t, _)| *t == text)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| SqlError::new("42803", format!("aggregate {text} is not allowed here")));
+    }
+    let args = args(function)?;
+    let values = args.iter().map(|a| eval(a, scope)).collect::<Result<Vec<_>, _>>()?;
+    let one = || -> Result<&Value, SqlError> {
+        match values.as_slice() {
+            [v] => Ok(v),
+            _ => Err(SqlError::new("42883", format!("function {name} takes one argument"))),
+        }
+    };
+    Ok(match name.as_str() {
+        "now" | "current_timestamp" | "transaction_timestamp" | "statement_timestamp" | "localtimestamp" => {
+            Value::Timestamp(scope.now)
+        }
+        "coalesce" => values.into_iter().find(|v| !v.is_null()).unwrap_or(Value::Null),
+        "abs" => match one()? {
+            Value::Int(n) => Value::Int(n.abs()),
+            Value::Float(x) => Value::Float(x.abs()),
+            Value::Null => Value::Null,
+            v => return Err(type_error(&format!("abs of {v:?}"))),
+        },
+        "lower" => text_fn(one()?, |s| s.to_lowercase()),
+        "upper" => text_fn(one()?, |s| s.to_uppercase()),
+        "length" | "char_length" => match one()? {
+            Value::Null => Value::Null,
+            v => Value::Int(v.to_string().chars().count() as i64),
+        },
+        "version" => Value::Text(super::VERSION.to_string()),
+        "current_database" | "current_schema" => Value::Text("public".into()),
+        _ => return Err(SqlError::new("42883", format!("function {name}() does not exist"))),
+    })
+}
+
+fn text_fn(v: &Value, f: impl Fn(&str) -> String) -> Value {
+    match v {
+        Value::Null => Value::Null,
+        v => Value::Text(f(&v.to_string())),
+    }
+}
+
+fn not(v: Value) -> Value {
+    match v {
+        Value::Bool(b) => Value::Bool(!b),
+        other => other,
+    }
+}
+
+fn type_error(what: &str) -> SqlError {
+    SqlError::new("42883", what.to_string())
+}
+
+fn like_expr(expr: &Expr, pattern: &Expr, negated: bool, fold: bool, scope: &Scope) -> Result<Value, SqlError> {
+    let (v, p) = (eval(expr, scope)?, eval(pattern, scope)?);
+    if v.is_null() || p.is_null() {
+        return Ok(Value::Null);
+    }
+    let (v, p) = if fold {
+        (v.to_string().to_lowercase(), p.to_string().to_lowercase())
+    } else {
+        (v.to_string(), p.to_string())
+    };
+    Ok(Value::Bool(like(&v, &p) != negated))
+}
+
+/// `LIKE` with `%` and `_`.
+fn like(text: &str, pattern: &str) -> bool {
+    let (t, p): (Vec<char>, Vec<char>) = (text.chars().collect(), pattern.chars().collect());
+    fn go(t: &[char], p: &[char]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some(('%', rest)) => (0..=t.len()).any(|i| go(&t[i..], rest)),
+            Some(('_', rest)) => !t.is_empty() && go(&t[1..], rest),
+            Some((c, rest)) => t.first() == Some(c) && go(&t[1..], rest),
+        }
+    }
+    go(&t, &p)
+}
+
+/// Applies a binary operator with SQL's NULL rules.
+pub fn binary(left: Value, op: &BinaryOperator, right: Value) -> Result<Value, SqlError> {
+    use BinaryOperator::*;
+    match op {
+        And => {
+            return Ok(match (truth(&left)?, truth(&right)?) {
+                (Some(false), _) | (_, Some(false)) => Value::Bool(false),
+                (Some(true), Some(true)) => Value::Bool(true),
+                _ => Value::Null,
+            })
+        }
+        Or => {
+            return Ok(match (truth(&left)?, truth(&right)?) {
+                (Some(true), _) | (_, Some(true)) => Value::Bool(true),
+                (Some(false), Some(false)) => Value::Bool(false),
+                _ => Value::Null,
+            })
+        }
+        _ => {}
+    }
+    if left.is_null() || right.is_null() {
+        return Ok(Value::Null);
+    }
+    let compare = |want: fn(std::cmp::Ordering) -> bool| -> Result<Value, SqlError> {
+        left.compare(&right)
+            .map(|o| Value::Bool(want(o)))
+            .ok_or_else(|| type_error(&format!("cannot compare {left:?} with {right:?}")))
+    };
+    match op {
+        Eq => compare(|o| o.is_eq()),
+        NotEq => compare(|o| o.is_ne()),
+        Lt => compare(|o| o.is_lt()),
+        LtEq => compare(|o| o.is_le()),
+        Gt => compare(|o| o.is_gt()),
+        GtEq => compare(|o| o.is_ge()),
+        StringConcat => Ok(Value::Text(format!("{left}{right}"))),
+        Plus | Minus | Multiply | Divide | Modulo => arithmetic(left, op, right),
+        other => Err(SqlError::unsupported(&format!("the operator {other}"))),
+    }
+}
+
+fn truth(v: &Value) -> Result<Option<bool>, SqlError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Bool(b) => Ok(Some(*b)),
+        other => Err(SqlError::new("42804", format!("argument of AND/OR must be type boolean, not {other:?}"))),
+    }
+}
+
+fn arithmetic(left: Value, op: &BinaryOperator, right: Value) -> Result<Value, SqlError> {
+    use BinaryOperator::*;
+    let overflow = || SqlError::new("22003", "integer out of range");
+    let as_number = |v: &Value| -> Result<Value, SqlError> {
+        match v {
+            Value::Int(_) | Value::Float(_) => Ok(v.clone()),
+            Value::Text(s) => SqlType::Double.coerce(Value::Text(s.clone())).map(|f| match f {
+                Value::Float(x) if x.fract() == 0.0 && s.trim().parse::<i64>().is_ok() => Value::Int(x as i64),
+                other => other,
+            }),
+            other => Err(type_error(&format!("operator {op} does not apply to {other:?}"))),
+        }
+    };
+    match (as_number(&left)?, as_number(&right)?) {
+        (Value::Int(a), Value::Int(b)) => match op {
+            Plus => a.checked_add(b).map(Value::Int).ok_or_else(overflow),
+            Minus => a.checked_sub(b).map(Value::Int).ok_or_else(overflow),
+            Multiply => a.checked_mul(b).map(Value::Int).ok_or_else(overflow),
+            Divide | Modulo if b == 0 => Err(SqlError::new("22012", "division by zero")),
+            Divide => a.checked_div(b).map(Value::Int).ok_or_else(overflow),
+            _ => a.checked_rem(b).map(Value::Int).ok_or_else(overflow),
+        },
+        (a, b) => {
+            let (a, b) = (float(&a), float(&b));
+            match op {
+                Plus => Ok(Value::Float(a + b)),
+                Minus => Ok(Value::Float(a - b)),
+                Multiply => Ok(Value::Float(a * b)),
+                Divide | Modulo if b == 0.0 => Err(SqlError::new("22012", "division by zero")),
+                Divide => Ok(Value::Float(a / b)),
+                _ => Ok(Value::Float(a % b)),
+            }
+        }
+    }
+}
+
+fn float(v: &Value) -> f64 {
+    match v {
+        Value::Int(n) => *n as f64,
+        Value::Float(x) => *x,
+        _ => f64::NAN,
+    }
+}
