@@ -2,76 +2,15 @@
 //! file, graceful shutdown on SIGTERM, crash recovery after `kill -9`, and
 //! configuration errors that name their source.
 // These tests drive a real child process and read its output as it runs.
+// The server runs only in the normal build (madsim has no real sockets).
+#![cfg(not(madsim))]
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-/// A running server and the lines it has logged.
-struct Server {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
+use std::process::Command;
 
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let config = dir.join("thunderdb.toml");
-        let text = format!(
-            "data_dir = \"{}\"\nwal_dir = \"{}\"\n[storage]\nwal_segment_size = \"1MB\"\nbuffer_pool_size = \"8MB\"\n",
-            dir.join("data").display(),
-            dir.join("wal").display()
-        );
-        std::fs::write(&config, text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_thunderdb"))
-            .args(["--config", config.to_str().unwrap()])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start thunderdb");
-        let stderr = child.stderr.take().unwrap();
-        let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = Server { child, lines, seen: Vec::new() };
-        server.wait_for("ThunderDB is up");
-        server
-    }
-
-    fn wait_for(&mut self, text: &str) {
-        while !self.seen.iter().any(|line| line.contains(text)) {
-            match self.lines.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no {text:?} in the log:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        self.seen.join("\n")
-    }
-
-    /// Sends SIGTERM and returns the exit code.
-    fn terminate(mut self) -> (i32, String) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let code = self.child.wait().unwrap().code().unwrap_or(-1);
-        self.seen.extend(self.lines.try_iter());
-        (code, self.log())
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
+use common::Server;
 
 #[test]
 fn sigterm_shuts_down_cleanly_and_the_next_start_needs_no_recovery() {
@@ -80,8 +19,9 @@ fn sigterm_shuts_down_cleanly_and_the_next_start_needs_no_recovery() {
     let (code, log) = server.terminate();
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("[INFO] shut down cleanly"), "{log}");
-    let server = Server::start(dir.path());
-    assert!(!server.log().contains("Crash recovery initiated"), "{}", server.log());
+    let mut server = Server::start(dir.path());
+    let log = server.log();
+    assert!(!log.contains("Crash recovery initiated"), "{log}");
     assert_eq!(server.terminate().0, 0);
 }
 

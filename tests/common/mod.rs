@@ -1,0 +1,131 @@
+//! A real `thunderdb` server for tests: started from the built binary with
+//! a config in a temp directory, on free ports, its log read as it runs.
+// These helpers drive a real child process and its sockets.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types, dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running server and the lines it has logged.
+pub struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    /// The PostgreSQL wire port.
+    pub pg_port: u16,
+    /// The admin HTTP port.
+    pub http_port: u16,
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    /// Starts a server whose files live in `dir`, with `extra` appended to
+    /// its config file (top-level keys; sections may follow).
+    pub fn start_with(dir: &Path, extra: &str) -> Server {
+        let (pg_port, http_port) = (free_port(), free_port());
+        let config = dir.join("thunderdb.toml");
+        let text = format!(
+            "pg_port = {pg_port}\nhttp_port = {http_port}\ndata_dir = \"{}\"\nwal_dir = \"{}\"\n{extra}\n",
+            dir.join("data").display(),
+            dir.join("wal").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_thunderdb"))
+            .args(["--config", config.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start thunderdb");
+        let stderr = child.stderr.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server { child, lines, seen: Vec::new(), pg_port, http_port };
+        server.wait_for("ThunderDB is up");
+        server
+    }
+
+    /// Starts a server with small segments and pool.
+    pub fn start(dir: &Path) -> Server {
+        Server::start_with(dir, "[storage]\nwal_segment_size = \"1MB\"\nbuffer_pool_size = \"8MB\"")
+    }
+
+    /// Waits (up to 60 s) for a log line containing `text`.
+    pub fn wait_for(&mut self, text: &str) {
+        while !self.seen.iter().any(|line| line.contains(text)) {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no {text:?} in the log:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&mut self) -> String {
+        self.seen.extend(self.lines.try_iter());
+        self.seen.join("\n")
+    }
+
+    /// Sends SIGTERM and returns the exit code and the whole log.
+    pub fn terminate(mut self) -> (i32, String) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        std::thread::sleep(Duration::from_millis(50));
+        (code, self.log())
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// A libpq connection string for `tokio-postgres`.
+    pub fn conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=admin dbname=thunderdb", self.pg_port)
+    }
+
+    /// Runs `program` (psql, pgbench) against the server with `args`.
+    pub fn client(&self, program: &str, args: &[&str]) -> Output {
+        Command::new(program)
+            .args(["-h", "127.0.0.1", "-p", &self.pg_port.to_string(), "-U", "admin"])
+            .args(args)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap_or_else(|e| panic!("running {program}: {e}"))
+    }
+
+    /// `psql -X -A -t -c sql`: the unaligned output, asserting success.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = self.client("psql", &["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        assert!(out.status.success(), "psql -c {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// An HTTP request to the admin API with curl: (status, body).
+    pub fn http(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+        let url = format!("http://127.0.0.1:{}{path}", self.http_port);
+        let mut args = vec!["-s", "-X", method, "-w", "\n%{http_code}", &url];
+        let header;
+        if let Some(token) = token {
+            header = format!("Authorization: Bearer {token}");
+            args.extend(["-H", &header]);
+        }
+        let out = Command::new("curl").args(&args).output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+}
