@@ -632,8 +632,19 @@ fn output_name(e: &Expr) -> String {
 
 fn collect_aggregates(e: &Expr, out: &mut Vec<sqlparser::ast::Function>) {
     match e {
+        // (A repeated aggregate falls through to the arguments below, which
+        // hold no aggregates.)
         Expr::Function(f) if is_aggregate(f) && !out.iter().any(|g| g.to_string() == f.to_string()) => {
             out.push(f.clone());
+        }
+        Expr::Function(f) => {
+            if let sqlparser::ast::FunctionArguments::List(list) = &f.args {
+                for arg in &list.args {
+                    if let sqlparser::ast::FunctionArg::Unnamed(sqlparser::ast::FunctionArgExpr::Expr(e)) = arg {
+                        collect_aggregates(e, out);
+                    }
+                }
+            }
         }
         Expr::BinaryOp { left, right, .. } => {
             collect_aggregates(left, out);
