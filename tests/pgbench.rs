@@ -82,7 +82,13 @@ fn pgbench_survives_kill_9_with_its_invariant_and_every_acknowledged_commit() {
     assert_ne!(server.pg_port, pg_port, "fresh ports");
     server.wait_for("Recovery complete in");
     let log = server.log();
-    for line in ["Crash recovery initiated", "Last checkpoint LSN: ", "Phase 1 (Analysis): ", "Phase 2 (Redo): Replaying from LSN ", "Phase 3 (Undo): Rolling back "] {
+    for line in [
+        "Crash recovery initiated",
+        "Last checkpoint LSN: ",
+        "Phase 1 (Analysis): ",
+        "Phase 2 (Redo): Replaying from LSN ",
+        "Phase 3 (Undo): Rolling back ",
+    ] {
         assert!(log.contains(line), "missing {line:?} in\n{log}");
     }
     let history = check_balances(&server);

@@ -46,10 +46,7 @@ fn psql_runs_commands_and_files() {
     assert_eq!(server.psql("SELECT id, name, stock FROM items ORDER BY id"), "1|apple|7\n3|fig|8");
     assert_eq!(server.psql("SELECT count(*), sum(stock), min(price), max(name) FROM items"), "2|15|0.5|fig");
     assert_eq!(server.psql("SELECT ok IS NULL, ok FROM items ORDER BY id DESC LIMIT 1 OFFSET 0"), "t|");
-    assert_eq!(
-        server.psql("SELECT stock, count(*) FROM items GROUP BY stock ORDER BY stock"),
-        "7|1\n8|1"
-    );
+    assert_eq!(server.psql("SELECT stock, count(*) FROM items GROUP BY stock ORDER BY stock"), "7|1\n8|1");
     assert_eq!(server.psql("SHOW transaction_isolation"), "serializable");
     server.psql("SET application_name = 'tests'");
     server.psql("TRUNCATE items");
@@ -71,7 +68,8 @@ async fn tokio_postgres_with_parameters_and_sqlstates() {
         .batch_execute("CREATE TABLE accounts (id BIGINT PRIMARY KEY, owner TEXT NOT NULL, balance INT NOT NULL, opened TIMESTAMPTZ)")
         .await
         .unwrap();
-    let insert = client.prepare("INSERT INTO accounts (id, owner, balance, opened) VALUES ($1, $2, $3, now())").await.unwrap();
+    let insert =
+        client.prepare("INSERT INTO accounts (id, owner, balance, opened) VALUES ($1, $2, $3, now())").await.unwrap();
     for (id, owner, balance) in [(1i64, "ann", 100i32), (2, "bob", 50), (3, "cy", 0)] {
         assert_eq!(client.execute(&insert, &[&id, &owner, &balance]).await.unwrap(), 1);
     }
@@ -173,6 +171,10 @@ async fn bad_input_gets_clean_errors_and_never_hurts_the_server() {
     assert!(e.code().is_some(), "{e}");
     let e = client.execute("INSERT INTO t VALUES (1, $1)", &[&"y".repeat(10_000)]).await.unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::PROGRAM_LIMIT_EXCEEDED), "{e}");
+    // Deeply nested expressions hit the parser's depth limit, not the stack.
+    let deep = format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000));
+    let e = client.batch_execute(&deep).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::SYNTAX_ERROR), "{e}");
     // Type errors and unknown tables.
     let e = client.query("SELECT v + 1 FROM t", &[]).await;
     assert!(e.is_ok(), "an empty table has nothing to add to");

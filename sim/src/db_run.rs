@@ -17,6 +17,10 @@
 //!   crash cuts it off, leaving recovery to undo it).
 //! - **churn:** create a table with a few rows, or drop one.
 //! - **large rows:** rows near the 1,996-byte limit.
+//! - **sql:** the bank again, through a SQL [`Session`](thunderdb::sql::Session)
+//!   on its own table: `BEGIN`, two `SELECT`s checked against the model, two
+//!   `UPDATE … SET balance = balance ± n`, then `COMMIT` (or `ROLLBACK`); or
+//!   an audit, `SELECT count(*), sum(balance)`. Deadlock victims retry.
 //!
 //! Swarm draws per seed: sessions (1 to 6), the buffer pool (4 pages to
 //! 256), WAL segment size, `max_wal_size`, `checkpoint_interval`, key
@@ -40,6 +44,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thunderdb::db::{Database, DbError, EngineConfig};
 use thunderdb::env::{Env, FaultConfig, SimClock, SimDisk};
+use thunderdb::sql::types::{decode_row, encode_key_part, encode_row, Column, Schema};
+use thunderdb::sql::{Output, SqlError, SqlType, Value};
 use thunderdb::txn::Transaction;
 use thunderdb_workloads::db::{bank_total, describe, short, DbModel, Rows, State, Write};
 
@@ -51,6 +57,8 @@ const ACCOUNTS: u16 = 12;
 const OPENING_BALANCE: i64 = 1_000;
 const KV: &str = "kv";
 const BANK: &str = "bank";
+/// The SQL workload's accounts: `(id BIGINT PRIMARY KEY, balance BIGINT)`.
+const LEDGER: &str = "ledger";
 /// The largest key plus value a row may have.
 const ROW_MAX: usize = 1996;
 
@@ -60,8 +68,8 @@ struct Swarm {
     sessions: u32,
     long_keys: bool,
     value_max: usize,
-    /// Weights of kv, bank, long, churn, large rows.
-    weights: [u32; 5],
+    /// Weights of kv, bank, long, churn, large rows, sql.
+    weights: [u32; 6],
     faults: FaultConfig,
 }
 
@@ -74,7 +82,7 @@ impl Swarm {
         config.checkpoint_interval = Duration::from_millis([20, 200, 30_000][rng.random_range(0..3)]);
         config.lock_timeout = Duration::from_millis(500);
         let mut weight = |max| if rng.random_bool(0.8) { rng.random_range(1..=max) } else { 0 };
-        let mut weights = [weight(6), weight(6), weight(2), weight(2), weight(2)];
+        let mut weights = [weight(6), weight(6), weight(2), weight(2), weight(2), weight(4)];
         if weights.iter().all(|w| *w == 0) {
             weights[0] = 1;
         }
@@ -204,6 +212,15 @@ impl Run {
                 return Err(self.fail("bank_conserved", format!("the accounts hold {total} after recovery")));
             }
         }
+        if let Some(ledger) = found.get(LEDGER) {
+            let mut total = 0;
+            for value in ledger.values() {
+                total += ledger_balance(value).map_err(|detail| self.fail("bank_conserved", detail))?;
+            }
+            if total != i64::from(ACCOUNTS) * OPENING_BALANCE {
+                return Err(self.fail("bank_conserved", format!("the SQL ledger holds {total} after recovery")));
+            }
+        }
         let fresh = !found.contains_key(KV);
         lock(&self.shared).model.adopt(found);
         self.recoveries += 1;
@@ -250,7 +267,7 @@ impl Run {
             db: db.clone(),
             clock: self.clock.clone(),
             shared: self.shared.clone(),
-            swarm: Swarm { weights: [1, 1, 0, 0, 0], ..self.swarm.clone() },
+            swarm: Swarm { weights: [1, 1, 0, 0, 0, 1], ..self.swarm.clone() },
             rng: ChaCha8Rng::seed_from_u64(self.rng.random()),
         };
         session.run(5).await;
@@ -289,18 +306,45 @@ async fn read_state(db: &Database) -> Result<State, DbError> {
     Ok(state)
 }
 
-/// Creates the kv table and the bank with its opening balances.
+/// Creates the kv table, the bank and the SQL ledger with their opening
+/// balances.
 async fn setup(db: &Database, shared: &SharedRef) -> Result<(), DbError> {
     let mut txn = db.begin().await?;
-    let mut writes = vec![Write::CreateTable(KV.into()), Write::CreateTable(BANK.into())];
+    let mut writes =
+        vec![Write::CreateTable(KV.into()), Write::CreateTable(BANK.into()), Write::CreateTable(LEDGER.into())];
     txn.create_table(KV, b"").await?;
     let bank = txn.create_table(BANK, b"").await?;
+    let schema = Schema {
+        columns: ["id", "balance"]
+            .map(|name| Column { name: name.into(), ty: SqlType::BigInt, not_null: true, default: None })
+            .to_vec(),
+        primary_key: vec![0],
+    };
+    let ledger = txn.create_table(LEDGER, &schema.encode()).await?;
     for account in 0..ACCOUNTS {
         let (key, value) = (account.to_be_bytes().to_vec(), OPENING_BALANCE.to_le_bytes().to_vec());
         txn.put(&bank, &key, &value).await?;
         writes.push(Write::Put(BANK.into(), key, value));
+        let (key, row) = ledger_row(account, OPENING_BALANCE);
+        txn.put(&ledger, &key, &row).await?;
+        writes.push(Write::Put(LEDGER.into(), key, row));
     }
     commit(txn, writes, shared).await
+}
+
+/// The key and row the SQL layer stores for a ledger account.
+fn ledger_row(account: u16, balance: i64) -> (Vec<u8>, Vec<u8>) {
+    let mut key = Vec::new();
+    encode_key_part(&Value::Int(account.into()), &mut key);
+    (key, encode_row(&[Value::Int(account.into()), Value::Int(balance)]))
+}
+
+/// A ledger row's balance.
+fn ledger_balance(row: &[u8]) -> Result<i64, String> {
+    match decode_row(LEDGER, row).map_err(|e| e.message)?.as_slice() {
+        [_, Value::Int(balance)] => Ok(*balance),
+        other => Err(format!("a ledger row holds {other:?}")),
+    }
 }
 
 /// Commits, telling the model first (in commit-record order: nothing
@@ -348,7 +392,8 @@ impl Session {
                 1 => self.bank().await,
                 2 => self.long().await,
                 3 => self.churn().await,
-                _ => self.large_rows().await,
+                4 => self.large_rows().await,
+                _ => self.sql().await,
             };
             match result {
                 Ok(()) => {}
@@ -537,5 +582,90 @@ impl Session {
             writes.push(Write::Put(KV.into(), key, value));
         }
         commit(txn, writes, &self.shared).await
+    }
+
+    /// A SQL session's transfer or audit on the ledger.
+    async fn sql(&mut self) -> Result<(), DbError> {
+        let mut session = thunderdb::sql::Session::new(self.db.clone());
+        let result = self.sql_transaction(&mut session).await;
+        session.close().await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.code == "XX001" => {
+                fail(&self.shared, "no_corruption", e.message);
+                Err(DbError::ShuttingDown)
+            }
+            // A deadlock victim or lock timeout: the next transaction goes on.
+            Err(e) if e.is_retryable() => Ok(()),
+            // The engine stopped (an injected fault or the crash).
+            Err(_) => Err(DbError::ShuttingDown),
+        }
+    }
+
+    async fn sql_transaction(&mut self, session: &mut thunderdb::sql::Session) -> Result<(), SqlError> {
+        async fn one(session: &mut thunderdb::sql::Session, sql: &str) -> Result<Output, SqlError> {
+            let (mut outputs, error) = session.run(sql).await;
+            match error {
+                Some(e) => Err(e),
+                None => Ok(outputs.pop().expect("one statement, one output")),
+            }
+        }
+        let total = i64::from(ACCOUNTS) * OPENING_BALANCE;
+        if self.rng.random_bool(0.2) {
+            let out = one(session, "SELECT count(*), sum(balance) FROM ledger").await?;
+            let expected = vec![vec![Value::Int(ACCOUNTS.into()), Value::Int(total)]];
+            if !matches!(&out, Output::Rows { rows, .. } if *rows == expected) {
+                fail(&self.shared, "bank_conserved", format!("a SQL audit read {out:?}"));
+            }
+            return Ok(());
+        }
+        let from: u16 = self.rng.random_range(0..ACCOUNTS);
+        let to = (from + self.rng.random_range(1..ACCOUNTS)) % ACCOUNTS;
+        let amount: i64 = self.rng.random_range(1..200);
+        one(session, "BEGIN").await?;
+        let mut writes = Vec::new();
+        for (account, delta) in [(from, -amount), (to, amount)] {
+            let out = one(session, &format!("SELECT balance FROM ledger WHERE id = {account}")).await?;
+            let (key, _) = ledger_row(account, 0);
+            let expected = lock(&self.shared).model.expected_value(LEDGER, &key).map(|row| ledger_balance(&row));
+            let got = match &out {
+                Output::Rows { rows, .. } => match rows.as_slice() {
+                    [row] => match row.as_slice() {
+                        [Value::Int(balance)] => Some(Ok(*balance)),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                _ => None,
+            };
+            if got != expected {
+                fail(
+                    &self.shared,
+                    "serializable_reads",
+                    format!("SQL read account {account} as {out:?}; the model says {expected:?}"),
+                );
+                return Ok(());
+            }
+            let balance = got.and_then(Result::ok).unwrap_or(0);
+            let sign = if delta < 0 { '-' } else { '+' };
+            one(session, &format!("UPDATE ledger SET balance = balance {sign} {} WHERE id = {account}", delta.abs()))
+                .await?;
+            let (key, row) = ledger_row(account, balance + delta);
+            writes.push(Write::Put(LEDGER.into(), key, row));
+        }
+        if self.rng.random_bool(0.1) {
+            one(session, "ROLLBACK").await?;
+            return Ok(());
+        }
+        let index = {
+            let mut shared = lock(&self.shared);
+            shared.commits += 1;
+            shared.model.committing(writes)
+        };
+        one(session, "COMMIT").await?;
+        let mut shared = lock(&self.shared);
+        shared.acknowledged += 1;
+        shared.model.acknowledged(index);
+        Ok(())
     }
 }
