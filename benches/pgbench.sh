@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# pgbench TPC-B-like (-n, scale 10, 8 clients, 2 threads, DURATION seconds)
+# against ThunderDB and against a PostgreSQL 15 started here in a temp
+# directory, one after the other, on the same disk, both with default
+# durability (fsync on, synchronous_commit on). Prints tps and latency for
+# each, the ratio, and ThunderDB's peak resident memory during the run.
+#
+#   benches/pgbench.sh                 60 s runs (the reported figures)
+#   DURATION=10 benches/pgbench.sh     a quick look
+#   SKIP_POSTGRES=1 benches/pgbench.sh ThunderDB only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-60}
+SCALE=${SCALE:-10}
+CLIENTS=${CLIENTS:-8}
+THREADS=${THREADS:-2}
+BIN=/usr/lib/postgresql/15/bin
+PG_PORT=${PG_BENCH_PORT:-55440}
+TDB_PORT=${TDB_BENCH_PORT:-55441}
+TDB_HTTP=${TDB_BENCH_HTTP_PORT:-55442}
+WORK=$(mktemp -d "${THUNDERDB_BENCH_DIR:-/tmp}/pgbench.XXXXXX")
+chmod 755 "$WORK"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+TDB_PID=
+cleanup() {
+  [ -n "$TDB_PID" ] && kill "$TDB_PID" 2>/dev/null && wait "$TDB_PID" 2>/dev/null || true
+  as_pg "$BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# "tps latency_ms" from pgbench's report.
+run_pgbench() {
+  local out
+  out=$("$@" -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" 2>&1)
+  echo "$out" >"$WORK/last-run.txt"
+  local tps lat
+  tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p')
+  lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+  echo "$tps $lat"
+}
+
+echo "building thunderdb (release)..." >&2
+cargo build --release --quiet --bin thunderdb
+mkdir -p "$WORK/tdb"
+THUNDERDB_PG_PORT=$TDB_PORT THUNDERDB_HTTP_PORT=$TDB_HTTP \
+  THUNDERDB_DATA_DIR="$WORK/tdb/data" THUNDERDB_WAL_DIR="$WORK/tdb/wal" \
+  target/release/thunderdb 2>"$WORK/tdb.log" &
+TDB_PID=$!
+for _ in $(seq 100); do grep -q "ThunderDB is up" "$WORK/tdb.log" && break; sleep 0.1; done
+tdb=(pgbench -h 127.0.0.1 -p "$TDB_PORT" -U admin)
+echo "thunderdb: pgbench -i -s $SCALE..." >&2
+"${tdb[@]}" -i -I dtgp -s "$SCALE" -q >/dev/null 2>&1
+# Peak RSS while the run goes (VmHWM would include the load).
+peak=0
+( while kill -0 "$TDB_PID" 2>/dev/null; do
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/$TDB_PID/status" 2>/dev/null || echo 0)
+    [ "${rss:-0}" -gt "$peak" ] && peak=$rss && echo "$peak" >"$WORK/peak"
+    sleep 0.5
+  done ) &
+sampler=$!
+echo "thunderdb: ${DURATION}s run..." >&2
+read -r tdb_tps tdb_lat < <(run_pgbench "${tdb[@]}")
+kill "$sampler" 2>/dev/null || true
+tdb_peak_mb=$(( $(cat "$WORK/peak" 2>/dev/null || echo 0) / 1024 ))
+kill "$TDB_PID"; wait "$TDB_PID" 2>/dev/null || true; TDB_PID=
+
+if [ "${SKIP_POSTGRES:-0}" != 1 ]; then
+  mkdir -p "$WORK/pg"; chown postgres "$WORK" "$WORK/pg"
+  as_pg "$BIN/initdb" -D "$WORK/pg" -A trust >/dev/null
+  cat >>"$WORK/pg/postgresql.conf" <<CONF
+port = $PG_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$WORK'
+fsync = on
+synchronous_commit = on
+CONF
+  as_pg "$BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w start >/dev/null
+  pg=(pgbench -h 127.0.0.1 -p "$PG_PORT" -U postgres)
+  echo "postgresql: pgbench -i -s $SCALE..." >&2
+  "${pg[@]}" -i -I dtgp -s "$SCALE" -q postgres >/dev/null 2>&1
+  echo "postgresql: ${DURATION}s run..." >&2
+  read -r pg_tps pg_lat < <(run_pgbench "${pg[@]}" postgres)
+fi
+
+printf '\npgbench TPC-B-like, scale %s, %s clients, %s threads, %ss, fsync on\n\n' "$SCALE" "$CLIENTS" "$THREADS" "$DURATION"
+printf '| system | tps | latency avg (ms) |\n|---|---:|---:|\n'
+printf '| ThunderDB | %.0f | %.2f |\n' "$tdb_tps" "$tdb_lat"
+if [ -n "${pg_tps:-}" ]; then
+  printf '| PostgreSQL 15 | %.0f | %.2f |\n' "$pg_tps" "$pg_lat"
+  awk -v a="$tdb_tps" -v b="$pg_tps" 'BEGIN { printf "\nratio (ThunderDB / PostgreSQL): %.2fx\n", a / b }'
+fi
+printf 'ThunderDB peak RSS during the run: %s MB (buffer_pool_size 128 MB + 100 MB = 228 MB bound)\n' "$tdb_peak_mb"
