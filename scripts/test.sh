@@ -28,6 +28,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "clippy, madsim build (target/sim)"
 cargo simclippy -- -D warnings
 
+step "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
 step "tests, normal build"
 cargo test --workspace 2>&1 | tee -a "$log"
 
@@ -46,9 +49,6 @@ cargo sim -- --workload db --regressions sim/regressions-db.txt
 
 step "simulator: every planted bug must be caught"
 cargo sim --features planted-bugs -- --planted-report
-
-step "docs"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 step "fuzz: a fixed seed ($FUZZ_SEED) and run count per target"
 if ! command -v cargo-fuzz >/dev/null; then

@@ -50,11 +50,15 @@ pub enum PlantedBug {
     /// analysis misses a transaction whose records all precede the
     /// checkpoint and never rolls it back.
     ForgetActiveTransactions,
+    /// A point read takes no row lock, so it can see another transaction's
+    /// uncommitted write (a dirty read) and a read-modify-write can lose an
+    /// update.
+    ReadWithoutLock,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 15] = [
+    pub const ALL: [PlantedBug; 16] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::SkipSegmentDirSync,
         PlantedBug::RetryFsync,
@@ -70,6 +74,7 @@ impl PlantedBug {
         PlantedBug::UndoWithoutClr,
         PlantedBug::PageBeforeWal,
         PlantedBug::ForgetActiveTransactions,
+        PlantedBug::ReadWithoutLock,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -90,6 +95,7 @@ impl PlantedBug {
             PlantedBug::UndoWithoutClr => "undo_without_clr",
             PlantedBug::PageBeforeWal => "page_before_wal",
             PlantedBug::ForgetActiveTransactions => "forget_active_transactions",
+            PlantedBug::ReadWithoutLock => "read_without_lock",
         }
     }
 
@@ -101,7 +107,7 @@ impl PlantedBug {
 
 impl PlantedBug {
     /// Whether the bug lives in the storage engine or transactions (hunted
-    /// with the kv workload) rather than in the WAL.
+    /// with the db workload) rather than in the WAL.
     pub fn is_storage(self) -> bool {
         matches!(
             self,
@@ -110,6 +116,7 @@ impl PlantedBug {
                 | PlantedBug::UndoWithoutClr
                 | PlantedBug::PageBeforeWal
                 | PlantedBug::ForgetActiveTransactions
+                | PlantedBug::ReadWithoutLock
         )
     }
 }

@@ -140,19 +140,17 @@ fn encode_row(schema: &Arc<Vec<FieldInfo>>, columns: &[ColumnDesc], row: Vec<Val
     encoder.finish()
 }
 
-fn rows_response(columns: Vec<ColumnDesc>, rows: Vec<Vec<Value>>, format: &Format, tag: Option<&str>) -> Response {
+fn rows_response(command: &str, columns: Vec<ColumnDesc>, rows: Vec<Vec<Value>>, format: &Format) -> Response {
     let schema = fields(&columns, format);
     let encoded: Vec<PgWireResult<DataRow>> = rows.into_iter().map(|r| encode_row(&schema, &columns, r)).collect();
     let mut response = QueryResponse::new(schema, stream::iter(encoded));
-    if let Some(tag) = tag {
-        response.set_command_tag(tag);
-    }
+    response.set_command_tag(command);
     Response::Query(response)
 }
 
-fn response(output: Output, format: &Format, show: bool) -> Response {
+fn response(output: Output, format: &Format) -> Response {
     match output {
-        Output::Rows { columns, rows } => rows_response(columns, rows, format, show.then_some("SHOW")),
+        Output::Rows { command, columns, rows } => rows_response(command, columns, rows, format),
         Output::Command(tag) => Response::Execution(Tag::new(&tag)),
         Output::Begin => Response::TransactionStart(Tag::new("BEGIN")),
         Output::End(tag) => Response::TransactionEnd(Tag::new(tag)),
@@ -170,16 +168,8 @@ impl SimpleQueryHandler for Connection {
     {
         let mut guard = self.session.lock().await;
         let session = guard.as_mut().ok_or_else(closed)?;
-        // SHOW's tag is "SHOW"; every other row-returning statement's "SELECT".
-        let shows: Vec<bool> = sql::parse(query)
-            .map(|s| s.iter().map(|s| matches!(s, Statement::ShowVariable { .. })).collect())
-            .unwrap_or_default();
         let (outputs, error) = session.run(query).await;
-        let mut responses: Vec<Response> = outputs
-            .into_iter()
-            .enumerate()
-            .map(|(i, out)| response(out, &Format::UnifiedText, shows.get(i).copied().unwrap_or(false)))
-            .collect();
+        let mut responses: Vec<Response> = outputs.into_iter().map(|out| response(out, &Format::UnifiedText)).collect();
         if let Some(e) = error {
             responses.push(Response::Error(Box::new(error_info(e))));
         }
@@ -317,8 +307,7 @@ impl ExtendedQueryHandler for Connection {
         let mut guard = self.session.lock().await;
         let session = guard.as_mut().ok_or_else(closed)?;
         let output = session.execute(statement, &params).await.map_err(user_error)?;
-        let show = matches!(statement, Statement::ShowVariable { .. });
-        Ok(response(output, &portal.result_column_format, show))
+        Ok(response(output, &portal.result_column_format))
     }
 }
 

@@ -941,7 +941,7 @@ async fn select(ctx: &mut Context<'_>, query: &Query) -> Result<Output, SqlError
         }
     }
     let rows = out.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).map(|(row, _)| row).collect();
-    Ok(Output::Rows { columns: plan.columns, rows })
+    Ok(Output::Rows { command: "SELECT", columns: plan.columns, rows })
 }
 
 fn sort_key(e: &Expr, items: &[(String, Expr)], values: &[Value], scope: &Scope) -> Result<Value, SqlError> {
@@ -1171,6 +1171,7 @@ pub fn show(settings: &BTreeMap<String, String>, variable: &[Ident]) -> Result<O
         .or(builtin.map(str::to_string))
         .ok_or_else(|| SqlError::new("42704", format!("unrecognized configuration parameter \"{name}\"")))?;
     Ok(Output::Rows {
+        command: "SHOW",
         columns: vec![ColumnDesc { name: name.replace(' ', "_"), ty: SqlType::Text(None) }],
         rows: vec![vec![Value::Text(value)]],
     })

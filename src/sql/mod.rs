@@ -98,6 +98,8 @@ pub struct ColumnDesc {
 pub enum Output {
     /// Rows (`SELECT`, `SHOW`).
     Rows {
+        /// The command, for the completion tag (`SELECT n`, `SHOW`).
+        command: &'static str,
         /// The columns.
         columns: Vec<ColumnDesc>,
         /// The rows.
