@@ -245,12 +245,23 @@ fn a_superuser_password_is_required_when_set() {
         .env("PGPASSWORD", "wrong")
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("password authentication failed"), "{out:?}");
     let out = std::process::Command::new("psql")
         .args(["-h", "127.0.0.1", "-p", &server.pg_port.to_string(), "-U", "admin", "-X", "-A", "-t", "-c", "SELECT 1"])
         .env("PGPASSWORD", "hunter2")
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{out:?}");
+    // tokio-postgres speaks SCRAM-SHA-256 only when the server asks for it.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let good = format!("{} password=hunter2", server.conninfo());
+        let (client, connection) = tokio_postgres::connect(&good, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        assert_eq!(client.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+        let bad = format!("{} password=hunter3", server.conninfo());
+        let e = tokio_postgres::connect(&bad, NoTls).await.err().expect("a wrong password is refused");
+        assert_eq!(e.code(), Some(&SqlState::INVALID_PASSWORD), "{e}");
+    });
     assert_eq!(server.terminate().0, 0);
 }

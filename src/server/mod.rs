@@ -42,7 +42,7 @@ mod serve {
 
     use super::config::Config;
     use super::http::{router, AdminState};
-    use super::pg::{Connection, Handlers};
+    use super::pg::{Connection, Handlers, Verifier};
     use crate::db::Database;
     use crate::env::{Env, Fs, RealClock, RealFs};
 
@@ -79,7 +79,12 @@ mod serve {
             "ThunderDB is up"
         );
 
-        let password = non_empty(&config.security.superuser_password);
+        let verifier = non_empty(&config.security.superuser_password).map(|password| {
+            // A salt unique to this process: the pid and the start time.
+            let mut salt = std::process::id().to_le_bytes().to_vec();
+            salt.extend_from_slice(&db.wall_micros().to_le_bytes());
+            Verifier::new(&password, salt)
+        });
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -88,7 +93,7 @@ mod serve {
                 accepted = pg.accept() => match accepted {
                     Ok((socket, peer)) => {
                         let _ = socket.set_nodelay(true);
-                        let connection = Connection::new(db.clone(), password.clone());
+                        let connection = Connection::new(db.clone(), verifier.clone());
                         connections.spawn(async move {
                             if let Err(error) = pgwire::tokio::process_socket(socket, None, Handlers(connection.clone())).await {
                                 tracing::debug!(%peer, %error, "connection ended with an error");

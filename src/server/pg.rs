@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::{stream, Sink, SinkExt};
+use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth, SCRAM_ITERATIONS};
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::{
-    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata, DefaultServerParameterProvider,
-    LoginInfo, ServerParameterProvider, StartupHandler,
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata, AuthSource,
+    DefaultServerParameterProvider, LoginInfo, Password, ServerParameterProvider, StartupHandler,
 };
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
@@ -21,12 +23,11 @@ use pgwire::api::results::{
 };
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type};
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::response::CommandComplete;
-use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use sqlparser::ast::Statement;
 use tokio::sync::Mutex;
@@ -41,15 +42,43 @@ const SERVER_VERSION: &str = "15.0";
 pub struct Connection {
     session: Arc<Mutex<Option<Session>>>,
     parser: Arc<Parser>,
-    password: Option<String>,
+    /// SCRAM-SHA-256 authentication, when a password is configured.
+    scram: Option<SASLAuthStartupHandler<Parameters>>,
+}
+
+/// The server's SCRAM verifier for `superuser_password`: the password salted
+/// and hashed once at start-up (PBKDF2 is slow on purpose), never stored.
+#[derive(Debug)]
+pub struct Verifier {
+    salt: Vec<u8>,
+    salted: Vec<u8>,
+}
+
+impl Verifier {
+    /// The verifier of `password` with `salt`.
+    pub fn new(password: &str, salt: Vec<u8>) -> Arc<Verifier> {
+        let salted = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
+        Arc::new(Verifier { salt, salted })
+    }
+}
+
+#[async_trait]
+impl AuthSource for Verifier {
+    async fn get_password(&self, _login: &LoginInfo) -> PgWireResult<Password> {
+        Ok(Password::new(Some(self.salt.clone()), self.salted.clone()))
+    }
 }
 
 impl Connection {
-    /// A connection to `db`; with `password`, clients must give it
-    /// (cleartext password authentication) whatever their address.
-    pub fn new(db: Arc<Database>, password: Option<String>) -> Arc<Connection> {
+    /// A connection to `db`. With a `verifier`, clients must prove they know
+    /// the password (SCRAM-SHA-256), whatever their address; without one,
+    /// every client is trusted.
+    pub fn new(db: Arc<Database>, verifier: Option<Arc<Verifier>>) -> Arc<Connection> {
         let session = Arc::new(Mutex::new(Some(Session::new(db))));
-        Arc::new(Connection { parser: Arc::new(Parser { session: session.clone() }), session, password })
+        let scram = verifier.map(|v| {
+            SASLAuthStartupHandler::new(Arc::new(parameters())).with_scram(ScramAuth::new(v as Arc<dyn AuthSource>))
+        });
+        Arc::new(Connection { parser: Arc::new(Parser { session: session.clone() }), session, scram })
     }
 
     /// Ends the session: its open transaction is rolled back.
@@ -359,7 +388,7 @@ impl CopyHandler for Connection {
 }
 
 /// The parameters every client is told at start-up.
-struct Parameters(DefaultServerParameterProvider);
+pub struct Parameters(DefaultServerParameterProvider);
 
 // pgwire's trait returns a HashMap; its order does not matter (each entry
 // becomes its own ParameterStatus message).
@@ -388,32 +417,13 @@ impl StartupHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        match message {
-            PgWireFrontendMessage::Startup(ref startup) => {
-                protocol_negotiation(client, startup).await?;
-                save_startup_parameters_to_metadata(client, startup);
-                if self.password.is_some() {
-                    client.set_state(PgWireConnectionState::AuthenticationInProgress);
-                    client.send(PgWireBackendMessage::Authentication(Authentication::CleartextPassword)).await?;
-                } else {
-                    finish_authentication(client, &parameters()).await?;
-                }
-            }
-            PgWireFrontendMessage::PasswordMessageFamily(password) => {
-                let given = password.into_password()?;
-                let expected = self.password.as_deref().unwrap_or_default();
-                if given.password.as_bytes() == expected.as_bytes() {
-                    finish_authentication(client, &parameters()).await?;
-                } else {
-                    let user = LoginInfo::from_client_info(client).user().unwrap_or_default().to_string();
-                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                        "FATAL".into(),
-                        "28P01".into(),
-                        format!("password authentication failed for user \"{user}\""),
-                    ))));
-                }
-            }
-            _ => {}
+        if let Some(scram) = &self.scram {
+            return scram.on_startup(client, message).await;
+        }
+        if let PgWireFrontendMessage::Startup(ref startup) = message {
+            protocol_negotiation(client, startup).await?;
+            save_startup_parameters_to_metadata(client, startup);
+            finish_authentication(client, &parameters()).await?;
         }
         Ok(())
     }
