@@ -206,10 +206,8 @@ impl Session {
     pub async fn run(&mut self, sql: &str) -> (Vec<Output>, Option<SqlError>) {
         let statements = match parse(sql) {
             Ok(s) => s,
-            Err(e) => {
-                self.fail_block();
-                return (Vec::new(), Some(e));
-            }
+            // A syntax error fails an open block like any other error.
+            Err(e) => return (Vec::new(), self.finish_statement(Err(e)).await.err()),
         };
         let mut outputs = Vec::new();
         for statement in &statements {
