@@ -86,7 +86,8 @@ async fn statements_blocks_and_errors() {
     assert_eq!(fails(&mut s, "SELECT 1").await, "25P02");
     assert_eq!(ok(&mut s, "COMMIT").await, Output::End("ROLLBACK"));
     assert_eq!(ints(ok(&mut other, "SELECT count(*) FROM t WHERE k = 20").await), vec![0]);
-    ok(&mut s, "BEGIN; INSERT INTO t VALUES (21, 'w'); COMMIT").await;
+    ok(&mut s, "START TRANSACTION; INSERT INTO t VALUES (21, 'w'); END").await;
+    ok(&mut s, "BEGIN; INSERT INTO t VALUES (22, 'gone'); ROLLBACK").await;
     assert_eq!(ints(ok(&mut other, "SELECT count(*) FROM t").await), vec![4]);
 
     // GROUP BY, HAVING and aggregates inside expressions.
