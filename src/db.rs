@@ -50,6 +50,10 @@ pub struct EngineConfig {
     pub max_wal_size: u64,
     /// How long a transaction waits for a lock before it is rolled back.
     pub lock_timeout: Duration,
+    /// Bytes of undo information a transaction keeps in memory for a fast
+    /// rollback; a larger transaction's rollback reads the rest back from
+    /// the WAL. Not a config key: it bounds memory, the simulator shrinks it.
+    pub undo_memory: usize,
 }
 
 impl EngineConfig {
@@ -64,6 +68,7 @@ impl EngineConfig {
             checkpoint_interval: Duration::from_secs(30),
             max_wal_size: 512 << 20,
             lock_timeout: Duration::from_secs(10),
+            undo_memory: crate::storage::UNDO_MEMORY_DEFAULT,
         }
     }
 
@@ -72,6 +77,7 @@ impl EngineConfig {
             data_dir: self.data_dir.clone(),
             wal: WalOptions::new(&self.wal_dir).with_segment_size(self.wal_segment_size),
             pool_bytes: self.buffer_pool_size,
+            undo_memory: self.undo_memory,
         }
     }
 }

@@ -151,7 +151,8 @@ async fn bad_input_gets_clean_errors_and_never_hurts_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     // Garbage instead of a start-up packet, a truncated one, a huge length.
-    raw(&server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let reply = raw(&server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(String::from_utf8_lossy(&reply).contains("08P01"), "a protocol violation is named: {reply:?}");
     raw(&server, &[0, 0, 0, 200, 0, 3]);
     raw(&server, &[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]);
     // A session that sends a message of an unknown type, then one whose

@@ -52,6 +52,9 @@ pub struct StoreOptions {
     pub wal: WalOptions,
     /// The buffer pool's size in bytes.
     pub pool_bytes: u64,
+    /// How many bytes of undo information one transaction keeps in memory;
+    /// beyond that its rollback reads its records back from the WAL.
+    pub undo_memory: usize,
 }
 
 /// What recovery found and did.
@@ -199,7 +202,7 @@ pub async fn recover(
     let wal = Arc::new(Wal::open(fs.clone(), opts.wal.clone(), end)?);
     let data_path = opts.data_dir.join(DATA_FILE_NAME);
     let pool = BufferPool::open(fs.clone(), &data_path, opts.pool_bytes).map_err(BufferError::from)?;
-    let mut store = Store::new(fs.clone(), &opts.data_dir, pool, wal, next_xid)?;
+    let mut store = Store::new(fs.clone(), &opts.data_dir, pool, wal, next_xid, opts.undo_memory)?;
     let mut reader = WalReader::new(fs.clone(), opts.wal.clone(), start).durable_through(durable_floor);
     while let Some((lsn, record)) = reader.next_record()? {
         if record.kind != RecordKind::Data || lsn >= end.lsn() {

@@ -10,6 +10,8 @@ pub mod http;
 pub mod logging;
 #[cfg(not(madsim))]
 pub mod pg;
+#[cfg(not(madsim))]
+pub mod wire;
 
 use crate::db::EngineConfig;
 use config::Config;
@@ -25,6 +27,7 @@ impl Config {
             checkpoint_interval: self.storage.checkpoint_interval.0,
             max_wal_size: self.storage.max_wal_size.0,
             lock_timeout: self.storage.lock_timeout.0,
+            undo_memory: crate::storage::UNDO_MEMORY_DEFAULT,
         }
     }
 }
@@ -92,10 +95,9 @@ mod serve {
                 () = &mut shutdown => break,
                 accepted = pg.accept() => match accepted {
                     Ok((socket, peer)) => {
-                        let _ = socket.set_nodelay(true);
                         let connection = Connection::new(db.clone(), verifier.clone());
                         connections.spawn(async move {
-                            if let Err(error) = pgwire::tokio::process_socket(socket, None, Handlers(connection.clone())).await {
+                            if let Err(error) = super::wire::serve(socket, Handlers(connection.clone())).await {
                                 tracing::debug!(%peer, %error, "connection ended with an error");
                             }
                             connection.close().await;

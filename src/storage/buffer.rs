@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::StorageError;
-use super::page::{Page, PageCheck, PAGE_SIZE};
+use super::page::{Page, PageCheck, PageKind, PAGE_SIZE};
 use crate::env::{File, Fs};
 use crate::planted::{active, PlantedBug};
 use crate::wal::{Lsn, Wal, WalError};
@@ -85,6 +85,12 @@ pub struct BufferPool {
     /// referenced since the hand last passed it (CLOCK, an LRU
     /// approximation with O(1) bookkeeping per access).
     clock: VecDeque<u32>,
+    /// A frame's memory freed by the last eviction, for the next page to
+    /// come in. Resident pages keep their memory for as long as the pool
+    /// lives (changes are copied into it): a pool that churned through page
+    /// allocations would scatter them over the allocator's per-thread
+    /// arenas and hold far more memory than `frames_max` pages.
+    spare: Option<Page>,
     stats: BufferStats,
 }
 
@@ -109,6 +115,7 @@ impl BufferPool {
             frames_max,
             frames: BTreeMap::new(),
             clock: VecDeque::new(),
+            spare: None,
             stats: BufferStats::default(),
         })
     }
@@ -169,11 +176,18 @@ impl BufferPool {
         let lsn = page.page_lsn();
         if let Some(frame) = self.frames.get_mut(&page_no) {
             if frame.page.page_lsn() < lsn {
-                frame.page = page;
+                frame.page.copy_from(&page);
                 frame.rec_lsn.get_or_insert(lsn);
             }
         } else {
             self.make_room(wal).await?;
+            let page = match self.spare.take() {
+                Some(mut frame) => {
+                    frame.copy_from(&page);
+                    frame
+                }
+                None => page,
+            };
             self.frames.insert(page_no, Frame { page, rec_lsn: Some(lsn), referenced: false });
             self.clock.push_back(page_no);
         }
@@ -200,9 +214,10 @@ impl BufferPool {
         Ok(result)
     }
 
-    /// Applies a logged change to a resident page: `change` runs on the page,
-    /// whose LSN becomes `lsn`, the end LSN of the change's record (already
-    /// appended to the WAL).
+    /// Applies a logged change to a resident page: `change` runs on the page
+    /// (in place: copy a new version in with [`Page::copy_from`]), whose LSN
+    /// becomes `lsn`, the end LSN of the change's record (already appended
+    /// to the WAL).
     pub fn modify(&mut self, page_no: u32, lsn: Lsn, change: impl FnOnce(&mut Page)) {
         let frame = self.frames.get_mut(&page_no).unwrap_or_else(|| panic!("page {page_no} is not resident"));
         change(&mut frame.page);
@@ -248,7 +263,8 @@ impl BufferPool {
             self.clock.push_front(victim);
             return Err(error);
         }
-        self.frames.remove(&victim);
+        let evicted = self.frames.remove(&victim).expect("resident");
+        self.spare = Some(evicted.page);
         self.stats.evictions += 1;
         Ok(())
     }
@@ -280,21 +296,24 @@ impl BufferPool {
         Ok(())
     }
 
-    fn read(&self, page_no: u32) -> Result<Page, StorageError> {
-        let mut bytes = vec![0u8; PAGE_SIZE];
+    /// Reads and checks page `page_no`, into the spare frame if there is one.
+    fn read(&mut self, page_no: u32) -> Result<Page, StorageError> {
+        let mut page = self.spare.take().unwrap_or_else(|| Page::new(page_no, PageKind::Leaf));
         let offset = u64::from(page_no) * PAGE_SIZE as u64;
         let corrupt = |detail: String| StorageError::CorruptPage { path: self.path.clone(), page_no, detail };
-        match self.file.read_exact_at(&mut bytes, offset) {
-            Ok(()) => {}
+        let read = page.read_from(page_no, |bytes| self.file.read_exact_at(bytes, offset));
+        let checked = match read {
+            Ok(checked) => checked,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 return Err(corrupt(format!("page is past the end of the file ({} pages)", self.file_pages()?)));
             }
             Err(e) => return Err(StorageError::io("read", &self.path, e)),
-        }
-        Page::from_bytes(&bytes, page_no).map_err(|check| match check {
+        };
+        checked.map_err(|check| match check {
             PageCheck::Zeroed => corrupt("the page was never written (all zeroes)".into()),
             PageCheck::Damaged(detail) => corrupt(detail),
-        })
+        })?;
+        Ok(page)
     }
 }
 

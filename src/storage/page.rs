@@ -107,6 +107,15 @@ impl Page {
 
     /// Checks bytes read from page `page_no` and wraps them as a page.
     pub fn from_bytes(bytes: &[u8], page_no: u32) -> Result<Self, PageCheck> {
+        Page::check(bytes, page_no)?;
+        let mut page = Page { bytes: Box::new([0; PAGE_SIZE]) };
+        page.bytes.copy_from_slice(bytes);
+        Ok(page)
+    }
+
+    /// Checks bytes read from page `page_no`: size, checksum, page number,
+    /// format version and kind.
+    pub fn check(bytes: &[u8], page_no: u32) -> Result<(), PageCheck> {
         if bytes.len() != PAGE_SIZE {
             return Err(PageCheck::Damaged(format!("{} bytes, expected {PAGE_SIZE}", bytes.len())));
         }
@@ -136,9 +145,24 @@ impl Page {
         if PageKind::from_u8(bytes[5]).is_none() {
             return Err(PageCheck::Damaged(format!("unknown page kind {}", bytes[5])));
         }
-        let mut page = Page { bytes: Box::new([0; PAGE_SIZE]) };
-        page.bytes.copy_from_slice(bytes);
-        Ok(page)
+        Ok(())
+    }
+
+    /// Reads page `page_no` into this page's memory (reusing it, as the
+    /// buffer pool does with a frame it evicted): `read` fills the bytes,
+    /// which are then checked. On an error the contents are unspecified.
+    pub(crate) fn read_from<E>(
+        &mut self,
+        page_no: u32,
+        read: impl FnOnce(&mut [u8; PAGE_SIZE]) -> Result<(), E>,
+    ) -> Result<Result<(), PageCheck>, E> {
+        read(&mut self.bytes)?;
+        Ok(Page::check(&self.bytes[..], page_no))
+    }
+
+    /// Makes this page a copy of `other`, in this page's own memory.
+    pub fn copy_from(&mut self, other: &Page) {
+        *self.bytes = *other.bytes;
     }
 
     /// Stamps the checksum; returns the bytes to write.

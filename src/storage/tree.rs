@@ -125,11 +125,19 @@ struct ActiveTxn {
     last_lsn: Lsn,
     /// Its newest record not yet undone.
     undo_next: Lsn,
-    /// Its undoable records by LSN, each with its `prev_lsn`, so rollback
-    /// reads no log. Empty for a transaction recovered from the log: undo
-    /// reads those back from the WAL.
+    /// Its first undoable records by LSN, each with its `prev_lsn`, so a
+    /// small transaction's rollback reads no log. Bounded by the store's
+    /// `undo_memory`: undo reads the records beyond it, and those of a
+    /// transaction recovered from the log, back from the WAL.
     records: BTreeMap<Lsn, (Lsn, Op)>,
+    /// The encoded size of `records`.
+    records_bytes: usize,
 }
+
+/// The default bound on one transaction's in-memory undo records (256 KiB):
+/// thousands of small changes. A bulk load of millions of rows keeps only
+/// this much, so its memory stays flat.
+pub const UNDO_MEMORY_DEFAULT: usize = 256 << 10;
 
 /// Pages, the WAL, page allocation, active transactions and checkpoints.
 pub struct Store {
@@ -143,6 +151,8 @@ pub struct Store {
     imaged: BTreeSet<u32>,
     active: BTreeMap<u64, ActiveTxn>,
     next_xid: u64,
+    /// The bound on each transaction's `records_bytes`.
+    undo_memory: usize,
 }
 
 fn image(page: &Page) -> Box<[u8; PAGE_SIZE]> {
@@ -176,6 +186,7 @@ impl Store {
         pool: BufferPool,
         wal: Arc<Wal>,
         next_xid: u64,
+        undo_memory: usize,
     ) -> Result<Self, StoreError> {
         let next_page = pool.file_pages().map_err(BufferError::from)?;
         Ok(Store {
@@ -187,6 +198,7 @@ impl Store {
             imaged: BTreeSet::new(),
             active: BTreeMap::new(),
             next_xid: next_xid.max(1),
+            undo_memory,
         })
     }
 
@@ -263,7 +275,7 @@ impl Store {
     pub(crate) fn adopt_loser(&mut self, entry: ActiveTxnEntry) {
         self.next_xid = self.next_xid.max(entry.xid + 1);
         let (last_lsn, undo_next) = (entry.last_lsn, entry.undo_next);
-        let txn = ActiveTxn { first_lsn: Lsn::ZERO, last_lsn, undo_next, records: BTreeMap::new() };
+        let txn = ActiveTxn { first_lsn: Lsn::ZERO, last_lsn, undo_next, ..ActiveTxn::default() };
         self.active.insert(entry.xid, txn);
     }
 
@@ -311,9 +323,13 @@ impl Store {
             let (prev, op) = match txn.records.get(&next) {
                 Some((prev, op)) => (*prev, op.clone()),
                 None => {
-                    let reader = reader.get_or_insert_with(|| {
-                        WalReader::new(self.fs.clone(), self.wal.options().clone(), self.wal.options().first_lsn())
-                    });
+                    if reader.is_none() {
+                        // The record may still be only in the log buffer.
+                        self.wal.flush(self.wal.end_lsn()).await?;
+                        let opts = self.wal.options();
+                        reader = Some(WalReader::new(self.fs.clone(), opts.clone(), opts.first_lsn()));
+                    }
+                    let reader = reader.as_mut().expect("just opened");
                     probe::hit(Probe::UndoReadFromLog);
                     let record = reader.record_at(next)?;
                     let op = Op::decode(&record.payload)
@@ -575,7 +591,7 @@ impl Store {
     /// makes it in the pool.
     async fn change(&mut self, xid: u64, page_no: u32, before: &Page, op: Op, after: Page) -> Result<(), StoreError> {
         if matches!(op, Op::Compensation { .. }) && active(PlantedBug::UndoWithoutClr) {
-            self.pool.modify(page_no, before.page_lsn(), |resident| *resident = after);
+            self.pool.modify(page_no, before.page_lsn(), |resident| resident.copy_from(&after));
             return Ok(());
         }
         if !self.imaged.contains(&page_no) && !active(PlantedBug::SkipFullPageImage) {
@@ -584,7 +600,7 @@ impl Store {
             self.imaged.insert(page_no);
         }
         let end = self.log_for(xid, op).await?;
-        self.pool.modify(page_no, end, |resident| *resident = after);
+        self.pool.modify(page_no, end, |resident| resident.copy_from(&after));
         Ok(())
     }
 
@@ -604,7 +620,9 @@ impl Store {
     /// returns the record's end LSN.
     async fn log_for(&mut self, xid: u64, op: Op) -> Result<Lsn, StoreError> {
         let txn = self.active.get(&xid).unwrap_or_else(|| panic!("transaction {xid} is not active"));
-        let (lsn, end) = self.wal.append(&Record::data(xid, txn.last_lsn, op.encode())).await?;
+        let payload = op.encode();
+        let size = payload.len();
+        let (lsn, end) = self.wal.append(&Record::data(xid, txn.last_lsn, payload)).await?;
         let txn = self.active.get_mut(&xid).expect("active");
         if txn.first_lsn == Lsn::ZERO {
             txn.first_lsn = lsn;
@@ -614,7 +632,10 @@ impl Store {
             Op::Compensation { undo_next, .. } => txn.undo_next = undo_next,
             op => {
                 txn.undo_next = lsn;
-                txn.records.insert(lsn, (prev, op));
+                if txn.records_bytes + size <= self.undo_memory {
+                    txn.records_bytes += size;
+                    txn.records.insert(lsn, (prev, op));
+                }
             }
         }
         Ok(end)
@@ -762,6 +783,7 @@ mod tests {
             data_dir: "/db/data".into(),
             wal: WalOptions::new("/db/wal").with_segment_size(1 << 14),
             pool_bytes: pool_pages * PAGE_SIZE as u64,
+            undo_memory: UNDO_MEMORY_DEFAULT,
         };
         recover(fs, &SimClock::new(0), &opts).await.unwrap().0
     }
