@@ -146,6 +146,70 @@ fn startup_message() -> Vec<u8> {
     message
 }
 
+/// Reads backend messages up to and including `ReadyForQuery`; returns the
+/// message types seen and the transaction status it reported.
+fn until_ready(stream: &mut TcpStream) -> (Vec<u8>, u8) {
+    let mut types = Vec::new();
+    loop {
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header).unwrap();
+        let len = u32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        stream.read_exact(&mut body).unwrap();
+        types.push(header[0]);
+        match header[0] {
+            b'Z' => return (types, body[0]),
+            b'G' => return (types, 0),
+            _ => {}
+        }
+    }
+}
+
+fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn query(text: &str) -> Vec<u8> {
+    message(b'Q', format!("{text}\0").as_bytes())
+}
+
+/// `ReadyForQuery` reports the block's real state after `COPY … FROM STDIN`
+/// (in a block, a failed block, or none), and each statement's whole reply
+/// arrives before the server waits.
+#[test]
+fn copy_in_a_block_reports_the_block_in_ready_for_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut stream = TcpStream::connect(("127.0.0.1", server.pg_port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(&startup_message()).unwrap();
+    assert_eq!(until_ready(&mut stream).1, b'I');
+    let mut run = |bytes: Vec<u8>| {
+        stream.write_all(&bytes).unwrap();
+        until_ready(&mut stream)
+    };
+    assert_eq!(run(query("CREATE TABLE c (k INT PRIMARY KEY)")), (vec![b'C', b'Z'], b'I'));
+    assert_eq!(run(query("BEGIN")).1, b'T');
+    assert_eq!(run(query("COPY c FROM STDIN")).0, vec![b'G']);
+    let mut copy = message(b'd', b"1\n2\n");
+    copy.extend(message(b'c', b""));
+    assert_eq!(run(copy), (vec![b'C', b'Z'], b'T'), "still in the block after COPY");
+    assert_eq!(run(query("COPY c FROM STDIN")).0, vec![b'G']);
+    let mut copy = message(b'd', b"2\n");
+    copy.extend(message(b'c', b""));
+    assert_eq!(run(copy), (vec![b'E', b'Z'], b'E'), "a duplicate key fails the block");
+    assert_eq!(run(query("COMMIT")).1, b'I');
+    assert_eq!(run(query("COPY c FROM STDIN")).0, vec![b'G']);
+    let mut copy = message(b'd', b"3\n");
+    copy.extend(message(b'c', b""));
+    assert_eq!(run(copy), (vec![b'C', b'Z'], b'I'), "outside a block");
+    assert_eq!(server.psql("SELECT count(*) FROM c").trim(), "1");
+    assert_eq!(server.terminate().0, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clean_errors_and_never_hurts_the_server() {
     let dir = tempfile::tempdir().unwrap();

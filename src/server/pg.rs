@@ -27,7 +27,7 @@ use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
-use pgwire::messages::response::CommandComplete;
+use pgwire::messages::response::{CommandComplete, TransactionStatus};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use sqlparser::ast::Statement;
 use tokio::sync::Mutex;
@@ -361,7 +361,15 @@ impl CopyHandler for Connection {
     {
         let result = {
             let mut guard = self.session.lock().await;
-            guard.as_mut().ok_or_else(closed)?.copy_done().await
+            let session = guard.as_mut().ok_or_else(closed)?;
+            let result = session.copy_done().await;
+            // The status the next ReadyForQuery reports (see wire::serve).
+            client.set_transaction_status(match session.in_block() {
+                (false, _) => TransactionStatus::Idle,
+                (true, false) => TransactionStatus::Transaction,
+                (true, true) => TransactionStatus::Error,
+            });
+            result
         };
         match result {
             Ok(Output::Command(tag)) => {

@@ -21,10 +21,11 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use pgwire::api::copy::CopyHandler as _;
 use pgwire::api::ErrorHandler as _;
 use pgwire::api::{ClientInfo, DefaultClient, PgWireConnectionState, PgWireServerHandlers};
 use pgwire::error::ErrorInfo;
-use pgwire::messages::response::{GssEncResponse, SslResponse};
+use pgwire::messages::response::{GssEncResponse, ReadyForQuery, SslResponse};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage, SslNegotiationMetaMessage};
 use pgwire::tokio::server::{process_error, process_message, PgWireMessageServerCodec};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -152,6 +153,24 @@ pub async fn serve(socket: TcpStream, handlers: impl PgWireServerHandlers) -> io
             PgWireFrontendMessage::SslNegotiation(SslNegotiationMetaMessage::None) => {
                 // A startup or cancel packet: decoded again in the next state.
                 socket.set_state(PgWireConnectionState::AwaitingStartup);
+            }
+            PgWireFrontendMessage::CopyDone(done)
+                if matches!(socket.state(), PgWireConnectionState::CopyInProgress(false)) =>
+            {
+                // pgwire would answer `ReadyForQuery` "idle" even inside a
+                // block; the copy handler sets the session's real status.
+                let result = copy.on_copy_done(&mut socket, done).await;
+                socket.set_state(PgWireConnectionState::ReadyForQuery);
+                match result {
+                    Ok(()) => {
+                        let status = socket.transaction_status();
+                        socket.send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(status))).await?;
+                    }
+                    Err(mut error) => {
+                        errors.on_error(&socket, &mut error);
+                        process_error(&mut socket, error, false).await?;
+                    }
+                }
             }
             message => {
                 let extended_query = match socket.state() {
