@@ -210,6 +210,36 @@ fn copy_in_a_block_reports_the_block_in_ready_for_query() {
     assert_eq!(server.terminate().0, 0);
 }
 
+/// A client that pipelines two queries gets the first one's whole reply
+/// while the second waits for a lock (replies go out at `ReadyForQuery`,
+/// not only when the server next waits for input).
+#[test]
+fn a_pipelined_reply_is_not_held_behind_a_waiting_statement() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.psql("CREATE TABLE p (k INT PRIMARY KEY, v INT); INSERT INTO p VALUES (1, 0)");
+    let session = || {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.pg_port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        stream.write_all(&startup_message()).unwrap();
+        until_ready(&mut stream);
+        stream
+    };
+    let mut holder = session();
+    holder.write_all(&query("BEGIN; UPDATE p SET v = 1 WHERE k = 1")).unwrap();
+    assert_eq!(until_ready(&mut holder).1, b'T');
+    let mut waiter = session();
+    let mut both = query("SELECT 41 + 1");
+    both.extend(query("UPDATE p SET v = 2 WHERE k = 1"));
+    waiter.write_all(&both).unwrap();
+    assert_eq!(until_ready(&mut waiter), (vec![b'T', b'D', b'C', b'Z'], b'I'), "the first reply, at once");
+    holder.write_all(&query("COMMIT")).unwrap();
+    assert_eq!(until_ready(&mut holder).1, b'I');
+    assert_eq!(until_ready(&mut waiter), (vec![b'C', b'Z'], b'I'), "the second, once the lock is free");
+    assert_eq!(server.psql("SELECT v FROM p"), "2");
+    assert_eq!(server.terminate().0, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clean_errors_and_never_hurts_the_server() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,12 +5,14 @@
 //! `ReadyForQuery`; `ParseComplete`, `BindComplete`, …). On a socket each
 //! flush is a system call and, worse, wakes the client for a partial reply
 //! it cannot act on. PostgreSQL instead buffers its output and sends it when
-//! it is about to wait for the client. [`Corked`] does the same: writes
-//! collect in a buffer; a flush does not send; the buffer goes out when the
-//! connection next reads from the client (or closes, or the buffer passes
-//! [`CORK_LIMIT`]). Because every wait for the client is a read, nothing a
-//! client waits for is ever held back (a `Flush` message, an authentication
-//! challenge and a `CopyInResponse` are all followed by a read).
+//! it has finished a reply (`ReadyForQuery`) or is about to wait for the
+//! client. [`Corked`] does the same: writes collect in a buffer; a flush
+//! does not send; the buffer goes out when [`serve`] ends a reply cycle, when
+//! the connection next reads from the client, when it closes, or when the
+//! buffer passes [`CORK_LIMIT`]. Because every wait for the client is a
+//! read, nothing a client waits for is ever held back (a `Flush` message, an
+//! authentication challenge and a `CopyInResponse` are all followed by a
+//! read).
 //!
 //! pgwire's own `process_socket` takes a bare `TcpStream`, so the loop that
 //! drives its handlers is here, over its public `process_message`.
@@ -143,6 +145,16 @@ pub async fn serve(socket: TcpStream, handlers: impl PgWireServerHandlers) -> io
             }
             None => return Ok(()),
         };
+        // A query, a `Sync` and the end of a `COPY` end with `ReadyForQuery`:
+        // their reply goes out then, even if more input is already waiting
+        // (a pipelining client may need it to go on), as in PostgreSQL.
+        let ends_cycle = matches!(
+            message,
+            PgWireFrontendMessage::Query(_)
+                | PgWireFrontendMessage::Sync(_)
+                | PgWireFrontendMessage::CopyDone(_)
+                | PgWireFrontendMessage::CopyFail(_)
+        );
         match message {
             PgWireFrontendMessage::SslNegotiation(SslNegotiationMetaMessage::PostgresSsl(_)) => {
                 socket.send(PgWireBackendMessage::SslResponse(SslResponse::Refuse)).await?;
@@ -192,6 +204,10 @@ pub async fn serve(socket: TcpStream, handlers: impl PgWireServerHandlers) -> io
                     process_error(&mut socket, error, extended_query).await?;
                 }
             }
+        }
+        if ends_cycle {
+            socket.flush().await?;
+            std::future::poll_fn(|cx| socket.get_mut().poll_send(cx)).await?;
         }
     }
 }
