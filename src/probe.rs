@@ -157,6 +157,8 @@ pub enum Probe {
     TreeRootSplit,
     /// A B+tree internal node split.
     TreeInternalSplit,
+    /// A key past the end of the rightmost leaf started a new, empty leaf.
+    TreeAppendSplit,
     /// A checkpoint completed and moved the redo point.
     CheckpointCompleted,
     /// Redo applied a record to a page read from disk (untouched since the
@@ -181,7 +183,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 18] = [
+    const ALL: [Probe; 19] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::SegmentReused,
@@ -191,6 +193,7 @@ impl Probe {
         Probe::TailZeroed,
         Probe::TreeRootSplit,
         Probe::TreeInternalSplit,
+        Probe::TreeAppendSplit,
         Probe::CheckpointCompleted,
         Probe::RedoOnDiskPage,
         Probe::TreeLeafMerge,
@@ -226,6 +229,7 @@ impl Probe {
             Probe::TailZeroed => "tail_zeroed",
             Probe::TreeRootSplit => "tree_root_split",
             Probe::TreeInternalSplit => "tree_internal_split",
+            Probe::TreeAppendSplit => "tree_append_split",
             Probe::CheckpointCompleted => "checkpoint_completed",
             Probe::RedoOnDiskPage => "redo_on_disk_page",
             Probe::TreeLeafMerge => "tree_leaf_merge",

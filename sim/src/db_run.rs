@@ -106,7 +106,10 @@ impl Swarm {
     }
 
     fn key(&self, rng: &mut ChaCha8Rng) -> Vec<u8> {
-        let id: u16 = rng.random_range(0..300);
+        self.key_of(rng.random_range(0..KEY_SPACE))
+    }
+
+    fn key_of(&self, id: u16) -> Vec<u8> {
         let mut key = id.to_be_bytes().to_vec();
         if self.long_keys {
             key.resize(300, b'k');
@@ -115,12 +118,18 @@ impl Swarm {
     }
 }
 
+/// Random keys are drawn from `0..KEY_SPACE`; loads in key order append
+/// past it.
+const KEY_SPACE: u16 = 300;
+
 /// What the sessions share: the model, and the first failure any saw.
 #[derive(Default)]
 struct Shared {
     model: DbModel,
     failure: Option<(&'static str, String)>,
     next_table: u32,
+    /// Loads in key order have written keys up to `KEY_SPACE + appended`.
+    appended: u16,
     commits: u64,
     acknowledged: u64,
 }
@@ -527,8 +536,20 @@ impl Session {
         let table = self.table(&mut txn, KV).await?;
         let mut writes = Vec::new();
         let count = self.rng.random_range(60..200);
+        // Half the long transactions (by the parity of their length, so
+        // that the random stream stays as it was) load rows in key order
+        // past every key so far: the rightmost leaf fills and splits by
+        // starting a new leaf (`tree_append_split`).
+        let in_key_order = count % 2 == 0;
         for step in 0..count {
-            let key = self.swarm.key(&mut self.rng);
+            let drawn = self.swarm.key(&mut self.rng);
+            let key = if in_key_order {
+                let mut shared = lock(&self.shared);
+                shared.appended = shared.appended.saturating_add(1);
+                self.swarm.key_of(KEY_SPACE.saturating_add(shared.appended))
+            } else {
+                drawn
+            };
             let value = vec![self.rng.random(); self.rng.random_range(0..self.swarm.value_max)];
             txn.put(&table, &key, &value).await?;
             writes.push(Write::Put(KV.into(), key, value));
