@@ -2,8 +2,10 @@
 # pgbench TPC-B-like (-n, scale 10, 8 clients, 2 threads, DURATION seconds)
 # against ThunderDB and against a PostgreSQL 15 started here in a temp
 # directory, one after the other, on the same disk, both with default
-# durability (fsync on, synchronous_commit on). Prints tps and latency for
-# each, the ratio, and ThunderDB's peak resident memory during the run.
+# durability (fsync on, synchronous_commit on). Each loads with
+# `pgbench -i -I dtgp`, then checkpoints and syncs before its run. Prints
+# tps and latency for each, the ratio, and ThunderDB's peak resident memory
+# during the run.
 #
 #   benches/pgbench.sh                 60 s runs (the reported figures)
 #   DURATION=10 benches/pgbench.sh     a quick look
@@ -51,6 +53,10 @@ for _ in $(seq 100); do grep -q "ThunderDB is up" "$WORK/tdb.log" && break; slee
 tdb=(pgbench -h 127.0.0.1 -p "$TDB_PORT" -U admin)
 echo "thunderdb: pgbench -i -s $SCALE..." >&2
 "${tdb[@]}" -i -I dtgp -s "$SCALE" -q >/dev/null 2>&1
+# Both systems start the run from a checkpoint with the load on disk, so
+# neither pays for writing back the other's (or its own) load mid-run.
+curl -sf -X POST "http://127.0.0.1:$TDB_HTTP/admin/checkpoint" >/dev/null
+sync
 # Peak RSS while the run goes (VmHWM would include the load).
 peak=0
 ( while kill -0 "$TDB_PID" 2>/dev/null; do
@@ -79,6 +85,8 @@ CONF
   pg=(pgbench -h 127.0.0.1 -p "$PG_PORT" -U postgres)
   echo "postgresql: pgbench -i -s $SCALE..." >&2
   "${pg[@]}" -i -I dtgp -s "$SCALE" -q postgres >/dev/null 2>&1
+  psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c CHECKPOINT postgres
+  sync
   echo "postgresql: ${DURATION}s run..." >&2
   read -r pg_tps pg_lat < <(run_pgbench "${pg[@]}" postgres)
 fi
