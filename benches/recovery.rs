@@ -17,7 +17,9 @@
 //!
 //! Run `cargo bench --bench recovery` (about 2 minutes); it prints the table
 //! for `docs/performance.md`. `WAL_MB` and `THUNDERDB_BENCH_DIR` adjust it;
-//! `SKIP_POSTGRES=1` skips the PostgreSQL half.
+//! `SKIP_POSTGRES=1` skips the PostgreSQL half. `CRASH_DIR=/some/dir` keeps
+//! the crashed database there and replays a copy of it on later runs (to
+//! time or profile redo alone; `REPLAY_ONLY=1` stops after the replay).
 // Benchmarks measure the real machine: they own their clock, scratch files
 // and child processes.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -65,37 +67,20 @@ struct Replay {
 }
 
 async fn thunderdb_replay(dir: &std::path::Path, wal_mb: u64) -> Replay {
-    {
-        let db = Database::open(env(), config(dir)).await.expect("open");
-        let mut txn = db.begin().await.expect("begin");
-        let table = txn.create_table("bench", b"").await.expect("create");
-        for n in 0..ROWS {
-            txn.put(&table, &key(n), &[7; 100]).await.expect("load");
-            if n % 10_000 == 9_999 {
-                txn.commit().await.expect("commit");
-                txn = db.begin().await.expect("begin");
-            }
-        }
-        txn.commit().await.expect("commit");
-        let start = db.checkpoint().await.expect("checkpoint");
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let mut updates = 0u64;
-        let started = Instant::now();
-        while db.wal().end_lsn().0 - start.0 < wal_mb << 20 {
-            let mut txn = db.begin().await.expect("begin");
-            for _ in 0..100 {
-                let value = [rng.random::<u8>(); 100];
-                txn.put(&table, &key(rng.random_range(0..ROWS)), &value).await.expect("update");
-            }
-            txn.commit().await.expect("commit");
-            updates += 100;
-        }
-        eprintln!(
-            "generated {} MB of WAL with {updates} updates in {:.1}s; crashing",
-            (db.wal().end_lsn().0 - start.0) >> 20,
-            started.elapsed().as_secs_f64()
-        );
-        // Dropped without a shutdown: a crash.
+    // `CRASH_DIR` keeps the crashed database: generated there once, then
+    // copied into the scratch directory for each run, to time redo alone.
+    let kept = std::env::var_os("CRASH_DIR").map(std::path::PathBuf::from);
+    let generate_in = match &kept {
+        Some(kept) if kept.exists() => None,
+        Some(kept) => Some(kept.as_path()),
+        None => Some(dir),
+    };
+    if let Some(dir) = generate_in {
+        generate(dir, wal_mb).await;
+    }
+    if let Some(kept) = &kept {
+        let copied = Command::new("cp").arg("-a").arg(format!("{}/.", kept.display())).arg(dir).status();
+        assert!(copied.expect("run cp").success(), "copy {} to {}", kept.display(), dir.display());
     }
     let db = Database::open(env(), config(dir)).await.expect("recover");
     let report = db.recovery_report().clone();
@@ -105,6 +90,39 @@ async fn thunderdb_replay(dir: &std::path::Path, wal_mb: u64) -> Replay {
     }
     eprintln!("  phases (analysis, redo, undo): {:?}", report.phases);
     Replay { wal_bytes: report.wal_bytes, records: report.records_replayed, seconds: report.duration.as_secs_f64() }
+}
+
+async fn generate(dir: &std::path::Path, wal_mb: u64) {
+    let db = Database::open(env(), config(dir)).await.expect("open");
+    let mut txn = db.begin().await.expect("begin");
+    let table = txn.create_table("bench", b"").await.expect("create");
+    for n in 0..ROWS {
+        txn.put(&table, &key(n), &[7; 100]).await.expect("load");
+        if n % 10_000 == 9_999 {
+            txn.commit().await.expect("commit");
+            txn = db.begin().await.expect("begin");
+        }
+    }
+    txn.commit().await.expect("commit");
+    let start = db.checkpoint().await.expect("checkpoint");
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut updates = 0u64;
+    let started = Instant::now();
+    while db.wal().end_lsn().0 - start.0 < wal_mb << 20 {
+        let mut txn = db.begin().await.expect("begin");
+        for _ in 0..100 {
+            let value = [rng.random::<u8>(); 100];
+            txn.put(&table, &key(rng.random_range(0..ROWS)), &value).await.expect("update");
+        }
+        txn.commit().await.expect("commit");
+        updates += 100;
+    }
+    eprintln!(
+        "generated {} MB of WAL with {updates} updates in {:.1}s; crashing",
+        (db.wal().end_lsn().0 - start.0) >> 20,
+        started.elapsed().as_secs_f64()
+    );
+    // Dropped without a shutdown: a crash.
 }
 
 fn postgres_replay(wal_mb: u64) -> Option<Replay> {
@@ -201,6 +219,9 @@ fn main() {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let ours = runtime.block_on(thunderdb_replay(scratch.path(), wal_mb));
+    if std::env::var_os("REPLAY_ONLY").is_some() {
+        return;
+    }
     let theirs = postgres_replay(wal_mb);
 
     println!("| measure | ThunderDB | PostgreSQL 15 | ratio |");

@@ -209,7 +209,7 @@ pub async fn recover(
             continue;
         }
         let op = decode(lsn, &record.payload)?;
-        if op.pages().is_empty() {
+        if matches!(op, Op::CheckpointBegin | Op::CheckpointEnd { .. }) {
             continue;
         }
         report.records_replayed += 1;

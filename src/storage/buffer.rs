@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::StorageError;
+use super::op::Redo;
 use super::page::{Page, PageCheck, PageKind, PAGE_SIZE};
 use crate::env::{File, Fs};
 use crate::planted::{active, PlantedBug};
@@ -154,6 +155,10 @@ impl BufferPool {
     /// Brings page `page_no` into the pool (evicting under the WAL rule if
     /// full) and returns it. A page that fails its checks is an error.
     pub async fn fetch(&mut self, page_no: u32, wal: &Wal) -> Result<&Page, BufferError> {
+        Ok(&self.frame(page_no, wal).await?.page)
+    }
+
+    async fn frame(&mut self, page_no: u32, wal: &Wal) -> Result<&mut Frame, BufferError> {
         if self.frames.contains_key(&page_no) {
             self.stats.hits += 1;
         } else {
@@ -163,8 +168,9 @@ impl BufferPool {
             self.frames.insert(page_no, Frame { page, rec_lsn: None, referenced: false });
             self.clock.push_back(page_no);
         }
-        self.touch(page_no);
-        Ok(&self.frames[&page_no].page)
+        let frame = self.frames.get_mut(&page_no).expect("resident");
+        frame.referenced = true;
+        Ok(frame)
     }
 
     /// Installs a whole page whose image was logged (its page LSN is the
@@ -196,19 +202,18 @@ impl BufferPool {
     }
 
     /// Brings page `page_no` in and runs `apply` on it in place (redo);
-    /// `apply` returns whether it changed the page, whose LSN it sets. A
+    /// `apply` says whether it changed the page, whose LSN it sets. A
     /// changed page becomes dirty with `lsn` as its recovery LSN if clean.
     pub async fn apply<E>(
         &mut self,
         page_no: u32,
         lsn: Lsn,
         wal: &Wal,
-        apply: impl FnOnce(&mut Page) -> Result<bool, E>,
-    ) -> Result<Result<bool, E>, BufferError> {
-        self.fetch(page_no, wal).await?;
-        let frame = self.frames.get_mut(&page_no).expect("just fetched");
+        apply: impl FnOnce(&mut Page) -> Result<Redo, E>,
+    ) -> Result<Result<Redo, E>, BufferError> {
+        let frame = self.frame(page_no, wal).await?;
         let result = apply(&mut frame.page);
-        if let Ok(true) = result {
+        if let Ok(Redo::Applied) = result {
             frame.rec_lsn.get_or_insert(lsn);
         }
         Ok(result)

@@ -186,6 +186,33 @@ pub fn insert(body: &mut [u8], index: usize, key: &[u8], value: &[u8]) -> Result
     Ok(())
 }
 
+/// Sets `key` to `value`. A replacement no longer than the cell it replaces
+/// is written in place (any bytes it no longer needs become garbage);
+/// anything else is inserted, compacting if that makes room. `NodeFull` if
+/// nothing does, with the node unchanged.
+pub fn put(body: &mut [u8], key: &[u8], value: &[u8]) -> Result<(), NodeFull> {
+    let index = match search(body, key) {
+        Ok(index) => index,
+        Err(index) => return insert(body, index, key, value),
+    };
+    check_cell(key, value).expect("the caller checks cell sizes");
+    let at = cell_at(body, index);
+    let (old, need) = (cell_len(body, at), CELL_HEADER_LEN + key.len() + value.len());
+    if need <= old {
+        put_u16(body, at + 2, value.len());
+        let start = at + CELL_HEADER_LEN + key.len();
+        body[start..start + value.len()].copy_from_slice(value);
+        put_u16(body, 8, garbage(body) + old - need);
+        return Ok(());
+    }
+    // Removing the old cell frees it and its slot; the new one needs a slot.
+    if room(body) + old < need {
+        return Err(NodeFull);
+    }
+    remove(body, index);
+    insert(body, index, key, value)
+}
+
 /// Removes cell `index`; its bytes become garbage until the next compaction.
 pub fn remove(body: &mut [u8], index: usize) {
     let count = count(body);
@@ -199,7 +226,7 @@ pub fn remove(body: &mut [u8], index: usize) {
 
 /// Rewrites the content area without garbage, keeping slot order.
 fn compact(body: &mut [u8]) {
-    let before: Box<[u8; BODY_LEN]> = Box::new(body.try_into().expect("a node is a whole page body"));
+    let before: [u8; BODY_LEN] = body.try_into().expect("a node is a whole page body");
     let mut at = BODY_LEN;
     for index in 0..count(body) {
         let from = cell_at(&before[..], index);
@@ -301,11 +328,12 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Put(k, v) => {
-                        if let Ok(index) = search(&body, &k) {
-                            remove(&mut body, index);
-                        }
-                        let index = search(&body, &k).unwrap_err();
-                        if insert(&mut body, index, &k, &v).is_err() {
+                        let before = body.clone();
+                        if put(&mut body, &k, &v).is_err() {
+                            prop_assert!(body == before, "a failed put leaves the node unchanged");
+                            if let Ok(index) = search(&body, &k) {
+                                remove(&mut body, index);
+                            }
                             let mut right = node();
                             let separator = split_into(&mut body, &mut right);
                             prop_assert!(check(&body).is_ok() && check(&right).is_ok());
@@ -345,6 +373,27 @@ mod tests {
         assert!(check_cell(&[1; 10], &[2; 1986]).is_ok());
         let err = check_cell(&[1; 10], &[2; 1987]).unwrap_err();
         assert_eq!(err.to_string(), "a row of 1997 bytes (key and value) exceeds the 1996-byte limit of a B+tree cell");
+    }
+
+    #[test]
+    fn a_replacement_no_longer_than_its_cell_is_written_in_place() {
+        let mut body = node();
+        put(&mut body, b"a", &[1; 100]).unwrap();
+        put(&mut body, b"b", &[2; 100]).unwrap();
+        let (free, cell) = (free_space(&body), cell_at(&body, 0));
+        put(&mut body, b"a", &[3; 100]).unwrap();
+        assert_eq!((free_space(&body), garbage(&body), cell_at(&body, 0)), (free, 0, cell), "same length: in place");
+        put(&mut body, b"a", &[4; 60]).unwrap();
+        assert_eq!(
+            (free_space(&body), garbage(&body), cell_at(&body, 0)),
+            (free, 40, cell),
+            "shorter: the rest is garbage"
+        );
+        put(&mut body, b"a", &[5; 80]).unwrap();
+        assert_ne!(cell_at(&body, 0), cell, "longer than the cell: moved");
+        assert_eq!(garbage(&body), 105, "the whole old 105-byte cell is garbage");
+        assert_eq!(check(&body), Ok(()));
+        assert_eq!(contents(&body), vec![(b"a".to_vec(), vec![5; 80]), (b"b".to_vec(), vec![2; 100])]);
     }
 
     #[test]

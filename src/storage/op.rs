@@ -120,9 +120,17 @@ impl Op {
     pub fn pages(&self) -> Vec<u32> {
         match self {
             Op::PageImages { images } => images.iter().map(|(page_no, _)| *page_no).collect(),
-            Op::Insert { page_no, .. } | Op::Delete { page_no, .. } | Op::Update { page_no, .. } => vec![*page_no],
-            Op::Compensation { redo, .. } => redo.pages(),
-            Op::CheckpointBegin | Op::CheckpointEnd { .. } => Vec::new(),
+            _ => self.row_page().into_iter().collect(),
+        }
+    }
+
+    /// The leaf page a row change (or the compensation of one) changes;
+    /// `None` for page images and checkpoint records.
+    pub fn row_page(&self) -> Option<u32> {
+        match self {
+            Op::Insert { page_no, .. } | Op::Delete { page_no, .. } | Op::Update { page_no, .. } => Some(*page_no),
+            Op::Compensation { redo, .. } => redo.row_page(),
+            Op::PageImages { .. } | Op::CheckpointBegin | Op::CheckpointEnd { .. } => None,
         }
     }
 
@@ -270,12 +278,7 @@ impl Op {
                 return Ok(Redo::Applied);
             }
             Op::Insert { key, value, .. } | Op::Update { key, new_value: value, .. } => {
-                let body = page.body_mut();
-                if let Ok(index) = node::search(body, key) {
-                    node::remove(body, index);
-                }
-                let index = node::search(body, key).expect_err("just removed");
-                node::insert(body, index, key, value)?;
+                node::put(page.body_mut(), key, value)?;
             }
             Op::Delete { key, .. } => {
                 let body = page.body_mut();

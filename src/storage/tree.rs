@@ -242,23 +242,18 @@ impl Store {
             }
             return Ok(Redo::Applied);
         }
-        let mut result = Redo::AlreadyApplied;
-        for page_no in op.pages() {
-            self.next_page = self.next_page.max(page_no + 1);
-            let on_disk = !self.pool.is_resident(page_no);
-            let applied = self
-                .pool
-                .apply(page_no, end, &self.wal, |page| op.redo(page, end).map(|redo| redo == Redo::Applied))
-                .await?
-                .expect("redo replays what once fitted");
-            if applied {
-                if on_disk {
-                    probe::hit(Probe::RedoOnDiskPage);
-                }
-                result = Redo::Applied;
-            }
+        let page_no = op.row_page().expect("redo is given records that change pages");
+        self.next_page = self.next_page.max(page_no + 1);
+        let misses = self.pool.stats().misses;
+        let applied = self
+            .pool
+            .apply(page_no, end, &self.wal, |page| op.redo(page, end))
+            .await?
+            .expect("redo replays what once fitted");
+        if applied == Redo::Applied && self.pool.stats().misses > misses {
+            probe::hit(Probe::RedoOnDiskPage);
         }
-        Ok(result)
+        Ok(applied)
     }
 
     /// Begins a transaction and returns its id.
@@ -488,16 +483,11 @@ impl Store {
             let mut changed = page.clone();
             let body = changed.body_mut();
             let found = node::search(body, key).ok();
-            let old = found.map(|index| {
-                let old = node::value(body, index).to_vec();
-                node::remove(body, index);
-                old
-            });
+            let old = found.map(|index| node::value(body, index).to_vec());
             let (table, page_no, key) = (tree.root, leaf, key.to_vec());
             let op = match (value, old) {
                 (Some(value), old) => {
-                    let index = node::search(body, &key).expect_err("just removed");
-                    if node::insert(body, index, &key, value).is_err() {
+                    if node::put(body, &key, value).is_err() {
                         self.split(tree, &path, &key).await?;
                         continue;
                     }
@@ -506,7 +496,10 @@ impl Store {
                         None => Op::Insert { table, page_no, key, value: value.to_vec() },
                     }
                 }
-                (None, Some(old_value)) => Op::Delete { table, page_no, key, old_value },
+                (None, Some(old_value)) => {
+                    node::remove(body, found.expect("the row was found"));
+                    Op::Delete { table, page_no, key, old_value }
+                }
                 (None, None) if compensates.is_some() => Op::Delete { table, page_no, key, old_value: Vec::new() },
                 (None, None) => return Ok(false),
             };
