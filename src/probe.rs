@@ -159,6 +159,9 @@ pub enum Probe {
     TreeInternalSplit,
     /// A key past the end of the rightmost leaf started a new, empty leaf.
     TreeAppendSplit,
+    /// A row was replaced in place by a shorter one, leaving garbage inside
+    /// its leaf's content area (in normal operation or in redo).
+    RowShrunkInPlace,
     /// A checkpoint completed and moved the redo point.
     CheckpointCompleted,
     /// Redo applied a record to a page read from disk (untouched since the
@@ -183,7 +186,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 19] = [
+    const ALL: [Probe; 20] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::SegmentReused,
@@ -194,6 +197,7 @@ impl Probe {
         Probe::TreeRootSplit,
         Probe::TreeInternalSplit,
         Probe::TreeAppendSplit,
+        Probe::RowShrunkInPlace,
         Probe::CheckpointCompleted,
         Probe::RedoOnDiskPage,
         Probe::TreeLeafMerge,
@@ -230,6 +234,7 @@ impl Probe {
             Probe::TreeRootSplit => "tree_root_split",
             Probe::TreeInternalSplit => "tree_internal_split",
             Probe::TreeAppendSplit => "tree_append_split",
+            Probe::RowShrunkInPlace => "row_shrunk_in_place",
             Probe::CheckpointCompleted => "checkpoint_completed",
             Probe::RedoOnDiskPage => "redo_on_disk_page",
             Probe::TreeLeafMerge => "tree_leaf_merge",

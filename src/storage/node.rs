@@ -1,7 +1,8 @@
 //! The slotted layout of B+tree nodes: the body of a Leaf or Internal page.
 //!
-//! Pure logic over a page body, no I/O: the tree calls these functions and
-//! logs what it did. Layout of the 8,168-byte body (little-endian):
+//! Pure logic over a page body, no I/O (it only counts a coverage probe):
+//! the tree calls these functions and logs what it did. Layout of the
+//! 8,168-byte body (little-endian):
 //!
 //! | offset | field | type | meaning |
 //! |---:|---|---|---|
@@ -27,6 +28,7 @@
 //! the limit later without changing this layout).
 
 use super::page::{PAGE_HEADER_LEN, PAGE_SIZE};
+use crate::probe::{self, Probe};
 
 /// Bytes in a node body.
 pub const BODY_LEN: usize = PAGE_SIZE - PAGE_HEADER_LEN;
@@ -202,7 +204,10 @@ pub fn put(body: &mut [u8], key: &[u8], value: &[u8]) -> Result<(), NodeFull> {
         put_u16(body, at + 2, value.len());
         let start = at + CELL_HEADER_LEN + key.len();
         body[start..start + value.len()].copy_from_slice(value);
-        put_u16(body, 8, garbage(body) + old - need);
+        if need < old {
+            probe::hit(Probe::RowShrunkInPlace);
+            put_u16(body, 8, garbage(body) + old - need);
+        }
         return Ok(());
     }
     // Removing the old cell frees it and its slot; the new one needs a slot.
