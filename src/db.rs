@@ -27,7 +27,7 @@ use crate::env::Env;
 use crate::recovery::{self, RecoveryReport, StoreOptions};
 use crate::storage::{ControlState, Store, StoreError, Tree};
 use crate::txn::lock::{LockError, LockManager};
-use crate::txn::Transaction;
+use crate::txn::{Table, Transaction};
 use crate::wal::{Lsn, Wal, WalOptions};
 
 /// The catalog's tree: the first page ever allocated.
@@ -196,6 +196,22 @@ impl Database {
             let catalog = store.create_tree().await?;
             assert_eq!(catalog, CATALOG, "the catalog is the first tree");
             tracing::info!(data_dir = %config.data_dir.display(), "initialised a new database");
+        }
+        let mut trees = vec![CATALOG];
+        for (name, row) in store.scan(CATALOG).await? {
+            trees.push(Table::decode(&name, &row).tree);
+        }
+        match store.reclaim_unreachable(&trees).await {
+            Ok(0) => {}
+            Ok(free) => {
+                tracing::info!(free_pages = free, "pages no table uses will be reused before the data file grows")
+            }
+            // Which pages a damaged tree holds is unknown, so none is reused;
+            // reading that table reports the damage.
+            Err(error) if error.is_corruption() => {
+                tracing::warn!(%error, "no pages will be reused: a table's pages cannot all be read");
+            }
+            Err(error) => return Err(error.into()),
         }
         let last = store.checkpoint(ControlState::InProduction, &|_| true).await?;
         let wal = store.wal().clone();

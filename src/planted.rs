@@ -54,11 +54,15 @@ pub enum PlantedBug {
     /// uncommitted write (a dirty read) and a read-modify-write can lose an
     /// update.
     ReadWithoutLock,
+    /// Free a dropped or replaced table's pages when it is dropped, not when
+    /// the transaction commits, so a rollback (or a crash before the commit)
+    /// brings back a table whose pages another tree may have taken.
+    FreeBeforeCommit,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 16] = [
+    pub const ALL: [PlantedBug; 17] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::SkipSegmentDirSync,
         PlantedBug::RetryFsync,
@@ -75,6 +79,7 @@ impl PlantedBug {
         PlantedBug::PageBeforeWal,
         PlantedBug::ForgetActiveTransactions,
         PlantedBug::ReadWithoutLock,
+        PlantedBug::FreeBeforeCommit,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -96,6 +101,7 @@ impl PlantedBug {
             PlantedBug::PageBeforeWal => "page_before_wal",
             PlantedBug::ForgetActiveTransactions => "forget_active_transactions",
             PlantedBug::ReadWithoutLock => "read_without_lock",
+            PlantedBug::FreeBeforeCommit => "free_before_commit",
         }
     }
 
@@ -117,6 +123,7 @@ impl PlantedBug {
                 | PlantedBug::PageBeforeWal
                 | PlantedBug::ForgetActiveTransactions
                 | PlantedBug::ReadWithoutLock
+                | PlantedBug::FreeBeforeCommit
         )
     }
 }

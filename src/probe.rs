@@ -159,6 +159,8 @@ pub enum Probe {
     TreeInternalSplit,
     /// A key past the end of the rightmost leaf started a new, empty leaf.
     TreeAppendSplit,
+    /// A page no tree reached any more was allocated again.
+    PageReused,
     /// A row was replaced in place by a shorter one, leaving garbage inside
     /// its leaf's content area (in normal operation or in redo).
     RowShrunkInPlace,
@@ -186,7 +188,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 20] = [
+    const ALL: [Probe; 21] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::SegmentReused,
@@ -198,6 +200,7 @@ impl Probe {
         Probe::TreeInternalSplit,
         Probe::TreeAppendSplit,
         Probe::RowShrunkInPlace,
+        Probe::PageReused,
         Probe::CheckpointCompleted,
         Probe::RedoOnDiskPage,
         Probe::TreeLeafMerge,
@@ -235,6 +238,7 @@ impl Probe {
             Probe::TreeInternalSplit => "tree_internal_split",
             Probe::TreeAppendSplit => "tree_append_split",
             Probe::RowShrunkInPlace => "row_shrunk_in_place",
+            Probe::PageReused => "page_reused",
             Probe::CheckpointCompleted => "checkpoint_completed",
             Probe::RedoOnDiskPage => "redo_on_disk_page",
             Probe::TreeLeafMerge => "tree_leaf_merge",

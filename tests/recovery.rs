@@ -56,7 +56,10 @@ fn value(n: u32, len: usize) -> Vec<u8> {
 /// 4. checkpoint with it open (its undo needs WAL before the redo point);
 /// 5. delete 45 rows and commit (leaf merges);
 /// 6. the open transaction writes 10 more rows and never commits;
-/// 7. update 10 rows and commit.
+/// 7. update 10 rows and commit;
+/// 8. create table `u` with 20 rows and commit; drop it and roll back; drop
+///    it and commit; create table `v` with 20 rows (on `u`'s freed pages)
+///    and commit.
 async fn script(disk: &SimDisk, model: &mut DbModel) -> Result<(), DbError> {
     let db = open(disk).await?;
     let mut txn = db.begin().await?;
@@ -102,8 +105,29 @@ async fn script(disk: &SimDisk, model: &mut DbModel) -> Result<(), DbError> {
         writes.push(Write::Put("t".into(), key(n), value(n + 1, 100)));
     }
     commit(txn, writes, model).await?;
+
+    fill_new_table(&db, "u", 0, model).await?;
+    let mut txn = db.begin().await?;
+    txn.drop_table("u").await?;
+    txn.rollback().await?;
+    let mut txn = db.begin().await?;
+    txn.drop_table("u").await?;
+    commit(txn, vec![Write::DropTable("u".into())], model).await?;
+    fill_new_table(&db, "v", 1, model).await?;
     std::mem::forget(open_txn);
     Ok(())
+}
+
+/// Creates table `name` with 20 rows of 700 bytes, in one transaction.
+async fn fill_new_table(db: &Database, name: &str, seed: u32, model: &mut DbModel) -> Result<(), DbError> {
+    let mut txn = db.begin().await?;
+    let table = txn.create_table(name, b"").await?;
+    let mut writes = vec![Write::CreateTable(name.into())];
+    for n in 0..20 {
+        txn.insert(&table, &key(n), &value(n + seed, 700)).await?;
+        writes.push(Write::Put(name.into(), key(n), value(n + seed, 700)));
+    }
+    commit(txn, writes, model).await
 }
 
 async fn commit(txn: thunderdb::txn::Transaction, writes: Vec<Write>, model: &mut DbModel) -> Result<(), DbError> {

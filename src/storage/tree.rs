@@ -132,6 +132,11 @@ struct ActiveTxn {
     records: BTreeMap<Lsn, (Lsn, Op)>,
     /// The encoded size of `records`.
     records_bytes: usize,
+    /// Trees whose pages become free if it commits: tables it dropped or
+    /// replaced (the catalog row that reached them is gone).
+    free_on_commit: Vec<Tree>,
+    /// Trees whose pages become free if it rolls back: tables it created.
+    free_on_rollback: Vec<Tree>,
 }
 
 /// The default bound on one transaction's in-memory undo records (256 KiB):
@@ -146,6 +151,11 @@ pub struct Store {
     pool: BufferPool,
     wal: Arc<Wal>,
     next_page: u32,
+    /// Pages no tree reaches, reused before the file grows: the ones found at
+    /// open, leaves emptied by merges, and the trees of dropped, replaced or
+    /// rolled-back tables once that is decided. Kept in memory only: the
+    /// next open finds them again.
+    free: BTreeSet<u32>,
     /// Pages whose image has been logged since the last checkpoint (or,
     /// before the first, since the store opened).
     imaged: BTreeSet<u32>,
@@ -195,6 +205,7 @@ impl Store {
             pool,
             wal,
             next_page,
+            free: BTreeSet::new(),
             imaged: BTreeSet::new(),
             active: BTreeMap::new(),
             next_xid: next_xid.max(1),
@@ -285,8 +296,100 @@ impl Store {
             return Ok(None);
         }
         let (lsn, end) = self.wal.append(&Record::commit(xid, txn.last_lsn, commit_time_micros)).await?;
-        self.active.remove(&xid);
+        let txn = self.active.remove(&xid).expect("active");
+        // Later records, a reused page's image among them, follow the commit
+        // record in the log: no crash can keep the reuse and lose the commit.
+        let freed = if active(PlantedBug::FreeBeforeCommit) { Vec::new() } else { txn.free_on_commit };
+        self.free_trees(freed).await;
         Ok(Some((lsn, end)))
+    }
+
+    /// Frees `tree`'s pages when transaction `xid` commits (a table it
+    /// dropped, or the old tree of one it replaced).
+    pub async fn free_on_commit(&mut self, xid: u64, tree: Tree) {
+        if active(PlantedBug::FreeBeforeCommit) {
+            return self.free_trees(vec![tree]).await;
+        }
+        self.active.get_mut(&xid).expect("active").free_on_commit.push(tree);
+    }
+
+    /// Frees `tree`'s pages if transaction `xid` rolls back (a table it
+    /// created, which nothing else can have seen).
+    pub fn free_on_rollback(&mut self, xid: u64, tree: Tree) {
+        self.active.get_mut(&xid).expect("active").free_on_rollback.push(tree);
+    }
+
+    /// Makes every page below the end of the file that none of `trees`
+    /// reaches free, and returns how many are. The database calls it at open
+    /// with every tree its catalog names, so pages freed before a restart
+    /// (or leaked by a crash between a drop's commit and its freeing) are
+    /// found again. On an error nothing is free.
+    pub async fn reclaim_unreachable(&mut self, trees: &[Tree]) -> Result<usize, StoreError> {
+        self.free.clear();
+        let mut reached = BTreeSet::new();
+        for tree in trees {
+            reached.extend(self.tree_pages(*tree).await?);
+        }
+        self.free = (0..self.next_page).filter(|page_no| !reached.contains(page_no)).collect();
+        Ok(self.free.len())
+    }
+
+    /// Pages free for reuse.
+    pub fn free_pages(&self) -> usize {
+        self.free.len()
+    }
+
+    async fn free_trees(&mut self, trees: Vec<Tree>) {
+        for tree in trees {
+            match self.tree_pages(tree).await {
+                Ok(pages) => self.free.extend(pages),
+                // Best effort: the transaction is decided either way, and
+                // the next open finds the pages.
+                Err(error) => {
+                    tracing::warn!(root = tree.root, %error, "a freed tree's pages stay unused until restart")
+                }
+            }
+        }
+    }
+
+    /// Every page of `tree`. Internal nodes are read; leaves are not: the
+    /// tree's height, down its leftmost path, says which children are
+    /// leaves.
+    async fn tree_pages(&mut self, tree: Tree) -> Result<Vec<u32>, StoreError> {
+        let mut height = 0;
+        let mut page_no = tree.root;
+        loop {
+            let page = self.pool.fetch(page_no, &self.wal).await?;
+            if page.kind() == PageKind::Leaf {
+                break;
+            }
+            page_no = node::link(page.body());
+            height += 1;
+        }
+        let mut pages = Vec::new();
+        let mut level = vec![tree.root];
+        for _ in 0..height {
+            let mut below = Vec::new();
+            for &page_no in &level {
+                let page = self.pool.fetch(page_no, &self.wal).await?;
+                if page.kind() != PageKind::Internal {
+                    let detail = "a tree's leaves are not all at one depth".to_string();
+                    return Err(BufferError::from(StorageError::CorruptPage {
+                        path: self.data_dir.join(DATA_FILE_NAME),
+                        page_no,
+                        detail,
+                    })
+                    .into());
+                }
+                let body = page.body();
+                below.push(node::link(body));
+                below.extend((0..node::count(body)).map(|index| child_at(body, index)));
+            }
+            pages.append(&mut level);
+            level = below;
+        }
+        pages.append(&mut level);
+        Ok(pages)
     }
 
     /// Rolls transaction `xid` back: undoes each of its changes newest first,
@@ -353,7 +456,8 @@ impl Store {
         if txn.last_lsn != Lsn::ZERO {
             self.wal.append(&Record::abort(xid, txn.last_lsn)).await?;
         }
-        self.active.remove(&xid);
+        let txn = self.active.remove(&xid).expect("active");
+        self.free_trees(txn.free_on_rollback).await;
         Ok(undone)
     }
 
@@ -598,6 +702,10 @@ impl Store {
     }
 
     fn allocate(&mut self) -> u32 {
+        if let Some(page_no) = self.free.pop_first() {
+            probe::hit(Probe::PageReused);
+            return page_no;
+        }
         let page_no = self.next_page;
         self.next_page += 1;
         page_no
@@ -751,7 +859,10 @@ impl Store {
         let pages = vec![left, parent];
         let images = pages.iter().map(|page| (page.page_no(), image(page))).collect();
         let (_, end) = self.log_redo_only(&Op::PageImages { images }).await?;
-        self.install_logged(pages, end).await
+        self.install_logged(pages, end).await?;
+        // Nothing reaches the right leaf now, in the log as on disk.
+        self.free.insert(right_no);
+        Ok(())
     }
 
     /// Puts pages whose images a record ending at `end` just logged into the
@@ -829,6 +940,7 @@ mod tests {
         }
         assert!(store.pool().stats().evictions > 100, "the pool stayed bounded");
         assert!(probe_count("path.tree_leaf_merge") > merges_before, "emptied leaves merged");
+        assert!(store.free_pages() > 0, "a merged-away leaf is free for reuse");
         assert_eq!(store.scan(tree).await.unwrap(), model.clone().into_iter().collect::<Vec<_>>());
         for (key, value) in model.iter().take(50) {
             assert_eq!(store.get(tree, key).await.unwrap().as_ref(), Some(value));
@@ -875,6 +987,77 @@ mod tests {
         wal.flush(wal.end_lsn()).await.unwrap();
         drop((store, wal));
         assert_eq!(open(&disk, 64).await.scan(tree).await.unwrap(), rows);
+    }
+
+    /// A dropped tree's pages are reused once the drop commits, never
+    /// before: a rolled-back drop leaves the tree whole. A tree created by a
+    /// transaction that rolls back is freed at once. A store reopened from
+    /// the log finds the same free pages again.
+    #[tokio::test]
+    async fn pages_no_tree_reaches_are_reused_only_once_that_is_decided() {
+        let disk = SimDisk::new(1, FaultConfig::none());
+        let mut store = open(&disk, 64).await;
+        let catalog = store.create_tree().await.unwrap();
+        let fill = |n: u32| (n.to_be_bytes(), [n as u8; 700]);
+        let doomed = store.create_tree().await.unwrap();
+        let xid = store.begin();
+        for n in 0..100 {
+            let (key, value) = fill(n);
+            store.put(xid, doomed, &key, &value).await.unwrap();
+        }
+        store.commit(xid, 0).await.unwrap();
+        let rows = store.scan(doomed).await.unwrap();
+        let doomed_pages = store.tree_pages(doomed).await.unwrap();
+        assert!(doomed_pages.len() > 8, "the tree has grown internal nodes: {doomed_pages:?}");
+
+        // A drop that rolls back frees nothing.
+        let xid = store.begin();
+        store.delete(xid, catalog, b"doomed").await.unwrap();
+        store.put(xid, catalog, b"dropping", b"doomed").await.unwrap();
+        store.free_on_commit(xid, doomed).await;
+        store.rollback(xid).await.unwrap();
+        assert_eq!(store.free_pages(), 0);
+
+        // A table created by a transaction that rolls back is freed at once.
+        let xid = store.begin();
+        let scratch = store.create_tree().await.unwrap();
+        store.free_on_rollback(xid, scratch);
+        for n in 0..30 {
+            let (key, value) = fill(n);
+            store.put(xid, scratch, &key, &value).await.unwrap();
+        }
+        let scratch_pages = store.tree_pages(scratch).await.unwrap().len();
+        store.rollback(xid).await.unwrap();
+        assert_eq!(store.free_pages(), scratch_pages);
+        assert_eq!(store.scan(doomed).await.unwrap(), rows, "the rolled-back drop left the tree whole");
+
+        // A drop that commits frees every page; a new tree takes them before the file grows.
+        let xid = store.begin();
+        store.put(xid, catalog, b"dropped", b"doomed").await.unwrap();
+        store.free_on_commit(xid, doomed).await;
+        store.commit(xid, 0).await.unwrap();
+        assert_eq!(store.free_pages(), scratch_pages + doomed_pages.len());
+        let (allocated, reused) = (store.page_count(), probe_count("path.page_reused"));
+        let fresh = store.create_tree().await.unwrap();
+        let xid = store.begin();
+        for n in 0..100 {
+            let (key, value) = fill(n + 1);
+            store.put(xid, fresh, &key, &value).await.unwrap();
+        }
+        store.commit(xid, 0).await.unwrap();
+        assert_eq!(store.page_count(), allocated, "the file did not grow");
+        assert!(probe_count("path.page_reused") > reused);
+        let free = store.free.clone();
+
+        // Reopened from the log (no checkpoint since): the same pages are free.
+        let fresh_rows = store.scan(fresh).await.unwrap();
+        let wal = store.wal().clone();
+        wal.flush(wal.end_lsn()).await.unwrap();
+        drop((store, wal));
+        let mut store = open(&disk, 64).await;
+        assert_eq!(store.reclaim_unreachable(&[catalog, fresh]).await.unwrap(), free.len());
+        assert_eq!(store.free, free);
+        assert_eq!(store.scan(fresh).await.unwrap(), fresh_rows);
     }
 
     fn probe_count(name: &str) -> u64 {

@@ -41,7 +41,7 @@ pub struct Table {
 }
 
 impl Table {
-    fn decode(name: &[u8], value: &[u8]) -> Table {
+    pub(crate) fn decode(name: &[u8], value: &[u8]) -> Table {
         let root = u32::from_le_bytes(value[..4].try_into().expect("catalog rows start with the root"));
         Table { name: String::from_utf8_lossy(name).into_owned(), tree: Tree { root }, meta: value[4..].to_vec() }
     }
@@ -191,6 +191,7 @@ impl Transaction {
                 return Ok(None);
             }
             let tree = store.create_tree().await?;
+            store.free_on_rollback(self.xid, tree);
             let mut row = tree.root.to_le_bytes().to_vec();
             row.extend_from_slice(meta);
             store.put(self.xid, CATALOG, name.as_bytes(), &row).await?;
@@ -209,14 +210,20 @@ impl Transaction {
         let Some(table) = self.table(name).await? else { return Err(DbError::NoSuchTable(name.to_string())) };
         self.lock_row(CATALOG, name.as_bytes(), LockMode::Exclusive).await?;
         self.lock(Resource::Table(table.tree.root), LockMode::Exclusive).await?;
-        let done = self.shared.store.lock().await.delete(self.xid, CATALOG, name.as_bytes()).await;
+        let mut store = self.shared.store.lock().await;
+        let done = store.delete(self.xid, CATALOG, name.as_bytes()).await;
+        if done.is_ok() {
+            store.free_on_commit(self.xid, table.tree).await;
+        }
+        drop(store);
         self.check(done).map(|_| ())
     }
 
     /// Gives the table called `name` a new, empty tree described by `meta`
     /// (`TRUNCATE`, or a rewrite that fills the new tree from the old).
-    /// Returns the old table and the new; both are locked exclusively. Like
-    /// a dropped table's, the old tree's pages are not reclaimed.
+    /// Returns the old table and the new; both are locked exclusively. The
+    /// old tree's pages are freed if the transaction commits, the new one's
+    /// if it rolls back.
     pub async fn replace_table(&mut self, name: &str, meta: &[u8]) -> Result<(Table, Table), DbError> {
         let Some(old) = self.table(name).await? else { return Err(DbError::NoSuchTable(name.to_string())) };
         self.lock_row(CATALOG, name.as_bytes(), LockMode::Exclusive).await?;
@@ -224,9 +231,11 @@ impl Transaction {
         let mut store = self.shared.store.lock().await;
         let created = async {
             let tree = store.create_tree().await?;
+            store.free_on_rollback(self.xid, tree);
             let mut row = tree.root.to_le_bytes().to_vec();
             row.extend_from_slice(meta);
             store.put(self.xid, CATALOG, name.as_bytes(), &row).await?;
+            store.free_on_commit(self.xid, old.tree).await;
             Ok(tree)
         }
         .await;
