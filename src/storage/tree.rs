@@ -373,13 +373,9 @@ impl Store {
             for &page_no in &level {
                 let page = self.pool.fetch(page_no, &self.wal).await?;
                 if page.kind() != PageKind::Internal {
-                    let detail = "a tree's leaves are not all at one depth".to_string();
-                    return Err(BufferError::from(StorageError::CorruptPage {
-                        path: self.data_dir.join(DATA_FILE_NAME),
-                        page_no,
-                        detail,
-                    })
-                    .into());
+                    let path = self.data_dir.join(DATA_FILE_NAME);
+                    let detail = format!("a leaf above the leaf level of the tree rooted at page {}", tree.root);
+                    return Err(StorageError::CorruptPage { path, page_no, detail }.into());
                 }
                 let body = page.body();
                 below.push(node::link(body));
