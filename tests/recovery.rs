@@ -9,6 +9,7 @@ use std::sync::Arc;
 use thunderdb::db::{Database, DbError, EngineConfig};
 use thunderdb::env::{Env, FaultConfig, SimClock, SimDisk};
 use thunderdb::storage::{DATA_FILE_NAME, PAGE_SIZE};
+use thunderdb::txn::Table;
 use thunderdb_workloads::db::{first_difference, DbModel, Rows, State, Write};
 
 fn config() -> EngineConfig {
@@ -62,14 +63,7 @@ fn value(n: u32, len: usize) -> Vec<u8> {
 ///    and commit.
 async fn script(disk: &SimDisk, model: &mut DbModel) -> Result<(), DbError> {
     let db = open(disk).await?;
-    let mut txn = db.begin().await?;
-    let table = txn.create_table("t", b"").await?;
-    let mut writes = vec![Write::CreateTable("t".into())];
-    for n in 0..60 {
-        txn.insert(&table, &key(n), &value(n, 700)).await?;
-        writes.push(Write::Put("t".into(), key(n), value(n, 700)));
-    }
-    commit(txn, writes, model).await?;
+    let table = fill_new_table(&db, "t", 60, 700, 0, model).await?;
 
     let mut txn = db.begin().await?;
     for n in 0..30 {
@@ -106,28 +100,37 @@ async fn script(disk: &SimDisk, model: &mut DbModel) -> Result<(), DbError> {
     }
     commit(txn, writes, model).await?;
 
-    fill_new_table(&db, "u", 0, model).await?;
+    fill_new_table(&db, "u", 20, 700, 0, model).await?;
     let mut txn = db.begin().await?;
     txn.drop_table("u").await?;
     txn.rollback().await?;
     let mut txn = db.begin().await?;
     txn.drop_table("u").await?;
     commit(txn, vec![Write::DropTable("u".into())], model).await?;
-    fill_new_table(&db, "v", 1, model).await?;
+    fill_new_table(&db, "v", 20, 700, 1, model).await?;
     std::mem::forget(open_txn);
     Ok(())
 }
 
-/// Creates table `name` with 20 rows of 700 bytes, in one transaction.
-async fn fill_new_table(db: &Database, name: &str, seed: u32, model: &mut DbModel) -> Result<(), DbError> {
+/// Creates table `name` with `rows` rows of `len` bytes (row `n` holds
+/// `value(n + seed, len)`) in one committed transaction, and returns it.
+async fn fill_new_table(
+    db: &Database,
+    name: &str,
+    rows: u32,
+    len: usize,
+    seed: u32,
+    model: &mut DbModel,
+) -> Result<Table, DbError> {
     let mut txn = db.begin().await?;
     let table = txn.create_table(name, b"").await?;
     let mut writes = vec![Write::CreateTable(name.into())];
-    for n in 0..20 {
-        txn.insert(&table, &key(n), &value(n + seed, 700)).await?;
-        writes.push(Write::Put(name.into(), key(n), value(n + seed, 700)));
+    for n in 0..rows {
+        txn.insert(&table, &key(n), &value(n + seed, len)).await?;
+        writes.push(Write::Put(name.into(), key(n), value(n + seed, len)));
     }
-    commit(txn, writes, model).await
+    commit(txn, writes, model).await?;
+    Ok(table)
 }
 
 async fn commit(txn: thunderdb::txn::Transaction, writes: Vec<Write>, model: &mut DbModel) -> Result<(), DbError> {
@@ -190,14 +193,7 @@ async fn a_crash_at_every_io_boundary_of_undo_recovers_the_same_state() {
     let mut model = DbModel::default();
     {
         let db = open(&disk).await.unwrap();
-        let mut txn = db.begin().await.unwrap();
-        let table = txn.create_table("t", b"").await.unwrap();
-        let mut writes = vec![Write::CreateTable("t".into())];
-        for n in 0..50 {
-            txn.put(&table, &key(n), &value(n, 400)).await.unwrap();
-            writes.push(Write::Put("t".into(), key(n), value(n, 400)));
-        }
-        commit(txn, writes, &mut model).await.unwrap();
+        let table = fill_new_table(&db, "t", 50, 400, 0, &mut model).await.unwrap();
         let mut loser = db.begin().await.unwrap();
         for n in 0..50 {
             loser.put(&table, &key(n * 3), &value(n, 900)).await.unwrap();
@@ -375,14 +371,7 @@ async fn a_rollback_larger_than_its_undo_memory_reads_its_records_back_from_the_
     let mut config = config();
     config.undo_memory = 2048;
     let db = Database::open(env(&disk), config.clone()).await.unwrap();
-    let mut txn = db.begin().await.unwrap();
-    let table = txn.create_table("t", b"").await.unwrap();
-    let mut writes = vec![Write::CreateTable("t".into())];
-    for n in 0..60 {
-        txn.insert(&table, &key(n), &value(n, 300)).await.unwrap();
-        writes.push(Write::Put("t".into(), key(n), value(n, 300)));
-    }
-    commit(txn, writes, &mut model).await.unwrap();
+    let table = fill_new_table(&db, "t", 60, 300, 0, &mut model).await.unwrap();
 
     let mut txn = db.begin().await.unwrap();
     for n in 0..60 {

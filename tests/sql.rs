@@ -176,6 +176,22 @@ fn query(text: &str) -> Vec<u8> {
     message(b'Q', format!("{text}\0").as_bytes())
 }
 
+/// `CopyData` with `rows`, then `CopyDone`.
+fn copy_in(rows: &[u8]) -> Vec<u8> {
+    let mut out = message(b'd', rows);
+    out.extend(message(b'c', b""));
+    out
+}
+
+/// A raw protocol session, started and idle. A read that waits 3 s fails.
+fn raw_session(server: &Server) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", server.pg_port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    stream.write_all(&startup_message()).unwrap();
+    assert_eq!(until_ready(&mut stream).1, b'I');
+    stream
+}
+
 /// `ReadyForQuery` reports the block's real state after `COPY … FROM STDIN`
 /// (in a block, a failed block, or none), and each statement's whole reply
 /// arrives before the server waits.
@@ -183,10 +199,7 @@ fn query(text: &str) -> Vec<u8> {
 fn copy_in_a_block_reports_the_block_in_ready_for_query() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let mut stream = TcpStream::connect(("127.0.0.1", server.pg_port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(&startup_message()).unwrap();
-    assert_eq!(until_ready(&mut stream).1, b'I');
+    let mut stream = raw_session(&server);
     let mut run = |bytes: Vec<u8>| {
         stream.write_all(&bytes).unwrap();
         until_ready(&mut stream)
@@ -194,18 +207,12 @@ fn copy_in_a_block_reports_the_block_in_ready_for_query() {
     assert_eq!(run(query("CREATE TABLE c (k INT PRIMARY KEY)")), (vec![b'C', b'Z'], b'I'));
     assert_eq!(run(query("BEGIN")).1, b'T');
     assert_eq!(run(query("COPY c FROM STDIN")).0, vec![b'G']);
-    let mut copy = message(b'd', b"1\n2\n");
-    copy.extend(message(b'c', b""));
-    assert_eq!(run(copy), (vec![b'C', b'Z'], b'T'), "still in the block after COPY");
+    assert_eq!(run(copy_in(b"1\n2\n")), (vec![b'C', b'Z'], b'T'), "still in the block after COPY");
     assert_eq!(run(query("COPY c FROM STDIN")).0, vec![b'G']);
-    let mut copy = message(b'd', b"2\n");
-    copy.extend(message(b'c', b""));
-    assert_eq!(run(copy), (vec![b'E', b'Z'], b'E'), "a duplicate key fails the block");
+    assert_eq!(run(copy_in(b"2\n")), (vec![b'E', b'Z'], b'E'), "a duplicate key fails the block");
     assert_eq!(run(query("COMMIT")).1, b'I');
     assert_eq!(run(query("COPY c FROM STDIN")).0, vec![b'G']);
-    let mut copy = message(b'd', b"3\n");
-    copy.extend(message(b'c', b""));
-    assert_eq!(run(copy), (vec![b'C', b'Z'], b'I'), "outside a block");
+    assert_eq!(run(copy_in(b"3\n")), (vec![b'C', b'Z'], b'I'), "outside a block");
     assert_eq!(server.psql("SELECT count(*) FROM c").trim(), "1");
     assert_eq!(server.terminate().0, 0);
 }
@@ -218,17 +225,10 @@ fn a_pipelined_reply_is_not_held_behind_a_waiting_statement() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     server.psql("CREATE TABLE p (k INT PRIMARY KEY, v INT); INSERT INTO p VALUES (1, 0)");
-    let session = || {
-        let mut stream = TcpStream::connect(("127.0.0.1", server.pg_port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        stream.write_all(&startup_message()).unwrap();
-        until_ready(&mut stream);
-        stream
-    };
-    let mut holder = session();
+    let mut holder = raw_session(&server);
     holder.write_all(&query("BEGIN; UPDATE p SET v = 1 WHERE k = 1")).unwrap();
     assert_eq!(until_ready(&mut holder).1, b'T');
-    let mut waiter = session();
+    let mut waiter = raw_session(&server);
     let mut both = query("SELECT 41 + 1");
     both.extend(query("UPDATE p SET v = 2 WHERE k = 1"));
     waiter.write_all(&both).unwrap();

@@ -126,11 +126,6 @@ impl BufferPool {
         self.frames_max
     }
 
-    /// Whether page `page_no` is in memory.
-    pub fn is_resident(&self, page_no: u32) -> bool {
-        self.frames.contains_key(&page_no)
-    }
-
     /// Pages resident now.
     pub fn resident(&self) -> usize {
         self.frames.len()
@@ -217,6 +212,12 @@ impl BufferPool {
             frame.rec_lsn.get_or_insert(lsn);
         }
         Ok(result)
+    }
+
+    /// Page `page_no`, which must be resident (fetched since the pool last
+    /// had to make room).
+    pub fn resident_page(&self, page_no: u32) -> &Page {
+        &self.frames.get(&page_no).unwrap_or_else(|| panic!("page {page_no} is not resident")).page
     }
 
     /// Applies a logged change to a resident page: `change` runs on the page

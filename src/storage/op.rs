@@ -116,8 +116,9 @@ pub enum Redo {
 pub struct OpDecodeError(String);
 
 impl Op {
-    /// The pages this op changes.
-    pub fn pages(&self) -> Vec<u32> {
+    /// The pages this op changes (what `peek` must agree with).
+    #[cfg(test)]
+    fn pages(&self) -> Vec<u32> {
         match self {
             Op::PageImages { images } => images.iter().map(|(page_no, _)| *page_no).collect(),
             _ => self.row_page().into_iter().collect(),

@@ -579,8 +579,7 @@ impl Store {
         loop {
             let path = self.descend(tree, key).await?;
             let leaf = *path.last().expect("a path ends at a leaf");
-            let page = self.pool.fetch(leaf, &self.wal).await?.clone();
-            let mut changed = page.clone();
+            let mut changed = self.pool.fetch(leaf, &self.wal).await?.clone();
             let body = changed.body_mut();
             let found = node::search(body, key).ok();
             let old = found.map(|index| node::value(body, index).to_vec());
@@ -608,7 +607,7 @@ impl Store {
                 Some(undo_next) => Op::Compensation { undo_next, redo: Box::new(op) },
                 None => op,
             };
-            self.change(xid, leaf, &page, op, changed).await?;
+            self.change(xid, leaf, op, changed).await?;
             if underfull && path.len() > 1 {
                 self.merge(&path).await?;
             }
@@ -681,14 +680,17 @@ impl Store {
     }
 
     /// Logs a row change (after the page's image, on its first change) and
-    /// makes it in the pool.
-    async fn change(&mut self, xid: u64, page_no: u32, before: &Page, op: Op, after: Page) -> Result<(), StoreError> {
+    /// makes it in the pool: `after` replaces resident page `page_no`, which
+    /// is still as it was before the change.
+    async fn change(&mut self, xid: u64, page_no: u32, op: Op, after: Page) -> Result<(), StoreError> {
         if matches!(op, Op::Compensation { .. }) && active(PlantedBug::UndoWithoutClr) {
-            self.pool.modify(page_no, before.page_lsn(), |resident| resident.copy_from(&after));
+            let lsn = self.pool.resident_page(page_no).page_lsn();
+            self.pool.modify(page_no, lsn, |resident| resident.copy_from(&after));
             return Ok(());
         }
         if !self.imaged.contains(&page_no) && !active(PlantedBug::SkipFullPageImage) {
-            let (_, end) = self.log_redo_only(&Op::PageImages { images: vec![(page_no, image(before))] }).await?;
+            let before = image(self.pool.resident_page(page_no));
+            let (_, end) = self.log_redo_only(&Op::PageImages { images: vec![(page_no, before)] }).await?;
             self.pool.modify(page_no, end, |_| {});
             self.imaged.insert(page_no);
         }
@@ -767,11 +769,10 @@ impl Store {
             level -= 1;
         }
         let page_no = path[level];
-        let page = self.pool.fetch(page_no, &self.wal).await?.clone();
-        let kind = page.kind();
+        let mut left = self.pool.fetch(page_no, &self.wal).await?.clone();
+        let kind = left.kind();
         probe::hit(if level == 0 { Probe::TreeRootSplit } else { Probe::TreeInternalSplit });
         let right_no = self.allocate();
-        let mut left = page.clone();
         let mut right = Page::new(right_no, kind);
         node::init(right.body_mut(), 0);
         // A key past the end of the rightmost leaf (a load in key order, or
@@ -900,6 +901,15 @@ mod tests {
         recover(fs, &SimClock::new(0), &opts).await.unwrap().0
     }
 
+    /// Makes the log durable, drops the store and opens it again from the
+    /// disk (redo from the log, no checkpoint taken).
+    async fn reopen(store: Store, disk: &SimDisk, pool_pages: u64) -> Store {
+        let wal = store.wal().clone();
+        wal.flush(wal.end_lsn()).await.unwrap();
+        drop((store, wal));
+        open(disk, pool_pages).await
+    }
+
     fn key(rng: &mut ChaCha8Rng) -> Vec<u8> {
         let id: u16 = rng.random_range(0..400);
         let mut key = id.to_be_bytes().to_vec();
@@ -949,10 +959,7 @@ mod tests {
 
         // The whole log replays to the same tree on a fresh store.
         store.commit(xid, 0).await.unwrap();
-        let wal = store.wal().clone();
-        wal.flush(wal.end_lsn()).await.unwrap();
-        drop((store, wal));
-        let mut again = open(&disk, 6).await;
+        let mut again = reopen(store, &disk, 6).await;
         assert_eq!(again.scan(tree).await.unwrap(), model.into_iter().collect::<Vec<_>>());
     }
 
@@ -979,10 +986,7 @@ mod tests {
         assert_eq!(rows.len(), 2000);
         assert_eq!(rows[1000].1, b"again");
         store.commit(xid, 0).await.unwrap();
-        let wal = store.wal().clone();
-        wal.flush(wal.end_lsn()).await.unwrap();
-        drop((store, wal));
-        assert_eq!(open(&disk, 64).await.scan(tree).await.unwrap(), rows);
+        assert_eq!(reopen(store, &disk, 64).await.scan(tree).await.unwrap(), rows);
     }
 
     /// A dropped tree's pages are reused once the drop commits, never
@@ -1047,10 +1051,7 @@ mod tests {
 
         // Reopened from the log (no checkpoint since): the same pages are free.
         let fresh_rows = store.scan(fresh).await.unwrap();
-        let wal = store.wal().clone();
-        wal.flush(wal.end_lsn()).await.unwrap();
-        drop((store, wal));
-        let mut store = open(&disk, 64).await;
+        let mut store = reopen(store, &disk, 64).await;
         assert_eq!(store.reclaim_unreachable(&[catalog, fresh]).await.unwrap(), free.len());
         assert_eq!(store.free, free);
         assert_eq!(store.scan(fresh).await.unwrap(), fresh_rows);
