@@ -54,6 +54,15 @@ pub struct EngineConfig {
     /// rollback; a larger transaction's rollback reads the rest back from
     /// the WAL. Not a config key: it bounds memory, the simulator shrinks it.
     pub undo_memory: usize,
+    /// The WAL's write-behind threshold, zero-fill chunk and recycled
+    /// segments (see [`WalOptions`]). Not config keys either: the defaults
+    /// serve, and the simulator draws small ones to reach the paths they
+    /// gate.
+    pub wal_write_behind_bytes: u64,
+    /// See [`WalOptions::zero_fill_chunk`].
+    pub wal_zero_fill_chunk: u64,
+    /// See [`WalOptions::recycled_segments_max`].
+    pub wal_recycled_segments_max: usize,
 }
 
 impl EngineConfig {
@@ -69,13 +78,21 @@ impl EngineConfig {
             max_wal_size: 512 << 20,
             lock_timeout: Duration::from_secs(10),
             undo_memory: crate::storage::UNDO_MEMORY_DEFAULT,
+            wal_write_behind_bytes: crate::wal::DEFAULT_WRITE_BEHIND_BYTES,
+            wal_zero_fill_chunk: crate::wal::DEFAULT_ZERO_FILL_CHUNK,
+            wal_recycled_segments_max: crate::wal::DEFAULT_RECYCLED_SEGMENTS_MAX,
         }
     }
 
     fn store_options(&self) -> StoreOptions {
         StoreOptions {
             data_dir: self.data_dir.clone(),
-            wal: WalOptions::new(&self.wal_dir).with_segment_size(self.wal_segment_size),
+            wal: WalOptions {
+                write_behind_bytes: self.wal_write_behind_bytes,
+                zero_fill_chunk: self.wal_zero_fill_chunk,
+                recycled_segments_max: self.wal_recycled_segments_max,
+                ..WalOptions::new(&self.wal_dir).with_segment_size(self.wal_segment_size)
+            },
             pool_bytes: self.buffer_pool_size,
             undo_memory: self.undo_memory,
         }
@@ -138,6 +155,10 @@ pub struct DbStats {
     pub aborted: AtomicU64,
     /// Checkpoints completed.
     pub checkpoints: AtomicU64,
+    /// Commits stamped with the previous commit's time because the wall
+    /// clock read earlier (it was stepped back): commit times never go
+    /// backwards in log order.
+    pub commit_time_clamps: AtomicU64,
 }
 
 pub(crate) struct Shared {

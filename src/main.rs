@@ -172,7 +172,7 @@ fn detect(fs: &dyn Fs, dir: &Path, timeline: Option<u32>) -> Result<(WalOptions,
         .find(|name| parse_segment_file_name(name, 1024).is_some())
         .ok_or_else(|| format!("no WAL segment files in {}", dir.display()))?;
     let size = fs.open(&dir.join(first)).and_then(|f| f.len()).map_err(|e| format!("{first}: {e}"))?;
-    let opts = WalOptions { dir: dir.to_path_buf(), timeline: 1, segment_size: size };
+    let opts = WalOptions::new(dir).with_segment_size(size);
     opts.validate().map_err(|e| format!("{first} is {size} bytes, not a WAL segment: {e}"))?;
     let segments: Vec<(u32, u64)> = names.iter().filter_map(|n| parse_segment_file_name(n, size)).collect();
     let timeline = match timeline {
@@ -246,7 +246,7 @@ fn describe_op(record: &Record) -> Option<String> {
         Op::Delete { table, page_no, key, .. } => format!("DELETE {}", row(table, page_no, &key, 0)),
         Op::Compensation { undo_next, .. } => format!("COMPENSATION undo-next {undo_next}"),
         Op::CheckpointBegin => "CHECKPOINT BEGIN".into(),
-        Op::CheckpointEnd { active, dirty } => {
+        Op::CheckpointEnd { active, dirty, .. } => {
             format!("CHECKPOINT END {} active, {} dirty", active.len(), dirty.len())
         }
     })

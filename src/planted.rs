@@ -16,6 +16,10 @@ pub enum PlantedBug {
     /// Publish the durable LSN before the sync, so a commit can be
     /// acknowledged before its record is durable.
     AckBeforeSync,
+    /// A flush that finds its records written (by a write-behind) but not
+    /// yet synced returns at once: the commit is acknowledged on the written
+    /// position instead of the durable one.
+    AckOnWritten,
     /// Skip the directory sync after renaming a new segment into place.
     SkipSegmentDirSync,
     /// After a failed fsync, retry it instead of stopping.
@@ -54,6 +58,12 @@ pub enum PlantedBug {
     /// uncommitted write (a dirty read) and a read-modify-write can lose an
     /// update.
     ReadWithoutLock,
+    /// Stamp a commit with the time its transaction began, not the time it
+    /// committed.
+    CommitStampedAtBegin,
+    /// Stamp each commit with the clock as read, even when the clock was
+    /// stepped back behind the previous commit's time.
+    NoCommitTimeClamp,
     /// Free a dropped or replaced table's pages when it is dropped, not when
     /// the transaction commits, so a rollback (or a crash before the commit)
     /// brings back a table whose pages another tree may have taken.
@@ -62,8 +72,9 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 17] = [
+    pub const ALL: [PlantedBug; 20] = [
         PlantedBug::AckBeforeSync,
+        PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
         PlantedBug::RetryFsync,
         PlantedBug::IgnoreFsyncError,
@@ -80,12 +91,15 @@ impl PlantedBug {
         PlantedBug::ForgetActiveTransactions,
         PlantedBug::ReadWithoutLock,
         PlantedBug::FreeBeforeCommit,
+        PlantedBug::CommitStampedAtBegin,
+        PlantedBug::NoCommitTimeClamp,
     ];
 
     /// The bug's name, as `--plant` takes it.
     pub fn name(self) -> &'static str {
         match self {
             PlantedBug::AckBeforeSync => "ack_before_sync",
+            PlantedBug::AckOnWritten => "ack_on_written",
             PlantedBug::SkipSegmentDirSync => "skip_segment_dir_sync",
             PlantedBug::RetryFsync => "retry_fsync",
             PlantedBug::IgnoreFsyncError => "ignore_fsync_error",
@@ -102,6 +116,8 @@ impl PlantedBug {
             PlantedBug::ForgetActiveTransactions => "forget_active_transactions",
             PlantedBug::ReadWithoutLock => "read_without_lock",
             PlantedBug::FreeBeforeCommit => "free_before_commit",
+            PlantedBug::CommitStampedAtBegin => "commit_stamped_at_begin",
+            PlantedBug::NoCommitTimeClamp => "no_commit_time_clamp",
         }
     }
 
@@ -124,6 +140,8 @@ impl PlantedBug {
                 | PlantedBug::ForgetActiveTransactions
                 | PlantedBug::ReadWithoutLock
                 | PlantedBug::FreeBeforeCommit
+                | PlantedBug::CommitStampedAtBegin
+                | PlantedBug::NoCommitTimeClamp
         )
     }
 }

@@ -143,6 +143,13 @@ pub enum Probe {
     GroupCommitFollower,
     /// A flush's group wrote across a segment boundary.
     GroupCommitSpansSegments,
+    /// An append passed the write-behind threshold and wrote the buffer
+    /// out without syncing it.
+    WriteBehind,
+    /// A flush found WAL written (by a write-behind) but not yet durable.
+    FlushFoundWrittenNotDurable,
+    /// A new segment was zero-filled in more than one write.
+    SegmentZeroFilledInChunks,
     /// A recycled segment was reused instead of creating a new one.
     SegmentReused,
     /// The reader cut a torn tail (a bad record with nothing durable after).
@@ -188,9 +195,12 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 21] = [
+    const ALL: [Probe; 24] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
+        Probe::WriteBehind,
+        Probe::FlushFoundWrittenNotDurable,
+        Probe::SegmentZeroFilledInChunks,
         Probe::SegmentReused,
         Probe::TornTailCut,
         Probe::ResumeLinkFollowed,
@@ -216,6 +226,9 @@ impl Probe {
         match self {
             Probe::GroupCommitFollower
             | Probe::GroupCommitSpansSegments
+            | Probe::WriteBehind
+            | Probe::FlushFoundWrittenNotDurable
+            | Probe::SegmentZeroFilledInChunks
             | Probe::SegmentReused
             | Probe::TornTailCut
             | Probe::ResumeLinkFollowed
@@ -229,6 +242,9 @@ impl Probe {
         match self {
             Probe::GroupCommitFollower => "group_commit_follower",
             Probe::GroupCommitSpansSegments => "group_commit_spans_segments",
+            Probe::WriteBehind => "write_behind",
+            Probe::FlushFoundWrittenNotDurable => "flush_found_written_not_durable",
+            Probe::SegmentZeroFilledInChunks => "segment_zero_filled_in_chunks",
             Probe::SegmentReused => "segment_reused",
             Probe::TornTailCut => "torn_tail_cut",
             Probe::ResumeLinkFollowed => "resume_link_followed",

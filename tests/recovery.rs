@@ -423,3 +423,62 @@ async fn checkpoints_run_on_the_interval_and_when_the_wal_outgrows_max_wal_size(
     let checkpoint = db.checkpoint().await.unwrap();
     assert!(checkpoint <= db.wal().end_lsn() && db.wal().durable_lsn() > checkpoint, "on demand, durable");
 }
+
+/// Commit times never go backwards in log order: a wall clock stepped back
+/// stamps the previous commit's time (and counts a clamp), across a crash
+/// (the floor comes from the commit records recovery reads) and across a
+/// checkpoint (it comes from the checkpoint's end record).
+#[tokio::test]
+async fn commit_times_never_go_backwards_when_the_clock_steps_back() {
+    use thunderdb::env::Clock;
+    use thunderdb::wal::WalOptions;
+    use thunderdb_workloads::commit_times::read_commit_times;
+
+    let disk = SimDisk::new(12, FaultConfig::none());
+    let clock = Arc::new(SimClock::new(1_700_000_000_000_000));
+    // One segment holds the whole log, so no checkpoint retires any of it.
+    let config = EngineConfig { wal_segment_size: 1 << 20, ..config() };
+    let open = || Database::open(Env::new(disk.fs(), clock.clone(), 7), config.clone());
+    async fn commit_one(db: &Database, n: u32) {
+        let mut txn = db.begin().await.unwrap();
+        let table = match txn.table("t").await.unwrap() {
+            Some(table) => table,
+            None => txn.create_table("t", b"").await.unwrap(),
+        };
+        txn.put(&table, &key(n), &value(n, 10)).await.unwrap();
+        txn.commit().await.unwrap().expect("a write logs a commit");
+    }
+    let clamps = |db: &Database| db.stats().commit_time_clamps.load(std::sync::atomic::Ordering::Relaxed);
+
+    let db = open().await.unwrap();
+    commit_one(&db, 1).await;
+    let first = clock.wall_micros();
+    clock.jump_wall(-60_000_000);
+    commit_one(&db, 2).await;
+    assert_eq!(clamps(&db), 1, "the commit after the step back was clamped");
+    drop(db);
+
+    disk.crash();
+    let db = open().await.unwrap();
+    commit_one(&db, 3).await;
+    assert_eq!(clamps(&db), 1, "recovery found the newest commit time in the log");
+    db.checkpoint().await.unwrap();
+    db.shutdown().await.unwrap();
+
+    // Every commit now lies before the redo point: the floor comes from the
+    // checkpoint's end record.
+    clock.jump_wall(-60_000_000);
+    let db = open().await.unwrap();
+    commit_one(&db, 4).await;
+    assert_eq!(clamps(&db), 1, "the checkpoint carried the newest commit time");
+    drop(db);
+
+    let opts = WalOptions::new("/db/wal").with_segment_size(config.wal_segment_size);
+    let logged = read_commit_times(disk.fs(), opts.clone(), opts.first_lsn()).unwrap();
+    assert!(logged.len() >= 4, "{logged:?}");
+    assert!(logged.windows(2).all(|pair| pair[0].1 <= pair[1].1), "times follow log order: {logged:?}");
+    // The clock stayed behind the first commit's time from the first step
+    // back on, so every later commit carries exactly that time.
+    assert!(logged[0].1 <= first, "{logged:?}");
+    assert!(logged.iter().all(|(_, time)| *time == logged[0].1), "each was clamped: {logged:?}");
+}

@@ -310,6 +310,7 @@ fn admin_api_health_checkpoint_metrics_and_token() {
     for line in [
         "thunderdb_transactions_committed_total 2",
         "thunderdb_checkpoints_total",
+        "thunderdb_commit_time_clamps_total",
         "thunderdb_wal_written_bytes_total",
         "thunderdb_buffer_pool_hits_total",
         "thunderdb_buffer_pool_misses_total",

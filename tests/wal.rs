@@ -351,3 +351,29 @@ async fn a_crash_at_every_io_boundary_keeps_every_acknowledged_record() {
         }
     }
 }
+
+/// Past the write-behind threshold an append writes the buffer out without
+/// syncing it: the bytes are written, not durable, and a crash may lose
+/// them. A flush that finds them so must still sync before it returns.
+#[tokio::test]
+async fn write_behind_output_is_not_durable_until_a_flush_syncs_it() {
+    let opts = opts().with_write_behind_bytes(256).with_zero_fill_chunk(512);
+    let disk = SimDisk::new(3, FaultConfig { lose_unsynced: true, ..FaultConfig::none() });
+    let fs: Arc<dyn Fs> = disk.fs();
+    let wal = open_wal(fs.clone(), &opts);
+    let durable_before = wal.durable_lsn();
+    let mut last_end = Lsn::ZERO;
+    for i in 0..6 {
+        last_end = wal.append(&Record::data(i, Lsn::ZERO, vec![i as u8; 200])).await.unwrap().1;
+    }
+    let written = wal.stats().bytes_written.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(written >= 1024, "the appends wrote behind: {written} bytes");
+    assert_eq!(wal.durable_lsn(), durable_before, "written behind is not durable");
+    let syncs = disk.sync_count();
+    let durable = wal.flush(last_end).await.unwrap();
+    assert!(durable >= last_end);
+    assert!(disk.sync_count() > syncs, "the flush synced what the write-behind had written");
+    drop(wal);
+    disk.crash();
+    assert_eq!(read_all(disk.fs(), &opts).unwrap().len(), 6, "every flushed record survives the crash");
+}

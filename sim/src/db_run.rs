@@ -43,13 +43,16 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thunderdb::db::{Database, DbError, EngineConfig};
-use thunderdb::env::{Env, FaultConfig, SimClock, SimDisk};
+use thunderdb::env::{Clock, Env, FaultConfig, SimClock, SimDisk};
 use thunderdb::sql::types::{decode_row, encode_key_part, encode_row, Column, Schema};
 use thunderdb::sql::{Output, SqlError, SqlType, Value};
+use thunderdb::storage::{ControlFile, StoreError};
 use thunderdb::txn::Transaction;
+use thunderdb::wal::{Lsn, WalOptions};
+use thunderdb_workloads::commit_times::{read_commit_times, CommitTimes, CommitWindow};
 use thunderdb_workloads::db::{bank_total, describe, short, DbModel, Rows, State, Write};
 
-use crate::wal_run::{SeedFailure, SeedOutcome};
+use crate::wal_run::{draw_write_behind, draw_zero_fill_chunk, knobs_seed, SeedFailure, SeedOutcome};
 
 const CYCLES: u32 = 5;
 const TXNS_PER_SESSION: u32 = 12;
@@ -74,7 +77,9 @@ struct Swarm {
 }
 
 impl Swarm {
-    fn draw(rng: &mut ChaCha8Rng) -> Self {
+    /// Draws the swarm options; `knobs` draws the size thresholds that gate
+    /// code paths, on a stream of its own (see `wal_run`).
+    fn draw(rng: &mut ChaCha8Rng, knobs: &mut ChaCha8Rng) -> Self {
         let mut config = EngineConfig::new("/thunderdb");
         let pool_pages = [4, 16, 256][rng.random_range(0..3)];
         config.buffer_pool_size = pool_pages * 8192;
@@ -90,6 +95,9 @@ impl Swarm {
         config.max_wal_size = [16 << 10, 256 << 10, 64 << 20][rng.random_range(0..3)];
         config.checkpoint_interval = Duration::from_millis([20, 200, 30_000][rng.random_range(0..3)]);
         config.lock_timeout = Duration::from_millis(500);
+        config.wal_write_behind_bytes = draw_write_behind(knobs);
+        config.wal_zero_fill_chunk = draw_zero_fill_chunk(knobs, config.wal_segment_size);
+        config.wal_recycled_segments_max = knobs.random_range(0..=4);
         let mut weight = |max| if rng.random_bool(0.8) { rng.random_range(1..=max) } else { 0 };
         let mut weights = [weight(6), weight(6), weight(2), weight(2), weight(2), weight(4)];
         if weights.iter().all(|w| *w == 0) {
@@ -132,6 +140,12 @@ struct Shared {
     appended: u16,
     commits: u64,
     acknowledged: u64,
+    /// Where each acknowledged commit's time must lie.
+    times: CommitTimes,
+    /// Wall-clock steps so far, and the highest time the clock had shown
+    /// before the last one.
+    wall_steps: u64,
+    wall_high_micros: u64,
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -159,7 +173,8 @@ struct Run {
 /// Runs one seed of the transactional workloads to its verdict.
 pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let swarm = Swarm::draw(&mut rng);
+    let mut knobs = ChaCha8Rng::seed_from_u64(knobs_seed(seed));
+    let swarm = Swarm::draw(&mut rng, &mut knobs);
     let disk = SimDisk::new(rng.random(), swarm.faults.clone());
     let mut run = Run {
         seed,
@@ -213,6 +228,18 @@ impl Run {
     /// error (injected, or the countdown) ends the attempt with `None`;
     /// corruption or a model mismatch fails the seed.
     async fn open(&mut self) -> Result<Option<Database>, SeedFailure> {
+        // What the crash left of the log since the last checkpoint, read
+        // before recovery's own checkpoint moves the redo point past it.
+        match self.logged_commit_times() {
+            Ok((redo, logged)) => {
+                let mut shared = lock(&self.shared);
+                shared.times.check(&logged).map_err(|detail| self.fail("commit_times", detail))?;
+                shared.times.forget_before(redo);
+            }
+            Err(e) if e.is_corruption() => return Err(self.fail("no_corruption", e.to_string())),
+            // An injected error or the crash countdown: recovery meets it too.
+            Err(_) => {}
+        }
         let db = match Database::open(self.env(), self.swarm.config.clone()).await {
             Ok(db) => db,
             Err(e) if e.is_corruption() => return Err(self.fail("no_corruption", e.to_string())),
@@ -242,10 +269,21 @@ impl Run {
         let fresh = !found.contains_key(KV);
         lock(&self.shared).model.adopt(found);
         self.recoveries += 1;
-        if fresh && setup(&db, &self.shared).await.is_err() {
+        if fresh && setup(&db, &self.shared, &self.clock).await.is_err() {
             return Ok(None);
         }
         Ok(Some(db))
+    }
+
+    /// The commit records the log holds from the last checkpoint's redo
+    /// point (or the start of the log) to its end, with that point.
+    fn logged_commit_times(&self) -> Result<(Lsn, Vec<(Lsn, u64)>), StoreError> {
+        let fs = self.disk.fs();
+        let config = &self.swarm.config;
+        let opts = WalOptions::new(&config.wal_dir).with_segment_size(config.wal_segment_size);
+        let control = ControlFile::load(fs.as_ref(), &config.data_dir)?;
+        let redo = control.map_or(opts.first_lsn(), |control| control.redo_lsn);
+        Ok((redo, read_commit_times(fs, opts, redo)?))
     }
 
     /// Runs the sessions until they finish or the engine stops.
@@ -253,13 +291,13 @@ impl Run {
         let db = Arc::new(db);
         let mut handles = Vec::new();
         for _ in 0..self.swarm.sessions {
-            let session = Session {
-                db: db.clone(),
-                clock: self.clock.clone(),
-                shared: self.shared.clone(),
-                swarm: self.swarm.clone(),
-                rng: ChaCha8Rng::seed_from_u64(self.rng.random()),
-            };
+            let session = Session::new(
+                db.clone(),
+                self.clock.clone(),
+                self.shared.clone(),
+                self.swarm.clone(),
+                self.rng.random(),
+            );
             handles.push(tokio::spawn(session.run(TXNS_PER_SESSION)));
         }
         for handle in handles {
@@ -281,13 +319,8 @@ impl Run {
             return Err(self.fail("liveness", "the database did not open with faults off".into()));
         };
         let db = Arc::new(db);
-        let session = Session {
-            db: db.clone(),
-            clock: self.clock.clone(),
-            shared: self.shared.clone(),
-            swarm: Swarm { weights: [1, 1, 0, 0, 0, 1], ..self.swarm.clone() },
-            rng: ChaCha8Rng::seed_from_u64(self.rng.random()),
-        };
+        let swarm = Swarm { weights: [1, 1, 0, 0, 0, 1], ..self.swarm.clone() };
+        let session = Session::new(db.clone(), self.clock.clone(), self.shared.clone(), swarm, self.rng.random());
         session.run(5).await;
         if let Some((check, detail)) = lock(&self.shared).failure.take() {
             return Err(self.fail(check, detail));
@@ -326,7 +359,7 @@ async fn read_state(db: &Database) -> Result<State, DbError> {
 
 /// Creates the kv table, the bank and the SQL ledger with their opening
 /// balances.
-async fn setup(db: &Database, shared: &SharedRef) -> Result<(), DbError> {
+async fn setup(db: &Database, shared: &SharedRef, clock: &SimClock) -> Result<(), DbError> {
     let mut txn = db.begin().await?;
     let mut writes =
         vec![Write::CreateTable(KV.into()), Write::CreateTable(BANK.into()), Write::CreateTable(LEDGER.into())];
@@ -347,7 +380,7 @@ async fn setup(db: &Database, shared: &SharedRef) -> Result<(), DbError> {
         txn.put(&ledger, &key, &row).await?;
         writes.push(Write::Put(LEDGER.into(), key, row));
     }
-    commit(txn, writes, shared).await
+    commit(txn, writes, shared, clock).await
 }
 
 /// The key and row the SQL layer stores for a ledger account.
@@ -367,20 +400,27 @@ fn ledger_balance(row: &[u8]) -> Result<i64, String> {
 
 /// Commits, telling the model first (in commit-record order: nothing
 /// yields between here and the commit taking the store) and marking the
-/// commit acknowledged when it returns `Ok` with a logged commit record.
-async fn commit(txn: Transaction, writes: Vec<Write>, shared: &SharedRef) -> Result<(), DbError> {
-    let index = {
+/// commit acknowledged when it returns `Ok` with a logged commit record,
+/// with the window its commit time must lie in.
+async fn commit(txn: Transaction, writes: Vec<Write>, shared: &SharedRef, clock: &SimClock) -> Result<(), DbError> {
+    let (index, steps) = {
         let mut shared = lock(shared);
         shared.commits += 1;
-        shared.model.committing(writes)
+        (shared.model.committing(writes), shared.wall_steps)
     };
-    if txn.commit().await?.is_none() {
+    let before = clock.wall_micros();
+    let Some(lsn) = txn.commit().await? else {
         // Nothing was logged, so the commit promised nothing about durability.
         return Ok(());
-    }
+    };
     let mut shared = lock(shared);
     shared.acknowledged += 1;
     shared.model.acknowledged(index);
+    let window = CommitWindow {
+        earliest_micros: (shared.wall_steps == steps).then_some(before),
+        latest_micros: shared.wall_high_micros.max(clock.wall_micros()),
+    };
+    shared.times.acknowledged(lsn, window);
     Ok(())
 }
 
@@ -390,9 +430,27 @@ struct Session {
     shared: SharedRef,
     swarm: Swarm,
     rng: ChaCha8Rng,
+    /// Draws think time inside transactions: a stream of its own, so the
+    /// workload's other draws stay as they were.
+    think: ChaCha8Rng,
 }
 
 impl Session {
+    fn new(db: Arc<Database>, clock: Arc<SimClock>, shared: SharedRef, swarm: Swarm, seed: u64) -> Self {
+        let rng = ChaCha8Rng::seed_from_u64(seed);
+        let think = ChaCha8Rng::seed_from_u64(seed ^ 0x7417_7417_7417_7417);
+        Session { db, clock, shared, swarm, rng, think }
+    }
+
+    /// Now and then, a client pause inside a transaction: simulated time
+    /// passes between its first statement and its commit, so its begin time
+    /// and its commit time differ.
+    async fn think(&mut self) {
+        if self.think.random_bool(0.3) {
+            tokio::time::sleep(Duration::from_micros(self.think.random_range(1..2000))).await;
+        }
+    }
+
     /// Runs up to `txns` transactions; stops when the engine does.
     async fn run(mut self, txns: u32) {
         for _ in 0..txns {
@@ -424,8 +482,13 @@ impl Session {
                 return;
             }
             if self.rng.random_bool(0.02) {
-                // NTP steps the wall clock, either way; commit stamps follow it.
-                self.clock.jump_wall(self.rng.random_range(-60_000_000..60_000_000));
+                // NTP steps the wall clock, either way; commit stamps follow
+                // it forwards and are clamped when it goes back.
+                let step = self.rng.random_range(-60_000_000..60_000_000);
+                let mut shared = lock(&self.shared);
+                shared.wall_high_micros = shared.wall_high_micros.max(self.clock.wall_micros());
+                shared.wall_steps += 1;
+                self.clock.jump_wall(step);
             }
         }
     }
@@ -492,7 +555,8 @@ impl Session {
         if self.rng.random_bool(0.1) {
             return txn.rollback().await;
         }
-        commit(txn, writes, &self.shared).await
+        self.think().await;
+        commit(txn, writes, &self.shared, &self.clock).await
     }
 
     async fn bank(&mut self) -> Result<(), DbError> {
@@ -528,7 +592,8 @@ impl Session {
             txn.put(&bank, &key, &value).await?;
             writes.push(Write::Put(BANK.into(), key, value));
         }
-        commit(txn, writes, &self.shared).await
+        self.think().await;
+        commit(txn, writes, &self.shared, &self.clock).await
     }
 
     async fn long(&mut self) -> Result<(), DbError> {
@@ -561,7 +626,7 @@ impl Session {
         }
         match self.rng.random_range(0..10) {
             0..=4 => txn.rollback().await,
-            5..=7 => commit(txn, writes, &self.shared).await,
+            5..=7 => commit(txn, writes, &self.shared, &self.clock).await,
             _ => {
                 // The client goes silent: the transaction stays open, holding
                 // its locks, until the crash.
@@ -597,7 +662,7 @@ impl Session {
         if self.rng.random_bool(0.3) {
             return txn.rollback().await;
         }
-        commit(txn, writes, &self.shared).await
+        commit(txn, writes, &self.shared, &self.clock).await
     }
 
     async fn large_rows(&mut self) -> Result<(), DbError> {
@@ -611,7 +676,7 @@ impl Session {
             txn.put(&table, &key, &value).await?;
             writes.push(Write::Put(KV.into(), key, value));
         }
-        commit(txn, writes, &self.shared).await
+        commit(txn, writes, &self.shared, &self.clock).await
     }
 
     /// A SQL session's transfer or audit on the ledger.

@@ -97,10 +97,17 @@ struct Swarm {
 }
 
 impl Swarm {
-    fn draw(rng: &mut ChaCha8Rng) -> Self {
+    /// Draws the swarm options. `knobs` draws the size thresholds that gate
+    /// code paths (docs/simulation.md, "Thresholds"): a stream of its own,
+    /// so that adding one leaves every other draw of a seed as it was.
+    fn draw(rng: &mut ChaCha8Rng, knobs: &mut ChaCha8Rng) -> Self {
         let segment_size = [1024, 4096, 65536][rng.random_range(0..3)];
+        let opts = WalOptions::new("/thunderdb/wal")
+            .with_segment_size(segment_size)
+            .with_write_behind_bytes(draw_write_behind(knobs))
+            .with_zero_fill_chunk(draw_zero_fill_chunk(knobs, segment_size));
         Swarm {
-            opts: WalOptions::new("/thunderdb/wal").with_segment_size(segment_size),
+            opts,
             writers: rng.random_range(1..=8),
             faults: FaultConfig::swarm(rng),
             bit_rot: rng.random_bool(0.3),
@@ -108,6 +115,32 @@ impl Swarm {
             uniform_payload: if rng.random_bool(0.3) { Some(rng.random_range(0..300)) } else { None },
         }
     }
+}
+
+/// The write-behind threshold: the default (4 MiB, which no seed reaches)
+/// half the time, else a few hundred bytes to a few KiB, so that appends
+/// write the buffer out unsynced and flushes find it written, not durable.
+pub fn draw_write_behind(knobs: &mut ChaCha8Rng) -> u64 {
+    if knobs.random_bool(0.5) {
+        thunderdb::wal::DEFAULT_WRITE_BEHIND_BYTES
+    } else {
+        knobs.random_range(64..8192)
+    }
+}
+
+/// The zero-fill chunk: the default (1 MiB, larger than any simulated
+/// segment) half the time, else from one sector to the whole segment.
+pub fn draw_zero_fill_chunk(knobs: &mut ChaCha8Rng, segment_size: u64) -> u64 {
+    if knobs.random_bool(0.5) {
+        thunderdb::wal::DEFAULT_ZERO_FILL_CHUNK
+    } else {
+        knobs.random_range(512..=segment_size)
+    }
+}
+
+/// The seed of a seed's `knobs` stream.
+pub fn knobs_seed(seed: u64) -> u64 {
+    seed ^ 0x6b6e_6f62_735f_5f5f
 }
 
 struct Run {
@@ -131,7 +164,8 @@ struct Run {
 /// Runs one seed to its verdict.
 pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let swarm = Swarm::draw(&mut rng);
+    let mut knobs = ChaCha8Rng::seed_from_u64(knobs_seed(seed));
+    let swarm = Swarm::draw(&mut rng, &mut knobs);
     let disk = SimDisk::new(rng.random(), swarm.faults.clone());
     let mut run = Run {
         seed,

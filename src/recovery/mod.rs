@@ -131,6 +131,7 @@ pub async fn recover(
     let mut dirty: BTreeMap<u32, Lsn> = BTreeMap::new();
     let mut next_xid = control.map_or(1, |control| control.next_xid);
     let mut changes = 0u64;
+    let mut last_commit_micros = 0;
     let mut reader = WalReader::new(fs.clone(), opts.wal.clone(), start).durable_through(durable_floor);
     loop {
         let next = {
@@ -141,6 +142,7 @@ pub async fn recover(
         next_xid = next_xid.max(record.xid + 1);
         match record.kind {
             RecordKind::Commit | RecordKind::Abort => {
+                last_commit_micros = last_commit_micros.max(record.commit_time_micros().unwrap_or(0));
                 losers.remove(&record.xid);
                 ended.insert(record.xid);
             }
@@ -163,7 +165,10 @@ pub async fn recover(
                     }
                 }
                 None => {
-                    if let Op::CheckpointEnd { active, dirty: listed } = decode(lsn, &record.payload)? {
+                    if let Op::CheckpointEnd { active, dirty: listed, last_commit_micros: newest } =
+                        decode(lsn, &record.payload)?
+                    {
+                        last_commit_micros = last_commit_micros.max(newest);
                         for entry in active.into_iter().filter(|entry| !ended.contains(&entry.xid)) {
                             losers.entry(entry.xid).or_insert(Loser { entry, resumed: false });
                         }
@@ -203,6 +208,7 @@ pub async fn recover(
     let data_path = opts.data_dir.join(DATA_FILE_NAME);
     let pool = BufferPool::open(fs.clone(), &data_path, opts.pool_bytes).map_err(BufferError::from)?;
     let mut store = Store::new(fs.clone(), &opts.data_dir, pool, wal, next_xid, opts.undo_memory)?;
+    store.recovered_commit_time(last_commit_micros);
     let mut reader = WalReader::new(fs.clone(), opts.wal.clone(), start).durable_through(durable_floor);
     while let Some((lsn, record)) = reader.next_record()? {
         if record.kind != RecordKind::Data || lsn >= end.lsn() {

@@ -99,6 +99,12 @@ pub async fn render_metrics(db: &Database) -> String {
     counter(&mut registry, "transactions_committed", "Transactions committed", stats.committed.load(Ordering::Relaxed));
     counter(&mut registry, "transactions_aborted", "Transactions rolled back", stats.aborted.load(Ordering::Relaxed));
     counter(&mut registry, "checkpoints", "Checkpoints completed", stats.checkpoints.load(Ordering::Relaxed));
+    counter(
+        &mut registry,
+        "commit_time_clamps",
+        "Commits stamped with the previous commit's time because the wall clock stepped back",
+        stats.commit_time_clamps.load(Ordering::Relaxed),
+    );
     let wal = db.wal().stats();
     counter(
         &mut registry,

@@ -19,16 +19,15 @@ use config::Config;
 impl Config {
     /// The engine settings this configuration gives.
     pub fn engine(&self) -> EngineConfig {
-        EngineConfig {
-            data_dir: self.data_dir.clone(),
-            wal_dir: self.wal_dir.clone(),
-            buffer_pool_size: self.storage.buffer_pool_size.0,
-            wal_segment_size: self.storage.wal_segment_size.0,
-            checkpoint_interval: self.storage.checkpoint_interval.0,
-            max_wal_size: self.storage.max_wal_size.0,
-            lock_timeout: self.storage.lock_timeout.0,
-            undo_memory: crate::storage::UNDO_MEMORY_DEFAULT,
-        }
+        let mut engine = EngineConfig::new("");
+        engine.data_dir = self.data_dir.clone();
+        engine.wal_dir = self.wal_dir.clone();
+        engine.buffer_pool_size = self.storage.buffer_pool_size.0;
+        engine.wal_segment_size = self.storage.wal_segment_size.0;
+        engine.checkpoint_interval = self.storage.checkpoint_interval.0;
+        engine.max_wal_size = self.storage.max_wal_size.0;
+        engine.lock_timeout = self.storage.lock_timeout.0;
+        engine
     }
 }
 

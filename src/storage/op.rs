@@ -12,7 +12,7 @@
 //! | `Update` | 4 | table, page, key, old value, new value | put key → new value | put key → old value |
 //! | `Compensation` | 5 | undo-next LSN, then one redo-only op | as the inner op | never undone |
 //! | `CheckpointBegin` | 6 | | | |
-//! | `CheckpointEnd` | 7 | active transactions (id, last LSN, undo-next LSN), dirty pages (page, recovery LSN) | | |
+//! | `CheckpointEnd` | 7 | active transactions (id, last LSN, undo-next LSN), dirty pages (page, recovery LSN), newest commit time logged (u64 µs) | | |
 //!
 //! Integers are little-endian; keys and values are length-prefixed (u16 and
 //! u32). A full-page image is logged on a page's first change after each
@@ -87,6 +87,10 @@ pub enum Op {
         active: Vec<ActiveTxnEntry>,
         /// Dirty pages and their recovery LSNs.
         dirty: Vec<(u32, Lsn)>,
+        /// The newest commit time logged so far (µs since the epoch): the
+        /// floor for later commit times after a restart, when the commits
+        /// themselves may lie before the redo point.
+        last_commit_micros: u64,
     },
 }
 
@@ -197,7 +201,7 @@ impl Op {
                 redo.encode_into(out);
             }
             Op::CheckpointBegin => out.push(6),
-            Op::CheckpointEnd { active, dirty } => {
+            Op::CheckpointEnd { active, dirty, last_commit_micros } => {
                 out.push(7);
                 out.extend_from_slice(&(active.len() as u32).to_le_bytes());
                 for entry in active {
@@ -210,6 +214,7 @@ impl Op {
                     out.extend_from_slice(&page_no.to_le_bytes());
                     out.extend_from_slice(&lsn.0.to_le_bytes());
                 }
+                out.extend_from_slice(&last_commit_micros.to_le_bytes());
             }
         }
     }
@@ -358,7 +363,7 @@ impl Reader<'_> {
                     })
                     .collect::<Result<_, _>>()?;
                 let dirty = (0..self.u32()?).map(|_| Ok((self.u32()?, Lsn(self.u64()?)))).collect::<Result<_, _>>()?;
-                Op::CheckpointEnd { active, dirty }
+                Op::CheckpointEnd { active, dirty, last_commit_micros: self.u64()? }
             }
             tag => return Err(OpDecodeError(format!("unknown op tag {tag}"))),
         })
@@ -403,10 +408,11 @@ mod tests {
             4 => row_op(),
             1 => (row_op(), any::<u64>()).prop_map(|(op, next)| Op::Compensation { undo_next: Lsn(next), redo: Box::new(op) }),
             1 => Just(Op::CheckpointBegin),
-            1 => (proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..5), proptest::collection::vec((any::<u32>(), any::<u64>()), 0..5))
-                .prop_map(|(a, d)| Op::CheckpointEnd {
+            1 => (proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..5), proptest::collection::vec((any::<u32>(), any::<u64>()), 0..5), any::<u64>())
+                .prop_map(|(a, d, t)| Op::CheckpointEnd {
                     active: a.into_iter().map(|(xid, l, u)| ActiveTxnEntry { xid, last_lsn: Lsn(l), undo_next: Lsn(u) }).collect(),
                     dirty: d.into_iter().map(|(p, l)| (p, Lsn(l))).collect(),
+                    last_commit_micros: t,
                 }),
         ]
     }

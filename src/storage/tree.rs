@@ -163,6 +163,22 @@ pub struct Store {
     next_xid: u64,
     /// The bound on each transaction's `records_bytes`.
     undo_memory: usize,
+    /// The newest commit time logged: later commits are stamped no earlier,
+    /// so commit times never go backwards in log order.
+    last_commit_micros: u64,
+}
+
+/// A commit record appended to the log, not yet durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitAppended {
+    /// The commit record's LSN.
+    pub lsn: Lsn,
+    /// The LSN just past it: the caller flushes to here before acknowledging.
+    pub end: Lsn,
+    /// The commit time it carries.
+    pub time_micros: u64,
+    /// Whether that time was clamped up to the previous commit's.
+    pub clamped: bool,
 }
 
 fn image(page: &Page) -> Box<[u8; PAGE_SIZE]> {
@@ -210,6 +226,7 @@ impl Store {
             active: BTreeMap::new(),
             next_xid: next_xid.max(1),
             undo_memory,
+            last_commit_micros: 0,
         })
     }
 
@@ -285,23 +302,44 @@ impl Store {
         self.active.insert(entry.xid, txn);
     }
 
-    /// Ends transaction `xid` with a commit record stamped `commit_time_micros`
-    /// and returns the record's LSN and end; the caller must make the end
-    /// durable ([`Wal::flush`]) before acknowledging. A transaction that
-    /// wrote nothing logs nothing and returns `None`.
-    pub async fn commit(&mut self, xid: u64, commit_time_micros: u64) -> Result<Option<(Lsn, Lsn)>, StoreError> {
+    /// Ends transaction `xid` with a commit record stamped with the wall
+    /// clock's `now_micros`, read by the caller while it holds the store (so
+    /// that time order is log order), and returns the appended record; the
+    /// caller must make its end durable ([`Wal::flush`]) before
+    /// acknowledging. A transaction that wrote nothing logs nothing and
+    /// returns `None`.
+    ///
+    /// Commit times never go backwards in log order: a clock stepped back
+    /// stamps the previous commit's time instead (counted as a clamp), so a
+    /// point-in-time recovery that stops at the first commit after a time
+    /// stops at the right place.
+    pub async fn commit(&mut self, xid: u64, now_micros: u64) -> Result<Option<CommitAppended>, StoreError> {
         let txn = self.active.get(&xid).unwrap_or_else(|| panic!("transaction {xid} is not active"));
         if txn.first_lsn == Lsn::ZERO {
             self.active.remove(&xid);
             return Ok(None);
         }
-        let (lsn, end) = self.wal.append(&Record::commit(xid, txn.last_lsn, commit_time_micros)).await?;
+        let clamped = now_micros < self.last_commit_micros && !active(PlantedBug::NoCommitTimeClamp);
+        let time_micros = if clamped { self.last_commit_micros } else { now_micros };
+        let (lsn, end) = self.wal.append(&Record::commit(xid, txn.last_lsn, time_micros)).await?;
+        self.last_commit_micros = time_micros;
         let txn = self.active.remove(&xid).expect("active");
         // Later records, a reused page's image among them, follow the commit
         // record in the log: no crash can keep the reuse and lose the commit.
         let freed = if active(PlantedBug::FreeBeforeCommit) { Vec::new() } else { txn.free_on_commit };
         self.free_trees(freed).await;
-        Ok(Some((lsn, end)))
+        Ok(Some(CommitAppended { lsn, end, time_micros, clamped }))
+    }
+
+    /// The newest commit time logged (µs since the epoch).
+    pub fn last_commit_micros(&self) -> u64 {
+        self.last_commit_micros
+    }
+
+    /// Recovery tells the store the newest commit time it found in the log
+    /// (or in the checkpoint): the floor for the next commit's time.
+    pub(crate) fn recovered_commit_time(&mut self, micros: u64) {
+        self.last_commit_micros = self.last_commit_micros.max(micros);
     }
 
     /// Frees `tree`'s pages when transaction `xid` commits (a table it
@@ -663,7 +701,8 @@ impl Store {
             .filter(|(_, txn)| txn.first_lsn != Lsn::ZERO && !active(PlantedBug::ForgetActiveTransactions))
             .map(|(&xid, txn)| ActiveTxnEntry { xid, last_lsn: txn.last_lsn, undo_next: txn.undo_next })
             .collect();
-        let (_, end) = self.log_redo_only(&Op::CheckpointEnd { active: att, dirty }).await?;
+        let last_commit_micros = self.last_commit_micros;
+        let (_, end) = self.log_redo_only(&Op::CheckpointEnd { active: att, dirty, last_commit_micros }).await?;
         self.wal.flush(end).await?;
         {
             let _phase = probe::enter(Phase::CheckpointControl);
@@ -674,7 +713,8 @@ impl Store {
         if needed_from < begin {
             probe::hit(Probe::CheckpointHeldForUndo);
         }
-        self.wal.retire_segments(needed_from, 2, may_retire).await?;
+        let keep_ready = self.wal.options().recycled_segments_max;
+        self.wal.retire_segments(needed_from, keep_ready, may_retire).await?;
         probe::hit(Probe::CheckpointCompleted);
         Ok(begin)
     }

@@ -6,8 +6,9 @@
 //! the transaction ends; see [`lock`] for the modes and deadlock handling.
 //! There are no dirty reads and no lost updates.
 //!
-//! - **Commit** appends the commit record (stamped with the wall clock) while
-//!   holding the store, then waits outside it for the record to be durable,
+//! - **Commit** appends the commit record (stamped with the wall clock, read
+//!   while holding the store, and never earlier than the previous commit's
+//!   stamp) while holding the store, then waits outside it for the record to be durable,
 //!   sharing the sync with concurrent committers (group commit); only then
 //!   are the locks released and the commit acknowledged.
 //! - **Rollback** undoes the transaction's changes newest first, logging a
@@ -25,6 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::db::{DbError, Shared, CATALOG};
+use crate::planted::{active, PlantedBug};
 use crate::storage::{StoreError, Tree};
 use crate::wal::Lsn;
 use lock::{LockMode, Resource};
@@ -65,11 +67,19 @@ pub struct Transaction {
     /// need no locks of their own (a bulk load or a rewrite would otherwise
     /// hold one per row).
     exclusive: Vec<u32>,
+    /// The wall clock when the transaction began (µs since the epoch).
+    begun_micros: u64,
 }
 
 impl Transaction {
     pub(crate) fn new(shared: Arc<Shared>, xid: u64) -> Self {
-        Transaction { shared, xid, state: State::Active, held: Vec::new(), exclusive: Vec::new() }
+        let begun_micros = shared.env.clock.wall_micros();
+        Transaction { shared, xid, state: State::Active, held: Vec::new(), exclusive: Vec::new(), begun_micros }
+    }
+
+    /// When the transaction began, by the wall clock (µs since the epoch).
+    pub fn begun_micros(&self) -> u64 {
+        self.begun_micros
     }
 
     /// The transaction's id.
@@ -254,13 +264,22 @@ impl Transaction {
     /// other transactions' durability).
     pub async fn commit(mut self) -> Result<Option<Lsn>, DbError> {
         self.ensure_active()?;
-        let now = self.shared.env.clock.wall_micros();
-        let appended = self.shared.store.lock().await.commit(self.xid, now).await;
+        let appended = {
+            // The clock is read holding the store, so that commit times
+            // follow log order (the store clamps a clock stepped back).
+            let mut store = self.shared.store.lock().await;
+            let now = self.shared.env.clock.wall_micros();
+            let stamp = if active(PlantedBug::CommitStampedAtBegin) { self.begun_micros } else { now };
+            store.commit(self.xid, stamp).await
+        };
         // The store forgot the transaction; whatever happens next, it is over.
         self.state = State::Ended;
         let result = match appended {
-            Ok(Some((lsn, end))) => {
-                self.shared.wal.flush(end).await.map(|_| Some(lsn)).map_err(|e| DbError::Store(e.into()))
+            Ok(Some(commit)) => {
+                if commit.clamped {
+                    self.shared.stats.commit_time_clamps.fetch_add(1, Ordering::Relaxed);
+                }
+                self.shared.wal.flush(commit.end).await.map(|_| Some(commit.lsn)).map_err(|e| DbError::Store(e.into()))
             }
             Ok(None) => Ok(None),
             Err(e) => Err(e.into()),

@@ -14,5 +14,8 @@ pub use error::WalError;
 pub use lsn::{Lsn, ParseLsnError};
 pub use reader::{LogEnd, WalReader};
 pub use record::{decode, DecodeError, Decoded, Record, RecordKind, HEADER_LEN, MAX_PAYLOAD_LEN, RECORD_ALIGN};
-pub use segment::{parse_segment_file_name, segment_file_name, WalOptions, DEFAULT_SEGMENT_SIZE};
+pub use segment::{
+    parse_segment_file_name, segment_file_name, WalOptions, DEFAULT_RECYCLED_SEGMENTS_MAX, DEFAULT_SEGMENT_SIZE,
+    DEFAULT_WRITE_BEHIND_BYTES, DEFAULT_ZERO_FILL_CHUNK,
+};
 pub use writer::{RetireReport, Wal, WalStats};

@@ -33,17 +33,55 @@ pub struct WalOptions {
     pub timeline: u32,
     /// Bytes per segment: a power of two.
     pub segment_size: u64,
+    /// Appended bytes beyond which an append writes the buffer out (not
+    /// synced), bounding the insert buffer's memory. The simulator shrinks
+    /// it so that flushes meet WAL that is written but not yet durable.
+    pub write_behind_bytes: u64,
+    /// The zero-fill chunk for new segments: a segment larger than this is
+    /// filled in several writes.
+    pub zero_fill_chunk: u64,
+    /// How many retired segments a checkpoint keeps, renamed to future
+    /// names, for reuse; the rest are removed.
+    pub recycled_segments_max: usize,
 }
+
+/// The default write-behind threshold: 4 MiB.
+pub const DEFAULT_WRITE_BEHIND_BYTES: u64 = 4 << 20;
+
+/// The default zero-fill chunk: 1 MiB.
+pub const DEFAULT_ZERO_FILL_CHUNK: u64 = 1 << 20;
+
+/// Retired segments kept for reuse by default.
+pub const DEFAULT_RECYCLED_SEGMENTS_MAX: usize = 2;
 
 impl WalOptions {
     /// Timeline 1, 16 MiB segments.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), timeline: 1, segment_size: DEFAULT_SEGMENT_SIZE }
+        Self {
+            dir: dir.into(),
+            timeline: 1,
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            write_behind_bytes: DEFAULT_WRITE_BEHIND_BYTES,
+            zero_fill_chunk: DEFAULT_ZERO_FILL_CHUNK,
+            recycled_segments_max: DEFAULT_RECYCLED_SEGMENTS_MAX,
+        }
     }
 
     /// The same options with another segment size.
     pub fn with_segment_size(mut self, segment_size: u64) -> Self {
         self.segment_size = segment_size;
+        self
+    }
+
+    /// The same options with another write-behind threshold.
+    pub fn with_write_behind_bytes(mut self, bytes: u64) -> Self {
+        self.write_behind_bytes = bytes;
+        self
+    }
+
+    /// The same options with another zero-fill chunk.
+    pub fn with_zero_fill_chunk(mut self, bytes: u64) -> Self {
+        self.zero_fill_chunk = bytes;
         self
     }
 
@@ -53,6 +91,12 @@ impl WalOptions {
         if !size.is_power_of_two() || !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size) {
             return Err(WalError::Config(format!(
                 "wal_segment_size {size} must be a power of two between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE} bytes"
+            )));
+        }
+        if self.write_behind_bytes == 0 || self.zero_fill_chunk == 0 {
+            return Err(WalError::Config(format!(
+                "write-behind ({}) and zero-fill chunk ({}) must be at least one byte",
+                self.write_behind_bytes, self.zero_fill_chunk
             )));
         }
         if self.timeline == 0 {

@@ -51,13 +51,6 @@ use crate::env::{File, Fs, SECTOR_SIZE};
 use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Phase, Probe};
 
-/// Appended bytes beyond which an append writes the buffer out (unsynced),
-/// bounding the buffer's memory.
-const WRITE_BEHIND_BYTES: usize = 4 << 20;
-
-/// Zero-fill chunk for new segments.
-const ZERO_CHUNK: usize = 1 << 20;
-
 const TEMP_PREFIX: &str = "xlogtemp.";
 
 /// Counters describing the WAL's work since it was opened.
@@ -195,7 +188,8 @@ impl Wal {
             insert.next = lsn.plus(len);
             (lsn, insert.next, insert.bytes.len())
         };
-        if buffered >= WRITE_BEHIND_BYTES {
+        if buffered as u64 >= self.opts.write_behind_bytes {
+            probe::hit(Probe::WriteBehind);
             let mut writer = self.io.lock().await;
             self.check_running()?;
             self.write_buffer(&mut writer, false).map_err(|e| self.stop(e))?;
@@ -214,6 +208,14 @@ impl Wal {
         if self.durable_lsn() >= upto {
             probe::hit(Probe::GroupCommitFollower);
             return Ok(self.durable_lsn());
+        }
+        if writer.written > self.durable_lsn() {
+            // A write-behind put records out without syncing them: written is
+            // not durable, and only the sync below makes it so.
+            probe::hit(Probe::FlushFoundWrittenNotDurable);
+            if active(PlantedBug::AckOnWritten) && writer.written >= upto {
+                return Ok(writer.written);
+            }
         }
         // Let committers that are ready to run append before the leader
         // takes the buffer, so one sync serves them too.
@@ -445,11 +447,15 @@ fn create_segment(fs: &dyn Fs, opts: &WalOptions, segno: u64) -> Result<Box<dyn 
         fs.remove(&temp).map_err(|e| WalError::io("remove", &temp, e))?;
     }
     let file = fs.create(&temp).map_err(|e| WalError::io("create", &temp, e))?;
-    let zeroes = vec![0u8; ZERO_CHUNK.min(opts.segment_size as usize)];
+    let zeroes = vec![0u8; opts.zero_fill_chunk.min(opts.segment_size) as usize];
+    if zeroes.len() < opts.segment_size as usize {
+        probe::hit(Probe::SegmentZeroFilledInChunks);
+    }
     let mut offset = 0;
     while offset < opts.segment_size {
-        file.write_all_at(&zeroes, offset).map_err(|e| WalError::io("zero-fill", &temp, e))?;
-        offset += zeroes.len() as u64;
+        let take = zeroes.len().min((opts.segment_size - offset) as usize);
+        file.write_all_at(&zeroes[..take], offset).map_err(|e| WalError::io("zero-fill", &temp, e))?;
+        offset += take as u64;
     }
     file.sync_data().map_err(|e| WalError::io("sync", &temp, e))?;
     fs.rename(&temp, &path).map_err(|e| WalError::io("rename", &temp, e))?;

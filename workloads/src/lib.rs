@@ -4,5 +4,6 @@
 //! engine must hold afterwards, and a checker that compares the two after
 //! every crash and recovery.
 
+pub mod commit_times;
 pub mod db;
 pub mod wal_log;
