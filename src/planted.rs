@@ -28,6 +28,9 @@ pub enum PlantedBug {
     IgnoreFsyncError,
     /// The reader truncates at the first bad record, even mid-log.
     TruncateAtFirstBadCrc,
+    /// The reader takes a zeroed record header for the clean end of the log,
+    /// without looking for durable records after it.
+    ZeroedHeaderIsEndOfLog,
     /// Retire the segment that holds the redo point.
     RecycleNeededSegment,
     /// Flushes end mid-sector, so later torn writes can hit acknowledged bytes.
@@ -58,6 +61,9 @@ pub enum PlantedBug {
     /// uncommitted write (a dirty read) and a read-modify-write can lose an
     /// update.
     ReadWithoutLock,
+    /// A page that reads back as all zeroes is taken for a new, empty leaf
+    /// instead of being reported as damaged.
+    ZeroedPageReadAsEmpty,
     /// Stamp a commit with the time its transaction began, not the time it
     /// committed.
     CommitStampedAtBegin,
@@ -72,13 +78,14 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 20] = [
+    pub const ALL: [PlantedBug; 22] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
         PlantedBug::RetryFsync,
         PlantedBug::IgnoreFsyncError,
         PlantedBug::TruncateAtFirstBadCrc,
+        PlantedBug::ZeroedHeaderIsEndOfLog,
         PlantedBug::RecycleNeededSegment,
         PlantedBug::NoSectorPadding,
         PlantedBug::SkipTailCut,
@@ -93,6 +100,7 @@ impl PlantedBug {
         PlantedBug::FreeBeforeCommit,
         PlantedBug::CommitStampedAtBegin,
         PlantedBug::NoCommitTimeClamp,
+        PlantedBug::ZeroedPageReadAsEmpty,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -104,6 +112,7 @@ impl PlantedBug {
             PlantedBug::RetryFsync => "retry_fsync",
             PlantedBug::IgnoreFsyncError => "ignore_fsync_error",
             PlantedBug::TruncateAtFirstBadCrc => "truncate_at_first_bad_crc",
+            PlantedBug::ZeroedHeaderIsEndOfLog => "zeroed_header_is_end_of_log",
             PlantedBug::RecycleNeededSegment => "recycle_needed_segment",
             PlantedBug::NoSectorPadding => "no_sector_padding",
             PlantedBug::SkipTailCut => "skip_tail_cut",
@@ -118,6 +127,7 @@ impl PlantedBug {
             PlantedBug::FreeBeforeCommit => "free_before_commit",
             PlantedBug::CommitStampedAtBegin => "commit_stamped_at_begin",
             PlantedBug::NoCommitTimeClamp => "no_commit_time_clamp",
+            PlantedBug::ZeroedPageReadAsEmpty => "zeroed_page_read_as_empty",
         }
     }
 
@@ -142,6 +152,7 @@ impl PlantedBug {
                 | PlantedBug::FreeBeforeCommit
                 | PlantedBug::CommitStampedAtBegin
                 | PlantedBug::NoCommitTimeClamp
+                | PlantedBug::ZeroedPageReadAsEmpty
         )
     }
 }

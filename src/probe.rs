@@ -171,6 +171,9 @@ pub enum Probe {
     /// A row was replaced in place by a shorter one, leaving garbage inside
     /// its leaf's content area (in normal operation or in redo).
     RowShrunkInPlace,
+    /// A page read from the data file failed its checks (zeroed or
+    /// damaged) and was reported as corruption.
+    DamagedPageReported,
     /// A checkpoint completed and moved the redo point.
     CheckpointCompleted,
     /// Redo applied a record to a page read from disk (untouched since the
@@ -195,7 +198,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 24] = [
+    const ALL: [Probe; 25] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -211,6 +214,7 @@ impl Probe {
         Probe::TreeAppendSplit,
         Probe::RowShrunkInPlace,
         Probe::PageReused,
+        Probe::DamagedPageReported,
         Probe::CheckpointCompleted,
         Probe::RedoOnDiskPage,
         Probe::TreeLeafMerge,
@@ -255,6 +259,7 @@ impl Probe {
             Probe::TreeAppendSplit => "tree_append_split",
             Probe::RowShrunkInPlace => "row_shrunk_in_place",
             Probe::PageReused => "page_reused",
+            Probe::DamagedPageReported => "damaged_page_reported",
             Probe::CheckpointCompleted => "checkpoint_completed",
             Probe::RedoOnDiskPage => "redo_on_disk_page",
             Probe::TreeLeafMerge => "tree_leaf_merge",

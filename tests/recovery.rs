@@ -482,3 +482,51 @@ async fn commit_times_never_go_backwards_when_the_clock_steps_back() {
     assert!(logged[0].1 <= first, "{logged:?}");
     assert!(logged.iter().all(|(_, time)| *time == logged[0].1), "each was clamped: {logged:?}");
 }
+
+/// A page lost at rest (all zeroes) that a tree references is reported as
+/// corruption, naming the file and page, never read as an empty page; with
+/// its image in the log after the checkpoint, redo rebuilds it instead.
+#[tokio::test]
+async fn a_page_zeroed_at_rest_is_rebuilt_from_its_image_or_reported_never_read_as_empty() {
+    use thunderdb::env::AtRestLoss;
+    let data = Path::new("/db/data").join(DATA_FILE_NAME);
+    let sectors = PAGE_SIZE as u64 / thunderdb::env::SECTOR_SIZE;
+
+    // Outside the log's reach (a clean shutdown): reported.
+    let disk = SimDisk::new(13, FaultConfig::none());
+    {
+        let db = open(&disk).await.unwrap();
+        let mut txn = db.begin().await.unwrap();
+        let table = txn.create_table("t", b"").await.unwrap();
+        txn.put(&table, b"k", b"v").await.unwrap();
+        txn.commit().await.unwrap();
+        db.shutdown().await.unwrap();
+    }
+    assert!(disk.lose_at_rest(&data, PAGE_SIZE as u64, sectors, AtRestLoss::Zeroed));
+    let db = open(&disk).await.unwrap();
+    let err = read_state(&db).await.unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("corrupt page 1") && text.contains("main.tdb") && text.contains("zeroes"), "{text}");
+
+    // Its first change after the checkpoint logged its image: rebuilt.
+    let disk = SimDisk::new(14, FaultConfig::none());
+    let mut model = DbModel::default();
+    {
+        let db = open(&disk).await.unwrap();
+        let mut txn = db.begin().await.unwrap();
+        let table = txn.create_table("t", b"").await.unwrap();
+        commit(txn, vec![Write::CreateTable("t".into())], &mut model).await.unwrap();
+        db.checkpoint().await.unwrap();
+        let mut txn = db.begin().await.unwrap();
+        txn.put(&table, b"k", b"v").await.unwrap();
+        commit(txn, vec![Write::Put("t".into(), b"k".to_vec(), b"v".to_vec())], &mut model).await.unwrap();
+        db.checkpoint().await.unwrap();
+        let mut txn = db.begin().await.unwrap();
+        txn.put(&table, b"k2", b"v2").await.unwrap();
+        commit(txn, vec![Write::Put("t".into(), b"k2".to_vec(), b"v2".to_vec())], &mut model).await.unwrap();
+    }
+    disk.crash();
+    assert!(disk.lose_at_rest(&data, PAGE_SIZE as u64, sectors, AtRestLoss::Zeroed));
+    recover_and_check(&disk, &model, "zeroed page with its image in the log").await;
+}

@@ -377,3 +377,41 @@ async fn write_behind_output_is_not_durable_until_a_flush_syncs_it() {
     disk.crash();
     assert_eq!(read_all(disk.fs(), &opts).unwrap().len(), 6, "every flushed record survives the crash");
 }
+
+/// Durable log lost at rest, with durable records after it, is corruption
+/// that names the segment and the LSN: never the end of the log, whether
+/// the sectors read back as zeroes or as their contents before their sync.
+#[tokio::test]
+async fn durable_log_lost_at_rest_is_reported_never_taken_for_the_end() {
+    use thunderdb::env::{AtRestLoss, SECTOR_SIZE};
+    for loss in [AtRestLoss::Zeroed, AtRestLoss::Stale] {
+        let opts = WalOptions::new("/db/wal").with_segment_size(4096);
+        let disk = SimDisk::new(5, FaultConfig::none());
+        let wal = open_wal(disk.fs(), &opts);
+        let mut lsns = Vec::new();
+        for i in 0..40 {
+            let (lsn, end) = wal.append(&Record::data(i, Lsn::ZERO, vec![i as u8; 100])).await.unwrap();
+            wal.flush(end).await.unwrap();
+            lsns.push(lsn);
+        }
+        drop(wal);
+        disk.crash();
+        // A sector in the middle of the durable log, well before its end.
+        let at = lsns[10];
+        let sector_start = Lsn(at.0 - at.0 % SECTOR_SIZE);
+        assert!(disk.lose_at_rest(&opts.path(opts.segno(at)), opts.offset(at), 1, loss));
+        let err = read_all(disk.fs(), &opts).expect_err("damage with durable records after it is reported");
+        let message = err.to_string();
+        assert!(err.is_corruption(), "{loss:?}: {message}");
+        assert!(message.contains(&opts.file_name(opts.segno(at))), "{loss:?}: names the segment: {message}");
+        let lsn = match &err {
+            WalError::Corrupt { lsn, .. } => *lsn,
+            other => panic!("{other}"),
+        };
+        assert!(
+            lsn >= sector_start && lsn < sector_start.plus(SECTOR_SIZE),
+            "{loss:?}: the LSN {lsn} is in the lost sector"
+        );
+        assert!(message.contains(&lsn.to_string()), "{loss:?}: names the LSN: {message}");
+    }
+}

@@ -43,10 +43,10 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thunderdb::db::{Database, DbError, EngineConfig};
-use thunderdb::env::{Clock, Env, FaultConfig, SimClock, SimDisk};
+use thunderdb::env::{AtRestLoss, Clock, Env, FaultConfig, SimClock, SimDisk, SECTOR_SIZE};
 use thunderdb::sql::types::{decode_row, encode_key_part, encode_row, Column, Schema};
 use thunderdb::sql::{Output, SqlError, SqlType, Value};
-use thunderdb::storage::{ControlFile, StoreError};
+use thunderdb::storage::{ControlFile, StoreError, DATA_FILE_NAME, PAGE_SIZE};
 use thunderdb::txn::Transaction;
 use thunderdb::wal::{Lsn, WalOptions};
 use thunderdb_workloads::commit_times::{read_commit_times, CommitTimes, CommitWindow};
@@ -74,6 +74,9 @@ struct Swarm {
     /// Weights of kv, bank, long, churn, large rows, sql.
     weights: [u32; 6],
     faults: FaultConfig,
+    /// Lose durable sectors at rest after some crashes, in the WAL below
+    /// the evidence point or in the data file.
+    lose_at_rest: bool,
 }
 
 impl Swarm {
@@ -98,6 +101,7 @@ impl Swarm {
         config.wal_write_behind_bytes = draw_write_behind(knobs);
         config.wal_zero_fill_chunk = draw_zero_fill_chunk(knobs, config.wal_segment_size);
         config.wal_recycled_segments_max = knobs.random_range(0..=4);
+        let lose_at_rest = knobs.random_bool(0.3);
         let mut weight = |max| if rng.random_bool(0.8) { rng.random_range(1..=max) } else { 0 };
         let mut weights = [weight(6), weight(6), weight(2), weight(2), weight(2), weight(4)];
         if weights.iter().all(|w| *w == 0) {
@@ -110,6 +114,7 @@ impl Swarm {
             value_max: [64, 400][rng.random_range(0..2)],
             weights,
             faults: FaultConfig::swarm(rng),
+            lose_at_rest,
         }
     }
 
@@ -142,6 +147,10 @@ struct Shared {
     acknowledged: u64,
     /// Where each acknowledged commit's time must lie.
     times: CommitTimes,
+    /// The log below this LSN has durable evidence after it: an
+    /// acknowledged commit appended when the log was already durable past
+    /// it, so damage there must be reported, never taken for the end.
+    evidence: Lsn,
     /// Wall-clock steps so far, and the highest time the clock had shown
     /// before the last one.
     wall_steps: u64,
@@ -168,6 +177,12 @@ struct Run {
     crashes: u64,
     recoveries: u64,
     checkpoints: u64,
+    /// Draws the at-rest damage, on a stream of its own.
+    knobs: ChaCha8Rng,
+    /// Durable data was lost at rest: a corruption report is now a right
+    /// outcome (only a restore repairs it), and it ends the run.
+    damaged: bool,
+    corruption_detected: bool,
 }
 
 /// Runs one seed of the transactional workloads to its verdict.
@@ -175,6 +190,7 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut knobs = ChaCha8Rng::seed_from_u64(knobs_seed(seed));
     let swarm = Swarm::draw(&mut rng, &mut knobs);
+
     let disk = SimDisk::new(rng.random(), swarm.faults.clone());
     let mut run = Run {
         seed,
@@ -186,6 +202,9 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         crashes: 0,
         recoveries: 0,
         checkpoints: 0,
+        knobs,
+        damaged: false,
+        corruption_detected: false,
     };
     for _ in 0..CYCLES {
         let countdown =
@@ -194,10 +213,16 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         if let Some(db) = run.open().await? {
             run.work(db).await?;
         }
+        if run.corruption_detected {
+            break;
+        }
         run.disk.crash();
         run.crashes += 1;
+        run.maybe_lose_at_rest();
     }
-    run.liveness().await?;
+    if !run.corruption_detected {
+        run.liveness().await?;
+    }
     let shared = lock(&run.shared);
     Ok(SeedOutcome {
         seed,
@@ -209,7 +234,7 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         records_acknowledged: shared.acknowledged,
         segments_retired: 0,
         checkpoints: run.checkpoints,
-        corruption_detected: false,
+        corruption_detected: run.corruption_detected,
         io_ops: run.disk.op_count(),
         trace: Arc::new(run.disk.trace()),
     })
@@ -236,18 +261,18 @@ impl Run {
                 shared.times.check(&logged).map_err(|detail| self.fail("commit_times", detail))?;
                 shared.times.forget_before(redo);
             }
-            Err(e) if e.is_corruption() => return Err(self.fail("no_corruption", e.to_string())),
+            Err(e) if e.is_corruption() => return self.corruption(e.to_string()),
             // An injected error or the crash countdown: recovery meets it too.
             Err(_) => {}
         }
         let db = match Database::open(self.env(), self.swarm.config.clone()).await {
             Ok(db) => db,
-            Err(e) if e.is_corruption() => return Err(self.fail("no_corruption", e.to_string())),
+            Err(e) if e.is_corruption() => return self.corruption(e.to_string()),
             Err(_) => return Ok(None),
         };
         let found = match read_state(&db).await {
             Ok(found) => found,
-            Err(e) if e.is_corruption() => return Err(self.fail("no_corruption", e.to_string())),
+            Err(e) if e.is_corruption() => return self.corruption(e.to_string()),
             Err(_) => return Ok(None),
         };
         lock(&self.shared).model.check(&found).map_err(|detail| self.fail("durable_prefix", detail))?;
@@ -273,6 +298,59 @@ impl Run {
             return Ok(None);
         }
         Ok(Some(db))
+    }
+
+    /// Corruption was reported: the right outcome after durable data was
+    /// lost at rest (the run ends there), a failed seed otherwise.
+    fn corruption(&mut self, detail: String) -> Result<Option<Database>, SeedFailure> {
+        if !self.damaged {
+            return Err(self.fail("no_corruption", detail));
+        }
+        self.corruption_detected = true;
+        Ok(None)
+    }
+
+    /// With the swarm's loss at rest on, now and then loses durable sectors:
+    /// in the WAL, one to four sectors below the evidence point (zeroed or
+    /// stale); in the data file, a whole page zeroed or one sector zeroed
+    /// or stale. Recovery must rebuild the page from its logged image or
+    /// report corruption, never read a zeroed page as an empty one, and
+    /// never take the damaged log for its end.
+    fn maybe_lose_at_rest(&mut self) {
+        if !self.swarm.lose_at_rest || !self.knobs.random_bool(0.5) {
+            return;
+        }
+        let config = &self.swarm.config;
+        let loss = if self.knobs.random_bool(0.5) { AtRestLoss::Zeroed } else { AtRestLoss::Stale };
+        if self.knobs.random_bool(0.5) {
+            let opts = WalOptions::new(&config.wal_dir).with_segment_size(config.wal_segment_size);
+            let evidence = lock(&self.shared).evidence;
+            if evidence <= opts.first_lsn() {
+                return;
+            }
+            // Within the last few segments below the evidence point, which
+            // is a flush's end and so a sector boundary.
+            let from = Lsn(evidence.0.saturating_sub(4 * opts.segment_size).max(opts.first_lsn().0));
+            let at = Lsn(self.knobs.random_range(from.0..evidence.0));
+            let sectors = self.knobs.random_range(1..=4u64).min((evidence.0 - at.0).div_ceil(SECTOR_SIZE));
+            let in_segment = (opts.segment_size - opts.offset(at)).div_ceil(SECTOR_SIZE);
+            let path = opts.path(opts.segno(at));
+            self.damaged |= self.disk.lose_at_rest(&path, opts.offset(at), sectors.min(in_segment), loss);
+        } else {
+            let path = config.data_dir.join(DATA_FILE_NAME);
+            let Some(len) = self.disk.durable_image(&path).map(|image| image.len() as u64) else { return };
+            if len < PAGE_SIZE as u64 {
+                return;
+            }
+            let page = self.knobs.random_range(0..len / PAGE_SIZE as u64);
+            let sector = self.knobs.random_range(0..PAGE_SIZE as u64 / SECTOR_SIZE);
+            let (offset, sectors, loss) = if self.knobs.random_bool(0.5) {
+                (page * PAGE_SIZE as u64, PAGE_SIZE as u64 / SECTOR_SIZE, AtRestLoss::Zeroed)
+            } else {
+                (page * PAGE_SIZE as u64 + sector * SECTOR_SIZE, 1, loss)
+            };
+            self.damaged |= self.disk.lose_at_rest(&path, offset, sectors, loss);
+        }
     }
 
     /// The commit records the log holds from the last checkpoint's redo
@@ -304,10 +382,12 @@ impl Run {
             handle.await.map_err(|e| self.fail("no_panic", format!("a session panicked: {e}")))?;
         }
         self.checkpoints += db.stats().checkpoints.load(std::sync::atomic::Ordering::Relaxed);
-        if let Some((check, detail)) = lock(&self.shared).failure.take() {
-            return Err(self.fail(check, detail));
+        let failure = lock(&self.shared).failure.take();
+        match failure {
+            Some(("no_corruption", detail)) => self.corruption(detail).map(|_| ()),
+            Some((check, detail)) => Err(self.fail(check, detail)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Faults off: the database must open, commit, shut down cleanly and
@@ -316,6 +396,10 @@ impl Run {
         self.disk.set_faults(FaultConfig::none());
         self.disk.set_crash_countdown(None);
         let Some(db) = self.open().await? else {
+            if self.corruption_detected {
+                // Reported, as it must be; only a restore repairs it.
+                return Ok(());
+            }
             return Err(self.fail("liveness", "the database did not open with faults off".into()));
         };
         let db = Arc::new(db);
@@ -380,7 +464,7 @@ async fn setup(db: &Database, shared: &SharedRef, clock: &SimClock) -> Result<()
         txn.put(&ledger, &key, &row).await?;
         writes.push(Write::Put(LEDGER.into(), key, row));
     }
-    commit(txn, writes, shared, clock).await
+    commit(db, txn, writes, shared, clock).await
 }
 
 /// The key and row the SQL layer stores for a ledger account.
@@ -402,13 +486,20 @@ fn ledger_balance(row: &[u8]) -> Result<i64, String> {
 /// yields between here and the commit taking the store) and marking the
 /// commit acknowledged when it returns `Ok` with a logged commit record,
 /// with the window its commit time must lie in.
-async fn commit(txn: Transaction, writes: Vec<Write>, shared: &SharedRef, clock: &SimClock) -> Result<(), DbError> {
+async fn commit(
+    db: &Database,
+    txn: Transaction,
+    writes: Vec<Write>,
+    shared: &SharedRef,
+    clock: &SimClock,
+) -> Result<(), DbError> {
     let (index, steps) = {
         let mut shared = lock(shared);
         shared.commits += 1;
         (shared.model.committing(writes), shared.wall_steps)
     };
     let before = clock.wall_micros();
+    let durable_before = db.wal().durable_lsn();
     let Some(lsn) = txn.commit().await? else {
         // Nothing was logged, so the commit promised nothing about durability.
         return Ok(());
@@ -421,6 +512,7 @@ async fn commit(txn: Transaction, writes: Vec<Write>, shared: &SharedRef, clock:
         latest_micros: shared.wall_high_micros.max(clock.wall_micros()),
     };
     shared.times.acknowledged(lsn, window);
+    shared.evidence = shared.evidence.max(durable_before);
     Ok(())
 }
 
@@ -556,7 +648,7 @@ impl Session {
             return txn.rollback().await;
         }
         self.think().await;
-        commit(txn, writes, &self.shared, &self.clock).await
+        commit(&self.db, txn, writes, &self.shared, &self.clock).await
     }
 
     async fn bank(&mut self) -> Result<(), DbError> {
@@ -593,7 +685,7 @@ impl Session {
             writes.push(Write::Put(BANK.into(), key, value));
         }
         self.think().await;
-        commit(txn, writes, &self.shared, &self.clock).await
+        commit(&self.db, txn, writes, &self.shared, &self.clock).await
     }
 
     async fn long(&mut self) -> Result<(), DbError> {
@@ -626,7 +718,7 @@ impl Session {
         }
         match self.rng.random_range(0..10) {
             0..=4 => txn.rollback().await,
-            5..=7 => commit(txn, writes, &self.shared, &self.clock).await,
+            5..=7 => commit(&self.db, txn, writes, &self.shared, &self.clock).await,
             _ => {
                 // The client goes silent: the transaction stays open, holding
                 // its locks, until the crash.
@@ -662,7 +754,7 @@ impl Session {
         if self.rng.random_bool(0.3) {
             return txn.rollback().await;
         }
-        commit(txn, writes, &self.shared, &self.clock).await
+        commit(&self.db, txn, writes, &self.shared, &self.clock).await
     }
 
     async fn large_rows(&mut self) -> Result<(), DbError> {
@@ -676,7 +768,7 @@ impl Session {
             txn.put(&table, &key, &value).await?;
             writes.push(Write::Put(KV.into(), key, value));
         }
-        commit(txn, writes, &self.shared, &self.clock).await
+        commit(&self.db, txn, writes, &self.shared, &self.clock).await
     }
 
     /// A SQL session's transfer or audit on the ledger.

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use thunderdb::env::{DiskTrace, FaultConfig, FaultKind, Fs, SimDisk};
+use thunderdb::env::{AtRestLoss, DiskTrace, FaultConfig, FaultKind, Fs, SimDisk, SECTOR_SIZE};
 use thunderdb::wal::{Lsn, Record, Wal, WalError, WalOptions, WalReader};
 use thunderdb_workloads::wal_log::{random_record, WalModel};
 
@@ -88,6 +88,9 @@ struct Swarm {
     faults: FaultConfig,
     /// Rot a bit of durable, evidenced log after some crashes.
     bit_rot: bool,
+    /// Lose sectors of durable, evidenced log at rest after some crashes:
+    /// they read back as zeroes or as their contents before their last sync.
+    lose_at_rest: bool,
     /// Crash every few dozen I/Os instead of every few hundred: the
     /// crash, reopen, short write, crash sequences that test the tail cut.
     frequent_crashes: bool,
@@ -108,6 +111,7 @@ impl Swarm {
             .with_zero_fill_chunk(draw_zero_fill_chunk(knobs, segment_size));
         Swarm {
             opts,
+            lose_at_rest: knobs.random_bool(0.3),
             writers: rng.random_range(1..=8),
             faults: FaultConfig::swarm(rng),
             bit_rot: rng.random_bool(0.3),
@@ -203,6 +207,7 @@ pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         }
         run.crash();
         run.maybe_rot();
+        run.maybe_lose_at_rest();
     }
     if !run.corruption_detected {
         run.liveness().await?;
@@ -244,6 +249,30 @@ impl Run {
         let at = Lsn(self.rng.random_range(from.0..to.0));
         let opts = &self.swarm.opts;
         self.rotted |= self.disk.rot_at(&opts.path(opts.segno(at)), opts.offset(at));
+    }
+
+    /// With the swarm's loss at rest on, now and then loses one to four
+    /// sectors of the durable log below the evidence point, as zeroes or as
+    /// their previous contents: a correct reader reports corruption there,
+    /// naming the segment and LSN, and never takes it for the end of the log.
+    fn maybe_lose_at_rest(&mut self) {
+        if !self.swarm.lose_at_rest || !self.rng.random_bool(0.5) {
+            return;
+        }
+        let from = *self.redo_point.lock().expect("redo point lock");
+        let to = self.model.lock().expect("model lock").evidence_point();
+        if to <= from {
+            return;
+        }
+        let at = Lsn(self.rng.random_range(from.0..to.0));
+        // Whole sectors below the evidence point, which is a flush's end and
+        // so a sector boundary: the evidence itself stays intact.
+        let sectors = self.rng.random_range(1..=4).min((to.0 - at.0).div_ceil(SECTOR_SIZE));
+        let loss = if self.rng.random_bool(0.5) { AtRestLoss::Zeroed } else { AtRestLoss::Stale };
+        let opts = &self.swarm.opts;
+        let in_segment = (opts.segment_size - opts.offset(at)).div_ceil(SECTOR_SIZE);
+        self.rotted |=
+            self.disk.lose_at_rest(&opts.path(opts.segno(at)), opts.offset(at), sectors.min(in_segment), loss);
     }
 
     fn crash(&mut self) {

@@ -38,13 +38,18 @@ pub enum FaultKind {
     BitRot,
     /// A write reached the media at the wrong offset.
     MisdirectedWrite,
+    /// Durable sectors read back as zeroes.
+    ZeroedAtRest,
+    /// Durable sectors read back as their contents before the last sync
+    /// that wrote them (an acknowledged write lost).
+    StaleAtRest,
     /// The crash countdown expired: the machine lost power mid-operation.
     Crash,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::LostWrite,
         FaultKind::TornSectorOld,
         FaultKind::TornSectorGarbage,
@@ -57,6 +62,8 @@ impl FaultKind {
         FaultKind::ShortWrite,
         FaultKind::BitRot,
         FaultKind::MisdirectedWrite,
+        FaultKind::ZeroedAtRest,
+        FaultKind::StaleAtRest,
         FaultKind::Crash,
     ];
 
@@ -75,6 +82,8 @@ impl FaultKind {
             FaultKind::ShortWrite => "short_write",
             FaultKind::BitRot => "bit_rot",
             FaultKind::MisdirectedWrite => "misdirected_write",
+            FaultKind::ZeroedAtRest => "zeroed_at_rest",
+            FaultKind::StaleAtRest => "stale_at_rest",
             FaultKind::Crash => "crash",
         }
     }

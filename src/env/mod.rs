@@ -21,4 +21,4 @@ pub use clock::{Clock, SimClock};
 pub use faults::{FaultConfig, FaultKind, LedgerEntry};
 pub use real::{RealClock, RealFs};
 pub use seam::{Env, File, Fs};
-pub use sim_fs::{DiskTrace, SimDisk, SimFs, SECTOR_SIZE};
+pub use sim_fs::{AtRestLoss, DiskTrace, SimDisk, SimFs, SECTOR_SIZE};

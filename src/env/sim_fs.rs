@@ -66,6 +66,42 @@ struct Inode {
     live: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<Pending>,
+    /// Each sector's durable contents before the last sync that changed it
+    /// (what a device that loses an acknowledged write returns).
+    previous: BTreeMap<u64, Vec<u8>>,
+}
+
+impl Inode {
+    /// Remembers the durable contents of every sector `pending` touches,
+    /// before a sync applies it.
+    fn remember_previous(&mut self, pending: &[Pending]) {
+        let mut touched = std::collections::BTreeSet::new();
+        for op in pending {
+            if let Pending::Write { offset, data } = op {
+                let end = offset + data.len() as u64;
+                touched.extend(offset / SECTOR_SIZE..end.div_ceil(SECTOR_SIZE));
+            }
+        }
+        for sector in touched {
+            let start = (sector * SECTOR_SIZE) as usize;
+            let mut old = vec![0; SECTOR_SIZE as usize];
+            if let Some(bytes) = self.durable.get(start..) {
+                let take = bytes.len().min(old.len());
+                old[..take].copy_from_slice(&bytes[..take]);
+            }
+            self.previous.insert(sector, old);
+        }
+    }
+}
+
+/// How durable data is lost at rest (see [`SimDisk::lose_at_rest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtRestLoss {
+    /// The sectors read back as zeroes (firmware returning blank sectors).
+    Zeroed,
+    /// The sectors read back as they were before the last sync that wrote
+    /// them (a lost acknowledged write).
+    Stale,
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +319,7 @@ impl DiskState {
         let path = self.path_of(ino);
         let inode = self.inodes.get_mut(&ino).expect("inode exists");
         let pending = std::mem::take(&mut inode.pending);
+        inode.remember_previous(&pending);
         let mut image = std::mem::take(&mut inode.durable);
         for op in pending {
             let keep = !self.faults.lose_unsynced || self.rng.random_bool(0.5);
@@ -513,6 +550,46 @@ impl SimDisk {
         true
     }
 
+    /// Loses `sectors` whole sectors of the durable data of `path`, from the
+    /// one holding `offset`, as a device can after acknowledging a sync:
+    /// they read back as zeroes, or as their contents before the last sync
+    /// that changed them. Only sectors inside the file are touched. Recorded
+    /// in the ledger as `zeroed_at_rest` or `stale_at_rest`. Returns false if
+    /// there is no such file or byte.
+    pub fn lose_at_rest(&self, path: &Path, offset: u64, sectors: u64, loss: AtRestLoss) -> bool {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Ok((dir, name)) = DiskState::split(path) else { return false };
+        let Some(ino) = state.dirs.get(&dir).and_then(|d| d.durable.get(&name)).copied() else { return false };
+        let len = state.inodes[&ino].durable.len() as u64;
+        if offset >= len {
+            return false;
+        }
+        let first = offset / SECTOR_SIZE;
+        let last = (first + sectors).min(len.div_ceil(SECTOR_SIZE));
+        let inode = state.inodes.get_mut(&ino).expect("inode exists");
+        for sector in first..last {
+            let start = (sector * SECTOR_SIZE) as usize;
+            let end = (start + SECTOR_SIZE as usize).min(inode.durable.len());
+            let zeroes = vec![0; SECTOR_SIZE as usize];
+            let old = match loss {
+                AtRestLoss::Zeroed => &zeroes,
+                AtRestLoss::Stale => inode.previous.get(&sector).unwrap_or(&zeroes),
+            };
+            inode.durable[start..end].copy_from_slice(&old[..end - start]);
+            if inode.live.len() >= end {
+                inode.live[start..end].copy_from_slice(&old[..end - start]);
+            }
+        }
+        let kind = match loss {
+            AtRestLoss::Zeroed => FaultKind::ZeroedAtRest,
+            AtRestLoss::Stale => FaultKind::StaleAtRest,
+        };
+        let start = first * SECTOR_SIZE;
+        state.record(kind, path, start, (last * SECTOR_SIZE).min(len) - start);
+        true
+    }
+
     /// Faults injected so far, counted by kind.
     pub fn fault_counts(&self) -> BTreeMap<FaultKind, u64> {
         self.lock().ledger.iter().fold(BTreeMap::new(), |mut counts, entry| {
@@ -694,6 +771,7 @@ impl SimFile {
         let misdirect = state.chance(|f| f.misdirected_write_rate);
         let inode = state.inodes.get_mut(&self.ino).expect("inode exists");
         let pending = std::mem::take(&mut inode.pending);
+        inode.remember_previous(&pending);
         let mut misdirected = None;
         for (index, op) in pending.into_iter().enumerate() {
             match op {
@@ -1063,5 +1141,45 @@ mod tests {
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1).0, run(2).0);
+    }
+
+    #[test]
+    fn synced_sectors_can_read_back_as_zeroes_or_as_before_their_last_sync() {
+        let (disk, fs) = disk(FaultConfig::none());
+        let path = dir().join("f");
+        let file = fs.create(&path).unwrap();
+        file.write_all_at(&[1; 1536], 0).unwrap();
+        file.sync_data().unwrap();
+        file.write_all_at(&[2; 1024], 512).unwrap();
+        file.sync_data().unwrap();
+        fs.sync_dir(&dir()).unwrap();
+        disk.crash();
+
+        // Sector 1 goes back to its contents before the second sync; sector
+        // 2 to its first write's; sector 0, never rewritten, to zeroes (what
+        // it held before its first sync).
+        assert!(disk.lose_at_rest(&path, 600, 2, AtRestLoss::Stale));
+        let fs = disk.fs();
+        let bytes = read_all(&fs, &path);
+        assert_eq!(&bytes[..512], &[1; 512][..], "untouched");
+        assert_eq!(&bytes[512..1536], &[1; 1024][..], "as before the last sync");
+        assert!(disk.lose_at_rest(&path, 0, 1, AtRestLoss::Stale));
+        assert_eq!(&read_all(&disk.fs(), &path)[..512], &[0; 512][..], "before its first sync: nothing");
+
+        assert!(disk.lose_at_rest(&path, 1535, 8, AtRestLoss::Zeroed), "clipped to the file");
+        let bytes = read_all(&disk.fs(), &path);
+        assert_eq!(bytes.len(), 1536, "the size is kept");
+        assert_eq!(&bytes[1024..], &[0; 512][..]);
+        assert!(!disk.lose_at_rest(&path, 1536, 1, AtRestLoss::Zeroed), "past the end");
+
+        let kinds: Vec<(FaultKind, u64, u64)> = disk.ledger().iter().map(|e| (e.kind, e.offset, e.len)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (FaultKind::StaleAtRest, 512, 1024),
+                (FaultKind::StaleAtRest, 0, 512),
+                (FaultKind::ZeroedAtRest, 1024, 512)
+            ]
+        );
     }
 }

@@ -110,6 +110,10 @@ impl WalReader {
                         self.next = resumed;
                         continue;
                     }
+                    if matches!(why, DecodeError::Zeroed) && active(PlantedBug::ZeroedHeaderIsEndOfLog) {
+                        self.end = Some(LogEnd { lsn: at });
+                        return Ok(None);
+                    }
                     if let Err(corrupt) = self.check_torn_tail(at, &why) {
                         probe::hit(Probe::CorruptionReported);
                         return Err(corrupt);
