@@ -37,6 +37,9 @@ pub enum PlantedBug {
     NoSectorPadding,
     /// Open the WAL without cutting off the torn tail durably.
     SkipTailCut,
+    /// The tail cut removes later segments without syncing the directory,
+    /// so a crash brings them back.
+    SkipTailCutDirSync,
     /// Record checksums leave out the record's LSN.
     CrcWithoutLsn,
     /// After a torn sector, resume writing inside it instead of at the next
@@ -45,6 +48,12 @@ pub enum PlantedBug {
     /// Change a page for the first time after a checkpoint without logging
     /// its full image.
     SkipFullPageImage,
+    /// A compensation record that is its page's first change after a
+    /// checkpoint logs no image of the page.
+    ClrWithoutPageImage,
+    /// A failed data-file sync during a checkpoint's flush is logged and
+    /// ignored, and the checkpoint completes.
+    SwallowCheckpointSyncError,
     /// Write the checkpoint pointer before the dirty pages are flushed.
     CheckpointBeforeFlush,
     /// Undo a change in the page without logging a compensation record (the
@@ -78,7 +87,7 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 22] = [
+    pub const ALL: [PlantedBug; 25] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -89,9 +98,12 @@ impl PlantedBug {
         PlantedBug::RecycleNeededSegment,
         PlantedBug::NoSectorPadding,
         PlantedBug::SkipTailCut,
+        PlantedBug::SkipTailCutDirSync,
         PlantedBug::CrcWithoutLsn,
         PlantedBug::RewriteTornSector,
         PlantedBug::SkipFullPageImage,
+        PlantedBug::ClrWithoutPageImage,
+        PlantedBug::SwallowCheckpointSyncError,
         PlantedBug::CheckpointBeforeFlush,
         PlantedBug::UndoWithoutClr,
         PlantedBug::PageBeforeWal,
@@ -116,9 +128,12 @@ impl PlantedBug {
             PlantedBug::RecycleNeededSegment => "recycle_needed_segment",
             PlantedBug::NoSectorPadding => "no_sector_padding",
             PlantedBug::SkipTailCut => "skip_tail_cut",
+            PlantedBug::SkipTailCutDirSync => "skip_tail_cut_dir_sync",
             PlantedBug::CrcWithoutLsn => "crc_without_lsn",
             PlantedBug::RewriteTornSector => "rewrite_torn_sector",
             PlantedBug::SkipFullPageImage => "skip_full_page_image",
+            PlantedBug::ClrWithoutPageImage => "clr_without_page_image",
+            PlantedBug::SwallowCheckpointSyncError => "swallow_checkpoint_sync_error",
             PlantedBug::CheckpointBeforeFlush => "checkpoint_before_flush",
             PlantedBug::UndoWithoutClr => "undo_without_clr",
             PlantedBug::PageBeforeWal => "page_before_wal",
@@ -144,6 +159,8 @@ impl PlantedBug {
         matches!(
             self,
             PlantedBug::SkipFullPageImage
+                | PlantedBug::ClrWithoutPageImage
+                | PlantedBug::SwallowCheckpointSyncError
                 | PlantedBug::CheckpointBeforeFlush
                 | PlantedBug::UndoWithoutClr
                 | PlantedBug::PageBeforeWal

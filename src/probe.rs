@@ -34,6 +34,8 @@ pub enum Phase {
     WalRecoveryRead,
     /// Cutting the torn tail when the WAL opens.
     WalTailCut,
+    /// The tail cut removing later segments, up to its directory sync.
+    WalTailCutRemove,
     /// Retiring segments behind the redo point.
     WalRetire,
     /// A checkpoint writing and syncing dirty pages.
@@ -63,13 +65,14 @@ pub enum Layer {
 }
 
 impl Phase {
-    const ALL: [Phase; 14] = [
+    const ALL: [Phase; 15] = [
         Phase::Other,
         Phase::WalWrite,
         Phase::WalSync,
         Phase::WalRotate,
         Phase::WalRecoveryRead,
         Phase::WalTailCut,
+        Phase::WalTailCutRemove,
         Phase::WalRetire,
         Phase::CheckpointFlush,
         Phase::CheckpointControl,
@@ -101,6 +104,7 @@ impl Phase {
             Phase::WalRotate => "wal_rotate",
             Phase::WalRecoveryRead => "wal_recovery_read",
             Phase::WalTailCut => "wal_tail_cut",
+            Phase::WalTailCutRemove => "wal_tail_cut_remove",
             Phase::WalRetire => "wal_retire",
             Phase::CheckpointFlush => "checkpoint_flush",
             Phase::CheckpointControl => "checkpoint_control",
@@ -124,6 +128,7 @@ impl Phase {
             Phase::WalRotate => &[Crash, WriteError, ShortWrite, FsyncError],
             Phase::WalRecoveryRead => &[Crash, ReadError],
             Phase::WalTailCut => &[Crash, ReadError, FsyncError],
+            Phase::WalTailCutRemove => &[Crash],
             Phase::WalRetire => &[Crash],
             Phase::CheckpointFlush => &[Crash, WriteError, FsyncError],
             Phase::CheckpointControl => &[Crash, FsyncError],
@@ -184,6 +189,9 @@ pub enum Probe {
     /// A checkpoint kept WAL before its redo point for an active
     /// transaction's undo.
     CheckpointHeldForUndo,
+    /// A compensation record was a page's first change after a checkpoint,
+    /// so it logged the page's image first.
+    ClrFirstChangeAfterCheckpoint,
     /// Recovery rolled back a transaction that had no end record.
     LoserRolledBack,
     /// Recovery's undo met a compensation record: an earlier undo was cut
@@ -198,7 +206,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 25] = [
+    const ALL: [Probe; 26] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -219,6 +227,7 @@ impl Probe {
         Probe::RedoOnDiskPage,
         Probe::TreeLeafMerge,
         Probe::CheckpointHeldForUndo,
+        Probe::ClrFirstChangeAfterCheckpoint,
         Probe::LoserRolledBack,
         Probe::UndoResumed,
         Probe::UndoReadFromLog,
@@ -264,6 +273,7 @@ impl Probe {
             Probe::RedoOnDiskPage => "redo_on_disk_page",
             Probe::TreeLeafMerge => "tree_leaf_merge",
             Probe::CheckpointHeldForUndo => "checkpoint_held_for_undo",
+            Probe::ClrFirstChangeAfterCheckpoint => "clr_first_change_after_checkpoint",
             Probe::LoserRolledBack => "loser_rolled_back",
             Probe::UndoResumed => "undo_resumed",
             Probe::UndoReadFromLog => "undo_read_from_log",
@@ -280,6 +290,11 @@ static PATHS: [AtomicU64; Probe::ALL.len()] = [const { AtomicU64::new(0) }; Prob
 
 thread_local! {
     static CURRENT: Cell<Phase> = const { Cell::new(Phase::Other) };
+}
+
+/// The phase the current thread is in.
+pub fn current_phase() -> Phase {
+    CURRENT.with(Cell::get)
 }
 
 /// Marks the current thread as in `phase` until the guard drops.

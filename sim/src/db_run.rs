@@ -44,6 +44,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thunderdb::db::{Database, DbError, EngineConfig};
 use thunderdb::env::{AtRestLoss, Clock, Env, FaultConfig, SimClock, SimDisk, SECTOR_SIZE};
+use thunderdb::probe::Phase;
 use thunderdb::sql::types::{decode_row, encode_key_part, encode_row, Column, Schema};
 use thunderdb::sql::{Output, SqlError, SqlType, Value};
 use thunderdb::storage::{ControlFile, StoreError, DATA_FILE_NAME, PAGE_SIZE};
@@ -77,6 +78,21 @@ struct Swarm {
     /// Lose durable sectors at rest after some crashes, in the WAL below
     /// the evidence point or in the data file.
     lose_at_rest: bool,
+    /// An aimed schedule, or none.
+    aim: Aim,
+}
+
+/// Schedules that steer a seed at a rare state the oracle must judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aim {
+    None,
+    /// A transaction writes, a checkpoint runs, and the transaction rolls
+    /// back: each compensation record is its page's first change after the
+    /// checkpoint. Then the power fails while the next checkpoint writes
+    /// those pages out, with torn writes on.
+    RollbackAfterCheckpoint,
+    /// Data-file syncs during a checkpoint's flush fail often.
+    CheckpointSyncError,
 }
 
 impl Swarm {
@@ -102,10 +118,22 @@ impl Swarm {
         config.wal_zero_fill_chunk = draw_zero_fill_chunk(knobs, config.wal_segment_size);
         config.wal_recycled_segments_max = knobs.random_range(0..=4);
         let lose_at_rest = knobs.random_bool(0.3);
+        let aim = match knobs.random_range(0..100) {
+            0..25 => Aim::RollbackAfterCheckpoint,
+            25..40 => Aim::CheckpointSyncError,
+            _ => Aim::None,
+        };
+        if aim == Aim::RollbackAfterCheckpoint {
+            config.buffer_pool_size = 4 * PAGE_SIZE as u64;
+        }
         let mut weight = |max| if rng.random_bool(0.8) { rng.random_range(1..=max) } else { 0 };
         let mut weights = [weight(6), weight(6), weight(2), weight(2), weight(2), weight(4)];
         if weights.iter().all(|w| *w == 0) {
             weights[0] = 1;
+        }
+        let mut faults = FaultConfig::swarm(rng);
+        if aim == Aim::RollbackAfterCheckpoint {
+            faults.torn_writes = true;
         }
         Swarm {
             config,
@@ -113,8 +141,9 @@ impl Swarm {
             long_keys: rng.random_bool(0.3),
             value_max: [64, 400][rng.random_range(0..2)],
             weights,
-            faults: FaultConfig::swarm(rng),
+            faults,
             lose_at_rest,
+            aim,
         }
     }
 
@@ -210,6 +239,10 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         let countdown =
             if run.rng.random_bool(0.2) { run.rng.random_range(0..40) } else { run.rng.random_range(50..1000) };
         run.disk.set_crash_countdown(Some(countdown));
+        if run.swarm.aim == Aim::CheckpointSyncError {
+            let rate = run.knobs.random_range(0.1..0.6);
+            run.disk.set_phase_fsync_error(Some((Phase::CheckpointFlush, rate)));
+        }
         if let Some(db) = run.open().await? {
             run.work(db).await?;
         }
@@ -369,13 +402,8 @@ impl Run {
         let db = Arc::new(db);
         let mut handles = Vec::new();
         for _ in 0..self.swarm.sessions {
-            let session = Session::new(
-                db.clone(),
-                self.clock.clone(),
-                self.shared.clone(),
-                self.swarm.clone(),
-                self.rng.random(),
-            );
+            let seed = self.rng.random();
+            let session = Session::new(self, db.clone(), self.swarm.clone(), seed);
             handles.push(tokio::spawn(session.run(TXNS_PER_SESSION)));
         }
         for handle in handles {
@@ -394,6 +422,7 @@ impl Run {
     /// reopen without crash recovery, holding exactly what was committed.
     async fn liveness(&mut self) -> Result<(), SeedFailure> {
         self.disk.set_faults(FaultConfig::none());
+        self.disk.set_phase_fsync_error(None);
         self.disk.set_crash_countdown(None);
         let Some(db) = self.open().await? else {
             if self.corruption_detected {
@@ -403,8 +432,9 @@ impl Run {
             return Err(self.fail("liveness", "the database did not open with faults off".into()));
         };
         let db = Arc::new(db);
-        let swarm = Swarm { weights: [1, 1, 0, 0, 0, 1], ..self.swarm.clone() };
-        let session = Session::new(db.clone(), self.clock.clone(), self.shared.clone(), swarm, self.rng.random());
+        let swarm = Swarm { weights: [1, 1, 0, 0, 0, 1], aim: Aim::None, ..self.swarm.clone() };
+        let seed = self.rng.random();
+        let session = Session::new(self, db.clone(), swarm, seed);
         session.run(5).await;
         if let Some((check, detail)) = lock(&self.shared).failure.take() {
             return Err(self.fail(check, detail));
@@ -522,16 +552,19 @@ struct Session {
     shared: SharedRef,
     swarm: Swarm,
     rng: ChaCha8Rng,
-    /// Draws think time inside transactions: a stream of its own, so the
-    /// workload's other draws stay as they were.
+    /// Draws think time inside transactions and the aimed schedules: a
+    /// stream of its own, so the workload's other draws stay as they were.
     think: ChaCha8Rng,
+    /// The disk, for aimed crashes.
+    disk: SimDisk,
 }
 
 impl Session {
-    fn new(db: Arc<Database>, clock: Arc<SimClock>, shared: SharedRef, swarm: Swarm, seed: u64) -> Self {
+    fn new(run: &Run, db: Arc<Database>, swarm: Swarm, seed: u64) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(seed);
         let think = ChaCha8Rng::seed_from_u64(seed ^ 0x7417_7417_7417_7417);
-        Session { db, clock, shared, swarm, rng, think }
+        let (clock, shared, disk) = (run.clock.clone(), run.shared.clone(), run.disk.clone());
+        Session { db, clock, shared, swarm, rng, think, disk }
     }
 
     /// Now and then, a client pause inside a transaction: simulated time
@@ -555,7 +588,9 @@ impl Session {
                 pick = pick.saturating_sub(*w);
                 hit
             });
+            let aimed = self.swarm.aim == Aim::RollbackAfterCheckpoint && self.think.random_bool(0.5);
             let result = match kind.expect("weights sum to the pick's range") {
+                _ if aimed => self.rollback_after_checkpoint().await,
                 0 => self.kv().await,
                 1 => self.bank().await,
                 2 => self.long().await,
@@ -726,6 +761,28 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// The aimed schedule `RollbackAfterCheckpoint`: writes, a checkpoint,
+    /// a rollback whose every compensation record is its page's first change
+    /// since, then a crash inside the next checkpoint's flush.
+    async fn rollback_after_checkpoint(&mut self) -> Result<(), DbError> {
+        let mut txn = self.db.begin().await?;
+        let table = self.table(&mut txn, KV).await?;
+        for _ in 0..self.think.random_range(10..80) {
+            let key = self.swarm.key(&mut self.think);
+            let value = vec![self.think.random(); self.think.random_range(0..self.swarm.value_max)];
+            txn.put(&table, &key, &value).await?;
+        }
+        self.db.checkpoint().await?;
+        txn.rollback().await?;
+        // The pages the rollback dirtied go out in the next checkpoint's
+        // flush (the pool holds four): the power fails among those writes
+        // or at their sync, leaving them torn, with the redo point still
+        // before the rollback.
+        self.disk.set_crash_in_phase(Phase::CheckpointFlush, self.think.random_range(0..6));
+        self.db.checkpoint().await?;
+        Ok(())
     }
 
     async fn churn(&mut self) -> Result<(), DbError> {

@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thunderdb::env::{AtRestLoss, DiskTrace, FaultConfig, FaultKind, Fs, SimDisk, SECTOR_SIZE};
-use thunderdb::wal::{Lsn, Record, Wal, WalError, WalOptions, WalReader};
+use thunderdb::probe::Phase;
+use thunderdb::wal::{parse_segment_file_name, Lsn, Record, Wal, WalError, WalOptions, WalReader};
 use thunderdb_workloads::wal_log::{random_record, WalModel};
 
 /// Crash cycles per seed with a sparse crash schedule (long runs between
@@ -91,6 +92,9 @@ struct Swarm {
     /// Lose sectors of durable, evidenced log at rest after some crashes:
     /// they read back as zeroes or as their contents before their last sync.
     lose_at_rest: bool,
+    /// Aim crashes at the tail cut's removal of later segments, before its
+    /// directory sync: then recovery runs again on what the crash left.
+    aim_tail_cut: bool,
     /// Crash every few dozen I/Os instead of every few hundred: the
     /// crash, reopen, short write, crash sequences that test the tail cut.
     frequent_crashes: bool,
@@ -112,6 +116,7 @@ impl Swarm {
         Swarm {
             opts,
             lose_at_rest: knobs.random_bool(0.3),
+            aim_tail_cut: knobs.random_bool(0.2),
             writers: rng.random_range(1..=8),
             faults: FaultConfig::swarm(rng),
             bit_rot: rng.random_bool(0.3),
@@ -150,6 +155,8 @@ pub fn knobs_seed(seed: u64) -> u64 {
 struct Run {
     seed: u64,
     rng: ChaCha8Rng,
+    /// Draws the aimed schedules, on a stream of its own.
+    knobs: ChaCha8Rng,
     disk: SimDisk,
     swarm: Swarm,
     model: Arc<Mutex<WalModel>>,
@@ -174,6 +181,7 @@ pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     let mut run = Run {
         seed,
         rng,
+        knobs,
         disk,
         swarm,
         model: Arc::new(Mutex::new(WalModel::default())),
@@ -199,6 +207,12 @@ pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
             run.rng.random_range(countdowns.clone())
         };
         run.disk.set_crash_countdown(Some(countdown));
+        if run.swarm.aim_tail_cut && run.knobs.random_bool(0.5) {
+            // The first operation is the first removal; later ones land
+            // after some removals, before the directory sync that makes
+            // them durable (or on it).
+            run.disk.set_crash_in_phase(Phase::WalTailCutRemove, run.knobs.random_range(0..4));
+        }
         if let Some(wal) = run.recover().await? {
             run.write(Arc::new(wal)).await;
         }
@@ -309,6 +323,7 @@ impl Run {
         let end = reader.end().expect("the reader reached the end");
         match Wal::open(fs, opts, end) {
             Ok(wal) => {
+                self.check_tail_cut_durable(end.lsn())?;
                 // Only an opened WAL makes this recovery's end the truth: a
                 // crash while opening leaves the previous truth in force.
                 self.model.lock().expect("model lock").reset_to(&recovered);
@@ -318,6 +333,29 @@ impl Run {
             Err(e) if e.is_corruption() => Err(self.fail("wal_no_corruption", e.to_string())),
             Err(_) => Ok(None),
         }
+    }
+
+    /// Once the WAL has opened, its tail cut is durable: the media holds no
+    /// segment past the one the log resumes in, so no crash can bring back
+    /// records from beyond the end recovery found.
+    fn check_tail_cut_durable(&self, end: Lsn) -> Result<(), SeedFailure> {
+        let opts = &self.swarm.opts;
+        let resume_segno = opts.segno(Lsn(end.0.next_multiple_of(SECTOR_SIZE)));
+        let survivors: Vec<String> = self
+            .disk
+            .durable_names(&opts.dir)
+            .into_iter()
+            .filter(|name| {
+                parse_segment_file_name(name, opts.segment_size).is_some_and(|(_, segno)| segno > resume_segno)
+            })
+            .collect();
+        if survivors.is_empty() {
+            return Ok(());
+        }
+        Err(self.fail(
+            "wal_tail_cut_durable",
+            format!("the WAL opened with its end at {end}, yet the media still holds later segments {survivors:?}"),
+        ))
     }
 
     /// Runs the writers until each stops.

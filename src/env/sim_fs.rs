@@ -49,6 +49,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::faults::{FaultConfig, FaultKind, LedgerEntry};
 use super::seam::{File, Fs};
+use crate::probe::Phase;
 
 /// The sector size the disk tears at.
 pub const SECTOR_SIZE: u64 = 512;
@@ -154,6 +155,11 @@ struct DiskState {
     /// Set when the countdown expires; cleared by a reboot.
     crashed: bool,
     countdown: Option<u64>,
+    /// An aimed crash: after this many more operations inside this engine
+    /// phase, the machine loses power.
+    phase_countdown: Option<(Phase, u64)>,
+    /// Aimed sync failures: syncs inside this phase fail at this rate.
+    phase_fsync_error: Option<(Phase, f64)>,
     inodes: BTreeMap<InodeId, Inode>,
     next_inode: InodeId,
     dirs: BTreeMap<PathBuf, Dir>,
@@ -270,16 +276,35 @@ impl DiskState {
         if self.crashed {
             return Err(crashed_error());
         }
+        let mut crash = false;
         if let Some(left) = self.countdown.as_mut() {
-            if *left == 0 {
-                self.crashed = true;
-                self.countdown = None;
-                self.record(FaultKind::Crash, path, 0, 0);
-                return Err(crashed_error());
+            crash = *left == 0;
+            *left = left.saturating_sub(1);
+        }
+        if let Some((phase, left)) = self.phase_countdown.as_mut() {
+            if *phase == crate::probe::current_phase() {
+                crash |= *left == 0;
+                *left = left.saturating_sub(1);
             }
-            *left -= 1;
+        }
+        if crash {
+            self.crashed = true;
+            self.countdown = None;
+            self.phase_countdown = None;
+            self.record(FaultKind::Crash, path, 0, 0);
+            return Err(crashed_error());
         }
         Ok(())
+    }
+
+    /// Whether a sync fails now: at the configured rate, or at the aimed
+    /// rate inside the aimed phase.
+    fn sync_fails(&mut self) -> bool {
+        let aimed = match self.phase_fsync_error {
+            Some((phase, rate)) if phase == crate::probe::current_phase() => rate,
+            _ => 0.0,
+        };
+        self.chance(|f| f.fsync_error_rate) || (aimed > 0.0 && self.rng.random_bool(aimed.min(1.0)))
     }
 
     fn split(path: &Path) -> io::Result<(PathBuf, String)> {
@@ -423,6 +448,8 @@ impl SimDisk {
             boot: 0,
             crashed: false,
             countdown: None,
+            phase_countdown: None,
+            phase_fsync_error: None,
             inodes: BTreeMap::new(),
             next_inode: 1,
             dirs: BTreeMap::from([(PathBuf::from("/"), Dir::default()), (PathBuf::new(), Dir::default())]),
@@ -454,6 +481,25 @@ impl SimDisk {
     /// Crash after `ops` more I/O operations (`None` disarms).
     pub fn set_crash_countdown(&self, ops: Option<u64>) {
         self.lock().countdown = ops;
+    }
+
+    /// Crash after `ops` more I/O operations performed inside engine phase
+    /// `phase` (an aimed crash, e.g. between a tail cut's removals and its
+    /// directory sync); disarmed by any crash.
+    pub fn set_crash_in_phase(&self, phase: Phase, ops: u64) {
+        self.lock().phase_countdown = Some((phase, ops));
+    }
+
+    /// Syncs inside engine phase `phase` fail at `rate` (aimed sync errors,
+    /// e.g. a data-file sync during a checkpoint's flush); `None` disarms.
+    pub fn set_phase_fsync_error(&self, aimed: Option<(Phase, f64)>) {
+        self.lock().phase_fsync_error = aimed;
+    }
+
+    /// The names in `dir` as the media holds them: what a crash now would
+    /// leave (no I/O; for checkers).
+    pub fn durable_names(&self, dir: &Path) -> Vec<String> {
+        self.lock().dirs.get(dir).map(|d| d.durable.keys().cloned().collect()).unwrap_or_default()
     }
 
     /// Whether the countdown has expired and the machine is down.
@@ -495,6 +541,7 @@ impl SimDisk {
         }
         state.crashed = false;
         state.countdown = None;
+        state.phase_countdown = None;
         state.boot += 1;
         state.boot
     }
@@ -758,7 +805,7 @@ impl SimFile {
 
     fn sync(&self) -> io::Result<()> {
         let mut state = self.state(14)?;
-        if state.chance(|f| f.fsync_error_rate) {
+        if state.sync_fails() {
             // Linux: the dirty pages are marked clean and their data never
             // reaches the media; the error is reported once.
             let inode = state.inodes.get_mut(&self.ino).expect("inode exists");

@@ -728,7 +728,13 @@ impl Store {
             self.pool.modify(page_no, lsn, |resident| resident.copy_from(&after));
             return Ok(());
         }
-        if !self.imaged.contains(&page_no) && !active(PlantedBug::SkipFullPageImage) {
+        let compensation = matches!(op, Op::Compensation { .. });
+        let skip_image =
+            active(PlantedBug::SkipFullPageImage) || (compensation && active(PlantedBug::ClrWithoutPageImage));
+        if !self.imaged.contains(&page_no) && !skip_image {
+            if compensation {
+                probe::hit(Probe::ClrFirstChangeAfterCheckpoint);
+            }
             let before = image(self.pool.resident_page(page_no));
             let (_, end) = self.log_redo_only(&Op::PageImages { images: vec![(page_no, before)] }).await?;
             self.pool.modify(page_no, end, |_| {});
