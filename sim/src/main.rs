@@ -54,6 +54,10 @@ struct Args {
     /// Independent hunts per planted bug.
     #[arg(long, default_value_t = 5)]
     hunts: u64,
+    /// Seeds over which the planted report measures each bug's detection
+    /// rate (seeds 1 to N).
+    #[arg(long, default_value_t = 400)]
+    rate_window: u64,
 }
 
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
@@ -114,35 +118,54 @@ fn plant(bugs: &[PlantedBug]) -> Result<(), String> {
     }
 }
 
+/// The detection rate every planted bug must reach: the fraction of its
+/// workload's seeds, in the rate window, that catch it.
+const DETECTION_RATE_MIN: f64 = 0.05;
+
 /// Hunts each planted bug from `hunts` starting points and prints the
-/// seeds-to-detect. Returns whether every bug was caught in every hunt.
-fn planted_report(budget: u64, hunts: u64) -> Result<bool, String> {
+/// seeds-to-detect, and measures its detection rate over seeds
+/// `1..=rate_window`. Returns whether every bug was caught in every hunt
+/// and by at least [`DETECTION_RATE_MIN`] of the window's seeds.
+fn planted_report(budget: u64, hunts: u64, rate_window: u64) -> Result<bool, String> {
     // Planted bugs trip assertions; the report says so, without the noise.
     std::panic::set_hook(Box::new(|_| {}));
-    println!("| planted bug | caught | median seeds to detect | first check failed |");
-    println!("|---|---:|---:|---|");
+    println!("| planted bug | caught | median seeds to detect | detection rate | first check failed |");
+    println!("|---|---:|---:|---:|---|");
     let mut all_caught = true;
     for bug in PlantedBug::ALL {
         plant(&[bug])?;
+        let workload = if bug.is_storage() { Workload::Db } else { Workload::Wal };
         let mut counts = Vec::new();
         let mut checks = BTreeMap::new();
         for hunt in 0..hunts {
             let start = 1 + hunt * 1_000_000;
-            let workload = if bug.is_storage() { Workload::Db } else { Workload::Wal };
             let found = (start..start + budget).find_map(|seed| run_seed_isolated(seed, workload).err());
             if let Some(failure) = found {
                 counts.push(failure.seed - start + 1);
                 *checks.entry(failure.check).or_insert(0) += 1;
             }
         }
+        let caught_seeds = (1..=rate_window).filter(|seed| run_seed_isolated(*seed, workload).is_err()).count();
+        let rate = caught_seeds as f64 / rate_window.max(1) as f64;
         counts.sort_unstable();
         let caught = counts.len() as u64 == hunts;
-        all_caught &= caught;
+        all_caught &= caught && rate >= DETECTION_RATE_MIN;
         let median = counts.get(counts.len() / 2).map_or("-".into(), |m| m.to_string());
         let checks: Vec<String> = checks.iter().map(|(check, n)| format!("`{check}` ×{n}")).collect();
-        println!("| {bug} | {}/{hunts} | {median} | {} |", counts.len(), checks.join(", "));
+        println!(
+            "| {bug} | {}/{hunts} | {median} | {:.1}% ({caught_seeds}/{rate_window}) | {} |",
+            counts.len(),
+            rate * 100.0,
+            checks.join(", ")
+        );
     }
     plant(&[])?;
+    if !all_caught {
+        println!(
+            "FAILED: a planted bug escaped a hunt or was caught by fewer than {:.0}% of its seeds",
+            DETECTION_RATE_MIN * 100.0
+        );
+    }
     Ok(all_caught)
 }
 
@@ -206,7 +229,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<bool, String> {
     if args.planted_report {
-        return planted_report(args.hunt_budget, args.hunts);
+        return planted_report(args.hunt_budget, args.hunts, args.rate_window);
     }
     plant(&args.plant.into_iter().collect::<Vec<_>>())?;
     let determinism = !args.no_determinism_check;

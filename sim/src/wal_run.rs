@@ -95,6 +95,10 @@ struct Swarm {
     /// Aim crashes at the tail cut's removal of later segments, before its
     /// directory sync: then recovery runs again on what the crash left.
     aim_tail_cut: bool,
+    /// When recovery finds the log ending mid-sector, crash within the
+    /// next few I/Os: the first writes after the torn sector are the ones
+    /// that must never touch it.
+    aim_torn_sector: bool,
     /// Crash every few dozen I/Os instead of every few hundred: the
     /// crash, reopen, short write, crash sequences that test the tail cut.
     frequent_crashes: bool,
@@ -117,6 +121,7 @@ impl Swarm {
             opts,
             lose_at_rest: knobs.random_bool(0.3),
             aim_tail_cut: knobs.random_bool(0.2),
+            aim_torn_sector: knobs.random_bool(0.2),
             writers: rng.random_range(1..=8),
             faults: FaultConfig::swarm(rng),
             bit_rot: rng.random_bool(0.3),
@@ -157,6 +162,8 @@ struct Run {
     rng: ChaCha8Rng,
     /// Draws the aimed schedules, on a stream of its own.
     knobs: ChaCha8Rng,
+    /// In the liveness phase: no faults, no crashes, no aims.
+    liveness: bool,
     disk: SimDisk,
     swarm: Swarm,
     model: Arc<Mutex<WalModel>>,
@@ -182,6 +189,7 @@ pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         seed,
         rng,
         knobs,
+        liveness: false,
         disk,
         swarm,
         model: Arc::new(Mutex::new(WalModel::default())),
@@ -324,6 +332,9 @@ impl Run {
         match Wal::open(fs, opts, end) {
             Ok(wal) => {
                 self.check_tail_cut_durable(end.lsn())?;
+                if self.swarm.aim_torn_sector && !self.liveness && end.lsn().0 % SECTOR_SIZE != 0 {
+                    self.disk.set_crash_countdown(Some(self.knobs.random_range(0..8)));
+                }
                 // Only an opened WAL makes this recovery's end the truth: a
                 // crash while opening leaves the previous truth in force.
                 self.model.lock().expect("model lock").reset_to(&recovered);
@@ -384,6 +395,7 @@ impl Run {
 
     /// Faults off: the system must come back and make new writes durable.
     async fn liveness(&mut self) -> Result<(), SeedFailure> {
+        self.liveness = true;
         self.disk.set_faults(FaultConfig::none());
         for _ in 0..LIVENESS_ATTEMPTS {
             self.disk.set_crash_countdown(None);

@@ -58,6 +58,12 @@ pub const MAX_KEY_LEN: usize = 512;
 /// The data file's name in the data directory.
 pub const DATA_FILE_NAME: &str = "main.tdb";
 
+/// Deeper than any real tree: splits give each new internal node two
+/// children and only leaves merge, so trees stay a few levels deep. A
+/// descent past this is a cycle among pages, reported as corruption before
+/// it loops forever.
+const TREE_HEIGHT_MAX: usize = 32;
+
 const SEPARATOR_ROOM: usize = 4 + MAX_KEY_LEN + 4 + 2;
 
 /// A leaf with less live data than this after a delete is merged if it can be.
@@ -403,6 +409,7 @@ impl Store {
             }
             page_no = node::link(page.body());
             height += 1;
+            self.check_height(tree, page_no, height)?;
         }
         let mut pages = Vec::new();
         let mut level = vec![tree.root];
@@ -560,8 +567,18 @@ impl Store {
         };
         let mut leaf = *self.descend(tree, first).await?.last().expect("a path ends at a leaf");
         let mut rows = Vec::new();
+        // The previous leaf's last key: keys rise along the leaf chain, and
+        // a sibling link that goes back (a page two trees share, say) would
+        // loop forever.
+        let mut last_key: Option<Vec<u8>> = None;
         loop {
             let body = self.pool.fetch(leaf, &self.wal).await?.body();
+            if node::count(body) > 0 && last_key.as_deref().is_some_and(|last| node::key(body, 0) <= last) {
+                let path = self.data_dir.join(DATA_FILE_NAME);
+                let detail =
+                    format!("the leaf chain of the tree rooted at page {} goes back in key order here", tree.root);
+                return Err(StorageError::CorruptPage { path, page_no: leaf, detail }.into());
+            }
             for (key, value) in rows_in(body) {
                 let after_start = match start {
                     Bound::Included(s) => key >= s,
@@ -580,11 +597,25 @@ impl Store {
                     rows.push((key.to_vec(), value.to_vec()));
                 }
             }
+            if let Some(last) = node::count(body).checked_sub(1) {
+                last_key = Some(node::key(body, last).to_vec());
+            }
             match node::link(body) {
                 0 => return Ok(rows),
                 next => leaf = next,
             }
         }
+    }
+
+    /// See [`TREE_HEIGHT_MAX`].
+    fn check_height(&self, tree: Tree, page_no: u32, depth: usize) -> Result<(), StoreError> {
+        if depth <= TREE_HEIGHT_MAX {
+            return Ok(());
+        }
+        let path = self.data_dir.join(DATA_FILE_NAME);
+        let detail =
+            format!("reached {depth} levels below the root, page {}: a cycle among the tree's pages", tree.root);
+        Err(StorageError::CorruptPage { path, page_no, detail }.into())
     }
 
     /// Inserts or replaces a row on behalf of transaction `xid`.
@@ -794,7 +825,9 @@ impl Store {
         self.wal.check_running()?;
         let mut path = vec![tree.root];
         loop {
-            let page = self.pool.fetch(*path.last().expect("non-empty"), &self.wal).await?;
+            let page_no = *path.last().expect("non-empty");
+            self.check_height(tree, page_no, path.len() - 1)?;
+            let page = self.pool.fetch(page_no, &self.wal).await?;
             if page.kind() == PageKind::Leaf {
                 return Ok(path);
             }
