@@ -37,6 +37,8 @@ pub struct WalModel {
     /// when it was appended.
     hints: BTreeMap<Lsn, Lsn>,
     acknowledged_through: Lsn,
+    /// The log before this LSN is retired (see [`forget_before`](Self::forget_before)).
+    retired_before: Lsn,
 }
 
 impl WalModel {
@@ -50,6 +52,11 @@ impl WalModel {
     /// The WAL accepted `record` at `lsn`, when the log was durable through
     /// `durable_hint` (read from the WAL just before the append).
     pub fn accepted(&mut self, lsn: Lsn, record: Record, durable_hint: Lsn) {
+        if lsn < self.retired_before {
+            // Its append returned after the redo point moved past it (it
+            // waited to write the buffer behind): recovery never reads it.
+            return;
+        }
         let previous = self.accepted.insert(lsn, record);
         assert!(previous.is_none(), "the WAL handed out LSN {lsn} twice");
         self.hints.insert(lsn, durable_hint);
@@ -90,6 +97,7 @@ impl WalModel {
 
     /// The log before `lsn` is retired: recovery starts reading there.
     pub fn forget_before(&mut self, lsn: Lsn) {
+        self.retired_before = self.retired_before.max(lsn);
         self.accepted = self.accepted.split_off(&lsn);
         self.hints = self.hints.split_off(&lsn);
     }
