@@ -923,7 +923,16 @@ impl Store {
         if !node::fits_together(left.body(), right.body()) {
             return Ok(());
         }
-        assert_eq!(node::link(left.body()), right_no, "siblings under one parent are neighbours in the leaf chain");
+        if node::link(left.body()) != right_no {
+            // Siblings under one parent are neighbours in the leaf chain,
+            // unless the disk returned an older version of one of them.
+            let path = self.data_dir.join(DATA_FILE_NAME);
+            let detail = format!(
+                "leaf {left_no} links to page {} but its parent {parent_no} says its right neighbour is {right_no}",
+                node::link(left.body())
+            );
+            return Err(StorageError::CorruptPage { path, page_no: left_no, detail }.into());
+        }
         probe::hit(Probe::TreeLeafMerge);
         for (key, value) in rows_in(right.body()) {
             let index = node::count(left.body());
