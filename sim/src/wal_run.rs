@@ -95,9 +95,10 @@ struct Swarm {
     /// Aim crashes at the tail cut's removal of later segments, before its
     /// directory sync: then recovery runs again on what the crash left.
     aim_tail_cut: bool,
-    /// When recovery finds the log ending mid-sector, crash within the
-    /// next few I/Os: the first writes after the torn sector are the ones
-    /// that must never touch it.
+    /// When recovery finds the log ending mid-sector, crash at the next
+    /// sync, with torn writes on and half the torn sectors garbage: the
+    /// first write after the torn sector is the one that must never touch
+    /// it.
     aim_torn_sector: bool,
     /// Crash every few dozen I/Os instead of every few hundred: the
     /// crash, reopen, short write, crash sequences that test the tail cut.
@@ -117,13 +118,22 @@ impl Swarm {
             .with_segment_size(segment_size)
             .with_write_behind_bytes(draw_write_behind(knobs))
             .with_zero_fill_chunk(draw_zero_fill_chunk(knobs, segment_size));
+        let lose_at_rest = knobs.random_bool(0.3);
+        let aim_tail_cut = knobs.random_bool(0.2);
+        let aim_torn_sector = knobs.random_bool(0.2);
+        let writers = rng.random_range(1..=8);
+        let mut faults = FaultConfig::swarm(rng);
+        if aim_torn_sector {
+            faults.torn_writes = true;
+            faults.torn_garbage_percent = 50;
+        }
         Swarm {
             opts,
-            lose_at_rest: knobs.random_bool(0.3),
-            aim_tail_cut: knobs.random_bool(0.2),
-            aim_torn_sector: knobs.random_bool(0.2),
-            writers: rng.random_range(1..=8),
-            faults: FaultConfig::swarm(rng),
+            lose_at_rest,
+            aim_tail_cut,
+            aim_torn_sector,
+            writers,
+            faults,
             bit_rot: rng.random_bool(0.3),
             frequent_crashes: rng.random_bool(0.3),
             uniform_payload: if rng.random_bool(0.3) { Some(rng.random_range(0..300)) } else { None },
@@ -333,7 +343,9 @@ impl Run {
             Ok(wal) => {
                 self.check_tail_cut_durable(end.lsn())?;
                 if self.swarm.aim_torn_sector && !self.liveness && end.lsn().0 % SECTOR_SIZE != 0 {
-                    self.disk.set_crash_countdown(Some(self.knobs.random_range(0..8)));
+                    // The power fails at the first sync after the torn
+                    // sector, while the first write after it is in flight.
+                    self.disk.set_crash_in_phase(Phase::WalSync, 0);
                 }
                 // Only an opened WAL makes this recovery's end the truth: a
                 // crash while opening leaves the previous truth in force.

@@ -124,6 +124,9 @@ pub struct FaultConfig {
     /// into old, new or garbage data; a file may keep a new size without the
     /// data.
     pub torn_writes: bool,
+    /// Of the sectors a torn write leaves, the percentage that land as
+    /// garbage (the rest land new or old, 80 to 13); 7 by default.
+    pub torn_garbage_percent: u32,
     /// A crash keeps only a prefix of the unsynced namespace operations of
     /// each directory (journaled file systems commit metadata in order).
     pub lose_metadata: bool,
@@ -147,6 +150,7 @@ impl FaultConfig {
         Self {
             lose_unsynced: false,
             torn_writes: false,
+            torn_garbage_percent: 7,
             lose_metadata: false,
             fsync_error_rate: 0.0,
             read_error_rate: 0.0,
@@ -174,6 +178,7 @@ impl FaultConfig {
         Self {
             lose_unsynced: rng.random_bool(0.8),
             torn_writes: rng.random_bool(0.7),
+            torn_garbage_percent: 7,
             lose_metadata: rng.random_bool(0.7),
             fsync_error_rate,
             read_error_rate,

@@ -391,11 +391,15 @@ impl DiskState {
             let lo = sector_start.max(offset);
             let hi = (sector_start + SECTOR_SIZE).min(end);
             let roll = self.rng.random_range(0..100u32);
+            // New, old and garbage in the proportions 80 : 13 : 7 unless the
+            // garbage share is raised.
+            let garbage_from = 100 - self.faults.torn_garbage_percent.min(100);
+            let old_from = 80 * garbage_from / 93;
             let range = lo as usize..hi as usize;
             let src = &data[(lo - offset) as usize..(hi - offset) as usize];
-            if roll < 80 {
+            if roll < old_from {
                 image[range].copy_from_slice(src);
-            } else if roll < 93 {
+            } else if roll < garbage_from {
                 // Old data: what was there before, or zeroes past the old end.
                 self.record(FaultKind::TornSectorOld, path, lo, hi - lo);
                 if hi > old_len {
