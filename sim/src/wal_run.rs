@@ -273,14 +273,18 @@ impl Run {
         if !self.swarm.bit_rot || !self.rng.random_bool(0.5) {
             return;
         }
-        let from = *self.redo_point.lock().expect("redo point lock");
-        let to = self.model.lock().expect("model lock").evidence_point();
-        if to <= from {
-            return;
-        }
-        let at = Lsn(self.rng.random_range(from.0..to.0));
+        let Some(evidenced) = self.evidenced() else { return };
+        let at = Lsn(self.rng.random_range(evidenced));
         let opts = &self.swarm.opts;
         self.rotted |= self.disk.rot_at(&opts.path(opts.segno(at)), opts.offset(at));
+    }
+
+    /// The durable log that evidence of durability follows: from the redo
+    /// point to the evidence point, if that is not empty.
+    fn evidenced(&self) -> Option<std::ops::Range<u64>> {
+        let from = *self.redo_point.lock().expect("redo point lock");
+        let to = self.model.lock().expect("model lock").evidence_point();
+        (from < to).then_some(from.0..to.0)
     }
 
     /// With the swarm's loss at rest on, now and then loses one to four
@@ -288,19 +292,16 @@ impl Run {
     /// their previous contents: a correct reader reports corruption there,
     /// naming the segment and LSN, and never takes it for the end of the log.
     fn maybe_lose_at_rest(&mut self) {
-        if !self.swarm.lose_at_rest || !self.rng.random_bool(0.5) {
+        if !self.swarm.lose_at_rest || !self.knobs.random_bool(0.5) {
             return;
         }
-        let from = *self.redo_point.lock().expect("redo point lock");
-        let to = self.model.lock().expect("model lock").evidence_point();
-        if to <= from {
-            return;
-        }
-        let at = Lsn(self.rng.random_range(from.0..to.0));
+        let Some(evidenced) = self.evidenced() else { return };
+        let to = Lsn(evidenced.end);
+        let at = Lsn(self.knobs.random_range(evidenced));
         // Whole sectors below the evidence point, which is a flush's end and
         // so a sector boundary: the evidence itself stays intact.
-        let sectors = self.rng.random_range(1..=4).min((to.0 - at.0).div_ceil(SECTOR_SIZE));
-        let loss = if self.rng.random_bool(0.5) { AtRestLoss::Zeroed } else { AtRestLoss::Stale };
+        let sectors = self.knobs.random_range(1..=4).min((to.0 - at.0).div_ceil(SECTOR_SIZE));
+        let loss = if self.knobs.random_bool(0.5) { AtRestLoss::Zeroed } else { AtRestLoss::Stale };
         let opts = &self.swarm.opts;
         let in_segment = (opts.segment_size - opts.offset(at)).div_ceil(SECTOR_SIZE);
         self.rotted |=

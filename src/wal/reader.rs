@@ -77,11 +77,6 @@ impl WalReader {
         self
     }
 
-    /// The LSN the next record will be read from.
-    pub fn position(&self) -> Lsn {
-        self.next
-    }
-
     /// Where the log ends, once [`next_record`](Self::next_record) has
     /// returned `None`.
     pub fn end(&self) -> Option<LogEnd> {
