@@ -415,3 +415,35 @@ async fn durable_log_lost_at_rest_is_reported_never_taken_for_the_end() {
         assert!(message.contains(&lsn.to_string()), "{loss:?}: names the LSN: {message}");
     }
 }
+
+/// The scan for durable records after a bad one steps over a segment file
+/// shorter than a segment (an archive's partial copy, say) and finds the
+/// evidence in the segments after it.
+#[tokio::test]
+async fn the_scan_for_evidence_steps_over_a_short_segment_file() {
+    let opts = opts();
+    let disk = SimDisk::new(8, FaultConfig::none());
+    let fs: Arc<dyn Fs> = disk.fs();
+    let wal = open_wal(fs.clone(), &opts);
+    let append = |i: u64| Record::data(i, Lsn::ZERO, vec![i as u8; 300]);
+    // One group of records over four segments, flushed once: none of them
+    // proves another durable. Then records that do, after the group.
+    let mut group = Vec::new();
+    for i in 0..12 {
+        group.push(wal.append(&append(i)).await.unwrap());
+    }
+    wal.flush(group[11].1).await.unwrap();
+    for i in 12..18 {
+        let (_, end) = wal.append(&append(i)).await.unwrap();
+        wal.flush(end).await.unwrap();
+    }
+    drop(wal);
+    let victim = group[0].0;
+    let short = opts.segno(victim) + 2;
+    assert!(opts.segno(group[11].0) >= short, "the group runs past the short segment");
+    fs.open(&opts.path(opts.segno(victim))).unwrap().write_all_at(&[0; 40], opts.offset(victim)).unwrap();
+    fs.open(&opts.path(short)).unwrap().set_len(opts.segment_size / 2).unwrap();
+    let err = read_all(fs, &opts).unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    assert!(err.to_string().contains(&victim.to_string()), "names the first bad record: {err}");
+}

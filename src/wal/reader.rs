@@ -236,7 +236,6 @@ impl WalReader {
             .map(|(_, segno)| segno)
             .max();
         let Some(last_segno) = last_segno else { return Ok(None) };
-        let first_segno = self.opts.segno(at);
         let mut pos = at.plus(RECORD_ALIGN);
         let end = Lsn((last_segno + 1) * self.opts.segment_size);
         while pos < end {
@@ -253,7 +252,7 @@ impl WalReader {
             }
             // Most positions fail the cheap header checks; only plausible
             // headers pay for a checksum.
-            if segno >= first_segno && parse_header(&data[offset..]).is_ok() {
+            if parse_header(&data[offset..]).is_ok() {
                 if let Ok(decoded) = self.decode_at(pos)? {
                     if decoded.durable_lsn > at {
                         return Ok(Some((pos, decoded.durable_lsn)));
