@@ -246,19 +246,34 @@ async fn a_crash_at_every_io_boundary_of_undo_recovers_the_same_state() {
     }
 }
 
+/// Creates table `t` if it does not exist, takes a checkpoint, and puts
+/// `key` → `v` into it: the table's page (page 1) logs its image first.
+async fn put_after_a_checkpoint(db: &Database, key: &[u8], model: &mut DbModel) {
+    let mut txn = db.begin().await.unwrap();
+    let table = match txn.table("t").await.unwrap() {
+        Some(table) => {
+            txn.commit().await.unwrap();
+            table
+        }
+        None => {
+            let table = txn.create_table("t", b"").await.unwrap();
+            commit(txn, vec![Write::CreateTable("t".into())], model).await.unwrap();
+            table
+        }
+    };
+    db.checkpoint().await.unwrap();
+    let mut txn = db.begin().await.unwrap();
+    txn.put(&table, key, b"v").await.unwrap();
+    commit(txn, vec![Write::Put("t".into(), key.to_vec(), b"v".to_vec())], model).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_page_damaged_after_the_checkpoint_is_rebuilt_from_its_full_page_image() {
     let disk = SimDisk::new(5, FaultConfig::none());
     let mut model = DbModel::default();
     {
         let db = open(&disk).await.unwrap();
-        let mut txn = db.begin().await.unwrap();
-        let table = txn.create_table("t", b"").await.unwrap();
-        commit(txn, vec![Write::CreateTable("t".into())], &mut model).await.unwrap();
-        db.checkpoint().await.unwrap();
-        let mut txn = db.begin().await.unwrap();
-        txn.put(&table, b"k", b"v").await.unwrap();
-        commit(txn, vec![Write::Put("t".into(), b"k".to_vec(), b"v".to_vec())], &mut model).await.unwrap();
+        put_after_a_checkpoint(&db, b"k", &mut model).await;
     }
     disk.crash();
     // The table's page (page 1) is damaged on disk, as a torn write would
@@ -514,17 +529,8 @@ async fn a_page_zeroed_at_rest_is_rebuilt_from_its_image_or_reported_never_read_
     let mut model = DbModel::default();
     {
         let db = open(&disk).await.unwrap();
-        let mut txn = db.begin().await.unwrap();
-        let table = txn.create_table("t", b"").await.unwrap();
-        commit(txn, vec![Write::CreateTable("t".into())], &mut model).await.unwrap();
-        db.checkpoint().await.unwrap();
-        let mut txn = db.begin().await.unwrap();
-        txn.put(&table, b"k", b"v").await.unwrap();
-        commit(txn, vec![Write::Put("t".into(), b"k".to_vec(), b"v".to_vec())], &mut model).await.unwrap();
-        db.checkpoint().await.unwrap();
-        let mut txn = db.begin().await.unwrap();
-        txn.put(&table, b"k2", b"v2").await.unwrap();
-        commit(txn, vec![Write::Put("t".into(), b"k2".to_vec(), b"v2".to_vec())], &mut model).await.unwrap();
+        put_after_a_checkpoint(&db, b"k", &mut model).await;
+        put_after_a_checkpoint(&db, b"k2", &mut model).await;
     }
     disk.crash();
     assert!(disk.lose_at_rest(&data, PAGE_SIZE as u64, sectors, AtRestLoss::Zeroed));
