@@ -181,8 +181,6 @@ pub struct CommitAppended {
     pub lsn: Lsn,
     /// The LSN just past it: the caller flushes to here before acknowledging.
     pub end: Lsn,
-    /// The commit time it carries.
-    pub time_micros: u64,
     /// Whether that time was clamped up to the previous commit's.
     pub clamped: bool,
 }
@@ -334,12 +332,7 @@ impl Store {
         // record in the log: no crash can keep the reuse and lose the commit.
         let freed = if active(PlantedBug::FreeBeforeCommit) { Vec::new() } else { txn.free_on_commit };
         self.free_trees(freed).await;
-        Ok(Some(CommitAppended { lsn, end, time_micros, clamped }))
-    }
-
-    /// The newest commit time logged (µs since the epoch).
-    pub fn last_commit_micros(&self) -> u64 {
-        self.last_commit_micros
+        Ok(Some(CommitAppended { lsn, end, clamped }))
     }
 
     /// Recovery tells the store the newest commit time it found in the log

@@ -67,19 +67,15 @@ pub struct Transaction {
     /// need no locks of their own (a bulk load or a rewrite would otherwise
     /// hold one per row).
     exclusive: Vec<u32>,
-    /// The wall clock when the transaction began (µs since the epoch).
+    /// The wall clock when the transaction began (µs since the epoch); read
+    /// only for the planted bug that stamps commits with it.
     begun_micros: u64,
 }
 
 impl Transaction {
     pub(crate) fn new(shared: Arc<Shared>, xid: u64) -> Self {
-        let begun_micros = shared.env.clock.wall_micros();
+        let begun_micros = if active(PlantedBug::CommitStampedAtBegin) { shared.env.clock.wall_micros() } else { 0 };
         Transaction { shared, xid, state: State::Active, held: Vec::new(), exclusive: Vec::new(), begun_micros }
-    }
-
-    /// When the transaction began, by the wall clock (µs since the epoch).
-    pub fn begun_micros(&self) -> u64 {
-        self.begun_micros
     }
 
     /// The transaction's id.
