@@ -286,17 +286,21 @@ async fn a_page_damaged_after_the_checkpoint_is_rebuilt_from_its_full_page_image
     assert!(db.recovery_report().crashed);
 }
 
+/// Creates table `t` holding `k` → `v` (on page 1) and shuts down cleanly,
+/// so the page lies outside the log's reach.
+async fn one_row_then_shutdown(disk: &SimDisk) {
+    let db = open(disk).await.unwrap();
+    let mut txn = db.begin().await.unwrap();
+    let table = txn.create_table("t", b"").await.unwrap();
+    txn.put(&table, b"k", b"v").await.unwrap();
+    txn.commit().await.unwrap();
+    db.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_page_damaged_outside_the_logs_reach_is_reported_not_used() {
     let disk = SimDisk::new(6, FaultConfig::none());
-    {
-        let db = open(&disk).await.unwrap();
-        let mut txn = db.begin().await.unwrap();
-        let table = txn.create_table("t", b"").await.unwrap();
-        txn.put(&table, b"k", b"v").await.unwrap();
-        txn.commit().await.unwrap();
-        db.shutdown().await.unwrap();
-    }
+    one_row_then_shutdown(&disk).await;
     let data = Path::new("/db/data").join(DATA_FILE_NAME);
     assert!(disk.rot_at(&data, PAGE_SIZE as u64 + 300));
     let db = open(&disk).await.unwrap();
@@ -509,14 +513,7 @@ async fn a_page_zeroed_at_rest_is_rebuilt_from_its_image_or_reported_never_read_
 
     // Outside the log's reach (a clean shutdown): reported.
     let disk = SimDisk::new(13, FaultConfig::none());
-    {
-        let db = open(&disk).await.unwrap();
-        let mut txn = db.begin().await.unwrap();
-        let table = txn.create_table("t", b"").await.unwrap();
-        txn.put(&table, b"k", b"v").await.unwrap();
-        txn.commit().await.unwrap();
-        db.shutdown().await.unwrap();
-    }
+    one_row_then_shutdown(&disk).await;
     assert!(disk.lose_at_rest(&data, PAGE_SIZE as u64, sectors, AtRestLoss::Zeroed));
     let db = open(&disk).await.unwrap();
     let err = read_state(&db).await.unwrap_err();
