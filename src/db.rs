@@ -16,19 +16,24 @@
 //! when more than `max_wal_size` of WAL has been written since the last
 //! checkpoint.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use rand::Rng;
 use tokio::sync::Notify;
 
 use crate::env::Env;
 use crate::recovery::{self, RecoveryReport, StoreOptions};
-use crate::storage::{ControlState, Store, StoreError, Tree};
+use crate::storage::{ControlFile, ControlState, Store, StoreError, Tree};
 use crate::txn::lock::{LockError, LockManager};
 use crate::txn::{Table, Transaction};
-use crate::wal::{Lsn, Wal, WalOptions};
+use crate::wal::{parse_segment_file_name, Lsn, Wal, WalOptions};
+
+/// The random stream that draws a new database's identity.
+const RNG_SYSTEM_ID: u64 = 0x1d;
 
 /// The catalog's tree: the first page ever allocated.
 pub const CATALOG: Tree = Tree { root: 0 };
@@ -84,7 +89,7 @@ impl EngineConfig {
         }
     }
 
-    fn store_options(&self) -> StoreOptions {
+    fn store_options(&self, new_system_id: u64) -> StoreOptions {
         StoreOptions {
             data_dir: self.data_dir.clone(),
             wal: WalOptions {
@@ -95,6 +100,7 @@ impl EngineConfig {
             },
             pool_bytes: self.buffer_pool_size,
             undo_memory: self.undo_memory,
+            new_system_id,
         }
     }
 }
@@ -171,6 +177,10 @@ pub(crate) struct Shared {
     config: EngineConfig,
     last_checkpoint: Mutex<Lsn>,
     checkpoint_wanted: Arc<Notify>,
+    /// WAL that running backups still need: from each LSN here on, no
+    /// segment is retired ([`WalHold`]).
+    wal_holds: Mutex<BTreeMap<u64, Lsn>>,
+    next_hold: AtomicU64,
 }
 
 impl Shared {
@@ -185,7 +195,19 @@ impl Shared {
 
     async fn checkpoint(&self, state: ControlState) -> Result<Lsn, DbError> {
         let mut store = self.store.lock().await;
-        let lsn = store.checkpoint(state, &|_| true).await?;
+        self.checkpoint_locked(&mut store, state).await
+    }
+
+    /// A checkpoint by a caller that holds the store. It retires no segment
+    /// that a [`WalHold`] covers.
+    async fn checkpoint_locked(&self, store: &mut Store, state: ControlState) -> Result<Lsn, DbError> {
+        let held_from = self.wal_holds.lock().ok().and_then(|holds| holds.values().min().copied());
+        let opts = self.wal.options();
+        let may_retire = |name: &str| match (held_from, parse_segment_file_name(name, opts.segment_size)) {
+            (Some(held), Some((_, segno))) => segno < opts.segno(held),
+            _ => true,
+        };
+        let lsn = store.checkpoint(state, &may_retire).await?;
         if let Ok(mut last) = self.last_checkpoint.lock() {
             *last = lsn;
         }
@@ -206,7 +228,10 @@ impl Database {
     /// [`recovery`]). Ends with a checkpoint, then starts the
     /// background checkpointer.
     pub async fn open(env: Env, config: EngineConfig) -> Result<Database, DbError> {
-        let opts = config.store_options();
+        // A new database's identity: its creation time in the high half, as
+        // PostgreSQL's system identifier, and a random low half.
+        let new_system_id = (env.clock.wall_micros() / 1_000_000) << 32 | u64::from(env.rng(RNG_SYSTEM_ID).random::<u32>());
+        let opts = config.store_options(new_system_id);
         for dir in [&config.data_dir, &config.wal_dir] {
             env.fs
                 .create_dir_all(dir)
@@ -245,6 +270,8 @@ impl Database {
             shutting_down: AtomicBool::new(false),
             last_checkpoint: Mutex::new(last),
             checkpoint_wanted: Arc::new(Notify::new()),
+            wal_holds: Mutex::new(BTreeMap::new()),
+            next_hold: AtomicU64::new(0),
             config,
         });
         shared.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -297,6 +324,54 @@ impl Database {
         self.shared.store.lock().await.pool().stats()
     }
 
+    /// Starts a backup: takes a checkpoint and, before the store is let go,
+    /// holds the WAL from the oldest LSN a restore of this backup will read
+    /// (the checkpoint's redo point, or the first record of a transaction
+    /// still open, whose rollback reads back that far). Checkpoints during
+    /// the backup retire no segment from there on until the hold drops.
+    pub async fn start_backup(&self) -> Result<BackupStart, DbError> {
+        if self.is_shutting_down() {
+            return Err(DbError::ShuttingDown);
+        }
+        let mut store = self.shared.store.lock().await;
+        let redo = self.shared.checkpoint_locked(&mut store, ControlState::InProduction).await?;
+        let wal_from = store.oldest_active_lsn().map_or(redo, |oldest| oldest.min(redo));
+        let id = self.shared.next_hold.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut holds) = self.shared.wal_holds.lock() {
+            holds.insert(id, wal_from);
+        }
+        let hold = WalHold { shared: self.shared.clone(), id };
+        let control = ControlFile {
+            state: ControlState::InProduction,
+            checkpoint_lsn: redo,
+            redo_lsn: redo,
+            // Every id handed out since is in the log the restore replays.
+            next_xid: store.next_xid(),
+            timeline: self.shared.wal.options().timeline,
+            wal_segment_size: self.shared.wal.options().segment_size,
+            system_id: store.system_id(),
+        };
+        Ok(BackupStart { control, wal_from, hold })
+    }
+
+    /// Ends a backup's copy: makes every record appended so far durable and
+    /// returns the end of the log, the backup's end LSN.
+    pub async fn end_backup(&self) -> Result<Lsn, DbError> {
+        let end = self.shared.wal.end_lsn();
+        self.shared.wal.flush(end).await.map_err(StoreError::from)?;
+        Ok(end)
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// The environment the engine runs in.
+    pub fn env(&self) -> &Env {
+        &self.shared.env
+    }
+
     /// Shuts down cleanly: refuses new transactions, rolls back those still
     /// open, and takes a final checkpoint marked as a clean shutdown, so the
     /// next open needs no crash recovery.
@@ -313,6 +388,31 @@ impl Database {
         }
         self.shared.checkpoint(ControlState::ShutDown).await?;
         Ok(())
+    }
+}
+
+/// Where a backup starts: see [`Database::start_backup`].
+pub struct BackupStart {
+    /// The control file a restore starts from: the start checkpoint's.
+    pub control: ControlFile,
+    /// The oldest WAL a restore reads: the start checkpoint's redo point,
+    /// or an older first record of a transaction open at it.
+    pub wal_from: Lsn,
+    /// Keeps that WAL from being retired until dropped.
+    pub hold: WalHold,
+}
+
+/// Keeps a range of WAL from being retired while it lives.
+pub struct WalHold {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for WalHold {
+    fn drop(&mut self) {
+        if let Ok(mut holds) = self.shared.wal_holds.lock() {
+            holds.remove(&self.id);
+        }
     }
 }
 

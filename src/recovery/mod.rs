@@ -55,6 +55,9 @@ pub struct StoreOptions {
     /// How many bytes of undo information one transaction keeps in memory;
     /// beyond that its rollback reads its records back from the WAL.
     pub undo_memory: usize,
+    /// The identity a new database gets (one whose control file predates
+    /// identities gets it too); an existing one keeps its own.
+    pub new_system_id: u64,
 }
 
 /// What recovery found and did.
@@ -207,7 +210,8 @@ pub async fn recover(
     let wal = Arc::new(Wal::open(fs.clone(), opts.wal.clone(), end)?);
     let data_path = opts.data_dir.join(DATA_FILE_NAME);
     let pool = BufferPool::open(fs.clone(), &data_path, opts.pool_bytes).map_err(BufferError::from)?;
-    let mut store = Store::new(fs.clone(), &opts.data_dir, pool, wal, next_xid, opts.undo_memory)?;
+    let system_id = control.map(|control| control.system_id).filter(|id| *id != 0).unwrap_or(opts.new_system_id);
+    let mut store = Store::new(fs.clone(), &opts.data_dir, pool, wal, next_xid, opts.undo_memory, system_id)?;
     store.recovered_commit_time(last_commit_micros);
     let mut reader = WalReader::new(fs.clone(), opts.wal.clone(), start).durable_through(durable_floor);
     while let Some((lsn, record)) = reader.next_record()? {

@@ -73,6 +73,10 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[security]`.
     pub security: SecurityConfig,
+    /// The effective settings as a config file, secrets redacted: what a
+    /// backup stores as `thunderdb.toml`.
+    #[serde(skip)]
+    pub effective_toml: String,
 }
 
 /// The `[storage]` section.
@@ -227,7 +231,19 @@ pub fn load(
         }
         overlay(&mut merged, layer);
     }
-    validate(merged).map_err(|m| error(&Source::Defaults, m))
+    let mut config = validate(merged.clone()).map_err(|m| error(&Source::Defaults, m))?;
+    if let Some(toml::Value::Table(security)) = merged.get_mut("security") {
+        for (_, value) in security.iter_mut() {
+            if value.as_str().is_some_and(|v| !v.is_empty()) {
+                *value = toml::Value::String("<redacted>".into());
+            }
+        }
+    }
+    config.effective_toml = format!(
+        "# The effective settings of the server that took this backup (secrets redacted).\n{}",
+        toml::to_string(&merged).unwrap_or_default()
+    );
+    Ok(config)
 }
 
 fn error(source: &Source, message: String) -> ConfigError {

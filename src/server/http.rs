@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
+use crate::backup::registry::{Registry as Backups, StartError};
 use crate::db::Database;
 
 /// What the handlers share.
@@ -26,6 +27,8 @@ pub struct AdminState {
     pub db: Arc<Database>,
     /// The bearer token required, if any.
     pub token: Option<String>,
+    /// Backups: the running one and the history.
+    pub backups: Arc<Backups>,
 }
 
 /// The admin API's routes.
@@ -33,6 +36,8 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/admin/health", get(health))
         .route("/admin/checkpoint", post(checkpoint))
+        .route("/admin/backup", post(start_backup))
+        .route("/admin/backup/status/{id}", get(backup_status))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
@@ -80,6 +85,71 @@ async fn checkpoint(State(state): State<AdminState>) -> Response {
     }
 }
 
+/// `POST /admin/backup`'s body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    destination: String,
+    #[serde(default = "yes")]
+    include_wal: bool,
+    #[serde(default)]
+    compress: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"status": "rejected", "error": message}))).into_response()
+}
+
+async fn start_backup(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
+    let body: BackupBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            return bad_request(format!(
+                "the body must be JSON {{\"destination\": ABSOLUTE_DIR, \"include_wal\": bool, \"compress\": bool}}: {e}"
+            ))
+        }
+    };
+    match state.backups.start(body.destination.into(), body.include_wal, body.compress) {
+        Ok((record, estimate)) => {
+            tracing::info!(backup_id = %record.backup_id, destination = %record.destination, "backup started");
+            let answer = json!({
+                "status": "started",
+                "backup_id": record.backup_id,
+                "destination": record.destination,
+                "estimated_size_bytes": estimate,
+            });
+            (StatusCode::ACCEPTED, Json(answer)).into_response()
+        }
+        Err(e @ StartError::Conflict(_)) => {
+            (StatusCode::CONFLICT, Json(json!({"status": "rejected", "error": e.to_string()}))).into_response()
+        }
+        Err(StartError::Invalid(message)) => bad_request(message),
+    }
+}
+
+async fn backup_status(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    match state.backups.status(&id) {
+        Some(record) => Json(json!({
+            "backup_id": record.backup_id,
+            "status": record.status,
+            "destination": record.destination,
+            "bytes_done": record.bytes_done,
+            "bytes_total": record.bytes_total,
+            "start_lsn": record.start_lsn,
+            "end_lsn": record.end_lsn,
+            "error": record.error,
+            "started_at": record.started_at,
+            "finished_at": record.finished_at,
+        }))
+        .into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({"error": format!("no backup with id {id:?}")}))).into_response(),
+    }
+}
+
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let c = Counter::<u64>::default();
     c.inc_by(value);
@@ -93,7 +163,7 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: f64) {
 }
 
 /// The engine's counters in Prometheus text format.
-pub async fn render_metrics(db: &Database) -> String {
+pub async fn render_metrics(db: &Database, backups: &Backups) -> String {
     let mut registry = Registry::with_prefix("thunderdb");
     let stats = db.stats();
     counter(&mut registry, "transactions_committed", "Transactions committed", stats.committed.load(Ordering::Relaxed));
@@ -130,12 +200,30 @@ pub async fn render_metrics(db: &Database) -> String {
         "Records redo replayed at the last start",
         recovery.records_replayed as f64,
     );
+    let (ended, succeeded) = backups.last();
+    if let Some(ended) = &ended {
+        let ok = if ended.status == crate::backup::registry::Status::Completed { 1.0 } else { 0.0 };
+        gauge(&mut registry, "last_backup_status", "1 if the last backup succeeded, 0 if it failed", ok);
+        gauge(
+            &mut registry,
+            "last_backup_duration_seconds",
+            "How long the last backup ran",
+            ended.duration_seconds.unwrap_or(0.0),
+        );
+        gauge(&mut registry, "last_backup_bytes", "Bytes the last backup copied", ended.bytes_done as f64);
+    }
+    gauge(
+        &mut registry,
+        "last_backup_timestamp",
+        "Unix time of the last successful backup's end (0: none yet)",
+        succeeded.and_then(|r| r.finished_micros).map_or(0.0, |micros| (micros / 1_000_000) as f64),
+    );
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
     text
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let text = render_metrics(&state.db).await;
+    let text = render_metrics(&state.db, &state.backups).await;
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }

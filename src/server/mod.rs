@@ -45,11 +45,29 @@ mod serve {
     use super::config::Config;
     use super::http::{router, AdminState};
     use super::pg::{Connection, Handlers, Verifier};
+    use crate::backup::registry::Registry;
     use crate::db::Database;
     use crate::env::{Env, Fs, RealClock, RealFs};
 
     fn non_empty(s: &str) -> Option<String> {
         (!s.is_empty()).then(|| s.to_string())
+    }
+
+    /// A compressed backup's files copied into place are not a database:
+    /// starting on them would initialise an empty one beside them.
+    fn refuse_compressed_copy(fs: &dyn Fs, config: &Config) -> Result<(), String> {
+        for dir in [&config.data_dir, &config.wal_dir] {
+            let names = fs.list(dir).unwrap_or_default();
+            if let Some(name) = names.iter().find(|name| name.ends_with(".zst")) {
+                return Err(format!(
+                    "{} holds compressed backup files ({name}): a compressed backup cannot be copied into place; \
+                     empty the data and WAL directories and restore it with \
+                     `thunderdb --restore-pitr latest --restore-backup BACKUP_DIR --config FILE`",
+                    dir.display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Opens the database (running crash recovery first if the last stop
@@ -60,6 +78,7 @@ mod serve {
     pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
         let fs: Arc<dyn Fs> = Arc::new(RealFs);
         let seed = u64::from(std::process::id());
+        refuse_compressed_copy(fs.as_ref(), &config)?;
         let env = Env::new(fs, Arc::new(RealClock::new()), seed);
         let db = Database::open(env, config.engine()).await.map_err(|e| format!("opening the database failed: {e}"))?;
         let db = Arc::new(db);
@@ -70,7 +89,9 @@ mod serve {
         let http = TcpListener::bind(&http_addr)
             .await
             .map_err(|e| format!("listening on {http_addr} (http_port) failed: {e}"))?;
-        let admin = AdminState { db: db.clone(), token: non_empty(&config.security.admin_token) };
+        let backups = Registry::open(db.clone(), config.effective_toml.clone())?;
+        let admin =
+            AdminState { db: db.clone(), token: non_empty(&config.security.admin_token), backups: backups.clone() };
         let http_task = tokio::spawn(async move { axum::serve(http, router(admin)).await });
         tracing::info!(
             data_dir = %config.data_dir.display(),
@@ -116,7 +137,10 @@ mod serve {
         // engine's shutdown rolls back whatever they left open.
         connections.shutdown().await;
         http_task.abort();
-        db.shutdown().await.map_err(|e| format!("clean shutdown failed: {e}"))?;
+        let result = db.shutdown().await.map_err(|e| format!("clean shutdown failed: {e}"));
+        // A running backup sees the shutdown and ends as failed.
+        backups.wait().await;
+        result?;
         tracing::info!("shut down cleanly");
         Ok(())
     }

@@ -14,7 +14,8 @@
 //! | 40 | `timeline` | u32 | the timeline the server writes |
 //! | 44 | reserved | u32 | zero |
 //! | 48 | `wal_segment_size` | u64 | the WAL's segment size, fixed at initialisation |
-//! | 56 | reserved | zeroes to 508 | |
+//! | 56 | `system_id` | u64 | the database's identity, drawn once at initialisation (0: a file written before it existed) |
+//! | 64 | reserved | zeroes to 508 | |
 //! | 508 | crc | u32 | CRC-32 of bytes 0..508 |
 //!
 //! It is replaced atomically: written whole to `control.tmp`, synced, renamed
@@ -80,6 +81,9 @@ pub struct ControlFile {
     pub timeline: u32,
     /// The WAL segment size the database was initialised with.
     pub wal_segment_size: u64,
+    /// The database's identity: backups record it, and a restore refuses
+    /// files of another database.
+    pub system_id: u64,
 }
 
 impl ControlFile {
@@ -94,6 +98,7 @@ impl ControlFile {
         out[32..40].copy_from_slice(&self.next_xid.to_le_bytes());
         out[40..44].copy_from_slice(&self.timeline.to_le_bytes());
         out[48..56].copy_from_slice(&self.wal_segment_size.to_le_bytes());
+        out[56..64].copy_from_slice(&self.system_id.to_le_bytes());
         let crc = crc32fast::hash(&out[..LEN - 4]);
         out[LEN - 4..].copy_from_slice(&crc.to_le_bytes());
         out
@@ -125,6 +130,7 @@ impl ControlFile {
             next_xid: u64_at(32),
             timeline: u32_at(40),
             wal_segment_size: u64_at(48),
+            system_id: u64_at(56),
         };
         if control.redo_lsn > control.checkpoint_lsn {
             return Err(format!("redo LSN {} is after checkpoint LSN {}", control.redo_lsn, control.checkpoint_lsn));
@@ -176,6 +182,7 @@ mod tests {
             next_xid: 100 + n,
             timeline: 1,
             wal_segment_size: 16 << 20,
+            system_id: 0x5eed_0000 + n,
         }
     }
 

@@ -172,6 +172,19 @@ pub struct Store {
     /// The newest commit time logged: later commits are stamped no earlier,
     /// so commit times never go backwards in log order.
     last_commit_micros: u64,
+    /// The database's identity, written into every control file.
+    system_id: u64,
+}
+
+/// What [`Store::check_tree`] found in a sound tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeShape {
+    /// Pages in the tree.
+    pub pages: u64,
+    /// Rows in its leaves.
+    pub rows: u64,
+    /// Levels from the root to the leaves.
+    pub height: usize,
 }
 
 /// A commit record appended to the log, not yet durable.
@@ -217,6 +230,7 @@ impl Store {
         wal: Arc<Wal>,
         next_xid: u64,
         undo_memory: usize,
+        system_id: u64,
     ) -> Result<Self, StoreError> {
         let next_page = pool.file_pages().map_err(BufferError::from)?;
         Ok(Store {
@@ -231,7 +245,18 @@ impl Store {
             next_xid: next_xid.max(1),
             undo_memory,
             last_commit_micros: 0,
+            system_id,
         })
+    }
+
+    /// The lowest transaction id not yet handed out.
+    pub fn next_xid(&self) -> u64 {
+        self.next_xid
+    }
+
+    /// The database's identity (see [`ControlFile::system_id`]).
+    pub fn system_id(&self) -> u64 {
+        self.system_id
     }
 
     /// The buffer pool.
@@ -600,6 +625,86 @@ impl Store {
         }
     }
 
+    /// Checks the structure of `tree` from its root, as a backup's verifier
+    /// does after replay: every page is a valid node of the right kind, keys
+    /// rise within each node and stay within the range its parent gives it,
+    /// every leaf is at the same depth, no page is reached twice, and the
+    /// leaf chain links the leaves in key order. Returns the tree's shape; a
+    /// violation is a [`StorageError::CorruptPage`] naming the page.
+    pub async fn check_tree(&mut self, tree: Tree) -> Result<TreeShape, StoreError> {
+        let path = self.data_dir.join(DATA_FILE_NAME);
+        let corrupt = |page_no: u32, detail: String| -> StoreError {
+            let detail = format!("tree rooted at page {}: {detail}", tree.root);
+            StorageError::CorruptPage { path: path.clone(), page_no, detail }.into()
+        };
+        let mut shape = TreeShape::default();
+        let mut leaves: Vec<(u32, u32)> = Vec::new();
+        let mut leaf_depth = None;
+        let mut seen = BTreeSet::new();
+        // (page, depth, lowest key allowed, key it must stay below)
+        let mut stack: Vec<(u32, usize, Option<Vec<u8>>, Option<Vec<u8>>)> = vec![(tree.root, 0, None, None)];
+        while let Some((page_no, depth, low, high)) = stack.pop() {
+            if !seen.insert(page_no) {
+                return Err(corrupt(page_no, "the page is reached twice".into()));
+            }
+            self.check_height(tree, page_no, depth)?;
+            let page = self.pool.fetch(page_no, &self.wal).await?;
+            let kind = page.kind();
+            let body = page.body();
+            node::check(body).map_err(|detail| corrupt(page_no, detail))?;
+            let count = node::count(body);
+            if count > 0 {
+                if low.as_deref().is_some_and(|low| node::key(body, 0) < low) {
+                    return Err(corrupt(page_no, "its first key is below its parent's separator".into()));
+                }
+                if high.as_deref().is_some_and(|high| node::key(body, count - 1) >= high) {
+                    return Err(corrupt(page_no, "its last key is not below the next separator".into()));
+                }
+            }
+            shape.pages += 1;
+            match kind {
+                PageKind::Leaf => {
+                    if *leaf_depth.get_or_insert(depth) != depth {
+                        return Err(corrupt(page_no, format!("a leaf at depth {depth}, others at {leaf_depth:?}")));
+                    }
+                    shape.rows += count as u64;
+                    shape.height = depth + 1;
+                    leaves.push((page_no, node::link(body)));
+                }
+                PageKind::Internal => {
+                    let body = body.to_vec();
+                    // Pushed right to left, so the leftmost child is checked
+                    // first and leaves are met in key order.
+                    for index in (0..count).rev() {
+                        let next = (index + 1 < count).then(|| node::key(&body, index + 1).to_vec()).or(high.clone());
+                        stack.push((child_at(&body, index), depth + 1, Some(node::key(&body, index).to_vec()), next));
+                    }
+                    let first = if count > 0 { Some(node::key(&body, 0).to_vec()) } else { high.clone() };
+                    stack.push((node::link(&body), depth + 1, low.clone(), first));
+                }
+                other => return Err(corrupt(page_no, format!("a {other:?} page inside a tree"))),
+            }
+        }
+        for pair in leaves.windows(2) {
+            if pair[0].1 != pair[1].0 {
+                let detail = format!("the leaf links to page {}, but the next leaf is page {}", pair[0].1, pair[1].0);
+                return Err(corrupt(pair[0].0, detail));
+            }
+        }
+        if let Some(&(last, link)) = leaves.last() {
+            if link != 0 {
+                return Err(corrupt(last, format!("the last leaf links on to page {link}")));
+            }
+        }
+        Ok(shape)
+    }
+
+    /// The first record of the oldest transaction still open, whose undo
+    /// may need the log from there.
+    pub fn oldest_active_lsn(&self) -> Option<Lsn> {
+        self.active.values().map(|txn| txn.first_lsn).filter(|lsn| *lsn != Lsn::ZERO).min()
+    }
+
     /// See [`TREE_HEIGHT_MAX`].
     fn check_height(&self, tree: Tree, page_no: u32, depth: usize) -> Result<(), StoreError> {
         if depth <= TREE_HEIGHT_MAX {
@@ -709,6 +814,7 @@ impl Store {
             next_xid: self.next_xid,
             timeline: self.wal.options().timeline,
             wal_segment_size: self.wal.options().segment_size,
+            system_id: self.system_id,
         };
         if active(PlantedBug::CheckpointBeforeFlush) {
             self.wal.flush(self.wal.end_lsn()).await?;
@@ -732,7 +838,7 @@ impl Store {
             let _phase = probe::enter(Phase::CheckpointControl);
             control.store(self.fs.as_ref(), &self.data_dir)?;
         }
-        let oldest_undo = self.active.values().map(|txn| txn.first_lsn).filter(|lsn| *lsn != Lsn::ZERO).min();
+        let oldest_undo = self.oldest_active_lsn();
         let needed_from = oldest_undo.map_or(begin, |oldest| oldest.min(begin));
         if needed_from < begin {
             probe::hit(Probe::CheckpointHeldForUndo);
@@ -978,6 +1084,7 @@ mod tests {
             wal: WalOptions::new("/db/wal").with_segment_size(1 << 14),
             pool_bytes: pool_pages * PAGE_SIZE as u64,
             undo_memory: UNDO_MEMORY_DEFAULT,
+            new_system_id: 1,
         };
         recover(fs, &SimClock::new(0), &opts).await.unwrap().0
     }

@@ -1,0 +1,387 @@
+//! Online backups: a consistent copy of a running database, its manifest,
+//! and the verifier that proves a copy restores.
+//!
+//! [`take`] is the engine's side of a backup. It knows nothing of HTTP: the
+//! admin API ([`registry`]) and the simulator drive it the same way.
+//!
+//! 1. **Start.** A checkpoint; its redo point is the backup's start LSN.
+//!    The WAL from there (or from the first record of a transaction open at
+//!    it, which a restore's undo reads back) is held: no checkpoint retires
+//!    it until the backup ends.
+//! 2. **Copy** the data files while writers run, page by page through the
+//!    file system, not the buffer pool. A page written during the copy may
+//!    be copied torn or stale. That is sound because every checkpoint
+//!    (the start's and any later one) makes each page's next change log the
+//!    page's full image first: replay from the start LSN rebuilds every page
+//!    changed after the start, whatever the copy caught. The backup's
+//!    control file is not the live one (a later checkpoint may have moved
+//!    that past pages the copy already took) but the start checkpoint's.
+//! 3. **End.** The WAL is flushed; its durable end is the end LSN. With
+//!    `include_wal` the segments from the held LSN to the end LSN are copied,
+//!    the last one cut at the end LSN and zero-filled, so a restore replays
+//!    exactly to the end LSN. Without it the manifest names the segments the
+//!    archive must supply.
+//! 4. **Manifest.** Every file goes to a temporary name, is synced and
+//!    renamed; the directories are synced; `backup_manifest.json` is written
+//!    the same way, last. A backup cut short by an error, a shutdown or a
+//!    crash has no manifest, so it never verifies.
+//!
+//! With `compress` every file but `thunderdb.toml` (kept readable) is one
+//! zstd frame, stored under its name plus `.zst`.
+
+pub mod manifest;
+pub mod registry;
+pub mod restore;
+pub mod verify;
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::db::{Database, DbError};
+use crate::env::{File, Fs};
+use crate::storage::{CONTROL_FILE_NAME, DATA_FILE_NAME, PAGE_SIZE};
+use crate::wal::{Lsn, WalOptions};
+use manifest::{checksum_text, Compression, FileEntry, Manifest, SegmentEntry, FORMAT_VERSION, MANIFEST_NAME};
+
+/// The config file's name in a backup.
+pub const CONFIG_NAME: &str = "thunderdb.toml";
+
+/// Files in the data directory that a backup does not copy: the live
+/// control file (the backup writes its own), its temporary, and the backup
+/// history.
+const NOT_COPIED: [&str; 3] = [CONTROL_FILE_NAME, "control.tmp", registry::HISTORY_NAME];
+
+/// Bytes copied per read.
+const CHUNK: usize = 1 << 20;
+
+/// What to back up, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRequest {
+    /// An absolute path that does not exist or is an empty directory.
+    pub destination: PathBuf,
+    /// Copy the WAL the backup needs (else the archive must supply it).
+    pub include_wal: bool,
+    /// Store files zstd-compressed.
+    pub compress: bool,
+    /// The text stored as `thunderdb.toml`, for reference during a restore.
+    pub config_text: String,
+}
+
+/// A backup's progress, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes read and stored so far.
+    pub bytes_done: AtomicU64,
+    /// The bytes the backup will read, as far as known (it grows with the
+    /// WAL written during the backup).
+    pub bytes_total: AtomicU64,
+    /// The start LSN, once the start checkpoint is done (0 before).
+    pub start_lsn: AtomicU64,
+    /// The end LSN, once known (0 before).
+    pub end_lsn: AtomicU64,
+}
+
+/// Why a backup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The destination is unusable.
+    #[error("destination {path}: {reason}")]
+    Destination {
+        /// The destination.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The engine failed (the start checkpoint, the end flush).
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The server began shutting down.
+    #[error("the server shut down during the backup")]
+    ShutDown,
+}
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BackupError {
+    let path = path.to_path_buf();
+    move |source| BackupError::Io { op, path, source }
+}
+
+/// A `bk-YYYYMMDD-HHMMSS` id for a backup started at `micros`.
+pub fn backup_id(micros: u64) -> String {
+    let time = chrono::DateTime::from_timestamp_micros(micros as i64).unwrap_or_default();
+    time.format("bk-%Y%m%d-%H%M%S").to_string()
+}
+
+/// RFC 3339 UTC, to the second.
+pub fn rfc3339(micros: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_micros(micros)).to_string()
+}
+
+/// Checks a destination before a backup starts: absolute, and missing or an
+/// empty directory.
+pub fn check_destination(fs: &dyn Fs, path: &Path) -> Result<(), String> {
+    if !path.is_absolute() {
+        return Err(format!("destination {:?} must be an absolute path", path.display().to_string()));
+    }
+    match fs.exists(path) {
+        Ok(false) => Ok(()),
+        Ok(true) => match fs.list(path) {
+            Ok(names) if names.is_empty() => Ok(()),
+            Ok(names) => Err(format!(
+                "destination {} is not empty (it holds {}): a backup never overwrites anything",
+                path.display(),
+                names.first().map(String::as_str).unwrap_or_default()
+            )),
+            Err(e) => Err(format!("destination {} exists and is not a readable directory: {e}", path.display())),
+        },
+        Err(e) => Err(format!("destination {}: {e}", path.display())),
+    }
+}
+
+/// A rough size for the `202` answer: the data files plus, with WAL, what
+/// was written since the last checkpoint.
+pub fn estimate_bytes(db: &Database, include_wal: bool) -> u64 {
+    let fs = &db.env().fs;
+    let dir = &db.config().data_dir;
+    let data: u64 = fs
+        .list(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter(|name| !NOT_COPIED.contains(&name.as_str()))
+        .filter_map(|name| fs.open(&dir.join(name)).and_then(|f| f.len()).ok())
+        .sum();
+    let wal = if include_wal { db.wal().options().segment_size } else { 0 };
+    data + wal
+}
+
+/// A [`File`] as a [`Read`] from `offset` on.
+pub(crate) struct FileReader<'a> {
+    pub(crate) file: &'a dyn File,
+    pub(crate) offset: u64,
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.file.read_at(buf, self.offset)?;
+        self.offset += read as u64;
+        Ok(read)
+    }
+}
+
+/// Writes one backup file crash-safely: to `<name>.tmp`, synced, renamed.
+/// The caller syncs the directory. Reads `source` to its end, storing it
+/// compressed or not, and returns its manifest entry.
+struct Writer<'a> {
+    fs: &'a dyn Fs,
+    root: &'a Path,
+    compress: bool,
+    progress: &'a Progress,
+    db: &'a Database,
+}
+
+impl Writer<'_> {
+    async fn write(&self, restore_path: &str, compress: bool, mut source: impl Read) -> Result<FileEntry, BackupError> {
+        let compress = compress && self.compress;
+        let stored_name = if compress { format!("{restore_path}.zst") } else { restore_path.to_string() };
+        let path = self.root.join(&stored_name);
+        let temp = self.root.join(format!("{stored_name}.tmp"));
+        let file = self.fs.create(&temp).map_err(io_error("create", &temp))?;
+        let mut encoder = if compress {
+            Some(zstd::stream::write::Encoder::new(Vec::new(), 3).map_err(io_error("compress", &path))?)
+        } else {
+            None
+        };
+        let (mut original, mut stored) = (crc32fast::Hasher::new(), crc32fast::Hasher::new());
+        let (mut size, mut stored_size) = (0u64, 0u64);
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            if self.db.is_shutting_down() {
+                return Err(BackupError::ShutDown);
+            }
+            let read = read_full(&mut source, &mut buf).map_err(io_error("read for", &path))?;
+            let chunk = &buf[..read];
+            original.update(chunk);
+            size += read as u64;
+            let out: Vec<u8> = match encoder.as_mut() {
+                Some(encoder) => {
+                    io::Write::write_all(encoder, chunk).map_err(io_error("compress", &path))?;
+                    if read == 0 {
+                        break;
+                    }
+                    std::mem::take(encoder.get_mut())
+                }
+                None => chunk.to_vec(),
+            };
+            stored.update(&out);
+            file.write_all_at(&out, stored_size).map_err(io_error("write", &temp))?;
+            stored_size += out.len() as u64;
+            self.progress.bytes_done.fetch_add(read as u64, Ordering::Relaxed);
+            if read == 0 {
+                break;
+            }
+            // Writers and readers run between chunks.
+            tokio::task::yield_now().await;
+        }
+        if let Some(encoder) = encoder {
+            let tail = encoder.finish().map_err(io_error("compress", &path))?;
+            stored.update(&tail);
+            file.write_all_at(&tail, stored_size).map_err(io_error("write", &temp))?;
+            stored_size += tail.len() as u64;
+        }
+        file.sync_all().map_err(io_error("sync", &temp))?;
+        drop(file);
+        self.fs.rename(&temp, &path).map_err(io_error("rename", &temp))?;
+        Ok(FileEntry {
+            path: stored_name,
+            restore_path: restore_path.to_string(),
+            size,
+            checksum: checksum_text(original.finalize()),
+            compression: if compress { Compression::Zstd } else { Compression::None },
+            stored_size,
+            stored_checksum: checksum_text(stored.finalize()),
+        })
+    }
+}
+
+/// Reads until `buf` is full or the source ends.
+fn read_full(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The segments a backup from `from` to `end` needs, in order, with the
+/// bytes of each that lie below `end` (the last one's are cut there).
+pub fn segments_between(opts: &WalOptions, from: Lsn, end: Lsn) -> Vec<(u64, u64)> {
+    let last = opts.segno(Lsn(end.0.saturating_sub(1)).max(from));
+    (opts.segno(from)..=last)
+        .map(|segno| {
+            let start = segno * opts.segment_size;
+            (segno, end.0.saturating_sub(start).min(opts.segment_size))
+        })
+        .collect()
+}
+
+/// Takes a backup of `db` as `request` asks (see the module docs), naming it
+/// `id`, and returns its manifest once `backup_manifest.json` is durable.
+pub async fn take(db: &Database, id: &str, request: &BackupRequest, progress: &Progress) -> Result<Manifest, BackupError> {
+    let env = db.env();
+    let fs = env.fs.as_ref();
+    let root = request.destination.as_path();
+    check_destination(fs, root).map_err(|reason| BackupError::Destination { path: root.to_path_buf(), reason })?;
+    let data_dir = root.join("data");
+    let wal_dir = root.join("wal");
+    fs.create_dir_all(&data_dir).map_err(io_error("create directory", &data_dir))?;
+    if request.include_wal {
+        fs.create_dir_all(&wal_dir).map_err(io_error("create directory", &wal_dir))?;
+    }
+    let start_micros = env.clock.wall_micros();
+    progress.bytes_total.store(estimate_bytes(db, request.include_wal), Ordering::Relaxed);
+
+    let start = db.start_backup().await?;
+    progress.start_lsn.store(start.control.redo_lsn.0, Ordering::Relaxed);
+    let writer = Writer { fs, root, compress: request.compress, progress, db };
+    let mut files = Vec::new();
+    let mut data_pages = 0;
+    let live_data = &db.config().data_dir;
+    let names = fs.list(live_data).map_err(io_error("list", live_data))?;
+    for name in names.iter().filter(|name| !NOT_COPIED.contains(&name.as_str())) {
+        let path = live_data.join(name);
+        let file = fs.open(&path).map_err(io_error("open", &path))?;
+        let len = file.len().map_err(io_error("stat", &path))?;
+        // Only whole pages: the file may grow during the copy, and replay
+        // rebuilds every page added after the start.
+        let len = if name == DATA_FILE_NAME { len - len % PAGE_SIZE as u64 } else { len };
+        let entry = writer.write(&format!("data/{name}"), true, FileReader { file: file.as_ref(), offset: 0 }.take(len)).await?;
+        if name == DATA_FILE_NAME {
+            data_pages = entry.size / PAGE_SIZE as u64;
+        }
+        files.push(entry);
+    }
+    let control = start.control.encode();
+    files.push(writer.write(&format!("data/{CONTROL_FILE_NAME}"), true, &control[..]).await?);
+
+    let end = db.end_backup().await?;
+    progress.end_lsn.store(end.0, Ordering::Relaxed);
+    let opts = db.wal().options();
+    let mut wal_segments = Vec::new();
+    let segments = segments_between(opts, start.wal_from, end);
+    if request.include_wal {
+        let total = progress.bytes_done.load(Ordering::Relaxed) + segments.len() as u64 * opts.segment_size;
+        progress.bytes_total.store(total, Ordering::Relaxed);
+    }
+    for (segno, below_end) in segments {
+        let name = opts.file_name(segno);
+        if !request.include_wal {
+            wal_segments.push(SegmentEntry { name, checksum: None });
+            continue;
+        }
+        let path = opts.path(segno);
+        let file = fs.open(&path).map_err(io_error("open", &path))?;
+        let rest = opts.segment_size - below_end;
+        let source = FileReader { file: file.as_ref(), offset: 0 }.take(below_end).chain(io::repeat(0).take(rest));
+        let entry = writer.write(&format!("wal/{name}"), true, source).await?;
+        wal_segments.push(SegmentEntry { name, checksum: Some(entry.checksum.clone()) });
+        files.push(entry);
+    }
+    drop(start.hold);
+    files.push(writer.write(CONFIG_NAME, false, request.config_text.as_bytes()).await?);
+    for dir in [&data_dir, &wal_dir, &root.to_path_buf()] {
+        if dir != &wal_dir || request.include_wal {
+            fs.sync_dir(dir).map_err(io_error("sync directory", dir))?;
+        }
+    }
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        backup_id: id.to_string(),
+        system_identifier: format!("{:016x}", start.control.system_id),
+        start_time: rfc3339(start_micros),
+        end_time: rfc3339(env.clock.wall_micros()),
+        start_lsn: start.control.redo_lsn,
+        end_lsn: end,
+        wal_start_lsn: start.wal_from,
+        timeline: start.control.timeline,
+        wal_segment_size: opts.segment_size,
+        include_wal: request.include_wal,
+        compress: request.compress,
+        data_pages,
+        files,
+        wal_segments,
+    };
+    write_atomically(fs, root, MANIFEST_NAME, manifest.encode().as_bytes())?;
+    Ok(manifest)
+}
+
+/// Writes `name` in `dir` whole or not at all: a temporary file, synced,
+/// renamed, and the directory synced.
+pub(crate) fn write_atomically(fs: &dyn Fs, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BackupError> {
+    let path = dir.join(name);
+    let temp = dir.join(format!("{name}.tmp"));
+    if fs.exists(&temp).map_err(io_error("stat", &temp))? {
+        fs.remove(&temp).map_err(io_error("remove", &temp))?;
+    }
+    let file = fs.create(&temp).map_err(io_error("create", &temp))?;
+    file.write_all_at(bytes, 0).map_err(io_error("write", &temp))?;
+    file.sync_all().map_err(io_error("sync", &temp))?;
+    drop(file);
+    fs.rename(&temp, &path).map_err(io_error("rename", &temp))?;
+    fs.sync_dir(dir).map_err(io_error("sync directory", dir))
+}
