@@ -230,7 +230,8 @@ impl Database {
     pub async fn open(env: Env, config: EngineConfig) -> Result<Database, DbError> {
         // A new database's identity: its creation time in the high half, as
         // PostgreSQL's system identifier, and a random low half.
-        let new_system_id = (env.clock.wall_micros() / 1_000_000) << 32 | u64::from(env.rng(RNG_SYSTEM_ID).random::<u32>());
+        let new_system_id =
+            (env.clock.wall_micros() / 1_000_000) << 32 | u64::from(env.rng(RNG_SYSTEM_ID).random::<u32>());
         let opts = config.store_options(new_system_id);
         for dir in [&config.data_dir, &config.wal_dir] {
             env.fs

@@ -153,7 +153,12 @@ impl Manifest {
         }
         let expected = match object.remove("manifest_checksum") {
             Some(serde_json::Value::String(s)) => s,
-            _ => return Err(ManifestError::Checksum { expected: "a manifest_checksum member".into(), found: "none".into() }),
+            _ => {
+                return Err(ManifestError::Checksum {
+                    expected: "a manifest_checksum member".into(),
+                    found: "none".into(),
+                })
+            }
         };
         let found = match text.rfind(CHECKSUM_MEMBER) {
             Some(at) => checksum_text(crc32fast::hash(&text.as_bytes()[..at])),
@@ -195,7 +200,10 @@ mod tests {
                 stored_size: 100,
                 stored_checksum: checksum_text(2),
             }],
-            wal_segments: vec![SegmentEntry { name: "00000001000000000000001A".into(), checksum: Some(checksum_text(3)) }],
+            wal_segments: vec![SegmentEntry {
+                name: "00000001000000000000001A".into(),
+                checksum: Some(checksum_text(3)),
+            }],
         }
     }
 
@@ -211,7 +219,10 @@ mod tests {
     fn refusals_say_which_check_failed() {
         let text = sample().encode();
         let edited = text.replace("\"timeline\": 1", "\"timeline\": 2");
-        assert!(matches!(Manifest::decode(&edited), Err(ManifestError::Checksum { .. })), "an edit breaks the checksum");
+        assert!(
+            matches!(Manifest::decode(&edited), Err(ManifestError::Checksum { .. })),
+            "an edit breaks the checksum"
+        );
         let future = text.replace("\"format_version\": 1", "\"format_version\": 9");
         let err = Manifest::decode(&future).unwrap_err();
         assert_eq!(err, ManifestError::Version { found: "9".into() });

@@ -282,7 +282,12 @@ pub fn segments_between(opts: &WalOptions, from: Lsn, end: Lsn) -> Vec<(u64, u64
 
 /// Takes a backup of `db` as `request` asks (see the module docs), naming it
 /// `id`, and returns its manifest once `backup_manifest.json` is durable.
-pub async fn take(db: &Database, id: &str, request: &BackupRequest, progress: &Progress) -> Result<Manifest, BackupError> {
+pub async fn take(
+    db: &Database,
+    id: &str,
+    request: &BackupRequest,
+    progress: &Progress,
+) -> Result<Manifest, BackupError> {
     let env = db.env();
     let fs = env.fs.as_ref();
     let root = request.destination.as_path();
@@ -310,7 +315,9 @@ pub async fn take(db: &Database, id: &str, request: &BackupRequest, progress: &P
         // Only whole pages: the file may grow during the copy, and replay
         // rebuilds every page added after the start.
         let len = if name == DATA_FILE_NAME { len - len % PAGE_SIZE as u64 } else { len };
-        let entry = writer.write(&format!("data/{name}"), true, FileReader { file: file.as_ref(), offset: 0 }.take(len)).await?;
+        let entry = writer
+            .write(&format!("data/{name}"), true, FileReader { file: file.as_ref(), offset: 0 }.take(len))
+            .await?;
         if name == DATA_FILE_NAME {
             data_pages = entry.size / PAGE_SIZE as u64;
         }

@@ -126,7 +126,8 @@ impl Registry {
     fn save(&self) -> Result<(), String> {
         let text = serde_json::to_string_pretty(&self.lock().records).expect("records serialize");
         let fs = self.db.env().fs.clone();
-        write_atomically(fs.as_ref(), &self.db.config().data_dir, HISTORY_NAME, text.as_bytes()).map_err(|e| e.to_string())
+        write_atomically(fs.as_ref(), &self.db.config().data_dir, HISTORY_NAME, text.as_bytes())
+            .map_err(|e| e.to_string())
     }
 
     /// Starts a backup in the background and returns its record; refuses a

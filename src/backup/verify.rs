@@ -150,7 +150,8 @@ fn read_entry(
     each: &mut dyn FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<Read1> {
     let file = fs.open(path)?;
-    let mut stored = Hashing { inner: FileReader { file: file.as_ref(), offset: 0 }, crc: crc32fast::Hasher::new(), len: 0 };
+    let mut stored =
+        Hashing { inner: FileReader { file: file.as_ref(), offset: 0 }, crc: crc32fast::Hasher::new(), len: 0 };
     let (mut crc, mut len) = (crc32fast::Hasher::new(), 0u64);
     let mut buf = vec![0u8; 1 << 20];
     let mut pump = |source: &mut dyn Read| -> io::Result<()> {
@@ -175,7 +176,10 @@ fn read_entry(
             io::copy(&mut decoder.finish(), &mut io::sink())?;
         }
     }
-    Ok(Read1 { stored: (checksum_text(stored.crc.finalize()), stored.len), original: (checksum_text(crc.finalize()), len) })
+    Ok(Read1 {
+        stored: (checksum_text(stored.crc.finalize()), stored.len),
+        original: (checksum_text(crc.finalize()), len),
+    })
 }
 
 /// Reads the manifest in `dir`.
@@ -232,15 +236,13 @@ pub(crate) fn restore_entry(
     let mut bad_pages = BTreeMap::new();
     let is_data_file = entry.restore_path == format!("data/{DATA_FILE_NAME}");
     let out = match target {
-        Some((fs, path)) => {
-            match fs.create(&path) {
-                Ok(file) => Some((file, path)),
-                Err(e) => {
-                    problems.push(problem(&entry.path, "a scratch copy", format!("{}: {e}", path.display())));
-                    return bad_pages;
-                }
+        Some((fs, path)) => match fs.create(&path) {
+            Ok(file) => Some((file, path)),
+            Err(e) => {
+                problems.push(problem(&entry.path, "a scratch copy", format!("{}: {e}", path.display())));
+                return bad_pages;
             }
-        }
+        },
         None => None,
     };
     let mut offset = 0u64;
@@ -344,7 +346,12 @@ pub async fn verify(
 
     let scratch_ok = [scratch.dir.join("data"), scratch.dir.join("wal")]
         .iter()
-        .map(|d| scratch.fs.create_dir_all(d).map_err(|e| problem(d.display().to_string(), "a scratch directory", e.to_string())))
+        .map(|d| {
+            scratch
+                .fs
+                .create_dir_all(d)
+                .map_err(|e| problem(d.display().to_string(), "a scratch directory", e.to_string()))
+        })
         .collect::<Result<Vec<()>, Problem>>();
     if let Err(p) = scratch_ok {
         problems.push(p);
@@ -360,7 +367,8 @@ pub async fn verify(
             problems.push(problem(&entry.path, "a path inside the backup", "a path that leaves it"));
             continue;
         }
-        let target = (restorable && manifest.include_wal).then(|| (scratch.fs.as_ref(), scratch.dir.join(&entry.restore_path)));
+        let target =
+            (restorable && manifest.include_wal).then(|| (scratch.fs.as_ref(), scratch.dir.join(&entry.restore_path)));
         let pages = restore_entry(fs, dir, entry, target, problems);
         if entry.restore_path == format!("data/{DATA_FILE_NAME}") {
             report.data_pages = entry.size / PAGE_SIZE as u64;
@@ -387,7 +395,11 @@ pub async fn verify(
     let bytes_sound = problems.len() == before;
     if !manifest.include_wal {
         for (page_no, why) in bad_pages {
-            problems.push(problem(format!("data/{DATA_FILE_NAME} page {page_no}"), "a page that passes its checksum", why));
+            problems.push(problem(
+                format!("data/{DATA_FILE_NAME} page {page_no}"),
+                "a page that passes its checksum",
+                why,
+            ));
         }
     } else if bytes_sound {
         replay(&manifest, scratch, &opts, clock, bad_pages, &mut report).await;
@@ -427,7 +439,10 @@ async fn replay(
     if end != manifest.end_lsn {
         problems.push(problem(
             "wal/",
-            format!("records from {} to {} on timeline {}", manifest.wal_start_lsn, manifest.end_lsn, manifest.timeline),
+            format!(
+                "records from {} to {} on timeline {}",
+                manifest.wal_start_lsn, manifest.end_lsn, manifest.timeline
+            ),
             format!("the log ends at {end}"),
         ));
         return;
@@ -463,7 +478,11 @@ async fn replay(
     let mut store = match recovery::recover(scratch.fs.clone(), clock, &store_opts).await {
         Ok((store, recovered)) if recovered.end_lsn == manifest.end_lsn => store,
         Ok((_, recovered)) => {
-            problems.push(problem("wal/", format!("replay to {}", manifest.end_lsn), format!("replay to {}", recovered.end_lsn)));
+            problems.push(problem(
+                "wal/",
+                format!("replay to {}", manifest.end_lsn),
+                format!("replay to {}", recovered.end_lsn),
+            ));
             return;
         }
         Err(e) => {

@@ -30,6 +30,7 @@ impl Server {
     /// its config file (top-level keys; sections may follow).
     pub fn start_with(dir: &Path, extra: &str) -> Server {
         let (pg_port, http_port) = (free_port(), free_port());
+        std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("thunderdb.toml");
         let text = format!(
             "pg_port = {pg_port}\nhttp_port = {http_port}\ndata_dir = \"{}\"\nwal_dir = \"{}\"\n{extra}\n",
