@@ -641,8 +641,10 @@ impl Store {
         let mut leaves: Vec<(u32, u32)> = Vec::new();
         let mut leaf_depth = None;
         let mut seen = BTreeSet::new();
-        // (page, depth, lowest key allowed, key it must stay below)
-        let mut stack: Vec<(u32, usize, Option<Vec<u8>>, Option<Vec<u8>>)> = vec![(tree.root, 0, None, None)];
+        // A page to check, its depth, the lowest key it may hold and the key
+        // it must stay below.
+        type Visit = (u32, usize, Option<Vec<u8>>, Option<Vec<u8>>);
+        let mut stack: Vec<Visit> = vec![(tree.root, 0, None, None)];
         while let Some((page_no, depth, low, high)) = stack.pop() {
             if !seen.insert(page_no) {
                 return Err(corrupt(page_no, "the page is reached twice".into()));

@@ -54,6 +54,20 @@ impl FromStr for Lsn {
     }
 }
 
+/// LSNs serialize as their `X/Y` text, in JSON as in logs.
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,19 +95,5 @@ mod tests {
         fn display_then_parse_round_trips(raw: u64) {
             prop_assert_eq!(Lsn(raw).to_string().parse::<Lsn>().unwrap(), Lsn(raw));
         }
-    }
-}
-
-/// LSNs serialize as their `X/Y` text, in JSON as in logs.
-impl serde::Serialize for Lsn {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Lsn {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
     }
 }
