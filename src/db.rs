@@ -204,7 +204,10 @@ impl Shared {
         let held_from = self.wal_holds.lock().ok().and_then(|holds| holds.values().min().copied());
         let opts = self.wal.options();
         let may_retire = |name: &str| match (held_from, parse_segment_file_name(name, opts.segment_size)) {
-            (Some(held), Some((_, segno))) => segno < opts.segno(held),
+            (Some(held), Some((_, segno))) if segno >= opts.segno(held) => {
+                crate::probe::hit(crate::probe::Probe::BackupHeldSegment);
+                false
+            }
             _ => true,
         };
         let lsn = store.checkpoint(state, &may_retire).await?;

@@ -194,7 +194,7 @@ async fn restore_latest(config: thunderdb::server::config::Config, backup: &Path
     let fs: Arc<dyn Fs> = Arc::new(RealFs);
     tracing::info!("Starting Point-in-Time Recovery");
     tracing::info!("Target time: latest");
-    let restored = restore_files(fs.as_ref(), backup, &config.data_dir, &config.wal_dir)?;
+    let restored = restore_files(fs.as_ref(), backup, fs.as_ref(), &config.data_dir, &config.wal_dir)?;
     let manifest = &restored.manifest;
     tracing::info!("Base backup LSN: {}", manifest.start_lsn);
     tracing::info!("Phase 1: Restoring base backup... done ({} pages)", thousands(restored.pages));

@@ -83,11 +83,21 @@ pub enum PlantedBug {
     /// the transaction commits, so a rollback (or a crash before the commit)
     /// brings back a table whose pages another tree may have taken.
     FreeBeforeCommit,
+    /// A backup copies the live control file, which a checkpoint during the
+    /// backup may have moved past pages the copy already took, instead of
+    /// the start checkpoint's.
+    BackupLiveControlFile,
+    /// A backup takes its end LSN before copying the data files, so pages
+    /// may hold changes the backup's WAL does not reach.
+    BackupEndBeforeCopy,
+    /// A backup reports completion without syncing its files: a crash
+    /// afterwards leaves a manifest over missing bytes.
+    BackupSkipsFileSync,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 25] = [
+    pub const ALL: [PlantedBug; 28] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -113,6 +123,9 @@ impl PlantedBug {
         PlantedBug::CommitStampedAtBegin,
         PlantedBug::NoCommitTimeClamp,
         PlantedBug::ZeroedPageReadAsEmpty,
+        PlantedBug::BackupLiveControlFile,
+        PlantedBug::BackupEndBeforeCopy,
+        PlantedBug::BackupSkipsFileSync,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -143,6 +156,9 @@ impl PlantedBug {
             PlantedBug::CommitStampedAtBegin => "commit_stamped_at_begin",
             PlantedBug::NoCommitTimeClamp => "no_commit_time_clamp",
             PlantedBug::ZeroedPageReadAsEmpty => "zeroed_page_read_as_empty",
+            PlantedBug::BackupLiveControlFile => "backup_live_control_file",
+            PlantedBug::BackupEndBeforeCopy => "backup_end_before_copy",
+            PlantedBug::BackupSkipsFileSync => "backup_skips_file_sync",
         }
     }
 
@@ -170,6 +186,9 @@ impl PlantedBug {
                 | PlantedBug::CommitStampedAtBegin
                 | PlantedBug::NoCommitTimeClamp
                 | PlantedBug::ZeroedPageReadAsEmpty
+                | PlantedBug::BackupLiveControlFile
+                | PlantedBug::BackupEndBeforeCopy
+                | PlantedBug::BackupSkipsFileSync
         )
     }
 }

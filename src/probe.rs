@@ -52,6 +52,13 @@ pub enum Phase {
     RecoveryAnalysis,
     /// Recovery's undo pass (rolling back losers, logging CLRs).
     RecoveryUndo,
+    /// A backup copying data files (reads of the live disk, writes of the
+    /// backup's).
+    BackupCopy,
+    /// A backup copying WAL segments.
+    BackupWal,
+    /// A backup syncing its directories and writing its manifest.
+    BackupManifest,
 }
 
 /// Which part of the system a probe covers; a workload requires the probes
@@ -65,7 +72,7 @@ pub enum Layer {
 }
 
 impl Phase {
-    const ALL: [Phase; 15] = [
+    const ALL: [Phase; 18] = [
         Phase::Other,
         Phase::WalWrite,
         Phase::WalSync,
@@ -81,6 +88,9 @@ impl Phase {
         Phase::TreeMerge,
         Phase::RecoveryAnalysis,
         Phase::RecoveryUndo,
+        Phase::BackupCopy,
+        Phase::BackupWal,
+        Phase::BackupManifest,
     ];
 
     fn layer(self) -> Layer {
@@ -91,7 +101,10 @@ impl Phase {
             | Phase::TreeSplit
             | Phase::TreeMerge
             | Phase::RecoveryAnalysis
-            | Phase::RecoveryUndo => Layer::Storage,
+            | Phase::RecoveryUndo
+            | Phase::BackupCopy
+            | Phase::BackupWal
+            | Phase::BackupManifest => Layer::Storage,
             _ => Layer::Wal,
         }
     }
@@ -113,6 +126,9 @@ impl Phase {
             Phase::TreeMerge => "tree_merge",
             Phase::RecoveryAnalysis => "recovery_analysis",
             Phase::RecoveryUndo => "recovery_undo",
+            Phase::BackupCopy => "backup_copy",
+            Phase::BackupWal => "backup_wal",
+            Phase::BackupManifest => "backup_manifest",
         }
     }
 
@@ -136,6 +152,7 @@ impl Phase {
             Phase::TreeSplit | Phase::TreeMerge => &[Crash],
             Phase::RecoveryAnalysis => &[Crash, ReadError],
             Phase::RecoveryUndo => &[Crash],
+            Phase::BackupCopy | Phase::BackupWal | Phase::BackupManifest => &[Crash],
         }
     }
 }
@@ -203,10 +220,17 @@ pub enum Probe {
     LockWaited,
     /// A deadlock was found and a victim aborted.
     DeadlockVictim,
+    /// A checkpoint kept a segment that a running backup still needs.
+    BackupHeldSegment,
+    /// A backup completed (its manifest is durable).
+    BackupCompleted,
+    /// A backup's copy of a page was older than a change logged before the
+    /// backup's end: replay from the backup's WAL brings it up to date.
+    BackupPageBehindLog,
 }
 
 impl Probe {
-    const ALL: [Probe; 26] = [
+    const ALL: [Probe; 29] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -233,6 +257,9 @@ impl Probe {
         Probe::UndoReadFromLog,
         Probe::LockWaited,
         Probe::DeadlockVictim,
+        Probe::BackupHeldSegment,
+        Probe::BackupCompleted,
+        Probe::BackupPageBehindLog,
     ];
 
     fn layer(self) -> Layer {
@@ -279,6 +306,9 @@ impl Probe {
             Probe::UndoReadFromLog => "undo_read_from_log",
             Probe::LockWaited => "lock_waited",
             Probe::DeadlockVictim => "deadlock_victim",
+            Probe::BackupHeldSegment => "backup_held_segment",
+            Probe::BackupCompleted => "backup_completed",
+            Probe::BackupPageBehindLog => "backup_page_behind_log",
         }
     }
 }

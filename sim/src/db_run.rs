@@ -53,9 +53,16 @@ use thunderdb::wal::{Lsn, WalOptions};
 use thunderdb_workloads::commit_times::{read_commit_times, CommitTimes, CommitWindow};
 use thunderdb_workloads::db::{bank_total, describe, short, DbModel, Rows, State, Write};
 
+use thunderdb::backup::manifest::Manifest;
+use thunderdb::backup::restore::restore_files;
+use thunderdb::backup::verify::{verify, Report, Scratch};
+use thunderdb::backup::{take, BackupRequest, Progress};
+
 use crate::wal_run::{draw_write_behind, draw_zero_fill_chunk, knobs_seed, SeedFailure, SeedOutcome};
 
 const CYCLES: u32 = 5;
+/// Where a cycle's backup goes, on a disk of its own.
+const BACKUP_DIR: &str = "/backups/full";
 const TXNS_PER_SESSION: u32 = 12;
 const ACCOUNTS: u16 = 12;
 const OPENING_BALANCE: i64 = 1_000;
@@ -80,6 +87,42 @@ struct Swarm {
     lose_at_rest: bool,
     /// An aimed schedule, or none.
     aim: Aim,
+    /// Take an online backup during each cycle's work, or not.
+    backup: Option<BackupPlan>,
+}
+
+/// How a cycle's online backup runs: into a disk of its own, with power
+/// loss on, sometimes cut by a crash of that disk.
+#[derive(Debug, Clone, Copy)]
+struct BackupPlan {
+    /// Simulated milliseconds after the sessions start.
+    delay_ms: u64,
+    include_wal: bool,
+    compress: bool,
+    /// Crash the backup's disk after this many of its operations.
+    crash_after: Option<u64>,
+    /// Seeds the backup disk.
+    disk_seed: u64,
+    /// Bytes per copy step, and a pause between steps: small ones make a
+    /// backup span checkpoints and many commits.
+    chunk_bytes: usize,
+    pause_ms: u64,
+}
+
+impl BackupPlan {
+    /// Drawn on a stream of its own, so the other draws of old seeds stay.
+    fn draw(seed: u64) -> Option<Self> {
+        let mut rng = ChaCha8Rng::seed_from_u64(knobs_seed(seed) ^ 0xb4c6_u64.rotate_left(40));
+        rng.random_bool(0.4).then(|| BackupPlan {
+            delay_ms: rng.random_range(0..60),
+            include_wal: rng.random_bool(0.85),
+            compress: rng.random_bool(0.5),
+            crash_after: rng.random_bool(0.25).then(|| rng.random_range(0..120)),
+            disk_seed: rng.random(),
+            chunk_bytes: [PAGE_SIZE, 4 * PAGE_SIZE, 1 << 20][rng.random_range(0..3)],
+            pause_ms: [0, 2, 10][rng.random_range(0..3)],
+        })
+    }
 }
 
 /// Schedules that steer a seed at a rare state the oracle must judge.
@@ -144,6 +187,7 @@ impl Swarm {
             faults,
             lose_at_rest,
             aim,
+            backup: None,
         }
     }
 
@@ -218,7 +262,7 @@ struct Run {
 pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut knobs = ChaCha8Rng::seed_from_u64(knobs_seed(seed));
-    let swarm = Swarm::draw(&mut rng, &mut knobs);
+    let swarm = Swarm { backup: BackupPlan::draw(seed), ..Swarm::draw(&mut rng, &mut knobs) };
 
     let disk = SimDisk::new(rng.random(), swarm.faults.clone());
     let mut run = Run {
@@ -399,7 +443,8 @@ impl Run {
         Ok((redo, read_commit_times(fs, opts, redo)?))
     }
 
-    /// Runs the sessions until they finish or the engine stops.
+    /// Runs the sessions (and the swarm's backup) until they finish or the
+    /// engine stops.
     async fn work(&mut self, db: Database) -> Result<(), SeedFailure> {
         let db = Arc::new(db);
         let mut handles = Vec::new();
@@ -408,8 +453,27 @@ impl Run {
             let session = Session::new(self, db.clone(), self.swarm.clone(), seed);
             handles.push(tokio::spawn(session.run(TXNS_PER_SESSION)));
         }
+        let backup = self.swarm.backup.map(|plan| {
+            let disk = SimDisk::new(plan.disk_seed ^ self.crashes, FaultConfig::power_loss());
+            disk.set_crash_countdown(plan.crash_after);
+            let (db, fs) = (db.clone(), disk.fs());
+            let task = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(plan.delay_ms)).await;
+                let request = BackupRequest {
+                    chunk_bytes: plan.chunk_bytes,
+                    pause: Duration::from_millis(plan.pause_ms),
+                    ..BackupRequest::new(BACKUP_DIR, plan.include_wal, plan.compress, String::new())
+                };
+                take(&db, fs.as_ref(), "bk-sim", &request, &Progress::default()).await.map_err(|e| e.to_string())
+            });
+            (plan, disk, task)
+        });
         for handle in handles {
             handle.await.map_err(|e| self.fail("no_panic", format!("a session panicked: {e}")))?;
+        }
+        if let Some((plan, disk, task)) = backup {
+            let outcome = task.await.map_err(|e| self.fail("no_panic", format!("the backup panicked: {e}")))?;
+            self.check_backup(plan, &disk, outcome).await?;
         }
         self.checkpoints += db.stats().checkpoints.load(std::sync::atomic::Ordering::Relaxed);
         let failure = lock(&self.shared).failure.take();
@@ -418,6 +482,80 @@ impl Run {
             Some((check, detail)) => Err(self.fail(check, detail)),
             None => Ok(()),
         }
+    }
+
+    /// The backup oracle. The backup's disk loses power first (what was not
+    /// synced is gone). Then a backup that reported success must verify,
+    /// and restore to exactly the commits below its end LSN; with a bit
+    /// flipped anywhere in its files it must fail to verify. A backup that
+    /// failed (an error, a crash of either disk) must never verify.
+    async fn check_backup(
+        &mut self,
+        plan: BackupPlan,
+        disk: &SimDisk,
+        outcome: Result<Manifest, String>,
+    ) -> Result<(), SeedFailure> {
+        disk.crash();
+        disk.set_crash_countdown(None);
+        let fs = disk.fs();
+        let dir = std::path::Path::new(BACKUP_DIR);
+        let report = self.verify_backup(fs.as_ref(), dir).await;
+        let manifest = match outcome {
+            Ok(manifest) => manifest,
+            Err(error) if report.passed() => {
+                return Err(self.fail("cut_backup_never_verifies", format!("the backup failed ({error}) but verifies")));
+            }
+            Err(_) => return Ok(()),
+        };
+        if !report.passed() {
+            return Err(self.fail("backup_verifies", format!("a completed backup fails to verify:\n{}", report.render())));
+        }
+        if plan.include_wal {
+            let found = self.restore_backup(fs.as_ref(), dir, &manifest).await?;
+            lock(&self.shared)
+                .model
+                .check_backup(&found, manifest.end_lsn.0)
+                .map_err(|detail| self.fail("backup_restores", detail))?;
+        }
+        // A flipped bit anywhere in the backup's files.
+        let file = &manifest.files[self.knobs.random_range(0..manifest.files.len())];
+        let offset = self.knobs.random_range(0..file.stored_size.max(1));
+        if disk.rot_at(&dir.join(&file.path), offset) {
+            let report = self.verify_backup(fs.as_ref(), dir).await;
+            if report.passed() {
+                return Err(self.fail(
+                    "backup_damage_detected",
+                    format!("a bit flipped at byte {offset} of {} and the backup still verifies", file.path),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn verify_backup(&self, fs: &dyn thunderdb::env::Fs, dir: &std::path::Path) -> Report {
+        let scratch = SimDisk::new(0, FaultConfig::none());
+        let scratch = Scratch { fs: scratch.fs(), dir: "/scratch".into() };
+        verify(fs, dir, &scratch, self.clock.as_ref(), &mut |_, _| {}).await
+    }
+
+    /// Restores the backup on a disk of its own and reads every table.
+    async fn restore_backup(
+        &self,
+        fs: &dyn thunderdb::env::Fs,
+        dir: &std::path::Path,
+        manifest: &Manifest,
+    ) -> Result<State, SeedFailure> {
+        let target = SimDisk::new(1, FaultConfig::none());
+        let mut config = EngineConfig::new("/restored");
+        config.wal_segment_size = manifest.wal_segment_size;
+        config.buffer_pool_size = 64 * PAGE_SIZE as u64;
+        restore_files(fs, dir, target.fs().as_ref(), &config.data_dir, &config.wal_dir)
+            .map_err(|e| self.fail("backup_restores", format!("restoring the files failed: {e}")))?;
+        let env = Env::new(target.fs(), self.clock.clone(), self.seed);
+        let db = Database::open(env, config)
+            .await
+            .map_err(|e| self.fail("backup_restores", format!("opening the restored backup failed: {e}")))?;
+        read_state(&db).await.map_err(|e| self.fail("backup_restores", format!("reading the restored backup: {e}")))
     }
 
     /// Faults off: the database must open, commit, shut down cleanly and
@@ -539,6 +677,7 @@ async fn commit(
     let mut shared = lock(shared);
     shared.acknowledged += 1;
     shared.model.acknowledged(index);
+    shared.model.logged_at(index, lsn.0);
     let window = CommitWindow {
         earliest_micros: (shared.wall_steps == steps).then_some(before),
         latest_micros: shared.wall_high_micros.max(clock.wall_micros()),

@@ -41,6 +41,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::db::{Database, DbError};
 use crate::env::{File, Fs};
+use crate::planted::{active, PlantedBug};
+use crate::probe::{self, Phase, Probe};
 use crate::storage::{CONTROL_FILE_NAME, DATA_FILE_NAME, PAGE_SIZE};
 use crate::wal::{Lsn, WalOptions};
 use manifest::{checksum_text, Compression, FileEntry, Manifest, SegmentEntry, FORMAT_VERSION, MANIFEST_NAME};
@@ -53,8 +55,8 @@ pub const CONFIG_NAME: &str = "thunderdb.toml";
 /// history.
 const NOT_COPIED: [&str; 3] = [CONTROL_FILE_NAME, "control.tmp", registry::HISTORY_NAME];
 
-/// Bytes copied per read.
-const CHUNK: usize = 1 << 20;
+/// Bytes copied per step by default.
+pub const DEFAULT_CHUNK: usize = 1 << 20;
 
 /// What to back up, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +69,26 @@ pub struct BackupRequest {
     pub compress: bool,
     /// The text stored as `thunderdb.toml`, for reference during a restore.
     pub config_text: String,
+    /// Bytes read per step ([`DEFAULT_CHUNK`]); writers run between steps.
+    /// Not an API field: the simulator draws small chunks and a pause so
+    /// that a backup of its small databases spans checkpoints.
+    pub chunk_bytes: usize,
+    /// A pause between steps (none by default).
+    pub pause: Duration,
+}
+
+impl BackupRequest {
+    /// A request with the default pacing.
+    pub fn new(destination: impl Into<PathBuf>, include_wal: bool, compress: bool, config_text: String) -> Self {
+        BackupRequest {
+            destination: destination.into(),
+            include_wal,
+            compress,
+            config_text,
+            chunk_bytes: DEFAULT_CHUNK,
+            pause: Duration::ZERO,
+        }
+    }
 }
 
 /// A backup's progress, readable while it runs.
@@ -183,8 +205,13 @@ impl Read for FileReader<'_> {
 /// The caller syncs the directory. Reads `source` to its end, storing it
 /// compressed or not, and returns its manifest entry.
 struct Writer<'a> {
+    chunk_bytes: usize,
+    pause: Duration,
+    /// The backup's file system (the live files are read through the
+    /// engine's).
     fs: &'a dyn Fs,
     root: &'a Path,
+    phase: Phase,
     compress: bool,
     progress: &'a Progress,
     db: &'a Database,
@@ -196,7 +223,10 @@ impl Writer<'_> {
         let stored_name = if compress { format!("{restore_path}.zst") } else { restore_path.to_string() };
         let path = self.root.join(&stored_name);
         let temp = self.root.join(format!("{stored_name}.tmp"));
-        let file = self.fs.create(&temp).map_err(io_error("create", &temp))?;
+        let file = {
+            let _phase = probe::enter(self.phase);
+            self.fs.create(&temp).map_err(io_error("create", &temp))?
+        };
         let mut encoder = if compress {
             Some(zstd::stream::write::Encoder::new(Vec::new(), 3).map_err(io_error("compress", &path))?)
         } else {
@@ -204,11 +234,12 @@ impl Writer<'_> {
         };
         let (mut original, mut stored) = (crc32fast::Hasher::new(), crc32fast::Hasher::new());
         let (mut size, mut stored_size) = (0u64, 0u64);
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; self.chunk_bytes.max(1)];
         loop {
             if self.db.is_shutting_down() {
                 return Err(BackupError::ShutDown);
             }
+            let _phase = probe::enter(self.phase);
             let read = read_full(&mut source, &mut buf).map_err(io_error("read for", &path))?;
             let chunk = &buf[..read];
             original.update(chunk);
@@ -230,16 +261,24 @@ impl Writer<'_> {
             if read == 0 {
                 break;
             }
+            drop(_phase);
             // Writers and readers run between chunks.
-            tokio::task::yield_now().await;
+            if self.pause.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(self.pause).await;
+            }
         }
+        let _phase = probe::enter(self.phase);
         if let Some(encoder) = encoder {
             let tail = encoder.finish().map_err(io_error("compress", &path))?;
             stored.update(&tail);
             file.write_all_at(&tail, stored_size).map_err(io_error("write", &temp))?;
             stored_size += tail.len() as u64;
         }
-        file.sync_all().map_err(io_error("sync", &temp))?;
+        if !active(PlantedBug::BackupSkipsFileSync) {
+            file.sync_all().map_err(io_error("sync", &temp))?;
+        }
         drop(file);
         self.fs.rename(&temp, &path).map_err(io_error("rename", &temp))?;
         Ok(FileEntry {
@@ -280,37 +319,50 @@ pub fn segments_between(opts: &WalOptions, from: Lsn, end: Lsn) -> Vec<(u64, u64
         .collect()
 }
 
-/// Takes a backup of `db` as `request` asks (see the module docs), naming it
-/// `id`, and returns its manifest once `backup_manifest.json` is durable.
+/// Takes a backup of `db` as `request` asks (see the module docs) into
+/// `dest` (the backup's file system: the engine's own in production, a
+/// second disk in simulation), naming it `id`, and returns its manifest
+/// once `backup_manifest.json` is durable.
 pub async fn take(
     db: &Database,
+    dest: &dyn Fs,
     id: &str,
     request: &BackupRequest,
     progress: &Progress,
 ) -> Result<Manifest, BackupError> {
     let env = db.env();
-    let fs = env.fs.as_ref();
+    let live = env.fs.as_ref();
     let root = request.destination.as_path();
-    check_destination(fs, root).map_err(|reason| BackupError::Destination { path: root.to_path_buf(), reason })?;
+    check_destination(dest, root).map_err(|reason| BackupError::Destination { path: root.to_path_buf(), reason })?;
     let data_dir = root.join("data");
     let wal_dir = root.join("wal");
-    fs.create_dir_all(&data_dir).map_err(io_error("create directory", &data_dir))?;
+    dest.create_dir_all(&data_dir).map_err(io_error("create directory", &data_dir))?;
     if request.include_wal {
-        fs.create_dir_all(&wal_dir).map_err(io_error("create directory", &wal_dir))?;
+        dest.create_dir_all(&wal_dir).map_err(io_error("create directory", &wal_dir))?;
     }
     let start_micros = env.clock.wall_micros();
     progress.bytes_total.store(estimate_bytes(db, request.include_wal), Ordering::Relaxed);
 
     let start = db.start_backup().await?;
     progress.start_lsn.store(start.control.redo_lsn.0, Ordering::Relaxed);
-    let writer = Writer { fs, root, compress: request.compress, progress, db };
+    let early_end = if active(PlantedBug::BackupEndBeforeCopy) { Some(db.end_backup().await?) } else { None };
+    let mut writer = Writer {
+        chunk_bytes: request.chunk_bytes,
+        pause: request.pause,
+        fs: dest,
+        root,
+        phase: Phase::BackupCopy,
+        compress: request.compress,
+        progress,
+        db,
+    };
     let mut files = Vec::new();
     let mut data_pages = 0;
     let live_data = &db.config().data_dir;
-    let names = fs.list(live_data).map_err(io_error("list", live_data))?;
+    let names = live.list(live_data).map_err(io_error("list", live_data))?;
     for name in names.iter().filter(|name| !NOT_COPIED.contains(&name.as_str())) {
         let path = live_data.join(name);
-        let file = fs.open(&path).map_err(io_error("open", &path))?;
+        let file = live.open(&path).map_err(io_error("open", &path))?;
         let len = file.len().map_err(io_error("stat", &path))?;
         // Only whole pages: the file may grow during the copy, and replay
         // rebuilds every page added after the start.
@@ -323,10 +375,18 @@ pub async fn take(
         }
         files.push(entry);
     }
-    let control = start.control.encode();
+    let mut control = start.control.encode();
+    if active(PlantedBug::BackupLiveControlFile) {
+        let path = live_data.join(CONTROL_FILE_NAME);
+        let file = live.open(&path).map_err(io_error("open", &path))?;
+        file.read_exact_at(&mut control, 0).map_err(io_error("read", &path))?;
+    }
     files.push(writer.write(&format!("data/{CONTROL_FILE_NAME}"), true, &control[..]).await?);
 
-    let end = db.end_backup().await?;
+    let end = match early_end {
+        Some(end) => end,
+        None => db.end_backup().await?,
+    };
     progress.end_lsn.store(end.0, Ordering::Relaxed);
     let opts = db.wal().options();
     let mut wal_segments = Vec::new();
@@ -335,6 +395,7 @@ pub async fn take(
         let total = progress.bytes_done.load(Ordering::Relaxed) + segments.len() as u64 * opts.segment_size;
         progress.bytes_total.store(total, Ordering::Relaxed);
     }
+    writer.phase = Phase::BackupWal;
     for (segno, below_end) in segments {
         let name = opts.file_name(segno);
         if !request.include_wal {
@@ -342,7 +403,7 @@ pub async fn take(
             continue;
         }
         let path = opts.path(segno);
-        let file = fs.open(&path).map_err(io_error("open", &path))?;
+        let file = live.open(&path).map_err(io_error("open", &path))?;
         let rest = opts.segment_size - below_end;
         let source = FileReader { file: file.as_ref(), offset: 0 }.take(below_end).chain(io::repeat(0).take(rest));
         let entry = writer.write(&format!("wal/{name}"), true, source).await?;
@@ -350,10 +411,12 @@ pub async fn take(
         files.push(entry);
     }
     drop(start.hold);
+    writer.phase = Phase::BackupManifest;
     files.push(writer.write(CONFIG_NAME, false, request.config_text.as_bytes()).await?);
+    let _phase = probe::enter(Phase::BackupManifest);
     for dir in [&data_dir, &wal_dir, &root.to_path_buf()] {
         if dir != &wal_dir || request.include_wal {
-            fs.sync_dir(dir).map_err(io_error("sync directory", dir))?;
+            dest.sync_dir(dir).map_err(io_error("sync directory", dir))?;
         }
     }
     let manifest = Manifest {
@@ -373,7 +436,8 @@ pub async fn take(
         files,
         wal_segments,
     };
-    write_atomically(fs, root, MANIFEST_NAME, manifest.encode().as_bytes())?;
+    write_atomically(dest, root, MANIFEST_NAME, manifest.encode().as_bytes())?;
+    probe::hit(Probe::BackupCompleted);
     Ok(manifest)
 }
 

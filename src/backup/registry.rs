@@ -182,11 +182,12 @@ impl Registry {
             return Err(StartError::Invalid(format!("the backup history cannot be written: {e}")));
         }
         let estimate = estimate_bytes(&self.db, include_wal);
-        let request = BackupRequest { destination, include_wal, compress, config_text: self.config_text.clone() };
+        let request = BackupRequest::new(destination, include_wal, compress, self.config_text.clone());
         let registry = self.clone();
         let id = record.backup_id.clone();
         let handle = tokio::spawn(async move {
-            let outcome = take(&registry.db, &id, &request, &progress).await;
+            let fs = registry.db.env().fs.clone();
+            let outcome = take(&registry.db, fs.as_ref(), &id, &request, &progress).await;
             match &outcome {
                 Ok(manifest) => tracing::info!(backup_id = %id, end_lsn = %manifest.end_lsn, "backup completed"),
                 Err(error) => tracing::error!(backup_id = %id, %error, "backup failed"),

@@ -34,12 +34,19 @@ pub struct WalSummary {
     pub end: Lsn,
 }
 
-/// Restores the backup in `backup` into `data_dir` and `wal_dir`, which must
+/// Restores the backup in `backup` (on `fs`) into `data_dir` and `wal_dir`
+/// (on `target`), which must
 /// be empty or hold exactly this backup's files (as the documented
 /// step-by-step leaves them). Checks every file's checksums on the way;
 /// refuses, naming the file, before replacing anything that is not the
 /// backup's own.
-pub fn restore_files(fs: &dyn Fs, backup: &Path, data_dir: &Path, wal_dir: &Path) -> Result<Restored, String> {
+pub fn restore_files(
+    fs: &dyn Fs,
+    backup: &Path,
+    target: &dyn Fs,
+    data_dir: &Path,
+    wal_dir: &Path,
+) -> Result<Restored, String> {
     let manifest = read_manifest(fs, backup).map_err(|p| p.to_string())?;
     if !manifest.include_wal {
         return Err(format!(
@@ -58,11 +65,12 @@ pub fn restore_files(fs: &dyn Fs, backup: &Path, data_dir: &Path, wal_dir: &Path
         .collect();
     let mut in_place = std::collections::BTreeSet::new();
     for dir in [data_dir, wal_dir] {
-        fs.create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for name in fs.list(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        target.create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for name in target.list(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
             let path = dir.join(&name);
             let key = path.display().to_string();
-            let same = wanted.get(&key).is_some_and(|entry| crc_of(fs, &path).is_ok_and(|crc| crc == entry.checksum));
+            let same =
+                wanted.get(&key).is_some_and(|entry| crc_of(target, &path).is_ok_and(|crc| crc == entry.checksum));
             if !same {
                 return Err(format!(
                     "{} is not empty: {} is not this backup's copy of a file; restore into empty directories",
@@ -81,19 +89,19 @@ pub fn restore_files(fs: &dyn Fs, backup: &Path, data_dir: &Path, wal_dir: &Path
         }
         let path = Path::new(key);
         let temp = path.with_extension("restoring");
-        if fs.exists(&temp).unwrap_or(false) {
-            fs.remove(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+        if target.exists(&temp).unwrap_or(false) {
+            target.remove(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
         }
-        restore_entry(fs, backup, entry, Some((fs, temp.clone())), &mut problems);
+        restore_entry(fs, backup, entry, Some((target, temp.clone())), &mut problems);
         if let Some(problem) = problems.first() {
-            let _ = fs.remove(&temp);
+            let _ = target.remove(&temp);
             return Err(format!("the backup is damaged, nothing more was restored: {problem}"));
         }
-        fs.rename(&temp, path).map_err(|e| format!("{}: {e}", temp.display()))?;
+        target.rename(&temp, path).map_err(|e| format!("{}: {e}", temp.display()))?;
         files_written += 1;
     }
     for dir in [data_dir, wal_dir] {
-        fs.sync_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        target.sync_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let pages = manifest.data_pages;
     Ok(Restored { manifest, pages, files_written })

@@ -27,6 +27,7 @@ use super::manifest::{checksum_text, Compression, FileEntry, Manifest, MANIFEST_
 use super::{segments_between, FileReader};
 use crate::db::CATALOG;
 use crate::env::{Clock, Fs};
+use crate::probe::{self, Probe};
 use crate::recovery::{self, StoreOptions};
 use crate::storage::{ControlFile, Op, Page, PageCheck, DATA_FILE_NAME, PAGE_SIZE, UNDO_MEMORY_DEFAULT};
 use crate::txn::Table;
@@ -135,6 +136,15 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// What the data file's pages held.
+#[derive(Debug, Default)]
+pub(crate) struct PageScan {
+    /// Pages that fail their own checks, with why.
+    pub(crate) bad: BTreeMap<u32, String>,
+    /// Every sound page's LSN, by page number.
+    pub(crate) lsns: BTreeMap<u32, Lsn>,
+}
+
 /// What reading one stored file gave.
 struct Read1 {
     stored: (String, u64),
@@ -232,15 +242,15 @@ pub(crate) fn restore_entry(
     entry: &FileEntry,
     target: Option<(&dyn Fs, PathBuf)>,
     problems: &mut Vec<Problem>,
-) -> BTreeMap<u32, String> {
-    let mut bad_pages = BTreeMap::new();
+) -> PageScan {
+    let mut pages = PageScan::default();
     let is_data_file = entry.restore_path == format!("data/{DATA_FILE_NAME}");
     let out = match target {
         Some((fs, path)) => match fs.create(&path) {
             Ok(file) => Some((file, path)),
             Err(e) => {
                 problems.push(problem(&entry.path, "a scratch copy", format!("{}: {e}", path.display())));
-                return bad_pages;
+                return pages;
             }
         },
         None => None,
@@ -260,12 +270,17 @@ pub(crate) fn restore_entry(
                 page.extend_from_slice(&rest[..take]);
                 rest = &rest[take..];
                 if page.len() == PAGE_SIZE {
-                    if let Err(check) = Page::check(&page, page_no) {
-                        let why = match check {
-                            PageCheck::Zeroed => "all zeroes".to_string(),
-                            PageCheck::Damaged(detail) => detail,
-                        };
-                        bad_pages.insert(page_no, why);
+                    match Page::from_bytes(&page, page_no) {
+                        Ok(sound) => {
+                            pages.lsns.insert(page_no, sound.page_lsn());
+                        }
+                        Err(check) => {
+                            let why = match check {
+                                PageCheck::Zeroed => "all zeroes".to_string(),
+                                PageCheck::Damaged(detail) => detail,
+                            };
+                            pages.bad.insert(page_no, why);
+                        }
                     }
                     page.clear();
                     page_no += 1;
@@ -299,9 +314,9 @@ pub(crate) fn restore_entry(
         }
     }
     if is_data_file && !page.is_empty() {
-        bad_pages.insert(page_no, format!("a partial page of {} bytes", page.len()));
+        pages.bad.insert(page_no, format!("a partial page of {} bytes", page.len()));
     }
-    bad_pages
+    pages
 }
 
 /// Verifies the backup in `dir` (read through `fs`), restoring a scratch
@@ -358,7 +373,7 @@ pub async fn verify(
     }
     let total: u64 = manifest.files.iter().map(|f| f.stored_size).sum();
     let mut done = 0;
-    let mut bad_pages = BTreeMap::new();
+    let mut pages = PageScan::default();
     let before = problems.len();
     for entry in &manifest.files {
         let restorable = entry.restore_path.starts_with("data/") || entry.restore_path.starts_with("wal/");
@@ -369,10 +384,10 @@ pub async fn verify(
         }
         let target =
             (restorable && manifest.include_wal).then(|| (scratch.fs.as_ref(), scratch.dir.join(&entry.restore_path)));
-        let pages = restore_entry(fs, dir, entry, target, problems);
+        let scan = restore_entry(fs, dir, entry, target, problems);
         if entry.restore_path == format!("data/{DATA_FILE_NAME}") {
             report.data_pages = entry.size / PAGE_SIZE as u64;
-            bad_pages = pages;
+            pages = scan;
         }
         if entry.restore_path.starts_with("wal/") {
             let name = entry.restore_path.trim_start_matches("wal/");
@@ -392,9 +407,18 @@ pub async fn verify(
             format!("{} pages", report.data_pages),
         ));
     }
+    // WAL before data: a page reaches the disk only after the log covers its
+    // LSN, and the end LSN is the durable end after the copy.
+    for (page_no, lsn) in pages.lsns.iter().filter(|(_, lsn)| **lsn > manifest.end_lsn) {
+        problems.push(problem(
+            format!("data/{DATA_FILE_NAME} page {page_no}"),
+            format!("a page LSN at or below the end LSN {}", manifest.end_lsn),
+            format!("page LSN {lsn}"),
+        ));
+    }
     let bytes_sound = problems.len() == before;
     if !manifest.include_wal {
-        for (page_no, why) in bad_pages {
+        for (page_no, why) in pages.bad {
             problems.push(problem(
                 format!("data/{DATA_FILE_NAME} page {page_no}"),
                 "a page that passes its checksum",
@@ -402,7 +426,7 @@ pub async fn verify(
             ));
         }
     } else if bytes_sound {
-        replay(&manifest, scratch, &opts, clock, bad_pages, &mut report).await;
+        replay(&manifest, scratch, &opts, clock, pages, &mut report).await;
     }
     report.manifest = Some(manifest);
     report
@@ -414,9 +438,10 @@ async fn replay(
     scratch: &Scratch,
     opts: &WalOptions,
     clock: &dyn Clock,
-    mut bad_pages: BTreeMap<u32, String>,
+    pages: PageScan,
     report: &mut Report,
 ) {
+    let PageScan { bad: mut bad_pages, lsns } = pages;
     let problems = &mut report.problems;
     let mut reader = WalReader::new(scratch.fs.clone(), opts.clone(), manifest.wal_start_lsn);
     loop {
@@ -425,6 +450,9 @@ async fn replay(
                 if record.kind == RecordKind::Data && lsn >= manifest.start_lsn {
                     for page_no in Op::image_pages(&record.payload).unwrap_or_default() {
                         bad_pages.remove(&page_no);
+                        if lsns.get(&page_no).is_some_and(|copied| *copied < lsn) {
+                            probe::hit(Probe::BackupPageBehindLog);
+                        }
                     }
                 }
             }

@@ -38,6 +38,8 @@ pub enum Write {
 struct Commit {
     writes: Vec<Write>,
     acknowledged: bool,
+    /// The commit record's LSN, once acknowledged with one.
+    lsn: Option<u64>,
 }
 
 /// What the database must hold.
@@ -52,13 +54,43 @@ impl DbModel {
     /// returns its index for [`acknowledged`](Self::acknowledged). Call it
     /// in commit-record order.
     pub fn committing(&mut self, writes: Vec<Write>) -> usize {
-        self.commits.push(Commit { writes, acknowledged: false });
+        self.commits.push(Commit { writes, acknowledged: false, lsn: None });
         self.commits.len() - 1
     }
 
     /// The commit at `index` returned `Ok`: it must survive any crash.
     pub fn acknowledged(&mut self, index: usize) {
         self.commits[index].acknowledged = true;
+    }
+
+    /// The acknowledged commit at `index` logged its commit record at `lsn`.
+    pub fn logged_at(&mut self, index: usize, lsn: u64) {
+        self.commits[index].lsn = Some(lsn);
+    }
+
+    /// Checks the state a backup restored to its end LSN `end`: the truth
+    /// with exactly the commits whose records lie below `end`. Commits are
+    /// in commit-record order, so that is a prefix; acknowledged commits
+    /// (whose LSNs are known) pin it from both sides, and the rest may fall
+    /// either way within those bounds. Returns the prefix's length.
+    pub fn check_backup(&self, found: &State, end: u64) -> Result<usize, String> {
+        let logged = || self.commits.iter().enumerate().filter_map(|(i, c)| c.lsn.map(|lsn| (i, lsn)));
+        let at_least = logged().filter(|(_, lsn)| *lsn < end).map(|(i, _)| i + 1).max().unwrap_or(0);
+        let at_most = logged().filter(|(_, lsn)| *lsn >= end).map(|(i, _)| i).min().unwrap_or(self.commits.len());
+        let mut state = self.truth.clone();
+        for applied in 0..=at_most {
+            if applied > 0 {
+                apply(&mut state, &self.commits[applied - 1].writes);
+            }
+            if applied >= at_least && &state == found {
+                return Ok(applied);
+            }
+        }
+        Err(format!(
+            "the backup restored ({}) matches no prefix of the commits from {at_least} to {at_most} (those below its end LSN {end:#x}); against the first {at_least}: {}",
+            describe(found),
+            first_difference(found, &self.expected_prefix(at_least)),
+        ))
     }
 
     /// Commits acknowledged since the last recovery.
