@@ -107,20 +107,28 @@ struct BackupPlan {
     /// backup span checkpoints and many commits.
     chunk_bytes: usize,
     pause_ms: u64,
+    /// Checkpoints run every few milliseconds while the backup copies, so
+    /// it must hold its WAL and keep its own start checkpoint.
+    checkpoints_during: bool,
+    /// No injected I/O errors on the live disk (crashes and power loss
+    /// stay), so that the backup has a chance to complete.
+    calm: bool,
 }
 
 impl BackupPlan {
     /// Drawn on a stream of its own, so the other draws of old seeds stay.
     fn draw(seed: u64) -> Option<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(knobs_seed(seed) ^ 0xb4c6_u64.rotate_left(40));
-        rng.random_bool(0.4).then(|| BackupPlan {
-            delay_ms: rng.random_range(0..60),
+        rng.random_bool(0.6).then(|| BackupPlan {
+            delay_ms: rng.random_range(0..20),
             include_wal: rng.random_bool(0.85),
             compress: rng.random_bool(0.5),
             crash_after: rng.random_bool(0.25).then(|| rng.random_range(0..120)),
             disk_seed: rng.random(),
-            chunk_bytes: [PAGE_SIZE, 4 * PAGE_SIZE, 1 << 20][rng.random_range(0..3)],
-            pause_ms: [0, 2, 10][rng.random_range(0..3)],
+            chunk_bytes: [PAGE_SIZE, PAGE_SIZE, 2 * PAGE_SIZE, 1 << 20][rng.random_range(0..4)],
+            pause_ms: [0, 1, 5, 20][rng.random_range(0..4)],
+            checkpoints_during: rng.random_bool(0.5),
+            calm: rng.random_bool(0.5),
         })
     }
 }
@@ -262,7 +270,15 @@ struct Run {
 pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut knobs = ChaCha8Rng::seed_from_u64(knobs_seed(seed));
-    let swarm = Swarm { backup: BackupPlan::draw(seed), ..Swarm::draw(&mut rng, &mut knobs) };
+    let mut swarm = Swarm { backup: BackupPlan::draw(seed), ..Swarm::draw(&mut rng, &mut knobs) };
+    if swarm.backup.is_some_and(|plan| plan.calm) {
+        // Injected I/O errors stop the engine (fail-stop), and a backup of a
+        // stopped engine fails: half the backup seeds leave only crashes
+        // and power loss on the live disk, so that backups complete.
+        let faults = &mut swarm.faults;
+        (faults.fsync_error_rate, faults.read_error_rate, faults.write_error_rate, faults.no_space_rate) =
+            (0.0, 0.0, 0.0, 0.0);
+    }
 
     let disk = SimDisk::new(rng.random(), swarm.faults.clone());
     let mut run = Run {
@@ -282,6 +298,9 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     for _ in 0..CYCLES {
         let countdown =
             if run.rng.random_bool(0.2) { run.rng.random_range(0..40) } else { run.rng.random_range(50..1000) };
+        // A backup reads the live disk too, and needs the database to live
+        // long enough to finish now and then.
+        let countdown = if run.swarm.backup.is_some() { countdown * 4 } else { countdown };
         run.disk.set_crash_countdown(Some(countdown));
         if run.swarm.aim == Aim::CheckpointSyncError {
             let rate = run.knobs.random_range(0.1..0.6);
@@ -457,14 +476,29 @@ impl Run {
             let disk = SimDisk::new(plan.disk_seed ^ self.crashes, FaultConfig::power_loss());
             disk.set_crash_countdown(plan.crash_after);
             let (db, fs) = (db.clone(), disk.fs());
+            let mut pacing = ChaCha8Rng::seed_from_u64(plan.disk_seed);
             let task = tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(plan.delay_ms)).await;
+                let copying = Arc::new(std::sync::atomic::AtomicBool::new(true));
+                if plan.checkpoints_during {
+                    let (db, copying) = (db.clone(), copying.clone());
+                    tokio::spawn(async move {
+                        while copying.load(std::sync::atomic::Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(pacing.random_range(1..8))).await;
+                            if db.checkpoint().await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
                 let request = BackupRequest {
                     chunk_bytes: plan.chunk_bytes,
                     pause: Duration::from_millis(plan.pause_ms),
                     ..BackupRequest::new(BACKUP_DIR, plan.include_wal, plan.compress, String::new())
                 };
-                take(&db, fs.as_ref(), "bk-sim", &request, &Progress::default()).await.map_err(|e| e.to_string())
+                let outcome = take(&db, fs.as_ref(), "bk-sim", &request, &Progress::default()).await;
+                copying.store(false, std::sync::atomic::Ordering::Relaxed);
+                outcome.map_err(|e| e.to_string())
             });
             (plan, disk, task)
         });
@@ -508,7 +542,9 @@ impl Run {
             Err(_) => return Ok(()),
         };
         if !report.passed() {
-            return Err(self.fail("backup_verifies", format!("a completed backup fails to verify:\n{}", report.render())));
+            return Err(
+                self.fail("backup_verifies", format!("a completed backup fails to verify:\n{}", report.render()))
+            );
         }
         if plan.include_wal {
             let found = self.restore_backup(fs.as_ref(), dir, &manifest).await?;

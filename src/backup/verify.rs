@@ -484,12 +484,23 @@ async fn replay(
     }
     let data_dir = scratch.dir.join("data");
     match ControlFile::load(scratch.fs.as_ref(), &data_dir) {
-        Ok(Some(control)) if format!("{:016x}", control.system_id) == manifest.system_identifier => {}
-        Ok(Some(control)) => problems.push(problem(
-            "data/control",
-            format!("database {}", manifest.system_identifier),
-            format!("database {:016x}", control.system_id),
-        )),
+        Ok(Some(control)) if format!("{:016x}", control.system_id) != manifest.system_identifier => {
+            problems.push(problem(
+                "data/control",
+                format!("database {}", manifest.system_identifier),
+                format!("database {:016x}", control.system_id),
+            ))
+        }
+        // Replay must start at the backup's own start checkpoint: a later
+        // one's redo point lies past changes the copy may have missed.
+        Ok(Some(control)) if control.redo_lsn != manifest.start_lsn || control.checkpoint_lsn != manifest.start_lsn => {
+            problems.push(problem(
+                "data/control",
+                format!("the start checkpoint at {}", manifest.start_lsn),
+                format!("checkpoint {} with redo point {}", control.checkpoint_lsn, control.redo_lsn),
+            ))
+        }
+        Ok(Some(_)) => {}
         Ok(None) => problems.push(problem("data/control", "a control file", "none")),
         Err(e) => problems.push(problem("data/control", "a sound control file", e.to_string())),
     }

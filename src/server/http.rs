@@ -107,9 +107,11 @@ fn bad_request(message: String) -> Response {
 async fn start_backup(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
     let body: BackupBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
-        Err(e) => return bad_request(format!(
+        Err(e) => {
+            return bad_request(format!(
             "the body must be JSON {{\"destination\": ABSOLUTE_DIR, \"include_wal\": bool, \"compress\": bool}}: {e}"
-        )),
+        ))
+        }
     };
     match state.backups.start(body.destination.into(), body.include_wal, body.compress) {
         Ok((record, estimate)) => {
