@@ -13,7 +13,7 @@ SIM_SEEDS=${SIM_SEEDS:-0..2000}
 # runs per target (crash_schedule runs are ~1 ms each, the codecs' ~1 µs).
 # Longer, exploratory fuzzing is a developer's job: docs/simulation.md.
 FUZZ_SEED=${FUZZ_SEED:-1}
-fuzz_runs() { case "$1" in crash_schedule) echo 10000 ;; *) echo 2000000 ;; esac; }
+fuzz_runs() { case "$1" in crash_schedule) echo 10000 ;; backup_verify) echo 3000 ;; *) echo 2000000 ;; esac; }
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
@@ -30,6 +30,17 @@ cargo simclippy -- -D warnings
 
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+step "alert rules: promtool check and test"
+if ! command -v promtool >/dev/null; then
+    # Debian's prometheus package ships promtool. Installing it never starts
+    # the service in a container (policy-rc.d), and nothing here needs it.
+    SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+promtool check rules deploy/prometheus/rules/thunderdb-backup-alerts.yml
+promtool test rules deploy/prometheus/rules/thunderdb-backup-alerts.test.yml
 
 step "tests, normal build"
 cargo test --workspace 2>&1 | tee -a "$log"

@@ -156,3 +156,113 @@ fn recover(disk: &SimDisk, opts: &WalOptions, model: &mut WalModel) -> Result<Op
     }
     Ok(wal)
 }
+
+/// A sound backup's files (path in the backup, bytes), taken on the
+/// simulated disk from a small database: a table of a few hundred rows, a
+/// checkpoint, more changes, and one transaction left open.
+pub async fn pristine_backup(compress: bool) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    use thunderdb::backup::{take, BackupRequest, Progress};
+    use thunderdb::db::{Database, EngineConfig};
+    use thunderdb::env::{Env, SimClock};
+    let disk = SimDisk::new(3, FaultConfig::none());
+    let env = Env::new(disk.fs(), Arc::new(SimClock::new(1_700_000_000_000_000)), 3);
+    let mut config = EngineConfig::new("/db");
+    config.wal_segment_size = 1 << 14;
+    config.buffer_pool_size = 8 * PAGE_SIZE as u64;
+    let db = Database::open(env, config).await.expect("open");
+    let mut txn = db.begin().await.expect("begin");
+    let table = txn.create_table("t", b"").await.expect("create");
+    for n in 0u32..300 {
+        txn.put(&table, &n.to_be_bytes(), &[n as u8; 40]).await.expect("put");
+    }
+    txn.commit().await.expect("commit");
+    db.checkpoint().await.expect("checkpoint");
+    let mut open = db.begin().await.expect("begin");
+    open.put(&table, b"open", b"never committed").await.expect("put");
+    let request = BackupRequest::new("/backup", true, compress, "# config\n".into());
+    take(&db, disk.fs().as_ref(), "bk-fuzz", &request, &Progress::default()).await.expect("backup");
+    let fs = disk.fs();
+    let mut files = Vec::new();
+    for sub in ["", "data", "wal"] {
+        let dir = std::path::Path::new("/backup").join(sub);
+        for name in fs.list(&dir).expect("list") {
+            let path = dir.join(&name);
+            let Ok(file) = fs.open(&path) else { continue };
+            let mut bytes = vec![0; file.len().expect("len") as usize];
+            file.read_exact_at(&mut bytes, 0).expect("read");
+            files.push((path.strip_prefix("/backup").expect("inside").to_path_buf(), bytes));
+        }
+    }
+    files
+}
+
+/// Feeds a damaged backup to the verifier: it must never panic, and must
+/// pass exactly when no byte changed. The first byte picks compression and
+/// whether the rest replaces the manifest outright; otherwise the input is
+/// a list of edits, five bytes each: file, offset (two bytes, scaled to the
+/// file), an XOR mask, and an op (xor a byte, or truncate the file there).
+pub async fn run_backup_verify(data: &[u8], pristine: &[(std::path::PathBuf, Vec<u8>)]) -> Result<(), String> {
+    use thunderdb::backup::manifest::MANIFEST_NAME;
+    use thunderdb::backup::verify::{verify, Scratch};
+    use thunderdb::env::SimClock;
+    let Some((&mode, edits)) = data.split_first() else { return Ok(()) };
+    let mut files = pristine.to_vec();
+    let mut changed = false;
+    if mode & 2 != 0 {
+        let manifest = files.iter_mut().find(|(p, _)| p.as_os_str() == MANIFEST_NAME).expect("a manifest");
+        changed = manifest.1 != edits;
+        manifest.1 = edits.to_vec();
+    } else {
+        for edit in edits.chunks_exact(5) {
+            let (bytes, len) = {
+                let file = &mut files[usize::from(edit[0]) % pristine.len()].1;
+                let len = file.len();
+                (file, len)
+            };
+            if len == 0 {
+                continue;
+            }
+            let at = usize::from(u16::from_le_bytes([edit[1], edit[2]])) * len / 65536;
+            if edit[4] % 4 == 0 {
+                changed |= at < len;
+                bytes.truncate(at);
+            } else {
+                changed |= edit[3] != 0;
+                bytes[at] ^= edit[3];
+            }
+        }
+    }
+    let disk = SimDisk::new(0, FaultConfig::none());
+    let fs = disk.fs();
+    for (path, bytes) in &files {
+        let path = std::path::Path::new("/backup").join(path);
+        fs.create_dir_all(path.parent().expect("a parent")).map_err(|e| e.to_string())?;
+        fs.create(&path).and_then(|f| f.write_all_at(bytes, 0)).map_err(|e| e.to_string())?;
+    }
+    let scratch_disk = SimDisk::new(1, FaultConfig::none());
+    let scratch = Scratch { fs: scratch_disk.fs(), dir: "/scratch".into() };
+    let clock = SimClock::new(1_700_000_000_000_000);
+    let report = verify(fs.as_ref(), std::path::Path::new("/backup"), &scratch, &clock, &mut |_, _| {}).await;
+    match (changed, report.passed()) {
+        (true, true) => Err(format!("a damaged backup passed verification (edits {edits:?})")),
+        (false, false) => Err(format!("an intact backup failed verification:\n{}", report.render())),
+        _ => Ok(()),
+    }
+}
+
+/// The fuzz target's entry: [`run_backup_verify`] on a backup built once.
+#[cfg(not(madsim))]
+pub fn backup_verify(data: &[u8]) {
+    use std::sync::OnceLock;
+    type Files = Vec<(std::path::PathBuf, Vec<u8>)>;
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    static PRISTINE: OnceLock<[Files; 2]> = OnceLock::new();
+    let runtime =
+        RUNTIME.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime"));
+    let pristine =
+        PRISTINE.get_or_init(|| [runtime.block_on(pristine_backup(false)), runtime.block_on(pristine_backup(true))]);
+    let files = &pristine[usize::from(data.first().copied().unwrap_or(0) & 1)];
+    if let Err(violation) = runtime.block_on(run_backup_verify(data, files)) {
+        panic!("{violation}");
+    }
+}

@@ -45,3 +45,14 @@ async fn crash_schedule_corpus() {
         }
     }
 }
+
+#[tokio::test]
+async fn backup_verify_corpus() {
+    let pristine = [fuzz_checks::pristine_backup(false).await, fuzz_checks::pristine_backup(true).await];
+    for (path, data) in corpus("backup_verify") {
+        let files = &pristine[usize::from(data.first().copied().unwrap_or(0) & 1)];
+        if let Err(violation) = fuzz_checks::run_backup_verify(&data, files).await {
+            panic!("{}: {violation}", path.display());
+        }
+    }
+}
