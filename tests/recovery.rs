@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use thunderdb::db::{Database, DbError, EngineConfig};
-use thunderdb::env::{Env, FaultConfig, SimClock, SimDisk};
+use thunderdb::env::{Env, FaultConfig, Fs, SimClock, SimDisk};
 use thunderdb::storage::{DATA_FILE_NAME, PAGE_SIZE};
 use thunderdb::txn::Table;
 use thunderdb_workloads::db::{first_difference, DbModel, Rows, State, Write};
@@ -201,6 +201,7 @@ async fn a_crash_at_every_io_boundary_of_undo_recovers_the_same_state() {
         for n in 0..25 {
             loser.delete(&table, &key(n * 2)).await.unwrap();
         }
+        db.wal().flush(db.wal().end_lsn()).await.unwrap();
         std::mem::forget(loser);
     }
     disk.crash();
@@ -232,6 +233,7 @@ async fn a_crash_at_every_io_boundary_of_undo_recovers_the_same_state() {
             for n in 0..25 {
                 loser.delete(&table, &key(n * 2)).await.unwrap();
             }
+            db.wal().flush(db.wal().end_lsn()).await.unwrap();
             std::mem::forget(loser);
         }
         disk.crash();
@@ -358,6 +360,7 @@ async fn recovery_logs_the_documented_lines_with_real_counts() {
             txn.put(&table, &key(100 + loser), b"uncommitted").await.unwrap();
             std::mem::forget(txn);
         }
+        db.wal().flush(db.wal().end_lsn()).await.unwrap();
     }
     disk.crash();
     let db = open(&disk).await.unwrap();
@@ -560,4 +563,41 @@ async fn transaction_ids_logged_after_the_last_checkpoint_are_never_handed_out_a
     let txn = db.begin().await.unwrap();
     let highest = *logged.iter().max().expect("two transactions");
     assert!(txn.xid() > highest, "xid {} handed out again after recovery (the log used up to {highest})", txn.xid());
+}
+
+#[tokio::test]
+async fn a_control_file_whose_checkpoint_wal_is_gone_is_refused_naming_the_segment() {
+    // The manual backup's hazard: the copied control file names a
+    // checkpoint whose WAL a later checkpoint retired before the WAL copy.
+    let disk = SimDisk::new(12, FaultConfig::none());
+    let control_path = Path::new("/db/data/control");
+    let old_control = {
+        let db = open(&disk).await.unwrap();
+        let mut model = DbModel::default();
+        put_after_a_checkpoint(&db, b"k", &mut model).await;
+        db.checkpoint().await.unwrap();
+        let file = disk.fs().open(control_path).unwrap();
+        let mut bytes = vec![0; file.len().unwrap() as usize];
+        file.read_exact_at(&mut bytes, 0).unwrap();
+        let mut txn = db.begin().await.unwrap();
+        let table = txn.table("t").await.unwrap().unwrap();
+        for n in 0..200 {
+            txn.put(&table, &key(n), &value(n, 300)).await.unwrap();
+        }
+        txn.commit().await.unwrap();
+        db.checkpoint().await.unwrap();
+        db.checkpoint().await.unwrap();
+        db.shutdown().await.unwrap();
+        bytes
+    };
+    let file = disk.fs().open(control_path).unwrap();
+    file.write_all_at(&old_control, 0).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    disk.crash();
+    let error = match open(&disk).await {
+        Ok(_) => panic!("opened with the checkpoint's WAL gone"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("000000010000000000000003") && error.contains("does not exist"), "{error}");
 }

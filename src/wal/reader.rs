@@ -113,7 +113,7 @@ impl WalReader {
                         probe::hit(Probe::CorruptionReported);
                         return Err(corrupt);
                     }
-                    if !matches!(why, DecodeError::Zeroed | DecodeError::Truncated { .. }) {
+                    if !matches!(why, DecodeError::Zeroed | DecodeError::Truncated { .. } | DecodeError::SegmentMissing) {
                         probe::hit(Probe::TornTailCut);
                     }
                     self.end = Some(LogEnd { lsn: at });
@@ -272,7 +272,7 @@ impl WalReader {
             let segno = self.opts.segno(pos);
             let offset = self.opts.offset(pos) as usize;
             let Some(data) = self.segment(segno)? else {
-                return Ok(Err(DecodeError::Truncated { needed: len, available: out.len() as u64 }));
+                return Ok(Err(DecodeError::SegmentMissing));
             };
             if offset >= data.len() {
                 return Ok(Err(DecodeError::Truncated { needed: len, available: out.len() as u64 }));
