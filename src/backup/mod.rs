@@ -244,18 +244,22 @@ impl Writer<'_> {
             let chunk = &buf[..read];
             original.update(chunk);
             size += read as u64;
-            let out: Vec<u8> = match encoder.as_mut() {
+            // Uncompressed, the stored bytes are the original ones: one
+            // checksum serves both, and the chunk is written as read.
+            let compressed;
+            let out: &[u8] = match encoder.as_mut() {
                 Some(encoder) => {
                     io::Write::write_all(encoder, chunk).map_err(io_error("compress", &path))?;
                     if read == 0 {
                         break;
                     }
-                    std::mem::take(encoder.get_mut())
+                    compressed = std::mem::take(encoder.get_mut());
+                    stored.update(&compressed);
+                    &compressed
                 }
-                None => chunk.to_vec(),
+                None => chunk,
             };
-            stored.update(&out);
-            file.write_all_at(&out, stored_size).map_err(io_error("write", &temp))?;
+            file.write_all_at(out, stored_size).map_err(io_error("write", &temp))?;
             stored_size += out.len() as u64;
             self.progress.bytes_done.fetch_add(read as u64, Ordering::Relaxed);
             if read == 0 {
@@ -281,14 +285,16 @@ impl Writer<'_> {
         }
         drop(file);
         self.fs.rename(&temp, &path).map_err(io_error("rename", &temp))?;
+        let checksum = checksum_text(original.finalize());
+        let stored_checksum = if compress { checksum_text(stored.finalize()) } else { checksum.clone() };
         Ok(FileEntry {
             path: stored_name,
             restore_path: restore_path.to_string(),
             size,
-            checksum: checksum_text(original.finalize()),
+            checksum,
             compression: if compress { Compression::Zstd } else { Compression::None },
             stored_size,
-            stored_checksum: checksum_text(stored.finalize()),
+            stored_checksum,
         })
     }
 }

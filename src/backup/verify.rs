@@ -178,7 +178,12 @@ fn read_entry(
         }
     };
     match compression {
-        Compression::None => pump(&mut stored)?,
+        // Stored bytes are the original ones: one checksum serves both.
+        Compression::None => {
+            pump(&mut stored.inner)?;
+            let original = (checksum_text(crc.finalize()), len);
+            return Ok(Read1 { stored: original.clone(), original });
+        }
         Compression::Zstd => {
             let mut decoder = zstd::stream::read::Decoder::new(&mut stored)?.single_frame();
             pump(&mut decoder)?;
