@@ -97,6 +97,7 @@ pub fn restore_files(
             let _ = target.remove(&temp);
             return Err(format!("the backup is damaged, nothing more was restored: {problem}"));
         }
+        target.open(&temp).and_then(|file| file.sync_all()).map_err(|e| format!("sync {}: {e}", temp.display()))?;
         target.rename(&temp, path).map_err(|e| format!("{}: {e}", temp.display()))?;
         files_written += 1;
     }

@@ -238,9 +238,10 @@ fn check_listing(fs: &dyn Fs, dir: &Path, manifest: &Manifest, problems: &mut Ve
     }
 }
 
-/// Restores one file's original bytes to `target`, checking both
-/// checksums on the way; for the data file, checks every page and returns
-/// the pages that fail.
+/// Restores one file's original bytes to `target` (not synced: a scratch
+/// copy needs no durability, and a restore syncs before it renames),
+/// checking both checksums on the way; for the data file, checks every page
+/// and returns what they hold.
 pub(crate) fn restore_entry(
     fs: &dyn Fs,
     dir: &Path,
@@ -252,7 +253,7 @@ pub(crate) fn restore_entry(
     let is_data_file = entry.restore_path == format!("data/{DATA_FILE_NAME}");
     let out = match target {
         Some((fs, path)) => match fs.create(&path) {
-            Ok(file) => Some((file, path)),
+            Ok(file) => Some(file),
             Err(e) => {
                 problems.push(problem(&entry.path, "a scratch copy", format!("{}: {e}", path.display())));
                 return pages;
@@ -264,7 +265,7 @@ pub(crate) fn restore_entry(
     let mut page = Vec::with_capacity(PAGE_SIZE);
     let mut page_no = 0u32;
     let mut each = |chunk: &[u8]| -> io::Result<()> {
-        if let Some((file, _)) = &out {
+        if let Some(file) = &out {
             file.write_all_at(chunk, offset)?;
         }
         offset += chunk.len() as u64;
@@ -312,11 +313,6 @@ pub(crate) fn restore_entry(
             }
         }
         Err(e) => problems.push(problem(&entry.path, "a readable file", e.to_string())),
-    }
-    if let Some((file, path)) = out {
-        if let Err(e) = file.sync_all() {
-            problems.push(problem(&entry.path, "a scratch copy", format!("{}: {e}", path.display())));
-        }
     }
     if is_data_file && !page.is_empty() {
         pages.bad.insert(page_no, format!("a partial page of {} bytes", page.len()));
