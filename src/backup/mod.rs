@@ -171,8 +171,8 @@ pub fn check_destination(fs: &dyn Fs, path: &Path) -> Result<(), String> {
     }
 }
 
-/// A rough size for the `202` answer: the data files plus, with WAL, what
-/// was written since the last checkpoint.
+/// A rough size for the `202` answer: the data files plus, with WAL, one
+/// segment (the WAL since the start checkpoint is not known yet).
 pub fn estimate_bytes(db: &Database, include_wal: bool) -> u64 {
     let fs = &db.env().fs;
     let dir = &db.config().data_dir;
@@ -201,9 +201,7 @@ impl Read for FileReader<'_> {
     }
 }
 
-/// Writes one backup file crash-safely: to `<name>.tmp`, synced, renamed.
-/// The caller syncs the directory. Reads `source` to its end, storing it
-/// compressed or not, and returns its manifest entry.
+/// Writes a backup's files, paced as the request says.
 struct Writer<'a> {
     chunk_bytes: usize,
     pause: Duration,
@@ -218,6 +216,10 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// Writes one file crash-safely: to `<name>.tmp`, synced, renamed (the
+    /// caller syncs the directory). Reads `source` to its end, stores it
+    /// compressed (if both `compress` and the request say so) or not, and
+    /// returns its manifest entry.
     async fn write(&self, restore_path: &str, compress: bool, mut source: impl Read) -> Result<FileEntry, BackupError> {
         let compress = compress && self.compress;
         let stored_name = if compress { format!("{restore_path}.zst") } else { restore_path.to_string() };
