@@ -113,7 +113,8 @@ impl WalReader {
                         probe::hit(Probe::CorruptionReported);
                         return Err(corrupt);
                     }
-                    if !matches!(why, DecodeError::Zeroed | DecodeError::Truncated { .. } | DecodeError::SegmentMissing) {
+                    if !matches!(why, DecodeError::Zeroed | DecodeError::Truncated { .. } | DecodeError::SegmentMissing)
+                    {
                         probe::hit(Probe::TornTailCut);
                     }
                     self.end = Some(LogEnd { lsn: at });
