@@ -13,7 +13,7 @@ SIM_SEEDS=${SIM_SEEDS:-0..2000}
 # runs per target (crash_schedule runs are ~1 ms each, the codecs' ~1 µs).
 # Longer, exploratory fuzzing is a developer's job: docs/simulation.md.
 FUZZ_SEED=${FUZZ_SEED:-1}
-fuzz_runs() { case "$1" in crash_schedule) echo 10000 ;; backup_verify) echo 3000 ;; *) echo 2000000 ;; esac; }
+fuzz_runs() { case "$1" in crash_schedule) echo 10000 ;; backup_verify) echo 30000 ;; *) echo 2000000 ;; esac; }
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 

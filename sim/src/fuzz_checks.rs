@@ -207,10 +207,8 @@ pub async fn run_backup_verify(data: &[u8], pristine: &[(std::path::PathBuf, Vec
     use thunderdb::env::SimClock;
     let Some((&mode, edits)) = data.split_first() else { return Ok(()) };
     let mut files = pristine.to_vec();
-    let mut changed = false;
     if mode & 2 != 0 {
         let manifest = files.iter_mut().find(|(p, _)| p.as_os_str() == MANIFEST_NAME).expect("a manifest");
-        changed = manifest.1 != edits;
         manifest.1 = edits.to_vec();
     } else {
         for edit in edits.chunks_exact(5) {
@@ -224,14 +222,14 @@ pub async fn run_backup_verify(data: &[u8], pristine: &[(std::path::PathBuf, Vec
             }
             let at = usize::from(u16::from_le_bytes([edit[1], edit[2]])) * len / 65536;
             if edit[4] % 4 == 0 {
-                changed |= at < len;
                 bytes.truncate(at);
             } else {
-                changed |= edit[3] != 0;
                 bytes[at] ^= edit[3];
             }
         }
     }
+    // Edits may cancel out (the same byte flipped twice).
+    let changed = files != pristine;
     let disk = SimDisk::new(0, FaultConfig::none());
     let fs = disk.fs();
     for (path, bytes) in &files {
