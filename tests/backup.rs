@@ -166,6 +166,7 @@ fn a_compressed_backup_under_write_load_verifies_and_restores_to_a_prefix_of_the
     assert!(done["bytes_done"].as_u64().unwrap() > 0 && done["start_lsn"].is_string(), "{done}");
     wait_for_rows(&writer, writer.acked() + 50);
     let acked = writer.stop();
+    assert_eq!(server.terminate().0, 0);
 
     let out = verify(&destination);
     let text = stdout(&out);
@@ -275,6 +276,7 @@ fn the_api_refuses_bad_requests_and_reports_unknown_ids() {
     assert_eq!(again["status"], "completed", "{again}");
     let (_, metrics) = server.http("GET", "/metrics", None);
     assert!(metrics.contains("thunderdb_last_backup_status 1"), "{metrics}");
+    assert_eq!(server.terminate().0, 0);
 }
 
 /// Copies a backup and damages the copy with `damage`; verify must fail

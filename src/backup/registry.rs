@@ -239,7 +239,8 @@ impl Registry {
 
     /// Waits for a running backup to end (the engine's shutdown fails it).
     pub async fn wait(&self) {
-        if let Some(handle) = self.task.lock().await.take() {
+        let handle = self.task.lock().await.take();
+        if let Some(handle) = handle {
             let _ = handle.await;
         }
     }

@@ -130,3 +130,14 @@ impl Server {
         (code.trim().parse().unwrap_or(0), body.to_string())
     }
 }
+
+/// A server a test did not stop is killed, never left running: it would
+/// hold the test's stdout open (and with it the pipe of whoever reads it).
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
