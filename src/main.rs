@@ -153,12 +153,9 @@ fn remove_scratch(dir: &Path) {
 /// what was open there, takes a clean checkpoint and exits.
 #[cfg(not(madsim))]
 fn restore(cli: &Cli) -> ExitCode {
-    let config = match load_config(cli) {
+    let config = match config_or_exit(cli) {
         Ok(config) => config,
-        Err(message) => {
-            eprintln!("thunderdb: invalid configuration: {message}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let target = cli.restore_pitr.as_deref().expect("checked");
     let backup = cli.restore_backup.as_deref().expect("clap requires it");
@@ -262,6 +259,15 @@ fn load_config(cli: &Cli) -> Result<thunderdb::server::config::Config, String> {
     thunderdb::server::config::load(file, &env, &flags).map_err(|e| e.to_string())
 }
 
+/// The configuration, or the exit code after saying why it is invalid.
+#[cfg(not(madsim))]
+fn config_or_exit(cli: &Cli) -> Result<thunderdb::server::config::Config, ExitCode> {
+    load_config(cli).map_err(|message| {
+        eprintln!("thunderdb: invalid configuration: {message}");
+        ExitCode::from(2)
+    })
+}
+
 fn read_text(path: &Path) -> std::io::Result<String> {
     let file = RealFs.open(path)?;
     let mut bytes = vec![0; file.len()? as usize];
@@ -271,20 +277,14 @@ fn read_text(path: &Path) -> std::io::Result<String> {
 
 #[cfg(not(madsim))]
 fn serve(cli: &Cli) -> ExitCode {
-    let config = match load_config(cli) {
+    let config = match config_or_exit(cli) {
         Ok(config) => config,
-        Err(message) => {
-            eprintln!("thunderdb: invalid configuration: {message}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     thunderdb::server::logging::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("thunderdb: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     // The handlers are installed before the server says it is up, so a
     // signal sent as soon as it is up is a clean stop, never a kill.

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::wal::Lsn;
+use crate::wal::{Lsn, WalOptions};
 
 /// The manifest's file name in a backup directory.
 pub const MANIFEST_NAME: &str = "backup_manifest.json";
@@ -131,6 +131,11 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// The WAL options of the backup's log, read from `dir`.
+    pub fn wal_options(&self, dir: impl Into<std::path::PathBuf>) -> WalOptions {
+        WalOptions { timeline: self.timeline, ..WalOptions::new(dir) }.with_segment_size(self.wal_segment_size)
+    }
+
     /// The manifest's bytes, ending with its own checksum.
     pub fn encode(&self) -> String {
         let text = serde_json::to_string_pretty(self).expect("a manifest always serializes");

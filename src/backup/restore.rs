@@ -10,7 +10,7 @@ use super::manifest::Manifest;
 use super::verify::{read_manifest, restore_entry, Problem};
 use super::FileReader;
 use crate::env::Fs;
-use crate::wal::{Lsn, RecordKind, WalOptions, WalReader};
+use crate::wal::{Lsn, RecordKind, WalReader};
 
 /// What a restore put in place.
 #[derive(Debug, Clone)]
@@ -134,9 +134,7 @@ impl std::io::Write for HashWriter<'_> {
 /// Counts the commits in the restored WAL from the backup's start to its
 /// end, for the restore's report.
 pub fn summarize_wal(fs: std::sync::Arc<dyn Fs>, wal_dir: &Path, manifest: &Manifest) -> Result<WalSummary, String> {
-    let opts = WalOptions { timeline: manifest.timeline, ..WalOptions::new(wal_dir) }
-        .with_segment_size(manifest.wal_segment_size);
-    let mut reader = WalReader::new(fs, opts, manifest.wal_start_lsn);
+    let mut reader = WalReader::new(fs, manifest.wal_options(wal_dir), manifest.wal_start_lsn);
     let mut summary = WalSummary::default();
     while let Some((lsn, record)) = reader.next_record().map_err(|e| e.to_string())? {
         if record.kind == RecordKind::Commit && lsn >= manifest.start_lsn {

@@ -340,8 +340,7 @@ pub async fn verify(
     };
     let problems = &mut report.problems;
     check_listing(fs, dir, &manifest, problems);
-    let opts = WalOptions { timeline: manifest.timeline, ..WalOptions::new(scratch.dir.join("wal")) }
-        .with_segment_size(manifest.wal_segment_size);
+    let opts = manifest.wal_options(scratch.dir.join("wal"));
     if let Err(e) = opts.validate() {
         problems.push(problem(MANIFEST_NAME, "a valid WAL segment size", e.to_string()));
         report.manifest = Some(manifest);

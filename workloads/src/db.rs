@@ -77,14 +77,8 @@ impl DbModel {
         let logged = || self.commits.iter().enumerate().filter_map(|(i, c)| c.lsn.map(|lsn| (i, lsn)));
         let at_least = logged().filter(|(_, lsn)| *lsn < end).map(|(i, _)| i + 1).max().unwrap_or(0);
         let at_most = logged().filter(|(_, lsn)| *lsn >= end).map(|(i, _)| i).min().unwrap_or(self.commits.len());
-        let mut state = self.truth.clone();
-        for applied in 0..=at_most {
-            if applied > 0 {
-                apply(&mut state, &self.commits[applied - 1].writes);
-            }
-            if applied >= at_least && &state == found {
-                return Ok(applied);
-            }
+        if let Some(applied) = self.matching_prefix(found, at_least, at_most) {
+            return Ok(applied);
         }
         Err(format!(
             "the backup restored ({}) matches no prefix of the commits from {at_least} to {at_most} (those below its end LSN {end:#x}); against the first {at_least}: {}",
@@ -127,14 +121,8 @@ impl DbModel {
     /// the last recovery it reflects, or the violation.
     pub fn check(&self, found: &State) -> Result<usize, String> {
         let must_keep = self.commits.iter().rposition(|commit| commit.acknowledged).map_or(0, |last| last + 1);
-        let mut state = self.truth.clone();
-        for applied in 0..=self.commits.len() {
-            if applied > 0 {
-                apply(&mut state, &self.commits[applied - 1].writes);
-            }
-            if applied >= must_keep && &state == found {
-                return Ok(applied);
-            }
+        if let Some(applied) = self.matching_prefix(found, must_keep, self.commits.len()) {
+            return Ok(applied);
         }
         Err(format!(
             "the state found ({}) matches no prefix of the {} commits since the last recovery that keeps the {} acknowledged ones (the first {must_keep}); against that prefix: {}",
@@ -143,6 +131,21 @@ impl DbModel {
             self.acknowledged_count(),
             first_difference(found, &self.expected_prefix(must_keep)),
         ))
+    }
+
+    /// The length of the prefix of the commits, between `at_least` and
+    /// `at_most`, that turns the truth into `found`, if any.
+    fn matching_prefix(&self, found: &State, at_least: usize, at_most: usize) -> Option<usize> {
+        let mut state = self.truth.clone();
+        for applied in 0..=at_most {
+            if applied > 0 {
+                apply(&mut state, &self.commits[applied - 1].writes);
+            }
+            if applied >= at_least && &state == found {
+                return Some(applied);
+            }
+        }
+        None
     }
 
     fn expected_prefix(&self, commits: usize) -> State {
