@@ -25,6 +25,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::Notify;
 
+use crate::archive::{ArchiveConfig, ArchiveError, ArchiveStatus, Archiver};
 use crate::env::Env;
 use crate::recovery::{self, RecoveryReport, StoreOptions};
 use crate::storage::{ControlFile, ControlState, Store, StoreError, Tree};
@@ -68,6 +69,8 @@ pub struct EngineConfig {
     pub wal_zero_fill_chunk: u64,
     /// See [`WalOptions::recycled_segments_max`].
     pub wal_recycled_segments_max: usize,
+    /// WAL archiving, when on (`wal_archive_enabled`).
+    pub archive: Option<ArchiveConfig>,
 }
 
 impl EngineConfig {
@@ -86,6 +89,7 @@ impl EngineConfig {
             wal_write_behind_bytes: crate::wal::DEFAULT_WRITE_BEHIND_BYTES,
             wal_zero_fill_chunk: crate::wal::DEFAULT_ZERO_FILL_CHUNK,
             wal_recycled_segments_max: crate::wal::DEFAULT_RECYCLED_SEGMENTS_MAX,
+            archive: None,
         }
     }
 
@@ -138,6 +142,9 @@ pub enum DbError {
     /// The database is shutting down.
     #[error("the database is shutting down")]
     ShuttingDown,
+    /// The archiver could not start (its status file is unreadable).
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
 }
 
 impl DbError {
@@ -181,6 +188,19 @@ pub(crate) struct Shared {
     /// segment is retired ([`WalHold`]).
     wal_holds: Mutex<BTreeMap<u64, Lsn>>,
     next_hold: AtomicU64,
+    /// The WAL archiver, when archiving is on.
+    archiver: Option<Arc<Archiver>>,
+    /// Wakes the archiver: a segment completed.
+    archive_wanted: Arc<Notify>,
+    /// The segment the durable log had reached when the archiver was last
+    /// woken.
+    durable_segno: AtomicU64,
+    /// The WAL's end after the last checkpoint (and its switch): a
+    /// checkpoint switches segments only if something was written since.
+    quiet_end: Mutex<Lsn>,
+    /// The [`Database`] handle was dropped or closed: background tasks end.
+    closed: AtomicBool,
+    archiver_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -191,6 +211,34 @@ impl Shared {
         if since > self.config.max_wal_size {
             self.checkpoint_wanted.notify_one();
         }
+        self.wake_archiver_if_segment_completed();
+    }
+
+    fn wake_archiver_if_segment_completed(&self) {
+        if self.archiver.is_some() {
+            let segno = self.wal.options().segno(self.wal.durable_lsn());
+            if self.durable_segno.fetch_max(segno, Ordering::Relaxed) < segno {
+                self.archive_wanted.notify_one();
+            }
+        }
+    }
+
+    /// Stops the archiver task and waits until it has. Archiving is
+    /// crash-safe at every step, so cutting it anywhere is safe: what it
+    /// was doing is redone at the next start.
+    async fn stop_archiver(&self) {
+        self.closed.store(true, Ordering::Release);
+        let task = self.archiver_task.lock().expect("archiver task lock").take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Whether background work should stop: shutdown began, or the handle
+    /// is gone.
+    fn stopping(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire)
     }
 
     async fn checkpoint(&self, state: ControlState) -> Result<Lsn, DbError> {
@@ -199,22 +247,33 @@ impl Shared {
     }
 
     /// A checkpoint by a caller that holds the store. It retires no segment
-    /// that a [`WalHold`] covers.
+    /// that a [`WalHold`] covers or that is not archived yet. With archiving
+    /// on, it then switches to a new segment if anything was written since
+    /// the last checkpoint, so the archive is never more than a checkpoint
+    /// interval behind.
     async fn checkpoint_locked(&self, store: &mut Store, state: ControlState) -> Result<Lsn, DbError> {
         let held_from = self.wal_holds.lock().ok().and_then(|holds| holds.values().min().copied());
         let opts = self.wal.options();
-        let may_retire = |name: &str| match (held_from, parse_segment_file_name(name, opts.segment_size)) {
-            (Some(held), Some((_, segno))) if segno >= opts.segno(held) => {
-                crate::probe::hit(crate::probe::Probe::BackupHeldSegment);
-                false
+        let may_retire = |name: &str| {
+            if let (Some(held), Some((_, segno))) = (held_from, parse_segment_file_name(name, opts.segment_size)) {
+                if segno >= opts.segno(held) {
+                    crate::probe::hit(crate::probe::Probe::BackupHeldSegment);
+                    return false;
+                }
             }
-            _ => true,
+            self.archiver.as_ref().is_none_or(|archiver| archiver.may_remove(name))
         };
+        let busy = self.wal.end_lsn() > *self.quiet_end.lock().expect("quiet_end lock");
         let lsn = store.checkpoint(state, &may_retire).await?;
         if let Ok(mut last) = self.last_checkpoint.lock() {
             *last = lsn;
         }
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        if self.archiver.is_some() && busy {
+            self.wal.switch_segment().await.map_err(StoreError::from)?;
+            self.wake_archiver_if_segment_completed();
+        }
+        *self.quiet_end.lock().expect("quiet_end lock") = self.wal.end_lsn();
         Ok(lsn)
     }
 }
@@ -263,8 +322,13 @@ impl Database {
             }
             Err(error) => return Err(error.into()),
         }
-        let last = store.checkpoint(ControlState::InProduction, &|_| true).await?;
         let wal = store.wal().clone();
+        let archiver = match &config.archive {
+            Some(archive) => Some(Arc::new(Archiver::open(env.clone(), wal.options().clone(), archive.clone())?)),
+            None => None,
+        };
+        let may_retire = |name: &str| archiver.as_ref().is_none_or(|archiver| archiver.may_remove(name));
+        let last = store.checkpoint(ControlState::InProduction, &may_retire).await?;
         let shared = Arc::new(Shared {
             env,
             store: tokio::sync::Mutex::new(store),
@@ -276,10 +340,22 @@ impl Database {
             checkpoint_wanted: Arc::new(Notify::new()),
             wal_holds: Mutex::new(BTreeMap::new()),
             next_hold: AtomicU64::new(0),
+            archiver,
+            archive_wanted: Arc::new(Notify::new()),
+            durable_segno: AtomicU64::new(0),
+            // What recovery left since the last switch is archived after
+            // the first checkpoint.
+            quiet_end: Mutex::new(Lsn::ZERO),
+            closed: AtomicBool::new(false),
+            archiver_task: Mutex::new(None),
             config,
         });
         shared.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(checkpointer(Arc::downgrade(&shared), shared.checkpoint_wanted.clone()));
+        if let Some(archiver) = &shared.archiver {
+            let task = tokio::spawn(archive_loop(Arc::downgrade(&shared), archiver.clone()));
+            *shared.archiver_task.lock().expect("archiver task lock") = Some(task);
+        }
         Ok(Database { shared, recovery })
     }
 
@@ -376,9 +452,24 @@ impl Database {
         &self.shared.env
     }
 
+    /// WAL archiving's status, when archiving is on.
+    pub fn archive_status(&self) -> Option<ArchiveStatus> {
+        self.shared.archiver.as_ref().map(|archiver| archiver.status(self.shared.wal.durable_lsn()))
+    }
+
+    /// Closes the handle and waits for the background archiver to stop, so
+    /// that nothing of this database touches the disk any more (the
+    /// simulator closes before it crashes the disk). Dropping a handle
+    /// stops background work too, without waiting.
+    pub async fn close(self) {
+        self.shared.stop_archiver().await;
+    }
+
     /// Shuts down cleanly: refuses new transactions, rolls back those still
     /// open, and takes a final checkpoint marked as a clean shutdown, so the
-    /// next open needs no crash recovery.
+    /// next open needs no crash recovery. With archiving on, it then tries
+    /// once to archive what that checkpoint completed; what fails is
+    /// archived at the next start.
     pub async fn shutdown(&self) -> Result<(), DbError> {
         self.shared.shutting_down.store(true, Ordering::Release);
         self.shared.checkpoint_wanted.notify_one();
@@ -391,7 +482,22 @@ impl Database {
             drop(store);
         }
         self.shared.checkpoint(ControlState::ShutDown).await?;
+        if let Some(archiver) = &self.shared.archiver {
+            self.shared.stop_archiver().await;
+            // Failures are logged and counted; the next start retries.
+            let _ = archiver.archive_ready(&self.shared.wal, &|| false).await;
+        }
         Ok(())
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.checkpoint_wanted.notify_one();
+        if let Some(task) = self.shared.archiver_task.lock().ok().and_then(|mut task| task.take()) {
+            task.abort();
+        }
     }
 }
 
@@ -420,6 +526,41 @@ impl Drop for WalHold {
     }
 }
 
+/// Archives complete segments as they appear, until the database is
+/// dropped, closed or shut down; after a failure, waits with exponential
+/// backoff before trying again.
+async fn archive_loop(shared: Weak<Shared>, archiver: Arc<Archiver>) {
+    let config = archiver.config().clone();
+    let mut delay = config.retry_min;
+    let mut first = true;
+    loop {
+        let (result, wanted) = {
+            let Some(shared) = shared.upgrade() else { return };
+            if shared.stopping() {
+                return;
+            }
+            if std::mem::take(&mut first) && archiver.resuming(&shared.wal) {
+                crate::probe::hit(crate::probe::Probe::ArchiveResumed);
+                tracing::info!("archiving WAL segments left from before the restart");
+            }
+            (archiver.archive_ready(&shared.wal, &|| shared.stopping()).await, shared.archive_wanted.clone())
+        };
+        match result {
+            Ok(_) => {
+                delay = config.retry_min;
+                tokio::select! {
+                    () = wanted.notified() => {}
+                    () = tokio::time::sleep(config.poll) => {}
+                }
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(config.retry_max);
+            }
+        }
+    }
+}
+
 /// Checkpoints every `checkpoint_interval`, or when asked (WAL growth),
 /// until the database is dropped or shuts down. A failed checkpoint means
 /// the engine has stopped: the checkpointer stops too.
@@ -432,7 +573,7 @@ async fn checkpointer(shared: Weak<Shared>, wanted: Arc<Notify>) {
             () = tokio::time::sleep(interval) => {}
         }
         let Some(shared) = shared.upgrade() else { return };
-        if shared.shutting_down.load(Ordering::Acquire) {
+        if shared.stopping() {
             return;
         }
         if let Err(error) = shared.checkpoint(ControlState::InProduction).await {

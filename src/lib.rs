@@ -7,6 +7,7 @@
 //! recovery; [`db`] ties them together behind [`db::Database`]. See
 //! `docs/design.md` for the on-disk formats and the protocols.
 
+pub mod archive;
 pub mod backup;
 pub mod db;
 pub mod env;

@@ -93,11 +93,20 @@ pub enum PlantedBug {
     /// A backup reports completion without syncing its files: a crash
     /// afterwards leaves a manifest over missing bytes.
     BackupSkipsFileSync,
+    /// The archiver's retire hook lets the segment being archived go too:
+    /// a checkpoint can recycle a segment one ahead of the archive.
+    ArchiveRecycleUnarchived,
+    /// Directory-mode archiving takes a file already under the segment's
+    /// name for success without comparing its bytes.
+    ArchiveExistsWithoutCompare,
+    /// Directory-mode archiving writes the segment straight to its final
+    /// name without syncing (a naive `cp`), then records it archived.
+    ArchiveWithoutSync,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 28] = [
+    pub const ALL: [PlantedBug; 31] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -126,6 +135,9 @@ impl PlantedBug {
         PlantedBug::BackupLiveControlFile,
         PlantedBug::BackupEndBeforeCopy,
         PlantedBug::BackupSkipsFileSync,
+        PlantedBug::ArchiveRecycleUnarchived,
+        PlantedBug::ArchiveExistsWithoutCompare,
+        PlantedBug::ArchiveWithoutSync,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -159,6 +171,9 @@ impl PlantedBug {
             PlantedBug::BackupLiveControlFile => "backup_live_control_file",
             PlantedBug::BackupEndBeforeCopy => "backup_end_before_copy",
             PlantedBug::BackupSkipsFileSync => "backup_skips_file_sync",
+            PlantedBug::ArchiveRecycleUnarchived => "archive_recycle_unarchived",
+            PlantedBug::ArchiveExistsWithoutCompare => "archive_exists_without_compare",
+            PlantedBug::ArchiveWithoutSync => "archive_without_sync",
         }
     }
 
@@ -189,6 +204,9 @@ impl PlantedBug {
                 | PlantedBug::BackupLiveControlFile
                 | PlantedBug::BackupEndBeforeCopy
                 | PlantedBug::BackupSkipsFileSync
+                | PlantedBug::ArchiveRecycleUnarchived
+                | PlantedBug::ArchiveExistsWithoutCompare
+                | PlantedBug::ArchiveWithoutSync
         )
     }
 }
@@ -200,12 +218,12 @@ impl fmt::Display for PlantedBug {
 }
 
 #[cfg(feature = "planted-bugs")]
-static ACTIVE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static ACTIVE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Whether `bug` is switched on. Always `false` without `planted-bugs`.
 #[cfg(feature = "planted-bugs")]
 pub fn active(bug: PlantedBug) -> bool {
-    ACTIVE.load(std::sync::atomic::Ordering::Relaxed) & (1 << bug as u32) != 0
+    ACTIVE.load(std::sync::atomic::Ordering::Relaxed) & (1 << bug as u64) != 0
 }
 
 /// Whether `bug` is switched on. Always `false` without `planted-bugs`.
@@ -218,6 +236,6 @@ pub fn active(_bug: PlantedBug) -> bool {
 /// Switches exactly the given bugs on, process-wide.
 #[cfg(feature = "planted-bugs")]
 pub fn set_active(bugs: &[PlantedBug]) {
-    let mask = bugs.iter().fold(0u32, |mask, bug| mask | 1 << *bug as u32);
+    let mask = bugs.iter().fold(0u64, |mask, bug| mask | 1 << *bug as u64);
     ACTIVE.store(mask, std::sync::atomic::Ordering::Relaxed);
 }

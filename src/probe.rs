@@ -59,6 +59,8 @@ pub enum Phase {
     BackupWal,
     /// A backup syncing its directories and writing its manifest.
     BackupManifest,
+    /// The archiver copying a segment into the archive and recording it.
+    Archive,
 }
 
 /// Which part of the system a probe covers; a workload requires the probes
@@ -72,7 +74,7 @@ pub enum Layer {
 }
 
 impl Phase {
-    const ALL: [Phase; 18] = [
+    const ALL: [Phase; 19] = [
         Phase::Other,
         Phase::WalWrite,
         Phase::WalSync,
@@ -91,6 +93,7 @@ impl Phase {
         Phase::BackupCopy,
         Phase::BackupWal,
         Phase::BackupManifest,
+        Phase::Archive,
     ];
 
     fn layer(self) -> Layer {
@@ -104,7 +107,8 @@ impl Phase {
             | Phase::RecoveryUndo
             | Phase::BackupCopy
             | Phase::BackupWal
-            | Phase::BackupManifest => Layer::Storage,
+            | Phase::BackupManifest
+            | Phase::Archive => Layer::Storage,
             _ => Layer::Wal,
         }
     }
@@ -129,6 +133,7 @@ impl Phase {
             Phase::BackupCopy => "backup_copy",
             Phase::BackupWal => "backup_wal",
             Phase::BackupManifest => "backup_manifest",
+            Phase::Archive => "archive",
         }
     }
 
@@ -153,6 +158,7 @@ impl Phase {
             Phase::RecoveryAnalysis => &[Crash, ReadError],
             Phase::RecoveryUndo => &[Crash],
             Phase::BackupCopy | Phase::BackupWal | Phase::BackupManifest => &[Crash],
+            Phase::Archive => &[Crash, ReadError],
         }
     }
 }
@@ -227,10 +233,31 @@ pub enum Probe {
     /// A backup's copy of a page was older than a change logged before the
     /// backup's end: replay from the backup's WAL brings it up to date.
     BackupPageBehindLog,
+    /// A checkpoint ended a segment early (a `Switch` record) so that it
+    /// can be archived.
+    SegmentSwitched,
+    /// The archiver archived a segment and recorded it durably.
+    ArchiveSegmentArchived,
+    /// The archive already held the segment with the same bytes (a
+    /// retry after a crash between the copy and its record): success.
+    ArchiveExistsIdentical,
+    /// The archive held a different file under the segment's name: an
+    /// error, never overwritten.
+    ArchiveExistsDifferent,
+    /// An archive attempt failed (the command's exit, an I/O error, no
+    /// space) and will be retried with backoff.
+    ArchiveAttemptFailed,
+    /// An archive command hung past its timeout and was killed.
+    ArchiveCommandTimedOut,
+    /// A checkpoint kept a segment because it is not archived yet.
+    ArchiveHeldSegment,
+    /// The archiver started with segments left from before a restart
+    /// or crash, and archived them first.
+    ArchiveResumed,
 }
 
 impl Probe {
-    const ALL: [Probe; 29] = [
+    const ALL: [Probe; 37] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -260,6 +287,14 @@ impl Probe {
         Probe::BackupHeldSegment,
         Probe::BackupCompleted,
         Probe::BackupPageBehindLog,
+        Probe::SegmentSwitched,
+        Probe::ArchiveSegmentArchived,
+        Probe::ArchiveExistsIdentical,
+        Probe::ArchiveExistsDifferent,
+        Probe::ArchiveAttemptFailed,
+        Probe::ArchiveCommandTimedOut,
+        Probe::ArchiveHeldSegment,
+        Probe::ArchiveResumed,
     ];
 
     fn layer(self) -> Layer {
@@ -309,6 +344,14 @@ impl Probe {
             Probe::BackupHeldSegment => "backup_held_segment",
             Probe::BackupCompleted => "backup_completed",
             Probe::BackupPageBehindLog => "backup_page_behind_log",
+            Probe::SegmentSwitched => "segment_switched",
+            Probe::ArchiveSegmentArchived => "archive_segment_archived",
+            Probe::ArchiveExistsIdentical => "archive_exists_identical",
+            Probe::ArchiveExistsDifferent => "archive_exists_different",
+            Probe::ArchiveAttemptFailed => "archive_attempt_failed",
+            Probe::ArchiveCommandTimedOut => "archive_command_timed_out",
+            Probe::ArchiveHeldSegment => "archive_held_segment",
+            Probe::ArchiveResumed => "archive_resumed",
         }
     }
 }

@@ -43,7 +43,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thunderdb::db::{Database, DbError, EngineConfig};
-use thunderdb::env::{AtRestLoss, Clock, Env, FaultConfig, SimClock, SimDisk, SECTOR_SIZE};
+use thunderdb::env::{AtRestLoss, Clock, Env, FaultConfig, Fs, SimClock, SimDisk, SECTOR_SIZE};
 use thunderdb::probe::Phase;
 use thunderdb::sql::types::{decode_row, encode_key_part, encode_row, Column, Schema};
 use thunderdb::sql::{Output, SqlError, SqlType, Value};
@@ -58,6 +58,7 @@ use thunderdb::backup::restore::restore_files;
 use thunderdb::backup::verify::{verify, Report, Scratch};
 use thunderdb::backup::{take, BackupRequest, Progress};
 
+use crate::archive_sim::{self, plant_foreign, ArchiveOracle, ArchivePlan, SimCommands};
 use crate::wal_run::{draw_write_behind, draw_zero_fill_chunk, knobs_seed, SeedFailure, SeedOutcome};
 
 const CYCLES: u32 = 5;
@@ -89,6 +90,8 @@ struct Swarm {
     aim: Aim,
     /// Take an online backup during each cycle's work, or not.
     backup: Option<BackupPlan>,
+    /// Archive WAL, or not.
+    archive: Option<ArchivePlan>,
 }
 
 /// How a cycle's online backup runs: into a disk of its own, with power
@@ -196,6 +199,7 @@ impl Swarm {
             lose_at_rest,
             aim,
             backup: None,
+            archive: None,
         }
     }
 
@@ -264,6 +268,9 @@ struct Run {
     /// outcome (only a restore repairs it), and it ends the run.
     damaged: bool,
     corruption_detected: bool,
+    /// The archive command, in command mode.
+    commands: Option<Arc<SimCommands>>,
+    archive_oracle: ArchiveOracle,
 }
 
 /// Runs one seed of the transactional workloads to its verdict.
@@ -271,6 +278,8 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut knobs = ChaCha8Rng::seed_from_u64(knobs_seed(seed));
     let mut swarm = Swarm { backup: BackupPlan::draw(seed), ..Swarm::draw(&mut rng, &mut knobs) };
+    swarm.archive = ArchivePlan::draw(seed);
+    swarm.config.archive = swarm.archive.map(|plan| plan.config());
     if swarm.backup.is_some_and(|plan| plan.calm) {
         // Injected I/O errors stop the engine (fail-stop), and a backup of a
         // stopped engine fails: half the backup seeds leave only crashes
@@ -281,6 +290,10 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     }
 
     let disk = SimDisk::new(rng.random(), swarm.faults.clone());
+    let commands = swarm.archive.filter(|plan| plan.command).map(|plan| Arc::new(SimCommands::new(&disk, plan)));
+    if let Some(segno) = swarm.archive.and_then(|plan| plan.foreign_segno) {
+        plant_foreign(disk.fs().as_ref(), segno, swarm.config.wal_segment_size);
+    }
     let mut run = Run {
         seed,
         rng,
@@ -294,6 +307,8 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         knobs,
         damaged: false,
         corruption_detected: false,
+        commands,
+        archive_oracle: ArchiveOracle::default(),
     };
     for _ in 0..CYCLES {
         let countdown =
@@ -342,7 +357,24 @@ impl Run {
     }
 
     fn env(&self) -> Env {
-        Env::new(self.disk.fs(), self.clock.clone(), self.seed)
+        let env = Env::new(self.disk.fs(), self.clock.clone(), self.seed);
+        match &self.commands {
+            Some(commands) => env.with_commands(commands.clone()),
+            None => env,
+        }
+    }
+
+    /// The archive oracle's check at an open (see `archive_sim`).
+    fn observe_archive(&mut self, db: &Database) -> Result<(), SeedFailure> {
+        if self.swarm.archive.is_none() {
+            return Ok(());
+        }
+        let opts = db.wal().options();
+        let complete_below = opts.segno(db.wal().durable_lsn());
+        let fs = self.disk.fs();
+        self.archive_oracle
+            .observe(fs.as_ref(), &opts.dir, opts.segment_size, complete_below, self.commands.as_deref())
+            .map_err(|(check, detail)| self.fail(check, detail))
     }
 
     /// Opens (recovering) and checks the state against the model. An I/O
@@ -387,6 +419,7 @@ impl Run {
                 return Err(self.fail("bank_conserved", format!("the SQL ledger holds {total} after recovery")));
             }
         }
+        self.observe_archive(&db)?;
         let fresh = !found.contains_key(KV);
         lock(&self.shared).model.adopt(found);
         self.recoveries += 1;
@@ -510,6 +543,10 @@ impl Run {
             self.check_backup(plan, &disk, outcome).await?;
         }
         self.checkpoints += db.stats().checkpoints.load(std::sync::atomic::Ordering::Relaxed);
+        // Nothing of this database may touch the disk once it is down.
+        if let Some(db) = Arc::into_inner(db) {
+            db.close().await;
+        }
         let failure = lock(&self.shared).failure.take();
         match failure {
             Some(("no_corruption", detail)) => self.corruption(detail).map(|_| ()),
@@ -600,6 +637,9 @@ impl Run {
         self.disk.set_faults(FaultConfig::none());
         self.disk.set_phase_fsync_error(None);
         self.disk.set_crash_countdown(None);
+        if let Some(commands) = &self.commands {
+            commands.calm();
+        }
         let Some(db) = self.open().await? else {
             if self.corruption_detected {
                 // Reported, as it must be; only a restore repairs it.
@@ -631,7 +671,80 @@ impl Run {
                 format!("after a clean shutdown found ({}), expected ({})", describe(&found), describe(&expected)),
             ));
         }
+        if let Some(plan) = self.swarm.archive {
+            self.check_archive(db, plan, &expected).await?;
+        }
         Ok(())
+    }
+
+    /// The end-of-run archive checks (`archive_sim::check_final`), then the
+    /// archive alone is replayed into an empty database, which must hold
+    /// exactly the committed state: the clean shutdown archived everything.
+    async fn check_archive(&mut self, db: Database, plan: ArchivePlan, expected: &State) -> Result<(), SeedFailure> {
+        self.observe_archive(&db)?;
+        let opts = db.wal().options().clone();
+        let status = db.archive_status().expect("archiving is on");
+        let durable_segno = opts.segno(db.wal().durable_lsn());
+        if std::env::var("DEBUG_ARCHIVE").is_ok() {
+            eprintln!("archive: {plan:?} {status:?} durable segno {durable_segno}");
+        }
+        db.close().await;
+        let fs = self.disk.fs();
+        let segments = archive_sim::check_final(
+            fs.as_ref(),
+            &opts.dir,
+            opts.segment_size,
+            durable_segno,
+            &status,
+            &plan,
+            self.commands.as_deref(),
+        )
+        .map_err(|(check, detail)| self.fail(check, detail))?;
+        if plan.foreign_segno.is_some() {
+            // The archive stops before the foreign file: not the whole log.
+            return Ok(());
+        }
+        let scratch = SimDisk::new(2, FaultConfig::none());
+        let mut config = EngineConfig::new("/replay");
+        config.wal_segment_size = opts.segment_size;
+        config.buffer_pool_size = 64 * PAGE_SIZE as u64;
+        let scratch_fs = scratch.fs();
+        scratch_fs.create_dir_all(&config.wal_dir).expect("scratch");
+        for (name, bytes) in &segments {
+            let file = scratch_fs.create(&config.wal_dir.join(name)).expect("scratch");
+            file.write_all_at(bytes, 0).expect("scratch");
+        }
+        let env = Env::new(scratch.fs(), self.clock.clone(), self.seed);
+        let replayed = match Database::open(env, config).await {
+            Ok(db) => {
+                if std::env::var("DEBUG_ARCHIVE").is_ok() {
+                    eprintln!(
+                        "replay: {:?} segments {:?}",
+                        db.recovery_report(),
+                        segments.iter().map(|(n, b)| (n.clone(), b.len())).collect::<Vec<_>>()
+                    );
+                }
+                read_state(&db).await.map_err(DbError::from)
+            }
+            Err(e) => Err(e),
+        };
+        match replayed {
+            Ok(found) if found == *expected => Ok(()),
+            Ok(found) => Err(self.fail(
+                "archive_replays",
+                format!(
+                    "replaying the archive's {} segments gave ({}), expected ({}): {}",
+                    segments.len(),
+                    describe(&found),
+                    describe(expected),
+                    thunderdb_workloads::db::first_difference(&found, expected)
+                ),
+            )),
+            // Durable WAL lost at rest may have been archived as it was.
+            Err(e) if e.is_corruption() && self.damaged => Ok(()),
+            Err(e) => Err(self
+                .fail("archive_replays", format!("replaying the archive's {} segments failed: {e}", segments.len()))),
+        }
     }
 }
 

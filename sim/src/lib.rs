@@ -11,6 +11,7 @@
 //! long transactions, catalog churn, large rows). SQL and backup workloads
 //! join as they land.
 
+pub mod archive_sim;
 pub mod db_run;
 pub mod fuzz_checks;
 pub mod runner;

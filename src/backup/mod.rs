@@ -449,18 +449,12 @@ pub async fn take(
     Ok(manifest)
 }
 
-/// Writes `name` in `dir` whole or not at all: a temporary file, synced,
-/// renamed, and the directory synced.
+/// Writes `name` in `dir` whole or not at all (see
+/// [`crate::env::write_atomically`]).
 pub(crate) fn write_atomically(fs: &dyn Fs, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BackupError> {
-    let path = dir.join(name);
-    let temp = dir.join(format!("{name}.tmp"));
-    if fs.exists(&temp).map_err(io_error("stat", &temp))? {
-        fs.remove(&temp).map_err(io_error("remove", &temp))?;
-    }
-    let file = fs.create(&temp).map_err(io_error("create", &temp))?;
-    file.write_all_at(bytes, 0).map_err(io_error("write", &temp))?;
-    file.sync_all().map_err(io_error("sync", &temp))?;
-    drop(file);
-    fs.rename(&temp, &path).map_err(io_error("rename", &temp))?;
-    fs.sync_dir(dir).map_err(io_error("sync directory", dir))
+    crate::env::write_atomically(fs, dir, name, bytes).map_err(|e| BackupError::Io {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    })
 }

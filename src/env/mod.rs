@@ -12,13 +12,17 @@
 //! the simulated clock, each with a local `#[allow]` that says why.
 
 mod clock;
+mod command;
 mod faults;
 mod real;
 mod seam;
 mod sim_fs;
 
 pub use clock::{Clock, SimClock};
+pub use command::{substitute, CommandOutput, CommandRunner, NoCommands};
 pub use faults::{FaultConfig, FaultKind, LedgerEntry};
+#[cfg(not(madsim))]
+pub use real::ShellCommands;
 pub use real::{RealClock, RealFs};
-pub use seam::{Env, File, Fs};
+pub use seam::{write_atomically, AtomicWriteError, Env, File, Fs};
 pub use sim_fs::{AtRestLoss, DiskTrace, SimDisk, SimFs, SECTOR_SIZE};

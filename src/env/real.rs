@@ -176,3 +176,31 @@ mod tests {
         assert!(err.to_string().contains(&path.display().to_string()), "errors name the file: {err}");
     }
 }
+
+/// Runs commands through `sh -c`, with stdin closed and stdout discarded;
+/// stderr is captured for the log. Dropping the future kills the command.
+#[cfg(not(madsim))]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShellCommands;
+
+#[cfg(not(madsim))]
+#[async_trait::async_trait]
+impl super::command::CommandRunner for ShellCommands {
+    async fn run(&self, command: &str) -> io::Result<super::command::CommandOutput> {
+        use std::process::Stdio;
+        let output = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("running `sh -c {command:?}`: {e}")))?;
+        Ok(super::command::CommandOutput {
+            status: output.status.code(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim_end().to_string(),
+        })
+    }
+}

@@ -17,13 +17,14 @@
 //! - `write_at` may write fewer bytes than asked; `write_all_at` loops.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::clock::Clock;
+use super::command::{CommandRunner, NoCommands};
 
 /// An open file: positional I/O, length, sync.
 #[allow(clippy::len_without_is_empty)] // a file's emptiness is not a question the engine asks
@@ -99,6 +100,40 @@ pub trait Fs: Send + Sync {
     fn exists(&self, path: &Path) -> io::Result<bool>;
 }
 
+/// A failed step of [`write_atomically`]: what, on which file, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}: {source}", path.display())]
+pub struct AtomicWriteError {
+    /// The step.
+    pub op: &'static str,
+    /// The file.
+    pub path: PathBuf,
+    /// The error.
+    pub source: io::Error,
+}
+
+/// Writes `name` in `dir` whole or not at all: a temporary file
+/// (`name.tmp`, replacing a leftover one), synced, renamed into place, and
+/// the directory synced. A crash at any point leaves the old file or the
+/// new one, never a mix.
+pub fn write_atomically(fs: &dyn Fs, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), AtomicWriteError> {
+    fn fail(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AtomicWriteError {
+        let path = path.to_path_buf();
+        move |source| AtomicWriteError { op, path, source }
+    }
+    let path = dir.join(name);
+    let temp = dir.join(format!("{name}.tmp"));
+    if fs.exists(&temp).map_err(fail("stat", &temp))? {
+        fs.remove(&temp).map_err(fail("remove", &temp))?;
+    }
+    let file = fs.create(&temp).map_err(fail("create", &temp))?;
+    file.write_all_at(bytes, 0).map_err(fail("write", &temp))?;
+    file.sync_all().map_err(fail("sync", &temp))?;
+    drop(file);
+    fs.rename(&temp, &path).map_err(fail("rename", &temp))?;
+    fs.sync_dir(dir).map_err(fail("sync directory", dir))
+}
+
 /// The environment handed to every engine component.
 #[derive(Clone)]
 pub struct Env {
@@ -106,14 +141,23 @@ pub struct Env {
     pub fs: Arc<dyn Fs>,
     /// Wall-clock and monotonic time.
     pub clock: Arc<dyn Clock>,
+    /// Shell commands (the archive and restore commands).
+    pub commands: Arc<dyn CommandRunner>,
     seed: u64,
 }
 
 impl Env {
     /// An environment over the given file system and clock. `seed` feeds
     /// every random choice the engine makes.
+    /// It runs no commands until [`with_commands`](Self::with_commands).
     pub fn new(fs: Arc<dyn Fs>, clock: Arc<dyn Clock>, seed: u64) -> Self {
-        Self { fs, clock, seed }
+        Self { fs, clock, commands: Arc::new(NoCommands), seed }
+    }
+
+    /// The same environment, running commands with `commands`.
+    pub fn with_commands(mut self, commands: Arc<dyn CommandRunner>) -> Self {
+        self.commands = commands;
+        self
     }
 
     /// The environment's seed.

@@ -105,6 +105,26 @@ pub struct StorageConfig {
     pub lock_timeout: HumanDuration,
 }
 
+impl StorageConfig {
+    /// Where WAL archiving goes: `None` when it is off. Exactly one of
+    /// `wal_archive_dir` and `wal_archive_command` must be set when it is on.
+    pub fn archive_mode(&self) -> Result<Option<crate::archive::ArchiveMode>, String> {
+        use crate::archive::ArchiveMode;
+        let (dir, command) = (self.wal_archive_dir.trim(), self.wal_archive_command.trim());
+        match (self.wal_archive_enabled, dir.is_empty(), command.is_empty()) {
+            (false, _, _) => Ok(None),
+            (true, true, true) => Err("`storage.wal_archive_enabled` is true, but neither \
+                 `storage.wal_archive_dir` nor `storage.wal_archive_command` is set: say where segments go"
+                .into()),
+            (true, false, false) => Err("`storage.wal_archive_dir` and `storage.wal_archive_command` are both set: \
+                 archiving uses one or the other; remove one"
+                .into()),
+            (true, false, true) => Ok(Some(ArchiveMode::Dir(PathBuf::from(dir)))),
+            (true, true, false) => Ok(Some(ArchiveMode::Command(command.to_string()))),
+        }
+    }
+}
+
 /// The `[security]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,6 +252,11 @@ pub fn load(
         overlay(&mut merged, layer);
     }
     let mut config = validate(merged.clone()).map_err(|m| error(&Source::Defaults, m))?;
+    // Settings that only make sense together are checked once merged.
+    if let Err(m) = config.storage.archive_mode() {
+        let source = layers.last().map_or(Source::Defaults, |(source, _)| source.clone());
+        return Err(error(&source, m));
+    }
     if let Some(toml::Value::Table(security)) = merged.get_mut("security") {
         for (_, value) in security.iter_mut() {
             if value.as_str().is_some_and(|v| !v.is_empty()) {

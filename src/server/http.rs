@@ -1,5 +1,5 @@
-//! The admin HTTP API (axum): health, on-demand checkpoints, Prometheus
-//! metrics. With `[security] admin_token` set, every request must carry
+//! The admin HTTP API (axum): health, on-demand checkpoints, backups, WAL
+//! archiving's status, Prometheus metrics. With `[security] admin_token` set, every request must carry
 //! `Authorization: Bearer <token>`.
 
 use std::sync::atomic::Ordering;
@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
+use crate::archive::ArchiveStatus;
 use crate::backup::registry::{Registry as Backups, StartError};
 use crate::db::Database;
 
@@ -38,6 +39,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/checkpoint", post(checkpoint))
         .route("/admin/backup", post(start_backup))
         .route("/admin/backup/status/{id}", get(backup_status))
+        .route("/admin/wal/archive/status", get(archive_status))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
@@ -69,12 +71,51 @@ async fn health(State(state): State<AdminState>) -> Response {
     };
     check("wal", state.db.wal().check_running().map_err(|e| e.to_string()));
     check("engine", if state.db.is_shutting_down() { Err("shutting down".into()) } else { Ok(()) });
+    if let Some(archive) = state.db.archive_status() {
+        check(
+            "wal_archive",
+            archive_health(&archive, state.db.config().archive.as_ref().map_or(0, |a| a.pending_alarm)),
+        );
+    }
     if failing.is_empty() {
         (StatusCode::OK, Json(json!({"status": "healthy", "checks": checks}))).into_response()
     } else {
         let body = json!({"status": "unhealthy", "failing": failing, "checks": checks});
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
+}
+
+/// Archiving is degraded when segments pile up past the alarm, or when the
+/// archive holds a different file under a segment's name (that never
+/// resolves by itself).
+fn archive_health(archive: &ArchiveStatus, alarm: u64) -> Result<(), String> {
+    let detail = &archive.detail;
+    let error = detail.last_error.as_deref().unwrap_or("none");
+    if archive.segments_pending > alarm {
+        return Err(format!(
+            "degraded: {} segments wait to be archived (more than {alarm}); the WAL directory grows until \
+             archiving works again; last error: {error}",
+            archive.segments_pending
+        ));
+    }
+    if detail.conflicts > 0 && detail.failing_for > 0 {
+        return Err(format!("degraded: {error}"));
+    }
+    Ok(())
+}
+
+/// `GET /admin/wal/archive/status`: the page's fields, exactly.
+async fn archive_status(State(state): State<AdminState>) -> Response {
+    let status = state.db.archive_status().unwrap_or_default();
+    Json(json!({
+        "archiving_enabled": status.archiving_enabled,
+        "last_archived_segment": status.last_archived_segment,
+        "last_archive_time": status.last_archive_time,
+        "segments_pending": status.segments_pending,
+        "archive_rate_bytes_per_sec": status.archive_rate_bytes_per_sec,
+        "total_archived_bytes": status.total_archived_bytes,
+    }))
+    .into_response()
 }
 
 async fn checkpoint(State(state): State<AdminState>) -> Response {
@@ -217,6 +258,34 @@ pub async fn render_metrics(db: &Database, backups: &Backups) -> String {
         "last_backup_timestamp",
         "Unix time of the last successful backup's end (0: none yet)",
         succeeded.and_then(|r| r.finished_micros).map_or(0.0, |micros| (micros / 1_000_000) as f64),
+    );
+    let archive = db.archive_status().unwrap_or_default();
+    gauge(
+        &mut registry,
+        "wal_archive_pending_segments",
+        "Complete WAL segments not archived yet",
+        archive.segments_pending as f64,
+    );
+    let detail = &archive.detail;
+    counter(&mut registry, "wal_archived_segments", "WAL segments archived since start", detail.archived_segments);
+    counter(
+        &mut registry,
+        "wal_archived_bytes",
+        "WAL bytes archived, over the server's life",
+        archive.total_archived_bytes,
+    );
+    counter(&mut registry, "wal_archive_failures", "Failed WAL archive attempts since start", detail.failures);
+    counter(
+        &mut registry,
+        "wal_archive_conflicts",
+        "Archive attempts that found a different file under the segment's name",
+        detail.conflicts,
+    );
+    gauge(
+        &mut registry,
+        "wal_archive_last_success_timestamp",
+        "Unix time of the last archived segment (0: none yet)",
+        detail.last_archive_micros.map_or(0.0, |micros| (micros / 1_000_000) as f64),
     );
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");

@@ -27,6 +27,7 @@ impl Config {
         engine.checkpoint_interval = self.storage.checkpoint_interval.0;
         engine.max_wal_size = self.storage.max_wal_size.0;
         engine.lock_timeout = self.storage.lock_timeout.0;
+        engine.archive = self.storage.archive_mode().ok().flatten().map(crate::archive::ArchiveConfig::new);
         engine
     }
 }
@@ -47,7 +48,7 @@ mod serve {
     use super::pg::{Connection, Handlers, Verifier};
     use crate::backup::registry::Registry;
     use crate::db::Database;
-    use crate::env::{Env, Fs, RealClock, RealFs};
+    use crate::env::{Env, Fs, RealClock, RealFs, ShellCommands};
 
     fn non_empty(s: &str) -> Option<String> {
         (!s.is_empty()).then(|| s.to_string())
@@ -79,7 +80,7 @@ mod serve {
         let fs: Arc<dyn Fs> = Arc::new(RealFs);
         let seed = u64::from(std::process::id());
         refuse_compressed_copy(fs.as_ref(), &config)?;
-        let env = Env::new(fs, Arc::new(RealClock::new()), seed);
+        let env = Env::new(fs, Arc::new(RealClock::new()), seed).with_commands(Arc::new(ShellCommands));
         let db = Database::open(env, config.engine()).await.map_err(|e| format!("opening the database failed: {e}"))?;
         let db = Arc::new(db);
         let pg_addr = format!("{}:{}", config.listen_addr, config.pg_port);

@@ -21,7 +21,9 @@
 //! One exception: when a torn tail ends mid-sector, writing resumes at the
 //! next sector boundary with a `Resume` record naming the old end (the torn
 //! sector itself is never rewritten, because it holds durable records). The
-//! reader follows that link.
+//! reader follows that link. A `Switch` record ends its segment early (a
+//! checkpoint's segment switch, for the archiver): the reader goes on at the
+//! next segment's start.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -94,7 +96,12 @@ impl WalReader {
             let at = self.next;
             match self.decode_at(at)? {
                 Ok(decoded) => {
-                    self.next = at.plus(decoded.encoded_len);
+                    self.next = if decoded.record.kind == RecordKind::Switch {
+                        // The rest of the segment is unused.
+                        Lsn((self.opts.segno(at) + 1) * self.opts.segment_size)
+                    } else {
+                        at.plus(decoded.encoded_len)
+                    };
                     if !decoded.record.kind.is_internal() {
                         return Ok(Some((at, decoded.record)));
                     }

@@ -59,6 +59,10 @@ pub enum RecordKind {
     Commit = 4,
     /// A transaction aborted.
     Abort = 5,
+    /// Ends its segment early (a checkpoint's switch, so that the segment
+    /// can be archived): the log continues at the next segment's start.
+    /// Skipped by the reader.
+    Switch = 6,
 }
 
 impl RecordKind {
@@ -69,13 +73,14 @@ impl RecordKind {
             3 => RecordKind::Data,
             4 => RecordKind::Commit,
             5 => RecordKind::Abort,
+            6 => RecordKind::Switch,
             _ => return None,
         })
     }
 
     /// Whether the reader hands records of this kind to its caller.
     pub fn is_internal(self) -> bool {
-        matches!(self, RecordKind::Pad | RecordKind::Resume)
+        matches!(self, RecordKind::Pad | RecordKind::Resume | RecordKind::Switch)
     }
 }
 
@@ -266,7 +271,7 @@ pub fn decode(bytes: &[u8], lsn: Lsn) -> Result<Decoded, DecodeError> {
     let payload = bytes[HEADER_LEN..len].to_vec();
     let payload_fits = match kind {
         RecordKind::Commit | RecordKind::Resume => payload.len() == 8,
-        RecordKind::Abort => payload.is_empty(),
+        RecordKind::Abort | RecordKind::Switch => payload.is_empty(),
         RecordKind::Pad | RecordKind::Data => true,
     };
     if !payload_fits {
@@ -344,7 +349,7 @@ mod tests {
 
     #[test]
     fn pad_and_resume_are_the_wals_own() {
-        assert!(RecordKind::Pad.is_internal() && RecordKind::Resume.is_internal());
+        assert!(RecordKind::Pad.is_internal() && RecordKind::Resume.is_internal() && RecordKind::Switch.is_internal());
         assert!(!RecordKind::Commit.is_internal() && !RecordKind::Data.is_internal());
     }
 

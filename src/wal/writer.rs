@@ -271,6 +271,40 @@ impl Wal {
         Ok(lsn)
     }
 
+    /// Ends the segment being written early, so that it is complete and can
+    /// be archived: appends a `Switch` record, makes the log durable through
+    /// it, and moves the next append to the next segment's start (the rest
+    /// of the segment is never written; the reader jumps over it). Returns
+    /// the switched segment's number, or `None` when the log already stands
+    /// at a segment's start.
+    pub async fn switch_segment(&self) -> Result<Option<u64>, WalError> {
+        let mut writer = self.io.lock().await;
+        self.check_running()?;
+        let (start, bytes, switched, boundary) = {
+            let mut insert = self.lock_insert();
+            let at = insert.next;
+            if self.opts.offset(at) == 0 {
+                return Ok(None);
+            }
+            let switch = Record { kind: RecordKind::Switch, xid: 0, prev_lsn: Lsn::ZERO, payload: Vec::new() };
+            let len = switch.encode_into(&mut insert.bytes, at, self.opts.timeline, self.durable_lsn());
+            // No padding: nothing is ever written after it in this segment,
+            // so no later write can tear its sector.
+            let boundary = Lsn(at.plus(len).0.next_multiple_of(self.opts.segment_size));
+            let start = insert.start;
+            (insert.start, insert.next) = (boundary, boundary);
+            (start, std::mem::take(&mut insert.bytes), self.opts.segno(at), boundary)
+        };
+        assert_eq!(start, writer.written, "the log is written without gaps");
+        self.write_out(&mut writer, start, &bytes).map_err(|e| self.stop(e))?;
+        writer.written = boundary;
+        self.sync(&mut writer).map_err(|e| self.stop(e))?;
+        self.durable_lsn.store(boundary.0, Ordering::Release);
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        probe::hit(Probe::SegmentSwitched);
+        Ok(Some(switched))
+    }
+
     /// Retires the segments that lie wholly before `needed_from`, the oldest
     /// LSN crash recovery still needs (a checkpoint's redo point). Segments
     /// for which `may_remove(name)` is false are held (the archiver's hook).
@@ -374,12 +408,18 @@ impl Wal {
             (start, std::mem::take(&mut insert.bytes))
         };
         assert_eq!(start, writer.written, "the log is written without gaps");
+        self.write_out(writer, start, &bytes)
+    }
+
+    /// Writes `bytes` at `start` (where the written log ends) across
+    /// segments, creating them as needed; not synced.
+    fn write_out(&self, writer: &mut SegmentWriter, start: Lsn, bytes: &[u8]) -> Result<(), WalError> {
         let _phase = probe::enter(Phase::WalWrite);
         if !bytes.is_empty() && self.opts.segno(start) != self.opts.segno(start.plus(bytes.len() as u64 - 1)) {
             probe::hit(Probe::GroupCommitSpansSegments);
         }
         let mut pos = start;
-        let mut rest = &bytes[..];
+        let mut rest = bytes;
         while !rest.is_empty() {
             let segno = self.opts.segno(pos);
             let offset = self.opts.offset(pos);
