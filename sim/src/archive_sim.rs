@@ -70,7 +70,7 @@ impl ArchivePlan {
             fail_rate: rate(&mut rng, &[0.0, 0.1, 0.3]),
             hang_rate: rate(&mut rng, &[0.0, 0.05]),
             half_write_rate: rate(&mut rng, &[0.0, 0.1]),
-            foreign_segno: (!command && rng.random_bool(0.15)).then(|| rng.random_range(2..8)),
+            foreign_segno: (!command && rng.random_bool(0.3)).then(|| rng.random_range(2..8)),
             seed: rng.random(),
         })
     }
@@ -151,6 +151,18 @@ impl SimCommands {
         self.store.lock().expect("store").objects.clone()
     }
 
+    /// The objects whose last put reported success (a failed put's partial
+    /// object is not archived, by the command rule).
+    fn confirmed(&self) -> BTreeMap<String, Vec<u8>> {
+        let store = self.store.lock().expect("store");
+        store
+            .objects
+            .iter()
+            .filter(|(name, bytes)| store.confirmed.get(*name) == Some(bytes))
+            .map(|(n, b)| (n.clone(), b.clone()))
+            .collect()
+    }
+
     fn violations(&self) -> Vec<String> {
         self.store.lock().expect("store").violations.clone()
     }
@@ -199,9 +211,11 @@ impl CommandRunner for SimCommands {
     }
 }
 
-/// The archive as seen now: the directory's files, or the store's objects.
-pub fn contents(fs: &dyn Fs, commands: Option<&SimCommands>) -> BTreeMap<String, Vec<u8>> {
+/// The archive as seen now: the directory's files, or the store's objects
+/// (all of them, or only those a put confirmed).
+pub fn contents(fs: &dyn Fs, commands: Option<&SimCommands>, confirmed: bool) -> BTreeMap<String, Vec<u8>> {
     match commands {
+        Some(commands) if confirmed => commands.confirmed(),
         Some(commands) => commands.objects(),
         None => {
             let dir = Path::new(ARCHIVE_DIR);
@@ -245,13 +259,14 @@ impl ArchiveOracle {
         segment_size: u64,
         complete_below: u64,
         commands: Option<&SimCommands>,
+        foreign: Option<u64>,
     ) -> Result<(), (&'static str, String)> {
         if let Some(commands) = commands {
             if let Some(violation) = commands.violations().first() {
                 return Err(("archive_one_content_per_name", violation.clone()));
             }
         }
-        for (name, bytes) in contents(fs, commands) {
+        for (name, bytes) in contents(fs, commands, true) {
             if let Some(first) = self.seen.get(&name) {
                 if *first != bytes {
                     return Err((
@@ -267,7 +282,7 @@ impl ArchiveOracle {
                 self.seen.insert(name.clone(), bytes.clone());
             }
             let Some((1, segno)) = parse_segment_file_name(&name, segment_size) else { continue };
-            if segno >= complete_below {
+            if segno >= complete_below || Some(segno) == foreign {
                 continue;
             }
             if let Ok(live) = read_all(fs, &wal_dir.join(&name)) {
@@ -299,7 +314,7 @@ pub fn check_final(
     plan: &ArchivePlan,
     commands: Option<&SimCommands>,
 ) -> Result<Vec<(String, Vec<u8>)>, (&'static str, String)> {
-    let archive = contents(fs, commands);
+    let archive = contents(fs, commands, false);
     let mut segments: Vec<(u64, String, Vec<u8>)> = archive
         .iter()
         .filter_map(|(name, bytes)| match parse_segment_file_name(name, segment_size) {

@@ -373,7 +373,14 @@ impl Run {
         let complete_below = opts.segno(db.wal().durable_lsn());
         let fs = self.disk.fs();
         self.archive_oracle
-            .observe(fs.as_ref(), &opts.dir, opts.segment_size, complete_below, self.commands.as_deref())
+            .observe(
+                fs.as_ref(),
+                &opts.dir,
+                opts.segment_size,
+                complete_below,
+                self.commands.as_deref(),
+                self.swarm.archive.and_then(|plan| plan.foreign_segno),
+            )
             .map_err(|(check, detail)| self.fail(check, detail))
     }
 
@@ -682,6 +689,9 @@ impl Run {
     /// exactly the committed state: the clean shutdown archived everything.
     async fn check_archive(&mut self, db: Database, plan: ArchivePlan, expected: &State) -> Result<(), SeedFailure> {
         self.observe_archive(&db)?;
+        // Give the reopened server's archiver time to try (and, with a
+        // foreign file in the way, to fail and say so).
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let opts = db.wal().options().clone();
         let status = db.archive_status().expect("archiving is on");
         let durable_segno = opts.segno(db.wal().durable_lsn());
