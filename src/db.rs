@@ -25,6 +25,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::Notify;
 
+use crate::archive::cleanup::BackupHistory;
 use crate::archive::{ArchiveConfig, ArchiveError, ArchiveStatus, Archiver};
 use crate::env::Env;
 use crate::recovery::{self, RecoveryReport, StoreOptions};
@@ -450,6 +451,23 @@ impl Database {
     /// The environment the engine runs in.
     pub fn env(&self) -> &Env {
         &self.shared.env
+    }
+
+    /// Leaves a backup's history record in the WAL archive (when archiving
+    /// is on), then applies the archive's retention. Failures are logged:
+    /// the backup itself is complete, and without its record retention
+    /// only keeps more.
+    pub async fn record_backup(&self, history: &BackupHistory) {
+        let Some(archiver) = &self.shared.archiver else { return };
+        let bytes = serde_json::to_vec_pretty(history).expect("the record serializes");
+        let name = history.file_name();
+        match archiver.archive_file(&name, &bytes).await {
+            Ok(()) => tracing::info!(file = %name, "backup history record archived"),
+            Err(error) => tracing::warn!(file = %name, %error, "archiving the backup's history record failed"),
+        }
+        if let Err(error) = archiver.apply_retention() {
+            tracing::warn!(%error, "applying wal_archive_retention failed");
+        }
     }
 
     /// WAL archiving's status, when archiving is on.

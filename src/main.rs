@@ -23,7 +23,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// The TOML config file (settings: docs/configuration.md).
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Overrides `listen_addr`.
     #[arg(long)]
@@ -70,6 +70,14 @@ enum Command {
         #[arg(long)]
         timeline: Option<u32>,
     },
+    /// Apply `wal_archive_retention` to `wal_archive_dir`: delete the
+    /// archived WAL and backup records no point of the retention window
+    /// needs, and print the oldest point still restorable.
+    ArchiveCleanup {
+        /// Only print what would be deleted, and why.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,6 +90,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::ArchiveCleanup { dry_run }) => archive_cleanup(&cli, dry_run),
         None if cli.verify_backup.is_some() => verify_backup(cli.verify_backup.as_deref().expect("checked")),
         None if cli.restore_pitr.is_some() => restore(&cli),
         None => serve(&cli),
@@ -235,6 +244,58 @@ fn verify_backup(_: &Path) -> ExitCode {
 fn restore(_: &Cli) -> ExitCode {
     eprintln!("thunderdb: --restore-pitr does not run in the madsim build; use the normal build");
     ExitCode::from(2)
+}
+
+/// `archive-cleanup [--dry-run]`: plans (and without `--dry-run`
+/// applies) the retention of the archive directory.
+fn archive_cleanup(cli: &Cli, dry_run: bool) -> ExitCode {
+    use thunderdb::archive::{cleanup, ArchiveMode};
+    use thunderdb::env::{Clock, RealClock};
+    let config = match config_or_exit(cli) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let dir = match config.storage.archive_mode() {
+        Ok(Some(ArchiveMode::Dir(dir))) => dir,
+        Ok(Some(ArchiveMode::Command(_))) => {
+            eprintln!(
+                "thunderdb archive-cleanup: archiving goes through wal_archive_command, so the archive is not a \
+                 directory this command can clean; let the object store's lifecycle rules expire old WAL \
+                 (docs/backup.md, \"Retention\")"
+            );
+            return ExitCode::from(2);
+        }
+        Ok(None) | Err(_) if !config.storage.wal_archive_dir.trim().is_empty() => {
+            PathBuf::from(config.storage.wal_archive_dir.trim())
+        }
+        _ => {
+            eprintln!("thunderdb archive-cleanup: no archive directory is configured (storage.wal_archive_dir)");
+            return ExitCode::from(2);
+        }
+    };
+    let retention = config.storage.wal_archive_retention.0;
+    let fs = RealFs;
+    let plan = match cleanup::plan(&fs, &dir, retention, RealClock::new().wall_micros()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("thunderdb archive-cleanup: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "Archive {}: retention {} (window from {})",
+        dir.display(),
+        humantime::format_duration(retention),
+        plan.window_start
+    );
+    if !dry_run {
+        if let Err(e) = cleanup::apply(&fs, &dir, &plan) {
+            eprintln!("thunderdb archive-cleanup: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    print!("{}", plan.render(!dry_run));
+    ExitCode::SUCCESS
 }
 
 /// Loads the configuration; an error names the file, variable or flag and

@@ -75,6 +75,9 @@ pub struct ArchiveConfig {
     /// `/admin/health` reports archiving degraded when more segments than
     /// this wait.
     pub pending_alarm: u64,
+    /// `wal_archive_retention`: after each backup, directory mode deletes
+    /// what no point of this window needs (see [`cleanup`]).
+    pub retention: Option<Duration>,
 }
 
 impl ArchiveConfig {
@@ -87,6 +90,7 @@ impl ArchiveConfig {
             retry_max: Duration::from_secs(60),
             poll: Duration::from_secs(1),
             pending_alarm: 16,
+            retention: None,
         }
     }
 }
@@ -358,28 +362,7 @@ impl Archiver {
                 let _phase = probe::enter(Phase::Archive);
                 archive_to_dir(self.env.fs.as_ref(), dir, &name, &bytes)?;
             }
-            ArchiveMode::Command(template) => {
-                let command = substitute(template, &path.to_string_lossy(), &name);
-                let run = self.env.commands.run(&command);
-                match tokio::time::timeout(self.config.command_timeout, run).await {
-                    Err(_) => {
-                        probe::hit(Probe::ArchiveCommandTimedOut);
-                        return Err(ArchiveError::TimedOut { segment: name, timeout: self.config.command_timeout });
-                    }
-                    Ok(Err(source)) => {
-                        return Err(ArchiveError::Io { op: "run wal_archive_command for", path, source })
-                    }
-                    Ok(Ok(output)) if !output.success() => {
-                        let status = output.status.map_or("a signal".to_string(), |code| format!("status {code}"));
-                        return Err(ArchiveError::Command { segment: name, status, stderr: output.stderr });
-                    }
-                    Ok(Ok(output)) => {
-                        if !output.stderr.is_empty() {
-                            tracing::info!(segment = %name, stderr = %output.stderr, "wal_archive_command");
-                        }
-                    }
-                }
-            }
+            ArchiveMode::Command(_) => self.run_command(&path, &name).await?,
         }
         let mut durable = self.lock().durable.clone();
         durable.last_archived = Some(name);
@@ -393,6 +376,68 @@ impl Archiver {
         }
         probe::hit(Probe::ArchiveSegmentArchived);
         Ok(bytes.len() as u64)
+    }
+
+    /// Archives a small file that is not a segment (a backup's history
+    /// record): into the directory, or through the command from a copy in
+    /// the WAL directory that is removed afterwards.
+    pub async fn archive_file(&self, name: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
+        match &self.config.mode {
+            ArchiveMode::Dir(dir) => archive_to_dir(self.env.fs.as_ref(), dir, name, bytes),
+            ArchiveMode::Command(_) => {
+                let fs = self.env.fs.as_ref();
+                write_atomically(fs, &self.opts.dir, name, bytes).map_err(|e| ArchiveError::Io {
+                    op: e.op,
+                    path: e.path,
+                    source: e.source,
+                })?;
+                let path = self.opts.dir.join(name);
+                let result = self.run_command(&path, name).await;
+                fs.remove(&path).map_err(io_error("remove", &path))?;
+                result
+            }
+        }
+    }
+
+    /// Runs the archive command for `path` (named `name` in the archive).
+    async fn run_command(&self, path: &Path, name: &str) -> Result<(), ArchiveError> {
+        let ArchiveMode::Command(template) = &self.config.mode else { unreachable!("command mode") };
+        let command = substitute(template, &path.to_string_lossy(), name);
+        let run = self.env.commands.run(&command);
+        match tokio::time::timeout(self.config.command_timeout, run).await {
+            Err(_) => {
+                probe::hit(Probe::ArchiveCommandTimedOut);
+                Err(ArchiveError::TimedOut { segment: name.to_string(), timeout: self.config.command_timeout })
+            }
+            Ok(Err(source)) => {
+                Err(ArchiveError::Io { op: "run wal_archive_command for", path: path.to_path_buf(), source })
+            }
+            Ok(Ok(output)) if !output.success() => {
+                let status = output.status.map_or("a signal".to_string(), |code| format!("status {code}"));
+                Err(ArchiveError::Command { segment: name.to_string(), status, stderr: output.stderr })
+            }
+            Ok(Ok(output)) => {
+                if !output.stderr.is_empty() {
+                    tracing::info!(file = %name, stderr = %output.stderr, "wal_archive_command");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies `wal_archive_retention` to the archive directory (directory
+    /// mode only; a no-op otherwise). Logs what it deletes.
+    pub fn apply_retention(&self) -> Result<(), cleanup::CleanupError> {
+        let (ArchiveMode::Dir(dir), Some(retention)) = (&self.config.mode, self.config.retention) else {
+            return Ok(());
+        };
+        let fs = self.env.fs.as_ref();
+        let plan = cleanup::plan(fs, dir, retention, self.env.clock.wall_micros())?;
+        cleanup::apply(fs, dir, &plan)?;
+        for deletion in &plan.deletions {
+            tracing::info!(file = %deletion.name, reason = %deletion.reason, "archive retention deleted");
+        }
+        Ok(())
     }
 
     /// Whether segments were left unarchived from before this start.

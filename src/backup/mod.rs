@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::archive::cleanup::BackupHistory;
 use crate::db::{Database, DbError};
 use crate::env::{File, Fs};
 use crate::planted::{active, PlantedBug};
@@ -446,6 +447,19 @@ pub async fn take(
     };
     write_atomically(dest, root, MANIFEST_NAME, manifest.encode().as_bytes())?;
     probe::hit(Probe::BackupCompleted);
+    db.record_backup(&BackupHistory {
+        backup_id: manifest.backup_id.clone(),
+        destination: root.display().to_string(),
+        wal_start_lsn: manifest.wal_start_lsn,
+        start_lsn: manifest.start_lsn,
+        end_lsn: manifest.end_lsn,
+        timeline: manifest.timeline,
+        wal_segment_size: manifest.wal_segment_size,
+        start_time: manifest.start_time.clone(),
+        end_time: manifest.end_time.clone(),
+        end_micros: db.wall_micros(),
+    })
+    .await;
     Ok(manifest)
 }
 

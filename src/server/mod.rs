@@ -27,7 +27,10 @@ impl Config {
         engine.checkpoint_interval = self.storage.checkpoint_interval.0;
         engine.max_wal_size = self.storage.max_wal_size.0;
         engine.lock_timeout = self.storage.lock_timeout.0;
-        engine.archive = self.storage.archive_mode().ok().flatten().map(crate::archive::ArchiveConfig::new);
+        engine.archive = self.storage.archive_mode().ok().flatten().map(|mode| crate::archive::ArchiveConfig {
+            retention: Some(self.storage.wal_archive_retention.0),
+            ..crate::archive::ArchiveConfig::new(mode)
+        });
         engine
     }
 }
