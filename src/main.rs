@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+use thunderdb::archive::source::ArchiveSource;
 use thunderdb::env::{Fs, RealFs};
 use thunderdb::storage::Op;
-use thunderdb::wal::{parse_segment_file_name, Lsn, Record, RecordKind, WalOptions, WalReader};
+use thunderdb::wal::{parse_segment_file_name, segment_file_name, Lsn, Record, RecordKind, WalOptions, WalReader};
 
 /// ThunderDB: a PostgreSQL-wire database that does not lose data.
 #[derive(Parser, Debug)]
@@ -168,20 +169,28 @@ fn restore(cli: &Cli) -> ExitCode {
     };
     let target = cli.restore_pitr.as_deref().expect("checked");
     let backup = cli.restore_backup.as_deref().expect("clap requires it");
-    if target != "latest" || cli.wal_archive_dir.is_some() {
+    if target != "latest" {
         eprintln!(
-            "thunderdb: --restore-pitr {target}{}: only `latest` from the backup's own WAL is supported so far; \
-             replay from a WAL archive to a time or an LSN is not implemented yet",
-            if cli.wal_archive_dir.is_some() { " --wal-archive-dir" } else { "" }
+            "thunderdb: --restore-pitr {target}: only `latest` is supported so far (the backup's WAL, then \
+             everything the archive holds); replay to a time or an LSN is not implemented yet"
         );
         return ExitCode::from(2);
     }
+    let source = if let Some(dir) = &cli.wal_archive_dir {
+        Some(ArchiveSource::Dir(dir.clone()))
+    } else if !config.storage.wal_archive_dir.trim().is_empty() {
+        Some(ArchiveSource::Dir(PathBuf::from(config.storage.wal_archive_dir.trim())))
+    } else if !config.storage.wal_restore_command.trim().is_empty() {
+        Some(ArchiveSource::Command(config.storage.wal_restore_command.trim().to_string()))
+    } else {
+        None
+    };
     thunderdb::server::logging::init();
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match runtime.block_on(restore_latest(config, backup)) {
+    match runtime.block_on(restore_latest(config, backup, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("point-in-time recovery refused: {message}");
@@ -192,34 +201,65 @@ fn restore(cli: &Cli) -> ExitCode {
 }
 
 #[cfg(not(madsim))]
-async fn restore_latest(config: thunderdb::server::config::Config, backup: &Path) -> Result<(), String> {
+async fn restore_latest(
+    config: thunderdb::server::config::Config,
+    backup: &Path,
+    source: Option<ArchiveSource>,
+) -> Result<(), String> {
+    use thunderdb::archive::source::fetch_wal;
     use thunderdb::backup::restore::{restore_files, summarize_wal};
     use thunderdb::db::Database;
-    use thunderdb::env::{Env, RealClock};
+    use thunderdb::env::{Env, RealClock, ShellCommands};
     use thunderdb::recovery::thousands;
     let fs: Arc<dyn Fs> = Arc::new(RealFs);
+    let env = Env::new(fs.clone(), Arc::new(RealClock::new()), u64::from(std::process::id()))
+        .with_commands(Arc::new(ShellCommands));
     tracing::info!("Starting Point-in-Time Recovery");
     tracing::info!("Target time: latest");
+    let manifest = thunderdb::backup::verify::read_manifest(fs.as_ref(), backup).map_err(|p| p.to_string())?;
+    if !manifest.include_wal && source.is_none() {
+        return Err(format!(
+            "backup {} does not include its WAL: restoring it needs segments from {} on from a WAL archive \
+             (--wal-archive-dir, or wal_archive_dir or wal_restore_command in the config)",
+            manifest.backup_id,
+            segment_file_name(
+                manifest.timeline,
+                manifest.wal_start_lsn.0 / manifest.wal_segment_size,
+                manifest.wal_segment_size
+            )
+        ));
+    }
     let restored = restore_files(fs.as_ref(), backup, fs.as_ref(), &config.data_dir, &config.wal_dir)?;
     let manifest = &restored.manifest;
     tracing::info!("Base backup LSN: {}", manifest.start_lsn);
     tracing::info!("Phase 1: Restoring base backup... done ({} pages)", thousands(restored.pages));
+    let opts = manifest.wal_options(&config.wal_dir);
+    if let Some(source) = &source {
+        let fetched = fetch_wal(source, &env, &opts, opts.segno(manifest.wal_start_lsn)).await?;
+        tracing::info!(segments = fetched.len(), "fetched archived WAL");
+    }
     let summary = summarize_wal(fs.clone(), &config.wal_dir, manifest)?;
-    if summary.end != manifest.end_lsn {
+    if summary.end < manifest.end_lsn {
         return Err(format!(
-            "the backup's WAL ends at {}, before its end LSN {}: it cannot be made consistent",
-            summary.end, manifest.end_lsn
+            "the WAL available ends at {} (in segment {}), before the backup's end LSN {}: the backup cannot be \
+             made consistent; segment {} is missing",
+            summary.end,
+            opts.file_name(opts.segno(summary.end)),
+            manifest.end_lsn,
+            opts.file_name(opts.segno(summary.end))
         ));
     }
     tracing::info!("Phase 2: Replaying WAL segments...");
     let mut engine = config.engine();
     engine.wal_segment_size = manifest.wal_segment_size;
-    let env = Env::new(fs, Arc::new(RealClock::new()), u64::from(std::process::id()));
-    let db = Database::open(env, engine).await.map_err(|e| format!("replaying the backup's WAL failed: {e}"))?;
-    let segments = &manifest.wal_segments;
-    for (i, segment) in segments.iter().enumerate() {
-        let reached = if i + 1 == segments.len() { " (target reached)" } else { "" };
-        tracing::info!("Replaying segment {}... done{reached}", segment.name);
+    // The restored server writes the old timeline's names again: archiving
+    // stays off until the normal start that follows.
+    engine.archive = None;
+    let db = Database::open(env, engine).await.map_err(|e| format!("replaying the WAL failed: {e}"))?;
+    let (first, last) = (opts.segno(manifest.wal_start_lsn), opts.segno(Lsn(summary.end.0 - 1)));
+    for segno in first..=last {
+        let reached = if segno == last { " (target reached)" } else { "" };
+        tracing::info!("Replaying segment {}... done{reached}", opts.file_name(segno));
     }
     let report = db.recovery_report().clone();
     db.shutdown().await.map_err(|e| format!("the closing checkpoint failed: {e}"))?;
@@ -228,7 +268,7 @@ async fn restore_latest(config: thunderdb::server::config::Config, backup: &Path
         || "no commit after the backup started".to_string(),
         |micros| humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_micros(micros)).to_string(),
     );
-    tracing::info!("Recovered to: {when} (LSN: {})", manifest.end_lsn);
+    tracing::info!("Recovered to: {when} (LSN: {})", summary.end);
     tracing::info!("Transactions recovered: {}", thousands(summary.commits));
     tracing::info!("Transactions rolled back: {} (in-progress at recovery point)", thousands(report.losers as u64));
     Ok(())

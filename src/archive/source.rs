@@ -1,1 +1,142 @@
+//! Reading the WAL archive back: the archive sources that restores use.
+//!
+//! A source fetches one file by name to a path: from the archive directory
+//! (`--wal-archive-dir` or `wal_archive_dir`), or through
+//! `wal_restore_command` (`%n` the file wanted, `%f` the path to write). A
+//! file the archive does not have is a clean [`Fetched::NotFound`], never an
+//! error that looks like corruption: restores ask for segments past the
+//! archive's end, and for timeline history files that may not exist. A
+//! restore command's non-zero exit means "not found", as PostgreSQL's
+//! `restore_command` does; its stderr goes to the log.
+//!
+//! [`fetch_wal`] brings every segment from a backup's first needed one on
+//! into a WAL directory, checking each one's size; the replay that follows
+//! checks every record's checksum, and each record's checksum covers its
+//! LSN and timeline, so a segment under the wrong name or from another
+//! timeline fails there, named.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::env::{substitute, write_atomically, Env};
+use crate::wal::WalOptions;
+
+/// Where archived files come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveSource {
+    /// An archive directory.
+    Dir(PathBuf),
+    /// `wal_restore_command`.
+    Command(String),
+}
+
+/// Whether a fetch found the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    /// Written to the destination.
+    Found,
+    /// Not in the archive.
+    NotFound,
+}
+
+/// How long a restore command may run.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl ArchiveSource {
+    /// Fetches `name` to `dest` (written whole: a crash leaves no partial
+    /// file under that name).
+    pub async fn fetch(&self, env: &Env, name: &str, dest: &Path) -> Result<Fetched, String> {
+        let dest_dir = dest.parent().unwrap_or(Path::new("."));
+        let dest_name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        match self {
+            ArchiveSource::Dir(dir) => {
+                let path = dir.join(name);
+                if !env.fs.exists(&path).map_err(|e| format!("{}: {e}", path.display()))? {
+                    return Ok(Fetched::NotFound);
+                }
+                let bytes = super::read_file(env.fs.as_ref(), &path).map_err(|e| e.to_string())?;
+                write_atomically(env.fs.as_ref(), dest_dir, &dest_name, &bytes).map_err(|e| e.to_string())?;
+                Ok(Fetched::Found)
+            }
+            ArchiveSource::Command(template) => {
+                // The command writes a temporary name; it is renamed into
+                // place only once the command succeeded.
+                let temp = dest_dir.join(format!("{dest_name}.fetching"));
+                if env.fs.exists(&temp).unwrap_or(false) {
+                    env.fs.remove(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+                }
+                let command = substitute(template, &temp.to_string_lossy(), name);
+                let output = match tokio::time::timeout(RESTORE_TIMEOUT, env.commands.run(&command)).await {
+                    Err(_) => {
+                        return Err(format!("wal_restore_command ran longer than {RESTORE_TIMEOUT:?} for {name}"))
+                    }
+                    Ok(result) => result.map_err(|e| format!("running wal_restore_command for {name}: {e}"))?,
+                };
+                if !output.success() {
+                    tracing::info!(file = name, status = ?output.status, stderr = %output.stderr, "wal_restore_command: not found");
+                    return Ok(Fetched::NotFound);
+                }
+                if !env.fs.exists(&temp).unwrap_or(false) {
+                    return Err(format!(
+                        "wal_restore_command exited 0 for {name} but wrote nothing to {}: check that it writes %f",
+                        temp.display()
+                    ));
+                }
+                let file = env.fs.open(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+                file.sync_all().map_err(|e| format!("sync {}: {e}", temp.display()))?;
+                env.fs.rename(&temp, dest).map_err(|e| format!("{}: {e}", temp.display()))?;
+                env.fs.sync_dir(dest_dir).map_err(|e| format!("{}: {e}", dest_dir.display()))?;
+                Ok(Fetched::Found)
+            }
+        }
+    }
+}
+
+/// Fetches every archived segment from `from_segno` on into `opts.dir`
+/// (replacing a partial copy a backup left there), until the archive has
+/// no more. A segment that is not whole is refused, named; a segment
+/// missing while a later one is present is a gap, refused, named. Returns
+/// the names fetched.
+pub async fn fetch_wal(
+    source: &ArchiveSource,
+    env: &Env,
+    opts: &WalOptions,
+    from_segno: u64,
+) -> Result<Vec<String>, String> {
+    let mut fetched = Vec::new();
+    let mut segno = from_segno;
+    loop {
+        let name = opts.file_name(segno);
+        let dest = opts.dir.join(&name);
+        let staging = opts.dir.join(format!("{name}.archived"));
+        match source.fetch(env, &name, &staging).await? {
+            Fetched::Found => {}
+            Fetched::NotFound => {
+                // The end of the archive, unless the next one is there.
+                let next = opts.file_name(segno + 1);
+                let probe = opts.dir.join(format!("{next}.archived"));
+                if source.fetch(env, &next, &probe).await? == Fetched::Found {
+                    let _ = env.fs.remove(&probe);
+                    return Err(format!(
+                        "the WAL archive has a gap: {name} is missing, but {next} is there; \
+                         nothing after the gap can be replayed"
+                    ));
+                }
+                return Ok(fetched);
+            }
+        }
+        let len =
+            env.fs.open(&staging).and_then(|file| file.len()).map_err(|e| format!("{}: {e}", staging.display()))?;
+        if len != opts.segment_size {
+            let _ = env.fs.remove(&staging);
+            return Err(format!(
+                "archived segment {name} is {len} bytes, not a whole {}-byte segment: the archive's copy is incomplete",
+                opts.segment_size
+            ));
+        }
+        env.fs.rename(&staging, &dest).map_err(|e| format!("{}: {e}", staging.display()))?;
+        env.fs.sync_dir(&opts.dir).map_err(|e| format!("{}: {e}", opts.dir.display()))?;
+        fetched.push(name);
+        segno += 1;
+    }
+}

@@ -1,7 +1,7 @@
 //! Restoring a backup into a server's directories and replaying it to its
-//! end LSN: `thunderdb --restore-pitr latest --restore-backup DIR`, for a
-//! backup that includes its WAL. Point-in-time recovery from an archive
-//! builds on this.
+//! end LSN: `thunderdb --restore-pitr latest --restore-backup DIR`. A backup
+//! without its WAL restores only its data files here; the caller fetches
+//! the WAL from an archive ([`crate::archive::source::fetch_wal`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -48,14 +48,6 @@ pub fn restore_files(
     wal_dir: &Path,
 ) -> Result<Restored, String> {
     let manifest = read_manifest(fs, backup).map_err(|p| p.to_string())?;
-    if !manifest.include_wal {
-        return Err(format!(
-            "backup {} does not include its WAL: restoring it needs segments {} to {} from a WAL archive",
-            manifest.backup_id,
-            manifest.wal_segments.first().map_or("-", |s| s.name.as_str()),
-            manifest.wal_segments.last().map_or("-", |s| s.name.as_str()),
-        ));
-    }
     let dir_of = |restore_path: &str| if restore_path.starts_with("data/") { data_dir } else { wal_dir };
     let wanted: BTreeMap<String, &super::manifest::FileEntry> = manifest
         .files
