@@ -12,10 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use thunderdb::archive::source::ArchiveSource;
 use thunderdb::env::{Fs, RealFs};
 use thunderdb::storage::Op;
-use thunderdb::wal::{parse_segment_file_name, segment_file_name, Lsn, Record, RecordKind, WalOptions, WalReader};
+use thunderdb::wal::{parse_segment_file_name, Lsn, Record, RecordKind, WalOptions, WalReader};
 
 /// ThunderDB: a PostgreSQL-wire database that does not lose data.
 #[derive(Parser, Debug)]
@@ -163,6 +162,7 @@ fn remove_scratch(dir: &Path) {
 /// what was open there, takes a clean checkpoint and exits.
 #[cfg(not(madsim))]
 fn restore(cli: &Cli) -> ExitCode {
+    use thunderdb::archive::source::ArchiveSource;
     let config = match config_or_exit(cli) {
         Ok(config) => config,
         Err(code) => return code,
@@ -204,13 +204,14 @@ fn restore(cli: &Cli) -> ExitCode {
 async fn restore_latest(
     config: thunderdb::server::config::Config,
     backup: &Path,
-    source: Option<ArchiveSource>,
+    source: Option<thunderdb::archive::source::ArchiveSource>,
 ) -> Result<(), String> {
     use thunderdb::archive::source::fetch_wal;
     use thunderdb::backup::restore::{restore_files, summarize_wal};
     use thunderdb::db::Database;
     use thunderdb::env::{Env, RealClock, ShellCommands};
     use thunderdb::recovery::thousands;
+    use thunderdb::wal::segment_file_name;
     let fs: Arc<dyn Fs> = Arc::new(RealFs);
     let env = Env::new(fs.clone(), Arc::new(RealClock::new()), u64::from(std::process::id()))
         .with_commands(Arc::new(ShellCommands));
@@ -288,6 +289,7 @@ fn restore(_: &Cli) -> ExitCode {
 
 /// `archive-cleanup [--dry-run]`: plans (and without `--dry-run`
 /// applies) the retention of the archive directory.
+#[cfg(not(madsim))]
 fn archive_cleanup(cli: &Cli, dry_run: bool) -> ExitCode {
     use thunderdb::archive::{cleanup, ArchiveMode};
     use thunderdb::env::{Clock, RealClock};
@@ -336,6 +338,12 @@ fn archive_cleanup(cli: &Cli, dry_run: bool) -> ExitCode {
     }
     print!("{}", plan.render(!dry_run));
     ExitCode::SUCCESS
+}
+
+#[cfg(madsim)]
+fn archive_cleanup(_: &Cli, _: bool) -> ExitCode {
+    eprintln!("thunderdb: archive-cleanup does not run in the madsim build; use the normal build");
+    ExitCode::from(2)
 }
 
 /// Loads the configuration; an error names the file, variable or flag and

@@ -1,4 +1,6 @@
 //! The `thunderdb` binary, run for real.
+// The test runs the real binary as a child process.
+#![allow(clippy::disallowed_methods)]
 
 use std::process::Command;
 use std::sync::Arc;

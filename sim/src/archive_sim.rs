@@ -241,6 +241,9 @@ pub fn plant_foreign(fs: &dyn Fs, segno: u64, segment_size: u64) -> PathBuf {
     path
 }
 
+/// A failed check: its name and what was found.
+pub type Violation = (&'static str, String);
+
 /// What the oracle remembers between observations.
 #[derive(Default)]
 pub struct ArchiveOracle {
@@ -260,7 +263,7 @@ impl ArchiveOracle {
         complete_below: u64,
         commands: Option<&SimCommands>,
         foreign: Option<u64>,
-    ) -> Result<(), (&'static str, String)> {
+    ) -> Result<(), Violation> {
         if let Some(commands) = commands {
             if let Some(violation) = commands.violations().first() {
                 return Err(("archive_one_content_per_name", violation.clone()));
@@ -313,7 +316,7 @@ pub fn check_final(
     status: &ArchiveStatus,
     plan: &ArchivePlan,
     commands: Option<&SimCommands>,
-) -> Result<Vec<(String, Vec<u8>)>, (&'static str, String)> {
+) -> Result<Vec<(String, Vec<u8>)>, Violation> {
     let archive = contents(fs, commands, false);
     let mut segments: Vec<(u64, String, Vec<u8>)> = archive
         .iter()

@@ -695,9 +695,6 @@ impl Run {
         let opts = db.wal().options().clone();
         let status = db.archive_status().expect("archiving is on");
         let durable_segno = opts.segno(db.wal().durable_lsn());
-        if std::env::var("DEBUG_ARCHIVE").is_ok() {
-            eprintln!("archive: {plan:?} {status:?} durable segno {durable_segno}");
-        }
         db.close().await;
         let fs = self.disk.fs();
         let segments = archive_sim::check_final(
@@ -726,16 +723,7 @@ impl Run {
         }
         let env = Env::new(scratch.fs(), self.clock.clone(), self.seed);
         let replayed = match Database::open(env, config).await {
-            Ok(db) => {
-                if std::env::var("DEBUG_ARCHIVE").is_ok() {
-                    eprintln!(
-                        "replay: {:?} segments {:?}",
-                        db.recovery_report(),
-                        segments.iter().map(|(n, b)| (n.clone(), b.len())).collect::<Vec<_>>()
-                    );
-                }
-                read_state(&db).await.map_err(DbError::from)
-            }
+            Ok(db) => read_state(&db).await,
             Err(e) => Err(e),
         };
         match replayed {

@@ -40,6 +40,7 @@ wal_archive_dir       = ""
 wal_archive_command   = ""
 wal_restore_command   = ""
 wal_archive_retention = "7d"
+wal_archive_timeout   = "5m"
 lock_timeout          = "10s"
 
 [security]
@@ -101,6 +102,8 @@ pub struct StorageConfig {
     pub wal_restore_command: String,
     /// How long archived segments are kept.
     pub wal_archive_retention: HumanDuration,
+    /// An archive command running longer than this is killed and retried.
+    pub wal_archive_timeout: HumanDuration,
     /// How long a transaction waits for a lock before it is rolled back.
     pub lock_timeout: HumanDuration,
 }

@@ -29,6 +29,7 @@ impl Config {
         engine.lock_timeout = self.storage.lock_timeout.0;
         engine.archive = self.storage.archive_mode().ok().flatten().map(|mode| crate::archive::ArchiveConfig {
             retention: Some(self.storage.wal_archive_retention.0),
+            command_timeout: self.storage.wal_archive_timeout.0,
             ..crate::archive::ArchiveConfig::new(mode)
         });
         engine

@@ -29,6 +29,12 @@ impl Server {
     /// Starts a server whose files live in `dir`, with `extra` appended to
     /// its config file (top-level keys; sections may follow).
     pub fn start_with(dir: &Path, extra: &str) -> Server {
+        Server::start_env(dir, extra, &[])
+    }
+
+    /// As [`start_with`](Self::start_with), with extra environment
+    /// variables for the server (e.g. a `PATH` for its archive command).
+    pub fn start_env(dir: &Path, extra: &str, envs: &[(&str, &str)]) -> Server {
         let (pg_port, http_port) = (free_port(), free_port());
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("thunderdb.toml");
@@ -40,6 +46,7 @@ impl Server {
         std::fs::write(&config, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_thunderdb"))
             .args(["--config", config.to_str().unwrap()])
+            .envs(envs.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start thunderdb");

@@ -1,0 +1,407 @@
+//! WAL archiving against the real binary: the page's status endpoint, a
+//! backup without WAL restored from the archive, retention, commands that
+//! fail, hang or lie, a foreign file in the archive, and a round trip
+//! through the `aws` CLI and a local S3 server (moto).
+// These tests drive a real child process, its files and shell commands.
+#![cfg(not(madsim))]
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{free_port, Server};
+
+const SEGMENT: u64 = 1 << 20;
+
+/// `[storage]` for a server archiving as `how` says (one line or more).
+fn storage(how: &str) -> String {
+    format!(
+        "[storage]\nwal_segment_size = \"1MB\"\nbuffer_pool_size = \"8MB\"\ncheckpoint_interval = \"500ms\"\n\
+         wal_archive_enabled = true\n{how}\n"
+    )
+}
+
+fn json(server: &Server, path: &str) -> (u16, serde_json::Value) {
+    let (code, body) = server.http("GET", path, None);
+    (code, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+}
+
+/// Inserts rows `ids` into `t` (created on first use).
+fn insert(server: &Server, ids: std::ops::RangeInclusive<i64>) {
+    let pad = "x".repeat(1500);
+    let rows: Vec<String> = ids.map(|id| format!("({id}, '{pad}')")).collect();
+    server.psql("CREATE TABLE IF NOT EXISTS t (id BIGINT PRIMARY KEY, v TEXT)");
+    // In statements of 50 rows: one argument may not pass 128 KiB.
+    for chunk in rows.chunks(50) {
+        server.psql(&format!("INSERT INTO t VALUES {}", chunk.join(", ")));
+    }
+}
+
+/// Polls the archive status until `done` holds (up to 60 s).
+fn wait_status(server: &Server, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    for _ in 0..600 {
+        let (code, status) = json(server, "/admin/wal/archive/status");
+        assert_eq!(code, 200);
+        if done(&status) {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("archive status never showed {what}: {:?}", json(server, "/admin/wal/archive/status"));
+}
+
+/// Forces a checkpoint (and with it a segment switch).
+fn checkpoint(server: &Server) {
+    let (code, body) = server.http("POST", "/admin/checkpoint", None);
+    assert_eq!(code, 200, "{body}");
+}
+
+/// Takes a backup without WAL and waits for it.
+fn backup_without_wal(server: &Server, destination: &Path) -> serde_json::Value {
+    let url = format!("http://127.0.0.1:{}/admin/backup", server.http_port);
+    let body = serde_json::json!({"destination": destination, "include_wal": false}).to_string();
+    let out = Command::new("curl").args(["-s", "-X", "POST", "-d", &body, &url]).output().unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = answer["backup_id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_string();
+    for _ in 0..600 {
+        let (_, status) = json(server, &format!("/admin/backup/status/{id}"));
+        if status["status"] != "running" {
+            assert_eq!(status["status"], "completed", "{status}");
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("backup {id} did not end");
+}
+
+/// A config file for restoring into `dir`, with `storage` lines.
+fn restore_config(dir: &Path, storage: &str) -> PathBuf {
+    let config = dir.join("restore.toml");
+    let text = format!(
+        "data_dir = \"{}\"\nwal_dir = \"{}\"\n[storage]\nwal_segment_size = \"1MB\"\n{storage}\n",
+        dir.join("data").display(),
+        dir.join("wal").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn thunderdb(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_thunderdb")).args(args).envs(envs.iter().copied()).output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn count_after_restore(dir: &Path) -> i64 {
+    let server = Server::start(dir);
+    let count = server.psql("SELECT count(*) FROM t").parse().unwrap();
+    assert_eq!(server.terminate().0, 0);
+    count
+}
+
+fn segments_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    names.retain(|name| name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()));
+    names.sort();
+    names
+}
+
+#[test]
+fn archiving_to_a_directory_answers_the_pages_status_and_a_backup_without_wal_restores_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("wal-archive");
+    let how = format!("wal_archive_dir = \"{}\"\nwal_archive_retention = \"1s\"", archive.display());
+    let server = Server::start_with(&dir.path().join("live"), &storage(&how));
+    insert(&server, 1..=100);
+    let backup = dir.path().join("full");
+    let status = backup_without_wal(&server, &backup);
+    assert!(status["start_lsn"].is_string());
+    insert(&server, 101..=3000);
+    checkpoint(&server);
+    let status = wait_status(&server, "everything archived", |s| {
+        s["segments_pending"] == 0 && s["total_archived_bytes"].as_u64() > Some(3 * SEGMENT)
+    });
+    let keys: Vec<&str> = status.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "archive_rate_bytes_per_sec",
+            "archiving_enabled",
+            "last_archive_time",
+            "last_archived_segment",
+            "segments_pending",
+            "total_archived_bytes"
+        ],
+        "exactly the page's fields"
+    );
+    assert_eq!(status["archiving_enabled"], true);
+    let last = status["last_archived_segment"].as_str().unwrap();
+    assert_eq!(segments_in(&archive).last().map(String::as_str), Some(last), "{status}");
+    assert!(status["last_archive_time"].as_str().unwrap().ends_with('Z'), "{status}");
+    assert_eq!(status["total_archived_bytes"].as_u64().unwrap() % SEGMENT, 0, "whole segments: {status}");
+    let (_, metrics) = server.http("GET", "/metrics", None);
+    assert!(metrics.contains("thunderdb_wal_archive_pending_segments 0"), "{metrics}");
+    assert!(metrics.contains("thunderdb_wal_archived_segments_total"), "{metrics}");
+    let (code, health) = server.http("GET", "/admin/health", None);
+    assert_eq!(code, 200, "{health}");
+    assert!(health.contains("\"wal_archive\":\"ok\""), "{health}");
+    assert_eq!(server.terminate().0, 0);
+    let history: Vec<String> = std::fs::read_dir(&archive)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .filter(|name| name.ends_with(".backup"))
+        .collect();
+    assert_eq!(history.len(), 1, "the backup left its history record in the archive");
+
+    // The backup has no WAL: alone it is refused, with the archive it
+    // replays every archived commit.
+    let target = dir.path().join("restored");
+    std::fs::create_dir_all(&target).unwrap();
+    let config = restore_config(&target, "");
+    let config = config.to_str().unwrap();
+    let refused =
+        thunderdb(&["--restore-pitr", "latest", "--restore-backup", backup.to_str().unwrap(), "--config", config], &[]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("does not include its WAL"), "{}", text(&refused));
+    let out = thunderdb(
+        &[
+            "--restore-pitr",
+            "latest",
+            "--restore-backup",
+            backup.to_str().unwrap(),
+            "--wal-archive-dir",
+            archive.to_str().unwrap(),
+            "--config",
+            config,
+        ],
+        &[],
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains(&format!("Replaying segment {last}... done (target reached)")), "{log}");
+    assert_eq!(count_after_restore(&target), 3000);
+
+    // Retention of one second: every segment before the backup's first
+    // goes, and the backup's record says why.
+    let live_config = dir.path().join("live").join("thunderdb.toml");
+    let dry = thunderdb(&["archive-cleanup", "--dry-run", "--config", live_config.to_str().unwrap()], &[]);
+    let report = text(&dry);
+    assert!(dry.status.success(), "{report}");
+    assert!(report.contains("Oldest point still restorable:"), "{report}");
+    let before = segments_in(&archive);
+    let first_needed = history[0][..24].to_string();
+    let doomed: Vec<&String> = before.iter().filter(|name| **name < first_needed).collect();
+    for name in &doomed {
+        assert!(report.contains(&format!("would delete {name}")), "{report}");
+    }
+    assert_eq!(segments_in(&archive), before, "a dry run deletes nothing");
+    let real = thunderdb(&["archive-cleanup", "--config", live_config.to_str().unwrap()], &[]);
+    assert!(real.status.success(), "{}", text(&real));
+    let after = segments_in(&archive);
+    assert!(after.iter().all(|name| *name >= first_needed) && after.len() + doomed.len() == before.len(), "{after:?}");
+}
+
+#[test]
+fn a_failing_archive_command_keeps_the_wal_says_so_and_catches_up_once_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let failing = storage("wal_archive_command = \"echo 'upload denied: bucket policy' >&2; exit 3\"");
+    let mut server = Server::start_with(&live, &failing);
+    insert(&server, 1..=2000);
+    checkpoint(&server);
+    let status = wait_status(&server, "pending segments", |s| s["segments_pending"].as_u64() >= Some(2));
+    assert!(status["last_archived_segment"].is_null(), "{status}");
+    checkpoint(&server);
+    server.wait_for("WAL archiving failed");
+    assert!(server.log().contains("upload denied: bucket policy"), "the command's stderr is logged");
+    let (_, metrics) = server.http("GET", "/metrics", None);
+    let failures = metrics.lines().find(|l| l.starts_with("thunderdb_wal_archive_failures_total")).unwrap();
+    assert_ne!(failures, "thunderdb_wal_archive_failures_total 0", "{metrics}");
+    let wal = segments_in(&live.join("wal"));
+    assert_eq!(wal.first().map(String::as_str), Some("000000010000000000000001"), "nothing unarchived is recycled");
+    assert_eq!(server.terminate().0, 0);
+
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let fixed = storage(&format!("wal_archive_command = \"cp %f {}/%n\"", archive.display()));
+    let server = Server::start_with(&live, &fixed);
+    let status =
+        wait_status(&server, "caught up", |s| s["segments_pending"] == 0 && !s["last_archived_segment"].is_null());
+    let archived = segments_in(&archive);
+    assert_eq!(archived.first().map(String::as_str), Some("000000010000000000000001"), "{status}");
+    assert_eq!(archived.len() as u64, status["total_archived_bytes"].as_u64().unwrap() / SEGMENT);
+    assert_eq!(server.terminate().0, 0);
+}
+
+#[test]
+fn a_hanging_archive_command_is_killed_after_its_timeout_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let how = "wal_archive_command = \"sleep 30\"\nwal_archive_timeout = \"300ms\"";
+    let mut server = Server::start_with(&dir.path().join("live"), &storage(how));
+    insert(&server, 1..=1000);
+    checkpoint(&server);
+    server.wait_for("ran longer than 300ms");
+    let status = wait_status(&server, "pending", |s| s["segments_pending"].as_u64() >= Some(1));
+    assert!(status["last_archived_segment"].is_null(), "{status}");
+    assert_eq!(server.terminate().0, 0, "shutdown does not wait for the hung command");
+}
+
+#[test]
+fn a_command_that_exits_0_without_copying_is_caught_when_the_archive_is_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let server = Server::start_with(&dir.path().join("live"), &storage("wal_archive_command = \"true\""));
+    insert(&server, 1..=50);
+    let backup = dir.path().join("full");
+    backup_without_wal(&server, &backup);
+    insert(&server, 51..=1500);
+    checkpoint(&server);
+    wait_status(&server, "archived (so it says)", |s| {
+        s["segments_pending"] == 0 && !s["last_archived_segment"].is_null()
+    });
+    assert_eq!(server.terminate().0, 0);
+    let target = dir.path().join("restored");
+    std::fs::create_dir_all(&target).unwrap();
+    let config = restore_config(&target, &format!("wal_restore_command = \"cp {}/%n %f\"", archive.display()));
+    let out = thunderdb(
+        &[
+            "--restore-pitr",
+            "latest",
+            "--restore-backup",
+            backup.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("before the backup's end LSN") && log.contains("is missing"), "{log}");
+    assert!(log.contains("segment 0000000100000000000000"), "the missing segment is named: {log}");
+}
+
+#[test]
+fn a_foreign_file_in_the_archive_is_never_overwritten_and_health_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let foreign = archive.join("000000010000000000000001");
+    std::fs::write(&foreign, b"another server's segment").unwrap();
+    let mut server =
+        Server::start_with(&dir.path().join("live"), &storage(&format!("wal_archive_dir = \"{}\"", archive.display())));
+    insert(&server, 1..=1000);
+    checkpoint(&server);
+    server.wait_for("with different contents");
+    let (code, health) = server.http("GET", "/admin/health", None);
+    assert_eq!(code, 503, "{health}");
+    assert!(health.contains("wal_archive") && health.contains("never overwritten"), "{health}");
+    let (_, metrics) = server.http("GET", "/metrics", None);
+    assert!(!metrics.contains("thunderdb_wal_archive_conflicts_total 0"), "{metrics}");
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"another server's segment");
+    assert_eq!(server.terminate().0, 0);
+}
+
+/// moto's S3 server on a loopback port; killed on drop.
+struct S3 {
+    child: Child,
+    url: String,
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The virtualenv with `aws` and `moto_server`, installing it if needed
+/// (`scripts/python-tools.sh`); `None` if that install fails.
+fn python_tools() -> Option<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/python-tools.sh");
+    let out = Command::new("bash").arg(script).stderr(Stdio::inherit()).output().ok()?;
+    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+#[test]
+fn wal_archived_to_s3_through_the_aws_cli_restores_through_wal_restore_command() {
+    let Some(bin) = python_tools() else {
+        eprintln!("SKIPPED: the aws CLI and moto could not be installed (scripts/python-tools.sh failed)");
+        return;
+    };
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let child = Command::new(bin.join("moto_server"))
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server");
+    let s3 = S3 { child, url };
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let envs = [
+        ("PATH", path.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ];
+    let aws = |args: &[&str]| {
+        Command::new(bin.join("aws")).args(args).args(["--endpoint-url", &s3.url]).envs(envs).output().unwrap()
+    };
+    let mut made = false;
+    for _ in 0..100 {
+        if aws(&["s3", "mb", "s3://thunderdb-backups"]).status.success() {
+            made = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(made, "the local S3 server did not come up");
+
+    let dir = tempfile::tempdir().unwrap();
+    // The page's command shape, pointed at the local server.
+    let endpoint = format!("--endpoint-url {}", s3.url);
+    let how = format!(
+        "wal_archive_command = \"aws s3 cp %f s3://thunderdb-backups/wal/%n {endpoint} --only-show-errors\"\n\
+         wal_restore_command = \"aws s3 cp s3://thunderdb-backups/wal/%n %f {endpoint} --only-show-errors\""
+    );
+    let server = Server::start_env(&dir.path().join("live"), &storage(&how), &envs);
+    insert(&server, 1..=50);
+    let backup = dir.path().join("full");
+    backup_without_wal(&server, &backup);
+    insert(&server, 51..=1200);
+    checkpoint(&server);
+    let status = wait_status(&server, "archived to S3", |s| {
+        s["segments_pending"] == 0 && s["total_archived_bytes"].as_u64() >= Some(2 * SEGMENT)
+    });
+    assert_eq!(server.terminate().0, 0);
+    let listing = String::from_utf8_lossy(&aws(&["s3", "ls", "s3://thunderdb-backups/wal/"]).stdout).to_string();
+    let last = status["last_archived_segment"].as_str().unwrap();
+    assert!(listing.contains(last) && listing.contains(".backup"), "{listing}");
+
+    let target = dir.path().join("restored");
+    std::fs::create_dir_all(&target).unwrap();
+    let config = restore_config(&target, how.lines().nth(1).unwrap());
+    let out = thunderdb(
+        &[
+            "--restore-pitr",
+            "latest",
+            "--restore-backup",
+            backup.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &envs,
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains(&format!("Replaying segment {last}... done (target reached)")), "{log}");
+    assert_eq!(count_after_restore(&target), 1200);
+}
