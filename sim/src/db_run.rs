@@ -292,7 +292,10 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     let disk = SimDisk::new(rng.random(), swarm.faults.clone());
     let commands = swarm.archive.filter(|plan| plan.command).map(|plan| Arc::new(SimCommands::new(&disk, plan)));
     if let Some(segno) = swarm.archive.and_then(|plan| plan.foreign_segno) {
+        // Set up before the run, faults off.
+        disk.set_faults(FaultConfig::none());
         plant_foreign(disk.fs().as_ref(), segno, swarm.config.wal_segment_size);
+        disk.set_faults(swarm.faults.clone());
     }
     let mut run = Run {
         seed,
