@@ -42,6 +42,16 @@ fi
 promtool check rules deploy/prometheus/rules/thunderdb-backup-alerts.yml
 promtool test rules deploy/prometheus/rules/thunderdb-backup-alerts.test.yml
 
+step "python tools for the archiving tests: aws CLI, moto (S3 on loopback), psycopg"
+if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
+# The S3 round-trip test installs them itself if this did not; it reports
+# itself skipped only if the install fails.
+scripts/python-tools.sh
+
 step "tests, normal build"
 cargo test --workspace 2>&1 | tee -a "$log"
 
