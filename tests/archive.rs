@@ -405,3 +405,38 @@ fn wal_archived_to_s3_through_the_aws_cli_restores_through_wal_restore_command()
     assert!(log.contains(&format!("Replaying segment {last}... done (target reached)")), "{log}");
     assert_eq!(count_after_restore(&target), 1200);
 }
+
+#[test]
+fn segments_removed_while_archiving_was_off_are_named_as_a_gap_and_archiving_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let archive = dir.path().join("archive");
+    let on = storage(&format!("wal_archive_dir = \"{}\"", archive.display()));
+    let server = Server::start_with(&live, &on);
+    insert(&server, 1..=700);
+    checkpoint(&server);
+    wait_status(&server, "archived", |s| s["segments_pending"] == 0 && !s["last_archived_segment"].is_null());
+    assert_eq!(server.terminate().0, 0);
+    let archived_before = segments_in(&archive);
+
+    // Archiving off: checkpoints recycle and remove segments freely.
+    let off = "[storage]\nwal_segment_size = \"1MB\"\nbuffer_pool_size = \"8MB\"\ncheckpoint_interval = \"500ms\"\n";
+    let server = Server::start_with(&live, off);
+    insert(&server, 701..=4000);
+    checkpoint(&server);
+    checkpoint(&server);
+    assert_eq!(server.terminate().0, 0);
+    let next = format!("{:024X}", u128::from_str_radix(archived_before.last().unwrap(), 16).unwrap() + 1);
+    assert!(!segments_in(&live.join("wal")).contains(&next), "the test needs {next} recycled");
+
+    let mut server = Server::start_with(&live, &on);
+    insert(&server, 4001..=4100);
+    checkpoint(&server);
+    server.wait_for("were removed before they were archived");
+    let status = wait_status(&server, "archiving again", |s| {
+        s["segments_pending"] == 0 && s["last_archived_segment"].as_str() > archived_before.last().map(String::as_str)
+    });
+    assert!(server.log().contains(&next), "the gap's first segment is named");
+    assert!(!segments_in(&archive).contains(&next), "{status}");
+    assert_eq!(server.terminate().0, 0);
+}

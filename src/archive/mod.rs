@@ -306,19 +306,21 @@ impl Archiver {
         let mut archived = 0;
         loop {
             let complete_below = self.opts.segno(wal.durable_lsn());
-            let next = self.lock().next;
+            let mut next = self.lock().next;
             if next >= complete_below || stop() {
                 return Ok(archived);
+            }
+            if let Some(present) = self.skip_removed(next, complete_below)? {
+                next = present;
+                self.lock().next = present;
             }
             let result = self.archive_segment(next).await;
             let mut state = self.lock();
             match result {
-                Ok(bytes) => {
+                Ok((durable, bytes)) => {
                     state.next = next + 1;
-                    let now = self.env.clock.wall_micros();
-                    state.durable.last_archived = Some(self.opts.file_name(next));
-                    state.durable.last_archive_micros = Some(now);
-                    state.durable.total_archived_bytes += bytes;
+                    let now = durable.last_archive_micros.unwrap_or_default();
+                    state.durable = durable;
                     state.recent.push_back((now, bytes));
                     state.detail.archived_segments += 1;
                     state.detail.failing_for = 0;
@@ -349,8 +351,37 @@ impl Archiver {
         }
     }
 
-    /// Archives segment `segno` and records it durably; returns its size.
-    async fn archive_segment(&self, segno: u64) -> Result<u64, ArchiveError> {
+    /// When segment `next` is not in the WAL directory but a later
+    /// complete one is, segments were removed unarchived while archiving
+    /// was off: says so loudly and returns the oldest one present, where
+    /// archiving goes on (refusing would hold the WAL forever).
+    fn skip_removed(&self, next: u64, complete_below: u64) -> Result<Option<u64>, ArchiveError> {
+        let fs = self.env.fs.as_ref();
+        let path = self.opts.path(next);
+        if fs.exists(&path).map_err(io_error("stat", &path))? {
+            return Ok(None);
+        }
+        let names = fs.list(&self.opts.dir).map_err(io_error("list", &self.opts.dir))?;
+        let present = names
+            .iter()
+            .filter_map(|name| parse_segment_file_name(name, self.opts.segment_size))
+            .filter(|(timeline, segno)| *timeline == self.opts.timeline && *segno > next && *segno < complete_below)
+            .map(|(_, segno)| segno)
+            .min();
+        if let Some(present) = present {
+            tracing::error!(
+                from = %self.opts.file_name(next),
+                to = %self.opts.file_name(present - 1),
+                "these WAL segments were removed before they were archived (was archiving off?): the archive has a \
+                 gap there; restores from backups taken before it cannot replay past it; take a new base backup"
+            );
+        }
+        Ok(present)
+    }
+
+    /// Archives segment `segno` and records it durably; returns the record
+    /// and the segment's size.
+    async fn archive_segment(&self, segno: u64) -> Result<(DurableStatus, u64), ArchiveError> {
         let name = self.opts.file_name(segno);
         let path = self.opts.dir.join(&name);
         let bytes = {
@@ -375,7 +406,7 @@ impl Archiver {
                 .map_err(|e| ArchiveError::Io { op: e.op, path: e.path, source: e.source })?;
         }
         probe::hit(Probe::ArchiveSegmentArchived);
-        Ok(bytes.len() as u64)
+        Ok((durable, bytes.len() as u64))
     }
 
     /// Archives a small file that is not a segment (a backup's history
