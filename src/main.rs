@@ -235,11 +235,19 @@ async fn restore_latest(
     tracing::info!("Base backup LSN: {}", manifest.start_lsn);
     tracing::info!("Phase 1: Restoring base backup... done ({} pages)", thousands(restored.pages));
     let opts = manifest.wal_options(&config.wal_dir);
+    // Every archived segment is complete: a bad record in one before the
+    // last fetched is damage, never the end of the log (the last may hold
+    // the start of a record that continues in a segment not archived yet).
+    let mut complete_through = Lsn::ZERO;
     if let Some(source) = &source {
-        let fetched = fetch_wal(source, &env, &opts, opts.segno(manifest.wal_start_lsn)).await?;
+        let first = opts.segno(manifest.wal_start_lsn);
+        let fetched = fetch_wal(source, &env, &opts, first).await?;
         tracing::info!(segments = fetched.len(), "fetched archived WAL");
+        if fetched.len() > 1 {
+            complete_through = Lsn((first + fetched.len() as u64 - 1) * opts.segment_size);
+        }
     }
-    let summary = summarize_wal(fs.clone(), &config.wal_dir, manifest)?;
+    let summary = summarize_wal(fs.clone(), &config.wal_dir, manifest, complete_through)?;
     if summary.end < manifest.end_lsn {
         return Err(format!(
             "the WAL available ends at {} (in segment {}), before the backup's end LSN {}: the backup cannot be \

@@ -440,3 +440,52 @@ fn segments_removed_while_archiving_was_off_are_named_as_a_gap_and_archiving_goe
     assert!(!segments_in(&archive).contains(&next), "{status}");
     assert_eq!(server.terminate().0, 0);
 }
+
+#[test]
+fn a_damaged_segment_in_the_archive_is_refused_by_name_never_taken_for_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let server =
+        Server::start_with(&dir.path().join("live"), &storage(&format!("wal_archive_dir = \"{}\"", archive.display())));
+    insert(&server, 1..=50);
+    let backup = dir.path().join("full");
+    backup_without_wal(&server, &backup);
+    insert(&server, 51..=3000);
+    checkpoint(&server);
+    wait_status(&server, "archived", |s| {
+        s["segments_pending"] == 0 && s["total_archived_bytes"].as_u64() >= Some(4 * SEGMENT)
+    });
+    assert_eq!(server.terminate().0, 0);
+    // Zero a stretch in the middle of the second segment the backup needs,
+    // as a lost write would: the archive's later segments prove it was
+    // written.
+    let first = std::fs::read_dir(&archive)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .find(|name| name.ends_with(".backup"))
+        .unwrap()[..24]
+        .to_string();
+    let segments = segments_in(&archive);
+    let victim = segments.iter().skip_while(|name| **name < first).nth(1).unwrap().clone();
+    let path = archive.join(&victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[SEGMENT as usize / 2..SEGMENT as usize / 2 + 4096].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    let target = dir.path().join("restored");
+    std::fs::create_dir_all(&target).unwrap();
+    let config = restore_config(&target, &format!("wal_archive_dir = \"{}\"", archive.display()));
+    let out = thunderdb(
+        &[
+            "--restore-pitr",
+            "latest",
+            "--restore-backup",
+            backup.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let log = text(&out);
+    assert!(!out.status.success(), "a restore that stops at the damage would lose commits silently: {log}");
+    assert!(log.contains(&victim), "the damaged segment is named: {log}");
+}

@@ -124,9 +124,17 @@ impl std::io::Write for HashWriter<'_> {
 }
 
 /// Counts the commits in the restored WAL from the backup's start to its
-/// end, for the restore's report.
-pub fn summarize_wal(fs: std::sync::Arc<dyn Fs>, wal_dir: &Path, manifest: &Manifest) -> Result<WalSummary, String> {
-    let mut reader = WalReader::new(fs, manifest.wal_options(wal_dir), manifest.wal_start_lsn);
+/// end, for the restore's report. Every record before `durable_through` is
+/// known complete (segments fetched from an archive): a bad one there is
+/// corruption, never the end of the log.
+pub fn summarize_wal(
+    fs: std::sync::Arc<dyn Fs>,
+    wal_dir: &Path,
+    manifest: &Manifest,
+    durable_through: Lsn,
+) -> Result<WalSummary, String> {
+    let mut reader =
+        WalReader::new(fs, manifest.wal_options(wal_dir), manifest.wal_start_lsn).durable_through(durable_through);
     let mut summary = WalSummary::default();
     while let Some((lsn, record)) = reader.next_record().map_err(|e| e.to_string())? {
         if record.kind == RecordKind::Commit && lsn >= manifest.start_lsn {
