@@ -667,6 +667,9 @@ impl Run {
         }
         let db = Arc::into_inner(db).expect("the session is done");
         db.shutdown().await.map_err(|e| self.fail("liveness", format!("clean shutdown failed: {e}")))?;
+        if self.swarm.archive.is_none() {
+            self.check_retired()?;
+        }
         let expected = lock(&self.shared).model.expected();
         let db = Database::open(self.env(), self.swarm.config.clone())
             .await
@@ -683,6 +686,38 @@ impl Run {
         }
         if let Some(plan) = self.swarm.archive {
             self.check_archive(db, plan, &expected).await?;
+        }
+        Ok(())
+    }
+
+    /// **`wal_retired`:** after a clean shutdown, with nothing holding WAL
+    /// (no archiving; backups' holds end with their cycle), no segment before the one holding the
+    /// last checkpoint's redo point is left: retirement happened. (Recycled
+    /// segments carry future names.)
+    fn check_retired(&self) -> Result<(), SeedFailure> {
+        let fs = self.disk.fs();
+        let config = &self.swarm.config;
+        let opts = WalOptions::new(&config.wal_dir).with_segment_size(config.wal_segment_size);
+        let control = ControlFile::load(fs.as_ref(), &config.data_dir)
+            .map_err(|e| self.fail("liveness", format!("reading the control file: {e}")))?
+            .ok_or_else(|| self.fail("liveness", "no control file after a clean shutdown".into()))?;
+        let needed = opts.segno(control.redo_lsn);
+        let names = fs.list(&opts.dir).unwrap_or_default();
+        let stale: Vec<&String> = names
+            .iter()
+            .filter(|name| {
+                thunderdb::wal::parse_segment_file_name(name, opts.segment_size)
+                    .is_some_and(|(_, segno)| segno < needed)
+            })
+            .collect();
+        if !stale.is_empty() {
+            return Err(self.fail(
+                "wal_retired",
+                format!(
+                    "after a clean shutdown with redo point {}, segments {stale:?} are still there",
+                    control.redo_lsn
+                ),
+            ));
         }
         Ok(())
     }
