@@ -550,7 +550,11 @@ impl Run {
         }
         if let Some((plan, disk, task)) = backup {
             let outcome = task.await.map_err(|e| self.fail("no_panic", format!("the backup panicked: {e}")))?;
-            self.check_backup(plan, &disk, outcome).await?;
+            // Nothing stood in the backup's way: no I/O errors injected, no
+            // crash of either disk, the engine still running.
+            let unhindered =
+                plan.calm && !disk.is_crashed() && !self.disk.is_crashed() && db.wal().check_running().is_ok();
+            self.check_backup(plan, &disk, outcome, unhindered).await?;
         }
         self.checkpoints += db.stats().checkpoints.load(std::sync::atomic::Ordering::Relaxed);
         // Nothing of this database may touch the disk once it is down.
@@ -575,7 +579,14 @@ impl Run {
         plan: BackupPlan,
         disk: &SimDisk,
         outcome: Result<Manifest, String>,
+        unhindered: bool,
     ) -> Result<(), SeedFailure> {
+        if let (Err(error), true) = (&outcome, unhindered) {
+            return Err(self.fail(
+                "backup_completes",
+                format!("a backup failed with nothing in its way (calm disks, no crash, the engine running): {error}"),
+            ));
+        }
         disk.crash();
         disk.set_crash_countdown(None);
         let fs = disk.fs();
