@@ -77,16 +77,21 @@ fn backup_without_wal(server: &Server, destination: &Path) -> serde_json::Value 
     panic!("backup {id} did not end");
 }
 
-/// A config file for restoring into `dir`, with `storage` lines.
-fn restore_config(dir: &Path, storage: &str) -> PathBuf {
-    let config = dir.join("restore.toml");
+/// `--restore-pitr latest --restore-backup BACKUP [EXTRA…]` into `target`
+/// (created), with a config holding `storage` lines and `envs` set.
+fn restore_latest(backup: &Path, target: &Path, storage: &str, extra: &[&str], envs: &[(&str, &str)]) -> Output {
+    std::fs::create_dir_all(target).unwrap();
+    let config = target.join("restore.toml");
     let text = format!(
         "data_dir = \"{}\"\nwal_dir = \"{}\"\n[storage]\nwal_segment_size = \"1MB\"\n{storage}\n",
-        dir.join("data").display(),
-        dir.join("wal").display()
+        target.join("data").display(),
+        target.join("wal").display()
     );
     std::fs::write(&config, text).unwrap();
-    config
+    let mut args = vec!["--restore-pitr", "latest", "--restore-backup", backup.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend(["--config", config.to_str().unwrap()]);
+    thunderdb(&args, envs)
 }
 
 fn thunderdb(args: &[&str], envs: &[(&str, &str)]) -> Output {
@@ -163,26 +168,10 @@ fn archiving_to_a_directory_answers_the_pages_status_and_a_backup_without_wal_re
     // The backup has no WAL: alone it is refused, with the archive it
     // replays every archived commit.
     let target = dir.path().join("restored");
-    std::fs::create_dir_all(&target).unwrap();
-    let config = restore_config(&target, "");
-    let config = config.to_str().unwrap();
-    let refused =
-        thunderdb(&["--restore-pitr", "latest", "--restore-backup", backup.to_str().unwrap(), "--config", config], &[]);
+    let refused = restore_latest(&backup, &target, "", &[], &[]);
     assert!(!refused.status.success());
     assert!(text(&refused).contains("does not include its WAL"), "{}", text(&refused));
-    let out = thunderdb(
-        &[
-            "--restore-pitr",
-            "latest",
-            "--restore-backup",
-            backup.to_str().unwrap(),
-            "--wal-archive-dir",
-            archive.to_str().unwrap(),
-            "--config",
-            config,
-        ],
-        &[],
-    );
+    let out = restore_latest(&backup, &target, "", &["--wal-archive-dir", archive.to_str().unwrap()], &[]);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains(&format!("Replaying segment {last}... done (target reached)")), "{log}");
@@ -268,20 +257,8 @@ fn a_command_that_exits_0_without_copying_is_caught_when_the_archive_is_read_bac
         s["segments_pending"] == 0 && !s["last_archived_segment"].is_null()
     });
     assert_eq!(server.terminate().0, 0);
-    let target = dir.path().join("restored");
-    std::fs::create_dir_all(&target).unwrap();
-    let config = restore_config(&target, &format!("wal_restore_command = \"cp {}/%n %f\"", archive.display()));
-    let out = thunderdb(
-        &[
-            "--restore-pitr",
-            "latest",
-            "--restore-backup",
-            backup.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let storage = format!("wal_restore_command = \"cp {}/%n %f\"", archive.display());
+    let out = restore_latest(&backup, &dir.path().join("restored"), &storage, &[], &[]);
     let log = text(&out);
     assert!(!out.status.success(), "{log}");
     assert!(log.contains("before the backup's end LSN") && log.contains("is missing"), "{log}");
@@ -387,19 +364,7 @@ fn wal_archived_to_s3_through_the_aws_cli_restores_through_wal_restore_command()
     assert!(listing.contains(last) && listing.contains(".backup"), "{listing}");
 
     let target = dir.path().join("restored");
-    std::fs::create_dir_all(&target).unwrap();
-    let config = restore_config(&target, how.lines().nth(1).unwrap());
-    let out = thunderdb(
-        &[
-            "--restore-pitr",
-            "latest",
-            "--restore-backup",
-            backup.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &envs,
-    );
+    let out = restore_latest(&backup, &target, how.lines().nth(1).unwrap(), &[], &envs);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains(&format!("Replaying segment {last}... done (target reached)")), "{log}");
@@ -471,20 +436,8 @@ fn a_damaged_segment_in_the_archive_is_refused_by_name_never_taken_for_the_end()
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[SEGMENT as usize / 2..SEGMENT as usize / 2 + 4096].fill(0);
     std::fs::write(&path, bytes).unwrap();
-    let target = dir.path().join("restored");
-    std::fs::create_dir_all(&target).unwrap();
-    let config = restore_config(&target, &format!("wal_archive_dir = \"{}\"", archive.display()));
-    let out = thunderdb(
-        &[
-            "--restore-pitr",
-            "latest",
-            "--restore-backup",
-            backup.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let storage = format!("wal_archive_dir = \"{}\"", archive.display());
+    let out = restore_latest(&backup, &dir.path().join("restored"), &storage, &[], &[]);
     let log = text(&out);
     assert!(!out.status.success(), "a restore that stops at the damage would lose commits silently: {log}");
     assert!(log.contains(&victim), "the damaged segment is named: {log}");
