@@ -256,9 +256,17 @@ pub fn load(
     }
     let mut config = validate(merged.clone()).map_err(|m| error(&Source::Defaults, m))?;
     // Settings that only make sense together are checked once merged.
-    if let Err(m) = config.storage.archive_mode() {
-        let source = layers.last().map_or(Source::Defaults, |(source, _)| source.clone());
-        return Err(error(&source, m));
+    if let Err(message) = config.storage.archive_mode() {
+        let keys = ["wal_archive_enabled", "wal_archive_dir", "wal_archive_command"];
+        let sets_one = |layer: &toml::Table| {
+            layer
+                .get("storage")
+                .and_then(toml::Value::as_table)
+                .is_some_and(|s| keys.iter().any(|k| s.contains_key(*k)))
+        };
+        let sources: Vec<String> =
+            layers.iter().filter(|(_, layer)| sets_one(layer)).map(|(source, _)| source.to_string()).collect();
+        return Err(ConfigError { source_name: sources.join(" and "), message });
     }
     if let Some(toml::Value::Table(security)) = merged.get_mut("security") {
         for (_, value) in security.iter_mut() {
@@ -379,6 +387,26 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn archiving_needs_exactly_one_destination_and_the_error_names_every_source() {
+        let path = Path::new("/etc/thunderdb.toml");
+        let file = "[storage]\nwal_archive_enabled = true\nwal_archive_dir = \"/a\"\n";
+        assert!(load(Some((path, file)), &[], &[]).unwrap().storage.archive_mode().unwrap().is_some());
+        let both = env(&[("THUNDERDB_WAL_ARCHIVE_COMMAND", "cp %f /b/%n")]);
+        let err = load(Some((path, file)), &both, &[]).unwrap_err();
+        assert_eq!(
+            err.source_name,
+            "config file /etc/thunderdb.toml and environment variable THUNDERDB_WAL_ARCHIVE_COMMAND"
+        );
+        assert!(err.message.contains("are both set"), "{err}");
+        let err = load(None, &env(&[("THUNDERDB_WAL_ARCHIVE_ENABLED", "true")]), &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("THUNDERDB_WAL_ARCHIVE_ENABLED: `storage.wal_archive_enabled` is true, but neither"),
+            "{err}"
+        );
     }
 
     #[test]
