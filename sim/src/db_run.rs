@@ -892,6 +892,9 @@ struct Session {
     /// Draws think time inside transactions and the aimed schedules: a
     /// stream of its own, so the workload's other draws stay as they were.
     think: ChaCha8Rng,
+    /// Draws extra backward steps of the wall clock: a stream of its own
+    /// (the wall clock steers no control flow, only commit stamps).
+    ntp: ChaCha8Rng,
     /// The disk, for aimed crashes.
     disk: SimDisk,
 }
@@ -900,8 +903,9 @@ impl Session {
     fn new(run: &Run, db: Arc<Database>, swarm: Swarm, seed: u64) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(seed);
         let think = ChaCha8Rng::seed_from_u64(seed ^ 0x7417_7417_7417_7417);
+        let ntp = ChaCha8Rng::seed_from_u64(seed ^ 0x4e74_704e_7470_4e74);
         let (clock, shared, disk) = (run.clock.clone(), run.shared.clone(), run.disk.clone());
-        Session { db, clock, shared, swarm, rng, think, disk }
+        Session { db, clock, shared, swarm, rng, think, ntp, disk }
     }
 
     /// Now and then, a client pause inside a transaction: simulated time
@@ -949,12 +953,22 @@ impl Session {
                 // NTP steps the wall clock, either way; commit stamps follow
                 // it forwards and are clamped when it goes back.
                 let step = self.rng.random_range(-60_000_000..60_000_000);
-                let mut shared = lock(&self.shared);
-                shared.wall_high_micros = shared.wall_high_micros.max(self.clock.wall_micros());
-                shared.wall_steps += 1;
-                self.clock.jump_wall(step);
+                self.step_wall_clock(step);
+            }
+            if self.ntp.random_bool(0.03) {
+                // More steps back, the case a commit stamp must be clamped
+                // in (planted `no_commit_time_clamp`).
+                let step = -self.ntp.random_range(1_000..60_000_000);
+                self.step_wall_clock(step);
             }
         }
+    }
+
+    fn step_wall_clock(&self, micros: i64) {
+        let mut shared = lock(&self.shared);
+        shared.wall_high_micros = shared.wall_high_micros.max(self.clock.wall_micros());
+        shared.wall_steps += 1;
+        self.clock.jump_wall(micros);
     }
 
     async fn table(&self, txn: &mut Transaction, name: &str) -> Result<thunderdb::txn::Table, DbError> {
