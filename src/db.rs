@@ -75,6 +75,10 @@ pub struct EngineConfig {
     pub wal_recycled_segments_max: usize,
     /// WAL archiving, when on (`wal_archive_enabled`).
     pub archive: Option<ArchiveConfig>,
+    /// Set only by a point-in-time recovery, which opens the database while
+    /// its marker ([`crate::backup::pitr::PITR_MARKER`]) is there; any
+    /// other open refuses a directory whose recovery did not finish.
+    pub point_in_time_recovery: bool,
 }
 
 impl EngineConfig {
@@ -94,6 +98,7 @@ impl EngineConfig {
             wal_zero_fill_chunk: crate::wal::DEFAULT_ZERO_FILL_CHUNK,
             wal_recycled_segments_max: crate::wal::DEFAULT_RECYCLED_SEGMENTS_MAX,
             archive: None,
+            point_in_time_recovery: false,
         }
     }
 
@@ -143,6 +148,12 @@ pub enum DbError {
     /// No table has that name.
     #[error("table \"{0}\" does not exist")]
     NoSuchTable(String),
+    /// A point-in-time recovery into the data directory did not finish.
+    #[error("{} holds an unfinished point-in-time recovery: {detail}", crate::backup::pitr::PITR_MARKER)]
+    PitrUnfinished {
+        /// What it was and how to finish it.
+        detail: String,
+    },
     /// The database is shutting down.
     #[error("the database is shutting down")]
     ShuttingDown,
@@ -299,6 +310,13 @@ impl Database {
         let new_system_id =
             (env.clock.wall_micros() / 1_000_000) << 32 | u64::from(env.rng(RNG_SYSTEM_ID).random::<u32>());
         let opts = config.store_options(new_system_id);
+        if !config.point_in_time_recovery {
+            let marker = crate::backup::pitr::read_marker(env.fs.as_ref(), &config.data_dir)
+                .map_err(|detail| DbError::PitrUnfinished { detail })?;
+            if let Some(marker) = marker {
+                return Err(DbError::PitrUnfinished { detail: marker.how_to_resume() });
+            }
+        }
         for dir in [&config.data_dir, &config.wal_dir] {
             env.fs
                 .create_dir_all(dir)

@@ -45,7 +45,8 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     verify_backup: Option<PathBuf>,
     /// Restore `--restore-backup` into the configured directories and
-    /// replay to TARGET (`latest`), then exit.
+    /// replay its WAL and the archive's to TARGET (an RFC 3339 time,
+    /// `latest`, or `lsn:X/Y`), then exit.
     #[arg(long, value_name = "TARGET", requires = "restore_backup")]
     restore_pitr: Option<String>,
     /// The backup directory `--restore-pitr` starts from.
@@ -54,6 +55,10 @@ struct Cli {
     /// Where `--restore-pitr` reads archived WAL segments.
     #[arg(long, value_name = "DIR", requires = "restore_pitr")]
     wal_archive_dir: Option<PathBuf>,
+    /// The timeline `--restore-pitr` follows (default: the newest in the
+    /// archive that passes through the backup).
+    #[arg(long, value_name = "N", requires = "restore_pitr")]
+    restore_timeline: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,25 +162,26 @@ fn remove_scratch(dir: &Path) {
     }
 }
 
-/// `--restore-pitr latest --restore-backup DIR`: restores the backup into
-/// the configured directories, replays its WAL to its end LSN, rolls back
-/// what was open there, takes a clean checkpoint and exits.
+/// `--restore-pitr TARGET --restore-backup DIR`: a point-in-time recovery
+/// into the configured directories (`thunderdb::backup::pitr`), then exit.
 #[cfg(not(madsim))]
 fn restore(cli: &Cli) -> ExitCode {
+    use std::io::IsTerminal;
     use thunderdb::archive::source::ArchiveSource;
+    use thunderdb::backup::pitr::{point_in_time_recovery, PitrRequest, Target};
+    use thunderdb::env::{Env, RealClock, ShellCommands};
     let config = match config_or_exit(cli) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let target = cli.restore_pitr.as_deref().expect("checked");
-    let backup = cli.restore_backup.as_deref().expect("clap requires it");
-    if target != "latest" {
-        eprintln!(
-            "thunderdb: --restore-pitr {target}: only `latest` is supported so far (the backup's WAL, then \
-             everything the archive holds); replay to a time or an LSN is not implemented yet"
-        );
-        return ExitCode::from(2);
-    }
+    let text = cli.restore_pitr.as_deref().expect("checked");
+    let target: Target = match text.parse() {
+        Ok(target) => target,
+        Err(message) => {
+            eprintln!("thunderdb: --restore-pitr: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let source = if let Some(dir) = &cli.wal_archive_dir {
         Some(ArchiveSource::Dir(dir.clone()))
     } else if !config.storage.wal_archive_dir.trim().is_empty() {
@@ -185,102 +191,45 @@ fn restore(cli: &Cli) -> ExitCode {
     } else {
         None
     };
+    let request = PitrRequest {
+        backup: cli.restore_backup.clone().expect("clap requires it"),
+        target,
+        source,
+        timeline: cli.restore_timeline,
+        engine: config.engine(),
+    };
     thunderdb::server::logging::init();
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match runtime.block_on(restore_latest(config, backup, source)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let fs: Arc<dyn Fs> = Arc::new(RealFs);
+    let env =
+        Env::new(fs, Arc::new(RealClock::new()), u64::from(std::process::id())).with_commands(Arc::new(ShellCommands));
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} fetched {pos} WAL segments ({per_sec}) {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut progress = |name: &str| {
+        bar.inc(1);
+        bar.set_message(name.to_string());
+    };
+    let result = runtime.block_on(point_in_time_recovery(&env, &request, &mut progress));
+    bar.finish_and_clear();
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("point-in-time recovery refused: {message}");
             eprintln!("thunderdb: point-in-time recovery refused: {message}");
             ExitCode::FAILURE
         }
     }
-}
-
-#[cfg(not(madsim))]
-async fn restore_latest(
-    config: thunderdb::server::config::Config,
-    backup: &Path,
-    source: Option<thunderdb::archive::source::ArchiveSource>,
-) -> Result<(), String> {
-    use thunderdb::archive::source::fetch_wal;
-    use thunderdb::backup::restore::{restore_files, summarize_wal};
-    use thunderdb::db::Database;
-    use thunderdb::env::{Env, RealClock, ShellCommands};
-    use thunderdb::recovery::thousands;
-    use thunderdb::wal::segment_file_name;
-    let fs: Arc<dyn Fs> = Arc::new(RealFs);
-    let env = Env::new(fs.clone(), Arc::new(RealClock::new()), u64::from(std::process::id()))
-        .with_commands(Arc::new(ShellCommands));
-    tracing::info!("Starting Point-in-Time Recovery");
-    tracing::info!("Target time: latest");
-    let manifest = thunderdb::backup::verify::read_manifest(fs.as_ref(), backup).map_err(|p| p.to_string())?;
-    if !manifest.include_wal && source.is_none() {
-        return Err(format!(
-            "backup {} does not include its WAL: restoring it needs segments from {} on from a WAL archive \
-             (--wal-archive-dir, or wal_archive_dir or wal_restore_command in the config)",
-            manifest.backup_id,
-            segment_file_name(
-                manifest.timeline,
-                manifest.wal_start_lsn.0 / manifest.wal_segment_size,
-                manifest.wal_segment_size
-            )
-        ));
-    }
-    let restored = restore_files(fs.as_ref(), backup, fs.as_ref(), &config.data_dir, &config.wal_dir)?;
-    let manifest = &restored.manifest;
-    tracing::info!("Base backup LSN: {}", manifest.start_lsn);
-    tracing::info!("Phase 1: Restoring base backup... done ({} pages)", thousands(restored.pages));
-    let opts = manifest.wal_options(&config.wal_dir);
-    // Every archived segment is complete: a bad record in one before the
-    // last fetched is damage, never the end of the log (the last may hold
-    // the start of a record that continues in a segment not archived yet).
-    let mut complete_through = Lsn::ZERO;
-    if let Some(source) = &source {
-        let first = opts.segno(manifest.wal_start_lsn);
-        let fetched = fetch_wal(source, &env, &opts, first).await?;
-        tracing::info!(segments = fetched.len(), "fetched archived WAL");
-        if fetched.len() > 1 {
-            complete_through = Lsn((first + fetched.len() as u64 - 1) * opts.segment_size);
-        }
-    }
-    let summary = summarize_wal(fs.clone(), &config.wal_dir, manifest, complete_through)?;
-    if summary.end < manifest.end_lsn {
-        return Err(format!(
-            "the WAL available ends at {} (in segment {}), before the backup's end LSN {}: the backup cannot be \
-             made consistent; segment {} is missing",
-            summary.end,
-            opts.file_name(opts.segno(summary.end)),
-            manifest.end_lsn,
-            opts.file_name(opts.segno(summary.end))
-        ));
-    }
-    tracing::info!("Phase 2: Replaying WAL segments...");
-    let mut engine = config.engine();
-    engine.wal_segment_size = manifest.wal_segment_size;
-    // The restored server writes the old timeline's names again: archiving
-    // stays off until the normal start that follows.
-    engine.archive = None;
-    let db = Database::open(env, engine).await.map_err(|e| format!("replaying the WAL failed: {e}"))?;
-    let (first, last) = (opts.segno(manifest.wal_start_lsn), opts.segno(Lsn(summary.end.0 - 1)));
-    for segno in first..=last {
-        let reached = if segno == last { " (target reached)" } else { "" };
-        tracing::info!("Replaying segment {}... done{reached}", opts.file_name(segno));
-    }
-    let report = db.recovery_report().clone();
-    db.shutdown().await.map_err(|e| format!("the closing checkpoint failed: {e}"))?;
-    tracing::info!("Phase 3: Recovery complete");
-    let when = summary.last_commit_micros.map_or_else(
-        || "no commit after the backup started".to_string(),
-        |micros| humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_micros(micros)).to_string(),
-    );
-    tracing::info!("Recovered to: {when} (LSN: {})", summary.end);
-    tracing::info!("Transactions recovered: {}", thousands(summary.commits));
-    tracing::info!("Transactions rolled back: {} (in-progress at recovery point)", thousands(report.losers as u64));
-    Ok(())
 }
 
 #[cfg(madsim)]
@@ -464,8 +413,11 @@ fn detect(fs: &dyn Fs, dir: &Path, timeline: Option<u32>) -> Result<(WalOptions,
         Some(timeline) => timeline,
         None => segments.iter().map(|(t, _)| *t).max().expect("at least one segment"),
     };
-    let segnos = segments.iter().filter(|(t, _)| *t == timeline).map(|(_, s)| *s).collect();
-    Ok((WalOptions { timeline, ..opts }, segnos))
+    // Below its switch points a timeline's log is its ancestors' segments.
+    let history = thunderdb::wal::read_history(fs, dir, timeline)?.map(|h| h.switches).unwrap_or_default();
+    let opts = WalOptions { timeline, history, ..opts };
+    let segnos = segments.iter().filter(|(t, s)| opts.owns_segment(*t, *s)).map(|(_, s)| *s).collect();
+    Ok((opts, segnos))
 }
 
 fn wal_dump(dir: &Path, from: Option<Lsn>, timeline: Option<u32>) -> Result<(), String> {

@@ -102,11 +102,20 @@ pub enum PlantedBug {
     /// Directory-mode archiving writes the segment straight to its final
     /// name without syncing (a naive `cp`), then records it archived.
     ArchiveWithoutSync,
+    /// A point-in-time recovery to a time keeps the first commit stamped
+    /// after the target too.
+    PitrIncludesFirstCommitAfter,
+    /// A point-in-time recovery continues on the timeline it replayed, so
+    /// the restored server's WAL reuses names the old timeline archived.
+    PitrReusesTimeline,
+    /// A point-in-time recovery treats a damaged record in an archived
+    /// segment as the end of the log, silently stopping short.
+    PitrTrustsDamagedArchive,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 31] = [
+    pub const ALL: [PlantedBug; 34] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -138,6 +147,9 @@ impl PlantedBug {
         PlantedBug::ArchiveRecycleUnarchived,
         PlantedBug::ArchiveExistsWithoutCompare,
         PlantedBug::ArchiveWithoutSync,
+        PlantedBug::PitrIncludesFirstCommitAfter,
+        PlantedBug::PitrReusesTimeline,
+        PlantedBug::PitrTrustsDamagedArchive,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -174,6 +186,9 @@ impl PlantedBug {
             PlantedBug::ArchiveRecycleUnarchived => "archive_recycle_unarchived",
             PlantedBug::ArchiveExistsWithoutCompare => "archive_exists_without_compare",
             PlantedBug::ArchiveWithoutSync => "archive_without_sync",
+            PlantedBug::PitrIncludesFirstCommitAfter => "pitr_includes_first_commit_after",
+            PlantedBug::PitrReusesTimeline => "pitr_reuses_timeline",
+            PlantedBug::PitrTrustsDamagedArchive => "pitr_trusts_damaged_archive",
         }
     }
 
@@ -207,6 +222,9 @@ impl PlantedBug {
                 | PlantedBug::ArchiveRecycleUnarchived
                 | PlantedBug::ArchiveExistsWithoutCompare
                 | PlantedBug::ArchiveWithoutSync
+                | PlantedBug::PitrIncludesFirstCommitAfter
+                | PlantedBug::PitrReusesTimeline
+                | PlantedBug::PitrTrustsDamagedArchive
         )
     }
 }

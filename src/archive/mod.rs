@@ -151,6 +151,8 @@ struct State {
     /// (µs, bytes) of the archives in the last minute.
     recent: VecDeque<(u64, u64)>,
     started_micros: u64,
+    /// This timeline's history file is archived (or there is none).
+    history_archived: bool,
 }
 
 /// Why an archive attempt failed.
@@ -250,7 +252,8 @@ impl Archiver {
         };
         let started_micros = env.clock.wall_micros();
         let detail = ArchiveDetail { last_archive_micros: durable.last_archive_micros, ..ArchiveDetail::default() };
-        let state = State { durable, next, detail, recent: VecDeque::new(), started_micros };
+        let history_archived = opts.timeline == 1;
+        let state = State { durable, next, detail, recent: VecDeque::new(), started_micros, history_archived };
         Ok(Archiver { env, opts, config, state: Mutex::new(state) })
     }
 
@@ -303,6 +306,19 @@ impl Archiver {
     /// `wal`'s durable end), in order, stopping at the first failure, which
     /// it records and returns. `stop` is polled between segments.
     pub async fn archive_ready(&self, wal: &Wal, stop: &(dyn Fn() -> bool + Sync)) -> Result<u64, ArchiveError> {
+        if !self.lock().history_archived {
+            // Before any segment of a new timeline: a restore that finds
+            // them must find how the timeline branched off.
+            if let Err(error) = self.archive_history().await {
+                let mut state = self.lock();
+                state.detail.failures += 1;
+                state.detail.failing_for += 1;
+                state.detail.last_error = Some(error.to_string());
+                tracing::error!(timeline = self.opts.timeline, %error, "archiving the timeline history file failed");
+                return Err(error);
+            }
+            self.lock().history_archived = true;
+        }
         let mut archived = 0;
         loop {
             let complete_below = self.opts.segno(wal.durable_lsn());
@@ -428,6 +444,25 @@ impl Archiver {
                 result
             }
         }
+    }
+
+    /// Archives this timeline's history file from the WAL directory, where
+    /// a point-in-time recovery left it (it stays there).
+    async fn archive_history(&self) -> Result<(), ArchiveError> {
+        let name = crate::wal::history_file_name(self.opts.timeline);
+        let path = self.opts.dir.join(&name);
+        if !self.env.fs.exists(&path).map_err(io_error("stat", &path))? {
+            tracing::warn!(file = %path.display(), "no history file for this timeline to archive");
+            return Ok(());
+        }
+        match &self.config.mode {
+            ArchiveMode::Dir(dir) => {
+                archive_to_dir(self.env.fs.as_ref(), dir, &name, &read_file(self.env.fs.as_ref(), &path)?)
+            }
+            ArchiveMode::Command(_) => self.run_command(&path, &name).await,
+        }?;
+        tracing::info!(file = %name, "archived the timeline history file");
+        Ok(())
     }
 
     /// Runs the archive command for `path` (named `name` in the archive).

@@ -92,51 +92,80 @@ impl ArchiveSource {
     }
 }
 
+/// How many segments a restore fetches at once.
+pub const FETCH_AHEAD: u64 = 4;
+
 /// Fetches every archived segment from `from_segno` on into `opts.dir`
 /// (replacing a partial copy a backup left there), until the archive has
-/// no more. A segment that is not whole is refused, named; a segment
-/// missing while a later one is present is a gap, refused, named. Returns
-/// the names fetched.
+/// no more or `through_segno` is fetched. Segments are named for `opts`'
+/// timeline, following its history. [`FETCH_AHEAD`] fetches run at once
+/// (restore commands in parallel). A segment that is not whole is refused,
+/// named; a segment missing while a later one is present is a gap,
+/// refused, named. `progress` hears each segment fetched. Returns the names
+/// fetched.
 pub async fn fetch_wal(
     source: &ArchiveSource,
     env: &Env,
     opts: &WalOptions,
     from_segno: u64,
+    through_segno: Option<u64>,
+    progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Vec<String>, String> {
     let mut fetched = Vec::new();
     let mut segno = from_segno;
     loop {
-        let name = opts.file_name(segno);
-        let dest = opts.dir.join(&name);
-        let staging = opts.dir.join(format!("{name}.archived"));
-        match source.fetch(env, &name, &staging).await? {
-            Fetched::Found => {}
-            Fetched::NotFound => {
-                // The end of the archive, unless the next one is there.
-                let next = opts.file_name(segno + 1);
-                let probe = opts.dir.join(format!("{next}.archived"));
-                if source.fetch(env, &next, &probe).await? == Fetched::Found {
-                    let _ = env.fs.remove(&probe);
+        let last = through_segno.unwrap_or(u64::MAX);
+        if segno > last {
+            return Ok(fetched);
+        }
+        let batch: Vec<u64> = (segno..=last).take(FETCH_AHEAD as usize).collect();
+        let staging = |segno: u64| opts.dir.join(format!("{}.archived", opts.file_name(segno)));
+        let wanted: Vec<(String, PathBuf)> =
+            batch.iter().map(|segno| (opts.file_name(*segno), staging(*segno))).collect();
+        let results = futures::future::join_all(wanted.iter().map(|(name, path)| source.fetch(env, name, path))).await;
+        let results: Vec<Fetched> = results.into_iter().collect::<Result<_, _>>()?;
+        for (i, (segno, found)) in batch.iter().zip(&results).enumerate() {
+            let name = opts.file_name(*segno);
+            if *found == Fetched::NotFound {
+                // The end of the archive, unless a later one is there.
+                let later = match batch[i + 1..].iter().zip(&results[i + 1..]).find(|(_, f)| **f == Fetched::Found) {
+                    Some((later, _)) => Some(opts.file_name(*later)),
+                    None => {
+                        let next = opts.file_name(segno + 1);
+                        let probe = opts.dir.join(format!("{next}.archived"));
+                        let found = source.fetch(env, &next, &probe).await? == Fetched::Found;
+                        found.then_some(next)
+                    }
+                };
+                for segno in batch.iter().chain([segno + 1].iter()) {
+                    let _ = env.fs.remove(&staging(*segno));
+                }
+                if let Some(later) = later {
                     return Err(format!(
-                        "the WAL archive has a gap: {name} is missing, but {next} is there; \
+                        "the WAL archive has a gap: {name} is missing, but {later} is there; \
                          nothing after the gap can be replayed"
                     ));
                 }
                 return Ok(fetched);
             }
+            let staged = staging(*segno);
+            let len =
+                env.fs.open(&staged).and_then(|file| file.len()).map_err(|e| format!("{}: {e}", staged.display()))?;
+            if len != opts.segment_size {
+                for segno in &batch {
+                    let _ = env.fs.remove(&staging(*segno));
+                }
+                return Err(format!(
+                    "archived segment {name} is {len} bytes, not a whole {}-byte segment: the archive's copy is incomplete",
+                    opts.segment_size
+                ));
+            }
+            let dest = opts.dir.join(&name);
+            env.fs.rename(&staged, &dest).map_err(|e| format!("{}: {e}", staged.display()))?;
+            progress(&name);
+            fetched.push(name);
         }
-        let len =
-            env.fs.open(&staging).and_then(|file| file.len()).map_err(|e| format!("{}: {e}", staging.display()))?;
-        if len != opts.segment_size {
-            let _ = env.fs.remove(&staging);
-            return Err(format!(
-                "archived segment {name} is {len} bytes, not a whole {}-byte segment: the archive's copy is incomplete",
-                opts.segment_size
-            ));
-        }
-        env.fs.rename(&staging, &dest).map_err(|e| format!("{}: {e}", staging.display()))?;
         env.fs.sync_dir(&opts.dir).map_err(|e| format!("{}: {e}", opts.dir.display()))?;
-        fetched.push(name);
-        segno += 1;
+        segno += batch.len() as u64;
     }
 }

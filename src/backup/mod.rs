@@ -30,6 +30,7 @@
 //! zstd frame, stored under its name plus `.zst`.
 
 pub mod manifest;
+pub mod pitr;
 pub mod registry;
 pub mod restore;
 pub mod verify;

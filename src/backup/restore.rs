@@ -3,10 +3,10 @@
 //! without its WAL restores only its data files here; the caller fetches
 //! the WAL from an archive ([`crate::archive::source::fetch_wal`]).
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
-use super::manifest::Manifest;
+use super::manifest::{FileEntry, Manifest};
 use super::verify::{read_manifest, restore_entry, Problem};
 use super::FileReader;
 use crate::env::Fs;
@@ -35,11 +35,10 @@ pub struct WalSummary {
 }
 
 /// Restores the backup in `backup` (on `fs`) into `data_dir` and `wal_dir`
-/// (on `target`), which must
-/// be empty or hold exactly this backup's files (as the documented
-/// step-by-step leaves them). Checks every file's checksums on the way;
-/// refuses, naming the file, before replacing anything that is not the
-/// backup's own.
+/// (on `target`), which must be empty or hold exactly this backup's files
+/// (as the documented step-by-step leaves them). Checks every file's
+/// checksums on the way; refuses, naming the file, before replacing
+/// anything that is not the backup's own.
 pub fn restore_files(
     fs: &dyn Fs,
     backup: &Path,
@@ -47,57 +46,98 @@ pub fn restore_files(
     data_dir: &Path,
     wal_dir: &Path,
 ) -> Result<Restored, String> {
-    let manifest = read_manifest(fs, backup).map_err(|p| p.to_string())?;
-    let dir_of = |restore_path: &str| if restore_path.starts_with("data/") { data_dir } else { wal_dir };
-    let wanted: BTreeMap<String, &super::manifest::FileEntry> = manifest
-        .files
-        .iter()
-        .filter(|f| f.restore_path.starts_with("data/") || f.restore_path.starts_with("wal/"))
-        .map(|f| (dir_of(&f.restore_path).join(file_name(&f.restore_path)).display().to_string(), f))
-        .collect();
-    let mut in_place = std::collections::BTreeSet::new();
-    for dir in [data_dir, wal_dir] {
-        target.create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for name in target.list(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
-            let path = dir.join(&name);
-            let key = path.display().to_string();
-            let same =
-                wanted.get(&key).is_some_and(|entry| crc_of(target, &path).is_ok_and(|crc| crc == entry.checksum));
-            if !same {
-                return Err(format!(
-                    "{} is not empty: {} is not this backup's copy of a file; restore into empty directories",
-                    dir.display(),
-                    path.display()
-                ));
+    let plan = RestorePlan::new(fs, backup, target, data_dir, wal_dir)?;
+    let files_written = plan.restore(fs, backup, target, &|_| true)?;
+    let pages = plan.manifest.data_pages;
+    Ok(Restored { manifest: plan.manifest, pages, files_written })
+}
+
+/// A restore checked against its target directories, not yet done.
+#[derive(Debug)]
+pub struct RestorePlan {
+    /// The backup's manifest (its own checksum verified).
+    pub manifest: Manifest,
+    /// Each file to restore, by destination path.
+    wanted: BTreeMap<String, FileEntry>,
+    /// Destinations that already hold the backup's copy.
+    in_place: BTreeSet<String>,
+    dirs: [PathBuf; 2],
+}
+
+impl RestorePlan {
+    /// Reads the manifest and checks that `data_dir` and `wal_dir` (on
+    /// `target`) are empty or hold only this backup's files; creates them.
+    pub fn new(
+        fs: &dyn Fs,
+        backup: &Path,
+        target: &dyn Fs,
+        data_dir: &Path,
+        wal_dir: &Path,
+    ) -> Result<RestorePlan, String> {
+        let manifest = read_manifest(fs, backup).map_err(|p| p.to_string())?;
+        let dir_of = |restore_path: &str| if restore_path.starts_with("data/") { data_dir } else { wal_dir };
+        let wanted: BTreeMap<String, FileEntry> = manifest
+            .files
+            .iter()
+            .filter(|f| f.restore_path.starts_with("data/") || f.restore_path.starts_with("wal/"))
+            .map(|f| (dir_of(&f.restore_path).join(file_name(&f.restore_path)).display().to_string(), f.clone()))
+            .collect();
+        let mut in_place = BTreeSet::new();
+        for dir in [data_dir, wal_dir] {
+            target.create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            for name in target.list(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+                let path = dir.join(&name);
+                let key = path.display().to_string();
+                let same =
+                    wanted.get(&key).is_some_and(|entry| crc_of(target, &path).is_ok_and(|crc| crc == entry.checksum));
+                if !same {
+                    return Err(format!(
+                        "{} is not empty: {} is not this backup's copy of a file; restore into empty directories",
+                        dir.display(),
+                        path.display()
+                    ));
+                }
+                in_place.insert(key);
             }
-            in_place.insert(key);
         }
+        Ok(RestorePlan { manifest, wanted, in_place, dirs: [data_dir.to_path_buf(), wal_dir.to_path_buf()] })
     }
-    let mut problems: Vec<Problem> = Vec::new();
-    let mut files_written = 0;
-    for (key, entry) in &wanted {
-        if in_place.contains(key) {
-            continue;
+
+    /// Restores the files whose manifest path (`data/…`, `wal/…`) `which`
+    /// selects, each under a temporary name, synced, then renamed; the
+    /// directories are synced at the end. Returns the files written.
+    pub fn restore(
+        &self,
+        fs: &dyn Fs,
+        backup: &Path,
+        target: &dyn Fs,
+        which: &dyn Fn(&str) -> bool,
+    ) -> Result<usize, String> {
+        let mut problems: Vec<Problem> = Vec::new();
+        let mut files_written = 0;
+        for (key, entry) in self.wanted.iter().filter(|(_, entry)| which(&entry.restore_path)) {
+            if self.in_place.contains(key) {
+                continue;
+            }
+            let path = Path::new(key);
+            let temp = path.with_extension("restoring");
+            if target.exists(&temp).unwrap_or(false) {
+                target.remove(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+            }
+            restore_entry(fs, backup, entry, Some((target, temp.clone())), &mut problems);
+            if let Some(problem) = problems.first() {
+                let _ = target.remove(&temp);
+                return Err(format!("the backup is damaged, nothing more was restored: {problem}"));
+            }
+            target.open(&temp).and_then(|file| file.sync_all()).map_err(|e| format!("sync {}: {e}", temp.display()))?;
+            target.rename(&temp, path).map_err(|e| format!("{}: {e}", temp.display()))?;
+            files_written += 1;
         }
-        let path = Path::new(key);
-        let temp = path.with_extension("restoring");
-        if target.exists(&temp).unwrap_or(false) {
-            target.remove(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+        for dir in &self.dirs {
+            target.sync_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        restore_entry(fs, backup, entry, Some((target, temp.clone())), &mut problems);
-        if let Some(problem) = problems.first() {
-            let _ = target.remove(&temp);
-            return Err(format!("the backup is damaged, nothing more was restored: {problem}"));
-        }
-        target.open(&temp).and_then(|file| file.sync_all()).map_err(|e| format!("sync {}: {e}", temp.display()))?;
-        target.rename(&temp, path).map_err(|e| format!("{}: {e}", temp.display()))?;
-        files_written += 1;
+        Ok(files_written)
     }
-    for dir in [data_dir, wal_dir] {
-        target.sync_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let pages = manifest.data_pages;
-    Ok(Restored { manifest, pages, files_written })
 }
 
 fn file_name(restore_path: &str) -> &str {

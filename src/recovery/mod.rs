@@ -41,7 +41,7 @@ use crate::probe::{self, Phase, Probe};
 use crate::storage::{
     ActiveTxnEntry, BufferError, BufferPool, ControlFile, ControlState, Op, Redo, Store, StoreError, DATA_FILE_NAME,
 };
-use crate::wal::{Lsn, RecordKind, Wal, WalOptions, WalReader};
+use crate::wal::{read_history, Lsn, RecordKind, Wal, WalOptions, WalReader};
 
 /// Where a store lives and how much memory its pool gets.
 #[derive(Debug, Clone)]
@@ -127,6 +127,17 @@ pub async fn recover(
     };
     report.checkpoint_lsn = control.map(|control| control.checkpoint_lsn);
     report.redo_from = start;
+    // The log is the control file's timeline's, with its history: the
+    // segments below each switch point are its ancestors'.
+    let mut wal_opts = opts.wal.clone();
+    if let Some(control) = control.filter(|control| control.timeline > 1) {
+        wal_opts.timeline = control.timeline;
+        wal_opts.history = read_history(fs.as_ref(), &wal_opts.dir, control.timeline)
+            .map_err(|detail| StoreError::BadHistory { detail })?
+            .map(|history| history.switches)
+            .unwrap_or_default();
+    }
+    let opts = &StoreOptions { wal: wal_opts, ..opts.clone() };
 
     // Phase 1: analysis.
     let mut losers: BTreeMap<u64, Loser> = BTreeMap::new();

@@ -93,6 +93,13 @@ pub enum StoreError {
     /// The data file or the control file failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The timeline history file the control file's timeline needs does
+    /// not parse.
+    #[error("timeline history: {detail}")]
+    BadHistory {
+        /// The file and what is wrong with it.
+        detail: String,
+    },
     /// The key is longer than a tree accepts.
     #[error("a key of {len} bytes exceeds the {MAX_KEY_LEN}-byte limit")]
     KeyTooLong {
@@ -108,7 +115,7 @@ impl StoreError {
         match self {
             StoreError::Buffer(BufferError::Storage(e)) | StoreError::Storage(e) => e.is_corruption(),
             StoreError::Buffer(BufferError::Wal(e)) | StoreError::Wal(e) => e.is_corruption(),
-            StoreError::BadRecord { .. } => true,
+            StoreError::BadRecord { .. } | StoreError::BadHistory { .. } => true,
             StoreError::TooLarge(_) | StoreError::KeyTooLong { .. } => false,
         }
     }

@@ -8,6 +8,7 @@ mod lsn;
 mod reader;
 mod record;
 mod segment;
+mod timeline;
 mod writer;
 
 pub use error::WalError;
@@ -17,5 +18,8 @@ pub use record::{decode, DecodeError, Decoded, Record, RecordKind, HEADER_LEN, M
 pub use segment::{
     parse_segment_file_name, segment_file_name, WalOptions, DEFAULT_RECYCLED_SEGMENTS_MAX, DEFAULT_SEGMENT_SIZE,
     DEFAULT_WRITE_BEHIND_BYTES, DEFAULT_ZERO_FILL_CHUNK,
+};
+pub use timeline::{
+    history_file_name, parse_history_file_name, read_history, HistoryError, TimelineHistory, TimelineSwitch,
 };
 pub use writer::{RetireReport, Wal, WalStats};

@@ -162,7 +162,7 @@ impl WalReader {
                     Err(why) => return Ok(Err(why)),
                 };
                 if len <= rest.len() {
-                    return Ok(self.on_timeline(decode(&rest[..len], at)));
+                    return Ok(self.on_timeline(decode(&rest[..len], at), at));
                 }
             }
         }
@@ -178,12 +178,12 @@ impl WalReader {
             Ok(bytes) => bytes,
             Err(why) => return Ok(Err(why)),
         };
-        Ok(self.on_timeline(decode(&bytes, at)))
+        Ok(self.on_timeline(decode(&bytes, at), at))
     }
 
-    fn on_timeline(&self, decoded: Result<Decoded, DecodeError>) -> Result<Decoded, DecodeError> {
+    fn on_timeline(&self, decoded: Result<Decoded, DecodeError>, at: Lsn) -> Result<Decoded, DecodeError> {
         decoded.and_then(|decoded| {
-            if decoded.timeline == self.opts.timeline {
+            if self.opts.accepts(decoded.timeline, at) {
                 Ok(decoded)
             } else {
                 Err(DecodeError::WrongTimeline(decoded.timeline))
@@ -240,7 +240,7 @@ impl WalReader {
         let last_segno = names
             .iter()
             .filter_map(|name| parse_segment_file_name(name, self.opts.segment_size))
-            .filter(|(timeline, _)| *timeline == self.opts.timeline)
+            .filter(|(timeline, segno)| self.opts.owns_segment(*timeline, *segno))
             .map(|(_, segno)| segno)
             .max();
         let Some(last_segno) = last_segno else { return Ok(None) };

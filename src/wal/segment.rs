@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use super::error::WalError;
 use super::lsn::Lsn;
+use super::timeline::TimelineSwitch;
 
 /// The default segment size: 16 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
@@ -43,6 +44,10 @@ pub struct WalOptions {
     /// How many retired segments a checkpoint keeps, renamed to future
     /// names, for reuse; the rest are removed.
     pub recycled_segments_max: usize,
+    /// The switches that led to `timeline` (its history file), oldest
+    /// first: which ancestor's segments and records hold the log below
+    /// each switch point. Empty on timeline 1.
+    pub history: Vec<TimelineSwitch>,
 }
 
 /// The default write-behind threshold: 4 MiB.
@@ -64,6 +69,7 @@ impl WalOptions {
             write_behind_bytes: DEFAULT_WRITE_BEHIND_BYTES,
             zero_fill_chunk: DEFAULT_ZERO_FILL_CHUNK,
             recycled_segments_max: DEFAULT_RECYCLED_SEGMENTS_MAX,
+            history: Vec::new(),
         }
     }
 
@@ -120,12 +126,37 @@ impl WalOptions {
         lsn.0 % self.segment_size
     }
 
-    /// The file name of segment `segno` on this timeline.
-    pub fn file_name(&self, segno: u64) -> String {
-        segment_file_name(self.timeline, segno, self.segment_size)
+    /// The timeline whose file holds segment `segno`: the oldest one in the
+    /// history that switched after the segment ends, else this one. (The
+    /// segment holding a switch point is the child's.)
+    pub fn timeline_of_segment(&self, segno: u64) -> u32 {
+        self.history
+            .iter()
+            .find(|switch| segno < self.segno(switch.switch_lsn))
+            .map_or(self.timeline, |switch| switch.parent)
     }
 
-    /// The path of segment `segno` on this timeline.
+    /// Whether a record written by `timeline` at `lsn` belongs to this
+    /// timeline's log: it is this timeline's, or an ancestor's from below
+    /// the point where the ancestor was left.
+    pub fn accepts(&self, timeline: u32, lsn: Lsn) -> bool {
+        timeline == self.timeline
+            || self.history.iter().any(|switch| switch.parent == timeline && lsn < switch.switch_lsn)
+    }
+
+    /// The file name of segment `segno` on this timeline's log (an
+    /// ancestor's name below the last switch).
+    pub fn file_name(&self, segno: u64) -> String {
+        segment_file_name(self.timeline_of_segment(segno), segno, self.segment_size)
+    }
+
+    /// Whether a file named for `timeline` and `segno` is part of this
+    /// timeline's log.
+    pub fn owns_segment(&self, timeline: u32, segno: u64) -> bool {
+        self.timeline_of_segment(segno) == timeline
+    }
+
+    /// The path of segment `segno` on this timeline's log.
     pub fn path(&self, segno: u64) -> PathBuf {
         self.dir.join(self.file_name(segno))
     }

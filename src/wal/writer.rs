@@ -327,7 +327,7 @@ impl Wal {
         let ours: Vec<(u64, &String)> = names
             .iter()
             .filter_map(|name| match parse_segment_file_name(name, self.opts.segment_size) {
-                Some((timeline, segno)) if timeline == self.opts.timeline => Some((segno, name)),
+                Some((timeline, segno)) if self.opts.owns_segment(timeline, segno) => Some((segno, name)),
                 _ => None,
             })
             .collect();
