@@ -108,9 +108,10 @@ pub enum PlantedBug {
     /// A point-in-time recovery continues on the timeline it replayed, so
     /// the restored server's WAL reuses names the old timeline archived.
     PitrReusesTimeline,
-    /// A point-in-time recovery treats a damaged record in an archived
-    /// segment as the end of the log, silently stopping short.
-    PitrTrustsDamagedArchive,
+    /// A point-in-time recovery ends the transactions open at its stop
+    /// point with abort records instead of rolling them back, so their
+    /// changes stay.
+    PitrAbortsWithoutUndo,
 }
 
 impl PlantedBug {
@@ -149,7 +150,7 @@ impl PlantedBug {
         PlantedBug::ArchiveWithoutSync,
         PlantedBug::PitrIncludesFirstCommitAfter,
         PlantedBug::PitrReusesTimeline,
-        PlantedBug::PitrTrustsDamagedArchive,
+        PlantedBug::PitrAbortsWithoutUndo,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -188,7 +189,7 @@ impl PlantedBug {
             PlantedBug::ArchiveWithoutSync => "archive_without_sync",
             PlantedBug::PitrIncludesFirstCommitAfter => "pitr_includes_first_commit_after",
             PlantedBug::PitrReusesTimeline => "pitr_reuses_timeline",
-            PlantedBug::PitrTrustsDamagedArchive => "pitr_trusts_damaged_archive",
+            PlantedBug::PitrAbortsWithoutUndo => "pitr_aborts_without_undo",
         }
     }
 
@@ -224,7 +225,7 @@ impl PlantedBug {
                 | PlantedBug::ArchiveWithoutSync
                 | PlantedBug::PitrIncludesFirstCommitAfter
                 | PlantedBug::PitrReusesTimeline
-                | PlantedBug::PitrTrustsDamagedArchive
+                | PlantedBug::PitrAbortsWithoutUndo
         )
     }
 }

@@ -254,10 +254,24 @@ pub enum Probe {
     /// The archiver started with segments left from before a restart
     /// or crash, and archived them first.
     ArchiveResumed,
+    /// A point-in-time recovery to a time stopped before a commit stamped after it.
+    PitrTimeTargetReached,
+    /// A point-in-time recovery to an LSN stopped after the last record that begins at or before it.
+    PitrLsnTargetReached,
+    /// A point-in-time recovery replayed everything the archive holds.
+    PitrLatestReached,
+    /// A point-in-time recovery refused a target it could not reach (before the backup's end, past the WAL, a gap, damage).
+    PitrRefused,
+    /// A point-in-time recovery found an unfinished one's marker, cleared what it left and started over.
+    PitrRestartedAfterCrash,
+    /// A point-in-time recovery followed a newer timeline's history from the archive.
+    PitrFollowedNewerTimeline,
+    /// A point-in-time recovery rolled back transactions open at its stop point.
+    PitrRolledBackOpen,
 }
 
 impl Probe {
-    const ALL: [Probe; 37] = [
+    const ALL: [Probe; 44] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -295,6 +309,13 @@ impl Probe {
         Probe::ArchiveCommandTimedOut,
         Probe::ArchiveHeldSegment,
         Probe::ArchiveResumed,
+        Probe::PitrTimeTargetReached,
+        Probe::PitrLsnTargetReached,
+        Probe::PitrLatestReached,
+        Probe::PitrRefused,
+        Probe::PitrRestartedAfterCrash,
+        Probe::PitrFollowedNewerTimeline,
+        Probe::PitrRolledBackOpen,
     ];
 
     fn layer(self) -> Layer {
@@ -352,6 +373,13 @@ impl Probe {
             Probe::ArchiveCommandTimedOut => "archive_command_timed_out",
             Probe::ArchiveHeldSegment => "archive_held_segment",
             Probe::ArchiveResumed => "archive_resumed",
+            Probe::PitrTimeTargetReached => "pitr_time_target_reached",
+            Probe::PitrLsnTargetReached => "pitr_lsn_target_reached",
+            Probe::PitrLatestReached => "pitr_latest_reached",
+            Probe::PitrRefused => "pitr_refused",
+            Probe::PitrRestartedAfterCrash => "pitr_restarted_after_crash",
+            Probe::PitrFollowedNewerTimeline => "pitr_followed_newer_timeline",
+            Probe::PitrRolledBackOpen => "pitr_rolled_back_open",
         }
     }
 }

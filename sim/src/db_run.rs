@@ -40,6 +40,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::pitr_sim::{PitrBase, PitrCheck};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thunderdb::db::{Database, DbError, EngineConfig};
@@ -62,6 +63,10 @@ use crate::archive_sim::{self, plant_foreign, ArchiveOracle, ArchivePlan, SimCom
 use crate::wal_run::{draw_write_behind, draw_zero_fill_chunk, knobs_seed, SeedFailure, SeedOutcome};
 
 const CYCLES: u32 = 5;
+/// Point-in-time recoveries per seed that has a backup and an archive,
+/// each to its own target, with its own fault, on a disk of its own.
+const PITR_ATTEMPTS: u64 = 6;
+
 /// Where a cycle's backup goes, on a disk of its own.
 const BACKUP_DIR: &str = "/backups/full";
 const TXNS_PER_SESSION: u32 = 12;
@@ -132,6 +137,26 @@ impl BackupPlan {
             pause_ms: [0, 1, 5, 20][rng.random_range(0..4)],
             checkpoints_during: rng.random_bool(0.5),
             calm: rng.random_bool(0.5),
+        })
+    }
+}
+
+impl BackupPlan {
+    /// For an archiving seed without a backup of its own: most get one,
+    /// with neither crashes of its disk nor calm (the live disk keeps its
+    /// faults), so that a point-in-time recovery has a base.
+    fn draw_for_pitr(seed: u64) -> Option<Self> {
+        let mut rng = ChaCha8Rng::seed_from_u64(knobs_seed(seed) ^ 0x9171_u64.rotate_left(48));
+        rng.random_bool(0.75).then(|| BackupPlan {
+            delay_ms: rng.random_range(0..20),
+            include_wal: rng.random_bool(0.7),
+            compress: rng.random_bool(0.5),
+            crash_after: None,
+            disk_seed: rng.random(),
+            chunk_bytes: [PAGE_SIZE, 2 * PAGE_SIZE, 1 << 20][rng.random_range(0..3)],
+            pause_ms: [0, 1, 5][rng.random_range(0..3)],
+            checkpoints_during: rng.random_bool(0.5),
+            calm: false,
         })
     }
 }
@@ -271,6 +296,12 @@ struct Run {
     /// The archive command, in command mode.
     commands: Option<Arc<SimCommands>>,
     archive_oracle: ArchiveOracle,
+    /// Every commit that survived, in log order: the point-in-time
+    /// recovery oracle's reference.
+    history: DbModel,
+    /// A completed backup's files, for the point-in-time recovery oracle
+    /// (archiving seeds).
+    pitr_base: Option<PitrBase>,
 }
 
 /// Runs one seed of the transactional workloads to its verdict.
@@ -280,6 +311,11 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     let mut swarm = Swarm { backup: BackupPlan::draw(seed), ..Swarm::draw(&mut rng, &mut knobs) };
     swarm.archive = ArchivePlan::draw(seed);
     swarm.config.archive = swarm.archive.map(|plan| plan.config());
+    if swarm.archive.is_some() && swarm.backup.is_none() {
+        // Most archiving seeds take a backup too: the point-in-time
+        // recovery oracle starts from one.
+        swarm.backup = BackupPlan::draw_for_pitr(seed);
+    }
     if swarm.backup.is_some_and(|plan| plan.calm) {
         // Injected I/O errors stop the engine (fail-stop), and a backup of a
         // stopped engine fails: half the backup seeds leave only crashes
@@ -312,6 +348,8 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         corruption_detected: false,
         commands,
         archive_oracle: ArchiveOracle::default(),
+        history: DbModel::default(),
+        pitr_base: None,
     };
     for _ in 0..CYCLES {
         let countdown =
@@ -383,6 +421,7 @@ impl Run {
                 complete_below,
                 self.commands.as_deref(),
                 self.swarm.archive.and_then(|plan| plan.foreign_segno),
+                self.damaged,
             )
             .map_err(|(check, detail)| self.fail(check, detail))
     }
@@ -413,7 +452,11 @@ impl Run {
             Err(e) if e.is_corruption() => return self.corruption(e.to_string()),
             Err(_) => return Ok(None),
         };
-        lock(&self.shared).model.check(&found).map_err(|detail| self.fail("durable_prefix", detail))?;
+        {
+            let shared = lock(&self.shared);
+            let applied = shared.model.check(&found).map_err(|detail| self.fail("durable_prefix", detail))?;
+            shared.model.record_survivors(applied, &mut self.history);
+        }
         if let Some(bank) = found.get(BANK) {
             let total = bank_total(bank).map_err(|detail| self.fail("bank_conserved", detail))?;
             if total != i64::from(ACCOUNTS) * OPENING_BALANCE {
@@ -552,8 +595,12 @@ impl Run {
             let outcome = task.await.map_err(|e| self.fail("no_panic", format!("the backup panicked: {e}")))?;
             // Nothing stood in the backup's way: no I/O errors injected, no
             // crash of either disk, the engine still running.
-            let unhindered =
-                plan.calm && !disk.is_crashed() && !self.disk.is_crashed() && db.wal().check_running().is_ok();
+            // Nor data lost at rest, which a backup must refuse to copy.
+            let unhindered = plan.calm
+                && !self.damaged
+                && !disk.is_crashed()
+                && !self.disk.is_crashed()
+                && db.wal().check_running().is_ok();
             self.check_backup(plan, &disk, outcome, unhindered).await?;
         }
         self.checkpoints += db.stats().checkpoints.load(std::sync::atomic::Ordering::Relaxed);
@@ -603,6 +650,9 @@ impl Run {
             return Err(
                 self.fail("backup_verifies", format!("a completed backup fails to verify:\n{}", report.render()))
             );
+        }
+        if self.swarm.archive.is_some_and(|plan| plan.foreign_segno.is_none()) && self.pitr_base.is_none() {
+            self.pitr_base = PitrBase::copy(fs.as_ref(), dir, &manifest).ok();
         }
         if plan.include_wal {
             let found = self.restore_backup(fs.as_ref(), dir, &manifest).await?;
@@ -776,7 +826,7 @@ impl Run {
             Err(e) => Err(e),
         };
         match replayed {
-            Ok(found) if found == *expected => Ok(()),
+            Ok(found) if found == *expected => self.check_pitr(&segments.into_iter().collect()).await,
             Ok(found) => Err(self.fail(
                 "archive_replays",
                 format!(
@@ -795,8 +845,39 @@ impl Run {
     }
 }
 
+impl Run {
+    /// The point-in-time recovery oracle (`pitr_sim`), when a backup
+    /// completed and nothing was lost at rest.
+    async fn check_pitr(&mut self, archive: &std::collections::BTreeMap<String, Vec<u8>>) -> Result<(), SeedFailure> {
+        let Some(base) = self.pitr_base.take() else { return Ok(()) };
+        if self.damaged {
+            return Ok(());
+        }
+        // The clean shutdown made every commit since the last recovery durable.
+        {
+            let shared = lock(&self.shared);
+            shared.model.record_survivors(shared.model.len(), &mut self.history);
+        }
+        let mut knobs = ChaCha8Rng::seed_from_u64(self.seed ^ 0x9171_7177);
+        for attempt in 0..PITR_ATTEMPTS {
+            PitrCheck {
+                seed: self.seed ^ attempt.rotate_left(32),
+                clock: self.clock.clone(),
+                knobs: &mut knobs,
+                history: &self.history,
+                base: &base,
+                archive,
+            }
+            .run()
+            .await
+            .map_err(|(check, detail)| self.fail(check, detail))?;
+        }
+        Ok(())
+    }
+}
+
 /// Every table's rows, read in one transaction.
-async fn read_state(db: &Database) -> Result<State, DbError> {
+pub(crate) async fn read_state(db: &Database) -> Result<State, DbError> {
     let mut txn = db.begin().await?;
     let mut state = State::new();
     for table in txn.tables().await? {

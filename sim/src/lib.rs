@@ -14,6 +14,7 @@
 pub mod archive_sim;
 pub mod db_run;
 pub mod fuzz_checks;
+pub mod pitr_sim;
 pub mod runner;
 pub mod wal_run;
 

@@ -95,14 +95,22 @@ impl ArchiveSource {
 /// How many segments a restore fetches at once.
 pub const FETCH_AHEAD: u64 = 4;
 
+/// What [`fetch_wal`] brought.
+#[derive(Debug, Clone, Default)]
+pub struct FetchedWal {
+    /// The segments fetched, in order, without a gap.
+    pub names: Vec<String>,
+    /// Where fetching stopped at a gap (a segment missing while a later one
+    /// is there), named: the WAL after it cannot be replayed.
+    pub gap: Option<String>,
+}
+
 /// Fetches every archived segment from `from_segno` on into `opts.dir`
 /// (replacing a partial copy a backup left there), until the archive has
-/// no more or `through_segno` is fetched. Segments are named for `opts`'
-/// timeline, following its history. [`FETCH_AHEAD`] fetches run at once
-/// (restore commands in parallel). A segment that is not whole is refused,
-/// named; a segment missing while a later one is present is a gap,
-/// refused, named. `progress` hears each segment fetched. Returns the names
-/// fetched.
+/// no more, or a gap, or `through_segno` is fetched. Segments are named for
+/// `opts`' timeline, following its history. [`FETCH_AHEAD`] fetches run at
+/// once (restore commands in parallel). A segment that is not whole is
+/// refused, named. `progress` hears each segment fetched.
 pub async fn fetch_wal(
     source: &ArchiveSource,
     env: &Env,
@@ -110,8 +118,8 @@ pub async fn fetch_wal(
     from_segno: u64,
     through_segno: Option<u64>,
     progress: &mut (dyn FnMut(&str) + Send),
-) -> Result<Vec<String>, String> {
-    let mut fetched = Vec::new();
+) -> Result<FetchedWal, String> {
+    let mut fetched = FetchedWal::default();
     let mut segno = from_segno;
     loop {
         let last = through_segno.unwrap_or(u64::MAX);
@@ -140,12 +148,12 @@ pub async fn fetch_wal(
                 for segno in batch.iter().chain([segno + 1].iter()) {
                     let _ = env.fs.remove(&staging(*segno));
                 }
-                if let Some(later) = later {
-                    return Err(format!(
+                fetched.gap = later.map(|later| {
+                    format!(
                         "the WAL archive has a gap: {name} is missing, but {later} is there; \
                          nothing after the gap can be replayed"
-                    ));
-                }
+                    )
+                });
                 return Ok(fetched);
             }
             let staged = staging(*segno);
@@ -163,7 +171,7 @@ pub async fn fetch_wal(
             let dest = opts.dir.join(&name);
             env.fs.rename(&staged, &dest).map_err(|e| format!("{}: {e}", staged.display()))?;
             progress(&name);
-            fetched.push(name);
+            fetched.names.push(name);
         }
         env.fs.sync_dir(&opts.dir).map_err(|e| format!("{}: {e}", opts.dir.display()))?;
         segno += batch.len() as u64;

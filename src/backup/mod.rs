@@ -45,8 +45,8 @@ use crate::db::{Database, DbError};
 use crate::env::{File, Fs};
 use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Phase, Probe};
-use crate::storage::{CONTROL_FILE_NAME, DATA_FILE_NAME, PAGE_SIZE};
-use crate::wal::{Lsn, WalOptions};
+use crate::storage::{Op, Page, PageCheck, StoreError, CONTROL_FILE_NAME, DATA_FILE_NAME, PAGE_SIZE};
+use crate::wal::{Lsn, RecordKind, WalOptions, WalReader};
 use manifest::{checksum_text, Compression, FileEntry, Manifest, SegmentEntry, FORMAT_VERSION, MANIFEST_NAME};
 
 /// The config file's name in a backup.
@@ -134,6 +134,55 @@ pub enum BackupError {
     /// The server began shutting down.
     #[error("the server shut down during the backup")]
     ShutDown,
+    /// A page of the live data file is damaged (it fails its checksum)
+    /// and the WAL since the backup's start holds no image to rebuild it:
+    /// the backup would not restore.
+    #[error(
+        "page {page_no} of {path} is damaged ({why}) and the WAL since the backup's start holds no image of it: \
+         the backup would not restore; the live data file needs repair (restore it from an earlier backup)"
+    )]
+    DamagedPage {
+        /// The live data file.
+        path: PathBuf,
+        /// The page.
+        page_no: u32,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// Passes a data file's bytes through, noting each page that fails its
+/// own checks (a page damaged at rest is copied as it is; the backup
+/// then fails unless its WAL holds an image of the page).
+struct PageChecking<R> {
+    inner: R,
+    page: Vec<u8>,
+    page_no: u32,
+    bad: std::collections::BTreeMap<u32, String>,
+}
+
+impl<R: Read> Read for PageChecking<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        let mut rest = &buf[..read];
+        while !rest.is_empty() {
+            let take = (PAGE_SIZE - self.page.len()).min(rest.len());
+            self.page.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.page.len() == PAGE_SIZE {
+                if let Err(check) = Page::from_bytes(&self.page, self.page_no) {
+                    let why = match check {
+                        PageCheck::Zeroed => "all zeroes".to_string(),
+                        PageCheck::Damaged(detail) => detail,
+                    };
+                    self.bad.insert(self.page_no, why);
+                }
+                self.page.clear();
+                self.page_no += 1;
+            }
+        }
+        Ok(read)
+    }
 }
 
 fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BackupError {
@@ -368,6 +417,7 @@ pub async fn take(
     };
     let mut files = Vec::new();
     let mut data_pages = 0;
+    let mut damaged = std::collections::BTreeMap::new();
     let live_data = &db.config().data_dir;
     let names = live.list(live_data).map_err(io_error("list", live_data))?;
     for name in names.iter().filter(|name| !NOT_COPIED.contains(&name.as_str())) {
@@ -377,12 +427,16 @@ pub async fn take(
         // Only whole pages: the file may grow during the copy, and replay
         // rebuilds every page added after the start.
         let len = if name == DATA_FILE_NAME { len - len % PAGE_SIZE as u64 } else { len };
-        let entry = writer
-            .write(&format!("data/{name}"), true, FileReader { file: file.as_ref(), offset: 0 }.take(len))
-            .await?;
-        if name == DATA_FILE_NAME {
+        let source = FileReader { file: file.as_ref(), offset: 0 }.take(len);
+        let entry = if name == DATA_FILE_NAME {
+            let mut checking = PageChecking { inner: source, page: Vec::new(), page_no: 0, bad: damaged };
+            let entry = writer.write(&format!("data/{name}"), true, &mut checking).await?;
+            damaged = checking.bad;
             data_pages = entry.size / PAGE_SIZE as u64;
-        }
+            entry
+        } else {
+            writer.write(&format!("data/{name}"), true, source).await?
+        };
         files.push(entry);
     }
     let mut control = start.control.encode();
@@ -399,6 +453,25 @@ pub async fn take(
     };
     progress.end_lsn.store(end.0, Ordering::Relaxed);
     let opts = db.wal().options();
+    if !damaged.is_empty() {
+        // Pages the copy found damaged must be rebuilt by an image logged
+        // since the start checkpoint (a page torn by a concurrent write
+        // is; one damaged at rest is not).
+        let mut reader = WalReader::new(env.fs.clone(), opts.clone(), start.wal_from);
+        while let Some((lsn, record)) = reader.next_record().map_err(|e| BackupError::Db(StoreError::from(e).into()))? {
+            if lsn >= end {
+                break;
+            }
+            if record.kind == RecordKind::Data && lsn >= start.control.redo_lsn {
+                for page_no in Op::image_pages(&record.payload).unwrap_or_default() {
+                    damaged.remove(&page_no);
+                }
+            }
+        }
+        if let Some((page_no, why)) = damaged.into_iter().next() {
+            return Err(BackupError::DamagedPage { path: live_data.join(DATA_FILE_NAME), page_no, why });
+        }
+    }
     let mut wal_segments = Vec::new();
     let segments = segments_between(opts, start.wal_from, end);
     if request.include_wal {

@@ -51,11 +51,12 @@ use crate::archive::source::{fetch_wal, ArchiveSource, Fetched};
 use crate::db::{Database, EngineConfig};
 use crate::env::{write_atomically, Env, Fs};
 use crate::planted::{active, PlantedBug};
+use crate::probe::{self, Probe};
 use crate::recovery::thousands;
 use crate::storage::{ControlFile, Op};
 use crate::wal::{
-    history_file_name, parse_segment_file_name, segment_file_name, Lsn, RecordKind, TimelineHistory, WalOptions,
-    WalReader,
+    history_file_name, parse_segment_file_name, segment_file_name, Lsn, Record, RecordKind, TimelineHistory,
+    WalOptions, WalReader,
 };
 
 /// The file in the data directory that says a point-in-time recovery into
@@ -211,6 +212,18 @@ pub async fn point_in_time_recovery(
     request: &PitrRequest,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<PitrOutcome, String> {
+    let outcome = recover_to_target(env, request, progress).await;
+    if outcome.is_err() {
+        probe::hit(Probe::PitrRefused);
+    }
+    outcome
+}
+
+async fn recover_to_target(
+    env: &Env,
+    request: &PitrRequest,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<PitrOutcome, String> {
     let fs = env.fs.as_ref();
     let (data_dir, wal_dir) = (&request.engine.data_dir, &request.engine.wal_dir);
     let target = request.target;
@@ -231,6 +244,7 @@ pub async fn point_in_time_recovery(
         for dir in [wal_dir, data_dir] {
             clear_dir(fs, dir)?;
         }
+        probe::hit(Probe::PitrRestartedAfterCrash);
     }
     let plan = RestorePlan::new(fs, &request.backup, fs, data_dir, wal_dir)?;
     let manifest = plan.manifest.clone();
@@ -263,17 +277,20 @@ pub async fn point_in_time_recovery(
     let own_copies = prefix_checksums(fs, &manifest, wal_dir)?;
     let first = chain.segno(manifest.wal_start_lsn);
     let mut complete_through = Lsn::ZERO;
+    let mut gap = None;
     if let Some(source) = &request.source {
-        let through = match target {
-            // The record that begins at the target may end in the next one.
-            Target::Lsn(lsn) => Some(chain.segno(lsn) + 1),
-            Target::Time(_) | Target::Latest => None,
-        };
-        let fetched = fetch_wal(source, env, &chain, first, through, progress).await?;
-        tracing::info!(segments = fetched.len(), timeline = chain.timeline, "fetched archived WAL");
-        if fetched.len() > 1 && !active(PlantedBug::PitrTrustsDamagedArchive) {
-            complete_through = Lsn((first + fetched.len() as u64 - 1) * chain.segment_size);
+        // Everything: the records that begin before an LSN target may end
+        // several segments on, and a time target's stop is found by the scan.
+        let fetched = fetch_wal(source, env, &chain, first, None, progress).await?;
+        tracing::info!(segments = fetched.names.len(), timeline = chain.timeline, "fetched archived WAL");
+        if fetched.names.len() > 1 {
+            complete_through = Lsn((first + fetched.names.len() as u64 - 1) * chain.segment_size);
         }
+        gap = fetched.gap;
+    }
+    if let (Some(gap), Target::Latest) = (&gap, target) {
+        // `latest` is the archive's end: never silently short of it.
+        return Err(format!("{gap}; recover to a time or an LSN before the gap to stop there"));
     }
     for (segno, limit, checksum) in own_copies {
         let path = chain.path(segno);
@@ -286,7 +303,7 @@ pub async fn point_in_time_recovery(
             ));
         }
     }
-    let scan = resolve(env, &chain, &manifest, complete_through, target)?;
+    let scan = resolve(env, &chain, &manifest, complete_through, target, gap.as_deref())?;
 
     // Phase 1: the data files.
     plan.restore(fs, &request.backup, fs, &|path| !path.starts_with("wal/"))?;
@@ -301,7 +318,7 @@ pub async fn point_in_time_recovery(
         Target::Latest => "latest".into(),
     };
     let history = timelines.history.child(chain.timeline, scan.stop, reason);
-    branch(fs, &chain, scan.stop, timeline, &history, data_dir)?;
+    branch(fs, &chain, &scan, timeline, &history, data_dir)?;
     // Archiving stays as configured: the new timeline's segments are held
     // until archived (a later recovery along this timeline replays them),
     // and the history file goes first.
@@ -316,6 +333,9 @@ pub async fn point_in_time_recovery(
         log.say(format!("Replaying segment {name}... done{reached}"));
     }
     let rolled_back = db.recovery_report().losers;
+    if rolled_back > 0 {
+        probe::hit(Probe::PitrRolledBackOpen);
+    }
     db.shutdown().await.map_err(|e| format!("the closing checkpoint failed: {e}"))?;
     let marker = data_dir.join(PITR_MARKER);
     fs.remove(&marker).map_err(|e| format!("{}: {e}", marker.display()))?;
@@ -436,6 +456,7 @@ async fn choose_timeline(env: &Env, request: &PitrRequest, manifest: &Manifest) 
     chain.timeline = chosen;
     chain.history = history.switches.clone();
     if chosen != base {
+        probe::hit(Probe::PitrFollowedNewerTimeline);
         tracing::info!(timeline = chosen, backup_timeline = base, "following the newest timeline in the archive");
     }
     Ok(Timelines { chain, history, highest })
@@ -468,11 +489,14 @@ fn prefix_checksum(fs: &dyn Fs, path: &Path, limit: u64) -> Result<u32, String> 
 }
 
 /// Where the replay stops, and what it replays.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Stop {
     stop: Lsn,
     commits: u64,
     last_commit_micros: Option<u64>,
+    /// Transactions with changes but no end before the stop: their last
+    /// record's LSN, by id.
+    open: std::collections::BTreeMap<u64, Lsn>,
 }
 
 /// Scans the WAL from the backup's start (checking every record) and
@@ -483,6 +507,7 @@ fn resolve(
     manifest: &Manifest,
     complete_through: Lsn,
     target: Target,
+    gap: Option<&str>,
 ) -> Result<Stop, String> {
     let mut reader =
         WalReader::new(env.fs.clone(), chain.clone(), manifest.wal_start_lsn).durable_through(complete_through);
@@ -491,6 +516,7 @@ fn resolve(
     let mut previous_end = manifest.wal_start_lsn;
     let mut stop = None;
     let mut start_checkpoint_seen = false;
+    let mut open = std::collections::BTreeMap::new();
     while let Some((lsn, record)) = reader.next_record().map_err(|e| format!("the WAL cannot be replayed: {e}"))? {
         if !start_checkpoint_seen && record.kind == RecordKind::Data && Op::peek(&record.payload).is_none() {
             if let Ok(Op::CheckpointEnd { last_commit_micros: newest, .. }) = Op::decode(&record.payload) {
@@ -529,6 +555,15 @@ fn resolve(
             }
             _ => {}
         }
+        match record.kind {
+            RecordKind::Commit | RecordKind::Abort => {
+                open.remove(&record.xid);
+            }
+            _ if record.xid != 0 => {
+                open.insert(record.xid, lsn);
+            }
+            _ => {}
+        }
         if let Some(time) = commit_time {
             if lsn >= manifest.start_lsn {
                 commits += 1;
@@ -555,7 +590,10 @@ fn resolve(
                     ),
                     _ => format!("target {target} is past the last WAL available"),
                 };
-                return Err(format!("{what}; the WAL ends at {end}, and segment {next} is not in the archive"));
+                return Err(match gap {
+                    Some(gap) => format!("{what} before a gap: {gap}"),
+                    None => format!("{what}; the WAL ends at {end}, and segment {next} is not in the archive"),
+                });
             }
         },
         (None, None) => unreachable!("the reader stopped without reaching the end"),
@@ -576,7 +614,16 @@ fn resolve(
             format!("target time {target} (the first commit after it is at {stop})"),
         ));
     }
-    Ok(Stop { stop, commits, last_commit_micros })
+    probe::hit(match target {
+        Target::Time(_) => Probe::PitrTimeTargetReached,
+        Target::Lsn(_) => Probe::PitrLsnTargetReached,
+        Target::Latest => Probe::PitrLatestReached,
+    });
+    if let Target::Lsn(_) = target {
+        // A record that begins past the stop was counted above as open.
+        open.retain(|_, last| *last < stop);
+    }
+    Ok(Stop { stop, commits, last_commit_micros, open })
 }
 
 /// Branches the log at `stop` onto `timeline` (see the module docs, step
@@ -584,11 +631,12 @@ fn resolve(
 fn branch(
     fs: &dyn Fs,
     chain: &WalOptions,
-    stop: Lsn,
+    scan: &Stop,
     timeline: u32,
     history: &TimelineHistory,
     data_dir: &Path,
 ) -> Result<(), String> {
+    let stop = scan.stop;
     let dir = &chain.dir;
     let segno = chain.segno(stop);
     let mut bytes = vec![0; chain.segment_size as usize];
@@ -597,6 +645,20 @@ fn branch(
         let file = fs.open(&old).map_err(|e| format!("{}: {e}", old.display()))?;
         let keep = file.len().map_err(|e| format!("{}: {e}", old.display()))?.min(chain.offset(stop));
         file.read_exact_at(&mut bytes[..keep as usize], 0).map_err(|e| format!("{}: {e}", old.display()))?;
+    }
+    if active(PlantedBug::PitrAbortsWithoutUndo) {
+        // Ends each open transaction with an abort record at the stop
+        // point (recovery then sees nothing to undo).
+        let mut out = Vec::new();
+        for (xid, last) in &scan.open {
+            let at = stop.plus(out.len() as u64);
+            if chain.segno(at.plus(64)) != chain.segno(stop) {
+                break;
+            }
+            Record::abort(*xid, *last).encode_into(&mut out, at, timeline, stop);
+        }
+        let offset = chain.offset(stop) as usize;
+        bytes[offset..offset + out.len()].copy_from_slice(&out);
     }
     let io = |e: crate::env::AtomicWriteError| e.to_string();
     write_atomically(fs, dir, &history_file_name(timeline), history.render().as_bytes()).map_err(io)?;

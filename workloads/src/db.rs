@@ -87,6 +87,34 @@ impl DbModel {
         ))
     }
 
+    /// Appends the first `applied` commits since the last recovery (those
+    /// the recovery found: [`check`](Self::check)'s answer) to `history`,
+    /// with their LSNs where known. A model that only ever gets survivors
+    /// appended holds every commit in the log, in log order: the reference
+    /// for a point-in-time recovery to any LSN
+    /// ([`check_backup`](Self::check_backup)).
+    pub fn record_survivors(&self, applied: usize, history: &mut DbModel) {
+        for commit in &self.commits[..applied] {
+            history.commits.push(Commit { writes: commit.writes.clone(), acknowledged: true, lsn: commit.lsn });
+        }
+    }
+
+    /// Whether the commit whose record is at `lsn` changed anything
+    /// (`None`: no commit known there).
+    pub fn changed_at(&self, lsn: u64) -> Option<bool> {
+        self.commits.iter().find(|commit| commit.lsn == Some(lsn)).map(|commit| !commit.writes.is_empty())
+    }
+
+    /// Commits since the last recovery.
+    pub fn len(&self) -> usize {
+        self.commits.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.commits.is_empty()
+    }
+
     /// Commits acknowledged since the last recovery.
     pub fn acknowledged_count(&self) -> usize {
         self.commits.iter().filter(|commit| commit.acknowledged).count()
