@@ -591,7 +591,11 @@ async fn archive_loop(shared: Weak<Shared>, archiver: Arc<Archiver>) {
         match result {
             Ok(_) => {
                 delay = config.retry_min;
+                // Biased: an unbiased select draws its branch order from
+                // the runtime's thread RNG, which the simulator does not
+                // seed, and the order decides whether a wake-up is kept.
                 tokio::select! {
+                    biased;
                     () = wanted.notified() => {}
                     () = tokio::time::sleep(config.poll) => {}
                 }

@@ -80,6 +80,18 @@ fn backup_without_wal(server: &Server, destination: &Path) -> serde_json::Value 
 /// `--restore-pitr latest --restore-backup BACKUP [EXTRA…]` into `target`
 /// (created), with a config holding `storage` lines and `envs` set.
 fn restore_latest(backup: &Path, target: &Path, storage: &str, extra: &[&str], envs: &[(&str, &str)]) -> Output {
+    restore_to("latest", backup, target, storage, extra, envs)
+}
+
+/// As [`restore_latest`], to `to`.
+fn restore_to(
+    to: &str,
+    backup: &Path,
+    target: &Path,
+    storage: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Output {
     std::fs::create_dir_all(target).unwrap();
     let config = target.join("restore.toml");
     let text = format!(
@@ -88,7 +100,7 @@ fn restore_latest(backup: &Path, target: &Path, storage: &str, extra: &[&str], e
         target.join("wal").display()
     );
     std::fs::write(&config, text).unwrap();
-    let mut args = vec!["--restore-pitr", "latest", "--restore-backup", backup.to_str().unwrap()];
+    let mut args = vec!["--restore-pitr", to, "--restore-backup", backup.to_str().unwrap()];
     args.extend_from_slice(extra);
     args.extend(["--config", config.to_str().unwrap()]);
     thunderdb(&args, envs)
@@ -308,7 +320,7 @@ fn python_tools() -> Option<PathBuf> {
 }
 
 #[test]
-fn wal_archived_to_s3_through_the_aws_cli_restores_through_wal_restore_command() {
+fn wal_archived_to_s3_through_the_aws_cli_restores_to_latest_and_to_a_time_through_wal_restore_command() {
     let Some(bin) = python_tools() else {
         eprintln!("SKIPPED: the aws CLI and moto could not be installed (scripts/python-tools.sh failed)");
         return;
@@ -354,6 +366,10 @@ fn wal_archived_to_s3_through_the_aws_cli_restores_through_wal_restore_command()
     let backup = dir.path().join("full");
     backup_without_wal(&server, &backup);
     insert(&server, 51..=1200);
+    std::thread::sleep(Duration::from_millis(300));
+    let before_delete = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    server.psql("DELETE FROM t WHERE id > 600");
     checkpoint(&server);
     let status = wait_status(&server, "archived to S3", |s| {
         s["segments_pending"] == 0 && s["total_archived_bytes"].as_u64() >= Some(2 * SEGMENT)
@@ -368,6 +384,11 @@ fn wal_archived_to_s3_through_the_aws_cli_restores_through_wal_restore_command()
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains(&format!("Replaying segment {last}... done (target reached)")), "{log}");
+    assert_eq!(count_after_restore(&target), 600);
+    // The page's accidental deletion, through the same restore command.
+    let target = dir.path().join("before-delete");
+    let out = restore_to(&before_delete, &backup, &target, how.lines().nth(1).unwrap(), &[], &envs);
+    assert!(out.status.success(), "{}", text(&out));
     assert_eq!(count_after_restore(&target), 1200);
 }
 

@@ -259,8 +259,19 @@ impl WalReader {
                 continue;
             }
             // Most positions fail the cheap header checks; only plausible
-            // headers pay for a checksum.
-            if parse_header(&data[offset..]).is_ok() {
+            // headers pay for a checksum. The evidence sought is a record
+            // appended after `at` was durable, so its `durable_lsn` lies in
+            // (at, pos], on a timeline this log accepts: old contents of a
+            // recycled segment (whose lengths may ask for megabytes of
+            // checksum each) are passed over without one.
+            let fields = data.get(offset + 12..offset + 40).map(|header| {
+                let timeline = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+                (timeline, Lsn(u64::from_le_bytes(header[20..28].try_into().expect("8 bytes"))))
+            });
+            let plausible = fields.is_none_or(|(timeline, durable)| {
+                durable > at && durable <= pos && self.opts.accepts(timeline, pos)
+            });
+            if plausible && parse_header(&data[offset..]).is_ok() {
                 if let Ok(decoded) = self.decode_at(pos)? {
                     if decoded.durable_lsn > at {
                         return Ok(Some((pos, decoded.durable_lsn)));
