@@ -154,7 +154,7 @@ as_pg "$BIN/pg_ctl" -D "$WORK/pg-restored" -m fast stop >/dev/null
 r() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 printf '\nPoint-in-time recovery: pgbench -i -s %s, a base backup, then %s x %s transactions, one run each\n\n' "$SCALE" "$CLIENTS" "$TXNS"
 printf '| | ThunderDB | PostgreSQL 15 | ratio |\n|---|---:|---:|---:|\n'
-printf '| archived WAL after the backup (MB) | %s | %s | %s |\n' "$tdb_wal" "$pg_wal" "$(r "$tdb_wal" "$pg_wal")"
+printf '| WAL archived, the load included (MB) | %s | %s | %s |\n' "$tdb_wal" "$pg_wal" "$(r "$tdb_wal" "$pg_wal")"
 printf '| recovery to a server that answers (s) | %s | %s | %s |\n' "$tdb_secs" "$pg_secs" "$(r "$tdb_secs" "$pg_secs")"
 printf '| transactions recovered | %s | %s | |\n' "$found" "$pg_found"
 printf '| time to refuse a target past a gap (s) | %s | | |\n' "$refusal_secs"

@@ -84,14 +84,7 @@ fn restore_latest(backup: &Path, target: &Path, storage: &str, extra: &[&str], e
 }
 
 /// As [`restore_latest`], to `to`.
-fn restore_to(
-    to: &str,
-    backup: &Path,
-    target: &Path,
-    storage: &str,
-    extra: &[&str],
-    envs: &[(&str, &str)],
-) -> Output {
+fn restore_to(to: &str, backup: &Path, target: &Path, storage: &str, extra: &[&str], envs: &[(&str, &str)]) -> Output {
     std::fs::create_dir_all(target).unwrap();
     let config = target.join("restore.toml");
     let text = format!(

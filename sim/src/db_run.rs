@@ -142,12 +142,12 @@ impl BackupPlan {
 }
 
 impl BackupPlan {
-    /// For an archiving seed without a backup of its own: most get one,
-    /// with neither crashes of its disk nor calm (the live disk keeps its
-    /// faults), so that a point-in-time recovery has a base.
+    /// For an archiving seed without a backup of its own: one with neither
+    /// crashes of its disk nor calm (the live disk keeps its faults), so
+    /// that a point-in-time recovery has a base.
     fn draw_for_pitr(seed: u64) -> Option<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(knobs_seed(seed) ^ 0x9171_u64.rotate_left(48));
-        rng.random_bool(0.75).then(|| BackupPlan {
+        Some(BackupPlan {
             delay_ms: rng.random_range(0..20),
             include_wal: rng.random_bool(0.7),
             compress: rng.random_bool(0.5),
@@ -312,7 +312,7 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     swarm.archive = ArchivePlan::draw(seed);
     swarm.config.archive = swarm.archive.map(|plan| plan.config());
     if swarm.archive.is_some() && swarm.backup.is_none() {
-        // Most archiving seeds take a backup too: the point-in-time
+        // Every archiving seed takes a backup too: the point-in-time
         // recovery oracle starts from one.
         swarm.backup = BackupPlan::draw_for_pitr(seed);
     }

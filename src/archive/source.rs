@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::env::{substitute, write_atomically, Env};
+use crate::env::{substitute, Env};
 use crate::wal::WalOptions;
 
 /// Where archived files come from.
@@ -43,11 +43,19 @@ pub enum Fetched {
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl ArchiveSource {
-    /// Fetches `name` to `dest` (written whole: a crash leaves no partial
-    /// file under that name).
+    /// Fetches `name` to `dest`: under a temporary name, renamed into
+    /// place once whole, so a file under `dest`'s name is never partial.
+    /// Not synced: a restore's files need no durability of their own (a
+    /// point-in-time recovery cut by a crash starts over, and what it
+    /// finishes with, its checkpoint makes durable), and a sync of every
+    /// fetched segment would cost more than the copy.
     pub async fn fetch(&self, env: &Env, name: &str, dest: &Path) -> Result<Fetched, String> {
         let dest_dir = dest.parent().unwrap_or(Path::new("."));
         let dest_name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let temp = dest_dir.join(format!("{dest_name}.fetching"));
+        if env.fs.exists(&temp).unwrap_or(false) {
+            env.fs.remove(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+        }
         match self {
             ArchiveSource::Dir(dir) => {
                 let path = dir.join(name);
@@ -55,16 +63,14 @@ impl ArchiveSource {
                     return Ok(Fetched::NotFound);
                 }
                 let bytes = super::read_file(env.fs.as_ref(), &path).map_err(|e| e.to_string())?;
-                write_atomically(env.fs.as_ref(), dest_dir, &dest_name, &bytes).map_err(|e| e.to_string())?;
+                let file = env.fs.create(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+                file.write_all_at(&bytes, 0).map_err(|e| format!("{}: {e}", temp.display()))?;
+                env.fs.rename(&temp, dest).map_err(|e| format!("{}: {e}", temp.display()))?;
                 Ok(Fetched::Found)
             }
             ArchiveSource::Command(template) => {
-                // The command writes a temporary name; it is renamed into
+                // The command writes the temporary name; it is renamed into
                 // place only once the command succeeded.
-                let temp = dest_dir.join(format!("{dest_name}.fetching"));
-                if env.fs.exists(&temp).unwrap_or(false) {
-                    env.fs.remove(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
-                }
                 let command = substitute(template, &temp.to_string_lossy(), name);
                 let output = match tokio::time::timeout(RESTORE_TIMEOUT, env.commands.run(&command)).await {
                     Err(_) => {
@@ -82,10 +88,7 @@ impl ArchiveSource {
                         temp.display()
                     ));
                 }
-                let file = env.fs.open(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
-                file.sync_all().map_err(|e| format!("sync {}: {e}", temp.display()))?;
                 env.fs.rename(&temp, dest).map_err(|e| format!("{}: {e}", temp.display()))?;
-                env.fs.sync_dir(dest_dir).map_err(|e| format!("{}: {e}", dest_dir.display()))?;
                 Ok(Fetched::Found)
             }
         }
@@ -173,7 +176,6 @@ pub async fn fetch_wal(
             progress(&name);
             fetched.names.push(name);
         }
-        env.fs.sync_dir(&opts.dir).map_err(|e| format!("{}: {e}", opts.dir.display()))?;
         segno += batch.len() as u64;
     }
 }

@@ -268,9 +268,8 @@ impl WalReader {
                 let timeline = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
                 (timeline, Lsn(u64::from_le_bytes(header[20..28].try_into().expect("8 bytes"))))
             });
-            let plausible = fields.is_none_or(|(timeline, durable)| {
-                durable > at && durable <= pos && self.opts.accepts(timeline, pos)
-            });
+            let plausible = fields
+                .is_none_or(|(timeline, durable)| durable > at && durable <= pos && self.opts.accepts(timeline, pos));
             if plausible && parse_header(&data[offset..]).is_ok() {
                 if let Ok(decoded) = self.decode_at(pos)? {
                     if decoded.durable_lsn > at {
