@@ -435,20 +435,29 @@ fn a_damaged_segment_in_the_archive_is_refused_by_name_never_taken_for_the_end()
         s["segments_pending"] == 0 && s["total_archived_bytes"].as_u64() >= Some(4 * SEGMENT)
     });
     assert_eq!(server.terminate().0, 0);
-    // Zero a stretch in the middle of the second segment the backup needs,
-    // as a lost write would: the archive's later segments prove it was
-    // written.
-    let first = std::fs::read_dir(&archive)
+    // Zero the first record that begins in the second segment the backup
+    // needs, as a lost write would: the archive's later segments prove it
+    // was written. (A record, not a fixed offset: a checkpoint's segment
+    // switch leaves the rest of a segment unused.)
+    let record = std::fs::read_dir(&archive)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
         .find(|name| name.ends_with(".backup"))
-        .unwrap()[..24]
-        .to_string();
-    let segments = segments_in(&archive);
-    let victim = segments.iter().skip_while(|name| **name < first).nth(1).unwrap().clone();
+        .unwrap();
+    let history: serde_json::Value = serde_json::from_slice(&std::fs::read(archive.join(&record)).unwrap()).unwrap();
+    let start: thunderdb::wal::Lsn = history["wal_start_lsn"].as_str().unwrap().parse().unwrap();
+    let dump = thunderdb(&["wal-dump", archive.to_str().unwrap(), "--from", &start.to_string()], &[]);
+    let victim_segno = start.0 / SEGMENT + 1;
+    let lsn: thunderdb::wal::Lsn = String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next()?.parse::<thunderdb::wal::Lsn>().ok())
+        .find(|lsn| lsn.0 / SEGMENT == victim_segno)
+        .unwrap_or_else(|| panic!("no record begins in segment {victim_segno}: {}", text(&dump)));
+    let victim = thunderdb::wal::segment_file_name(1, victim_segno, SEGMENT);
     let path = archive.join(&victim);
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[SEGMENT as usize / 2..SEGMENT as usize / 2 + 4096].fill(0);
+    let at = (lsn.0 % SEGMENT) as usize;
+    bytes[at..at + 64].fill(0);
     std::fs::write(&path, bytes).unwrap();
     let storage = format!("wal_archive_dir = \"{}\"", archive.display());
     let out = restore_latest(&backup, &dir.path().join("restored"), &storage, &[], &[]);

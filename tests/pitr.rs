@@ -319,13 +319,23 @@ fn unreachable_targets_are_refused_in_seconds_naming_the_segment_lsn_or_time() {
     assert!(started.elapsed() < Duration::from_secs(10), "refused in {:?}", started.elapsed());
     std::fs::rename(dir.path().join(&middle), archive.join(&middle)).unwrap();
 
-    // A damaged segment: a flipped byte inside a record.
+    // A damaged segment: a flipped byte in the first record that begins in
+    // it (a record, not a fixed offset: a segment switch leaves the rest of
+    // a segment unused).
+    let (_, segno) = thunderdb::wal::parse_segment_file_name(&middle, 1 << 20).unwrap();
+    let dump = thunderdb(&["wal-dump", archive.to_str().unwrap(), "--from", status["start_lsn"].as_str().unwrap()]);
+    let record: thunderdb::wal::Lsn = String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next()?.parse::<thunderdb::wal::Lsn>().ok())
+        .find(|lsn| lsn.0 >> 20 == segno)
+        .unwrap_or_else(|| panic!("no record begins in {middle}: {}", text(&dump)));
+    let at = (record.0 % (1 << 20)) as usize + 20;
     let path = archive.join(&middle);
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[512 << 10] ^= 0x40;
+    bytes[at] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
     refused("damaged", "latest", &with_archive, &["the WAL cannot be replayed", &middle]);
-    bytes[512 << 10] ^= 0x40;
+    bytes[at] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
 
     // Non-empty directories.
