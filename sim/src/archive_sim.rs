@@ -253,9 +253,9 @@ pub struct ArchiveOracle {
 
 impl ArchiveOracle {
     /// At an open: every archived segment the WAL directory still holds
-    /// complete (before `complete_below`) must be byte-identical (unless
-    /// the live WAL lost sectors at rest: `live_damaged`), and no name may
-    /// have changed content since it was first seen.
+    /// complete (before `complete_below`) must be byte-identical, and no
+    /// name may have changed content since it was first seen. (The caller
+    /// stops asking once the live WAL lost sectors at rest.)
     pub fn observe(
         &mut self,
         fs: &dyn Fs,
@@ -264,15 +264,7 @@ impl ArchiveOracle {
         complete_below: u64,
         commands: Option<&SimCommands>,
         foreign: Option<u64>,
-        live_damaged: bool,
     ) -> Result<(), Violation> {
-        if live_damaged {
-            // A segment the archiver had shipped but not yet recorded
-            // (a crash in between) is shipped again after the restart,
-            // as it now reads: the archiver does not check records'
-            // checksums before shipping (docs/simulation.md).
-            return Ok(());
-        }
         if let Some(commands) = commands {
             if let Some(violation) = commands.violations().first() {
                 return Err(("archive_one_content_per_name", violation.clone()));

@@ -407,7 +407,11 @@ impl Run {
 
     /// The archive oracle's check at an open (see `archive_sim`).
     fn observe_archive(&mut self, db: &Database) -> Result<(), SeedFailure> {
-        if self.swarm.archive.is_none() {
+        // Once the live WAL lost sectors at rest, a segment the archiver had
+        // shipped but not yet recorded (a crash in between) is shipped again
+        // after the restart as it now reads: the archiver does not check
+        // records' checksums before shipping (docs/simulation.md).
+        if self.swarm.archive.is_none() || self.damaged {
             return Ok(());
         }
         let opts = db.wal().options();
@@ -421,7 +425,6 @@ impl Run {
                 complete_below,
                 self.commands.as_deref(),
                 self.swarm.archive.and_then(|plan| plan.foreign_segno),
-                self.damaged,
             )
             .map_err(|(check, detail)| self.fail(check, detail))
     }
