@@ -374,7 +374,11 @@ impl Database {
         });
         shared.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(checkpointer(Arc::downgrade(&shared), shared.checkpoint_wanted.clone()));
-        if let Some(archiver) = &shared.archiver {
+        // A point-in-time recovery holds its new timeline's segments (the
+        // retire hook) but archives nothing: a recovery cut by a crash must
+        // leave no trace of its timeline in the archive. The normal start
+        // that follows archives the history file, then the segments.
+        if let Some(archiver) = shared.archiver.as_ref().filter(|_| !shared.config.point_in_time_recovery) {
             let task = tokio::spawn(archive_loop(Arc::downgrade(&shared), archiver.clone()));
             *shared.archiver_task.lock().expect("archiver task lock") = Some(task);
         }
@@ -521,7 +525,7 @@ impl Database {
             drop(store);
         }
         self.shared.checkpoint(ControlState::ShutDown).await?;
-        if let Some(archiver) = &self.shared.archiver {
+        if let Some(archiver) = self.shared.archiver.as_ref().filter(|_| !self.shared.config.point_in_time_recovery) {
             self.shared.stop_archiver().await;
             // Failures are logged and counted; the next start retries. A
             // hanging command does not hold the shutdown for long.

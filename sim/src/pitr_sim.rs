@@ -274,7 +274,7 @@ impl PitrCheck<'_> {
         // reads everything.
         let latest = target == Target::Latest;
         let may_refuse = match &fault {
-            Fault::Missing(_, segno) | Fault::Flipped(_, segno) => latest || *segno <= stop_segno + 1,
+            Fault::Missing(_, segno) | Fault::Flipped(_, segno) => latest || *segno <= stop_segno.saturating_add(1),
             Fault::None | Fault::Crash(_) => false,
         };
         let must_refuse = matches!(expect, Expect::Refused(_))

@@ -36,8 +36,10 @@
 //! 5. The database opens: crash recovery replays the log to the stop point
 //!    and rolls back every transaction open there, with compensation
 //!    records on the new timeline (Phase 2), then shuts down cleanly. The
-//!    marker is removed last (Phase 3). The server's archiver archives the
-//!    history file before any segment of the new timeline.
+//!    marker is removed last (Phase 3). Nothing is archived during the
+//!    recovery (a cut one leaves no trace of its timeline in the archive);
+//!    the normal start that follows archives the history file, then the new
+//!    timeline's segments.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -319,9 +321,10 @@ async fn recover_to_target(
     };
     let history = timelines.history.child(chain.timeline, scan.stop, reason);
     branch(fs, &chain, &scan, timeline, &history, data_dir)?;
-    // Archiving stays as configured: the new timeline's segments are held
-    // until archived (a later recovery along this timeline replays them),
-    // and the history file goes first.
+    // Archiving stays configured, so the new timeline's segments are held
+    // until archived (a later recovery along this timeline replays them);
+    // the archiver itself waits for the normal start (see `Database::open`),
+    // which archives the history file first.
     let mut engine = request.engine.clone();
     engine.wal_segment_size = manifest.wal_segment_size;
     engine.point_in_time_recovery = true;
