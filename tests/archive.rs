@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{free_port, Server};
+use common::{free_port, text, thunderdb, Server};
 
 const SEGMENT: u64 = 1 << 20;
 
@@ -97,14 +97,6 @@ fn restore_to(to: &str, backup: &Path, target: &Path, storage: &str, extra: &[&s
     args.extend_from_slice(extra);
     args.extend(["--config", config.to_str().unwrap()]);
     thunderdb(&args, envs)
-}
-
-fn thunderdb(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_thunderdb")).args(args).envs(envs.iter().copied()).output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 fn count_after_restore(dir: &Path) -> i64 {

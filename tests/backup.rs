@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Server;
+use common::{restore_config, Server};
 
 /// `(1, 'row'), (2, 'row'), …`
 fn values(ids: std::ops::RangeInclusive<i64>) -> String {
@@ -126,17 +126,6 @@ fn ids_after_restore(dir: &Path) -> Vec<i64> {
     let ids = ids.lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(server.terminate().0, 0);
     ids
-}
-
-fn restore_config(dir: &Path) -> PathBuf {
-    let config = dir.join("restore.toml");
-    let text = format!(
-        "data_dir = \"{}\"\nwal_dir = \"{}\"\n[storage]\nwal_segment_size = \"1MB\"\n",
-        dir.join("data").display(),
-        dir.join("wal").display()
-    );
-    std::fs::write(&config, text).unwrap();
-    config
 }
 
 fn restore(backup: &Path, config: &Path) -> Output {

@@ -10,11 +10,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use common::Server;
+use common::{restore_config, text, thunderdb, Server};
 
 fn storage(archive: &Path) -> String {
     format!(
@@ -77,33 +77,12 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn thunderdb(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_thunderdb")).args(args).output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
 /// `thunderdb --restore-pitr TARGET --restore-backup BACKUP [EXTRA…] --config CONFIG`.
 fn pitr(target: &str, backup: &Path, config: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["--restore-pitr", target, "--restore-backup", backup.to_str().unwrap()];
     args.extend_from_slice(extra);
     args.extend(["--config", config.to_str().unwrap()]);
-    thunderdb(&args)
-}
-
-/// A config for restoring into `dir` (its own data and WAL directories).
-fn restore_config(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let config = dir.join("restore.toml");
-    let text = format!(
-        "data_dir = \"{}\"\nwal_dir = \"{}\"\n[storage]\nwal_segment_size = \"1MB\"\n",
-        dir.join("data").display(),
-        dir.join("wal").display()
-    );
-    std::fs::write(&config, text).unwrap();
-    config
+    thunderdb(&args, &[])
 }
 
 fn count(dir: &Path) -> i64 {
@@ -141,7 +120,7 @@ fn copy_backup_in(backup: &Path, live: &Path) {
 /// The commit records in a WAL directory from `from`, as `wal-dump` prints
 /// them: (LSN, the line).
 fn commits(dir: &Path, from: &str) -> Vec<(String, String)> {
-    let out = thunderdb(&["wal-dump", dir.to_str().unwrap(), "--from", from]);
+    let out = thunderdb(&["wal-dump", dir.to_str().unwrap(), "--from", from], &[]);
     assert!(out.status.success(), "{}", text(&out));
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -323,7 +302,8 @@ fn unreachable_targets_are_refused_in_seconds_naming_the_segment_lsn_or_time() {
     // it (a record, not a fixed offset: a segment switch leaves the rest of
     // a segment unused).
     let (_, segno) = thunderdb::wal::parse_segment_file_name(&middle, 1 << 20).unwrap();
-    let dump = thunderdb(&["wal-dump", archive.to_str().unwrap(), "--from", status["start_lsn"].as_str().unwrap()]);
+    let dump =
+        thunderdb(&["wal-dump", archive.to_str().unwrap(), "--from", status["start_lsn"].as_str().unwrap()], &[]);
     let record: thunderdb::wal::Lsn = String::from_utf8_lossy(&dump.stdout)
         .lines()
         .filter_map(|line| line.split_whitespace().next()?.parse::<thunderdb::wal::Lsn>().ok())
@@ -378,7 +358,7 @@ fn an_unfinished_recovery_blocks_a_normal_start_and_a_rerun_completes_it() {
     // files that are no longer the backup's.
     let marker = serde_json::json!({"backup": full, "backup_id": "x", "target": "latest"}).to_string();
     std::fs::write(target.join("data").join("pitr_in_progress.json"), marker).unwrap();
-    let out = thunderdb(&["--config", config.to_str().unwrap()]);
+    let out = thunderdb(&["--config", config.to_str().unwrap()], &[]);
     let log = text(&out);
     assert!(!out.status.success(), "{log}");
     assert!(log.contains("did not finish") && log.contains("--restore-pitr latest"), "{log}");

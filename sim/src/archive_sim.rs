@@ -168,7 +168,7 @@ impl SimCommands {
     }
 }
 
-fn read_all(fs: &dyn Fs, path: &Path) -> io::Result<Vec<u8>> {
+pub(crate) fn read_all(fs: &dyn Fs, path: &Path) -> io::Result<Vec<u8>> {
     let file = fs.open(path)?;
     let mut bytes = vec![0; file.len()? as usize];
     file.read_exact_at(&mut bytes, 0)?;

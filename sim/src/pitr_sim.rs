@@ -44,6 +44,7 @@ use thunderdb::storage::PAGE_SIZE;
 use thunderdb::wal::{parse_segment_file_name, segment_file_name, Lsn, RecordKind, WalOptions, WalReader};
 use thunderdb_workloads::db::{describe, first_difference, DbModel};
 
+use crate::archive_sim::read_all;
 use crate::db_run::read_state;
 
 const BACKUP: &str = "/backup";
@@ -68,13 +69,6 @@ impl PitrBase {
         }
         Ok(PitrBase { manifest: manifest.clone(), files })
     }
-}
-
-fn read_all(fs: &dyn Fs, path: &Path) -> std::io::Result<Vec<u8>> {
-    let file = fs.open(path)?;
-    let mut bytes = vec![0; file.len()? as usize];
-    file.read_exact_at(&mut bytes, 0)?;
-    Ok(bytes)
 }
 
 fn put(fs: &dyn Fs, path: &Path, bytes: &[u8]) {

@@ -110,7 +110,7 @@ pub struct FetchedWal {
 
 /// Fetches every archived segment from `from_segno` on into `opts.dir`
 /// (replacing a partial copy a backup left there), until the archive has
-/// no more, or a gap, or `through_segno` is fetched. Segments are named for
+/// no more, or a gap. Segments are named for
 /// `opts`' timeline, following its history. [`FETCH_AHEAD`] fetches run at
 /// once (restore commands in parallel). A segment that is not whole is
 /// refused, named. `progress` hears each segment fetched.
@@ -119,17 +119,12 @@ pub async fn fetch_wal(
     env: &Env,
     opts: &WalOptions,
     from_segno: u64,
-    through_segno: Option<u64>,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<FetchedWal, String> {
     let mut fetched = FetchedWal::default();
     let mut segno = from_segno;
     loop {
-        let last = through_segno.unwrap_or(u64::MAX);
-        if segno > last {
-            return Ok(fetched);
-        }
-        let batch: Vec<u64> = (segno..=last).take(FETCH_AHEAD as usize).collect();
+        let batch: Vec<u64> = (segno..segno + FETCH_AHEAD).collect();
         let staging = |segno: u64| opts.dir.join(format!("{}.archived", opts.file_name(segno)));
         let wanted: Vec<(String, PathBuf)> =
             batch.iter().map(|segno| (opts.file_name(*segno), staging(*segno))).collect();

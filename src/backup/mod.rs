@@ -45,7 +45,7 @@ use crate::db::{Database, DbError};
 use crate::env::{File, Fs};
 use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Phase, Probe};
-use crate::storage::{Op, Page, PageCheck, StoreError, CONTROL_FILE_NAME, DATA_FILE_NAME, PAGE_SIZE};
+use crate::storage::{Op, StoreError, CONTROL_FILE_NAME, DATA_FILE_NAME, PAGE_SIZE};
 use crate::wal::{Lsn, RecordKind, WalOptions, WalReader};
 use manifest::{checksum_text, Compression, FileEntry, Manifest, SegmentEntry, FORMAT_VERSION, MANIFEST_NAME};
 
@@ -151,36 +151,18 @@ pub enum BackupError {
     },
 }
 
-/// Passes a data file's bytes through, noting each page that fails its
-/// own checks (a page damaged at rest is copied as it is; the backup
-/// then fails unless its WAL holds an image of the page).
+/// Passes a data file's bytes through, checking each page on the way (a
+/// page damaged at rest is copied as it is; the backup then fails unless
+/// its WAL holds an image of the page).
 struct PageChecking<R> {
     inner: R,
-    page: Vec<u8>,
-    page_no: u32,
-    bad: std::collections::BTreeMap<u32, String>,
+    pages: verify::PageScan,
 }
 
 impl<R: Read> Read for PageChecking<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let read = self.inner.read(buf)?;
-        let mut rest = &buf[..read];
-        while !rest.is_empty() {
-            let take = (PAGE_SIZE - self.page.len()).min(rest.len());
-            self.page.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            if self.page.len() == PAGE_SIZE {
-                if let Err(check) = Page::from_bytes(&self.page, self.page_no) {
-                    let why = match check {
-                        PageCheck::Zeroed => "all zeroes".to_string(),
-                        PageCheck::Damaged(detail) => detail,
-                    };
-                    self.bad.insert(self.page_no, why);
-                }
-                self.page.clear();
-                self.page_no += 1;
-            }
-        }
+        self.pages.feed(&buf[..read]);
         Ok(read)
     }
 }
@@ -429,9 +411,9 @@ pub async fn take(
         let len = if name == DATA_FILE_NAME { len - len % PAGE_SIZE as u64 } else { len };
         let source = FileReader { file: file.as_ref(), offset: 0 }.take(len);
         let entry = if name == DATA_FILE_NAME {
-            let mut checking = PageChecking { inner: source, page: Vec::new(), page_no: 0, bad: damaged };
+            let mut checking = PageChecking { inner: source, pages: verify::PageScan::default() };
             let entry = writer.write(&format!("data/{name}"), true, &mut checking).await?;
-            damaged = checking.bad;
+            damaged = checking.pages.bad;
             data_pages = entry.size / PAGE_SIZE as u64;
             entry
         } else {

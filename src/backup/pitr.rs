@@ -283,7 +283,7 @@ async fn recover_to_target(
     if let Some(source) = &request.source {
         // Everything: the records that begin before an LSN target may end
         // several segments on, and a time target's stop is found by the scan.
-        let fetched = fetch_wal(source, env, &chain, first, None, progress).await?;
+        let fetched = fetch_wal(source, env, &chain, first, progress).await?;
         tracing::info!(segments = fetched.names.len(), timeline = chain.timeline, "fetched archived WAL");
         if fetched.names.len() > 1 {
             complete_through = Lsn((first + fetched.names.len() as u64 - 1) * chain.segment_size);
@@ -498,7 +498,7 @@ struct Stop {
     commits: u64,
     last_commit_micros: Option<u64>,
     /// Transactions with changes but no end before the stop: their last
-    /// record's LSN, by id.
+    /// record's LSN, by id (tracked only for the planted bug that needs it).
     open: std::collections::BTreeMap<u64, Lsn>,
 }
 
@@ -558,14 +558,16 @@ fn resolve(
             }
             _ => {}
         }
-        match record.kind {
-            RecordKind::Commit | RecordKind::Abort => {
-                open.remove(&record.xid);
+        if active(PlantedBug::PitrAbortsWithoutUndo) {
+            match record.kind {
+                RecordKind::Commit | RecordKind::Abort => {
+                    open.remove(&record.xid);
+                }
+                _ if record.xid != 0 => {
+                    open.insert(record.xid, lsn);
+                }
+                _ => {}
             }
-            _ if record.xid != 0 => {
-                open.insert(record.xid, lsn);
-            }
-            _ => {}
         }
         if let Some(time) = commit_time {
             if lsn >= manifest.start_lsn {

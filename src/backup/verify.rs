@@ -143,6 +143,43 @@ pub(crate) struct PageScan {
     pub(crate) bad: BTreeMap<u32, String>,
     /// Every sound page's LSN, by page number.
     pub(crate) lsns: BTreeMap<u32, Lsn>,
+    /// The bytes of the page being assembled.
+    page: Vec<u8>,
+}
+
+impl PageScan {
+    /// Checks the data file's bytes as they stream past, page by page.
+    pub(crate) fn feed(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            let take = (PAGE_SIZE - self.page.len()).min(chunk.len());
+            self.page.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if self.page.len() == PAGE_SIZE {
+                let page_no = (self.lsns.len() + self.bad.len()) as u32;
+                match Page::from_bytes(&self.page, page_no) {
+                    Ok(sound) => {
+                        self.lsns.insert(page_no, sound.page_lsn());
+                    }
+                    Err(PageCheck::Zeroed) => {
+                        self.bad.insert(page_no, "all zeroes".into());
+                    }
+                    Err(PageCheck::Damaged(why)) => {
+                        self.bad.insert(page_no, why);
+                    }
+                }
+                self.page.clear();
+            }
+        }
+    }
+
+    /// Ends the stream: a partial page left over is bad.
+    pub(crate) fn finish(&mut self) {
+        if !self.page.is_empty() {
+            let page_no = (self.lsns.len() + self.bad.len()) as u32;
+            self.bad.insert(page_no, format!("a partial page of {} bytes", self.page.len()));
+            self.page.clear();
+        }
+    }
 }
 
 /// What reading one stored file gave.
@@ -262,36 +299,13 @@ pub(crate) fn restore_entry(
         None => None,
     };
     let mut offset = 0u64;
-    let mut page = Vec::with_capacity(PAGE_SIZE);
-    let mut page_no = 0u32;
     let mut each = |chunk: &[u8]| -> io::Result<()> {
         if let Some(file) = &out {
             file.write_all_at(chunk, offset)?;
         }
         offset += chunk.len() as u64;
         if is_data_file {
-            let mut rest = chunk;
-            while !rest.is_empty() {
-                let take = (PAGE_SIZE - page.len()).min(rest.len());
-                page.extend_from_slice(&rest[..take]);
-                rest = &rest[take..];
-                if page.len() == PAGE_SIZE {
-                    match Page::from_bytes(&page, page_no) {
-                        Ok(sound) => {
-                            pages.lsns.insert(page_no, sound.page_lsn());
-                        }
-                        Err(check) => {
-                            let why = match check {
-                                PageCheck::Zeroed => "all zeroes".to_string(),
-                                PageCheck::Damaged(detail) => detail,
-                            };
-                            pages.bad.insert(page_no, why);
-                        }
-                    }
-                    page.clear();
-                    page_no += 1;
-                }
-            }
+            pages.feed(chunk);
         }
         Ok(())
     };
@@ -314,8 +328,8 @@ pub(crate) fn restore_entry(
         }
         Err(e) => problems.push(problem(&entry.path, "a readable file", e.to_string())),
     }
-    if is_data_file && !page.is_empty() {
-        pages.bad.insert(page_no, format!("a partial page of {} bytes", page.len()));
+    if is_data_file {
+        pages.finish();
     }
     pages
 }
@@ -441,7 +455,7 @@ async fn replay(
     pages: PageScan,
     report: &mut Report,
 ) {
-    let PageScan { bad: mut bad_pages, lsns } = pages;
+    let PageScan { bad: mut bad_pages, lsns, .. } = pages;
     let problems = &mut report.problems;
     let mut reader = WalReader::new(scratch.fs.clone(), opts.clone(), manifest.wal_start_lsn);
     loop {

@@ -31,7 +31,9 @@ use std::sync::Arc;
 
 use super::error::WalError;
 use super::lsn::Lsn;
-use super::record::{decode, parse_header, DecodeError, Decoded, Record, RecordKind, HEADER_LEN, RECORD_ALIGN};
+use super::record::{
+    decode, parse_header, peek_timeline_and_durable, DecodeError, Decoded, Record, RecordKind, HEADER_LEN, RECORD_ALIGN,
+};
 use super::segment::{parse_segment_file_name, WalOptions};
 use crate::env::{Fs, SECTOR_SIZE};
 use crate::planted::{active, PlantedBug};
@@ -264,11 +266,7 @@ impl WalReader {
             // (at, pos], on a timeline this log accepts: old contents of a
             // recycled segment (whose lengths may ask for megabytes of
             // checksum each) are passed over without one.
-            let fields = data.get(offset + 12..offset + 40).map(|header| {
-                let timeline = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
-                (timeline, Lsn(u64::from_le_bytes(header[20..28].try_into().expect("8 bytes"))))
-            });
-            let plausible = fields
+            let plausible = peek_timeline_and_durable(&data[offset..])
                 .is_none_or(|(timeline, durable)| durable > at && durable <= pos && self.opts.accepts(timeline, pos));
             if plausible && parse_header(&data[offset..]).is_ok() {
                 if let Ok(decoded) = self.decode_at(pos)? {

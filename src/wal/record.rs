@@ -253,6 +253,15 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<Header, DecodeError> {
     Ok(Header { len })
 }
 
+/// The `timeline` and `durable_lsn` fields of a would-be header, unchecked
+/// (`None` if `bytes` is shorter than a header): enough to rule a position
+/// out before paying for its checksum.
+pub(crate) fn peek_timeline_and_durable(bytes: &[u8]) -> Option<(u32, Lsn)> {
+    let header = bytes.get(..HEADER_LEN)?;
+    let timeline = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
+    Some((timeline, Lsn(u64::from_le_bytes(header[32..40].try_into().expect("8 bytes")))))
+}
+
 /// Decodes the record that starts at `lsn` from `bytes` (which start there
 /// too and may run on past the record). Never panics, whatever the bytes.
 pub fn decode(bytes: &[u8], lsn: Lsn) -> Result<Decoded, DecodeError> {

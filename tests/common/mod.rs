@@ -4,7 +4,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types, dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -147,4 +147,28 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Runs the built `thunderdb` with `args` and extra environment variables.
+pub fn thunderdb(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_thunderdb")).args(args).envs(envs.iter().copied()).output().unwrap()
+}
+
+/// What a command printed: stdout, then stderr.
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A config (created in `dir`) for restoring into `dir`'s own data and WAL
+/// directories, with 1 MB segments.
+pub fn restore_config(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("restore.toml");
+    let text = format!(
+        "data_dir = \"{}\"\nwal_dir = \"{}\"\n[storage]\nwal_segment_size = \"1MB\"\n",
+        dir.join("data").display(),
+        dir.join("wal").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
 }
