@@ -32,7 +32,7 @@ use crate::recovery::{self, RecoveryReport, StoreOptions};
 use crate::storage::{ControlFile, ControlState, Store, StoreError, Tree};
 use crate::txn::lock::{LockError, LockManager};
 use crate::txn::{Table, Transaction};
-use crate::wal::{parse_segment_file_name, Lsn, Wal, WalOptions};
+use crate::wal::{parse_segment_file_name, Lsn, Wal, WalCompression, WalOptions};
 
 /// The random stream that draws a new database's identity.
 const RNG_SYSTEM_ID: u64 = 0x1d;
@@ -54,6 +54,8 @@ pub struct EngineConfig {
     pub buffer_pool_size: u64,
     /// WAL segment size in bytes.
     pub wal_segment_size: u64,
+    /// How full-page images are stored in the WAL (`wal_compression`).
+    pub wal_compression: WalCompression,
     /// Time between checkpoints.
     pub checkpoint_interval: Duration,
     /// WAL written since the last checkpoint that triggers one early.
@@ -90,6 +92,7 @@ impl EngineConfig {
             wal_dir: root.join("wal"),
             buffer_pool_size: 128 << 20,
             wal_segment_size: 16 << 20,
+            wal_compression: WalCompression::default(),
             checkpoint_interval: Duration::from_secs(30),
             max_wal_size: 512 << 20,
             lock_timeout: Duration::from_secs(10),
@@ -109,6 +112,7 @@ impl EngineConfig {
                 write_behind_bytes: self.wal_write_behind_bytes,
                 zero_fill_chunk: self.wal_zero_fill_chunk,
                 recycled_segments_max: self.wal_recycled_segments_max,
+                compression: self.wal_compression,
                 ..WalOptions::new(&self.wal_dir).with_segment_size(self.wal_segment_size)
             },
             pool_bytes: self.buffer_pool_size,

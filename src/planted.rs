@@ -51,6 +51,9 @@ pub enum PlantedBug {
     /// A compensation record that is its page's first change after a
     /// checkpoint logs no image of the page.
     ClrWithoutPageImage,
+    /// A full-page image's hole starts one slot early, so the node's last
+    /// slot is left out of the log and redo rebuilds it as zero.
+    ImageHoleTooWide,
     /// A failed data-file sync during a checkpoint's flush is logged and
     /// ignored, and the checkpoint completes.
     SwallowCheckpointSyncError,
@@ -116,7 +119,7 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 34] = [
+    pub const ALL: [PlantedBug; 35] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -132,6 +135,7 @@ impl PlantedBug {
         PlantedBug::RewriteTornSector,
         PlantedBug::SkipFullPageImage,
         PlantedBug::ClrWithoutPageImage,
+        PlantedBug::ImageHoleTooWide,
         PlantedBug::SwallowCheckpointSyncError,
         PlantedBug::CheckpointBeforeFlush,
         PlantedBug::UndoWithoutClr,
@@ -171,6 +175,7 @@ impl PlantedBug {
             PlantedBug::RewriteTornSector => "rewrite_torn_sector",
             PlantedBug::SkipFullPageImage => "skip_full_page_image",
             PlantedBug::ClrWithoutPageImage => "clr_without_page_image",
+            PlantedBug::ImageHoleTooWide => "image_hole_too_wide",
             PlantedBug::SwallowCheckpointSyncError => "swallow_checkpoint_sync_error",
             PlantedBug::CheckpointBeforeFlush => "checkpoint_before_flush",
             PlantedBug::UndoWithoutClr => "undo_without_clr",
@@ -207,6 +212,7 @@ impl PlantedBug {
             self,
             PlantedBug::SkipFullPageImage
                 | PlantedBug::ClrWithoutPageImage
+                | PlantedBug::ImageHoleTooWide
                 | PlantedBug::SwallowCheckpointSyncError
                 | PlantedBug::CheckpointBeforeFlush
                 | PlantedBug::UndoWithoutClr

@@ -215,6 +215,11 @@ pub enum Probe {
     /// A compensation record was a page's first change after a checkpoint,
     /// so it logged the page's image first.
     ClrFirstChangeAfterCheckpoint,
+    /// A logged full-page image stored zstd-compressed was rebuilt.
+    ImageDecodedCompressed,
+    /// A logged full-page image stored uncompressed, less its hole, was
+    /// rebuilt (`wal_compression = "off"`).
+    ImageDecodedRaw,
     /// Recovery rolled back a transaction that had no end record.
     LoserRolledBack,
     /// Recovery's undo met a compensation record: an earlier undo was cut
@@ -271,7 +276,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 44] = [
+    const ALL: [Probe; 46] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -293,6 +298,8 @@ impl Probe {
         Probe::TreeLeafMerge,
         Probe::CheckpointHeldForUndo,
         Probe::ClrFirstChangeAfterCheckpoint,
+        Probe::ImageDecodedCompressed,
+        Probe::ImageDecodedRaw,
         Probe::LoserRolledBack,
         Probe::UndoResumed,
         Probe::UndoReadFromLog,
@@ -357,6 +364,8 @@ impl Probe {
             Probe::TreeLeafMerge => "tree_leaf_merge",
             Probe::CheckpointHeldForUndo => "checkpoint_held_for_undo",
             Probe::ClrFirstChangeAfterCheckpoint => "clr_first_change_after_checkpoint",
+            Probe::ImageDecodedCompressed => "image_decoded_compressed",
+            Probe::ImageDecodedRaw => "image_decoded_raw",
             Probe::LoserRolledBack => "loser_rolled_back",
             Probe::UndoResumed => "undo_resumed",
             Probe::UndoReadFromLog => "undo_read_from_log",

@@ -50,7 +50,7 @@ use thunderdb::sql::types::{decode_row, encode_key_part, encode_row, Column, Sch
 use thunderdb::sql::{Output, SqlError, SqlType, Value};
 use thunderdb::storage::{ControlFile, StoreError, DATA_FILE_NAME, PAGE_SIZE};
 use thunderdb::txn::Transaction;
-use thunderdb::wal::{Lsn, WalOptions};
+use thunderdb::wal::{Lsn, WalCompression, WalOptions};
 use thunderdb_workloads::commit_times::{read_commit_times, CommitTimes, CommitWindow};
 use thunderdb_workloads::db::{bank_total, describe, short, DbModel, Rows, State, Write};
 
@@ -121,6 +121,18 @@ struct BackupPlan {
     /// No injected I/O errors on the live disk (crashes and power loss
     /// stay), so that the backup has a chance to complete.
     calm: bool,
+}
+
+/// How page images are logged: a quarter of the seeds store them
+/// uncompressed (still without their hole). On a stream of its own, so the
+/// other draws of old seeds stay.
+fn draw_wal_compression(seed: u64) -> WalCompression {
+    let mut rng = ChaCha8Rng::seed_from_u64(knobs_seed(seed) ^ 0x1c0e_u64.rotate_left(32));
+    if rng.random_bool(0.25) {
+        WalCompression::Off
+    } else {
+        WalCompression::Zstd
+    }
 }
 
 impl BackupPlan {
@@ -311,6 +323,7 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     let mut swarm = Swarm { backup: BackupPlan::draw(seed), ..Swarm::draw(&mut rng, &mut knobs) };
     swarm.archive = ArchivePlan::draw(seed);
     swarm.config.archive = swarm.archive.map(|plan| plan.config());
+    swarm.config.wal_compression = draw_wal_compression(seed);
     if swarm.archive.is_some() && swarm.backup.is_none() {
         // Every archiving seed takes a backup too: the point-in-time
         // recovery oracle starts from one.

@@ -35,6 +35,7 @@ buffer_pool_size      = "128MB"
 checkpoint_interval   = "30s"
 max_wal_size          = "512MB"
 wal_segment_size      = "16MB"
+wal_compression       = "zstd"
 wal_archive_enabled   = false
 wal_archive_dir       = ""
 wal_archive_command   = ""
@@ -92,6 +93,8 @@ pub struct StorageConfig {
     pub max_wal_size: ByteSize,
     /// One WAL segment file: a power of two, 1 MB to 1 GB.
     pub wal_segment_size: ByteSize,
+    /// How full-page images are stored in the WAL: `"zstd"` or `"off"`.
+    pub wal_compression: crate::wal::WalCompression,
     /// Whether completed segments are archived.
     pub wal_archive_enabled: bool,
     /// Where archived segments go (empty: not set).

@@ -24,6 +24,7 @@ impl Config {
         engine.wal_dir = self.wal_dir.clone();
         engine.buffer_pool_size = self.storage.buffer_pool_size.0;
         engine.wal_segment_size = self.storage.wal_segment_size.0;
+        engine.wal_compression = self.storage.wal_compression;
         engine.checkpoint_interval = self.storage.checkpoint_interval.0;
         engine.max_wal_size = self.storage.max_wal_size.0;
         engine.lock_timeout = self.storage.lock_timeout.0;

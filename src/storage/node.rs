@@ -98,6 +98,18 @@ pub fn set_link(body: &mut [u8], link: u32) {
     body[4..8].copy_from_slice(&link.to_le_bytes());
 }
 
+/// The free space between the slot array and the cell content area (body
+/// offsets): bytes no reader looks at, which a full-page image leaves out.
+/// Empty when the header is not sane, so a damaged body is imaged whole.
+pub fn free_range(body: &[u8]) -> std::ops::Range<usize> {
+    let mut slots_end = HEADER_LEN + SLOT_LEN * count(body);
+    if crate::planted::active(crate::planted::PlantedBug::ImageHoleTooWide) && count(body) > 0 {
+        slots_end -= SLOT_LEN;
+    }
+    let content = content_at(body).min(body.len());
+    slots_end.min(content)..content
+}
+
 fn content_at(body: &[u8]) -> usize {
     u16_at(body, 2)
 }

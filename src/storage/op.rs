@@ -6,7 +6,8 @@
 //!
 //! | op | tag | fields | redo | undo |
 //! |---|---:|---|---|---|
-//! | `PageImages` | 1 | count, then (page, 8 KiB image) each | install each image | none (structure changes and full-page images are redo-only) |
+//! | `PageImages` | 8 | count, then each image: page (u32), hole offset (u16), hole length (u16), storage (u8: 0 raw, 1 zstd), stored length (u32), stored bytes | install each image, its hole zeroed | none (structure changes and full-page images are redo-only) |
+//! | `PageImages`, old form | 1 | count, then (page, 8 KiB image) each | as tag 8 | none (read, never written) |
 //! | `Insert` | 2 | table, page, key, value | put key → value | delete key |
 //! | `Delete` | 3 | table, page, key, old value | remove key | put key → old value |
 //! | `Update` | 4 | table, page, key, old value, new value | put key → new value | put key → old value |
@@ -20,13 +21,31 @@
 //! after-images of every page it touches in one record, so a crash mid-split
 //! replays to a valid tree.
 //!
+//! An image leaves out its page's hole ([`image_hole`]: a node's free space
+//! between slots and cells, or the zeroes that end any other page; its
+//! checksum is stamped as if the hole were zeroes, so the rebuilt page is
+//! checked end to end), and with
+//! `wal_compression = "zstd"` the rest is stored zstd-compressed (level 1)
+//! when that is smaller. The decoded op always holds whole 8 KiB images, so
+//! redo, analysis and the tools see one form.
+//!
 //! Redo rule: a record whose end LSN is `end` is applied to a page only if
 //! the page's LSN is below `end`, and the page's LSN becomes `end`. Applying
 //! a record twice is therefore impossible, and redo is idempotent.
 
+use std::cell::RefCell;
+
 use super::node::{self, NodeFull};
-use super::page::{Page, PAGE_SIZE};
-use crate::wal::Lsn;
+use super::page::{self, image_hole, Page, PAGE_HEADER_LEN, PAGE_SIZE};
+use crate::probe::{self, Probe};
+use crate::wal::{Lsn, WalCompression};
+
+/// The zstd level for page images: level 1 is the fastest, and higher
+/// levels gain little on 8 KiB pages (docs/performance.md).
+const IMAGE_ZSTD_LEVEL: i32 = 1;
+
+const STORED_RAW: u8 = 0;
+const STORED_ZSTD: u8 = 1;
 
 /// One storage change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,25 +170,25 @@ impl Op {
         }
     }
 
-    /// Encodes the op as a WAL payload.
-    pub fn encode(&self) -> Vec<u8> {
+    /// Encodes the op as a WAL payload, storing page images as
+    /// `compression` says.
+    pub fn encode(&self, compression: WalCompression) -> Vec<u8> {
         let mut out = Vec::new();
-        self.encode_into(&mut out);
+        self.encode_into(&mut out, compression);
         out
     }
 
-    fn encode_into(&self, out: &mut Vec<u8>) {
+    fn encode_into(&self, out: &mut Vec<u8>, compression: WalCompression) {
         let bytes = |out: &mut Vec<u8>, b: &[u8]| {
             out.extend_from_slice(&u32::try_from(b.len()).expect("bounded by the WAL").to_le_bytes());
             out.extend_from_slice(b);
         };
         match self {
             Op::PageImages { images } => {
-                out.push(1);
+                out.push(8);
                 out.extend_from_slice(&(images.len() as u32).to_le_bytes());
                 for (page_no, image) in images {
-                    out.extend_from_slice(&page_no.to_le_bytes());
-                    out.extend_from_slice(&image[..]);
+                    encode_image(out, *page_no, image, compression);
                 }
             }
             Op::Insert { table, page_no, key, value } => {
@@ -198,7 +217,7 @@ impl Op {
                 assert!(!matches!(**redo, Op::Compensation { .. }), "compensations do not nest");
                 out.push(5);
                 out.extend_from_slice(&undo_next.0.to_le_bytes());
-                redo.encode_into(out);
+                redo.encode_into(out, compression);
             }
             Op::CheckpointBegin => out.push(6),
             Op::CheckpointEnd { active, dirty, last_commit_micros } => {
@@ -226,7 +245,7 @@ impl Op {
     pub fn peek(bytes: &[u8]) -> Option<(Vec<u32>, Option<Lsn>)> {
         let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
         match *bytes.first()? {
-            1 => Some((Self::image_pages(bytes)?, None)),
+            1 | 8 => Some((Self::image_pages(bytes)?, None)),
             2..=4 => Some((vec![u32_at(5)?], None)),
             5 => {
                 let undo_next = Lsn(u64::from_le_bytes(bytes.get(1..9)?.try_into().ok()?));
@@ -245,14 +264,22 @@ impl Op {
     /// any other op or a malformed payload.
     pub fn image_pages(bytes: &[u8]) -> Option<Vec<u32>> {
         let mut reader = Reader { bytes, at: 0 };
-        if reader.take(1).ok()?[0] != 1 {
-            return None;
-        }
+        let compact = match reader.take(1).ok()?[0] {
+            1 => false,
+            8 => true,
+            _ => return None,
+        };
         let count = reader.u32().ok()?;
         let pages = (0..count)
             .map(|_| {
                 let page_no = reader.u32().ok()?;
-                reader.take(PAGE_SIZE).ok()?;
+                if compact {
+                    reader.take(5).ok()?;
+                    let stored = reader.u32().ok()? as usize;
+                    reader.take(stored).ok()?;
+                } else {
+                    reader.take(PAGE_SIZE).ok()?;
+                }
                 Some(page_no)
             })
             .collect::<Option<Vec<u32>>>()?;
@@ -300,6 +327,46 @@ impl Op {
     }
 }
 
+thread_local! {
+    /// A zstd context per thread, reused: creating one per image would cost
+    /// more than compressing the image.
+    static ZSTD: RefCell<(zstd::bulk::Compressor<'static>, zstd::bulk::Decompressor<'static>)> = RefCell::new((
+        zstd::bulk::Compressor::new(IMAGE_ZSTD_LEVEL).expect("a zstd context"),
+        zstd::bulk::Decompressor::new().expect("a zstd context"),
+    ));
+}
+
+/// Appends one image of a tag-8 record: the page less its hole, compressed
+/// when `compression` asks and that is smaller. The stored checksum is
+/// restamped over the page with its hole zeroed, so the page that redo
+/// rebuilds is checked end to end.
+fn encode_image(out: &mut Vec<u8>, page_no: u32, image: &[u8; PAGE_SIZE], compression: WalCompression) {
+    let hole = image_hole(image);
+    let mut whole = *image;
+    whole[hole.clone()].fill(0);
+    page::reseal(&mut whole);
+    let mut kept = Vec::with_capacity(PAGE_SIZE - hole.len());
+    kept.extend_from_slice(&whole[..hole.start]);
+    kept.extend_from_slice(&whole[hole.end..]);
+    let compressed = match compression {
+        WalCompression::Off => None,
+        WalCompression::Zstd => ZSTD
+            .with(|codec| codec.borrow_mut().0.compress(&kept))
+            .ok()
+            .filter(|compressed| compressed.len() < kept.len()),
+    };
+    let (storage, stored) = match &compressed {
+        Some(compressed) => (STORED_ZSTD, compressed),
+        None => (STORED_RAW, &kept),
+    };
+    out.extend_from_slice(&page_no.to_le_bytes());
+    out.extend_from_slice(&u16::try_from(hole.start).expect("offsets in a page fit in u16").to_le_bytes());
+    out.extend_from_slice(&u16::try_from(hole.len()).expect("lengths in a page fit in u16").to_le_bytes());
+    out.push(storage);
+    out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+    out.extend_from_slice(stored);
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -319,6 +386,10 @@ impl Reader<'_> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
 
+    fn u16(&mut self) -> Result<u16, OpDecodeError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+
     fn u64(&mut self) -> Result<u64, OpDecodeError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
@@ -326,6 +397,45 @@ impl Reader<'_> {
     fn bytes(&mut self) -> Result<Vec<u8>, OpDecodeError> {
         let len = self.u32()? as usize;
         Ok(self.take(len)?.to_vec())
+    }
+
+    /// One image of a tag-8 record, rebuilt whole (its hole zeroed) and
+    /// checked as a page: its checksum was stamped with the hole zeroed.
+    fn compact_image(&mut self) -> Result<(u32, Box<[u8; PAGE_SIZE]>), OpDecodeError> {
+        let page_no = self.u32()?;
+        let hole_at = usize::from(self.u16()?);
+        let hole_len = usize::from(self.u16()?);
+        let storage = self.take(1)?[0];
+        let stored_len = self.u32()? as usize;
+        let stored = self.take(stored_len)?;
+        if hole_at < PAGE_HEADER_LEN || hole_at + hole_len > PAGE_SIZE {
+            return Err(OpDecodeError(format!("page {page_no}: hole of {hole_len} bytes at {hole_at} is outside the body")));
+        }
+        let kept_len = PAGE_SIZE - hole_len;
+        let mut image: Box<[u8; PAGE_SIZE]> = Box::new([0; PAGE_SIZE]);
+        let mut place = |kept: &[u8]| {
+            if kept.len() != kept_len {
+                return Err(OpDecodeError(format!("page {page_no}: {} bytes stored, expected {kept_len}", kept.len())));
+            }
+            image[..hole_at].copy_from_slice(&kept[..hole_at]);
+            image[hole_at + hole_len..].copy_from_slice(&kept[hole_at..]);
+            Ok(())
+        };
+        match storage {
+            STORED_RAW => {
+                probe::hit(Probe::ImageDecodedRaw);
+                place(stored)?;
+            }
+            STORED_ZSTD => {
+                probe::hit(Probe::ImageDecodedCompressed);
+                let kept = ZSTD.with(|codec| codec.borrow_mut().1.decompress(stored, kept_len));
+                place(&kept.map_err(|e| OpDecodeError(format!("page {page_no}: zstd: {e}")))?)?;
+            }
+            other => return Err(OpDecodeError(format!("page {page_no}: unknown image storage {other}"))),
+        }
+        Page::check(&image[..], page_no)
+            .map_err(|e| OpDecodeError(format!("page {page_no}: the rebuilt image is not a page: {e:?}")))?;
+        Ok((page_no, image))
     }
 
     fn op(&mut self, compensation_allowed: bool) -> Result<Op, OpDecodeError> {
@@ -340,6 +450,11 @@ impl Reader<'_> {
                         Ok((page_no, image))
                     })
                     .collect::<Result<_, _>>()?;
+                Op::PageImages { images }
+            }
+            8 => {
+                let count = self.u32()?;
+                let images = (0..count).map(|_| self.compact_image()).collect::<Result<_, _>>()?;
                 Op::PageImages { images }
             }
             2 => Op::Insert { table: self.u32()?, page_no: self.u32()?, key: self.bytes()?, value: self.bytes()? },
@@ -403,9 +518,32 @@ mod tests {
         ]
     }
 
+    /// A sealed leaf holding `rows` (inserted only, so its hole is zeroes
+    /// and its image round-trips byte for byte).
+    fn sealed_leaf(page_no: u32, rows: &[(Vec<u8>, Vec<u8>)]) -> Box<[u8; PAGE_SIZE]> {
+        let mut page = Page::new(page_no, PageKind::Leaf);
+        node::init(page.body_mut(), 0);
+        for (key, value) in rows {
+            let _ = node::put(page.body_mut(), key, value);
+        }
+        page.set_page_lsn(Lsn(77));
+        Box::new(*page.seal())
+    }
+
+    fn image_op() -> impl Strategy<Value = Op> {
+        let rows = proptest::collection::vec(
+            (proptest::collection::vec(any::<u8>(), 1..8), proptest::collection::vec(any::<u8>(), 0..200)),
+            0..40,
+        );
+        proptest::collection::vec((1u32..1000, rows), 1..4).prop_map(|pages| Op::PageImages {
+            images: pages.iter().map(|(page_no, rows)| (*page_no, sealed_leaf(*page_no, rows))).collect(),
+        })
+    }
+
     fn any_op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => row_op(),
+            1 => image_op(),
             1 => (row_op(), any::<u64>()).prop_map(|(op, next)| Op::Compensation { undo_next: Lsn(next), redo: Box::new(op) }),
             1 => Just(Op::CheckpointBegin),
             1 => (proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..5), proptest::collection::vec((any::<u32>(), any::<u64>()), 0..5), any::<u64>())
@@ -420,7 +558,9 @@ mod tests {
     proptest! {
         #[test]
         fn ops_round_trip(op in any_op()) {
-            prop_assert_eq!(Op::decode(&op.encode()), Ok(op));
+            for compression in [WalCompression::Zstd, WalCompression::Off] {
+                prop_assert_eq!(Op::decode(&op.encode(compression)), Ok(op.clone()));
+            }
         }
 
         #[test]
@@ -432,7 +572,7 @@ mod tests {
         /// Peeking agrees with decoding on the pages and the undo-next LSN.
         #[test]
         fn peeking_agrees_with_decoding(op in any_op()) {
-            let bytes = op.encode();
+            let bytes = op.encode(WalCompression::Zstd);
             match (Op::peek(&bytes), &op) {
                 (None, Op::CheckpointBegin | Op::CheckpointEnd { .. }) => {}
                 (Some((pages, undo_next)), op) => {
@@ -501,6 +641,52 @@ mod tests {
     fn rows(page: &Page) -> Vec<(Vec<u8>, Vec<u8>)> {
         let body = page.body();
         (0..node::count(body)).map(|i| (node::key(body, i).to_vec(), node::value(body, i).to_vec())).collect()
+    }
+
+    /// A page whose free space holds stale bytes (removals leave them):
+    /// its image leaves them out, and the rebuilt page has the same rows,
+    /// header and cells, zeroes in its hole, and a valid checksum.
+    #[test]
+    fn an_image_leaves_out_its_hole_in_both_storages() {
+        let mut page = Page::new(9, PageKind::Leaf);
+        node::init(page.body_mut(), 4);
+        for key in 0u8..60 {
+            node::put(page.body_mut(), &[key], &[key; 40]).unwrap();
+        }
+        for index in (0..60).step_by(2).rev() {
+            node::remove(page.body_mut(), index);
+        }
+        page.set_page_lsn(Lsn(900));
+        let image: Box<[u8; PAGE_SIZE]> = Box::new(*page.seal());
+        let hole = image_hole(&image);
+        assert!(hole.len() > 4000 && image[hole.clone()].iter().any(|b| *b != 0), "stale slots lie in the hole");
+        for (compression, limit) in [(WalCompression::Off, PAGE_SIZE - hole.len() + 30), (WalCompression::Zstd, 1000)] {
+            let bytes = Op::PageImages { images: vec![(9, image.clone())] }.encode(compression);
+            assert!(bytes.len() <= limit, "{compression:?}: {} bytes", bytes.len());
+            let Ok(Op::PageImages { images }) = Op::decode(&bytes) else { panic!("decodes") };
+            let rebuilt = Page::from_bytes(&images[0].1[..], 9).expect("a valid page");
+            assert_eq!(rows(&rebuilt), rows(&page));
+            assert_eq!(rebuilt.page_lsn(), Lsn(900));
+            assert_eq!(node::link(rebuilt.body()), 4);
+            assert!(images[0].1[hole.clone()].iter().all(|b| *b == 0));
+            assert_eq!(images[0].1[hole.end..], image[hole.end..], "the cells are kept byte for byte");
+            node::check(rebuilt.body()).unwrap();
+        }
+    }
+
+    /// Damage inside a stored image that the record's CRC somehow missed
+    /// (or a bug in the encoder) is a decode error, never a panic or a page.
+    #[test]
+    fn a_damaged_stored_image_is_refused() {
+        let image = sealed_leaf(5, &[(b"k".to_vec(), vec![7; 300])]);
+        for compression in [WalCompression::Zstd, WalCompression::Off] {
+            let good = Op::PageImages { images: vec![(5, image.clone())] }.encode(compression);
+            for at in 5..good.len() {
+                let mut bad = good.clone();
+                bad[at] ^= 0x40;
+                assert!(Op::decode(&bad).is_err(), "{compression:?}: a flip at byte {at} was accepted");
+            }
+        }
     }
 
     #[test]

@@ -222,6 +222,33 @@ impl Page {
     }
 }
 
+/// The bytes a full-page image may leave out (page offsets): a node's free
+/// space between its slots and its cells; for other kinds, the zeroes that
+/// end the page. Redo rebuilds them as zeroes. Empty for bytes that are not
+/// a page of a known kind.
+pub fn image_hole(image: &[u8; PAGE_SIZE]) -> std::ops::Range<usize> {
+    match PageKind::from_u8(image[5]) {
+        Some(PageKind::Leaf | PageKind::Internal) => {
+            let free = super::node::free_range(&image[PAGE_HEADER_LEN..]);
+            free.start + PAGE_HEADER_LEN..free.end + PAGE_HEADER_LEN
+        }
+        Some(PageKind::Meta | PageKind::Overflow | PageKind::Free) => {
+            let used = image.iter().rposition(|b| *b != 0).map_or(0, |last| last + 1);
+            used.max(PAGE_HEADER_LEN)..PAGE_SIZE
+        }
+        None => PAGE_HEADER_LEN..PAGE_HEADER_LEN,
+    }
+}
+
+/// Stamps the checksum of page bytes for the page their header names: the
+/// WAL stamps an image this way once it has zeroed the image's hole, which
+/// is how redo rebuilds it.
+pub(crate) fn reseal(bytes: &mut [u8; PAGE_SIZE]) {
+    let page_no = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let sum = checksum(page_no, &bytes[..]);
+    bytes[0..4].copy_from_slice(&sum.to_le_bytes());
+}
+
 fn checksum(page_no: u32, bytes: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&page_no.to_le_bytes());

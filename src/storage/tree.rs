@@ -897,14 +897,14 @@ impl Store {
     /// Appends a record that belongs to no transaction (structure changes,
     /// page images, checkpoints); returns its LSN and end LSN.
     async fn log_redo_only(&self, op: &Op) -> Result<(Lsn, Lsn), StoreError> {
-        Ok(self.wal.append(&Record::data(0, Lsn::ZERO, op.encode())).await?)
+        Ok(self.wal.append(&Record::data(0, Lsn::ZERO, op.encode(self.wal.options().compression))).await?)
     }
 
     /// Appends transaction `xid`'s next record, linked to its previous one;
     /// returns the record's end LSN.
     async fn log_for(&mut self, xid: u64, op: Op) -> Result<Lsn, StoreError> {
         let txn = self.active.get(&xid).unwrap_or_else(|| panic!("transaction {xid} is not active"));
-        let payload = op.encode();
+        let payload = op.encode(self.wal.options().compression);
         let size = payload.len();
         let (lsn, end) = self.wal.append(&Record::data(xid, txn.last_lsn, payload)).await?;
         let txn = self.active.get_mut(&xid).expect("active");

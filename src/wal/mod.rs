@@ -16,8 +16,8 @@ pub use lsn::{Lsn, ParseLsnError};
 pub use reader::{LogEnd, WalReader};
 pub use record::{decode, DecodeError, Decoded, Record, RecordKind, HEADER_LEN, MAX_PAYLOAD_LEN, RECORD_ALIGN};
 pub use segment::{
-    parse_segment_file_name, segment_file_name, WalOptions, DEFAULT_RECYCLED_SEGMENTS_MAX, DEFAULT_SEGMENT_SIZE,
-    DEFAULT_WRITE_BEHIND_BYTES, DEFAULT_ZERO_FILL_CHUNK,
+    parse_segment_file_name, segment_file_name, WalCompression, WalOptions, DEFAULT_RECYCLED_SEGMENTS_MAX,
+    DEFAULT_SEGMENT_SIZE, DEFAULT_WRITE_BEHIND_BYTES, DEFAULT_ZERO_FILL_CHUNK,
 };
 pub use timeline::{
     history_file_name, parse_history_file_name, read_history, HistoryError, TimelineHistory, TimelineSwitch,

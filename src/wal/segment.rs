@@ -48,6 +48,22 @@ pub struct WalOptions {
     /// first: which ancestor's segments and records hold the log below
     /// each switch point. Empty on timeline 1.
     pub history: Vec<TimelineSwitch>,
+    /// How full-page images are stored in the log (`wal_compression`).
+    pub compression: WalCompression,
+}
+
+/// How full-page images are stored in the log. Either way an image leaves
+/// out its page's free-space hole; `Zstd` also compresses what is left when
+/// that makes it smaller (the `wal_compression` config key: `"zstd"`, the
+/// default, or `"off"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalCompression {
+    /// Images are stored as they are, less their hole.
+    Off,
+    /// Images are zstd-compressed (level 1).
+    #[default]
+    Zstd,
 }
 
 /// The default write-behind threshold: 4 MiB.
@@ -70,6 +86,7 @@ impl WalOptions {
             zero_fill_chunk: DEFAULT_ZERO_FILL_CHUNK,
             recycled_segments_max: DEFAULT_RECYCLED_SEGMENTS_MAX,
             history: Vec::new(),
+            compression: WalCompression::default(),
         }
     }
 
