@@ -477,6 +477,11 @@ fn describe_op(record: &Record) -> Option<String> {
             format!("PAGE IMAGES {}", pages.join(","))
         }
         Op::Insert { table, page_no, key, value } => format!("INSERT {}", row(table, page_no, &key, value.len())),
+        Op::InsertBatch { table, page_no, rows } => {
+            let bytes: usize = rows.iter().map(|(key, value)| key.len() + value.len()).sum();
+            let first = rows.first().map_or_else(String::new, |(key, _)| format!(" first key {}", hex(key)));
+            format!("INSERT BATCH table {table} page {page_no} {} rows, {bytes} bytes{first}", rows.len())
+        }
         Op::Update { table, page_no, key, new_value, .. } => {
             format!("UPDATE {}", row(table, page_no, &key, new_value.len()))
         }

@@ -54,6 +54,10 @@ pub enum PlantedBug {
     /// A full-page image's hole starts one slot early, so the node's last
     /// slot is left out of the log and redo rebuilds it as zero.
     ImageHoleTooWide,
+    /// Undoing a batch of inserted rows, every compensation record points
+    /// past the batch, so an undo cut off by a crash leaves the batch's
+    /// remaining rows in place.
+    BatchUndoSkipsRest,
     /// A failed data-file sync during a checkpoint's flush is logged and
     /// ignored, and the checkpoint completes.
     SwallowCheckpointSyncError,
@@ -119,7 +123,7 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 35] = [
+    pub const ALL: [PlantedBug; 36] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -136,6 +140,7 @@ impl PlantedBug {
         PlantedBug::SkipFullPageImage,
         PlantedBug::ClrWithoutPageImage,
         PlantedBug::ImageHoleTooWide,
+        PlantedBug::BatchUndoSkipsRest,
         PlantedBug::SwallowCheckpointSyncError,
         PlantedBug::CheckpointBeforeFlush,
         PlantedBug::UndoWithoutClr,
@@ -176,6 +181,7 @@ impl PlantedBug {
             PlantedBug::SkipFullPageImage => "skip_full_page_image",
             PlantedBug::ClrWithoutPageImage => "clr_without_page_image",
             PlantedBug::ImageHoleTooWide => "image_hole_too_wide",
+            PlantedBug::BatchUndoSkipsRest => "batch_undo_skips_rest",
             PlantedBug::SwallowCheckpointSyncError => "swallow_checkpoint_sync_error",
             PlantedBug::CheckpointBeforeFlush => "checkpoint_before_flush",
             PlantedBug::UndoWithoutClr => "undo_without_clr",
@@ -213,6 +219,7 @@ impl PlantedBug {
             PlantedBug::SkipFullPageImage
                 | PlantedBug::ClrWithoutPageImage
                 | PlantedBug::ImageHoleTooWide
+                | PlantedBug::BatchUndoSkipsRest
                 | PlantedBug::SwallowCheckpointSyncError
                 | PlantedBug::CheckpointBeforeFlush
                 | PlantedBug::UndoWithoutClr

@@ -220,6 +220,9 @@ pub enum Probe {
     /// A logged full-page image stored uncompressed, less its hole, was
     /// rebuilt (`wal_compression = "off"`).
     ImageDecodedRaw,
+    /// An undo resumed inside a batch of inserted rows: an earlier undo of
+    /// the batch was cut off after some of its compensation records.
+    BatchUndoResumed,
     /// Recovery rolled back a transaction that had no end record.
     LoserRolledBack,
     /// Recovery's undo met a compensation record: an earlier undo was cut
@@ -276,7 +279,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 46] = [
+    const ALL: [Probe; 47] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -300,6 +303,7 @@ impl Probe {
         Probe::ClrFirstChangeAfterCheckpoint,
         Probe::ImageDecodedCompressed,
         Probe::ImageDecodedRaw,
+        Probe::BatchUndoResumed,
         Probe::LoserRolledBack,
         Probe::UndoResumed,
         Probe::UndoReadFromLog,
@@ -366,6 +370,7 @@ impl Probe {
             Probe::ClrFirstChangeAfterCheckpoint => "clr_first_change_after_checkpoint",
             Probe::ImageDecodedCompressed => "image_decoded_compressed",
             Probe::ImageDecodedRaw => "image_decoded_raw",
+            Probe::BatchUndoResumed => "batch_undo_resumed",
             Probe::LoserRolledBack => "loser_rolled_back",
             Probe::UndoResumed => "undo_resumed",
             Probe::UndoReadFromLog => "undo_read_from_log",

@@ -44,19 +44,19 @@ use crate::pitr_sim::{PitrBase, PitrCheck};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thunderdb::db::{Database, DbError, EngineConfig};
-use thunderdb::env::{AtRestLoss, Clock, Env, FaultConfig, Fs, SimClock, SimDisk, SECTOR_SIZE};
+use thunderdb::env::{AtRestLoss, Clock, Env, FaultConfig, Fs, SimClock, SimDisk, CRASH_MESSAGE, SECTOR_SIZE};
 use thunderdb::probe::Phase;
 use thunderdb::sql::types::{decode_row, encode_key_part, encode_row, Column, Schema};
 use thunderdb::sql::{Output, SqlError, SqlType, Value};
 use thunderdb::storage::{ControlFile, StoreError, DATA_FILE_NAME, PAGE_SIZE};
-use thunderdb::txn::Transaction;
+use thunderdb::txn::{Table, Transaction};
 use thunderdb::wal::{Lsn, WalCompression, WalOptions};
 use thunderdb_workloads::commit_times::{read_commit_times, CommitTimes, CommitWindow};
 use thunderdb_workloads::db::{bank_total, describe, short, DbModel, Rows, State, Write};
 
 use thunderdb::backup::manifest::Manifest;
 use thunderdb::backup::restore::restore_files;
-use thunderdb::backup::verify::{verify, Report, Scratch};
+use thunderdb::backup::verify::{read_manifest, verify, Report, Scratch};
 use thunderdb::backup::{take, BackupRequest, Progress};
 
 use crate::archive_sim::{self, plant_foreign, ArchiveOracle, ArchivePlan, SimCommands};
@@ -256,6 +256,9 @@ impl Swarm {
 /// Random keys are drawn from `0..KEY_SPACE`; loads in key order append
 /// past it.
 const KEY_SPACE: u16 = 300;
+
+/// Rows per `insert_many` call of a load in key order.
+const LOAD_BATCH: usize = 24;
 
 /// What the sessions share: the model, and the first failure any saw.
 #[derive(Default)]
@@ -657,6 +660,13 @@ impl Run {
         let report = self.verify_backup(fs.as_ref(), dir).await;
         let manifest = match outcome {
             Ok(manifest) => manifest,
+            // The last step, the directory sync after the manifest's rename,
+            // cut by a crash that kept the rename: every file and the
+            // manifest were durable before it, so the backup is whole, and is
+            // held to everything a completed one is.
+            Err(error) if report.passed() && error.ends_with(&format!("sync directory {BACKUP_DIR}: {CRASH_MESSAGE}")) => {
+                read_manifest(fs.as_ref(), dir).map_err(|p| self.fail("backup_verifies", p.to_string()))?
+            }
             Err(error) if report.passed() => {
                 return Err(self.fail("cut_backup_never_verifies", format!("the backup failed ({error}) but verifies")));
             }
@@ -992,6 +1002,8 @@ struct Session {
     /// Draws extra backward steps of the wall clock: a stream of its own
     /// (the wall clock steers no control flow, only commit stamps).
     ntp: ChaCha8Rng,
+    /// Draws the batch variant of the aimed rollback: a stream of its own.
+    batch_aim: ChaCha8Rng,
     /// The disk, for aimed crashes.
     disk: SimDisk,
 }
@@ -1001,8 +1013,9 @@ impl Session {
         let rng = ChaCha8Rng::seed_from_u64(seed);
         let think = ChaCha8Rng::seed_from_u64(seed ^ 0x7417_7417_7417_7417);
         let ntp = ChaCha8Rng::seed_from_u64(seed ^ 0x4e74_704e_7470_4e74);
+        let batch_aim = ChaCha8Rng::seed_from_u64(seed ^ 0xba7c_4ba7_c4ba_7c4b);
         let (clock, shared, disk) = (run.clock.clone(), run.shared.clone(), run.disk.clone());
-        Session { db, clock, shared, swarm, rng, think, ntp, disk }
+        Session { db, clock, shared, swarm, rng, think, ntp, batch_aim, disk }
     }
 
     /// Now and then, a client pause inside a transaction: simulated time
@@ -1068,7 +1081,7 @@ impl Session {
         self.clock.jump_wall(micros);
     }
 
-    async fn table(&self, txn: &mut Transaction, name: &str) -> Result<thunderdb::txn::Table, DbError> {
+    async fn table(&self, txn: &mut Transaction, name: &str) -> Result<Table, DbError> {
         txn.table(name).await?.ok_or_else(|| DbError::NoSuchTable(name.into()))
     }
 
@@ -1180,7 +1193,10 @@ impl Session {
         // that the random stream stays as it was) load rows in key order
         // past every key so far: the rightmost leaf fills and splits by
         // starting a new leaf (`tree_append_split`).
+        // Such a load inserts its new rows in batches (`insert_many`, as
+        // COPY does), so rows that share a leaf are logged together.
         let in_key_order = count % 2 == 0;
+        let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for step in 0..count {
             let drawn = self.swarm.key(&mut self.rng);
             let key = if in_key_order {
@@ -1191,9 +1207,17 @@ impl Session {
                 drawn
             };
             let value = vec![self.rng.random(); self.rng.random_range(0..self.swarm.value_max)];
-            txn.put(&table, &key, &value).await?;
-            writes.push(Write::Put(KV.into(), key, value));
-            if step == count / 2 && self.rng.random_bool(0.5) {
+            writes.push(Write::Put(KV.into(), key.clone(), value.clone()));
+            if in_key_order {
+                batch.push((key, value));
+            } else {
+                txn.put(&table, &key, &value).await?;
+            }
+            let checkpoint = step == count / 2 && self.rng.random_bool(0.5);
+            if batch.len() == LOAD_BATCH || checkpoint || step + 1 == count {
+                self.insert_new(&mut txn, &table, std::mem::take(&mut batch)).await?;
+            }
+            if checkpoint {
                 // A checkpoint while the transaction is open: its undo needs
                 // WAL from before the redo point.
                 self.db.checkpoint().await?;
@@ -1211,10 +1235,29 @@ impl Session {
         }
     }
 
+    /// Inserts rows whose keys no row has (a load past every key so far);
+    /// every one must go in.
+    async fn insert_new(
+        &mut self,
+        txn: &mut Transaction,
+        table: &Table,
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), DbError> {
+        let inserted = txn.insert_many(table, &rows).await?;
+        if inserted != rows.len() {
+            let detail = format!("{} of {} rows with new keys inserted", inserted, rows.len());
+            fail(&self.shared, "load_inserts_new_keys", detail);
+        }
+        Ok(())
+    }
+
     /// The aimed schedule `RollbackAfterCheckpoint`: writes, a checkpoint,
     /// a rollback whose every compensation record is its page's first change
     /// since, then a crash inside the next checkpoint's flush.
     async fn rollback_after_checkpoint(&mut self) -> Result<(), DbError> {
+        if self.batch_aim.random_bool(0.3) {
+            return self.batch_rollback_cut().await;
+        }
         let mut txn = self.db.begin().await?;
         let table = self.table(&mut txn, KV).await?;
         for _ in 0..self.think.random_range(10..80) {
@@ -1231,6 +1274,30 @@ impl Session {
         self.disk.set_crash_in_phase(Phase::CheckpointFlush, self.think.random_range(0..6));
         self.db.checkpoint().await?;
         Ok(())
+    }
+
+    /// The aimed schedule's batch variant: a load inserts rows in key order
+    /// in batches, and its rollback is cut by a crash at one of the WAL
+    /// writes it makes (with a small write-behind threshold, its compensation
+    /// records go out as they are logged). Recovery's undo then resumes
+    /// inside a batch (`batch_undo_resumed`).
+    async fn batch_rollback_cut(&mut self) -> Result<(), DbError> {
+        let mut txn = self.db.begin().await?;
+        let table = self.table(&mut txn, KV).await?;
+        let mut rows = Vec::new();
+        for _ in 0..self.batch_aim.random_range(20..LOAD_BATCH * 3) {
+            let key = {
+                let mut shared = lock(&self.shared);
+                shared.appended = shared.appended.saturating_add(1);
+                self.swarm.key_of(KEY_SPACE.saturating_add(shared.appended))
+            };
+            rows.push((key, vec![self.batch_aim.random(); self.batch_aim.random_range(0..self.swarm.value_max)]));
+        }
+        for batch in rows.chunks(LOAD_BATCH) {
+            self.insert_new(&mut txn, &table, batch.to_vec()).await?;
+        }
+        self.disk.set_crash_in_phase(Phase::WalWrite, self.batch_aim.random_range(0..4));
+        txn.rollback().await
     }
 
     async fn churn(&mut self) -> Result<(), DbError> {

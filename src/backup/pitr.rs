@@ -248,6 +248,13 @@ async fn recover_to_target(
         }
         probe::hit(Probe::PitrRestartedAfterCrash);
     }
+    // A recovery cut by a crash while it wrote its marker left only the
+    // marker's temporary file (it restores nothing before the marker).
+    let marker_temp = data_dir.join(format!("{PITR_MARKER}.tmp"));
+    if fs.exists(&marker_temp).map_err(|e| format!("{}: {e}", marker_temp.display()))? {
+        fs.remove(&marker_temp).map_err(|e| format!("{}: {e}", marker_temp.display()))?;
+        fs.sync_dir(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    }
     let plan = RestorePlan::new(fs, &request.backup, fs, data_dir, wal_dir)?;
     let manifest = plan.manifest.clone();
     log.say(format!("Base backup LSN: {}", manifest.start_lsn));

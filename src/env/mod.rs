@@ -25,4 +25,4 @@ pub use faults::{FaultConfig, FaultKind, LedgerEntry};
 pub use real::ShellCommands;
 pub use real::{RealClock, RealFs};
 pub use seam::{write_atomically, AtomicWriteError, Env, File, Fs};
-pub use sim_fs::{AtRestLoss, DiskTrace, SimDisk, SimFs, SECTOR_SIZE};
+pub use sim_fs::{AtRestLoss, DiskTrace, SimDisk, SimFs, CRASH_MESSAGE, SECTOR_SIZE};

@@ -425,8 +425,11 @@ fn hash_path(path: &Path) -> u64 {
     hash
 }
 
+/// What an operation cut by the simulated power loss fails with.
+pub const CRASH_MESSAGE: &str = "simulated crash: the machine lost power";
+
 fn crashed_error() -> io::Error {
-    io::Error::other("simulated crash: the machine lost power")
+    io::Error::other(CRASH_MESSAGE)
 }
 
 fn injected(kind: FaultKind, path: &Path) -> io::Error {

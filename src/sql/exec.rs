@@ -231,13 +231,28 @@ async fn insert_one(
     next_row_id: &mut u64,
 ) -> Result<(), SqlError> {
     let key = row_key(schema, row, txn, next_row_id);
-    match txn.insert(table, &key, &encode_row(row)).await {
-        Err(DbError::DuplicateKey { .. }) => Err(SqlError::new(
-            "23505",
-            format!("duplicate key value violates unique constraint \"{}_pkey\"", table.name),
-        )),
-        other => Ok(other?),
+    insert_encoded(txn, table, &[(key, encode_row(row))]).await.map_err(|(_, e)| e)
+}
+
+/// Rows in one `insert_many` call: a load's rows are logged a leaf at a time.
+const INSERT_BATCH: usize = 512;
+
+/// Inserts encoded rows (key, row) in batches; a key that exists fails
+/// with 23505, together with the index of its row.
+async fn insert_encoded(
+    txn: &mut Transaction,
+    table: &Table,
+    rows: &[(Vec<u8>, Vec<u8>)],
+) -> Result<(), (usize, SqlError)> {
+    for (batch_no, batch) in rows.chunks(INSERT_BATCH).enumerate() {
+        let at = batch_no * INSERT_BATCH;
+        let inserted = txn.insert_many(table, batch).await.map_err(|e| (at, e.into()))?;
+        if inserted < batch.len() {
+            let message = format!("duplicate key value violates unique constraint \"{}_pkey\"", table.name);
+            return Err((at + inserted, SqlError::new("23505", message)));
+        }
     }
+    Ok(())
 }
 
 async fn insert_rows(ctx: &mut Context<'_>, insert: &Insert) -> Result<Output, SqlError> {
@@ -262,7 +277,7 @@ async fn insert_rows(ctx: &mut Context<'_>, insert: &Insert) -> Result<Output, S
         }
     }
     let scope = Scope { names: &[], row: &[], params: ctx.params, now: ctx.now, aggregates: &[] };
-    let mut count = 0;
+    let mut encoded = Vec::with_capacity(values.rows.len());
     for row in &values.rows {
         if row.content.len() != targets.len() {
             return Err(SqlError::syntax(format!(
@@ -273,10 +288,10 @@ async fn insert_rows(ctx: &mut Context<'_>, insert: &Insert) -> Result<Output, S
         }
         let given = row.content.iter().map(|e| eval(e, &scope)).collect::<Result<Vec<_>, _>>()?;
         let full = complete_row(&schema, &name, &targets, given, ctx.now)?;
-        insert_one(ctx.txn, &table, &schema, &full, ctx.next_row_id).await?;
-        count += 1;
+        encoded.push((row_key(&schema, &full, ctx.txn, ctx.next_row_id), encode_row(&full)));
     }
-    Ok(Output::Command(format!("INSERT 0 {count}")))
+    insert_encoded(ctx.txn, &table, &encoded).await.map_err(|(_, e)| e)?;
+    Ok(Output::Command(format!("INSERT 0 {}", encoded.len())))
 }
 
 /// The rows of `table` that `filter` selects, as (key, row) pairs, read
@@ -529,7 +544,9 @@ async fn add_primary_key(ctx: &mut Context<'_>, name: &str, columns: &[String]) 
         let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
         let batch = ctx.txn.scan_limit(&old, start, Bound::Unbounded, SCAN_BATCH).await?;
         let full = batch.len() == SCAN_BATCH;
-        for (key, bytes) in batch {
+        after = batch.last().map(|(key, _)| key.clone());
+        let mut rekeyed = Vec::with_capacity(batch.len());
+        for (_, bytes) in batch {
             let row = decode_row(name, &bytes)?;
             for &i in &schema.primary_key {
                 if row[i].is_null() {
@@ -539,17 +556,16 @@ async fn add_primary_key(ctx: &mut Context<'_>, name: &str, columns: &[String]) 
                     ));
                 }
             }
-            let new_key = schema.key(&row).expect("a primary key");
-            match ctx.txn.insert(&new, &new_key, &bytes).await {
-                Err(DbError::DuplicateKey { .. }) => {
-                    return Err(SqlError::new(
-                        "23505",
-                        format!("could not create unique index \"{name}_pkey\": the key is duplicated"),
-                    ))
-                }
-                other => other?,
+            rekeyed.push((schema.key(&row).expect("a primary key"), bytes));
+        }
+        match insert_encoded(ctx.txn, &new, &rekeyed).await {
+            Err((_, e)) if e.code == "23505" => {
+                return Err(SqlError::new(
+                    "23505",
+                    format!("could not create unique index \"{name}_pkey\": the key is duplicated"),
+                ))
             }
-            after = Some(key);
+            other => other.map_err(|(_, e)| e)?,
         }
         if !full {
             return Ok(());
@@ -1211,6 +1227,8 @@ impl CopyState {
             return;
         };
         let chunk: Vec<u8> = self.pending.drain(..cut).collect();
+        // The chunk's rows are parsed, then inserted together.
+        let mut rows = Vec::new();
         for line in chunk.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.is_empty() {
@@ -1219,16 +1237,24 @@ impl CopyState {
             if line == b"\\." {
                 break;
             }
-            if let Err(e) = self.load_line(txn, line, next_row_id).await {
-                let line_no = self.rows + 1;
-                self.error =
-                    Some(SqlError::new(e.code, format!("{} (COPY {}, line {line_no})", e.message, self.table.name)));
-                return;
+            match self.parse_line(line) {
+                Ok(row) => rows.push((row_key(&self.schema, &row, txn, next_row_id), encode_row(&row))),
+                Err(e) => return self.fail(self.rows + rows.len() as u64, e),
             }
+        }
+        match insert_encoded(txn, &self.table, &rows).await {
+            Ok(()) => self.rows += rows.len() as u64,
+            Err((at, e)) => self.fail(self.rows + at as u64, e),
         }
     }
 
-    async fn load_line(&mut self, txn: &mut Transaction, line: &[u8], next_row_id: &mut u64) -> Result<(), SqlError> {
+    /// Records the error of the row after `rows_before`, with its line.
+    fn fail(&mut self, rows_before: u64, e: SqlError) {
+        let line_no = rows_before + 1;
+        self.error = Some(SqlError::new(e.code, format!("{} (COPY {}, line {line_no})", e.message, self.table.name)));
+    }
+
+    fn parse_line(&self, line: &[u8]) -> Result<Vec<Value>, SqlError> {
         let text = std::str::from_utf8(line).map_err(|_| SqlError::new("22021", "invalid UTF-8 in COPY data"))?;
         let fields: Vec<Value> = text.split(self.delimiter as char).map(unescape).collect();
         if fields.len() != self.targets.len() {
@@ -1237,10 +1263,7 @@ impl CopyState {
                 format!("expected {} columns, found {}", self.targets.len(), fields.len()),
             ));
         }
-        let row = complete_row(&self.schema, &self.table.name, &self.targets, fields, self.now)?;
-        insert_one(txn, &self.table, &self.schema, &row, next_row_id).await?;
-        self.rows += 1;
-        Ok(())
+        complete_row(&self.schema, &self.table.name, &self.targets, fields, self.now)
     }
 
     pub fn finish(self) -> Result<Output, SqlError> {

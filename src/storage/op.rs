@@ -11,6 +11,7 @@
 //! | `Insert` | 2 | table, page, key, value | put key → value | delete key |
 //! | `Delete` | 3 | table, page, key, old value | remove key | put key → old value |
 //! | `Update` | 4 | table, page, key, old value, new value | put key → new value | put key → old value |
+//! | `InsertBatch` | 9 | table, page, row count (u32), storage (u8: 0 raw, 1 zstd), raw length (u32), stored length (u32), stored rows (each key and value, u32-prefixed) | put each row | delete each key |
 //! | `Compensation` | 5 | undo-next LSN, then one redo-only op | as the inner op | never undone |
 //! | `CheckpointBegin` | 6 | | | |
 //! | `CheckpointEnd` | 7 | active transactions (id, last LSN, undo-next LSN), dirty pages (page, recovery LSN), newest commit time logged (u64 µs) | | |
@@ -66,6 +67,16 @@ pub enum Op {
         key: Vec<u8>,
         /// The row.
         value: Vec<u8>,
+    },
+    /// Rows were inserted into one leaf together (a load: `COPY`, a
+    /// multi-row `INSERT`, a rebuild), in one record instead of one each.
+    InsertBatch {
+        /// The table: its tree's root page, so undo can find the rows by key.
+        table: u32,
+        /// The leaf page.
+        page_no: u32,
+        /// The rows, as (key, value).
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
     },
     /// A row was deleted.
     Delete {
@@ -152,21 +163,30 @@ impl Op {
     /// `None` for page images and checkpoint records.
     pub fn row_page(&self) -> Option<u32> {
         match self {
-            Op::Insert { page_no, .. } | Op::Delete { page_no, .. } | Op::Update { page_no, .. } => Some(*page_no),
+            Op::Insert { page_no, .. }
+            | Op::InsertBatch { page_no, .. }
+            | Op::Delete { page_no, .. }
+            | Op::Update { page_no, .. } => Some(*page_no),
             Op::Compensation { redo, .. } => redo.row_page(),
             Op::PageImages { .. } | Op::CheckpointBegin | Op::CheckpointEnd { .. } => None,
         }
     }
 
-    /// The op that undoes this one, or `None` for redo-only ops.
-    pub fn undo(&self) -> Option<Op> {
+    /// The row changes that undo this op, applied in order (one for a row
+    /// change, one per row for a batch); empty for redo-only ops.
+    pub fn undo(&self) -> Vec<Op> {
         match self.clone() {
-            Op::Insert { table, page_no, key, value } => Some(Op::Delete { table, page_no, key, old_value: value }),
-            Op::Delete { table, page_no, key, old_value } => Some(Op::Insert { table, page_no, key, value: old_value }),
+            Op::Insert { table, page_no, key, value } => vec![Op::Delete { table, page_no, key, old_value: value }],
+            Op::InsertBatch { table, page_no, rows } => rows
+                .into_iter()
+                .rev()
+                .map(|(key, value)| Op::Delete { table, page_no, key, old_value: value })
+                .collect(),
+            Op::Delete { table, page_no, key, old_value } => vec![Op::Insert { table, page_no, key, value: old_value }],
             Op::Update { table, page_no, key, old_value, new_value } => {
-                Some(Op::Update { table, page_no, key, old_value: new_value, new_value: old_value })
+                vec![Op::Update { table, page_no, key, old_value: new_value, new_value: old_value }]
             }
-            Op::PageImages { .. } | Op::Compensation { .. } | Op::CheckpointBegin | Op::CheckpointEnd { .. } => None,
+            Op::PageImages { .. } | Op::Compensation { .. } | Op::CheckpointBegin | Op::CheckpointEnd { .. } => Vec::new(),
         }
     }
 
@@ -197,6 +217,18 @@ impl Op {
                 out.extend_from_slice(&page_no.to_le_bytes());
                 bytes(out, key);
                 bytes(out, value);
+            }
+            Op::InsertBatch { table, page_no, rows } => {
+                out.push(9);
+                out.extend_from_slice(&table.to_le_bytes());
+                out.extend_from_slice(&page_no.to_le_bytes());
+                out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+                let mut raw = Vec::new();
+                for (key, value) in rows {
+                    bytes(&mut raw, key);
+                    bytes(&mut raw, value);
+                }
+                store_block(out, &raw, compression);
             }
             Op::Delete { table, page_no, key, old_value } => {
                 out.push(3);
@@ -246,7 +278,7 @@ impl Op {
         let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
         match *bytes.first()? {
             1 | 8 => Some((Self::image_pages(bytes)?, None)),
-            2..=4 => Some((vec![u32_at(5)?], None)),
+            2..=4 | 9 => Some((vec![u32_at(5)?], None)),
             5 => {
                 let undo_next = Lsn(u64::from_le_bytes(bytes.get(1..9)?.try_into().ok()?));
                 let inner = bytes.get(9..)?;
@@ -313,6 +345,11 @@ impl Op {
             Op::Insert { key, value, .. } | Op::Update { key, new_value: value, .. } => {
                 node::put(page.body_mut(), key, value)?;
             }
+            Op::InsertBatch { rows, .. } => {
+                for (key, value) in rows {
+                    node::put(page.body_mut(), key, value)?;
+                }
+            }
             Op::Delete { key, .. } => {
                 let body = page.body_mut();
                 if let Ok(index) = node::search(body, key) {
@@ -336,6 +373,35 @@ thread_local! {
     ));
 }
 
+/// `raw` zstd-compressed, if `compression` asks for it and that is smaller.
+fn compress(raw: &[u8], compression: WalCompression) -> Option<Vec<u8>> {
+    match compression {
+        WalCompression::Off => None,
+        WalCompression::Zstd => ZSTD
+            .with(|codec| codec.borrow_mut().0.compress(raw))
+            .ok()
+            .filter(|compressed| compressed.len() < raw.len()),
+    }
+}
+
+/// A batch's rows fit in one leaf: their encoding is at most this long.
+const BATCH_RAW_MAX: usize = 2 * PAGE_SIZE;
+
+/// Appends a block of bytes as storage (u8), raw length (u32), stored
+/// length (u32) and the stored bytes: zstd-compressed when `compression`
+/// asks and that is smaller.
+fn store_block(out: &mut Vec<u8>, raw: &[u8], compression: WalCompression) {
+    let compressed = compress(raw, compression);
+    let (storage, stored) = match &compressed {
+        Some(compressed) => (STORED_ZSTD, compressed.as_slice()),
+        None => (STORED_RAW, raw),
+    };
+    out.push(storage);
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+    out.extend_from_slice(stored);
+}
+
 /// Appends one image of a tag-8 record: the page less its hole, compressed
 /// when `compression` asks and that is smaller. The stored checksum is
 /// restamped over the page with its hole zeroed, so the page that redo
@@ -348,13 +414,7 @@ fn encode_image(out: &mut Vec<u8>, page_no: u32, image: &[u8; PAGE_SIZE], compre
     let mut kept = Vec::with_capacity(PAGE_SIZE - hole.len());
     kept.extend_from_slice(&whole[..hole.start]);
     kept.extend_from_slice(&whole[hole.end..]);
-    let compressed = match compression {
-        WalCompression::Off => None,
-        WalCompression::Zstd => ZSTD
-            .with(|codec| codec.borrow_mut().0.compress(&kept))
-            .ok()
-            .filter(|compressed| compressed.len() < kept.len()),
-    };
+    let compressed = compress(&kept, compression);
     let (storage, stored) = match &compressed {
         Some(compressed) => (STORED_ZSTD, compressed),
         None => (STORED_RAW, &kept),
@@ -384,6 +444,28 @@ impl Reader<'_> {
 
     fn u32(&mut self) -> Result<u32, OpDecodeError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    /// A block [`store_block`] wrote, as its raw bytes (at most `max`).
+    fn stored_block(&mut self, max: usize) -> Result<Vec<u8>, OpDecodeError> {
+        let storage = self.take(1)?[0];
+        let raw_len = self.u32()? as usize;
+        let stored_len = self.u32()? as usize;
+        let stored = self.take(stored_len)?;
+        if raw_len > max {
+            return Err(OpDecodeError(format!("a block of {raw_len} bytes, over the {max}-byte bound")));
+        }
+        let raw = match storage {
+            STORED_RAW => stored.to_vec(),
+            STORED_ZSTD => ZSTD
+                .with(|codec| codec.borrow_mut().1.decompress(stored, raw_len))
+                .map_err(|e| OpDecodeError(format!("zstd: {e}")))?,
+            other => return Err(OpDecodeError(format!("unknown block storage {other}"))),
+        };
+        if raw.len() != raw_len {
+            return Err(OpDecodeError(format!("a block of {} bytes, expected {raw_len}", raw.len())));
+        }
+        Ok(raw)
     }
 
     fn u16(&mut self) -> Result<u16, OpDecodeError> {
@@ -458,6 +540,18 @@ impl Reader<'_> {
                 Op::PageImages { images }
             }
             2 => Op::Insert { table: self.u32()?, page_no: self.u32()?, key: self.bytes()?, value: self.bytes()? },
+            9 => {
+                let (table, page_no, count) = (self.u32()?, self.u32()?, self.u32()?);
+                let raw = self.stored_block(BATCH_RAW_MAX)?;
+                let mut rows_reader = Reader { bytes: &raw, at: 0 };
+                let rows = (0..count)
+                    .map(|_| Ok((rows_reader.bytes()?, rows_reader.bytes()?)))
+                    .collect::<Result<Vec<_>, OpDecodeError>>()?;
+                if rows_reader.at != raw.len() {
+                    return Err(OpDecodeError(format!("{} bytes after a batch's rows", raw.len() - rows_reader.at)));
+                }
+                Op::InsertBatch { table, page_no, rows }
+            }
             3 => Op::Delete { table: self.u32()?, page_no: self.u32()?, key: self.bytes()?, old_value: self.bytes()? },
             4 => Op::Update {
                 table: self.u32()?,
@@ -508,13 +602,14 @@ mod tests {
                 key,
                 old_value
             }),
-            (key, value.clone(), value).prop_map(|(key, old_value, new_value)| Op::Update {
+            (key.clone(), value.clone(), value.clone()).prop_map(|(key, old_value, new_value)| Op::Update {
                 table: 1,
                 page_no: 3,
                 key,
                 old_value,
                 new_value
             }),
+            proptest::collection::vec((key, value), 0..30).prop_map(|rows| Op::InsertBatch { table: 1, page_no: 3, rows }),
         ]
     }
 
@@ -588,7 +683,7 @@ mod tests {
         /// as replaying it once, and a compensation record undoing the last
         /// op restores the page's rows exactly.
         #[test]
-        fn redo_is_idempotent_and_undo_inverts(steps in proptest::collection::vec((0u8..6, proptest::collection::vec(any::<u8>(), 0..64), any::<bool>()), 1..40)) {
+        fn redo_is_idempotent_and_undo_inverts(steps in proptest::collection::vec((0u8..12, proptest::collection::vec(any::<u8>(), 0..64), 0u8..3), 1..40)) {
             let ops = valid_history(&steps);
             let mut once = leaf();
             for (n, op) in ops.iter().enumerate() {
@@ -604,38 +699,49 @@ mod tests {
             for (n, op) in ops[..ops.len() - 1].iter().enumerate() {
                 op.redo(&mut before, Lsn(1000 + 100 * n as u64)).unwrap();
             }
-            let clr = Op::Compensation { undo_next: Lsn::ZERO, redo: Box::new(ops.last().unwrap().undo().unwrap()) };
             let mut undone = once.clone();
-            prop_assert_eq!(clr.redo(&mut undone, Lsn(1_000_000)).unwrap(), Redo::Applied);
+            for (n, inverse) in ops.last().unwrap().undo().into_iter().enumerate() {
+                let clr = Op::Compensation { undo_next: Lsn::ZERO, redo: Box::new(inverse) };
+                prop_assert_eq!(clr.redo(&mut undone, Lsn(1_000_000 + n as u64)).unwrap(), Redo::Applied);
+            }
             prop_assert_eq!(rows(&undone), rows(&before));
         }
     }
 
-    /// Turns (key, value, delete?) steps into the ops a tree would log: an
-    /// insert for a new key, an update or a delete for an existing one, each
-    /// with the true old value.
-    fn valid_history(steps: &[(u8, Vec<u8>, bool)]) -> Vec<Op> {
+    /// Turns (key, value, action) steps into the ops a tree would log: an
+    /// insert for a new key (action 2: into a batch with the new keys just
+    /// before it), an update (action 0) or a delete (1) for an existing one,
+    /// each with the true old value.
+    fn valid_history(steps: &[(u8, Vec<u8>, u8)]) -> Vec<Op> {
         let mut model = std::collections::BTreeMap::new();
-        steps
-            .iter()
-            .map(|(key, value, delete)| {
-                let key = vec![*key];
-                match model.get(&key).cloned() {
-                    None => {
-                        model.insert(key.clone(), value.clone());
-                        Op::Insert { table: 1, page_no: 3, key, value: value.clone() }
+        let mut ops: Vec<Op> = Vec::new();
+        for (key, value, action) in steps {
+            let key = vec![*key];
+            let op = match (model.get(&key).cloned(), action) {
+                (None, 2) => {
+                    model.insert(key.clone(), value.clone());
+                    if let Some(Op::InsertBatch { rows, .. }) = ops.last_mut() {
+                        rows.push((key, value.clone()));
+                        continue;
                     }
-                    Some(old_value) if *delete => {
-                        model.remove(&key);
-                        Op::Delete { table: 1, page_no: 3, key, old_value }
-                    }
-                    Some(old_value) => {
-                        model.insert(key.clone(), value.clone());
-                        Op::Update { table: 1, page_no: 3, key, old_value, new_value: value.clone() }
-                    }
+                    Op::InsertBatch { table: 1, page_no: 3, rows: vec![(key, value.clone())] }
                 }
-            })
-            .collect()
+                (None, _) => {
+                    model.insert(key.clone(), value.clone());
+                    Op::Insert { table: 1, page_no: 3, key, value: value.clone() }
+                }
+                (Some(old_value), 1) => {
+                    model.remove(&key);
+                    Op::Delete { table: 1, page_no: 3, key, old_value }
+                }
+                (Some(old_value), _) => {
+                    model.insert(key.clone(), value.clone());
+                    Op::Update { table: 1, page_no: 3, key, old_value, new_value: value.clone() }
+                }
+            };
+            ops.push(op);
+        }
+        ops
     }
 
     fn rows(page: &Page) -> Vec<(Vec<u8>, Vec<u8>)> {

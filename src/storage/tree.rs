@@ -205,6 +205,10 @@ pub struct CommitAppended {
     pub clamped: bool,
 }
 
+/// A leaf [`Store::insert_batch`] is filling: its changed copy, and the rows
+/// put in it, not yet logged.
+type PendingBatch = (Page, Vec<(Vec<u8>, Vec<u8>)>);
+
 fn image(page: &Page) -> Box<[u8; PAGE_SIZE]> {
     Box::new(*page.clone().seal())
 }
@@ -478,6 +482,10 @@ impl Store {
     async fn undo_all(&mut self, xid: u64) -> Result<u64, StoreError> {
         let mut reader: Option<WalReader> = None;
         let mut undone = 0;
+        // Where an earlier undo, cut off by a crash, resumes: its last
+        // compensation record (the transaction's last record) points here.
+        let txn = self.active.get(&xid).unwrap_or_else(|| panic!("transaction {xid} is not active"));
+        let resumed_at = (txn.last_lsn != txn.undo_next).then_some(txn.undo_next);
         loop {
             let txn = self.active.get(&xid).unwrap_or_else(|| panic!("transaction {xid} is not active"));
             let next = txn.undo_next;
@@ -506,13 +514,25 @@ impl Store {
                     self.active.get_mut(&xid).expect("active").undo_next = undo_next;
                 }
                 op => {
-                    let Some(inverse) = op.undo() else {
+                    let inverses = op.undo();
+                    if inverses.is_empty() {
                         return Err(StoreError::BadRecord {
                             lsn: next,
                             detail: format!("transaction {xid}'s undo chain reaches a redo-only record"),
                         });
-                    };
-                    self.undo_one(xid, inverse, prev).await?;
+                    }
+                    // A batch's rows are undone one by one: each compensation
+                    // but the last points back at the batch, so an undo cut
+                    // off by a crash undoes the whole batch again (deleting a
+                    // row already deleted changes nothing).
+                    let last = inverses.len() - 1;
+                    if last > 0 && resumed_at == Some(next) {
+                        probe::hit(Probe::BatchUndoResumed);
+                    }
+                    for (n, inverse) in inverses.into_iter().enumerate() {
+                        let rest_undone = n == last || active(PlantedBug::BatchUndoSkipsRest);
+                        self.undo_one(xid, inverse, if rest_undone { prev } else { next }).await?;
+                    }
                     self.active.get_mut(&xid).expect("active").undo_next = prev;
                     undone += 1;
                 }
@@ -732,6 +752,75 @@ impl Store {
         }
         node::check_cell(key, value)?;
         self.write(xid, tree, key, Some(value), None).await.map(|_| ())
+    }
+
+    /// Inserts new rows on behalf of transaction `xid`, in order, until one
+    /// whose key exists; returns how many it inserted (`rows.len()` when
+    /// none exists). Consecutive rows that land in the same leaf are logged
+    /// as one `InsertBatch` record, so a load in key order logs about one
+    /// record per leaf instead of one per row; a row that needs a split goes
+    /// the one-row way.
+    pub async fn insert_batch(
+        &mut self,
+        xid: u64,
+        tree: Tree,
+        rows: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<usize, StoreError> {
+        for (key, value) in rows {
+            if key.len() > MAX_KEY_LEN {
+                return Err(StoreError::KeyTooLong { len: key.len() });
+            }
+            node::check_cell(key, value)?;
+        }
+        // The leaf being filled: its changed copy and the rows put in it.
+        let mut pending: Option<PendingBatch> = None;
+        for (inserted, (key, value)) in rows.iter().enumerate() {
+            let path = self.descend(tree, key).await?;
+            let leaf = *path.last().expect("a path ends at a leaf");
+            if pending.as_ref().is_some_and(|(page, _)| page.page_no() != leaf) {
+                self.log_batch(xid, tree, pending.take()).await?;
+            }
+            let (changed, batch) = match &mut pending {
+                Some(pending) => pending,
+                None => pending.insert((self.pool.fetch(leaf, &self.wal).await?.clone(), Vec::new())),
+            };
+            if node::search(changed.body(), key).is_ok() {
+                self.log_batch(xid, tree, pending).await?;
+                return Ok(inserted);
+            }
+            if node::put(changed.body_mut(), key, value).is_ok() {
+                batch.push((key.clone(), value.clone()));
+                continue;
+            }
+            self.log_batch(xid, tree, pending.take()).await?;
+            self.write(xid, tree, key, Some(value), None).await?;
+        }
+        self.log_batch(xid, tree, pending).await?;
+        Ok(rows.len())
+    }
+
+    /// Logs and makes the rows [`Store::insert_batch`] put in one leaf: one
+    /// `Insert` record for a single row, an `InsertBatch` for more.
+    async fn log_batch(
+        &mut self,
+        xid: u64,
+        tree: Tree,
+        pending: Option<PendingBatch>,
+    ) -> Result<(), StoreError> {
+        let Some((changed, mut rows)) = pending else { return Ok(()) };
+        let (table, page_no) = (tree.root, changed.page_no());
+        let op = match rows.len() {
+            0 => return Ok(()),
+            1 => {
+                let (key, value) = rows.pop().expect("one row");
+                Op::Insert { table, page_no, key, value }
+            }
+            _ => Op::InsertBatch { table, page_no, rows },
+        };
+        // The leaf was fetched before the descents that followed; `change`
+        // needs it resident, unchanged since (the caller holds the store).
+        self.pool.fetch(page_no, &self.wal).await?;
+        self.change(xid, page_no, op, changed).await
     }
 
     /// Deletes a row on behalf of transaction `xid`; `false` if there was no

@@ -166,6 +166,18 @@ impl Transaction {
         self.check(done)
     }
 
+    /// Inserts new rows in order until one whose key exists (in the table,
+    /// or earlier in `rows`); returns how many it inserted. Each row's lock
+    /// is taken first, as [`Transaction::insert`] does; rows that share a
+    /// leaf are logged together.
+    pub async fn insert_many(&mut self, table: &Table, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<usize, DbError> {
+        for (key, _) in rows {
+            self.lock_row(table.tree, key, LockMode::Exclusive).await?;
+        }
+        let done = self.shared.store.lock().await.insert_batch(self.xid, table.tree, rows).await;
+        self.check(done)
+    }
+
     /// Deletes the row under `key`; `false` if there was none.
     pub async fn delete(&mut self, table: &Table, key: &[u8]) -> Result<bool, DbError> {
         self.lock_row(table.tree, key, LockMode::Exclusive).await?;
