@@ -476,6 +476,12 @@ fn describe_op(record: &Record) -> Option<String> {
             let pages: Vec<String> = images.iter().map(|(page, _)| page.to_string()).collect();
             format!("PAGE IMAGES {}", pages.join(","))
         }
+        Op::PageChanges { images, deltas } => {
+            let pages: Vec<String> = images.iter().map(|(page, _)| page.to_string()).collect();
+            let changed: Vec<String> =
+                deltas.iter().map(|d| format!("{} ({} runs)", d.page_no, d.runs.len())).collect();
+            format!("PAGE CHANGES images {} deltas {}", pages.join(","), changed.join(","))
+        }
         Op::Insert { table, page_no, key, value } => format!("INSERT {}", row(table, page_no, &key, value.len())),
         Op::InsertBatch { table, page_no, rows } => {
             let bytes: usize = rows.iter().map(|(key, value)| key.len() + value.len()).sum();

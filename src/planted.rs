@@ -58,6 +58,10 @@ pub enum PlantedBug {
     /// past the batch, so an undo cut off by a crash leaves the batch's
     /// remaining rows in place.
     BatchUndoSkipsRest,
+    /// A split or merge logs a page it changed as a byte delta against the
+    /// page's live bytes alone, leaving out the bytes that were in its hole
+    /// (which redo rebuilt as zeroes) and did not change.
+    DeltaIgnoresHole,
     /// A failed data-file sync during a checkpoint's flush is logged and
     /// ignored, and the checkpoint completes.
     SwallowCheckpointSyncError,
@@ -123,7 +127,7 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 36] = [
+    pub const ALL: [PlantedBug; 37] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -141,6 +145,7 @@ impl PlantedBug {
         PlantedBug::ClrWithoutPageImage,
         PlantedBug::ImageHoleTooWide,
         PlantedBug::BatchUndoSkipsRest,
+        PlantedBug::DeltaIgnoresHole,
         PlantedBug::SwallowCheckpointSyncError,
         PlantedBug::CheckpointBeforeFlush,
         PlantedBug::UndoWithoutClr,
@@ -182,6 +187,7 @@ impl PlantedBug {
             PlantedBug::ClrWithoutPageImage => "clr_without_page_image",
             PlantedBug::ImageHoleTooWide => "image_hole_too_wide",
             PlantedBug::BatchUndoSkipsRest => "batch_undo_skips_rest",
+            PlantedBug::DeltaIgnoresHole => "delta_ignores_hole",
             PlantedBug::SwallowCheckpointSyncError => "swallow_checkpoint_sync_error",
             PlantedBug::CheckpointBeforeFlush => "checkpoint_before_flush",
             PlantedBug::UndoWithoutClr => "undo_without_clr",
@@ -220,6 +226,7 @@ impl PlantedBug {
                 | PlantedBug::ClrWithoutPageImage
                 | PlantedBug::ImageHoleTooWide
                 | PlantedBug::BatchUndoSkipsRest
+                | PlantedBug::DeltaIgnoresHole
                 | PlantedBug::SwallowCheckpointSyncError
                 | PlantedBug::CheckpointBeforeFlush
                 | PlantedBug::UndoWithoutClr

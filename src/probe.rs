@@ -223,6 +223,8 @@ pub enum Probe {
     /// An undo resumed inside a batch of inserted rows: an earlier undo of
     /// the batch was cut off after some of its compensation records.
     BatchUndoResumed,
+    /// A split or merge logged a page it changed as a byte delta.
+    StructureDeltaLogged,
     /// Recovery rolled back a transaction that had no end record.
     LoserRolledBack,
     /// Recovery's undo met a compensation record: an earlier undo was cut
@@ -279,7 +281,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 47] = [
+    const ALL: [Probe; 48] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -304,6 +306,7 @@ impl Probe {
         Probe::ImageDecodedCompressed,
         Probe::ImageDecodedRaw,
         Probe::BatchUndoResumed,
+        Probe::StructureDeltaLogged,
         Probe::LoserRolledBack,
         Probe::UndoResumed,
         Probe::UndoReadFromLog,
@@ -371,6 +374,7 @@ impl Probe {
             Probe::ImageDecodedCompressed => "image_decoded_compressed",
             Probe::ImageDecodedRaw => "image_decoded_raw",
             Probe::BatchUndoResumed => "batch_undo_resumed",
+            Probe::StructureDeltaLogged => "structure_delta_logged",
             Probe::LoserRolledBack => "loser_rolled_back",
             Probe::UndoResumed => "undo_resumed",
             Probe::UndoReadFromLog => "undo_read_from_log",

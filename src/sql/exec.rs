@@ -111,6 +111,7 @@ pub async fn execute(ctx: &mut Context<'_>, statement: &Statement) -> Result<Exe
                 targets,
                 delimiter,
                 pending: Vec::new(),
+                parsed: Vec::new(),
                 rows: 0,
                 error: None,
                 now: ctx.now,
@@ -1203,6 +1204,10 @@ pub struct CopyState {
     delimiter: u8,
     /// The incomplete last line of the data so far.
     pending: Vec<u8>,
+    /// Rows parsed, not yet inserted: they go in together, a batch at a
+    /// time, however the client cut the data into messages.
+    parsed: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Rows inserted.
     rows: u64,
     error: Option<SqlError>,
     now: i64,
@@ -1227,8 +1232,6 @@ impl CopyState {
             return;
         };
         let chunk: Vec<u8> = self.pending.drain(..cut).collect();
-        // The chunk's rows are parsed, then inserted together.
-        let mut rows = Vec::new();
         for line in chunk.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.is_empty() {
@@ -1238,13 +1241,16 @@ impl CopyState {
                 break;
             }
             match self.parse_line(line) {
-                Ok(row) => rows.push((row_key(&self.schema, &row, txn, next_row_id), encode_row(&row))),
-                Err(e) => return self.fail(self.rows + rows.len() as u64, e),
+                Ok(row) => self.parsed.push((row_key(&self.schema, &row, txn, next_row_id), encode_row(&row))),
+                Err(e) => return self.fail(self.rows + self.parsed.len() as u64, e),
             }
         }
-        match insert_encoded(txn, &self.table, &rows).await {
-            Ok(()) => self.rows += rows.len() as u64,
-            Err((at, e)) => self.fail(self.rows + at as u64, e),
+        if self.parsed.len() >= INSERT_BATCH || end {
+            let rows = std::mem::take(&mut self.parsed);
+            match insert_encoded(txn, &self.table, &rows).await {
+                Ok(()) => self.rows += rows.len() as u64,
+                Err((at, e)) => self.fail(self.rows + at as u64, e),
+            }
         }
     }
 

@@ -160,6 +160,17 @@ impl Page {
         Ok(Page::check(&self.bytes[..], page_no))
     }
 
+    /// The page's bytes as they stand (the checksum is stamped only by
+    /// [`Page::seal`]).
+    pub fn bytes(&self) -> &[u8; PAGE_SIZE] {
+        &self.bytes
+    }
+
+    /// The page's bytes, to change at byte level (redo of a logged delta).
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8; PAGE_SIZE] {
+        &mut self.bytes
+    }
+
     /// Makes this page a copy of `other`, in this page's own memory.
     pub fn copy_from(&mut self, other: &Page) {
         *self.bytes = *other.bytes;

@@ -44,8 +44,8 @@ use std::sync::Arc;
 use super::buffer::{BufferError, BufferPool};
 use super::control::{ControlFile, ControlState};
 use super::error::StorageError;
-use super::node::{self, CellTooLarge, MAX_CELL_LEN};
-use super::op::{ActiveTxnEntry, Op, Redo};
+use super::node::{self, CellTooLarge, NodeFull, MAX_CELL_LEN};
+use super::op::{ActiveTxnEntry, Op, PageDelta, Redo};
 use super::page::{Page, PageKind, PAGE_SIZE};
 use crate::env::Fs;
 use crate::planted::{active, PlantedBug};
@@ -307,6 +307,18 @@ impl Store {
             for (page_no, image) in images {
                 self.next_page = self.next_page.max(page_no + 1);
                 self.pool.install(Page::from_logged_image(page_no, image, end), &self.wal).await?;
+            }
+            return Ok(Redo::Applied);
+        }
+        if let Op::PageChanges { images, deltas } = op {
+            for (page_no, image) in images {
+                self.next_page = self.next_page.max(page_no + 1);
+                self.pool.install(Page::from_logged_image(page_no, image, end), &self.wal).await?;
+            }
+            for delta in deltas {
+                self.next_page = self.next_page.max(delta.page_no + 1);
+                let redo = |page: &mut Page| Ok::<_, NodeFull>(delta.redo(page, end));
+                self.pool.apply(delta.page_no, end, &self.wal, redo).await?.expect("a delta always applies");
             }
             return Ok(Redo::Applied);
         }
@@ -1090,9 +1102,8 @@ impl Store {
             node::insert(parent.body_mut(), index, &separator, &right_no.to_le_bytes()).expect("room was checked");
             vec![left, right, parent]
         };
-        let images = pages.iter().map(|page| (page.page_no(), image(page))).collect();
-        let (_, end) = self.log_redo_only(&Op::PageImages { images }).await?;
-        self.install_logged(pages, end).await
+        let fresh = if level == 0 { vec![pages[1].page_no(), right_no] } else { vec![right_no] };
+        self.log_structure(pages, &fresh).await
     }
 
     /// Merges the leaf at the end of `path` with a sibling under the same
@@ -1138,10 +1149,7 @@ impl Store {
         node::set_link(left.body_mut(), node::link(right.body()));
         let mut parent = parent;
         node::remove(parent.body_mut(), separator);
-        let pages = vec![left, parent];
-        let images = pages.iter().map(|page| (page.page_no(), image(page))).collect();
-        let (_, end) = self.log_redo_only(&Op::PageImages { images }).await?;
-        self.install_logged(pages, end).await?;
+        self.log_structure(vec![left, parent], &[]).await?;
         // Nothing reaches the right leaf now, in the log as on disk.
         self.free.insert(right_no);
         Ok(())
@@ -1149,6 +1157,36 @@ impl Store {
 
     /// Puts pages whose images a record ending at `end` just logged into the
     /// pool, replacing any resident copies.
+    /// Logs the new versions of the pages a structure change (a split or
+    /// merge) touched, in one redo-only record, and installs them. A page
+    /// already imaged since the checkpoint is logged as a delta against its
+    /// resident version when that is small; new pages (`fresh`) and the
+    /// rest are logged whole.
+    async fn log_structure(&mut self, pages: Vec<Page>, fresh: &[u32]) -> Result<(), StoreError> {
+        let (mut images, mut deltas) = (Vec::new(), Vec::new());
+        for page in &pages {
+            let page_no = page.page_no();
+            let delta = if self.imaged.contains(&page_no) && !fresh.contains(&page_no) {
+                let before = self.pool.fetch(page_no, &self.wal).await?;
+                PageDelta::between(page_no, before.bytes(), page.bytes())
+            } else {
+                None
+            };
+            match delta {
+                Some(delta) => deltas.push(delta),
+                None => images.push((page_no, image(page))),
+            }
+        }
+        let op = if deltas.is_empty() {
+            Op::PageImages { images }
+        } else {
+            probe::hit(Probe::StructureDeltaLogged);
+            Op::PageChanges { images, deltas }
+        };
+        let (_, end) = self.log_redo_only(&op).await?;
+        self.install_logged(pages, end).await
+    }
+
     async fn install_logged(&mut self, pages: Vec<Page>, end: Lsn) -> Result<(), StoreError> {
         for mut page in pages {
             page.reset_page_lsn(end);
