@@ -160,3 +160,47 @@ async fn copy_describe_and_a_crash() {
     assert_eq!(rows(out), expected);
     s.close().await;
 }
+
+/// A load logs about its data's size, not several times it: COPY sent a line
+/// per message (as pgbench sends it) and the rebuild of `ADD PRIMARY KEY`
+/// each log their rows a leaf at a time. A duplicate in a COPY names its
+/// line, and the failed COPY leaves nothing, after a crash too.
+#[tokio::test]
+async fn loads_log_in_proportion_to_their_data() {
+    let disk = SimDisk::new(3, FaultConfig::none());
+    let db = open(&disk).await;
+    let mut s = Session::new(db.clone());
+    ok(&mut s, "CREATE TABLE acc (aid INT NOT NULL, bid INT, abalance INT, filler CHAR(84))").await;
+    let written = || db.wal().stats().bytes_written.load(std::sync::atomic::Ordering::Relaxed);
+    let rows_loaded = 3000;
+    let line = |aid: i32| format!("{aid}\t{}\t0\t{:84}\n", aid / 100, "");
+    let data_bytes: usize = (1..=rows_loaded).map(|aid| line(aid).len()).sum();
+
+    let before = written();
+    ok(&mut s, "COPY acc FROM STDIN").await;
+    for aid in 1..=rows_loaded {
+        s.copy_data(line(aid).as_bytes()).await;
+    }
+    assert_eq!(s.copy_done().await.unwrap(), Output::Command(format!("COPY {rows_loaded}")));
+    let copy_wal = written() - before;
+    let before = written();
+    ok(&mut s, "ALTER TABLE acc ADD PRIMARY KEY (aid)").await;
+    let rebuild_wal = written() - before;
+    for (what, wal) in [("COPY", copy_wal), ("ADD PRIMARY KEY", rebuild_wal)] {
+        assert!(wal < data_bytes as u64 / 2, "{what} logged {wal} bytes for {data_bytes} bytes of rows");
+    }
+
+    ok(&mut s, "COPY acc FROM STDIN").await;
+    for aid in rows_loaded + 1..rows_loaded + 2000 {
+        s.copy_data(line(if aid == rows_loaded + 1500 { 17 } else { aid }).as_bytes()).await;
+    }
+    let error = s.copy_done().await.unwrap_err();
+    assert_eq!(error.code, "23505");
+    assert!(error.message.contains("line 1500"), "{}", error.message);
+    drop(s);
+    disk.crash();
+    let db = open(&disk).await;
+    let mut s = Session::new(db);
+    assert_eq!(ints(ok(&mut s, "SELECT count(*) FROM acc").await), vec![i64::from(rows_loaded)]);
+    assert_eq!(ints(ok(&mut s, "SELECT sum(aid) FROM acc").await), vec![(1..=i64::from(rows_loaded)).sum::<i64>()]);
+}

@@ -476,5 +476,17 @@ mod tests {
 
         let err = load(Some((path, "pg_port = \n")), &[], &[]).unwrap_err();
         assert!(err.to_string().contains("/etc/thunderdb.toml"), "a syntax error names the file: {err}");
+
+        let err = load(None, &env(&[("THUNDERDB_WAL_COMPRESSION", "lz4")]), &[]).unwrap_err();
+        assert!(err.message.contains("wal_compression") && err.message.contains("`zstd`"), "{err}");
+    }
+
+    #[test]
+    fn wal_compression_defaults_to_zstd_and_can_be_turned_off() {
+        use crate::wal::WalCompression;
+        assert_eq!(load(None, &[], &[]).unwrap().storage.wal_compression, WalCompression::Zstd);
+        let config = load(None, &env(&[("THUNDERDB_WAL_COMPRESSION", "off")]), &[]).unwrap();
+        assert_eq!(config.storage.wal_compression, WalCompression::Off);
+        assert_eq!(config.engine().wal_compression, WalCompression::Off);
     }
 }

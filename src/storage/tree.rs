@@ -1155,8 +1155,6 @@ impl Store {
         Ok(())
     }
 
-    /// Puts pages whose images a record ending at `end` just logged into the
-    /// pool, replacing any resident copies.
     /// Logs the new versions of the pages a structure change (a split or
     /// merge) touched, in one redo-only record, and installs them. A page
     /// already imaged since the checkpoint is logged as a delta against its
@@ -1187,6 +1185,8 @@ impl Store {
         self.install_logged(pages, end).await
     }
 
+    /// Puts pages that a record ending at `end` just logged into the pool,
+    /// replacing any resident copies.
     async fn install_logged(&mut self, pages: Vec<Page>, end: Lsn) -> Result<(), StoreError> {
         for mut page in pages {
             page.reset_page_lsn(end);
@@ -1413,6 +1413,44 @@ mod tests {
         assert!(undone >= 400, "every change was undone: {undone}");
         assert_eq!(store.scan(tree).await.unwrap(), before, "splits and merges stay, the rows come back");
         assert!(!store.is_active(xid));
+    }
+
+    /// A batch insert puts every new row (in key order and not, across
+    /// splits), stops at the first key that exists, is undone whole, and
+    /// replays from the log after a reopen.
+    #[tokio::test]
+    async fn a_batch_insert_matches_one_row_at_a_time() {
+        let disk = SimDisk::new(1, FaultConfig::none());
+        let mut store = open(&disk, 4).await;
+        let tree = store.create_tree().await.unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let mut expected = BTreeMap::new();
+        let xid = store.begin();
+        let in_order: Vec<(Vec<u8>, Vec<u8>)> =
+            (0u32..400).map(|n| (n.to_be_bytes().to_vec(), vec![n as u8; rng.random_range(0..200)])).collect();
+        let scattered: Vec<(Vec<u8>, Vec<u8>)> = (0..200)
+            .map(|_| (vec![9, rng.random(), rng.random()], vec![7; rng.random_range(0..100)]))
+            .filter(|(key, _)| expected.insert(key.clone(), Vec::new()).is_none())
+            .collect();
+        expected.clear();
+        for rows in [&in_order, &scattered] {
+            assert_eq!(store.insert_batch(xid, tree, rows).await.unwrap(), rows.len());
+            expected.extend(rows.iter().cloned());
+        }
+        let again = vec![(vec![9, 9, 9, 9], b"new".to_vec()), in_order[5].clone(), (vec![9, 9, 9, 8], b"x".to_vec())];
+        assert_eq!(store.insert_batch(xid, tree, &again).await.unwrap(), 1, "stops at the key that exists");
+        expected.insert(vec![9, 9, 9, 9], b"new".to_vec());
+        store.commit(xid, 0).await.unwrap();
+        assert_eq!(store.scan(tree).await.unwrap(), expected.clone().into_iter().collect::<Vec<_>>());
+        store.check_tree(tree).await.unwrap();
+
+        let xid = store.begin();
+        let more: Vec<(Vec<u8>, Vec<u8>)> = (1000u32..1300).map(|n| (n.to_be_bytes().to_vec(), vec![1; 50])).collect();
+        assert_eq!(store.insert_batch(xid, tree, &more).await.unwrap(), more.len());
+        store.rollback(xid).await.unwrap();
+        let mut store = reopen(store, &disk, 4).await;
+        assert_eq!(store.scan(tree).await.unwrap(), expected.into_iter().collect::<Vec<_>>());
+        store.check_tree(tree).await.unwrap();
     }
 
     #[tokio::test]
