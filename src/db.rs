@@ -29,7 +29,7 @@ use crate::archive::cleanup::BackupHistory;
 use crate::archive::{ArchiveConfig, ArchiveError, ArchiveStatus, Archiver};
 use crate::env::Env;
 use crate::recovery::{self, RecoveryReport, StoreOptions};
-use crate::storage::{ControlFile, ControlState, Store, StoreError, Tree};
+use crate::storage::{CheckpointRun, ControlFile, ControlState, Store, StoreError, Tree};
 use crate::txn::lock::{LockError, LockManager};
 use crate::txn::{Table, Transaction};
 use crate::wal::{parse_segment_file_name, Lsn, Wal, WalCompression, WalOptions};
@@ -39,6 +39,15 @@ const RNG_SYSTEM_ID: u64 = 0x1d;
 
 /// How long a clean shutdown waits for the archiver's last attempt.
 const SHUTDOWN_ARCHIVE_WAIT: Duration = Duration::from_secs(10);
+
+/// The fraction of the checkpoint interval over which the background
+/// checkpointer spreads its page writes (PostgreSQL's
+/// `checkpoint_completion_target` default).
+const CHECKPOINT_COMPLETION_TARGET: f64 = 0.9;
+
+/// At most this many pauses in a spread checkpoint: its pages are written in
+/// as many steps.
+const CHECKPOINT_STEPS_MAX: usize = 64;
 
 /// The catalog's tree: the first page ever allocated.
 pub const CATALOG: Tree = Tree { root: 0 };
@@ -203,6 +212,13 @@ pub(crate) struct Shared {
     config: EngineConfig,
     last_checkpoint: Mutex<Lsn>,
     checkpoint_wanted: Arc<Notify>,
+    /// Held by a checkpoint from its begin to its end: checkpoints never
+    /// overlap. Taken before the store, never while holding it.
+    checkpoint_serial: tokio::sync::Mutex<()>,
+    /// Someone waits for a checkpoint (an operator's, a backup's, the
+    /// shutdown's): a spread checkpoint under way writes its remaining
+    /// pages at full speed.
+    checkpoint_hurry: AtomicBool,
     /// WAL that running backups still need: from each LSN here on, no
     /// segment is retired ([`WalHold`]).
     wal_holds: Mutex<BTreeMap<u64, Lsn>>,
@@ -260,17 +276,82 @@ impl Shared {
         self.shutting_down.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire)
     }
 
+    /// Takes a checkpoint at once, after any checkpoint under way (which
+    /// it hurries).
     async fn checkpoint(&self, state: ControlState) -> Result<Lsn, DbError> {
+        let _serial = self.checkpoint_turn().await;
         let mut store = self.store.lock().await;
         self.checkpoint_locked(&mut store, state).await
     }
 
-    /// A checkpoint by a caller that holds the store. It retires no segment
-    /// that a [`WalHold`] covers or that is not archived yet. With archiving
-    /// on, it then switches to a new segment if anything was written since
-    /// the last checkpoint, so the archive is never more than a checkpoint
-    /// interval behind.
+    /// Waits for any checkpoint under way to end, asking it to hurry; the
+    /// guard keeps the next one from starting.
+    async fn checkpoint_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.checkpoint_hurry.store(true, Ordering::Release);
+        self.checkpoint_serial.lock().await
+    }
+
+    /// A checkpoint at once, by a caller that holds its turn
+    /// ([`Shared::checkpoint_turn`]) and the store.
     async fn checkpoint_locked(&self, store: &mut Store, state: ControlState) -> Result<Lsn, DbError> {
+        let busy = self.wal.end_lsn() > *self.quiet_end.lock().expect("quiet_end lock");
+        let run = store.checkpoint_begin().await?;
+        self.checkpoint_finish(store, run, state, busy).await
+    }
+
+    /// The background checkpointer's checkpoint, spread: it begins, then
+    /// writes the pages dirty at its begin a few at a time, letting the
+    /// store go between steps, over `CHECKPOINT_COMPLETION_TARGET` of the
+    /// checkpoint interval (as PostgreSQL's `checkpoint_completion_target`
+    /// does), so that writers never wait for its writes; then it ends. A
+    /// caller waiting for its turn makes it write the rest at once. The
+    /// checkpoints that WAL growth past `max_wal_size` asks for are spread
+    /// too, as PostgreSQL's are: `max_wal_size` is a soft bound.
+    async fn spread_checkpoint(&self) -> Result<(), DbError> {
+        let _serial = self.checkpoint_serial.lock().await;
+        if self.stopping() {
+            return Ok(());
+        }
+        self.checkpoint_hurry.store(false, Ordering::Release);
+        let busy = self.wal.end_lsn() > *self.quiet_end.lock().expect("quiet_end lock");
+        let (mut run, after_begin) = {
+            let mut store = self.store.lock().await;
+            let run = store.checkpoint_begin().await?;
+            (run, self.wal.end_lsn())
+        };
+        let steps = run.pages_due().clamp(1, CHECKPOINT_STEPS_MAX);
+        let per_step = run.pages_due().div_ceil(steps).max(1);
+        let pause = self.config.checkpoint_interval.mul_f64(CHECKPOINT_COMPLETION_TARGET) / steps as u32;
+        let mut paused = false;
+        while run.pages_due() > 0 {
+            if !self.checkpoint_hurry.load(Ordering::Acquire) && !self.stopping() {
+                tokio::time::sleep(pause).await;
+                paused = true;
+            }
+            self.store.lock().await.checkpoint_write(&mut run, per_step).await?;
+        }
+        if paused {
+            crate::probe::hit(crate::probe::Probe::CheckpointSpread);
+        }
+        let mut store = self.store.lock().await;
+        // Transactions that logged during the spread count as work since the
+        // last checkpoint too: their segment must be switched out.
+        let busy = busy || self.wal.end_lsn() > after_begin;
+        self.checkpoint_finish(&mut store, run, ControlState::InProduction, busy).await.map(|_| ())
+    }
+
+    /// Ends a checkpoint begun as `run`. It retires no segment that a
+    /// [`WalHold`] covers or that is not archived yet. With archiving on, it
+    /// then switches to a new segment if anything was written (`busy`)
+    /// since the last checkpoint, so the archive is never more than a
+    /// checkpoint interval behind.
+    async fn checkpoint_finish(
+        &self,
+        store: &mut Store,
+        run: CheckpointRun,
+        state: ControlState,
+        busy: bool,
+    ) -> Result<Lsn, DbError> {
         let held_from = self.wal_holds.lock().ok().and_then(|holds| holds.values().min().copied());
         let opts = self.wal.options();
         let may_retire = |name: &str| {
@@ -282,8 +363,7 @@ impl Shared {
             }
             self.archiver.as_ref().is_none_or(|archiver| archiver.may_remove(name))
         };
-        let busy = self.wal.end_lsn() > *self.quiet_end.lock().expect("quiet_end lock");
-        let lsn = store.checkpoint(state, &may_retire).await?;
+        let lsn = store.checkpoint_end(run, state, &may_retire).await?;
         if let Ok(mut last) = self.last_checkpoint.lock() {
             *last = lsn;
         }
@@ -364,6 +444,8 @@ impl Database {
             shutting_down: AtomicBool::new(false),
             last_checkpoint: Mutex::new(last),
             checkpoint_wanted: Arc::new(Notify::new()),
+            checkpoint_serial: tokio::sync::Mutex::new(()),
+            checkpoint_hurry: AtomicBool::new(false),
             wal_holds: Mutex::new(BTreeMap::new()),
             next_hold: AtomicU64::new(0),
             archiver,
@@ -443,6 +525,7 @@ impl Database {
         if self.is_shutting_down() {
             return Err(DbError::ShuttingDown);
         }
+        let _serial = self.shared.checkpoint_turn().await;
         let mut store = self.shared.store.lock().await;
         let redo = self.shared.checkpoint_locked(&mut store, ControlState::InProduction).await?;
         let wal_from = store.oldest_active_lsn().map_or(redo, |oldest| oldest.min(redo));
@@ -620,18 +703,27 @@ async fn archive_loop(shared: Weak<Shared>, archiver: Arc<Archiver>) {
 /// until the database is dropped or shuts down. A failed checkpoint means
 /// the engine has stopped: the checkpointer stops too.
 async fn checkpointer(shared: Weak<Shared>, wanted: Arc<Notify>) {
+    // The last checkpoint's start: the interval runs from there, so a
+    // spread checkpoint's writes take up its interval, not add to it.
+    let mut started: Option<Duration> = None;
     loop {
-        let Some(interval) = shared.upgrade().map(|shared| shared.config.checkpoint_interval) else { return };
+        let Some(wait) = shared.upgrade().map(|shared| {
+            let since = started.map_or(Duration::ZERO, |at| shared.env.clock.monotonic().saturating_sub(at));
+            shared.config.checkpoint_interval.saturating_sub(since)
+        }) else {
+            return;
+        };
         tokio::select! {
             biased;
             () = wanted.notified() => {}
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(wait) => {}
         }
         let Some(shared) = shared.upgrade() else { return };
         if shared.stopping() {
             return;
         }
-        if let Err(error) = shared.checkpoint(ControlState::InProduction).await {
+        started = Some(shared.env.clock.monotonic());
+        if let Err(error) = shared.spread_checkpoint().await {
             tracing::error!(%error, "checkpoint failed; the engine has stopped");
             return;
         }

@@ -65,8 +65,13 @@ pub enum PlantedBug {
     /// A failed data-file sync during a checkpoint's flush is logged and
     /// ignored, and the checkpoint completes.
     SwallowCheckpointSyncError,
-    /// Write the checkpoint pointer before the dirty pages are flushed.
+    /// Write the checkpoint pointer (the new redo point) right after the
+    /// begin record, before the dirty pages are written.
     CheckpointBeforeFlush,
+    /// The control file's redo point is the checkpoint's end record, not
+    /// its begin: changes logged while a spread checkpoint wrote its pages
+    /// are skipped by redo.
+    RedoPointAtCheckpointEnd,
     /// Undo a change in the page without logging a compensation record (the
     /// page LSN stays put), so redo after a crash cannot repeat the undo.
     UndoWithoutClr,
@@ -127,7 +132,7 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 37] = [
+    pub const ALL: [PlantedBug; 38] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -148,6 +153,7 @@ impl PlantedBug {
         PlantedBug::DeltaIgnoresHole,
         PlantedBug::SwallowCheckpointSyncError,
         PlantedBug::CheckpointBeforeFlush,
+        PlantedBug::RedoPointAtCheckpointEnd,
         PlantedBug::UndoWithoutClr,
         PlantedBug::PageBeforeWal,
         PlantedBug::ForgetActiveTransactions,
@@ -190,6 +196,7 @@ impl PlantedBug {
             PlantedBug::DeltaIgnoresHole => "delta_ignores_hole",
             PlantedBug::SwallowCheckpointSyncError => "swallow_checkpoint_sync_error",
             PlantedBug::CheckpointBeforeFlush => "checkpoint_before_flush",
+            PlantedBug::RedoPointAtCheckpointEnd => "redo_point_at_checkpoint_end",
             PlantedBug::UndoWithoutClr => "undo_without_clr",
             PlantedBug::PageBeforeWal => "page_before_wal",
             PlantedBug::ForgetActiveTransactions => "forget_active_transactions",
@@ -229,6 +236,7 @@ impl PlantedBug {
                 | PlantedBug::DeltaIgnoresHole
                 | PlantedBug::SwallowCheckpointSyncError
                 | PlantedBug::CheckpointBeforeFlush
+                | PlantedBug::RedoPointAtCheckpointEnd
                 | PlantedBug::UndoWithoutClr
                 | PlantedBug::PageBeforeWal
                 | PlantedBug::ForgetActiveTransactions

@@ -225,6 +225,9 @@ pub enum Probe {
     BatchUndoResumed,
     /// A split or merge logged a page it changed as a byte delta.
     StructureDeltaLogged,
+    /// A background checkpoint paused between its page writes while
+    /// transactions ran (a spread checkpoint).
+    CheckpointSpread,
     /// Recovery rolled back a transaction that had no end record.
     LoserRolledBack,
     /// Recovery's undo met a compensation record: an earlier undo was cut
@@ -281,7 +284,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 48] = [
+    const ALL: [Probe; 49] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -307,6 +310,7 @@ impl Probe {
         Probe::ImageDecodedRaw,
         Probe::BatchUndoResumed,
         Probe::StructureDeltaLogged,
+        Probe::CheckpointSpread,
         Probe::LoserRolledBack,
         Probe::UndoResumed,
         Probe::UndoReadFromLog,
@@ -375,6 +379,7 @@ impl Probe {
             Probe::ImageDecodedRaw => "image_decoded_raw",
             Probe::BatchUndoResumed => "batch_undo_resumed",
             Probe::StructureDeltaLogged => "structure_delta_logged",
+            Probe::CheckpointSpread => "checkpoint_spread",
             Probe::LoserRolledBack => "loser_rolled_back",
             Probe::UndoResumed => "undo_resumed",
             Probe::UndoReadFromLog => "undo_read_from_log",

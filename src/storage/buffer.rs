@@ -233,17 +233,35 @@ impl BufferPool {
         self.touch(page_no);
     }
 
-    /// Writes every dirty page (WAL first) and syncs the data file: what a
-    /// checkpoint needs before it can move the redo point.
-    pub async fn flush_all(&mut self, wal: &Wal) -> Result<(), BufferError> {
-        let dirty: Vec<u32> = self.dirty_pages().into_keys().collect();
-        let newest = dirty.iter().map(|no| self.frames[no].page.page_lsn()).max();
+    /// Writes those of `pages` that still hold changes from before `before`
+    /// (WAL first): a checkpoint's writes, a step at a time. Pages written
+    /// or evicted since, or dirtied only after `before`, are skipped.
+    pub async fn write_dirty_before(&mut self, pages: &[u32], before: Lsn, wal: &Wal) -> Result<(), BufferError> {
+        let due: Vec<u32> = pages
+            .iter()
+            .copied()
+            .filter(|no| self.frames.get(no).and_then(|frame| frame.rec_lsn).is_some_and(|lsn| lsn < before))
+            .collect();
+        let newest = due.iter().map(|no| self.frames[no].page.page_lsn()).max();
         if let Some(newest) = newest {
             wal.flush(newest).await?;
         }
-        for page_no in dirty {
+        for page_no in due {
             self.write(page_no, wal)?;
         }
+        Ok(())
+    }
+
+    /// Writes every dirty page (WAL first) and syncs the data file.
+    pub async fn flush_all(&mut self, wal: &Wal) -> Result<(), BufferError> {
+        let dirty: Vec<u32> = self.dirty_pages().into_keys().collect();
+        self.write_dirty_before(&dirty, Lsn(u64::MAX), wal).await?;
+        self.sync(wal)
+    }
+
+    /// Syncs the data file: what a checkpoint needs after its writes before
+    /// it can move the redo point.
+    pub fn sync(&mut self, wal: &Wal) -> Result<(), BufferError> {
         if let Err(e) = self.file.sync_data() {
             if active(PlantedBug::SwallowCheckpointSyncError) {
                 tracing::warn!(error = %e, "planted bug: ignoring a failed data-file sync");

@@ -14,4 +14,6 @@ pub use control::{ControlFile, ControlState, CONTROL_FILE_NAME};
 pub use error::StorageError;
 pub use op::{ActiveTxnEntry, Op, OpDecodeError, Redo};
 pub use page::{Page, PageCheck, PageKind, PAGE_HEADER_LEN, PAGE_SIZE};
-pub use tree::{CommitAppended, Store, StoreError, Tree, TreeShape, DATA_FILE_NAME, MAX_KEY_LEN, UNDO_MEMORY_DEFAULT};
+pub use tree::{
+    CheckpointRun, CommitAppended, Store, StoreError, Tree, TreeShape, DATA_FILE_NAME, MAX_KEY_LEN, UNDO_MEMORY_DEFAULT,
+};

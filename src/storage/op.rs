@@ -246,7 +246,8 @@ impl PageDelta {
             let len = usize::from(runs_reader.u16()?);
             let run = runs_reader.take(len)?.to_vec();
             let range = usize::from(at)..usize::from(at) + len;
-            if range.end > PAGE_SIZE || DELTA_SKIPS.iter().any(|skip| range.start < skip.end && skip.start < range.end) {
+            if range.end > PAGE_SIZE || DELTA_SKIPS.iter().any(|skip| range.start < skip.end && skip.start < range.end)
+            {
                 return Err(OpDecodeError(format!("page {page_no}: a delta run over bytes {range:?}")));
             }
             runs.push((at, run));
@@ -566,10 +567,9 @@ thread_local! {
 fn compress(raw: &[u8], compression: WalCompression) -> Option<Vec<u8>> {
     match compression {
         WalCompression::Off => None,
-        WalCompression::Zstd => ZSTD
-            .with(|codec| codec.borrow_mut().0.compress(raw))
-            .ok()
-            .filter(|compressed| compressed.len() < raw.len()),
+        WalCompression::Zstd => {
+            ZSTD.with(|codec| codec.borrow_mut().0.compress(raw)).ok().filter(|compressed| compressed.len() < raw.len())
+        }
     }
 }
 
@@ -680,7 +680,9 @@ impl Reader<'_> {
         let stored_len = self.u32()? as usize;
         let stored = self.take(stored_len)?;
         if hole_at < PAGE_HEADER_LEN || hole_at + hole_len > PAGE_SIZE {
-            return Err(OpDecodeError(format!("page {page_no}: hole of {hole_len} bytes at {hole_at} is outside the body")));
+            return Err(OpDecodeError(format!(
+                "page {page_no}: hole of {hole_len} bytes at {hole_at} is outside the body"
+            )));
         }
         let kept_len = PAGE_SIZE - hole_len;
         let mut image: Box<[u8; PAGE_SIZE]> = Box::new([0; PAGE_SIZE]);
@@ -829,7 +831,11 @@ mod tests {
                     new_value: [&prefix[..], &new_middle, &suffix].concat(),
                 }
             ),
-            proptest::collection::vec((key, value), 0..30).prop_map(|rows| Op::InsertBatch { table: 1, page_no: 3, rows }),
+            proptest::collection::vec((key, value), 0..30).prop_map(|rows| Op::InsertBatch {
+                table: 1,
+                page_no: 3,
+                rows
+            }),
         ]
     }
 
@@ -859,7 +865,10 @@ mod tests {
         let run = (24u16..8000, proptest::collection::vec(any::<u8>(), 1..100));
         let delta = (1u32..1000, proptest::collection::vec(run, 0..6)).prop_map(|(page_no, runs)| PageDelta {
             page_no,
-            runs: runs.into_iter().map(|(at, bytes)| (at, bytes[..bytes.len().min(8192 - usize::from(at))].to_vec())).collect(),
+            runs: runs
+                .into_iter()
+                .map(|(at, bytes)| (at, bytes[..bytes.len().min(8192 - usize::from(at))].to_vec()))
+                .collect(),
         });
         (image_op(), proptest::collection::vec(delta, 0..3)).prop_map(|(images, deltas)| match images {
             Op::PageImages { images } => Op::PageChanges { images, deltas },

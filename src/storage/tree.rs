@@ -205,6 +205,21 @@ pub struct CommitAppended {
     pub clamped: bool,
 }
 
+/// A checkpoint between its begin and end: its redo point, and the pages
+/// dirty at the begin that are still to write.
+#[derive(Debug)]
+pub struct CheckpointRun {
+    begin: Lsn,
+    due: Vec<u32>,
+}
+
+impl CheckpointRun {
+    /// Pages still to write.
+    pub fn pages_due(&self) -> usize {
+        self.due.len()
+    }
+}
+
 /// A leaf [`Store::insert_batch`] is filling: its changed copy, and the rows
 /// put in it, not yet logged.
 type PendingBatch = (Page, Vec<(Vec<u8>, Vec<u8>)>);
@@ -813,12 +828,7 @@ impl Store {
 
     /// Logs and makes the rows [`Store::insert_batch`] put in one leaf: one
     /// `Insert` record for a single row, an `InsertBatch` for more.
-    async fn log_batch(
-        &mut self,
-        xid: u64,
-        tree: Tree,
-        pending: Option<PendingBatch>,
-    ) -> Result<(), StoreError> {
+    async fn log_batch(&mut self, xid: u64, tree: Tree, pending: Option<PendingBatch>) -> Result<(), StoreError> {
         let Some((changed, mut rows)) = pending else { return Ok(()) };
         let (table, page_no) = (tree.root, changed.page_no());
         let op = match rows.len() {
@@ -892,47 +902,75 @@ impl Store {
         }
     }
 
-    /// Takes a checkpoint and returns its LSN:
-    ///
-    /// 1. log `CheckpointBegin`; from here a page's next change logs its full
-    ///    image again;
-    /// 2. write every dirty page and sync the data file (WAL first);
-    /// 3. log `CheckpointEnd` with the active transactions (each with its
-    ///    last and undo-next LSNs) and the dirty page table, and make it
-    ///    durable;
-    /// 4. replace the control file atomically, pointing at the begin record,
-    ///    which is also the redo point (every change before it is on disk),
-    ///    and recording `state`;
-    /// 5. retire the WAL segments that neither redo nor the undo of an
-    ///    active transaction still needs (`may_retire` is the archiver's say).
-    ///
-    /// A crash before step 4 leaves the previous checkpoint in force, and
-    /// the log it needs is still there. Transactions keep running across a
-    /// checkpoint (it is fuzzy with respect to them); the caller holds the
-    /// store, so no change lands between the begin and end records.
+    /// Takes a checkpoint at once and returns its LSN: [`Store::checkpoint_begin`]
+    /// then [`Store::checkpoint_end`], with every page written in between.
     pub async fn checkpoint(
         &mut self,
         state: ControlState,
         may_retire: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Lsn, StoreError> {
+        let run = self.checkpoint_begin().await?;
+        self.checkpoint_end(run, state, may_retire).await
+    }
+
+    /// Begins a checkpoint: logs `CheckpointBegin`, whose LSN becomes the
+    /// redo point, and lists the pages dirty with changes from before it.
+    /// From here a page's next change logs its full image again. The caller
+    /// may then let the store go and write the pages a few at a time
+    /// ([`Store::checkpoint_write`]) while transactions run, before
+    /// [`Store::checkpoint_end`].
+    pub async fn checkpoint_begin(&mut self) -> Result<CheckpointRun, StoreError> {
         let (begin, _) = self.log_redo_only(&Op::CheckpointBegin).await?;
         self.imaged.clear();
-        let control = ControlFile {
-            state,
-            checkpoint_lsn: begin,
-            redo_lsn: begin,
-            next_xid: self.next_xid,
-            timeline: self.wal.options().timeline,
-            wal_segment_size: self.wal.options().segment_size,
-            system_id: self.system_id,
-        };
         if active(PlantedBug::CheckpointBeforeFlush) {
             self.wal.flush(self.wal.end_lsn()).await?;
-            control.store(self.fs.as_ref(), &self.data_dir)?;
+            self.control_at(begin, ControlState::InProduction).store(self.fs.as_ref(), &self.data_dir)?;
         }
+        let due =
+            self.pool.dirty_pages().into_iter().filter(|(_, rec_lsn)| *rec_lsn < begin).map(|(no, _)| no).collect();
+        Ok(CheckpointRun { begin, due })
+    }
+
+    /// Writes up to `pages` more of a checkpoint's pages (WAL first; those
+    /// written or evicted since are skipped). Returns whether any remain.
+    pub async fn checkpoint_write(&mut self, run: &mut CheckpointRun, pages: usize) -> Result<bool, StoreError> {
+        let step: Vec<u32> = run.due.drain(..pages.min(run.due.len())).collect();
         {
             let _phase = probe::enter(Phase::CheckpointFlush);
-            self.pool.flush_all(&self.wal).await?;
+            self.pool.write_dirty_before(&step, run.begin, &self.wal).await?;
+        }
+        Ok(!run.due.is_empty())
+    }
+
+    /// Ends a checkpoint and returns its LSN:
+    ///
+    /// 1. write the pages still due and sync the data file (WAL first):
+    ///    every change before the begin record is now on disk;
+    /// 2. log `CheckpointEnd` with the active transactions (each with its
+    ///    last and undo-next LSNs) and the dirty page table, and make it
+    ///    durable;
+    /// 3. replace the control file atomically, pointing at the begin record,
+    ///    which is the redo point, and recording `state`;
+    /// 4. retire the WAL segments that neither redo nor the undo of an
+    ///    active transaction still needs (`may_retire` is the archiver's say).
+    ///
+    /// A crash before step 3 leaves the previous checkpoint in force, and
+    /// the log it needs is still there. Transactions may have run since the
+    /// begin record: recovery's analysis starts there, so it sees their
+    /// records before the end record's table, which fills in only the
+    /// transactions it has not seen.
+    pub async fn checkpoint_end(
+        &mut self,
+        mut run: CheckpointRun,
+        state: ControlState,
+        may_retire: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Lsn, StoreError> {
+        let begin = run.begin;
+        let mut control = self.control_at(begin, state);
+        self.checkpoint_write(&mut run, usize::MAX).await?;
+        {
+            let _phase = probe::enter(Phase::CheckpointFlush);
+            self.pool.sync(&self.wal)?;
         }
         let dirty = self.pool.dirty_pages().into_iter().collect();
         let att = self
@@ -942,8 +980,12 @@ impl Store {
             .map(|(&xid, txn)| ActiveTxnEntry { xid, last_lsn: txn.last_lsn, undo_next: txn.undo_next })
             .collect();
         let last_commit_micros = self.last_commit_micros;
-        let (_, end) = self.log_redo_only(&Op::CheckpointEnd { active: att, dirty, last_commit_micros }).await?;
+        let (end_record, end) =
+            self.log_redo_only(&Op::CheckpointEnd { active: att, dirty, last_commit_micros }).await?;
         self.wal.flush(end).await?;
+        if active(PlantedBug::RedoPointAtCheckpointEnd) {
+            (control.checkpoint_lsn, control.redo_lsn) = (end_record, end_record);
+        }
         {
             let _phase = probe::enter(Phase::CheckpointControl);
             control.store(self.fs.as_ref(), &self.data_dir)?;
@@ -957,6 +999,19 @@ impl Store {
         self.wal.retire_segments(needed_from, keep_ready, may_retire).await?;
         probe::hit(Probe::CheckpointCompleted);
         Ok(begin)
+    }
+
+    /// The control file of a checkpoint whose begin record is at `begin`.
+    fn control_at(&self, begin: Lsn, state: ControlState) -> ControlFile {
+        ControlFile {
+            state,
+            checkpoint_lsn: begin,
+            redo_lsn: begin,
+            next_xid: self.next_xid,
+            timeline: self.wal.options().timeline,
+            wal_segment_size: self.wal.options().segment_size,
+            system_id: self.system_id,
+        }
     }
 
     /// Logs a row change (after the page's image, on its first change) and

@@ -377,6 +377,18 @@ async fn rollback_if_open(shared: &Shared, xid: u64) -> Result<(), DbError> {
     store.rollback(xid).await.map(|_| ()).map_err(DbError::from)
 }
 
+impl Transaction {
+    /// Leaves the transaction open for good, as a client that went silent
+    /// mid-transaction does: its locks stay held and its changes stay
+    /// uncommitted until the engine stops, and recovery rolls it back. For
+    /// the simulator, which used `mem::forget` and so kept every such
+    /// database's memory for the rest of the process.
+    #[doc(hidden)]
+    pub fn abandon(mut self) {
+        self.state = State::Ended;
+    }
+}
+
 impl Drop for Transaction {
     fn drop(&mut self) {
         if self.state == State::Ended {
