@@ -215,10 +215,13 @@ pub(crate) struct Shared {
     /// Held by a checkpoint from its begin to its end: checkpoints never
     /// overlap. Taken before the store, never while holding it.
     checkpoint_serial: tokio::sync::Mutex<()>,
-    /// Someone waits for a checkpoint (an operator's, a backup's, the
-    /// shutdown's): a spread checkpoint under way writes its remaining
-    /// pages at full speed.
-    checkpoint_hurry: AtomicBool,
+    /// Callers waiting for their checkpoint's turn (an operator's, a
+    /// backup's, the shutdown's): while there are any, a spread checkpoint
+    /// under way writes its remaining pages at full speed.
+    checkpoint_waiters: AtomicU64,
+    /// Wakes a spread checkpoint's pause: a caller waits for its turn, or
+    /// the database is going away.
+    checkpoint_hurry: Notify,
     /// WAL that running backups still need: from each LSN here on, no
     /// segment is retired ([`WalHold`]).
     wal_holds: Mutex<BTreeMap<u64, Lsn>>,
@@ -287,8 +290,11 @@ impl Shared {
     /// Waits for any checkpoint under way to end, asking it to hurry; the
     /// guard keeps the next one from starting.
     async fn checkpoint_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.checkpoint_hurry.store(true, Ordering::Release);
-        self.checkpoint_serial.lock().await
+        self.checkpoint_waiters.fetch_add(1, Ordering::AcqRel);
+        self.checkpoint_hurry.notify_one();
+        let turn = self.checkpoint_serial.lock().await;
+        self.checkpoint_waiters.fetch_sub(1, Ordering::AcqRel);
+        turn
     }
 
     /// A checkpoint at once, by a caller that holds its turn
@@ -312,7 +318,6 @@ impl Shared {
         if self.stopping() {
             return Ok(());
         }
-        self.checkpoint_hurry.store(false, Ordering::Release);
         let busy = self.wal.end_lsn() > *self.quiet_end.lock().expect("quiet_end lock");
         let (mut run, after_begin) = {
             let mut store = self.store.lock().await;
@@ -324,8 +329,12 @@ impl Shared {
         let pause = self.config.checkpoint_interval.mul_f64(CHECKPOINT_COMPLETION_TARGET) / steps as u32;
         let mut paused = false;
         while run.pages_due() > 0 {
-            if !self.checkpoint_hurry.load(Ordering::Acquire) && !self.stopping() {
-                tokio::time::sleep(pause).await;
+            if self.checkpoint_waiters.load(Ordering::Acquire) == 0 && !self.stopping() {
+                tokio::select! {
+                    biased;
+                    () = self.checkpoint_hurry.notified() => {}
+                    () = tokio::time::sleep(pause) => {}
+                }
                 paused = true;
             }
             self.store.lock().await.checkpoint_write(&mut run, per_step).await?;
@@ -445,7 +454,8 @@ impl Database {
             last_checkpoint: Mutex::new(last),
             checkpoint_wanted: Arc::new(Notify::new()),
             checkpoint_serial: tokio::sync::Mutex::new(()),
-            checkpoint_hurry: AtomicBool::new(false),
+            checkpoint_waiters: AtomicU64::new(0),
+            checkpoint_hurry: Notify::new(),
             wal_holds: Mutex::new(BTreeMap::new()),
             next_hold: AtomicU64::new(0),
             archiver,
@@ -603,6 +613,7 @@ impl Database {
     pub async fn shutdown(&self) -> Result<(), DbError> {
         self.shared.shutting_down.store(true, Ordering::Release);
         self.shared.checkpoint_wanted.notify_one();
+        self.shared.checkpoint_hurry.notify_one();
         {
             let mut store = self.shared.store.lock().await;
             for xid in store.active_xids() {
@@ -629,6 +640,7 @@ impl Drop for Database {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.checkpoint_wanted.notify_one();
+        self.shared.checkpoint_hurry.notify_one();
         if let Some(task) = self.shared.archiver_task.lock().ok().and_then(|mut task| task.take()) {
             task.abort();
         }

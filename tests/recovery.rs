@@ -444,6 +444,42 @@ async fn checkpoints_run_on_the_interval_and_when_the_wal_outgrows_max_wal_size(
     assert!(checkpoint <= db.wal().end_lsn() && db.wal().durable_lsn() > checkpoint, "on demand, durable");
 }
 
+/// The background checkpoint spreads its page writes over the interval,
+/// while transactions commit; an operator's checkpoint during it does not
+/// wait for the spread: it hurries it and answers at once.
+#[cfg_attr(not(madsim), tokio::test(start_paused = true))]
+#[cfg_attr(madsim, tokio::test)]
+async fn a_spread_checkpoint_lets_writers_run_and_an_operators_checkpoint_hurries_it() {
+    let disk = SimDisk::new(11, FaultConfig::none());
+    let mut config = config();
+    config.buffer_pool_size = 64 * PAGE_SIZE as u64;
+    config.checkpoint_interval = std::time::Duration::from_secs(30);
+    let db = Database::open(env(&disk), config.clone()).await.unwrap();
+    let count = |db: &Database| db.stats().checkpoints.load(std::sync::atomic::Ordering::Relaxed);
+    let mut txn = db.begin().await.unwrap();
+    let table = txn.create_table("t", b"").await.unwrap();
+    for n in 0..200 {
+        txn.put(&table, &key(n), &value(n, 300)).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    let opened = count(&db);
+    // The background checkpoint begins at 30 s and spreads over 27 s.
+    tokio::time::sleep(std::time::Duration::from_secs(35)).await;
+    assert_eq!(count(&db), opened, "still writing its pages");
+    let mut txn = db.begin().await.unwrap();
+    txn.put(&table, &key(1), &value(1, 10)).await.unwrap();
+    txn.commit().await.unwrap();
+    let asked = db.wall_micros();
+    db.checkpoint().await.unwrap();
+    assert!(db.wall_micros() - asked < 1_000_000, "the operator's checkpoint waited for the spread");
+    assert_eq!(count(&db), opened + 2, "the spread one ended, then the operator's");
+    drop(db);
+    disk.crash();
+    let db = Database::open(env(&disk), config).await.unwrap();
+    let found = read_state(&db).await.unwrap();
+    assert_eq!(found["t"].len(), 200);
+}
+
 /// Commit times never go backwards in log order: a wall clock stepped back
 /// stamps the previous commit's time (and counts a clamp), across a crash
 /// (the floor comes from the commit records recovery reads) and across a

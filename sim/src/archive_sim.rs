@@ -60,7 +60,7 @@ impl ArchivePlan {
     /// Drawn on a stream of its own, so the other draws of old seeds stay.
     pub fn draw(seed: u64) -> Option<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(knobs_seed(seed) ^ 0xa7c4_u64.rotate_left(24));
-        if !rng.random_bool(0.5) {
+        if !rng.random_bool(0.6) {
             return None;
         }
         let command = rng.random_bool(0.4);

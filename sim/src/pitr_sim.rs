@@ -160,7 +160,7 @@ impl PitrCheck<'_> {
         }
         let later: Vec<(Lsn, u64)> = commits.iter().copied().filter(|(lsn, _)| *lsn >= manifest.end_lsn).collect();
         let (target, expect) = match (knobs.random_range(0..20), later.choose(knobs)) {
-            (10..16, Some(&(lsn, _))) => {
+            (13..17, Some(&(lsn, _))) => {
                 let at = Lsn(match knobs.random_range(0..3) {
                     0 => lsn.0.saturating_sub(8).max(manifest.end_lsn.0),
                     1 => lsn.0,
@@ -168,7 +168,7 @@ impl PitrCheck<'_> {
                 });
                 (Target::Lsn(at), Expect::Below(at.0 + 1))
             }
-            (0..10, Some(_)) if !reachable_times.is_empty() => {
+            (0..13, Some(_)) if !reachable_times.is_empty() => {
                 // A stamp after the backup's last commit and before the
                 // archive's last: at it, or between it and the next.
                 let &(time, next) = reachable_times.choose(knobs).expect("not empty");
@@ -181,7 +181,7 @@ impl PitrCheck<'_> {
                 };
                 (Target::Time(at), expect)
             }
-            (16..18, _) => {
+            (17..19, _) => {
                 // Unreachable on purpose.
                 match knobs.random_range(0..3) {
                     0 => (Target::Lsn(Lsn(manifest.end_lsn.0 - 8)), Expect::Refused("before the backup's end")),
