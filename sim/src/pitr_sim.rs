@@ -40,7 +40,7 @@ use thunderdb::backup::manifest::{Manifest, MANIFEST_NAME};
 use thunderdb::backup::pitr::{point_in_time_recovery, PitrRequest, Target, PITR_MARKER};
 use thunderdb::db::{Database, DbError, EngineConfig};
 use thunderdb::env::{Env, FaultConfig, Fs, SimClock, SimDisk};
-use thunderdb::storage::PAGE_SIZE;
+use thunderdb::storage::{DATA_FILE_NAME, PAGE_SIZE};
 use thunderdb::wal::{parse_segment_file_name, segment_file_name, Lsn, RecordKind, WalOptions, WalReader};
 use thunderdb_workloads::db::{describe, first_difference, DbModel};
 
@@ -238,6 +238,7 @@ impl PitrCheck<'_> {
             disk.set_crash_countdown(Some(ops));
         }
         let mut outcome = point_in_time_recovery(&env(), &request, &mut |_| {}).await;
+        let mut finished = false;
         if let Fault::Crash(_) = fault {
             let crashed = disk.is_crashed();
             disk.set_crash_countdown(None);
@@ -254,15 +255,24 @@ impl PitrCheck<'_> {
                     }
                 }
             }
-            if outcome.is_err() || crashed {
-                if outcome.is_ok() && !marker {
-                    // It finished before the power went: what it reported
-                    // must have survived.
-                } else {
-                    outcome = point_in_time_recovery(&env(), &request, &mut |_| {}).await;
-                }
+            // The data file is restored only after the marker is written,
+            // and the marker is removed last: with the one and not the
+            // other, the recovery finished before the power went (in the
+            // directory sync after the marker's removal, say), and is
+            // checked as one that did.
+            let restored = disk.fs().exists(&config.data_dir.join(DATA_FILE_NAME)).unwrap_or(false);
+            finished = !marker && (outcome.is_ok() || restored);
+            if !finished && (outcome.is_err() || crashed) {
+                outcome = point_in_time_recovery(&env(), &request, &mut |_| {}).await;
             }
         }
+        // What the recovery reached: its stop, if it said.
+        let outcome: Result<Option<Lsn>, String> = match outcome {
+            Ok(done) => Ok(Some(done.stop)),
+            Err(_) if finished => Ok(None),
+            Err(e) => Err(e),
+        };
+        let reached = |stop: &Option<Lsn>| stop.map_or_else(|| "its end before a crash".to_string(), |s| s.to_string());
         // The scan reads to the record that begins at or after the stop: in
         // the stop's segment, or the next after a segment switch. `latest`
         // reads everything.
@@ -275,16 +285,16 @@ impl PitrCheck<'_> {
             || matches!(&fault, Fault::Missing(_, segno) if latest || *segno < stop_segno);
         let below = match (expect, &outcome) {
             (_, Err(_)) if must_refuse || may_refuse => return Ok(()),
-            (Expect::Refused(why), Ok(done)) => {
+            (Expect::Refused(why), Ok(stop)) => {
                 return Err((
                     "pitr_refuses_unreachable",
-                    format!("{what}: expected a refusal ({why}), but it recovered to {}", done.stop),
+                    format!("{what}: expected a refusal ({why}), but it recovered to {}", reached(stop)),
                 ));
             }
-            (_, Ok(done)) if must_refuse => {
+            (_, Ok(stop)) if must_refuse => {
                 return Err((
                     "pitr_completes",
-                    format!("{what}: a segment before the target is missing, yet it recovered to {}", done.stop),
+                    format!("{what}: a segment before the target is missing, yet it recovered to {}", reached(stop)),
                 ));
             }
             (_, Err(e)) => return Err(("pitr_completes", format!("{what}: failed: {e}"))),
