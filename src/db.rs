@@ -297,10 +297,16 @@ impl Shared {
         turn
     }
 
+    /// Whether anything was logged since the last checkpoint's end (and
+    /// its segment switch).
+    fn written_since_quiet(&self) -> bool {
+        self.wal.end_lsn() > *self.quiet_end.lock().expect("quiet_end lock")
+    }
+
     /// A checkpoint at once, by a caller that holds its turn
     /// ([`Shared::checkpoint_turn`]) and the store.
     async fn checkpoint_locked(&self, store: &mut Store, state: ControlState) -> Result<Lsn, DbError> {
-        let busy = self.wal.end_lsn() > *self.quiet_end.lock().expect("quiet_end lock");
+        let busy = self.written_since_quiet();
         let run = store.checkpoint_begin().await?;
         self.checkpoint_finish(store, run, state, busy).await
     }
@@ -318,7 +324,7 @@ impl Shared {
         if self.stopping() {
             return Ok(());
         }
-        let busy = self.wal.end_lsn() > *self.quiet_end.lock().expect("quiet_end lock");
+        let busy = self.written_since_quiet();
         let (mut run, after_begin) = {
             let mut store = self.store.lock().await;
             let run = store.checkpoint_begin().await?;

@@ -317,26 +317,26 @@ impl Store {
 
     /// Replays one storage record (ending at `end`) during recovery.
     pub async fn redo(&mut self, end: Lsn, op: Op) -> Result<Redo, StoreError> {
-        if let Op::PageImages { images } = op {
-            // An image is the truth: install it without reading the disk.
-            for (page_no, image) in images {
-                self.next_page = self.next_page.max(page_no + 1);
-                self.pool.install(Page::from_logged_image(page_no, image, end), &self.wal).await?;
-            }
-            return Ok(Redo::Applied);
+        let (images, deltas) = match op {
+            Op::PageImages { images } => (images, Vec::new()),
+            Op::PageChanges { images, deltas } => (images, deltas),
+            op => return self.redo_row(end, op).await,
+        };
+        // An image is the truth: install it without reading the disk.
+        for (page_no, image) in images {
+            self.next_page = self.next_page.max(page_no + 1);
+            self.pool.install(Page::from_logged_image(page_no, image, end), &self.wal).await?;
         }
-        if let Op::PageChanges { images, deltas } = op {
-            for (page_no, image) in images {
-                self.next_page = self.next_page.max(page_no + 1);
-                self.pool.install(Page::from_logged_image(page_no, image, end), &self.wal).await?;
-            }
-            for delta in deltas {
-                self.next_page = self.next_page.max(delta.page_no + 1);
-                let redo = |page: &mut Page| Ok::<_, NodeFull>(delta.redo(page, end));
-                self.pool.apply(delta.page_no, end, &self.wal, redo).await?.expect("a delta always applies");
-            }
-            return Ok(Redo::Applied);
+        for delta in deltas {
+            self.next_page = self.next_page.max(delta.page_no + 1);
+            let redo = |page: &mut Page| Ok::<_, NodeFull>(delta.redo(page, end));
+            self.pool.apply(delta.page_no, end, &self.wal, redo).await?.expect("a delta always applies");
         }
+        Ok(Redo::Applied)
+    }
+
+    /// Replays a row change (or its compensation) into its leaf.
+    async fn redo_row(&mut self, end: Lsn, op: Op) -> Result<Redo, StoreError> {
         let page_no = op.row_page().expect("redo is given records that change pages");
         self.next_page = self.next_page.max(page_no + 1);
         let misses = self.pool.stats().misses;
