@@ -491,6 +491,12 @@ fn describe_op(record: &Record) -> Option<String> {
         Op::Update { table, page_no, key, new_value, .. } => {
             format!("UPDATE {}", row(table, page_no, &key, new_value.len()))
         }
+        Op::Edit { table, page_no, key, offset, old_bytes, new_bytes } => format!(
+            "EDIT table {table} page {page_no} key {} at offset {offset}: {} bytes become {}",
+            hex(&key),
+            old_bytes.len(),
+            new_bytes.len()
+        ),
         Op::Delete { table, page_no, key, .. } => format!("DELETE {}", row(table, page_no, &key, 0)),
         Op::Compensation { undo_next, .. } => format!("COMPENSATION undo-next {undo_next}"),
         Op::CheckpointBegin => "CHECKPOINT BEGIN".into(),

@@ -54,6 +54,9 @@ pub enum PlantedBug {
     /// A full-page image's hole starts one slot early, so the node's last
     /// slot is left out of the log and redo rebuilds it as zero.
     ImageHoleTooWide,
+    /// Redo and undo apply a row edit without the bytes after the ones it
+    /// replaces, so the row loses its tail.
+    EditDropsTail,
     /// Undoing a batch of inserted rows, every compensation record points
     /// past the batch, so an undo cut off by a crash leaves the batch's
     /// remaining rows in place.
@@ -132,7 +135,7 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 38] = [
+    pub const ALL: [PlantedBug; 39] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -149,6 +152,7 @@ impl PlantedBug {
         PlantedBug::SkipFullPageImage,
         PlantedBug::ClrWithoutPageImage,
         PlantedBug::ImageHoleTooWide,
+        PlantedBug::EditDropsTail,
         PlantedBug::BatchUndoSkipsRest,
         PlantedBug::DeltaIgnoresHole,
         PlantedBug::SwallowCheckpointSyncError,
@@ -192,6 +196,7 @@ impl PlantedBug {
             PlantedBug::SkipFullPageImage => "skip_full_page_image",
             PlantedBug::ClrWithoutPageImage => "clr_without_page_image",
             PlantedBug::ImageHoleTooWide => "image_hole_too_wide",
+            PlantedBug::EditDropsTail => "edit_drops_tail",
             PlantedBug::BatchUndoSkipsRest => "batch_undo_skips_rest",
             PlantedBug::DeltaIgnoresHole => "delta_ignores_hole",
             PlantedBug::SwallowCheckpointSyncError => "swallow_checkpoint_sync_error",
@@ -232,6 +237,7 @@ impl PlantedBug {
             PlantedBug::SkipFullPageImage
                 | PlantedBug::ClrWithoutPageImage
                 | PlantedBug::ImageHoleTooWide
+                | PlantedBug::EditDropsTail
                 | PlantedBug::BatchUndoSkipsRest
                 | PlantedBug::DeltaIgnoresHole
                 | PlantedBug::SwallowCheckpointSyncError

@@ -225,6 +225,10 @@ pub enum Probe {
     BatchUndoResumed,
     /// A split or merge logged a page it changed as a byte delta.
     StructureDeltaLogged,
+    /// Redo applied a row change logged as an edit (the bytes that changed).
+    EditRedone,
+    /// Undo reversed a row change logged as an edit.
+    EditUndone,
     /// A background checkpoint paused between its page writes while
     /// transactions ran (a spread checkpoint).
     CheckpointSpread,
@@ -284,7 +288,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 49] = [
+    const ALL: [Probe; 51] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -310,6 +314,8 @@ impl Probe {
         Probe::ImageDecodedRaw,
         Probe::BatchUndoResumed,
         Probe::StructureDeltaLogged,
+        Probe::EditRedone,
+        Probe::EditUndone,
         Probe::CheckpointSpread,
         Probe::LoserRolledBack,
         Probe::UndoResumed,
@@ -378,6 +384,8 @@ impl Probe {
             Probe::ImageDecodedCompressed => "image_decoded_compressed",
             Probe::ImageDecodedRaw => "image_decoded_raw",
             Probe::BatchUndoResumed => "batch_undo_resumed",
+            Probe::EditRedone => "edit_redone",
+            Probe::EditUndone => "edit_undone",
             Probe::StructureDeltaLogged => "structure_delta_logged",
             Probe::CheckpointSpread => "checkpoint_spread",
             Probe::LoserRolledBack => "loser_rolled_back",

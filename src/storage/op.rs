@@ -12,14 +12,15 @@
 //! | `Delete` | 3 | table, page, key, old value | remove key | put key → old value |
 //! | `Update` | 4 | table, page, key, old value, new value | put key → new value | put key → old value |
 //! | `InsertBatch` | 9 | table, page, row count (u32), storage (u8: 0 raw, 1 zstd), raw length (u32), stored length (u32), stored rows (each key and value, u32-prefixed) | put each row | delete each key |
-//! | `Update`, as an edit | 11 | table, page, key, old value, then the new value as the length of the prefix (u32) and suffix (u32) it shares with the old, and its middle (u32-prefixed) | as `Update` | as `Update` |
+//! | `Update`, old edit form | 11 | table, page, key, old value, then the new value as the length of the prefix (u32) and suffix (u32) it shares with the old, and its middle | as `Update` | as `Update` (read, never written) |
+//! | `Edit` | 12 | table, page, key, offset (u32), bytes replaced, bytes that replace them | in the key's row, replace the bytes at the offset (refused if the row does not hold them) | the reverse edit |
 //! | `Compensation` | 5 | undo-next LSN, then one redo-only op | as the inner op | never undone |
 //! | `PageChanges` | 10 | image count, images as in tag 8, delta count, then each delta: page (u32) and a stored block (as in tag 9) of runs, each offset (u16), length (u16), bytes | install each image; write each delta's runs into its page | none (redo-only) |
 //! | `CheckpointBegin` | 6 | | | |
 //! | `CheckpointEnd` | 7 | active transactions (id, last LSN, undo-next LSN), dirty pages (page, recovery LSN), newest commit time logged (u64 µs) | | |
 //!
-//! Integers are little-endian; keys and values are length-prefixed (u16 and
-//! u32). A full-page image is logged on a page's first change after each
+//! Integers are little-endian; keys, values and byte strings are u32-length-
+//! prefixed. A full-page image is logged on a page's first change after each
 //! checkpoint, so a torn page is rebuilt by redo; a B+tree split logs the
 //! after-images of every page it touches in one record, so a crash mid-split
 //! replays to a valid tree.
@@ -119,6 +120,27 @@ pub enum Op {
         old_value: Vec<u8>,
         /// The row after.
         new_value: Vec<u8>,
+    },
+    /// A row was replaced by an edit of itself: the bytes at `offset`
+    /// that were `old_bytes` became `new_bytes`, the rest of the row kept.
+    /// Logged instead of `Update` when the two rows share more than the
+    /// offset costs (a balance changed in a row of filler, say): neither
+    /// row is logged in full. Redo and undo apply it to the row they find,
+    /// and refuse a row whose bytes at `offset` are not the ones the edit
+    /// replaces.
+    Edit {
+        /// The table: its tree's root page, so undo can find the row by key.
+        table: u32,
+        /// The leaf page.
+        page_no: u32,
+        /// The row's key.
+        key: Vec<u8>,
+        /// Where the change starts in the row.
+        offset: u32,
+        /// The bytes replaced (for undo).
+        old_bytes: Vec<u8>,
+        /// The bytes that replace them.
+        new_bytes: Vec<u8>,
     },
     /// A compensation record (CLR), written while undoing: redo-only.
     Compensation {
@@ -276,6 +298,23 @@ pub enum Redo {
     AlreadyApplied,
 }
 
+/// Why redo could not apply a row change to its page: the page is not
+/// the one the change was logged against.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RedoRefused(pub String);
+
+impl From<NodeFull> for RedoRefused {
+    fn from(_: NodeFull) -> Self {
+        RedoRefused("the row no longer fits in its page".into())
+    }
+}
+
+/// A key or row, as hex, for messages.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 /// Why bytes are not a storage op.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed storage log record: {0}")]
@@ -301,10 +340,64 @@ impl Op {
             Op::Insert { page_no, .. }
             | Op::InsertBatch { page_no, .. }
             | Op::Delete { page_no, .. }
-            | Op::Update { page_no, .. } => Some(*page_no),
+            | Op::Update { page_no, .. }
+            | Op::Edit { page_no, .. } => Some(*page_no),
             Op::Compensation { redo, .. } => redo.row_page(),
             Op::PageImages { .. } | Op::PageChanges { .. } | Op::CheckpointBegin | Op::CheckpointEnd { .. } => None,
         }
+    }
+
+    /// Whether the op is a row edit, or the compensation of one.
+    pub fn is_edit(&self) -> bool {
+        match self {
+            Op::Edit { .. } => true,
+            Op::Compensation { redo, .. } => redo.is_edit(),
+            _ => false,
+        }
+    }
+
+    /// A row replaced by `new_value`: an [`Op::Edit`] when the two rows
+    /// share more bytes than the edit's offset costs, else an `Update`.
+    pub fn update(table: u32, page_no: u32, key: Vec<u8>, old_value: &[u8], new_value: &[u8]) -> Op {
+        let prefix = old_value.iter().zip(new_value).take_while(|(a, b)| a == b).count();
+        let rest = old_value.len().min(new_value.len()) - prefix;
+        let suffix = old_value.iter().rev().zip(new_value.iter().rev()).take(rest).take_while(|(a, b)| a == b).count();
+        if prefix + suffix <= 4 {
+            return Op::Update { table, page_no, key, old_value: old_value.to_vec(), new_value: new_value.to_vec() };
+        }
+        Op::Edit {
+            table,
+            page_no,
+            key,
+            offset: u32::try_from(prefix).expect("rows fit in a page"),
+            old_bytes: old_value[prefix..old_value.len() - suffix].to_vec(),
+            new_bytes: new_value[prefix..new_value.len() - suffix].to_vec(),
+        }
+    }
+
+    /// The row an [`Op::Edit`] makes of `current`, the row its key holds:
+    /// an error naming the key and offset if there is no row, or its bytes
+    /// at the offset are not the ones the edit replaces.
+    pub fn edit(&self, current: Option<&[u8]>) -> Result<Vec<u8>, String> {
+        let Op::Edit { key, offset, old_bytes, new_bytes, .. } = self else { panic!("edit() of {self:?}") };
+        let Some(current) = current else {
+            return Err(format!("an edit of key {} finds no row", hex(key)));
+        };
+        let at = *offset as usize;
+        if current.get(at..at + old_bytes.len()) != Some(&old_bytes[..]) {
+            return Err(format!(
+                "an edit of key {} replaces {} bytes at offset {at}, which the {}-byte row does not hold",
+                hex(key),
+                old_bytes.len(),
+                current.len()
+            ));
+        }
+        let tail = if crate::planted::active(crate::planted::PlantedBug::EditDropsTail) {
+            &[][..]
+        } else {
+            &current[at + old_bytes.len()..]
+        };
+        Ok([&current[..at], &new_bytes[..], tail].concat())
     }
 
     /// The row changes that undo this op, applied in order (one for a row
@@ -320,6 +413,9 @@ impl Op {
             Op::Delete { table, page_no, key, old_value } => vec![Op::Insert { table, page_no, key, value: old_value }],
             Op::Update { table, page_no, key, old_value, new_value } => {
                 vec![Op::Update { table, page_no, key, old_value: new_value, new_value: old_value }]
+            }
+            Op::Edit { table, page_no, key, offset, old_bytes, new_bytes } => {
+                vec![Op::Edit { table, page_no, key, offset, old_bytes: new_bytes, new_bytes: old_bytes }]
             }
             Op::PageImages { .. }
             | Op::PageChanges { .. }
@@ -388,26 +484,21 @@ impl Op {
                 bytes(out, old_value);
             }
             Op::Update { table, page_no, key, old_value, new_value } => {
-                // The new value as an edit of the old, when they share more
-                // than the edit's two lengths cost (a balance changed in a
-                // row, say).
-                let prefix = old_value.iter().zip(new_value).take_while(|(a, b)| a == b).count();
-                let rest = old_value.len().min(new_value.len()) - prefix;
-                let suffix =
-                    old_value.iter().rev().zip(new_value.iter().rev()).take(rest).take_while(|(a, b)| a == b).count();
-                let edit = prefix + suffix > 8;
-                out.push(if edit { 11 } else { 4 });
+                out.push(4);
                 out.extend_from_slice(&table.to_le_bytes());
                 out.extend_from_slice(&page_no.to_le_bytes());
                 bytes(out, key);
                 bytes(out, old_value);
-                if edit {
-                    out.extend_from_slice(&(prefix as u32).to_le_bytes());
-                    out.extend_from_slice(&(suffix as u32).to_le_bytes());
-                    bytes(out, &new_value[prefix..new_value.len() - suffix]);
-                } else {
-                    bytes(out, new_value);
-                }
+                bytes(out, new_value);
+            }
+            Op::Edit { table, page_no, key, offset, old_bytes, new_bytes } => {
+                out.push(12);
+                out.extend_from_slice(&table.to_le_bytes());
+                out.extend_from_slice(&page_no.to_le_bytes());
+                bytes(out, key);
+                out.extend_from_slice(&offset.to_le_bytes());
+                bytes(out, old_bytes);
+                bytes(out, new_bytes);
             }
             Op::Compensation { undo_next, redo } => {
                 assert!(!matches!(**redo, Op::Compensation { .. }), "compensations do not nest");
@@ -446,7 +537,7 @@ impl Op {
                 pages.extend(deltas);
                 Some((pages, None))
             }
-            2..=4 | 9 | 11 => Some((vec![u32_at(5)?], None)),
+            2..=4 | 9 | 11 | 12 => Some((vec![u32_at(5)?], None)),
             5 => {
                 let undo_next = Lsn(u64::from_le_bytes(bytes.get(1..9)?.try_into().ok()?));
                 let inner = bytes.get(9..)?;
@@ -513,7 +604,7 @@ impl Op {
 
     /// Applies the op's change to `page` during redo, if the page does not
     /// already reflect it. `end` is the record's end LSN.
-    pub fn redo(&self, page: &mut Page, end: Lsn) -> Result<Redo, NodeFull> {
+    pub fn redo(&self, page: &mut Page, end: Lsn) -> Result<Redo, RedoRefused> {
         if page.page_lsn() >= end {
             return Ok(Redo::AlreadyApplied);
         }
@@ -534,6 +625,13 @@ impl Op {
             Op::PageImages { .. } => unreachable!("redo gives each image its page"),
             Op::Insert { key, value, .. } | Op::Update { key, new_value: value, .. } => {
                 node::put(page.body_mut(), key, value)?;
+            }
+            Op::Edit { key, .. } => {
+                let page_no = page.page_no();
+                let body = page.body_mut();
+                let current = node::search(body, key).ok().map(|index| node::value(body, index));
+                let edited = self.edit(current).map_err(|detail| RedoRefused(format!("page {page_no}: {detail}")))?;
+                node::put(body, key, &edited)?;
             }
             Op::InsertBatch { rows, .. } => {
                 for (key, value) in rows {
@@ -752,6 +850,14 @@ impl Reader<'_> {
                 new_value.extend_from_slice(&old_value[old_value.len() - suffix..]);
                 Op::Update { table, page_no, key, old_value, new_value }
             }
+            12 => Op::Edit {
+                table: self.u32()?,
+                page_no: self.u32()?,
+                key: self.bytes()?,
+                offset: self.u32()?,
+                old_bytes: self.bytes()?,
+                new_bytes: self.bytes()?,
+            },
             9 => {
                 let (table, page_no, count) = (self.u32()?, self.u32()?, self.u32()?);
                 let raw = self.stored_block(BATCH_RAW_MAX)?;
@@ -823,13 +929,13 @@ mod tests {
             }),
             // Values that share a prefix and a suffix: logged as an edit.
             (key.clone(), value.clone(), value.clone(), value.clone(), value.clone()).prop_map(
-                |(key, prefix, old_middle, new_middle, suffix)| Op::Update {
-                    table: 1,
-                    page_no: 3,
+                |(key, prefix, old_middle, new_middle, suffix)| Op::update(
+                    1,
+                    3,
                     key,
-                    old_value: [&prefix[..], &old_middle, &suffix].concat(),
-                    new_value: [&prefix[..], &new_middle, &suffix].concat(),
-                }
+                    &[&prefix[..], &old_middle, &suffix].concat(),
+                    &[&prefix[..], &new_middle, &suffix].concat(),
+                )
             ),
             proptest::collection::vec((key, value), 0..30).prop_map(|rows| Op::InsertBatch {
                 table: 1,
@@ -976,9 +1082,16 @@ mod tests {
                     model.remove(&key);
                     Op::Delete { table: 1, page_no: 3, key, old_value }
                 }
-                (Some(old_value), _) => {
+                (Some(old_value), 0) => {
                     model.insert(key.clone(), value.clone());
-                    Op::Update { table: 1, page_no: 3, key, old_value, new_value: value.clone() }
+                    Op::update(1, 3, key, &old_value, value)
+                }
+                // An edit: the old row with its middle third replaced.
+                (Some(old_value), _) => {
+                    let third = old_value.len() / 3;
+                    let new_value = [&old_value[..third], &value[..], &old_value[old_value.len() - third..]].concat();
+                    model.insert(key.clone(), new_value.clone());
+                    Op::update(1, 3, key, &old_value, &new_value)
                 }
             };
             ops.push(op);
@@ -1090,13 +1203,66 @@ mod tests {
     }
 
     #[test]
-    fn an_update_logs_its_new_value_as_an_edit_of_the_old() {
+    fn an_update_logs_only_the_bytes_it_changes() {
         let old_value = [b"balance=".as_slice(), b"00001000", &[b' '; 100]].concat();
         let new_value = [b"balance=".as_slice(), b"00000750", &[b' '; 100]].concat();
-        let op = Op::Update { table: 1, page_no: 3, key: b"k".to_vec(), old_value, new_value };
+        let op = Op::update(1, 3, b"k".to_vec(), &old_value, &new_value);
+        assert_eq!(
+            op,
+            Op::Edit {
+                table: 1,
+                page_no: 3,
+                key: b"k".to_vec(),
+                offset: 12,
+                old_bytes: b"100".to_vec(),
+                new_bytes: b"075".to_vec()
+            }
+        );
         let bytes = op.encode(WalCompression::Off);
-        assert_eq!(bytes[0], 11);
-        assert!(bytes.len() < 116 + 40, "{} bytes", bytes.len());
+        assert_eq!(bytes[0], 12);
+        assert!(bytes.len() < 40, "{} bytes", bytes.len());
+        assert_eq!(Op::decode(&bytes), Ok(op.clone()));
+        assert_eq!(op.edit(Some(&old_value)), Ok(new_value.clone()));
+        assert_eq!(op.undo()[0].edit(Some(&new_value)), Ok(old_value));
+        // Rows that share almost nothing are logged whole.
+        assert!(matches!(Op::update(1, 3, b"k".to_vec(), b"abcdef", b"uvwxyz"), Op::Update { .. }));
+    }
+
+    #[test]
+    fn an_edit_refuses_a_row_it_was_not_logged_against() {
+        let mut page = leaf();
+        node::insert(page.body_mut(), 0, b"k", b"balance=00009999").unwrap();
+        let op = Op::update(1, 3, b"k".to_vec(), b"balance=00001000", b"balance=00000750");
+        let refused = op.redo(&mut page, Lsn(100)).unwrap_err();
+        assert!(
+            refused.0.contains("page 3") && refused.0.contains("key 6b") && refused.0.contains("offset 12"),
+            "{refused}"
+        );
+        assert!(op.edit(None).unwrap_err().contains("finds no row"));
+    }
+
+    #[test]
+    fn the_old_edit_form_still_decodes() {
+        // Tag 11: the old row in full, then the new one as shared prefix and
+        // suffix lengths and its middle.
+        let mut bytes = vec![11];
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&3u32.to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.push(b'k');
+        bytes.extend_from_slice(&6u32.to_le_bytes());
+        bytes.extend_from_slice(b"abcdef");
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(b"XY");
+        let op = Op::Update {
+            table: 1,
+            page_no: 3,
+            key: b"k".to_vec(),
+            old_value: b"abcdef".to_vec(),
+            new_value: b"abXYf".to_vec(),
+        };
         assert_eq!(Op::decode(&bytes), Ok(op));
     }
 

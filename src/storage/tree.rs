@@ -44,8 +44,8 @@ use std::sync::Arc;
 use super::buffer::{BufferError, BufferPool};
 use super::control::{ControlFile, ControlState};
 use super::error::StorageError;
-use super::node::{self, CellTooLarge, NodeFull, MAX_CELL_LEN};
-use super::op::{ActiveTxnEntry, Op, PageDelta, Redo};
+use super::node::{self, CellTooLarge, MAX_CELL_LEN};
+use super::op::{ActiveTxnEntry, Op, PageDelta, Redo, RedoRefused};
 use super::page::{Page, PageKind, PAGE_SIZE};
 use crate::env::Fs;
 use crate::planted::{active, PlantedBug};
@@ -90,6 +90,15 @@ pub enum StoreError {
         /// What was wrong.
         detail: String,
     },
+    /// A row change in the log does not apply to the page (or row) it
+    /// names: the log and the data file disagree.
+    #[error("{record} does not apply: {detail}")]
+    Inapplicable {
+        /// The record and whether redo or undo applied it, with its LSN.
+        record: String,
+        /// The page, key and what was wrong.
+        detail: String,
+    },
     /// The data file or the control file failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -115,7 +124,7 @@ impl StoreError {
         match self {
             StoreError::Buffer(BufferError::Storage(e)) | StoreError::Storage(e) => e.is_corruption(),
             StoreError::Buffer(BufferError::Wal(e)) | StoreError::Wal(e) => e.is_corruption(),
-            StoreError::BadRecord { .. } | StoreError::BadHistory { .. } => true,
+            StoreError::BadRecord { .. } | StoreError::Inapplicable { .. } | StoreError::BadHistory { .. } => true,
             StoreError::TooLarge(_) | StoreError::KeyTooLong { .. } => false,
         }
     }
@@ -329,7 +338,7 @@ impl Store {
         }
         for delta in deltas {
             self.next_page = self.next_page.max(delta.page_no + 1);
-            let redo = |page: &mut Page| Ok::<_, NodeFull>(delta.redo(page, end));
+            let redo = |page: &mut Page| Ok::<_, RedoRefused>(delta.redo(page, end));
             self.pool.apply(delta.page_no, end, &self.wal, redo).await?.expect("a delta always applies");
         }
         Ok(Redo::Applied)
@@ -340,13 +349,15 @@ impl Store {
         let page_no = op.row_page().expect("redo is given records that change pages");
         self.next_page = self.next_page.max(page_no + 1);
         let misses = self.pool.stats().misses;
-        let applied = self
-            .pool
-            .apply(page_no, end, &self.wal, |page| op.redo(page, end))
-            .await?
-            .expect("redo replays what once fitted");
+        let applied =
+            self.pool.apply(page_no, end, &self.wal, |page| op.redo(page, end)).await?.map_err(|refused| {
+                StoreError::Inapplicable { record: format!("the WAL record ending at {end}"), detail: refused.0 }
+            })?;
         if applied == Redo::Applied && self.pool.stats().misses > misses {
             probe::hit(Probe::RedoOnDiskPage);
+        }
+        if applied == Redo::Applied && op.is_edit() {
+            probe::hit(Probe::EditRedone);
         }
         Ok(applied)
     }
@@ -558,7 +569,7 @@ impl Store {
                     }
                     for (n, inverse) in inverses.into_iter().enumerate() {
                         let rest_undone = n == last || active(PlantedBug::BatchUndoSkipsRest);
-                        self.undo_one(xid, inverse, if rest_undone { prev } else { next }).await?;
+                        self.undo_one(xid, next, inverse, if rest_undone { prev } else { next }).await?;
                     }
                     self.active.get_mut(&xid).expect("active").undo_next = prev;
                     undone += 1;
@@ -574,9 +585,9 @@ impl Store {
         Ok(undone)
     }
 
-    /// Applies the inverse of one change by key, logged as a compensation
-    /// record pointing at `undo_next`.
-    async fn undo_one(&mut self, xid: u64, inverse: Op, undo_next: Lsn) -> Result<(), StoreError> {
+    /// Applies the inverse of one change (the record at `lsn`) by key,
+    /// logged as a compensation record pointing at `undo_next`.
+    async fn undo_one(&mut self, xid: u64, lsn: Lsn, inverse: Op, undo_next: Lsn) -> Result<(), StoreError> {
         let undo_next = Some(undo_next);
         match inverse {
             Op::Delete { table, key, .. } => {
@@ -584,6 +595,15 @@ impl Store {
             }
             Op::Insert { table, key, value, .. } | Op::Update { table, key, new_value: value, .. } => {
                 self.write(xid, Tree { root: table }, &key, Some(&value), undo_next).await?;
+            }
+            Op::Edit { table, ref key, .. } => {
+                let current = self.get(Tree { root: table }, key).await?;
+                let value = inverse.edit(current.as_deref()).map_err(|detail| StoreError::Inapplicable {
+                    record: format!("the undo of transaction {xid}'s WAL record at {lsn}"),
+                    detail,
+                })?;
+                probe::hit(Probe::EditUndone);
+                self.write(xid, Tree { root: table }, key, Some(&value), undo_next).await?;
             }
             other => unreachable!("undo of a row change is a row change, not {other:?}"),
         }
@@ -878,7 +898,7 @@ impl Store {
                         continue;
                     }
                     match old {
-                        Some(old_value) => Op::Update { table, page_no, key, old_value, new_value: value.to_vec() },
+                        Some(old_value) => Op::update(table, page_no, key, &old_value, value),
                         None => Op::Insert { table, page_no, key, value: value.to_vec() },
                     }
                 }
