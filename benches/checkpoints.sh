@@ -54,7 +54,7 @@ latency_run() {
     forcer=$!
   fi
   (cd "$logs" && pgbench "$@" -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -l >"$WORK/$label.run" 2>&1)
-  [ -n "$forcer" ] && kill "$forcer" && wait "$forcer" 2>/dev/null
+  if [ -n "$forcer" ]; then kill "$forcer"; wait "$forcer" 2>/dev/null || true; fi
   echo "$(tps_of "$WORK/$label.run") $(percentiles "$logs")"
 }
 

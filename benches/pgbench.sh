@@ -16,20 +16,8 @@ DURATION=${DURATION:-60}
 SCALE=${SCALE:-10}
 CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
-BIN=/usr/lib/postgresql/15/bin
-PG_PORT=${PG_BENCH_PORT:-55440}
-TDB_PORT=${TDB_BENCH_PORT:-55441}
-TDB_HTTP=${TDB_BENCH_HTTP_PORT:-55442}
-WORK=$(mktemp -d "${THUNDERDB_BENCH_DIR:-/tmp}/pgbench.XXXXXX")
-chmod 755 "$WORK"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-TDB_PID=
-cleanup() {
-  [ -n "$TDB_PID" ] && kill "$TDB_PID" 2>/dev/null && wait "$TDB_PID" 2>/dev/null || true
-  as_pg "$BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+NAME=pgbench
+source benches/lib.sh
 
 # "tps latency_ms" from pgbench's report.
 run_pgbench() {
@@ -42,20 +30,14 @@ run_pgbench() {
   echo "$tps $lat"
 }
 
-echo "building thunderdb (release)..." >&2
-cargo build --release --quiet --bin thunderdb
-mkdir -p "$WORK/tdb"
-THUNDERDB_PG_PORT=$TDB_PORT THUNDERDB_HTTP_PORT=$TDB_HTTP \
-  THUNDERDB_DATA_DIR="$WORK/tdb/data" THUNDERDB_WAL_DIR="$WORK/tdb/wal" \
-  target/release/thunderdb 2>"$WORK/tdb.log" &
-TDB_PID=$!
-for _ in $(seq 100); do grep -q "ThunderDB is up" "$WORK/tdb.log" && break; sleep 0.1; done
+build_thunderdb
+start_thunderdb "$WORK/tdb"
 tdb=(pgbench -h 127.0.0.1 -p "$TDB_PORT" -U admin)
 echo "thunderdb: pgbench -i -s $SCALE..." >&2
 "${tdb[@]}" -i -I dtgp -s "$SCALE" -q >/dev/null 2>&1
 # Both systems start the run from a checkpoint with the load on disk, so
 # neither pays for writing back the other's (or its own) load mid-run.
-curl -sf -X POST "http://127.0.0.1:$TDB_HTTP/admin/checkpoint" >/dev/null
+checkpoint_thunderdb
 sync
 # Peak RSS while the run goes (VmHWM would include the load).
 peak=0
@@ -69,23 +51,15 @@ echo "thunderdb: ${DURATION}s run..." >&2
 read -r tdb_tps tdb_lat < <(run_pgbench "${tdb[@]}")
 kill "$sampler" 2>/dev/null || true
 tdb_peak_mb=$(( $(cat "$WORK/peak" 2>/dev/null || echo 0) / 1024 ))
-kill "$TDB_PID"; wait "$TDB_PID" 2>/dev/null || true; TDB_PID=
+stop_thunderdb
 
 if [ "${SKIP_POSTGRES:-0}" != 1 ]; then
-  mkdir -p "$WORK/pg"; chown postgres "$WORK" "$WORK/pg"
-  as_pg "$BIN/initdb" -D "$WORK/pg" -A trust >/dev/null
-  cat >>"$WORK/pg/postgresql.conf" <<CONF
-port = $PG_PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK'
-fsync = on
-synchronous_commit = on
-CONF
-  as_pg "$BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w start >/dev/null
+  start_new_postgres "$WORK/pg" "fsync = on
+synchronous_commit = on"
   pg=(pgbench -h 127.0.0.1 -p "$PG_PORT" -U postgres)
   echo "postgresql: pgbench -i -s $SCALE..." >&2
   "${pg[@]}" -i -I dtgp -s "$SCALE" -q postgres >/dev/null 2>&1
-  psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c CHECKPOINT postgres
+  checkpoint_postgres
   sync
   echo "postgresql: ${DURATION}s run..." >&2
   read -r pg_tps pg_lat < <(run_pgbench "${pg[@]}" postgres)

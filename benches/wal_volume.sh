@@ -23,90 +23,71 @@ SCALE=${SCALE:-10}
 TXNS=${TXNS:-2000}
 CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
-BIN=/usr/lib/postgresql/15/bin
-PG_PORT=${PG_BENCH_PORT:-55480}
-TDB_PORT=${TDB_BENCH_PORT:-55481}
-TDB_HTTP=${TDB_BENCH_HTTP_PORT:-55482}
-WORK=$(mktemp -d "${THUNDERDB_BENCH_DIR:-/tmp}/wal-volume.XXXXXX")
-chmod 755 "$WORK"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-TDB_PID=
-cleanup() {
-  [ -n "$TDB_PID" ] && kill "$TDB_PID" 2>/dev/null && wait "$TDB_PID" 2>/dev/null || true
-  as_pg "$BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+NAME=wal-volume
+source benches/lib.sh
 
 # An LSN "X/Y" as a byte position.
 lsn_bytes() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) | 16#$lo )); }
+distance() { echo $(( $(lsn_bytes "$2") - $(lsn_bytes "$1") )); }
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 per_txn() { awk -v b="$1" -v n="$2" 'BEGIN { printf "%.2f", b / n / 1024 }'; }
 
-# "load_bytes run_bytes" for ThunderDB with wal_compression=$1.
+# "copy_bytes key_bytes run_bytes" for ThunderDB with wal_compression=$1:
+# the load's COPY, its ADD PRIMARY KEY, and the transactions.
 thunderdb_volume() {
-  local dir="$WORK/tdb-$1" a b c
-  mkdir -p "$dir"
-  THUNDERDB_PG_PORT=$TDB_PORT THUNDERDB_HTTP_PORT=$TDB_HTTP THUNDERDB_WAL_COMPRESSION=$1 \
-    THUNDERDB_CHECKPOINT_INTERVAL=30s THUNDERDB_DATA_DIR="$dir/data" THUNDERDB_WAL_DIR="$dir/wal" \
-    target/release/thunderdb 2>"$dir.log" &
-  TDB_PID=$!
-  for _ in $(seq 100); do grep -q "ThunderDB is up" "$dir.log" && break; sleep 0.1; done
-  local checkpoint=(curl -sf -X POST "http://127.0.0.1:$TDB_HTTP/admin/checkpoint")
+  local dir="$WORK/tdb-$1" a b c d
+  start_thunderdb "$dir" THUNDERDB_WAL_COMPRESSION="$1" THUNDERDB_CHECKPOINT_INTERVAL=30s
+  local lsn=(curl -sf -X POST "http://127.0.0.1:$TDB_HTTP/admin/checkpoint")
   local tdb=(pgbench -h 127.0.0.1 -p "$TDB_PORT" -U admin)
-  a=$("${checkpoint[@]}" | jq -r .lsn)
+  a=$("${lsn[@]}" | jq -r .lsn)
   echo "thunderdb ($1): pgbench -i -s $SCALE..." >&2
-  "${tdb[@]}" -i -I dtgp -s "$SCALE" -q >/dev/null 2>&1
-  b=$("${checkpoint[@]}" | jq -r .lsn)
+  "${tdb[@]}" -i -I dtg -s "$SCALE" -q >/dev/null 2>&1
+  b=$("${lsn[@]}" | jq -r .lsn)
+  "${tdb[@]}" -i -I p -s "$SCALE" -q >/dev/null 2>&1
+  c=$("${lsn[@]}" | jq -r .lsn)
   echo "thunderdb ($1): $CLIENTS x $TXNS transactions..." >&2
   "${tdb[@]}" -n -c "$CLIENTS" -j "$THREADS" -t "$TXNS" >"$dir.run" 2>&1
-  c=$("${checkpoint[@]}" | jq -r .lsn)
-  kill "$TDB_PID"; wait "$TDB_PID" 2>/dev/null || true; TDB_PID=
-  echo "$(( $(lsn_bytes "$b") - $(lsn_bytes "$a") )) $(( $(lsn_bytes "$c") - $(lsn_bytes "$b") ))"
+  d=$("${lsn[@]}" | jq -r .lsn)
+  stop_thunderdb
+  echo "$(distance "$a" "$b") $(distance "$b" "$c") $(distance "$c" "$d")"
 }
 
-# "load_bytes run_bytes" for PostgreSQL with wal_compression=$1.
+# "copy_bytes key_bytes run_bytes" for PostgreSQL with wal_compression=$1.
 postgres_volume() {
-  local dir="$WORK/pg" a b c
-  as_pg "$BIN/pg_ctl" -D "$dir" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$dir"; mkdir -p "$dir"; chown postgres "$WORK" "$dir"
-  as_pg "$BIN/initdb" -D "$dir" -A trust >/dev/null
-  cat >>"$dir/postgresql.conf" <<CONF
-port = $PG_PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK'
-checkpoint_timeout = 30s
+  local a b c d
+  start_new_postgres "$WORK/pg" "checkpoint_timeout = 30s
 max_wal_size = 512MB
-wal_compression = $1
-CONF
-  as_pg "$BIN/pg_ctl" -D "$dir" -l "$WORK/pg-$1.log" -w start >/dev/null
-  local sql=(psql -X -qAt -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres)
+wal_compression = $1"
+  local lsn=(psql -X -qAt -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres -c 'CHECKPOINT' -c 'SELECT pg_current_wal_insert_lsn()')
   local pg=(pgbench -h 127.0.0.1 -p "$PG_PORT" -U postgres)
-  a=$("${sql[@]}" -c 'CHECKPOINT' -c 'SELECT pg_current_wal_insert_lsn()')
+  a=$("${lsn[@]}")
   echo "postgresql ($1): pgbench -i -s $SCALE..." >&2
-  "${pg[@]}" -i -I dtgp -s "$SCALE" -q postgres >/dev/null 2>&1
-  b=$("${sql[@]}" -c 'CHECKPOINT' -c 'SELECT pg_current_wal_insert_lsn()')
+  "${pg[@]}" -i -I dtg -s "$SCALE" -q postgres >/dev/null 2>&1
+  b=$("${lsn[@]}")
+  "${pg[@]}" -i -I p -s "$SCALE" -q postgres >/dev/null 2>&1
+  c=$("${lsn[@]}")
   echo "postgresql ($1): $CLIENTS x $TXNS transactions..." >&2
   "${pg[@]}" -n -c "$CLIENTS" -j "$THREADS" -t "$TXNS" postgres >"$WORK/pg-$1.run" 2>&1
-  c=$("${sql[@]}" -c 'CHECKPOINT' -c 'SELECT pg_current_wal_insert_lsn()')
-  as_pg "$BIN/pg_ctl" -D "$dir" -m fast stop >/dev/null
-  echo "$(( $(lsn_bytes "$b") - $(lsn_bytes "$a") )) $(( $(lsn_bytes "$c") - $(lsn_bytes "$b") ))"
+  d=$("${lsn[@]}")
+  stop_postgres fast
+  echo "$(distance "$a" "$b") $(distance "$b" "$c") $(distance "$c" "$d")"
 }
 
-echo "building thunderdb (release)..." >&2
-cargo build --release --quiet --bin thunderdb
-read -r tz_load tz_run < <(thunderdb_volume zstd)
-read -r to_load to_run < <(thunderdb_volume off)
-read -r po_load po_run < <(postgres_volume off)
-read -r pz_load pz_run < <(postgres_volume zstd)
+build_thunderdb
+read -r tz_copy tz_key tz_run < <(thunderdb_volume zstd)
+read -r to_copy to_key to_run < <(thunderdb_volume off)
+read -r po_copy po_key po_run < <(postgres_volume off)
+read -r pz_copy pz_key pz_run < <(postgres_volume zstd)
 txns=$(( CLIENTS * TXNS ))
+tz_load=$((tz_copy + tz_key)) pz_load=$((pz_copy + pz_key))
 
 printf '\nWAL volume: pgbench -i -s %s, then %s TPC-B-like transactions (%s clients), checkpoints every 30 s\n\n' \
   "$SCALE" "$txns" "$CLIENTS"
-printf '| system | load (MB) | per transaction (KB) |\n|---|---:|---:|\n'
-printf '| ThunderDB, wal_compression = zstd | %s | %s |\n' "$(mb "$tz_load")" "$(per_txn "$tz_run" "$txns")"
-printf '| ThunderDB, wal_compression = off | %s | %s |\n' "$(mb "$to_load")" "$(per_txn "$to_run" "$txns")"
-printf '| PostgreSQL 15, wal_compression = off | %s | %s |\n' "$(mb "$po_load")" "$(per_txn "$po_run" "$txns")"
-printf '| PostgreSQL 15, wal_compression = zstd | %s | %s |\n' "$(mb "$pz_load")" "$(per_txn "$pz_run" "$txns")"
+printf '| system | load (MB): COPY + ADD PRIMARY KEY | per transaction (KB) |\n|---|---:|---:|\n'
+row() { printf '| %s | %s: %s + %s | %s |\n' "$1" "$(mb $(($2 + $3)))" "$(mb "$2")" "$(mb "$3")" "$(per_txn "$4" "$txns")"; }
+row "ThunderDB, wal_compression = zstd" "$tz_copy" "$tz_key" "$tz_run"
+row "ThunderDB, wal_compression = off" "$to_copy" "$to_key" "$to_run"
+row "PostgreSQL 15, wal_compression = off" "$po_copy" "$po_key" "$po_run"
+row "PostgreSQL 15, wal_compression = zstd" "$pz_copy" "$pz_key" "$pz_run"
 awk -v a="$tz_load" -v b="$pz_load" -v c="$tz_run" -v d="$pz_run" 'BEGIN {
   printf "\nThunderDB (zstd) / PostgreSQL (zstd): load %.2fx, per transaction %.2fx\n", a / b, c / d }'

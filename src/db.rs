@@ -49,6 +49,10 @@ const CHECKPOINT_COMPLETION_TARGET: f64 = 0.9;
 /// as many steps.
 const CHECKPOINT_STEPS_MAX: usize = 64;
 
+/// How many pages a full-speed checkpoint (an operator's, a backup's)
+/// writes per hold of the store: writers wait at most for these.
+const CHECKPOINT_WRITE_BATCH: usize = 32;
+
 /// The catalog's tree: the first page ever allocated.
 pub const CATALOG: Tree = Tree { root: 0 };
 
@@ -283,8 +287,40 @@ impl Shared {
     /// it hurries).
     async fn checkpoint(&self, state: ControlState) -> Result<Lsn, DbError> {
         let _serial = self.checkpoint_turn().await;
+        if state == ControlState::ShutDown {
+            // A clean shutdown's checkpoint claims that nothing needs redo:
+            // no writer may slip in between its writes.
+            let mut store = self.store.lock().await;
+            return self.checkpoint_locked(&mut store, state).await;
+        }
+        self.checkpoint_full_speed().await.map(|(_, lsn)| lsn)
+    }
+
+    /// A checkpoint at full speed by a caller that holds its turn: it
+    /// begins, writes the pages dirty at its begin a batch at a time,
+    /// letting the store go between batches, and syncs the data file
+    /// without the store, so that writers never wait for its writes or its
+    /// sync; then it ends. Returns the store, still held since the end,
+    /// with the checkpoint's LSN.
+    async fn checkpoint_full_speed(&self) -> Result<(tokio::sync::MutexGuard<'_, Store>, Lsn), DbError> {
+        let (mut run, busy, after_begin) = self.checkpoint_start().await?;
+        while run.pages_due() > 0 {
+            self.store.lock().await.checkpoint_write(&mut run, CHECKPOINT_WRITE_BATCH).await?;
+        }
+        run.sync_written(&self.wal)?;
         let mut store = self.store.lock().await;
-        self.checkpoint_locked(&mut store, state).await
+        let busy = busy || self.wal.end_lsn() > after_begin;
+        let lsn = self.checkpoint_finish(&mut store, run, ControlState::InProduction, busy).await?;
+        Ok((store, lsn))
+    }
+
+    /// Begins a checkpoint: the run, whether anything was logged since the
+    /// last one ended, and the end of the log after the begin record.
+    async fn checkpoint_start(&self) -> Result<(CheckpointRun, bool, Lsn), DbError> {
+        let busy = self.written_since_quiet();
+        let mut store = self.store.lock().await;
+        let run = store.checkpoint_begin().await?;
+        Ok((run, busy, self.wal.end_lsn()))
     }
 
     /// Waits for any checkpoint under way to end, asking it to hurry; the
@@ -324,12 +360,7 @@ impl Shared {
         if self.stopping() {
             return Ok(());
         }
-        let busy = self.written_since_quiet();
-        let (mut run, after_begin) = {
-            let mut store = self.store.lock().await;
-            let run = store.checkpoint_begin().await?;
-            (run, self.wal.end_lsn())
-        };
+        let (mut run, busy, after_begin) = self.checkpoint_start().await?;
         let steps = run.pages_due().clamp(1, CHECKPOINT_STEPS_MAX);
         let per_step = run.pages_due().div_ceil(steps).max(1);
         let pause = self.config.checkpoint_interval.mul_f64(CHECKPOINT_COMPLETION_TARGET) / steps as u32;
@@ -345,6 +376,7 @@ impl Shared {
             }
             self.store.lock().await.checkpoint_write(&mut run, per_step).await?;
         }
+        run.sync_written(&self.wal)?;
         if paused {
             crate::probe::hit(crate::probe::Probe::CheckpointSpread);
         }
@@ -542,8 +574,7 @@ impl Database {
             return Err(DbError::ShuttingDown);
         }
         let _serial = self.shared.checkpoint_turn().await;
-        let mut store = self.shared.store.lock().await;
-        let redo = self.shared.checkpoint_locked(&mut store, ControlState::InProduction).await?;
+        let (store, redo) = self.shared.checkpoint_full_speed().await?;
         let wal_from = store.oldest_active_lsn().map_or(redo, |oldest| oldest.min(redo));
         let id = self.shared.next_hold.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut holds) = self.shared.wal_holds.lock() {

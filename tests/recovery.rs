@@ -638,3 +638,55 @@ async fn a_control_file_whose_checkpoint_wal_is_gone_is_refused_naming_the_segme
     };
     assert!(error.contains("000000010000000000000001") && error.contains("does not exist"), "{error}");
 }
+
+/// An operator's checkpoint writes at full speed, but lets the store go
+/// between batches of pages: transactions commit between its begin and
+/// end records instead of waiting for its writes.
+#[cfg_attr(not(madsim), tokio::test)]
+#[cfg_attr(madsim, madsim::test)]
+async fn an_operators_checkpoint_lets_writers_commit_between_its_page_writes() {
+    use thunderdb::storage::Op;
+    use thunderdb::wal::{RecordKind, WalReader};
+    let disk = SimDisk::new(12, FaultConfig::none());
+    let mut config = config();
+    config.buffer_pool_size = 512 * PAGE_SIZE as u64;
+    // One segment: nothing the test reads back is retired.
+    config.wal_segment_size = 16 << 20;
+    let db = Arc::new(Database::open(env(&disk), config).await.unwrap());
+    let mut txn = db.begin().await.unwrap();
+    let table = txn.create_table("t", b"").await.unwrap();
+    for n in 0..2000 {
+        txn.put(&table, &key(n), &value(n, 300)).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    let writer = tokio::spawn({
+        let (db, table) = (db.clone(), table.clone());
+        async move {
+            for n in 0..40 {
+                let mut txn = db.begin().await.unwrap();
+                txn.put(&table, &key(n), &value(n + 1, 300)).await.unwrap();
+                txn.commit().await.unwrap();
+            }
+        }
+    });
+    tokio::task::yield_now().await;
+    db.checkpoint().await.unwrap();
+    writer.await.unwrap();
+
+    let opts = db.wal().options().clone();
+    let mut reader = WalReader::new(disk.fs(), opts.clone(), opts.first_lsn());
+    let (mut in_checkpoint, mut commits_inside, mut checkpoints) = (false, 0, 0);
+    while let Some((_, record)) = reader.next_record().unwrap() {
+        match (record.kind, Op::decode(&record.payload)) {
+            (RecordKind::Data, Ok(Op::CheckpointBegin)) => in_checkpoint = true,
+            (RecordKind::Data, Ok(Op::CheckpointEnd { .. })) => {
+                in_checkpoint = false;
+                checkpoints += 1;
+            }
+            (RecordKind::Commit, _) if in_checkpoint => commits_inside += 1,
+            _ => {}
+        }
+    }
+    assert!(checkpoints >= 2, "the open's checkpoint and the operator's");
+    assert!(commits_inside > 0, "no transaction committed while the checkpoint wrote its pages");
+}

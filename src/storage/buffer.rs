@@ -77,10 +77,38 @@ fn halt(wal: &Wal, error: StorageError) -> StorageError {
     error
 }
 
+/// Syncs the data file; see [`BufferPool::data_file_sync`].
+#[derive(Clone)]
+pub struct DataFileSync {
+    file: Arc<dyn File>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for DataFileSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataFileSync").field("path", &self.path).finish()
+    }
+}
+
+impl DataFileSync {
+    /// `fdatasync` on the data file: every page written before the call is
+    /// durable. A failure stops the engine (as a failed write does).
+    pub fn sync(&self, wal: &Wal) -> Result<(), BufferError> {
+        if let Err(e) = self.file.sync_data() {
+            if active(PlantedBug::SwallowCheckpointSyncError) {
+                tracing::warn!(error = %e, "planted bug: ignoring a failed data-file sync");
+                return Ok(());
+            }
+            return Err(halt(wal, StorageError::io("sync", &self.path, e)).into());
+        }
+        Ok(())
+    }
+}
+
 /// A bounded page cache over one data file.
 pub struct BufferPool {
     path: PathBuf,
-    file: Box<dyn File>,
+    file: Arc<dyn File>,
     frames_max: usize,
     frames: BTreeMap<u32, Frame>,
     /// Resident pages in clock order: eviction takes the first one not
@@ -113,7 +141,7 @@ impl BufferPool {
         let frames_max = usize::try_from(pool_bytes / PAGE_SIZE as u64).unwrap_or(usize::MAX).max(FRAMES_MIN);
         Ok(BufferPool {
             path: path.to_path_buf(),
-            file,
+            file: Arc::from(file),
             frames_max,
             frames: BTreeMap::new(),
             clock: VecDeque::new(),
@@ -262,14 +290,13 @@ impl BufferPool {
     /// Syncs the data file: what a checkpoint needs after its writes before
     /// it can move the redo point.
     pub fn sync(&mut self, wal: &Wal) -> Result<(), BufferError> {
-        if let Err(e) = self.file.sync_data() {
-            if active(PlantedBug::SwallowCheckpointSyncError) {
-                tracing::warn!(error = %e, "planted bug: ignoring a failed data-file sync");
-                return Ok(());
-            }
-            return Err(halt(wal, StorageError::io("sync", &self.path, e)).into());
-        }
-        Ok(())
+        self.data_file_sync().sync(wal)
+    }
+
+    /// A handle that syncs the data file without the pool: a checkpoint
+    /// syncs without holding the store, so writers never wait for it.
+    pub fn data_file_sync(&self) -> DataFileSync {
+        DataFileSync { file: self.file.clone(), path: self.path.clone() }
     }
 
     fn touch(&mut self, page_no: u32) {

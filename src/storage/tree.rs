@@ -41,7 +41,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::buffer::{BufferError, BufferPool};
+use super::buffer::{BufferError, BufferPool, DataFileSync};
 use super::control::{ControlFile, ControlState};
 use super::error::StorageError;
 use super::node::{self, CellTooLarge, MAX_CELL_LEN};
@@ -214,18 +214,32 @@ pub struct CommitAppended {
     pub clamped: bool,
 }
 
-/// A checkpoint between its begin and end: its redo point, and the pages
-/// dirty at the begin that are still to write.
+/// A checkpoint between its begin and end: its redo point, the pages
+/// dirty at the begin that are still to write, and whether the data file
+/// was synced since the last of them was written.
 #[derive(Debug)]
 pub struct CheckpointRun {
     begin: Lsn,
     due: Vec<u32>,
+    data_file: DataFileSync,
+    synced: bool,
 }
 
 impl CheckpointRun {
     /// Pages still to write.
     pub fn pages_due(&self) -> usize {
         self.due.len()
+    }
+
+    /// Syncs the data file once every page is written, without the store
+    /// (the caller lets it go first: writers do not wait for the sync),
+    /// so that [`Store::checkpoint_end`] need not sync under it.
+    pub fn sync_written(&mut self, wal: &Wal) -> Result<(), StoreError> {
+        assert!(self.due.is_empty(), "sync_written() before every page is written");
+        let _phase = probe::enter(Phase::CheckpointFlush);
+        self.data_file.sync(wal)?;
+        self.synced = true;
+        Ok(())
     }
 }
 
@@ -948,13 +962,14 @@ impl Store {
         }
         let due =
             self.pool.dirty_pages().into_iter().filter(|(_, rec_lsn)| *rec_lsn < begin).map(|(no, _)| no).collect();
-        Ok(CheckpointRun { begin, due })
+        Ok(CheckpointRun { begin, due, data_file: self.pool.data_file_sync(), synced: false })
     }
 
     /// Writes up to `pages` more of a checkpoint's pages (WAL first; those
     /// written or evicted since are skipped). Returns whether any remain.
     pub async fn checkpoint_write(&mut self, run: &mut CheckpointRun, pages: usize) -> Result<bool, StoreError> {
         let step: Vec<u32> = run.due.drain(..pages.min(run.due.len())).collect();
+        run.synced &= step.is_empty();
         {
             let _phase = probe::enter(Phase::CheckpointFlush);
             self.pool.write_dirty_before(&step, run.begin, &self.wal).await?;
@@ -964,8 +979,10 @@ impl Store {
 
     /// Ends a checkpoint and returns its LSN:
     ///
-    /// 1. write the pages still due and sync the data file (WAL first):
-    ///    every change before the begin record is now on disk;
+    /// 1. write the pages still due and sync the data file (WAL first),
+    ///    unless the caller synced it after the last was written
+    ///    ([`CheckpointRun::sync_written`]): every change before the begin
+    ///    record is now on disk;
     /// 2. log `CheckpointEnd` with the active transactions (each with its
     ///    last and undo-next LSNs) and the dirty page table, and make it
     ///    durable;
@@ -988,7 +1005,7 @@ impl Store {
         let begin = run.begin;
         let mut control = self.control_at(begin, state);
         self.checkpoint_write(&mut run, usize::MAX).await?;
-        {
+        if !run.synced {
             let _phase = probe::enter(Phase::CheckpointFlush);
             self.pool.sync(&self.wal)?;
         }
