@@ -306,6 +306,8 @@ impl Shared {
         let (mut run, busy, after_begin) = self.checkpoint_start().await?;
         while run.pages_due() > 0 {
             self.store.lock().await.checkpoint_write(&mut run, CHECKPOINT_WRITE_BATCH).await?;
+            // Let writers on this thread in before the next batch.
+            tokio::task::yield_now().await;
         }
         run.sync_written(&self.wal)?;
         let mut store = self.store.lock().await;

@@ -642,8 +642,7 @@ async fn a_control_file_whose_checkpoint_wal_is_gone_is_refused_naming_the_segme
 /// An operator's checkpoint writes at full speed, but lets the store go
 /// between batches of pages: transactions commit between its begin and
 /// end records instead of waiting for its writes.
-#[cfg_attr(not(madsim), tokio::test)]
-#[cfg_attr(madsim, madsim::test)]
+#[tokio::test]
 async fn an_operators_checkpoint_lets_writers_commit_between_its_page_writes() {
     use thunderdb::storage::Op;
     use thunderdb::wal::{RecordKind, WalReader};
@@ -659,18 +658,24 @@ async fn an_operators_checkpoint_lets_writers_commit_between_its_page_writes() {
         txn.put(&table, &key(n), &value(n, 300)).await.unwrap();
     }
     txn.commit().await.unwrap();
+    // A writer that commits until the checkpoint is over.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = tokio::spawn({
-        let (db, table) = (db.clone(), table.clone());
+        let (db, table, done) = (db.clone(), table.clone(), done.clone());
         async move {
-            for n in 0..40 {
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
                 let mut txn = db.begin().await.unwrap();
-                txn.put(&table, &key(n), &value(n + 1, 300)).await.unwrap();
+                txn.put(&table, &key(n % 2000), &value(n + 1, 300)).await.unwrap();
                 txn.commit().await.unwrap();
+                n += 1;
+                tokio::task::yield_now().await;
             }
         }
     });
     tokio::task::yield_now().await;
     db.checkpoint().await.unwrap();
+    done.store(true, std::sync::atomic::Ordering::Release);
     writer.await.unwrap();
 
     let opts = db.wal().options().clone();

@@ -26,3 +26,20 @@ pub use real::ShellCommands;
 pub use real::{RealClock, RealFs};
 pub use seam::{write_atomically, AtomicWriteError, Env, File, Fs};
 pub use sim_fs::{AtRestLoss, DiskTrace, SimDisk, SimFs, CRASH_MESSAGE, SECTOR_SIZE};
+
+/// Runs `work`, a long blocking call (a checkpoint's data-file `fdatasync`,
+/// which can take tens of milliseconds), handing the worker thread's other
+/// tasks to another thread meanwhile (`tokio::task::block_in_place`), so
+/// that sessions scheduled on this thread do not wait for it. On a
+/// current-thread runtime, and in simulation, there is no other thread: it
+/// simply runs `work`.
+pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    #[cfg(not(madsim))]
+    {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if Handle::try_current().is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread) {
+            return tokio::task::block_in_place(work);
+        }
+    }
+    work()
+}

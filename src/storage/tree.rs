@@ -236,8 +236,10 @@ impl CheckpointRun {
     /// so that [`Store::checkpoint_end`] need not sync under it.
     pub fn sync_written(&mut self, wal: &Wal) -> Result<(), StoreError> {
         assert!(self.due.is_empty(), "sync_written() before every page is written");
-        let _phase = probe::enter(Phase::CheckpointFlush);
-        self.data_file.sync(wal)?;
+        crate::env::blocking(|| {
+            let _phase = probe::enter(Phase::CheckpointFlush);
+            self.data_file.sync(wal)
+        })?;
         self.synced = true;
         Ok(())
     }
