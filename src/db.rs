@@ -306,6 +306,7 @@ impl Shared {
         let (mut run, busy, after_begin) = self.checkpoint_start().await?;
         while run.pages_due() > 0 {
             self.store.lock().await.checkpoint_write(&mut run, CHECKPOINT_WRITE_BATCH).await?;
+            run.start_writeback();
             // Let writers on this thread in before the next batch.
             tokio::task::yield_now().await;
         }
@@ -377,6 +378,7 @@ impl Shared {
                 paused = true;
             }
             self.store.lock().await.checkpoint_write(&mut run, per_step).await?;
+            run.start_writeback();
         }
         run.sync_written(&self.wal)?;
         if paused {

@@ -44,6 +44,14 @@ pub trait File: Send + Sync {
     fn sync_data(&self) -> io::Result<()>;
     /// Makes the file's data and all its metadata durable: `fsync`.
     fn sync_all(&self) -> io::Result<()>;
+    /// Asks the operating system to start writing the file's dirty data
+    /// back now, without waiting for it (`sync_file_range` with
+    /// `SYNC_FILE_RANGE_WRITE`, as PostgreSQL's `checkpoint_flush_after`
+    /// does), so that a later sync has little left to do. A hint: it makes
+    /// nothing durable, and the simulated disk ignores it.
+    fn start_writeback(&self) -> io::Result<()> {
+        Ok(())
+    }
 
     /// Writes all of `buf` at `offset`, looping over short writes.
     fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {

@@ -91,6 +91,15 @@ impl std::fmt::Debug for DataFileSync {
 }
 
 impl DataFileSync {
+    /// Asks the OS to start writing back what was written so far, without
+    /// waiting (a hint; see [`File::start_writeback`]). A failure is only
+    /// logged: the sync that follows reports any real one.
+    pub fn start_writeback(&self) {
+        if let Err(e) = self.file.start_writeback() {
+            tracing::debug!(error = %e, path = %self.path.display(), "starting writeback failed");
+        }
+    }
+
     /// `fdatasync` on the data file: every page written before the call is
     /// durable. A failure stops the engine (as a failed write does).
     pub fn sync(&self, wal: &Wal) -> Result<(), BufferError> {

@@ -231,6 +231,14 @@ impl CheckpointRun {
         self.due.len()
     }
 
+    /// Starts the writeback of the pages written so far, without waiting
+    /// and without the store: the dirty data trickles to disk during the
+    /// checkpoint instead of piling into its final sync, which writers'
+    /// commits would queue behind.
+    pub fn start_writeback(&self) {
+        self.data_file.start_writeback();
+    }
+
     /// Syncs the data file once every page is written, without the store
     /// (the caller lets it go first: writers do not wait for the sync),
     /// so that [`Store::checkpoint_end`] need not sync under it.
