@@ -71,6 +71,10 @@ pub enum PlantedBug {
     /// Write the checkpoint pointer (the new redo point) right after the
     /// begin record, before the dirty pages are written.
     CheckpointBeforeFlush,
+    /// A checkpoint leaves out a page whose recovery LSN is its begin
+    /// record's LSN: the page dirtied by the record just before it, whose
+    /// change redo from the new redo point never replays.
+    CheckpointSkipsPageDirtiedAtBegin,
     /// The control file's redo point is the checkpoint's end record, not
     /// its begin: changes logged while a spread checkpoint wrote its pages
     /// are skipped by redo.
@@ -135,7 +139,7 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 39] = [
+    pub const ALL: [PlantedBug; 40] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -157,6 +161,7 @@ impl PlantedBug {
         PlantedBug::DeltaIgnoresHole,
         PlantedBug::SwallowCheckpointSyncError,
         PlantedBug::CheckpointBeforeFlush,
+        PlantedBug::CheckpointSkipsPageDirtiedAtBegin,
         PlantedBug::RedoPointAtCheckpointEnd,
         PlantedBug::UndoWithoutClr,
         PlantedBug::PageBeforeWal,
@@ -201,6 +206,7 @@ impl PlantedBug {
             PlantedBug::DeltaIgnoresHole => "delta_ignores_hole",
             PlantedBug::SwallowCheckpointSyncError => "swallow_checkpoint_sync_error",
             PlantedBug::CheckpointBeforeFlush => "checkpoint_before_flush",
+            PlantedBug::CheckpointSkipsPageDirtiedAtBegin => "checkpoint_skips_page_dirtied_at_begin",
             PlantedBug::RedoPointAtCheckpointEnd => "redo_point_at_checkpoint_end",
             PlantedBug::UndoWithoutClr => "undo_without_clr",
             PlantedBug::PageBeforeWal => "page_before_wal",
@@ -242,6 +248,7 @@ impl PlantedBug {
                 | PlantedBug::DeltaIgnoresHole
                 | PlantedBug::SwallowCheckpointSyncError
                 | PlantedBug::CheckpointBeforeFlush
+                | PlantedBug::CheckpointSkipsPageDirtiedAtBegin
                 | PlantedBug::RedoPointAtCheckpointEnd
                 | PlantedBug::UndoWithoutClr
                 | PlantedBug::PageBeforeWal

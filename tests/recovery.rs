@@ -695,3 +695,39 @@ async fn an_operators_checkpoint_lets_writers_commit_between_its_page_writes() {
     assert!(checkpoints >= 2, "the open's checkpoint and the operator's");
     assert!(commits_inside > 0, "no transaction committed while the checkpoint wrote its pages");
 }
+
+/// A page made dirty by the very record that precedes a checkpoint's begin
+/// record is written by that checkpoint: its change lies before the redo
+/// point, so no later redo replays it. Here the page was imaged earlier in
+/// the cycle and then evicted (so its change logs no image), and the change
+/// comes from a transaction still open when the checkpoint begins, which
+/// commits after it ends; the crash then keeps the committed change.
+#[tokio::test]
+async fn a_change_logged_right_before_a_checkpoint_begins_survives_a_crash_after_it() {
+    let disk = SimDisk::new(13, FaultConfig::none());
+    let mut model = DbModel::default();
+    let db = open(&disk).await.unwrap();
+    let table = fill_new_table(&db, "t", 100, 100, 0, &mut model).await.unwrap();
+    db.checkpoint().await.unwrap();
+    // Row 0's leaf: imaged in this cycle, then evicted by reads of the rest
+    // (the pool holds four pages).
+    let mut txn = db.begin().await.unwrap();
+    txn.put(&table, &key(0), &value(1, 100)).await.unwrap();
+    commit(txn, vec![Write::Put("t".into(), key(0), value(1, 100))], &mut model).await.unwrap();
+    let mut txn = db.begin().await.unwrap();
+    for n in 40..100 {
+        txn.get(&table, &key(n)).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    // The change is the last record before the checkpoint's begin record.
+    let mut txn = db.begin().await.unwrap();
+    txn.put(&table, &key(0), &value(2, 100)).await.unwrap();
+    let change_end = db.wal().end_lsn();
+    let redo_point = db.checkpoint().await.unwrap();
+    assert_eq!(redo_point, change_end, "the begin record follows the change");
+    commit(txn, vec![Write::Put("t".into(), key(0), value(2, 100))], &mut model).await.unwrap();
+    drop(db);
+    disk.crash();
+    let db = open(&disk).await.unwrap();
+    model.check(&read_state(&db).await.unwrap()).unwrap();
+}

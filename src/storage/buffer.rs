@@ -270,14 +270,17 @@ impl BufferPool {
         self.touch(page_no);
     }
 
-    /// Writes those of `pages` that still hold changes from before `before`
-    /// (WAL first): a checkpoint's writes, a step at a time. Pages written
-    /// or evicted since, or dirtied only after `before`, are skipped.
+    /// Writes those of `pages` that still hold changes logged before
+    /// `before` (WAL first): a checkpoint's writes, a step at a time, where
+    /// `before` is its begin record. A page's recovery LSN is the end of the
+    /// first record that dirtied it, so one at `before` holds the change
+    /// logged just before the begin record. Pages written or evicted since,
+    /// or dirtied only after `before`, are skipped.
     pub async fn write_dirty_before(&mut self, pages: &[u32], before: Lsn, wal: &Wal) -> Result<(), BufferError> {
         let due: Vec<u32> = pages
             .iter()
             .copied()
-            .filter(|no| self.frames.get(no).and_then(|frame| frame.rec_lsn).is_some_and(|lsn| lsn < before))
+            .filter(|no| self.frames.get(no).and_then(|frame| frame.rec_lsn).is_some_and(|lsn| lsn <= before))
             .collect();
         let newest = due.iter().map(|no| self.frames[no].page.page_lsn()).max();
         if let Some(newest) = newest {

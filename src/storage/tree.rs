@@ -970,8 +970,19 @@ impl Store {
             self.wal.flush(self.wal.end_lsn()).await?;
             self.control_at(begin, ControlState::InProduction).store(self.fs.as_ref(), &self.data_dir)?;
         }
-        let due =
-            self.pool.dirty_pages().into_iter().filter(|(_, rec_lsn)| *rec_lsn < begin).map(|(no, _)| no).collect();
+        // A recovery LSN is the end of the first record that dirtied the
+        // page: a record ending exactly at the begin record (the one just
+        // before it) started before the redo point, so redo will never
+        // replay it, and its page is due too.
+        let due = self
+            .pool
+            .dirty_pages()
+            .into_iter()
+            .filter(|(_, rec_lsn)| {
+                *rec_lsn < begin || (*rec_lsn == begin && !active(PlantedBug::CheckpointSkipsPageDirtiedAtBegin))
+            })
+            .map(|(no, _)| no)
+            .collect();
         Ok(CheckpointRun { begin, due, data_file: self.pool.data_file_sync(), synced: false })
     }
 
