@@ -232,6 +232,9 @@ pub enum Probe {
     /// A background checkpoint paused between its page writes while
     /// transactions ran (a spread checkpoint).
     CheckpointSpread,
+    /// A checkpoint found a page whose recovery LSN is its begin record's
+    /// LSN (dirtied by the record just before it) and wrote it.
+    CheckpointPageDirtiedAtBegin,
     /// Recovery rolled back a transaction that had no end record.
     LoserRolledBack,
     /// Recovery's undo met a compensation record: an earlier undo was cut
@@ -288,7 +291,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 51] = [
+    const ALL: [Probe; 52] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -317,6 +320,7 @@ impl Probe {
         Probe::EditRedone,
         Probe::EditUndone,
         Probe::CheckpointSpread,
+        Probe::CheckpointPageDirtiedAtBegin,
         Probe::LoserRolledBack,
         Probe::UndoResumed,
         Probe::UndoReadFromLog,
@@ -388,6 +392,7 @@ impl Probe {
             Probe::EditUndone => "edit_undone",
             Probe::StructureDeltaLogged => "structure_delta_logged",
             Probe::CheckpointSpread => "checkpoint_spread",
+            Probe::CheckpointPageDirtiedAtBegin => "checkpoint_page_dirtied_at_begin",
             Probe::LoserRolledBack => "loser_rolled_back",
             Probe::UndoResumed => "undo_resumed",
             Probe::UndoReadFromLog => "undo_read_from_log",

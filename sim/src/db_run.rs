@@ -196,6 +196,10 @@ enum Aim {
     RollbackAfterCheckpoint,
     /// Data-file syncs during a checkpoint's flush fail often.
     CheckpointSyncError,
+    /// A transaction changes a page that is clean but imaged since the last
+    /// checkpoint, a checkpoint begins right after that change, and the
+    /// transaction commits after it; then the power fails.
+    CheckpointBeforeCommit,
 }
 
 impl Swarm {
@@ -224,9 +228,10 @@ impl Swarm {
         let aim = match knobs.random_range(0..100) {
             0..25 => Aim::RollbackAfterCheckpoint,
             25..40 => Aim::CheckpointSyncError,
+            40..60 => Aim::CheckpointBeforeCommit,
             _ => Aim::None,
         };
-        if aim == Aim::RollbackAfterCheckpoint {
+        if matches!(aim, Aim::RollbackAfterCheckpoint | Aim::CheckpointBeforeCommit) {
             config.buffer_pool_size = 4 * PAGE_SIZE as u64;
         }
         let mut weight = |max| if rng.random_bool(0.8) { rng.random_range(1..=max) } else { 0 };
@@ -1061,8 +1066,13 @@ impl Session {
                 pick = pick.saturating_sub(*w);
                 hit
             });
-            let aimed = self.swarm.aim == Aim::RollbackAfterCheckpoint && self.think.random_bool(0.5);
+            let aimed = match self.swarm.aim {
+                Aim::RollbackAfterCheckpoint => self.think.random_bool(0.5),
+                Aim::CheckpointBeforeCommit => self.think.random_bool(0.8),
+                _ => false,
+            };
             let result = match kind.expect("weights sum to the pick's range") {
+                _ if aimed && self.swarm.aim == Aim::CheckpointBeforeCommit => self.checkpoint_before_commit().await,
                 _ if aimed => self.rollback_after_checkpoint().await,
                 0 => self.kv().await,
                 1 => self.bank().await,
@@ -1277,7 +1287,7 @@ impl Session {
     /// a rollback whose every compensation record is its page's first change
     /// since, then a crash inside the next checkpoint's flush.
     async fn rollback_after_checkpoint(&mut self) -> Result<(), DbError> {
-        if self.batch_aim.random_bool(0.3) {
+        if self.batch_aim.random_bool(0.4) {
             return self.batch_rollback_cut().await;
         }
         let mut txn = self.db.begin().await?;
@@ -1296,6 +1306,48 @@ impl Session {
         self.disk.set_crash_in_phase(Phase::CheckpointFlush, self.think.random_range(0..6));
         self.db.checkpoint().await?;
         Ok(())
+    }
+
+    /// The aimed schedule `CheckpointBeforeCommit`: a row is written and committed
+    /// with large rows past every key, and its leaf evicted by a scan of
+    /// those (the pool holds four pages), so it is clean though imaged since the checkpoint; then a
+    /// transaction changes it again, a checkpoint begins right after that
+    /// change (its recovery LSN is the begin record's LSN), and the
+    /// transaction commits after the checkpoint ends. The power fails at one
+    /// of the next WAL writes, before anything writes the leaf again: the
+    /// checkpoint must have written it (`checkpoint_page_dirtied_at_begin`),
+    /// since redo from its begin record never replays the change.
+    async fn checkpoint_before_commit(&mut self) -> Result<(), DbError> {
+        let key = self.swarm.key_of(self.batch_aim.random_range(0..20));
+        let mut value = || vec![self.batch_aim.random(); self.batch_aim.random_range(1..self.swarm.value_max)];
+        let (first, second) = (value(), value());
+        let mut txn = self.db.begin().await?;
+        let table = self.table(&mut txn, KV).await?;
+        txn.put(&table, &key, &first).await?;
+        // Enough large rows past every key that a scan of them evicts the
+        // leaf from the four-page pool.
+        let filler: Vec<(Vec<u8>, Vec<u8>)> = (0..24)
+            .map(|_| {
+                let mut shared = lock(&self.shared);
+                shared.appended = shared.appended.saturating_add(1);
+                (self.swarm.key_of(KEY_SPACE.saturating_add(shared.appended)), vec![self.batch_aim.random(); 1500])
+            })
+            .collect();
+        self.insert_new(&mut txn, &table, filler.clone()).await?;
+        let mut writes = vec![Write::Put(KV.into(), key.clone(), first)];
+        writes.extend(filler.into_iter().map(|(k, v)| Write::Put(KV.into(), k, v)));
+        commit(&self.db, txn, writes, &self.shared, &self.clock).await?;
+        let mut txn = self.db.begin().await?;
+        txn.scan(&table, Bound::Excluded(&key), Bound::Unbounded).await?;
+        txn.commit().await?;
+        let mut txn = self.db.begin().await?;
+        txn.put(&table, &key, &second).await?;
+        self.db.checkpoint().await?;
+        // Past the commit's own writes: the crash must come after the
+        // commit is acknowledged (measured: the later the crash, the more
+        // often another session's read evicts and so writes the leaf).
+        self.disk.set_crash_in_phase(Phase::WalWrite, self.batch_aim.random_range(2..5));
+        commit(&self.db, txn, vec![Write::Put(KV.into(), key, second)], &self.shared, &self.clock).await
     }
 
     /// The aimed schedule's batch variant: a load inserts rows in key order

@@ -979,7 +979,11 @@ impl Store {
             .dirty_pages()
             .into_iter()
             .filter(|(_, rec_lsn)| {
-                *rec_lsn < begin || (*rec_lsn == begin && !active(PlantedBug::CheckpointSkipsPageDirtiedAtBegin))
+                if *rec_lsn == begin {
+                    probe::hit(Probe::CheckpointPageDirtiedAtBegin);
+                    return !active(PlantedBug::CheckpointSkipsPageDirtiedAtBegin);
+                }
+                *rec_lsn < begin
             })
             .map(|(no, _)| no)
             .collect();
