@@ -21,24 +21,10 @@ SCALE=${SCALE:-10}
 DURATION=${DURATION:-30}
 CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
-BIN=/usr/lib/postgresql/15/bin
-PG_PORT=${PG_BENCH_PORT:-55460}
-TDB_PORT=${TDB_BENCH_PORT:-55461}
-TDB_HTTP=${TDB_BENCH_HTTP_PORT:-55462}
-WORK=$(mktemp -d "${THUNDERDB_BENCH_DIR:-/tmp}/archive-bench.XXXXXX")
-chmod 755 "$WORK"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-TDB_PID=
-cleanup() {
-  [ -n "$TDB_PID" ] && kill "$TDB_PID" 2>/dev/null && wait "$TDB_PID" 2>/dev/null || true
-  as_pg "$BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-tps_of() { sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$1"; }
+NAME=archive-bench
+source benches/lib.sh
 
-echo "building thunderdb (release)..." >&2
-cargo build --release --quiet --bin thunderdb
+build_thunderdb
 TDB=target/release/thunderdb
 tdb=(pgbench -h 127.0.0.1 -p "$TDB_PORT" -U admin)
 pending() { curl -sf "http://127.0.0.1:$TDB_HTTP/admin/wal/archive/status" | jq -r .segments_pending; }

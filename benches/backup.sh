@@ -20,26 +20,10 @@ SCALE=${SCALE:-50}
 DURATION=${DURATION:-30}
 CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
-BIN=/usr/lib/postgresql/15/bin
-PG_PORT=${PG_BENCH_PORT:-55450}
-TDB_PORT=${TDB_BENCH_PORT:-55451}
-TDB_HTTP=${TDB_BENCH_HTTP_PORT:-55452}
-WORK=$(mktemp -d "${THUNDERDB_BENCH_DIR:-/tmp}/backup-bench.XXXXXX")
-chmod 755 "$WORK"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-TDB_PID=
-cleanup() {
-  [ -n "$TDB_PID" ] && kill "$TDB_PID" 2>/dev/null && wait "$TDB_PID" 2>/dev/null || true
-  as_pg "$BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-tps_of() { sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$1"; }
+NAME=backup-bench
+source benches/lib.sh
 
-echo "building thunderdb (release)..." >&2
-cargo build --release --quiet --bin thunderdb
+build_thunderdb
 TDB=target/release/thunderdb
 mkdir -p "$WORK/tdb"
 THUNDERDB_PG_PORT=$TDB_PORT THUNDERDB_HTTP_PORT=$TDB_HTTP \

@@ -27,9 +27,6 @@ THREADS=${THREADS:-2}
 NAME=checkpoints
 source benches/lib.sh
 
-# tps from pgbench's report.
-tps_of() { sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$1"; }
-
 # "p50 p99 p99.9 max" in ms from pgbench's per-transaction logs under $1.
 percentiles() {
   cat "$1"/pgbench_log.* | awk '{ print $3 }' | sort -n | awk '

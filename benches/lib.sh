@@ -5,6 +5,7 @@
 #   TDB_PORT, TDB_HTTP   ThunderDB's ports (defaults below)
 #   PG_PORT              PostgreSQL's port
 #   THUNDERDB_BENCH_DIR  where the scratch directory goes (default /tmp)
+#   KEEP=1               keep the scratch directory after the run
 BIN=/usr/lib/postgresql/15/bin
 PG_PORT=${PG_BENCH_PORT:-55490}
 TDB_PORT=${TDB_BENCH_PORT:-55491}
@@ -16,10 +17,13 @@ PG_DIR=
 
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
+# Stops ThunderDB and every PostgreSQL cluster still running under $WORK.
 cleanup() {
   [ -n "$TDB_PID" ] && kill -9 "$TDB_PID" 2>/dev/null && wait "$TDB_PID" 2>/dev/null || true
-  [ -n "$PG_DIR" ] && as_pg "$BIN/pg_ctl" -D "$PG_DIR" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
+  for pid in "$WORK"/*/postmaster.pid; do
+    [ -e "$pid" ] && as_pg "$BIN/pg_ctl" -D "$(dirname "$pid")" -m immediate stop >/dev/null 2>&1 || true
+  done
+  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -88,3 +92,8 @@ checkpoint_thunderdb() { curl -sf -X POST "http://127.0.0.1:$TDB_HTTP/admin/chec
 checkpoint_postgres() { psql -X -qAt -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c CHECKPOINT >/dev/null; }
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
+now() { date +%s.%N; }
+# Seconds since a `now` reading, to the hundredth.
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+# tps from a pgbench report.
+tps_of() { sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$1"; }

@@ -26,26 +26,11 @@ SCALE=${SCALE:-10}
 TXNS=${TXNS:-20000}
 CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
-BIN=/usr/lib/postgresql/15/bin
-PG_PORT=${PG_BENCH_PORT:-55470}
-TDB_PORT=${TDB_BENCH_PORT:-55471}
-TDB_HTTP=${TDB_BENCH_HTTP_PORT:-55472}
-WORK=$(mktemp -d "${THUNDERDB_BENCH_DIR:-/tmp}/pitr-bench.XXXXXX")
-chmod 755 "$WORK"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-TDB_PID=
-cleanup() {
-  [ -n "$TDB_PID" ] && kill "$TDB_PID" 2>/dev/null && wait "$TDB_PID" 2>/dev/null || true
-  for d in pg pg-restored; do as_pg "$BIN/pg_ctl" -D "$WORK/$d" -m immediate stop >/dev/null 2>&1 || true; done
-  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+NAME=pitr-bench
+source benches/lib.sh
 mb() { du -sb "$1" | awk '{ printf "%.0f", $1 / 1048576 }'; }
 
-echo "building thunderdb (release)..." >&2
-cargo build --release --quiet --bin thunderdb
+build_thunderdb
 TDB=target/release/thunderdb
 
 # ThunderDB: the work.
