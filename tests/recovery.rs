@@ -731,3 +731,47 @@ async fn a_change_logged_right_before_a_checkpoint_begins_survives_a_crash_after
     let db = open(&disk).await.unwrap();
     model.check(&read_state(&db).await.unwrap()).unwrap();
 }
+
+/// Each compensation record points past the change it undid. If it pointed at
+/// that change instead, a crash right after it was durable would have the
+/// next recovery undo an edit a second time, and an edit's inverse refuses a
+/// row that no longer holds the bytes it replaces. The table outgrows the
+/// pool, so evictions make compensation records durable mid-undo.
+#[tokio::test]
+async fn a_rollback_of_edits_cut_off_by_a_crash_resumes_after_the_last_change_it_undid() {
+    async fn build(disk: &SimDisk, model: &mut DbModel) {
+        let db = open(disk).await.unwrap();
+        let table = fill_new_table(&db, "t", 150, 300, 0, model).await.unwrap();
+        let mut loser = db.begin().await.unwrap();
+        for n in 0..150 {
+            // Same length, one byte changed in the middle: logged as edits.
+            let mut changed = value(n, 300);
+            changed[150] ^= 0xff;
+            loser.put(&table, &key(n), &changed).await.unwrap();
+        }
+        db.wal().flush(db.wal().end_lsn()).await.unwrap();
+        std::mem::forget(loser);
+    }
+    let disk = SimDisk::new(5, FaultConfig::none());
+    let mut model = DbModel::default();
+    build(&disk, &mut model).await;
+    disk.crash();
+    let base = disk.op_count();
+    let recovery_ops = {
+        let db = recover_and_check(&disk, &model, "clean recovery").await;
+        assert_eq!(db.recovery_report().changes_undone, 150);
+        disk.op_count() - base
+    };
+    for crash_at in 0..recovery_ops {
+        let disk = SimDisk::new(5, FaultConfig::none());
+        let mut model = DbModel::default();
+        build(&disk, &mut model).await;
+        disk.crash();
+        disk.set_faults(FaultConfig::power_loss());
+        disk.set_crash_countdown(Some(crash_at));
+        let _ = open(&disk).await;
+        disk.crash();
+        disk.set_crash_countdown(None);
+        recover_and_check(&disk, &model, &format!("crash at I/O {crash_at} of recovery's {recovery_ops}")).await;
+    }
+}
