@@ -236,5 +236,31 @@ mod tests {
             let err = WalOptions::new("/w").with_segment_size(bad).validate().unwrap_err();
             assert!(err.to_string().contains("wal_segment_size"), "{err}");
         }
+        for (write_behind, chunk) in [(0, 1 << 20), (4 << 20, 0)] {
+            let opts = WalOptions::new("/w").with_write_behind_bytes(write_behind).with_zero_fill_chunk(chunk);
+            let err = opts.validate().unwrap_err();
+            assert!(err.to_string().contains("at least one byte"), "{err}");
+        }
+    }
+
+    /// Timeline 2 branched from timeline 1 at the middle of segment 3: its
+    /// log is timeline 1's records below the switch, and its own from there.
+    #[test]
+    fn a_timeline_takes_its_parents_records_and_segments_only_below_the_switch() {
+        let size = 1u64 << 20;
+        let switch_lsn = Lsn(3 * size + 4096);
+        let mut opts = WalOptions::new("/w").with_segment_size(size);
+        opts.timeline = 2;
+        opts.history = vec![TimelineSwitch { parent: 1, switch_lsn, reason: "test".into() }];
+        assert!(opts.accepts(2, Lsn(size)) && opts.accepts(2, switch_lsn));
+        assert!(opts.accepts(1, Lsn(switch_lsn.0 - 8)));
+        assert!(!opts.accepts(1, switch_lsn), "the parent's record at the switch is its abandoned future");
+        assert!(!opts.accepts(3, Lsn(size)), "a stranger timeline");
+        // The segment that holds the switch point is the child's.
+        assert!(opts.owns_segment(1, 2) && !opts.owns_segment(2, 2));
+        assert!(opts.owns_segment(2, 3) && !opts.owns_segment(1, 3));
+        assert!(!opts.owns_segment(1, 4) && !opts.owns_segment(5, 4));
+        assert_eq!(opts.file_name(2), segment_file_name(1, 2, size));
+        assert_eq!(opts.file_name(3), segment_file_name(2, 3, size));
     }
 }
