@@ -361,3 +361,50 @@ fn a_superuser_password_is_required_when_set() {
     });
     assert_eq!(server.terminate().0, 0);
 }
+
+/// Past `max_connections` a new client is told "too many clients" with
+/// SQLSTATE 53300 and closed, as by PostgreSQL; a flood of idle sockets does
+/// not starve the sessions already open, and a freed slot is reusable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_are_refused_with_53300() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), "max_connections = 3");
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(connect(&server).await);
+    }
+    let error = tokio_postgres::connect(&server.conninfo(), NoTls).await.err().expect("a fourth session is refused");
+    assert_eq!(error.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{error}");
+    let message = error.as_db_error().expect("a server error").message();
+    assert_eq!(message, "sorry, too many clients already (max_connections is 3)");
+    let out = server.client("psql", &["-X", "-c", "SELECT 1"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sorry, too many clients already (max_connections is 3)"), "{stderr}");
+
+    // A flood of sockets that never speak: the open sessions still work.
+    let flood: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(("127.0.0.1", server.pg_port)).unwrap()).collect();
+    let one: i32 = open[0].query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    drop(flood);
+
+    // A session that ends frees its slot.
+    drop(open.pop());
+    let mut reconnected = None;
+    for _ in 0..50 {
+        match tokio_postgres::connect(&server.conninfo(), NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                reconnected = Some(client);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let client = reconnected.expect("a freed slot takes a new session");
+    let two: i32 = client.query_one("SELECT 2", &[]).await.unwrap().get(0);
+    assert_eq!(two, 2);
+    let mut server = server;
+    assert!(server.log().contains("refusing a connection: too many clients"));
+    assert_eq!(server.terminate().0, 0);
+}

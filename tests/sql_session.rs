@@ -75,7 +75,8 @@ async fn statements_blocks_and_errors() {
     assert_eq!(fails(&mut s, "SELEC 1").await, "42601");
     assert_eq!(fails(&mut s, "SELECT 1 / 0").await, "22012");
     assert_eq!(fails(&mut s, "CREATE TABLE t (x INT)").await, "42P07");
-    assert_eq!(fails(&mut s, "SELECT k FROM t JOIN t AS u ON true").await, "0A000");
+    assert_eq!(fails(&mut s, "SELECT k FROM t JOIN t AS u ON true").await, "42702");
+    assert_eq!(fails(&mut s, "SELECT * FROM t, LATERAL (SELECT 1) AS x").await, "0A000");
 
     // A block: its writes are invisible to others until COMMIT; an error
     // fails it and takes its writes with it.

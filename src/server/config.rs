@@ -27,6 +27,7 @@ pub const DEFAULTS: &str = r#"
 listen_addr = "127.0.0.1"
 pg_port     = 5432
 http_port   = 8088
+max_connections = 100
 data_dir    = "./thunderdb-data/data"
 wal_dir     = "./thunderdb-data/wal"
 
@@ -67,6 +68,9 @@ pub struct Config {
     pub pg_port: u16,
     /// The admin HTTP port.
     pub http_port: u16,
+    /// How many SQL sessions may be open at once; past it a new client is
+    /// refused with SQLSTATE 53300.
+    pub max_connections: u32,
     /// Where the data file and control file live.
     pub data_dir: PathBuf,
     /// Where the WAL segments live.
@@ -378,6 +382,9 @@ fn validate(table: toml::Table) -> Result<Config, String> {
     if config.storage.buffer_pool_size.0 < 1 << 20 {
         return Err("`storage.buffer_pool_size` must be at least 1MB".into());
     }
+    if config.max_connections == 0 {
+        return Err("`max_connections` must be at least 1".into());
+    }
     if config.storage.checkpoint_interval.0 < Duration::from_millis(100) {
         return Err("`storage.checkpoint_interval` must be at least 100ms".into());
     }
@@ -421,6 +428,7 @@ mod tests {
         assert_eq!(config.storage.max_wal_size, ByteSize(512 << 20));
         assert_eq!(config.storage.wal_segment_size, ByteSize(16 << 20));
         assert_eq!(config.storage.buffer_pool_size, ByteSize(128 << 20));
+        assert_eq!(config.max_connections, 100);
     }
 
     #[test]

@@ -46,6 +46,7 @@ mod serve {
     use std::sync::Arc;
 
     use tokio::net::TcpListener;
+    use tokio::sync::Semaphore;
     use tokio::task::JoinSet;
 
     use super::config::Config;
@@ -115,20 +116,38 @@ mod serve {
             Verifier::new(&password, salt)
         });
         let mut connections = JoinSet::new();
+        // One permit per session. Clients past the limit are told so; at
+        // most as many again wait to be told, and the rest are dropped at
+        // once, so a flood of connections costs no more than that.
+        let max = config.max_connections;
+        let sessions = Arc::new(Semaphore::new(max as usize));
+        let refusals = Arc::new(Semaphore::new(max as usize));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = pg.accept() => match accepted {
-                    Ok((socket, peer)) => {
-                        let connection = Connection::new(db.clone(), verifier.clone());
-                        connections.spawn(async move {
-                            if let Err(error) = super::wire::serve(socket, Handlers(connection.clone())).await {
-                                tracing::debug!(%peer, %error, "connection ended with an error");
+                    Ok((socket, peer)) => match sessions.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let connection = Connection::new(db.clone(), verifier.clone());
+                            connections.spawn(async move {
+                                if let Err(error) = super::wire::serve(socket, Handlers(connection.clone())).await {
+                                    tracing::debug!(%peer, %error, "connection ended with an error");
+                                }
+                                connection.close().await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, max_connections = max, "refusing a connection: too many clients");
+                            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                                tokio::spawn(async move {
+                                    let _ = super::wire::refuse_too_many(socket, max).await;
+                                    drop(permit);
+                                });
                             }
-                            connection.close().await;
-                        });
-                    }
+                        }
+                    },
                     Err(error) => tracing::warn!(%error, "accepting a connection failed"),
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}

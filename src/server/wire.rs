@@ -212,6 +212,46 @@ pub async fn serve(socket: TcpStream, handlers: impl PgWireServerHandlers) -> io
     }
 }
 
+/// How long a client turned away for want of a free session has to send its
+/// startup packet before it is dropped without a word.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Turns away a client past `max_connections`, as PostgreSQL does: TLS and
+/// GSS requests are refused as in [`serve`], then the startup packet gets a
+/// `FATAL` error with SQLSTATE 53300, which libpq shows as the reason, and
+/// the connection is closed. A cancel request, or silence, is simply closed.
+pub async fn refuse_too_many(socket: TcpStream, max_connections: u32) -> io::Result<()> {
+    let peer = socket.peer_addr()?;
+    let codec = PgWireMessageServerCodec::new(DefaultClient::<()>::new(peer, false));
+    let mut socket = Framed::new(Corked::new(socket), codec);
+    let deadline = tokio::time::sleep(REFUSAL_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        let message = tokio::select! {
+            () = &mut deadline => return Ok(()),
+            message = socket.next() => message,
+        };
+        match message {
+            Some(Ok(PgWireFrontendMessage::SslNegotiation(SslNegotiationMetaMessage::PostgresSsl(_)))) => {
+                socket.send(PgWireBackendMessage::SslResponse(SslResponse::Refuse)).await?;
+            }
+            Some(Ok(PgWireFrontendMessage::SslNegotiation(SslNegotiationMetaMessage::PostgresGss(_)))) => {
+                socket.send(PgWireBackendMessage::GssEncResponse(GssEncResponse::Refuse)).await?;
+            }
+            Some(Ok(PgWireFrontendMessage::SslNegotiation(SslNegotiationMetaMessage::None))) => {
+                socket.set_state(PgWireConnectionState::AwaitingStartup);
+            }
+            Some(Ok(PgWireFrontendMessage::Startup(_))) => {
+                let message = format!("sorry, too many clients already (max_connections is {max_connections})");
+                let info = ErrorInfo::new("FATAL".into(), "53300".into(), message);
+                socket.send(PgWireBackendMessage::ErrorResponse(info.into())).await?;
+                return socket.close().await;
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,19 +5,19 @@ use std::ops::Bound;
 
 use sqlparser::ast::{
     AlterTableOperation, BinaryOperator, ColumnOption, CopySource, CopyTarget, CreateTable, Delete, Expr, FromTable,
-    GroupByExpr, Ident, InTarget, Insert, LimitClause, ObjectName, ObjectNamePart, OrderByKind, Query, Select,
-    SelectItem, Set, SetExpr, Statement, TableConstraint, TableFactor, TableObject, TableWithJoins, Update,
-    Value as AstValue,
+    Ident, InTarget, Insert, LimitClause, ObjectName, ObjectNamePart, Set, SetExpr, Statement, TableConstraint,
+    TableFactor, TableObject, TableWithJoins, Update, Value as AstValue,
 };
 
-use super::expr::{self, eval, ident_name, is_aggregate, single_arg, Scope};
+use super::expr::{self, eval, ident_name, Col, Scope};
+use super::query;
 use super::types::{decode_row, encode_row, Column, Schema, SqlType, Value};
 use super::{ColumnDesc, Output, SqlError};
 use crate::db::DbError;
 use crate::txn::{Table, Transaction};
 
 /// Rows read per batch of a table scan.
-const SCAN_BATCH: usize = 1024;
+pub(super) const SCAN_BATCH: usize = 1024;
 
 /// What a statement runs with.
 pub struct Context<'a> {
@@ -36,7 +36,10 @@ pub enum Executed {
 pub async fn execute(ctx: &mut Context<'_>, statement: &Statement) -> Result<Executed, SqlError> {
     let done = |out| Ok(Executed::Done(out));
     match statement {
-        Statement::Query(query) => done(select(ctx, query).await?),
+        Statement::Query(query) => {
+            let (columns, rows) = query::run(ctx, query).await?;
+            done(Output::Rows { command: "SELECT", columns, rows })
+        }
         Statement::Insert(insert) => done(insert_rows(ctx, insert).await?),
         Statement::Update(update) => done(update_rows(ctx, update).await?),
         Statement::Delete(delete) => done(delete_rows(ctx, delete).await?),
@@ -126,7 +129,7 @@ fn first_words(sql: &str) -> String {
 }
 
 /// A table name, lower-cased unless quoted; `public.` is accepted.
-fn object_name(name: &ObjectName) -> Result<String, SqlError> {
+pub(super) fn object_name(name: &ObjectName) -> Result<String, SqlError> {
     let parts: Vec<String> = name
         .0
         .iter()
@@ -142,7 +145,7 @@ fn object_name(name: &ObjectName) -> Result<String, SqlError> {
     }
 }
 
-async fn load(txn: &mut Transaction, name: &str) -> Result<(Table, Schema), SqlError> {
+pub(super) async fn load(txn: &mut Transaction, name: &str) -> Result<(Table, Schema), SqlError> {
     let table =
         txn.table(name).await?.ok_or_else(|| SqlError::new("42P01", format!("relation \"{name}\" does not exist")))?;
     let schema = Schema::decode(name, &table.meta)?;
@@ -158,10 +161,6 @@ fn target_columns(schema: &Schema, table: &str, names: impl Iterator<Item = Stri
         })
         .collect::<Result<_, _>>()?;
     Ok(if targets.is_empty() { (0..schema.columns.len()).collect() } else { targets })
-}
-
-fn names(schema: &Schema) -> Vec<String> {
-    schema.columns.iter().map(|c| c.name.clone()).collect()
 }
 
 /// Completes a row from the values given for `targets`: defaults for the
@@ -185,7 +184,7 @@ fn complete_row(
                 None => match &column.default {
                     Some(text) => {
                         let e = parse_expr(text)?;
-                        eval(&e, &Scope { names: &[], row: &[], params: &[], now, aggregates: &[] })?
+                        eval(&e, &Scope::constants(&[], now))?
                     }
                     None => Value::Null,
                 },
@@ -277,7 +276,7 @@ async fn insert_rows(ctx: &mut Context<'_>, insert: &Insert) -> Result<Output, S
             targets.truncate(first.content.len().max(1));
         }
     }
-    let scope = Scope { names: &[], row: &[], params: ctx.params, now: ctx.now, aggregates: &[] };
+    let scope = Scope::constants(ctx.params, ctx.now);
     let mut encoded = Vec::with_capacity(values.rows.len());
     for row in &values.rows {
         if row.content.len() != targets.len() {
@@ -304,14 +303,14 @@ async fn matching_rows(
     filter: Option<&Expr>,
     for_update: bool,
 ) -> Result<Vec<(Vec<u8>, Vec<Value>)>, SqlError> {
-    let names = names(schema);
+    let cols = query::table_cols(schema, &table.name);
     let keep = |row: &[Value], params: &[Value], now: i64| -> Result<bool, SqlError> {
         match filter {
             None => Ok(true),
-            Some(f) => Ok(eval(f, &Scope { names: &names, row, params, now, aggregates: &[] })? == Value::Bool(true)),
+            Some(f) => Ok(eval(f, &Scope::row(&cols, row, params, now))? == Value::Bool(true)),
         }
     };
-    if let Some(key) = point_key(schema, filter, ctx.params, ctx.now)? {
+    if let Some(key) = query::point_key(schema, &cols, filter, ctx.params, ctx.now)? {
         let found =
             if for_update { ctx.txn.get_for_update(table, &key).await? } else { ctx.txn.get(table, &key).await? };
         let mut out = Vec::new();
@@ -345,40 +344,7 @@ async fn matching_rows(
     }
 }
 
-/// The primary key `filter` pins down by equalities on every key column
-/// with constants, if it does.
-fn point_key(schema: &Schema, filter: Option<&Expr>, params: &[Value], now: i64) -> Result<Option<Vec<u8>>, SqlError> {
-    let Some(filter) = filter else { return Ok(None) };
-    if schema.primary_key.is_empty() {
-        return Ok(None);
-    }
-    let mut conjuncts = Vec::new();
-    split_and(filter, &mut conjuncts);
-    let scope = Scope { names: &[], row: &[], params, now, aggregates: &[] };
-    let mut key = Vec::new();
-    for &column in &schema.primary_key {
-        let name = &schema.columns[column].name;
-        let found = conjuncts.iter().find_map(|c| match c {
-            Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
-                match (expr::column_ref(left), expr::column_ref(right)) {
-                    (Some(l), _) if l == *name && is_constant(right) => Some(right.as_ref()),
-                    (_, Some(r)) if r == *name && is_constant(left) => Some(left.as_ref()),
-                    _ => None,
-                }
-            }
-            _ => None,
-        });
-        let Some(constant) = found else { return Ok(None) };
-        let Ok(value) = schema.columns[column].ty.coerce(eval(constant, &scope)?) else { return Ok(None) };
-        if value.is_null() {
-            return Ok(None);
-        }
-        super::types::encode_key_part(&value, &mut key);
-    }
-    Ok(Some(key))
-}
-
-fn split_and<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+pub(super) fn split_and<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
     match e {
         Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
             split_and(left, out);
@@ -389,7 +355,7 @@ fn split_and<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
     }
 }
 
-fn is_constant(e: &Expr) -> bool {
+pub(super) fn is_constant(e: &Expr) -> bool {
     match e {
         Expr::Value(_) => true,
         Expr::Nested(inner) | Expr::UnaryOp { expr: inner, .. } | Expr::Cast { expr: inner, .. } => is_constant(inner),
@@ -414,7 +380,7 @@ async fn update_rows(ctx: &mut Context<'_>, update: &Update) -> Result<Output, S
     }
     let name = single_table(std::slice::from_ref(&update.table))?.expect("one table");
     let (table, schema) = load(ctx.txn, &name).await?;
-    let names = names(&schema);
+    let cols = query::table_cols(&schema, &name);
     let assignments = update
         .assignments
         .iter()
@@ -429,7 +395,7 @@ async fn update_rows(ctx: &mut Context<'_>, update: &Update) -> Result<Output, S
     let rows = matching_rows(ctx, &table, &schema, update.selection.as_ref(), true).await?;
     let count = rows.len();
     for (key, old) in rows {
-        let scope = Scope { names: &names, row: &old, params: ctx.params, now: ctx.now, aggregates: &[] };
+        let scope = Scope::row(&cols, &old, ctx.params, ctx.now);
         let mut new = old.clone();
         for &(i, value) in &assignments {
             new[i] = eval(value, &scope)?;
@@ -574,440 +540,6 @@ async fn add_primary_key(ctx: &mut Context<'_>, name: &str, columns: &[String]) 
     }
 }
 
-// ---------------------------------------------------------------- SELECT
-
-/// A planned `SELECT`.
-struct Plan<'q> {
-    table: Option<(Table, Schema)>,
-    names: Vec<String>,
-    select: &'q Select,
-    items: Vec<(String, Expr)>,
-    aggregates: Vec<sqlparser::ast::Function>,
-    group_by: Vec<Expr>,
-    columns: Vec<ColumnDesc>,
-}
-
-async fn plan<'q>(txn: &mut Transaction, query: &'q Query, params: &[SqlType]) -> Result<Plan<'q>, SqlError> {
-    if query.with.is_some() || query.fetch.is_some() {
-        return Err(SqlError::unsupported("WITH / FETCH"));
-    }
-    let SetExpr::Select(select) = query.body.as_ref() else {
-        return Err(SqlError::unsupported("set operations and VALUES as a query"));
-    };
-    if select.distinct.is_some() {
-        return Err(SqlError::unsupported("SELECT DISTINCT"));
-    }
-    let table = match single_table(&select.from)? {
-        Some(name) => Some(load(txn, &name).await?),
-        None => None,
-    };
-    let names = table.as_ref().map(|(_, s)| names(s)).unwrap_or_default();
-    let mut items = Vec::new();
-    for item in &select.projection {
-        match item {
-            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                for n in &names {
-                    items.push((n.clone(), Expr::Identifier(Ident::new(n.clone()))));
-                }
-            }
-            SelectItem::UnnamedExpr(e) => items.push((output_name(e), e.clone())),
-            SelectItem::ExprWithAlias { expr, alias } => items.push((ident_name(alias), expr.clone())),
-            SelectItem::ExprWithAliases { .. } => return Err(SqlError::unsupported("multiple aliases")),
-        }
-    }
-    let mut aggregates = Vec::new();
-    for (_, e) in &items {
-        collect_aggregates(e, &mut aggregates);
-    }
-    if let Some(h) = &select.having {
-        collect_aggregates(h, &mut aggregates);
-    }
-    if let Some(order) = &query.order_by {
-        if let OrderByKind::Expressions(list) = &order.kind {
-            for o in list {
-                collect_aggregates(&o.expr, &mut aggregates);
-            }
-        }
-    }
-    let group_by = match &select.group_by {
-        GroupByExpr::Expressions(list, modifiers) if modifiers.is_empty() => list.clone(),
-        _ => return Err(SqlError::unsupported("GROUP BY ALL / ROLLUP")),
-    };
-    let schema = table.as_ref().map(|(_, s)| s);
-    let columns =
-        items.iter().map(|(name, e)| ColumnDesc { name: name.clone(), ty: type_of(e, schema, params) }).collect();
-    Ok(Plan { table, names, select, items, aggregates, group_by, columns })
-}
-
-fn output_name(e: &Expr) -> String {
-    match e {
-        Expr::Function(f) => f.name.to_string().to_lowercase(),
-        Expr::Cast { expr, .. } | Expr::Nested(expr) => output_name(expr),
-        e => expr::column_ref(e).unwrap_or_else(|| "?column?".into()),
-    }
-}
-
-fn collect_aggregates(e: &Expr, out: &mut Vec<sqlparser::ast::Function>) {
-    match e {
-        // (A repeated aggregate falls through to the arguments below, which
-        // hold no aggregates.)
-        Expr::Function(f) if is_aggregate(f) && !out.iter().any(|g| g.to_string() == f.to_string()) => {
-            out.push(f.clone());
-        }
-        Expr::Function(f) => {
-            if let sqlparser::ast::FunctionArguments::List(list) = &f.args {
-                for arg in &list.args {
-                    if let sqlparser::ast::FunctionArg::Unnamed(sqlparser::ast::FunctionArgExpr::Expr(e)) = arg {
-                        collect_aggregates(e, out);
-                    }
-                }
-            }
-        }
-        Expr::BinaryOp { left, right, .. } => {
-            collect_aggregates(left, out);
-            collect_aggregates(right, out);
-        }
-        Expr::Nested(inner) | Expr::UnaryOp { expr: inner, .. } | Expr::Cast { expr: inner, .. } => {
-            collect_aggregates(inner, out)
-        }
-        _ => {}
-    }
-}
-
-/// The type an expression yields, as PostgreSQL would report it (within
-/// our types).
-fn type_of(e: &Expr, schema: Option<&Schema>, params: &[SqlType]) -> SqlType {
-    let column_type = |e: &Expr| {
-        let name = expr::column_ref(e)?;
-        let s = schema?;
-        s.column(&name).map(|i| s.columns[i].ty)
-    };
-    if let Some(ty) = column_type(e) {
-        return ty;
-    }
-    match e {
-        Expr::Value(v) => match &v.value {
-            AstValue::Number(n, _) => match n.parse::<i64>() {
-                Ok(i) if i32::try_from(i).is_ok() => SqlType::Int,
-                Ok(_) => SqlType::BigInt,
-                Err(_) => SqlType::Numeric,
-            },
-            AstValue::Boolean(_) => SqlType::Bool,
-            AstValue::Placeholder(p) => p
-                .trim_start_matches('$')
-                .parse::<usize>()
-                .ok()
-                .and_then(|n| params.get(n.wrapping_sub(1)).copied())
-                .unwrap_or(SqlType::Text(None)),
-            _ => SqlType::Text(None),
-        },
-        Expr::Nested(inner) => type_of(inner, schema, params),
-        Expr::UnaryOp { expr, op } => match op {
-            sqlparser::ast::UnaryOperator::Not => SqlType::Bool,
-            _ => type_of(expr, schema, params),
-        },
-        Expr::Cast { data_type, .. } => SqlType::parse(&data_type.to_string()).unwrap_or(SqlType::Text(None)),
-        Expr::BinaryOp { left, op, right } => match op {
-            BinaryOperator::Plus
-            | BinaryOperator::Minus
-            | BinaryOperator::Multiply
-            | BinaryOperator::Divide
-            | BinaryOperator::Modulo => {
-                let (l, r) = (type_of(left, schema, params), type_of(right, schema, params));
-                let rank = |t: SqlType| match t {
-                    SqlType::SmallInt => 0,
-                    SqlType::Int => 1,
-                    SqlType::BigInt => 2,
-                    _ => 3,
-                };
-                match rank(l).max(rank(r)) {
-                    0 => SqlType::SmallInt,
-                    1 => SqlType::Int,
-                    2 => SqlType::BigInt,
-                    _ => SqlType::Double,
-                }
-            }
-            BinaryOperator::StringConcat => SqlType::Text(None),
-            _ => SqlType::Bool,
-        },
-        Expr::Function(f) => {
-            let arg = single_arg(f).ok().flatten().map(|a| type_of(a, schema, params));
-            match f.name.to_string().to_lowercase().as_str() {
-                "count" => SqlType::BigInt,
-                "sum" => match arg {
-                    Some(SqlType::SmallInt | SqlType::Int | SqlType::BigInt) => SqlType::BigInt,
-                    _ => SqlType::Double,
-                },
-                "avg" => SqlType::Double,
-                "min" | "max" | "abs" | "coalesce" => arg.unwrap_or(SqlType::Text(None)),
-                "now" | "current_timestamp" | "transaction_timestamp" | "statement_timestamp" => SqlType::TimestampTz,
-                "length" | "char_length" => SqlType::Int,
-                _ => SqlType::Text(None),
-            }
-        }
-        Expr::IsNull(_) | Expr::IsNotNull(_) | Expr::Between { .. } | Expr::In { .. } | Expr::Like { .. } => {
-            SqlType::Bool
-        }
-        Expr::Identifier(i) if i.value.eq_ignore_ascii_case("current_timestamp") => SqlType::TimestampTz,
-        _ => SqlType::Text(None),
-    }
-}
-
-#[derive(Clone)]
-enum Acc {
-    Count(i64),
-    Sum(Value),
-    Min(Value),
-    Max(Value),
-    Avg(f64, i64),
-}
-
-impl Acc {
-    fn new(f: &sqlparser::ast::Function) -> Acc {
-        match f.name.to_string().to_lowercase().as_str() {
-            "count" => Acc::Count(0),
-            "sum" => Acc::Sum(Value::Null),
-            "min" => Acc::Min(Value::Null),
-            "max" => Acc::Max(Value::Null),
-            _ => Acc::Avg(0.0, 0),
-        }
-    }
-
-    fn add(&mut self, v: Option<Value>) -> Result<(), SqlError> {
-        match (self, v) {
-            (Acc::Count(n), None) => *n += 1,
-            (_, None) => return Err(SqlError::syntax("only count takes *")),
-            (_, Some(Value::Null)) => {}
-            (Acc::Count(n), Some(_)) => *n += 1,
-            (Acc::Sum(s), Some(v)) => {
-                *s = if s.is_null() { v } else { expr::binary(s.clone(), &BinaryOperator::Plus, v)? };
-            }
-            (Acc::Min(m), Some(v)) => {
-                if m.is_null() || v.compare(m) == Some(std::cmp::Ordering::Less) {
-                    *m = v;
-                }
-            }
-            (Acc::Max(m), Some(v)) => {
-                if m.is_null() || v.compare(m) == Some(std::cmp::Ordering::Greater) {
-                    *m = v;
-                }
-            }
-            (Acc::Avg(s, n), Some(v)) => {
-                *s += match v {
-                    Value::Int(i) => i as f64,
-                    Value::Float(x) => x,
-                    other => return Err(SqlError::new("42883", format!("avg of {other:?}"))),
-                };
-                *n += 1;
-            }
-        }
-        Ok(())
-    }
-
-    fn value(&self) -> Value {
-        match self {
-            Acc::Count(n) => Value::Int(*n),
-            Acc::Sum(v) | Acc::Min(v) | Acc::Max(v) => v.clone(),
-            Acc::Avg(_, 0) => Value::Null,
-            Acc::Avg(s, n) => Value::Float(s / *n as f64),
-        }
-    }
-}
-
-/// An output row and its ORDER BY keys.
-type Projected = (Vec<Value>, Vec<Value>);
-
-struct Group {
-    first: Vec<Value>,
-    accs: Vec<Acc>,
-}
-
-async fn select(ctx: &mut Context<'_>, query: &Query) -> Result<Output, SqlError> {
-    let param_types: Vec<SqlType> = ctx.params.iter().map(value_type).collect();
-    let plan = plan(ctx.txn, query, &param_types).await?;
-    let (params, now) = (ctx.params, ctx.now);
-    let filter = plan.select.selection.as_ref();
-    let grouped = !plan.aggregates.is_empty() || !plan.group_by.is_empty();
-    let (limit, offset) = limits(query, params, now)?;
-    let early_stop = if query.order_by.is_none() && !grouped { limit.map(|l| l + offset) } else { None };
-
-    // (output row, sort keys)
-    let mut out: Vec<Projected> = Vec::new();
-    let mut groups: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
-    let order: Vec<&sqlparser::ast::OrderByExpr> = match &query.order_by {
-        Some(o) => match &o.kind {
-            OrderByKind::Expressions(list) => list.iter().collect(),
-            OrderByKind::All(_) => return Err(SqlError::unsupported("ORDER BY ALL")),
-        },
-        None => Vec::new(),
-    };
-    let project = |row: &[Value], aggregates: &[(String, Value)]| -> Result<Option<Projected>, SqlError> {
-        let scope = Scope { names: &plan.names, row, params, now, aggregates };
-        if grouped {
-            if let Some(h) = &plan.select.having {
-                if eval(h, &scope)? != Value::Bool(true) {
-                    return Ok(None);
-                }
-            }
-        }
-        let values = plan.items.iter().map(|(_, e)| eval(e, &scope)).collect::<Result<Vec<_>, _>>()?;
-        let keys =
-            order.iter().map(|o| sort_key(&o.expr, &plan.items, &values, &scope)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Some((values, keys)))
-    };
-
-    let mut visit = |row: Vec<Value>| -> Result<bool, SqlError> {
-        let scope = Scope { names: &plan.names, row: &row, params, now, aggregates: &[] };
-        if let Some(f) = filter {
-            if eval(f, &scope)? != Value::Bool(true) {
-                return Ok(true);
-            }
-        }
-        if grouped {
-            let group_values = plan.group_by.iter().map(|e| eval(e, &scope)).collect::<Result<Vec<_>, _>>()?;
-            let mut group_key = Vec::new();
-            for v in &group_values {
-                super::types::encode_key_part(v, &mut group_key);
-            }
-            let args = plan
-                .aggregates
-                .iter()
-                .map(|f| single_arg(f).and_then(|a| a.map(|a| eval(a, &scope)).transpose()))
-                .collect::<Result<Vec<_>, _>>()?;
-            let group = groups
-                .entry(group_key)
-                .or_insert_with(|| Group { first: row.clone(), accs: plan.aggregates.iter().map(Acc::new).collect() });
-            for (acc, arg) in group.accs.iter_mut().zip(args) {
-                acc.add(arg)?;
-            }
-            return Ok(true);
-        }
-        if let Some(projected) = project(&row, &[])? {
-            out.push(projected);
-        }
-        Ok(early_stop.is_none_or(|n| out.len() < n))
-    };
-
-    match &plan.table {
-        None => {
-            visit(Vec::new())?;
-        }
-        Some((table, schema)) => {
-            if let Some(key) = point_key(schema, filter, params, now)? {
-                if let Some(bytes) = ctx.txn.get(table, &key).await? {
-                    visit(decode_row(&table.name, &bytes)?)?;
-                }
-            } else {
-                let mut after: Option<Vec<u8>> = None;
-                'scan: loop {
-                    let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-                    let batch = ctx.txn.scan_limit(table, start, Bound::Unbounded, SCAN_BATCH).await?;
-                    let full = batch.len() == SCAN_BATCH;
-                    for (key, bytes) in batch {
-                        if !visit(decode_row(&table.name, &bytes)?)? {
-                            break 'scan;
-                        }
-                        after = Some(key);
-                    }
-                    if !full {
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    if grouped {
-        if groups.is_empty() && plan.group_by.is_empty() {
-            groups.insert(
-                Vec::new(),
-                Group {
-                    first: vec![Value::Null; plan.names.len()],
-                    accs: plan.aggregates.iter().map(Acc::new).collect(),
-                },
-            );
-        }
-        for group in groups.values() {
-            let aggregates: Vec<(String, Value)> =
-                plan.aggregates.iter().zip(&group.accs).map(|(f, a)| (f.to_string(), a.value())).collect();
-            if let Some(projected) = project(&group.first, &aggregates)? {
-                out.push(projected);
-            }
-        }
-    }
-    if !order.is_empty() {
-        let mut failure = None;
-        out.sort_by(|(_, a), (_, b)| {
-            for ((x, y), o) in a.iter().zip(b).zip(&order) {
-                let ordering = x.compare(y).unwrap_or_else(|| {
-                    failure = Some(SqlError::new("42883", "ORDER BY values of different types"));
-                    std::cmp::Ordering::Equal
-                });
-                let ordering = if o.options.sort == Some(sqlparser::ast::OrderBySort::Desc) {
-                    ordering.reverse()
-                } else {
-                    ordering
-                };
-                if ordering.is_ne() {
-                    return ordering;
-                }
-            }
-            std::cmp::Ordering::Equal
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
-    }
-    let rows = out.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).map(|(row, _)| row).collect();
-    Ok(Output::Rows { command: "SELECT", columns: plan.columns, rows })
-}
-
-fn sort_key(e: &Expr, items: &[(String, Expr)], values: &[Value], scope: &Scope) -> Result<Value, SqlError> {
-    if let Expr::Value(v) = e {
-        if let AstValue::Number(n, _) = &v.value {
-            let i: usize = n.parse().map_err(|_| SqlError::syntax(format!("bad ORDER BY position {n}")))?;
-            return values
-                .get(i.wrapping_sub(1))
-                .cloned()
-                .ok_or_else(|| SqlError::new("42P10", format!("ORDER BY position {i} is not in select list")));
-        }
-    }
-    if let Some(name) = expr::column_ref(e) {
-        if let Some(i) = items.iter().position(|(n, _)| *n == name) {
-            return Ok(values[i].clone());
-        }
-    }
-    eval(e, scope)
-}
-
-fn limits(query: &Query, params: &[Value], now: i64) -> Result<(Option<usize>, usize), SqlError> {
-    let scope = Scope { names: &[], row: &[], params, now, aggregates: &[] };
-    let number = |e: &Expr| -> Result<Option<usize>, SqlError> {
-        match eval(e, &scope)? {
-            Value::Null => Ok(None),
-            Value::Int(n) if n >= 0 => Ok(Some(n as usize)),
-            other => Err(SqlError::new("2201W", format!("LIMIT/OFFSET must not be negative: {other}"))),
-        }
-    };
-    match &query.limit_clause {
-        None => Ok((None, 0)),
-        Some(LimitClause::LimitOffset { limit, offset, .. }) => Ok((
-            limit.as_ref().map(number).transpose()?.flatten(),
-            offset.as_ref().map(|o| number(&o.value)).transpose()?.flatten().unwrap_or(0),
-        )),
-        Some(LimitClause::OffsetCommaLimit { offset, limit }) => Ok((number(limit)?, number(offset)?.unwrap_or(0))),
-    }
-}
-
-fn value_type(v: &Value) -> SqlType {
-    match v {
-        Value::Int(_) => SqlType::BigInt,
-        Value::Float(_) => SqlType::Double,
-        Value::Bool(_) => SqlType::Bool,
-        Value::Timestamp(_) => SqlType::TimestampTz,
-        Value::Null | Value::Text(_) => SqlType::Text(None),
-    }
-}
-
 // ---------------------------------------------------------------- Describe
 
 /// Parameter types (declared ones kept, the rest inferred from the columns
@@ -1021,13 +553,18 @@ pub async fn describe(
     let mut columns = Vec::new();
     match statement {
         Statement::Query(query) => {
-            let SetExpr::Select(select) = query.body.as_ref() else { return Err(SqlError::unsupported("this query")) };
-            let schema = match single_table(&select.from)? {
-                Some(name) => Some(load(txn, &name).await?.1),
-                None => None,
-            };
-            if let Some(f) = &select.selection {
-                infer(f, schema.as_ref(), &mut inferred);
+            if let SetExpr::Select(select) = query.body.as_ref() {
+                if let [TableWithJoins { relation: TableFactor::Table { name, .. }, joins }] = select.from.as_slice() {
+                    if joins.is_empty() {
+                        if let Ok(name) = object_name(name) {
+                            if let Ok((_, schema)) = load(txn, &name).await {
+                                if let Some(f) = &select.selection {
+                                    infer(f, &schema, &mut inferred);
+                                }
+                            }
+                        }
+                    }
+                }
             }
             if let Some(LimitClause::LimitOffset { limit, offset, .. }) = &query.limit_clause {
                 for e in limit.iter().chain(offset.as_ref().map(|o| &o.value)) {
@@ -1037,7 +574,9 @@ pub async fn describe(
                 }
             }
             let types = param_list(declared, &inferred);
-            columns = plan(txn, query, &types).await?.columns;
+            let mut next_row_id = 0;
+            let mut ctx = Context { txn, params: &[], now: 0, next_row_id: &mut next_row_id };
+            columns = query::columns(&mut ctx, query, &types).await?;
         }
         Statement::Insert(insert) => {
             if let (TableObject::TableName(name), Some(source)) = (&insert.table, &insert.source) {
@@ -1067,10 +606,10 @@ pub async fn describe(
                     if let (Some(n), Some(i)) = (placeholder(&a.value), schema.column(&column)) {
                         inferred.insert(n, schema.columns[i].ty);
                     }
-                    infer(&a.value, Some(&schema), &mut inferred);
+                    infer(&a.value, &schema, &mut inferred);
                 }
                 if let Some(f) = &update.selection {
-                    infer(f, Some(&schema), &mut inferred);
+                    infer(f, &schema, &mut inferred);
                 }
             }
         }
@@ -1079,7 +618,7 @@ pub async fn describe(
             if let Some(name) = single_table(from)? {
                 let (_, schema) = load(txn, &name).await?;
                 if let Some(f) = &delete.selection {
-                    infer(f, Some(&schema), &mut inferred);
+                    infer(f, &schema, &mut inferred);
                 }
             }
         }
@@ -1116,10 +655,15 @@ fn placeholder(e: &Expr) -> Option<usize> {
 
 /// Infers parameter types from the expressions they meet: `col = $1`,
 /// `$1 + col`, `col BETWEEN $1 AND $2`, `col IN ($1, $2)`.
-fn infer(e: &Expr, schema: Option<&Schema>, out: &mut BTreeMap<usize, SqlType>) {
+fn infer(e: &Expr, schema: &Schema, out: &mut BTreeMap<usize, SqlType>) {
+    let cols = query::table_cols(schema, "");
+    infer_in(e, &cols, out);
+}
+
+fn infer_in(e: &Expr, cols: &[Col], out: &mut BTreeMap<usize, SqlType>) {
     let pair = |a: &Expr, b: &Expr, out: &mut BTreeMap<usize, SqlType>| {
         if let Some(n) = placeholder(b) {
-            let ty = type_of(a, schema, &[]);
+            let ty = query::type_of(a, cols, &[]);
             if placeholder(a).is_none() && ty != SqlType::Text(None) || expr::column_ref(a).is_some() {
                 out.entry(n).or_insert(ty);
             }
@@ -1129,8 +673,8 @@ fn infer(e: &Expr, schema: Option<&Schema>, out: &mut BTreeMap<usize, SqlType>) 
         Expr::BinaryOp { left, right, .. } => {
             pair(left, right, out);
             pair(right, left, out);
-            infer(left, schema, out);
-            infer(right, schema, out);
+            infer_in(left, cols, out);
+            infer_in(right, cols, out);
         }
         Expr::Between { expr, low, high, .. } => {
             pair(expr, low, out);
@@ -1141,7 +685,7 @@ fn infer(e: &Expr, schema: Option<&Schema>, out: &mut BTreeMap<usize, SqlType>) 
                 pair(expr, item, out);
             }
         }
-        Expr::Nested(inner) | Expr::UnaryOp { expr: inner, .. } => infer(inner, schema, out),
+        Expr::Nested(inner) | Expr::UnaryOp { expr: inner, .. } => infer_in(inner, cols, out),
         _ => {}
     }
 }

@@ -1,19 +1,60 @@
 //! Expression evaluation over one row.
 
 use sqlparser::ast::{
-    BinaryOperator, CastKind, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, InTarget,
+    BinaryOperator, CastKind, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, InTarget, Query,
     UnaryOperator, Value as AstValue,
 };
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::types::{SqlType, Value};
 use super::SqlError;
 
+/// A column of a relation a query reads: the name or alias of the table it
+/// comes from (empty for a computed column), its own name and type.
+/// A hidden column (the right-hand copy of a `USING` column) is reached
+/// only by a qualified name and is left out of `*`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Col {
+    pub table: String,
+    pub name: String,
+    pub ty: SqlType,
+    pub hidden: bool,
+}
+
+impl Col {
+    pub fn new(table: &str, name: &str, ty: SqlType) -> Col {
+        Col { table: table.to_string(), name: name.to_string(), ty, hidden: false }
+    }
+}
+
+/// The row of an enclosing query that a correlated subquery sees.
+#[derive(Debug)]
+pub struct Outer {
+    pub cols: Vec<Col>,
+    pub row: Vec<Value>,
+    pub outer: Option<Arc<Outer>>,
+}
+
+/// The rows each subquery of an expression returned for the current row,
+/// by the address of the subquery's AST node.
+pub type Subqueries = BTreeMap<usize, Arc<Vec<Vec<Value>>>>;
+
+static NO_SUBQUERIES: Subqueries = BTreeMap::new();
+
+/// The key of a subquery in [`Subqueries`].
+pub fn subquery_key(query: &Query) -> usize {
+    query as *const Query as usize
+}
+
 /// What an expression can see: the row's columns, the statement's
-/// parameters, the statement's clock, and (in an aggregate query) the
-/// group's aggregate values.
+/// parameters, the statement's clock, (in an aggregate query) the group's
+/// aggregate values, its subqueries' results, and the rows of the queries
+/// it is nested in.
 pub struct Scope<'a> {
-    /// Column names, in row order.
-    pub names: &'a [String],
+    /// The row's columns.
+    pub cols: &'a [Col],
     /// The row (empty when there is no `FROM`).
     pub row: &'a [Value],
     /// `$1`, `$2`, … values.
@@ -22,6 +63,175 @@ pub struct Scope<'a> {
     pub now: i64,
     /// Aggregate results of the current group, by the aggregate's SQL text.
     pub aggregates: &'a [(String, Value)],
+    /// The subqueries' results for this row.
+    pub subqueries: &'a Subqueries,
+    /// The enclosing query's row, for a correlated subquery.
+    pub outer: Option<&'a Outer>,
+}
+
+impl<'a> Scope<'a> {
+    /// A scope without a row: constants, parameters and the clock.
+    pub fn constants(params: &'a [Value], now: i64) -> Scope<'a> {
+        Scope::row(&[], &[], params, now)
+    }
+
+    /// A scope over one row of `cols`.
+    pub fn row(cols: &'a [Col], row: &'a [Value], params: &'a [Value], now: i64) -> Scope<'a> {
+        Scope { cols, row, params, now, aggregates: &[], subqueries: &NO_SUBQUERIES, outer: None }
+    }
+}
+
+/// Where a column reference (`name` or `table.name`) points in `cols`:
+/// `None` if nowhere, an error if it could mean two columns.
+pub fn resolve(cols: &[Col], expr: &Expr) -> Result<Option<usize>, SqlError> {
+    let (qualifier, name) = match expr {
+        Expr::Identifier(ident) => (None, ident_name(ident)),
+        Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+            (Some(ident_name(&parts[parts.len() - 2])), ident_name(&parts[parts.len() - 1]))
+        }
+        Expr::CompoundIdentifier(parts) => (None, parts.last().map(ident_name).unwrap_or_default()),
+        Expr::Nested(inner) => return resolve(cols, inner),
+        _ => return Ok(None),
+    };
+    let mut found = None;
+    for (i, col) in cols.iter().enumerate() {
+        let hit = match &qualifier {
+            Some(table) => col.table == *table && col.name == name,
+            None => !col.hidden && col.name == name,
+        };
+        if hit {
+            if found.is_some() {
+                return Err(SqlError::new("42702", format!("column reference \"{name}\" is ambiguous")));
+            }
+            found = Some(i);
+        }
+    }
+    Ok(found)
+}
+
+/// The value of a column reference: this row's column, else the enclosing
+/// queries' (innermost first).
+fn column_value(expr: &Expr, scope: &Scope) -> Result<Value, SqlError> {
+    if let Some(i) = resolve(scope.cols, expr)? {
+        return Ok(scope.row.get(i).cloned().unwrap_or(Value::Null));
+    }
+    let mut outer = scope.outer;
+    while let Some(o) = outer {
+        if let Some(i) = resolve(&o.cols, expr)? {
+            return Ok(o.row.get(i).cloned().unwrap_or(Value::Null));
+        }
+        outer = o.outer.as_deref();
+    }
+    let name = column_ref(expr).expect("a column reference");
+    match expr {
+        Expr::Identifier(_) if name == "current_timestamp" || name == "localtimestamp" => {
+            Ok(Value::Timestamp(scope.now))
+        }
+        Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+            let table = ident_name(&parts[parts.len() - 2]);
+            if scope.cols.iter().any(|c| c.table == table) {
+                Err(SqlError::new("42703", format!("column {table}.{name} does not exist")))
+            } else {
+                Err(SqlError::new("42P01", format!("missing FROM-clause entry for table \"{table}\"")))
+            }
+        }
+        _ => Err(SqlError::new("42703", format!("column \"{name}\" does not exist"))),
+    }
+}
+
+/// The rows a subquery returned for this row.
+fn subquery_rows<'s>(query: &Query, scope: &'s Scope) -> Result<&'s [Vec<Value>], SqlError> {
+    scope
+        .subqueries
+        .get(&subquery_key(query))
+        .map(|rows| rows.as_slice())
+        .ok_or_else(|| SqlError::unsupported("a subquery in this clause"))
+}
+
+/// The single column of a subquery's rows.
+fn single_column(rows: &[Vec<Value>]) -> Result<impl Iterator<Item = &Value>, SqlError> {
+    if rows.first().is_some_and(|row| row.len() != 1) {
+        return Err(SqlError::new("42601", "subquery has too many columns"));
+    }
+    Ok(rows.iter().map(|row| &row[0]))
+}
+
+/// `v IN (values)` with SQL's NULL rules.
+fn in_values(
+    v: Value,
+    values: impl Iterator<Item = Result<Value, SqlError>>,
+    negated: bool,
+) -> Result<Value, SqlError> {
+    let mut result = Value::Bool(false);
+    for item in values {
+        let eq = binary(v.clone(), &BinaryOperator::Eq, item?)?;
+        result = binary(result, &BinaryOperator::Or, eq)?;
+        if result == Value::Bool(true) {
+            break;
+        }
+    }
+    Ok(if negated { not(result) } else { result })
+}
+
+/// Calls `f` on `expr` and every expression inside it, outer ones first;
+/// not inside subqueries.
+pub fn visit<'e>(expr: &'e Expr, f: &mut impl FnMut(&'e Expr)) {
+    f(expr);
+    let mut walk = |e: &'e Expr| visit(e, f);
+    match expr {
+        Expr::In { expr, target, .. } => {
+            walk(expr);
+            if let InTarget::List(list) = target {
+                list.iter().for_each(walk);
+            }
+        }
+        Expr::BinaryOp { left, right, .. } => {
+            walk(left);
+            walk(right);
+        }
+        Expr::Nested(e)
+        | Expr::UnaryOp { expr: e, .. }
+        | Expr::Cast { expr: e, .. }
+        | Expr::IsNull(e)
+        | Expr::IsNotNull(e)
+        | Expr::IsTrue(e)
+        | Expr::IsFalse(e) => walk(e),
+        Expr::Between { expr, low, high, .. } => {
+            walk(expr);
+            walk(low);
+            walk(high);
+        }
+        Expr::Like { expr, pattern, .. } | Expr::ILike { expr, pattern, .. } => {
+            walk(expr);
+            walk(pattern);
+        }
+        Expr::Case { operand, conditions, else_result, .. } => {
+            operand.iter().for_each(|e| walk(e));
+            for when in conditions {
+                walk(&when.condition);
+                walk(&when.result);
+            }
+            else_result.iter().for_each(|e| walk(e));
+        }
+        Expr::Function(function) => {
+            if let FunctionArguments::List(list) = &function.args {
+                for arg in &list.args {
+                    if let FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) = arg {
+                        walk(e);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Calls `f` on every subquery in `expr` (not those nested inside them).
+pub fn for_each_subquery<'e>(expr: &'e Expr, f: &mut impl FnMut(&'e Query)) {
+    visit(expr, &mut |e| match e {
+        Expr::Subquery(q) | Expr::Exists { subquery: q, .. } | Expr::In { target: InTarget::Subquery(q), .. } => f(q),
+        _ => {}
+    });
 }
 
 /// An identifier as PostgreSQL folds it: lower case unless quoted.
@@ -105,14 +315,7 @@ pub fn literal(value: &AstValue, params: &[Value]) -> Result<Value, SqlError> {
 /// Evaluates `expr` in `scope`.
 pub fn eval(expr: &Expr, scope: &Scope) -> Result<Value, SqlError> {
     match expr {
-        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => {
-            let name = column_ref(expr).expect("an identifier");
-            match scope.names.iter().position(|n| *n == name) {
-                Some(i) => Ok(scope.row.get(i).cloned().unwrap_or(Value::Null)),
-                None if name == "current_timestamp" || name == "localtimestamp" => Ok(Value::Timestamp(scope.now)),
-                None => Err(SqlError::new("42703", format!("column \"{name}\" does not exist"))),
-            }
-        }
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => column_value(expr, scope),
         Expr::Value(v) => literal(&v.value, scope.params),
         Expr::Nested(inner) => eval(inner, scope),
         Expr::UnaryOp { op, expr } => {
@@ -141,13 +344,35 @@ pub fn eval(expr: &Expr, scope: &Scope) -> Result<Value, SqlError> {
             Ok(if *negated { not(both) } else { both })
         }
         Expr::In { expr, target: InTarget::List(list), negated, .. } => {
+            in_values(eval(expr, scope)?, list.iter().map(|item| eval(item, scope)), *negated)
+        }
+        Expr::In { expr, target: InTarget::Subquery(query), negated, .. } => {
             let v = eval(expr, scope)?;
-            let mut result = Value::Bool(false);
-            for item in list {
-                let eq = binary(v.clone(), &BinaryOperator::Eq, eval(item, scope)?)?;
-                result = binary(result, &BinaryOperator::Or, eq)?;
+            let rows = subquery_rows(query, scope)?;
+            in_values(v, single_column(rows)?.map(|item| Ok(item.clone())), *negated)
+        }
+        Expr::Exists { subquery, negated } => Ok(Value::Bool(subquery_rows(subquery, scope)?.is_empty() == *negated)),
+        Expr::Subquery(query) => {
+            let rows = subquery_rows(query, scope)?;
+            let mut values = single_column(rows)?;
+            match (values.next(), values.next()) {
+                (None, _) => Ok(Value::Null),
+                (Some(v), None) => Ok(v.clone()),
+                _ => Err(SqlError::new("21000", "more than one row returned by a subquery used as an expression")),
             }
-            Ok(if *negated { not(result) } else { result })
+        }
+        Expr::Case { operand, conditions, else_result, .. } => {
+            let operand = operand.as_ref().map(|e| eval(e, scope)).transpose()?;
+            for when in conditions {
+                let hit = match &operand {
+                    Some(v) => binary(v.clone(), &BinaryOperator::Eq, eval(&when.condition, scope)?)?,
+                    None => eval(&when.condition, scope)?,
+                };
+                if hit == Value::Bool(true) {
+                    return eval(&when.result, scope);
+                }
+            }
+            else_result.as_ref().map_or(Ok(Value::Null), |e| eval(e, scope))
         }
         Expr::Like { negated, expr, pattern, .. } => like_expr(expr, pattern, *negated, false, scope),
         Expr::ILike { negated, expr, pattern, .. } => like_expr(expr, pattern, *negated, true, scope),

@@ -11,6 +11,7 @@
 
 mod exec;
 pub mod expr;
+mod query;
 pub mod types;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,1365 @@
+//! Queries: `FROM` with joins, derived tables and `WITH`; subqueries in
+//! expressions; grouping and aggregates; `DISTINCT`; `UNION`, `INTERSECT`
+//! and `EXCEPT`; `ORDER BY`, `LIMIT` and `OFFSET`.
+//!
+//! Each part of a query is a [`Relation`]: its columns and its rows, held
+//! in memory within the statement's budget ([`QUERY_MEMORY`]). A query with
+//! one table in `FROM` reads it in batches, applies `WHERE` as it goes, and
+//! reads a single row when `WHERE` fixes the primary key. Joins pick their
+//! method per join: an index lookup when the inner table's primary key is
+//! fixed by equalities with the outer side, a hash join on other
+//! equalities, and a nested loop otherwise.
+//!
+//! Subqueries run when a row needs them. One that does not refer to the
+//! enclosing query runs once per statement; a correlated one runs for each
+//! row, seeing that row as [`Outer`]. A dry run (for `Describe`) reads no
+//! rows and evaluates nothing, and so finds every relation's columns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::future::Future;
+use std::ops::Bound;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sqlparser::ast::{
+    BinaryOperator, Distinct, Expr, GroupByExpr, Ident, JoinConstraint, JoinOperator, LimitClause, ObjectName,
+    OrderByExpr, OrderByKind, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, SetOperator,
+    SetQuantifier, TableAlias, TableFactor, TableWithJoins, Value as AstValue,
+};
+
+use super::exec::{is_constant, load, object_name, split_and, Context, SCAN_BATCH};
+use super::expr::{
+    self, eval, for_each_subquery, ident_name, is_aggregate, resolve, single_arg, subquery_key, Col, Outer, Scope,
+    Subqueries,
+};
+use super::types::{decode_row, encode_key_part, Schema, SqlType, Value};
+use super::{ColumnDesc, SqlError};
+
+/// The most row data one statement may hold in memory at once: its
+/// materialized relations, hash tables and sorted output. Past it the
+/// statement fails with SQLSTATE 53200 instead of exhausting the server.
+pub const QUERY_MEMORY: usize = 512 << 20;
+
+/// A relation: columns and rows.
+#[derive(Debug, Clone, Default)]
+pub struct Relation {
+    pub cols: Vec<Col>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+type Boxed<'s, T> = Pin<Box<dyn Future<Output = Result<T, SqlError>> + Send + 's>>;
+
+/// Runs `query` and returns its result.
+pub async fn run(ctx: &mut Context<'_>, query: &Query) -> Result<(Vec<ColumnDesc>, Vec<Vec<Value>>), SqlError> {
+    let param_types = ctx.params.iter().map(value_type).collect();
+    let mut runner = Runner::new(ctx, param_types, false);
+    let relation = runner.query(query, None).await?;
+    Ok((descs(&relation.cols), relation.rows))
+}
+
+/// The columns `query` would return, given its parameters' types: a dry
+/// run, which reads no rows.
+pub async fn columns(
+    ctx: &mut Context<'_>,
+    query: &Query,
+    param_types: &[SqlType],
+) -> Result<Vec<ColumnDesc>, SqlError> {
+    let mut runner = Runner::new(ctx, param_types.to_vec(), true);
+    Ok(descs(&runner.query(query, None).await?.cols))
+}
+
+fn descs(cols: &[Col]) -> Vec<ColumnDesc> {
+    cols.iter().map(|c| ColumnDesc { name: c.name.clone(), ty: c.ty }).collect()
+}
+
+/// The type a parameter's value was given as.
+pub fn value_type(v: &Value) -> SqlType {
+    match v {
+        Value::Int(_) => SqlType::BigInt,
+        Value::Float(_) => SqlType::Double,
+        Value::Bool(_) => SqlType::Bool,
+        Value::Timestamp(_) => SqlType::TimestampTz,
+        _ => SqlType::Text(None),
+    }
+}
+
+/// How a join keeps rows without a partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JoinKind {
+    Inner,
+    Left,
+    Right,
+    Full,
+}
+
+struct Runner<'c, 'a> {
+    ctx: &'c mut Context<'a>,
+    param_types: Vec<SqlType>,
+    dry: bool,
+    /// `WITH` relations in scope, innermost last.
+    ctes: Vec<(String, Arc<Relation>)>,
+    /// Results of subqueries that do not depend on the row.
+    uncorrelated: BTreeMap<usize, Arc<Vec<Vec<Value>>>>,
+    /// Subqueries known to refer to an enclosing query's row.
+    correlated: BTreeSet<usize>,
+    /// Row data held, by estimate.
+    memory: usize,
+}
+
+impl<'c, 'a> Runner<'c, 'a> {
+    fn new(ctx: &'c mut Context<'a>, param_types: Vec<SqlType>, dry: bool) -> Self {
+        Runner {
+            ctx,
+            param_types,
+            dry,
+            ctes: Vec::new(),
+            uncorrelated: BTreeMap::new(),
+            correlated: BTreeSet::new(),
+            memory: 0,
+        }
+    }
+
+    /// Counts `row` against the statement's memory budget.
+    fn hold(&mut self, row: &[Value]) -> Result<(), SqlError> {
+        self.memory += 16 + row.iter().map(value_size).sum::<usize>();
+        if self.memory > QUERY_MEMORY {
+            return Err(SqlError::new(
+                "53200",
+                format!(
+                    "out of memory: the query holds more than {} MiB of rows; add conditions that narrow it",
+                    QUERY_MEMORY >> 20
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn scope<'s>(&'s self, cols: &'s [Col], row: &'s [Value], outer: Option<&'s Outer>) -> Scope<'s> {
+        Scope { outer, ..Scope::row(cols, row, self.ctx.params, self.ctx.now) }
+    }
+
+    /// Runs a whole query: `WITH`, the body, `ORDER BY`, `LIMIT`.
+    fn query<'s>(&'s mut self, query: &'s Query, outer: Option<&'s Arc<Outer>>) -> Boxed<'s, Relation> {
+        Box::pin(async move {
+            if query.fetch.is_some() || !query.locks.is_empty() {
+                return Err(SqlError::unsupported("FETCH and FOR UPDATE/SHARE in a query"));
+            }
+            let scoped = self.ctes.len();
+            let result = self.query_in_scope(query, outer).await;
+            self.ctes.truncate(scoped);
+            result
+        })
+    }
+
+    async fn query_in_scope(&mut self, query: &Query, outer: Option<&Arc<Outer>>) -> Result<Relation, SqlError> {
+        if let Some(with) = &query.with {
+            if with.recursive {
+                return Err(SqlError::unsupported("WITH RECURSIVE"));
+            }
+            for cte in &with.cte_tables {
+                let mut relation = self.query(&cte.query, outer).await?;
+                let name = ident_name(&cte.alias.name);
+                rename(&mut relation, &name, &cte.alias)?;
+                self.ctes.push((name, Arc::new(relation)));
+            }
+        }
+        let order: Vec<&OrderByExpr> = match &query.order_by {
+            Some(order) => match &order.kind {
+                OrderByKind::Expressions(list) => list.iter().collect(),
+                OrderByKind::All(_) => return Err(SqlError::unsupported("ORDER BY ALL")),
+            },
+            None => Vec::new(),
+        };
+        let (limit, offset) = if self.dry { (None, 0) } else { self.limits(query)? };
+        if let SetExpr::Select(select) = query.body.as_ref() {
+            return self.select(select, &order, limit, offset, outer).await;
+        }
+        let mut relation = self.set_expr(&query.body, outer).await?;
+        if !order.is_empty() {
+            let mut keyed = Vec::with_capacity(relation.rows.len());
+            for row in std::mem::take(&mut relation.rows) {
+                let keys = order
+                    .iter()
+                    .map(|o| output_key(&o.expr, &row, &self.scope(&relation.cols, &row, None)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                keyed.push((row, keys));
+            }
+            sort(&mut keyed, &order)?;
+            relation.rows = keyed.into_iter().map(|(row, _)| row).collect();
+        }
+        relation.rows = relation.rows.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).collect();
+        Ok(relation)
+    }
+
+    fn limits(&self, query: &Query) -> Result<(Option<usize>, usize), SqlError> {
+        let scope = Scope::constants(self.ctx.params, self.ctx.now);
+        let number = |e: &Expr| -> Result<Option<usize>, SqlError> {
+            match eval(e, &scope)? {
+                Value::Null => Ok(None),
+                Value::Int(n) if n >= 0 => Ok(Some(n as usize)),
+                other => Err(SqlError::new("2201W", format!("LIMIT/OFFSET must not be negative: {other}"))),
+            }
+        };
+        match &query.limit_clause {
+            None => Ok((None, 0)),
+            Some(LimitClause::LimitOffset { limit, offset, .. }) => Ok((
+                limit.as_ref().map(number).transpose()?.flatten(),
+                offset.as_ref().map(|o| number(&o.value)).transpose()?.flatten().unwrap_or(0),
+            )),
+            Some(LimitClause::OffsetCommaLimit { offset, limit }) => Ok((number(limit)?, number(offset)?.unwrap_or(0))),
+        }
+    }
+
+    fn set_expr<'s>(&'s mut self, body: &'s SetExpr, outer: Option<&'s Arc<Outer>>) -> Boxed<'s, Relation> {
+        Box::pin(async move {
+            match body {
+                SetExpr::Select(select) => self.select(select, &[], None, 0, outer).await,
+                SetExpr::Query(query) => self.query(query, outer).await,
+                SetExpr::Values(values) => self.values(values),
+                SetExpr::SetOperation { left, op, set_quantifier, right } => {
+                    let left = self.set_expr(left, outer).await?;
+                    let right = self.set_expr(right, outer).await?;
+                    set_operation(left, *op, *set_quantifier, right)
+                }
+                _ => Err(SqlError::unsupported("this kind of query")),
+            }
+        })
+    }
+
+    fn values(&mut self, values: &sqlparser::ast::Values) -> Result<Relation, SqlError> {
+        let width = values.rows.first().map_or(0, |row| row.content.len());
+        let cols = (0..width)
+            .map(|i| {
+                let ty = type_of(&values.rows[0].content[i], &[], &self.param_types);
+                Col::new("", &format!("column{}", i + 1), ty)
+            })
+            .collect();
+        let mut relation = Relation { cols, rows: Vec::new() };
+        if self.dry {
+            return Ok(relation);
+        }
+        let scope = Scope::constants(self.ctx.params, self.ctx.now);
+        for row in &values.rows {
+            if row.content.len() != width {
+                return Err(SqlError::new("42601", "VALUES lists must all be the same length"));
+            }
+            relation.rows.push(row.content.iter().map(|e| eval(e, &scope)).collect::<Result<Vec<_>, _>>()?);
+        }
+        Ok(relation)
+    }
+
+    /// The results, for this row, of the subqueries in `subqueries`.
+    async fn subqueries(
+        &mut self,
+        subqueries: &[&Query],
+        cols: &[Col],
+        row: &[Value],
+        outer: Option<&Arc<Outer>>,
+    ) -> Result<Subqueries, SqlError> {
+        let mut results = Subqueries::new();
+        for &query in subqueries {
+            let key = subquery_key(query);
+            if let Some(rows) = self.uncorrelated.get(&key) {
+                results.insert(key, rows.clone());
+                continue;
+            }
+            if !self.correlated.contains(&key) {
+                // Run it on its own first: if it needs nothing from outside,
+                // its result holds for every row.
+                match self.query(query, None).await {
+                    Ok(relation) => {
+                        let rows = Arc::new(relation.rows);
+                        self.uncorrelated.insert(key, rows.clone());
+                        results.insert(key, rows);
+                        continue;
+                    }
+                    Err(e) if matches!(e.code, "42703" | "42P01") => {
+                        self.correlated.insert(key);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let here = Arc::new(Outer { cols: cols.to_vec(), row: row.to_vec(), outer: outer.cloned() });
+            let relation = self.query(query, Some(&here)).await?;
+            results.insert(key, Arc::new(relation.rows));
+        }
+        Ok(results)
+    }
+
+    /// Whether `filter` holds for `row`.
+    async fn keep(
+        &mut self,
+        filter: Option<&Expr>,
+        subqueries: &[&Query],
+        cols: &[Col],
+        row: &[Value],
+        outer: Option<&Arc<Outer>>,
+    ) -> Result<bool, SqlError> {
+        let Some(filter) = filter else { return Ok(true) };
+        let results = self.subqueries(subqueries, cols, row, outer).await?;
+        let scope = Scope { subqueries: &results, ..self.scope(cols, row, outer.map(|o| o.as_ref())) };
+        Ok(eval(filter, &scope)? == Value::Bool(true))
+    }
+
+    /// One `SELECT`, with the enclosing query's `ORDER BY` and `LIMIT`
+    /// (which may name columns of `FROM` that the select list leaves out).
+    async fn select(
+        &mut self,
+        select: &Select,
+        order: &[&OrderByExpr],
+        limit: Option<usize>,
+        offset: usize,
+        outer: Option<&Arc<Outer>>,
+    ) -> Result<Relation, SqlError> {
+        let distinct = match &select.distinct {
+            None | Some(Distinct::All) => false,
+            Some(Distinct::Distinct) => true,
+            Some(Distinct::On(_)) => return Err(SqlError::unsupported("SELECT DISTINCT ON")),
+        };
+        let group_by = match &select.group_by {
+            GroupByExpr::Expressions(list, modifiers) if modifiers.is_empty() => list.clone(),
+            _ => return Err(SqlError::unsupported("GROUP BY ALL / ROLLUP")),
+        };
+        let filter = select.selection.as_ref();
+        let filter_subqueries = subqueries_in(filter);
+
+        // FROM and WHERE.
+        let (cols, rows) = match select.from.as_slice() {
+            [] => {
+                let kept = !self.dry && self.keep(filter, &filter_subqueries, &[], &[], outer).await?;
+                (Vec::new(), if kept { vec![Vec::new()] } else { Vec::new() })
+            }
+            [TableWithJoins { relation: TableFactor::Table { name, alias, args: None, .. }, joins }]
+                if joins.is_empty() && self.cte(name).is_none() =>
+            {
+                let plain = order.is_empty() && !distinct && group_by.is_empty() && !has_aggregates(select);
+                let stop = if plain { limit.map(|l| l + offset) } else { None };
+                self.scan_table(name, alias.as_ref(), filter, &filter_subqueries, stop, outer).await?
+            }
+            from => {
+                let relation = self.from(from, outer).await?;
+                let mut rows = Vec::new();
+                for row in relation.rows {
+                    if self.keep(filter, &filter_subqueries, &relation.cols, &row, outer).await? {
+                        rows.push(row);
+                    }
+                }
+                (relation.cols, rows)
+            }
+        };
+
+        // The select list.
+        let mut items: Vec<(String, Expr)> = Vec::new();
+        for item in &select.projection {
+            match item {
+                SelectItem::Wildcard(_) => {
+                    for col in cols.iter().filter(|c| !c.hidden) {
+                        items.push((col.name.clone(), column_expr(col)));
+                    }
+                }
+                SelectItem::QualifiedWildcard(kind, _) => {
+                    let SelectItemQualifiedWildcardKind::ObjectName(name) = kind else {
+                        return Err(SqlError::unsupported("expr.*"));
+                    };
+                    let table = name.0.last().and_then(|p| p.as_ident()).map(ident_name).unwrap_or_default();
+                    let before = items.len();
+                    for col in cols.iter().filter(|c| c.table == table) {
+                        items.push((col.name.clone(), column_expr(col)));
+                    }
+                    if items.len() == before {
+                        return Err(SqlError::new("42P01", format!("missing FROM-clause entry for table \"{table}\"")));
+                    }
+                }
+                SelectItem::UnnamedExpr(e) => items.push((output_name(e), e.clone())),
+                SelectItem::ExprWithAlias { expr, alias } => items.push((ident_name(alias), expr.clone())),
+                SelectItem::ExprWithAliases { .. } => return Err(SqlError::unsupported("multiple aliases")),
+            }
+        }
+        let mut aggregates = Vec::new();
+        for (_, e) in &items {
+            collect_aggregates(e, &mut aggregates);
+        }
+        if let Some(having) = &select.having {
+            collect_aggregates(having, &mut aggregates);
+        }
+        for o in order {
+            collect_aggregates(&o.expr, &mut aggregates);
+        }
+        let grouped = !aggregates.is_empty() || !group_by.is_empty();
+        let mut out_cols = Vec::with_capacity(items.len());
+        for (name, e) in &items {
+            let ty = match e {
+                Expr::Subquery(query) => self.subquery_type(query, &cols, outer).await,
+                e => type_of(e, &cols, &self.param_types),
+            };
+            out_cols.push(Col::new("", name, ty));
+        }
+        if self.dry {
+            return Ok(Relation { cols: out_cols, rows: Vec::new() });
+        }
+
+        let mut output_exprs: Vec<&Expr> = items.iter().map(|(_, e)| e).collect();
+        output_exprs.extend(select.having.iter());
+        output_exprs.extend(order.iter().map(|o| &o.expr));
+        let output_subqueries: Vec<&Query> = output_exprs.iter().flat_map(|e| subqueries_in(Some(e))).collect();
+        let mut out: Vec<(Vec<Value>, Vec<Value>)> = Vec::new();
+        let mut seen = BTreeSet::new();
+        if grouped {
+            let mut groups: BTreeMap<Vec<u8>, (Vec<Value>, Vec<Acc>)> = BTreeMap::new();
+            for row in rows {
+                let scope = self.scope(&cols, &row, outer.map(|o| o.as_ref()));
+                let mut group_key = Vec::new();
+                for e in &group_by {
+                    encode_key_part(&eval(e, &scope)?, &mut group_key);
+                }
+                let args = aggregates
+                    .iter()
+                    .map(|f| single_arg(f).and_then(|a| a.map(|a| eval(a, &scope)).transpose()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (_, accs) = match groups.entry(group_key) {
+                    std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(entry) => {
+                        let accs = aggregates.iter().map(Acc::new).collect();
+                        entry.insert((row, accs))
+                    }
+                };
+                for (acc, arg) in accs.iter_mut().zip(args) {
+                    acc.add(arg)?;
+                }
+            }
+            if groups.is_empty() && group_by.is_empty() {
+                let accs = aggregates.iter().map(Acc::new).collect();
+                groups.insert(Vec::new(), (vec![Value::Null; cols.len()], accs));
+            }
+            for (first, accs) in groups.into_values() {
+                let values: Vec<(String, Value)> =
+                    aggregates.iter().zip(&accs).map(|(f, a)| (f.to_string(), a.value())).collect();
+                let results = self.subqueries(&output_subqueries, &cols, &first, outer).await?;
+                let scope = Scope {
+                    aggregates: &values,
+                    subqueries: &results,
+                    ..self.scope(&cols, &first, outer.map(|o| o.as_ref()))
+                };
+                if let Some(having) = &select.having {
+                    if eval(having, &scope)? != Value::Bool(true) {
+                        continue;
+                    }
+                }
+                let projected = project(&items, order, &scope)?;
+                if !distinct || seen.insert(row_key(&projected.0)) {
+                    self.hold(&projected.0)?;
+                    out.push(projected);
+                }
+            }
+        } else {
+            if select.having.is_some() {
+                return Err(SqlError::new("42803", "HAVING needs GROUP BY or an aggregate"));
+            }
+            for row in rows {
+                let results = self.subqueries(&output_subqueries, &cols, &row, outer).await?;
+                let scope = Scope { subqueries: &results, ..self.scope(&cols, &row, outer.map(|o| o.as_ref())) };
+                let projected = project(&items, order, &scope)?;
+                if !distinct || seen.insert(row_key(&projected.0)) {
+                    self.hold(&projected.0)?;
+                    out.push(projected);
+                }
+            }
+        }
+        sort(&mut out, order)?;
+        let rows = out.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).map(|(row, _)| row).collect();
+        Ok(Relation { cols: out_cols, rows })
+    }
+
+    /// The type of a scalar subquery's column, from a dry run.
+    async fn subquery_type(&mut self, query: &Query, cols: &[Col], outer: Option<&Arc<Outer>>) -> SqlType {
+        let dry = std::mem::replace(&mut self.dry, true);
+        let here = Arc::new(Outer { cols: cols.to_vec(), row: vec![Value::Null; cols.len()], outer: outer.cloned() });
+        let found = self.query(query, Some(&here)).await;
+        self.dry = dry;
+        found.ok().and_then(|r| r.cols.first().map(|c| c.ty)).unwrap_or(SqlType::Text(None))
+    }
+
+    fn cte(&self, name: &ObjectName) -> Option<Arc<Relation>> {
+        let [part] = name.0.as_slice() else { return None };
+        let name = ident_name(part.as_ident()?);
+        self.ctes.iter().rev().find(|(n, _)| *n == name).map(|(_, r)| r.clone())
+    }
+
+    /// The rows of one table that `filter` keeps: one row when the filter
+    /// fixes the primary key, else a scan in batches, which stops once
+    /// `stop` rows are kept.
+    async fn scan_table(
+        &mut self,
+        name: &ObjectName,
+        alias: Option<&TableAlias>,
+        filter: Option<&Expr>,
+        filter_subqueries: &[&Query],
+        stop: Option<usize>,
+        outer: Option<&Arc<Outer>>,
+    ) -> Result<(Vec<Col>, Vec<Vec<Value>>), SqlError> {
+        let table_name = object_name(name)?;
+        let (table, schema) = load(self.ctx.txn, &table_name).await?;
+        let mut relation = Relation { cols: table_cols(&schema, &table_name), rows: Vec::new() };
+        if let Some(alias) = alias {
+            rename(&mut relation, &ident_name(&alias.name), alias)?;
+        }
+        let cols = relation.cols;
+        let mut rows = Vec::new();
+        if self.dry {
+            return Ok((cols, rows));
+        }
+        if let Some(key) = point_key(&schema, &cols, filter, self.ctx.params, self.ctx.now)? {
+            if let Some(bytes) = self.ctx.txn.get(&table, &key).await? {
+                let row = decode_row(&table.name, &bytes)?;
+                if self.keep(filter, filter_subqueries, &cols, &row, outer).await? {
+                    rows.push(row);
+                }
+            }
+            return Ok((cols, rows));
+        }
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let batch = self.ctx.txn.scan_limit(&table, start, Bound::Unbounded, SCAN_BATCH).await?;
+            let full = batch.len() == SCAN_BATCH;
+            for (key, bytes) in batch {
+                let row = decode_row(&table.name, &bytes)?;
+                if self.keep(filter, filter_subqueries, &cols, &row, outer).await? {
+                    self.hold(&row)?;
+                    rows.push(row);
+                    if stop.is_some_and(|n| rows.len() >= n) {
+                        return Ok((cols, rows));
+                    }
+                }
+                after = Some(key);
+            }
+            if !full {
+                return Ok((cols, rows));
+            }
+        }
+    }
+
+    /// Every row of a table, or of a `WITH` relation by that name.
+    async fn table_factor(&mut self, factor: &TableFactor, outer: Option<&Arc<Outer>>) -> Result<Relation, SqlError> {
+        match factor {
+            TableFactor::Table { name, alias, args: None, .. } => {
+                let mut relation = match self.cte(name) {
+                    Some(cte) => {
+                        let mut relation = cte.as_ref().clone();
+                        for col in &mut relation.cols {
+                            col.table = ident_name(name.0[0].as_ident().expect("a CTE name is an identifier"));
+                        }
+                        relation
+                    }
+                    None => {
+                        let (cols, rows) = self.scan_table(name, None, None, &[], None, outer).await?;
+                        Relation { cols, rows }
+                    }
+                };
+                if let Some(alias) = alias {
+                    rename(&mut relation, &ident_name(&alias.name), alias)?;
+                }
+                Ok(relation)
+            }
+            TableFactor::Derived { lateral: false, subquery, alias, .. } => {
+                let mut relation = self.query(subquery, outer).await?;
+                match alias {
+                    Some(alias) => rename(&mut relation, &ident_name(&alias.name), alias)?,
+                    None => return Err(SqlError::syntax("a subquery in FROM must have an alias")),
+                }
+                Ok(relation)
+            }
+            TableFactor::NestedJoin { table_with_joins, alias } => {
+                let mut relation = self.from(std::slice::from_ref(table_with_joins), outer).await?;
+                if let Some(alias) = alias {
+                    rename(&mut relation, &ident_name(&alias.name), alias)?;
+                }
+                Ok(relation)
+            }
+            other => Err(SqlError::unsupported(&format!("`{other}` in FROM"))),
+        }
+    }
+
+    /// The relation a `FROM` list makes: each item's joins in order, and
+    /// the items crossed.
+    fn from<'s>(&'s mut self, from: &'s [TableWithJoins], outer: Option<&'s Arc<Outer>>) -> Boxed<'s, Relation> {
+        Box::pin(async move {
+            let mut result: Option<Relation> = None;
+            for item in from {
+                let mut relation = self.table_factor(&item.relation, outer).await?;
+                for join in &item.joins {
+                    relation = self.join(relation, join, outer).await?;
+                }
+                result = Some(match result {
+                    None => relation,
+                    Some(left) => self.combine(left, relation, JoinKind::Inner, None, None, outer).await?,
+                });
+            }
+            Ok(result.unwrap_or_default())
+        })
+    }
+
+    async fn join(
+        &mut self,
+        left: Relation,
+        join: &sqlparser::ast::Join,
+        outer: Option<&Arc<Outer>>,
+    ) -> Result<Relation, SqlError> {
+        let (kind, constraint) = match &join.join_operator {
+            JoinOperator::Join(c) | JoinOperator::Inner(c) => (JoinKind::Inner, c),
+            JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (JoinKind::Left, c),
+            JoinOperator::Right(c) | JoinOperator::RightOuter(c) => (JoinKind::Right, c),
+            JoinOperator::FullOuter(c) => (JoinKind::Full, c),
+            JoinOperator::CrossJoin(c) => (JoinKind::Inner, c),
+            other => return Err(SqlError::unsupported(&format!("the join `{other:?}`"))),
+        };
+        let condition = match constraint {
+            JoinConstraint::On(e) => Some(e.clone()),
+            JoinConstraint::None => None,
+            JoinConstraint::Using(names) => {
+                let names = names.iter().map(object_name).collect::<Result<Vec<_>, _>>()?;
+                let right = self.table_factor(&join.relation, outer).await?;
+                return self.join_using(left, right, kind, &names, outer).await;
+            }
+            JoinConstraint::Natural => {
+                let right = self.table_factor(&join.relation, outer).await?;
+                let names: Vec<String> = left
+                    .cols
+                    .iter()
+                    .filter(|l| !l.hidden && right.cols.iter().any(|r| !r.hidden && r.name == l.name))
+                    .map(|c| c.name.clone())
+                    .collect();
+                return self.join_using(left, right, kind, &names, outer).await;
+            }
+            JoinConstraint::UsingAlias(..) => return Err(SqlError::unsupported("USING … AS")),
+        };
+        // An index lookup: the inner side is a table whose primary key the
+        // condition fixes from the outer row.
+        if let (JoinKind::Inner | JoinKind::Left, Some(on), TableFactor::Table { name, alias, args: None, .. }) =
+            (kind, &condition, &join.relation)
+        {
+            if self.cte(name).is_none() {
+                if let Some(relation) = self.index_join(&left, name, alias.as_ref(), on, kind, outer).await? {
+                    return Ok(relation);
+                }
+            }
+        }
+        let right = self.table_factor(&join.relation, outer).await?;
+        self.join_relations(left, right, kind, condition.as_ref(), outer).await
+    }
+
+    /// `USING (names)`: the named columns once, first (for an outer join,
+    /// whichever side has them), then both sides' columns, their copies of
+    /// the named columns hidden.
+    async fn join_using(
+        &mut self,
+        left: Relation,
+        right: Relation,
+        kind: JoinKind,
+        names: &[String],
+        outer: Option<&Arc<Outer>>,
+    ) -> Result<Relation, SqlError> {
+        let find = |cols: &[Col], name: &str, side: &str| {
+            let found: Vec<usize> =
+                cols.iter().enumerate().filter(|(_, c)| !c.hidden && c.name == name).map(|(i, _)| i).collect();
+            match found.as_slice() {
+                [i] => Ok(*i),
+                [] => Err(SqlError::new(
+                    "42703",
+                    format!("column \"{name}\" specified in USING clause does not exist in {side} table"),
+                )),
+                _ => Err(SqlError::new(
+                    "42702",
+                    format!("common column name \"{name}\" appears more than once in {side} table"),
+                )),
+            }
+        };
+        let pairs = names
+            .iter()
+            .map(|name| Ok((find(&left.cols, name, "left")?, find(&right.cols, name, "right")?)))
+            .collect::<Result<Vec<_>, SqlError>>()?;
+        let width = left.cols.len();
+        let left_keys: Vec<KeyPart> = pairs.iter().map(|&(l, _)| KeyPart::Column(l)).collect();
+        let right_keys: Vec<KeyPart> = pairs.iter().map(|&(_, r)| KeyPart::Column(r)).collect();
+        let mut joined = self.combine(left, right, kind, Some((&left_keys, &right_keys)), None, outer).await?;
+        let mut cols: Vec<Col> =
+            pairs.iter().map(|&(l, _)| Col { table: String::new(), ..joined.cols[l].clone() }).collect();
+        for &(l, r) in &pairs {
+            joined.cols[l].hidden = true;
+            joined.cols[width + r].hidden = true;
+        }
+        for row in &mut joined.rows {
+            let merged: Vec<Value> = pairs
+                .iter()
+                .map(|&(l, r)| if row[l].is_null() { row[width + r].clone() } else { row[l].clone() })
+                .collect();
+            row.splice(0..0, merged);
+        }
+        cols.append(&mut joined.cols);
+        joined.cols = cols;
+        Ok(joined)
+    }
+
+    /// Joins two relations on `condition`: a hash join on its equalities
+    /// between one side and the other, checking the rest on each pair; a
+    /// nested loop if it has none.
+    async fn join_relations(
+        &mut self,
+        left: Relation,
+        right: Relation,
+        kind: JoinKind,
+        condition: Option<&Expr>,
+        outer: Option<&Arc<Outer>>,
+    ) -> Result<Relation, SqlError> {
+        let Some(condition) = condition else {
+            return self.combine(left, right, kind, None, None, outer).await;
+        };
+        let mut conjuncts = Vec::new();
+        split_and(condition, &mut conjuncts);
+        let (mut left_keys, mut right_keys, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+        for c in conjuncts {
+            if let Expr::BinaryOp { left: a, op: BinaryOperator::Eq, right: b } = c {
+                if refers_only(a, &left.cols, &right.cols) && refers_only(b, &right.cols, &left.cols) {
+                    left_keys.push(KeyPart::Expr(a));
+                    right_keys.push(KeyPart::Expr(b));
+                    continue;
+                }
+                if refers_only(b, &left.cols, &right.cols) && refers_only(a, &right.cols, &left.cols) {
+                    left_keys.push(KeyPart::Expr(b));
+                    right_keys.push(KeyPart::Expr(a));
+                    continue;
+                }
+            }
+            rest.push(c.clone());
+        }
+        let residual = rest.into_iter().reduce(|a, b| Expr::BinaryOp {
+            left: Box::new(a),
+            op: BinaryOperator::And,
+            right: Box::new(b),
+        });
+        if left_keys.is_empty() {
+            return self.combine(left, right, kind, None, Some(condition), outer).await;
+        }
+        self.combine(left, right, kind, Some((&left_keys, &right_keys)), residual.as_ref(), outer).await
+    }
+
+    /// The pairs of rows that match, and for an outer join the rows without
+    /// a partner, padded with NULLs. With `keys`, the right side is hashed
+    /// on its key and each left row meets only the rows with its key (a
+    /// NULL in a key matches nothing); without, every pair is tried.
+    /// `residual` must then hold for the pair.
+    async fn combine(
+        &mut self,
+        left: Relation,
+        right: Relation,
+        kind: JoinKind,
+        keys: Option<(&[KeyPart<'_>], &[KeyPart<'_>])>,
+        residual: Option<&Expr>,
+        outer: Option<&Arc<Outer>>,
+    ) -> Result<Relation, SqlError> {
+        let cols: Vec<Col> = left.cols.iter().chain(&right.cols).cloned().collect();
+        let residual_subqueries = subqueries_in(residual);
+        let outer_row = outer.map(|o| o.as_ref());
+        let mut hashed = JoinTable::default();
+        if let Some((_, right_keys)) = keys {
+            for (i, row) in right.rows.iter().enumerate() {
+                let scope = self.scope(&right.cols, row, outer_row);
+                if let Some(key) = join_key(right_keys, &scope)? {
+                    self.memory += key.len() + 32;
+                    hashed.entry(key).or_default().push(i);
+                }
+            }
+        }
+        let all: Vec<usize> = if keys.is_none() { (0..right.rows.len()).collect() } else { Vec::new() };
+        let mut right_matched = vec![false; right.rows.len()];
+        let mut rows = Vec::new();
+        for left_row in &left.rows {
+            let candidates: &[usize] = match keys {
+                None => &all,
+                Some((left_keys, _)) => {
+                    let scope = self.scope(&left.cols, left_row, outer_row);
+                    match join_key(left_keys, &scope)? {
+                        Some(key) => hashed.get(&key).map_or(&[], |v| v.as_slice()),
+                        None => &[],
+                    }
+                }
+            };
+            let mut matched = false;
+            for &i in candidates {
+                let row: Vec<Value> = left_row.iter().chain(&right.rows[i]).cloned().collect();
+                if self.keep(residual, &residual_subqueries, &cols, &row, outer).await? {
+                    matched = true;
+                    right_matched[i] = true;
+                    self.hold(&row)?;
+                    rows.push(row);
+                }
+            }
+            if !matched && matches!(kind, JoinKind::Left | JoinKind::Full) {
+                let row: Vec<Value> =
+                    left_row.iter().cloned().chain(std::iter::repeat_n(Value::Null, right.cols.len())).collect();
+                self.hold(&row)?;
+                rows.push(row);
+            }
+        }
+        if matches!(kind, JoinKind::Right | JoinKind::Full) {
+            for (right_row, _) in right.rows.iter().zip(&right_matched).filter(|(_, m)| !**m) {
+                let row: Vec<Value> =
+                    std::iter::repeat_n(Value::Null, left.cols.len()).chain(right_row.iter().cloned()).collect();
+                self.hold(&row)?;
+                rows.push(row);
+            }
+        }
+        Ok(Relation { cols, rows })
+    }
+
+    /// Joins `left` to the table `name` by looking up each left row's
+    /// partner by primary key, when `on` fixes every key column from the
+    /// left side and the left side is small enough that lookups beat a
+    /// scan. `None` when it does not apply.
+    async fn index_join(
+        &mut self,
+        left: &Relation,
+        name: &ObjectName,
+        alias: Option<&TableAlias>,
+        on: &Expr,
+        kind: JoinKind,
+        outer: Option<&Arc<Outer>>,
+    ) -> Result<Option<Relation>, SqlError> {
+        if left.rows.len() > INDEX_JOIN_MAX_OUTER {
+            return Ok(None);
+        }
+        let table_name = object_name(name)?;
+        let (table, schema) = load(self.ctx.txn, &table_name).await?;
+        if schema.primary_key.is_empty() {
+            return Ok(None);
+        }
+        let mut right = Relation { cols: table_cols(&schema, &table_name), rows: Vec::new() };
+        if let Some(alias) = alias {
+            rename(&mut right, &ident_name(&alias.name), alias)?;
+        }
+        let cols: Vec<Col> = left.cols.iter().chain(&right.cols).cloned().collect();
+        let mut conjuncts = Vec::new();
+        split_and(on, &mut conjuncts);
+        let mut key_exprs = Vec::new();
+        for &column in &schema.primary_key {
+            let at = left.cols.len() + column;
+            let found = conjuncts.iter().find_map(|c| match c {
+                Expr::BinaryOp { left: a, op: BinaryOperator::Eq, right: b } => {
+                    let is_key = |e: &Expr| matches!(resolve(&cols, e), Ok(Some(i)) if i == at);
+                    if is_key(a) && refers_only(b, &left.cols, &right.cols) {
+                        Some(b.as_ref())
+                    } else if is_key(b) && refers_only(a, &left.cols, &right.cols) {
+                        Some(a.as_ref())
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            });
+            let Some(e) = found else { return Ok(None) };
+            key_exprs.push((e, schema.columns[column].ty));
+        }
+        let mut rows = Vec::new();
+        let subqueries = subqueries_in(Some(on));
+        let outer_row = outer.map(|o| o.as_ref());
+        for left_row in &left.rows {
+            let mut key = Some(Vec::new());
+            for &(e, ty) in &key_exprs {
+                let value = eval(e, &self.scope(&left.cols, left_row, outer_row))?;
+                match (ty.coerce(value), key.as_mut()) {
+                    (Ok(v), Some(k)) if !v.is_null() => encode_key_part(&v, k),
+                    _ => key = None,
+                }
+            }
+            let found = match key {
+                Some(key) => self.ctx.txn.get(&table, &key).await?,
+                None => None,
+            };
+            let mut matched = false;
+            if let Some(bytes) = found {
+                let row: Vec<Value> = left_row.iter().cloned().chain(decode_row(&table.name, &bytes)?).collect();
+                if self.keep(Some(on), &subqueries, &cols, &row, outer).await? {
+                    matched = true;
+                    self.hold(&row)?;
+                    rows.push(row);
+                }
+            }
+            if !matched && kind == JoinKind::Left {
+                rows.push(left_row.iter().cloned().chain(std::iter::repeat_n(Value::Null, right.cols.len())).collect());
+            }
+        }
+        Ok(Some(Relation { cols, rows }))
+    }
+}
+
+/// Outer sides up to this many rows join a table by primary-key lookups;
+/// larger ones hash it (a lookup costs a descent and a row lock).
+const INDEX_JOIN_MAX_OUTER: usize = 1_000;
+
+/// A hash join's table: rows of the build side by key. Its hasher has fixed
+/// keys, so even its order is the same in every run; and it is only probed,
+/// never iterated.
+#[allow(clippy::disallowed_types)]
+type JoinTable = std::collections::HashMap<Vec<u8>, Vec<usize>, BuildHasherDefault<DefaultHasher>>;
+
+/// One part of a hash join's key: a column by position or an expression.
+enum KeyPart<'e> {
+    Column(usize),
+    Expr(&'e Expr),
+}
+
+/// A row's join key; `None` if a part is NULL (it equals nothing).
+fn join_key(parts: &[KeyPart], scope: &Scope) -> Result<Option<Vec<u8>>, SqlError> {
+    let mut key = Vec::new();
+    for part in parts {
+        let value = match part {
+            KeyPart::Column(i) => scope.row[*i].clone(),
+            KeyPart::Expr(e) => eval(e, scope)?,
+        };
+        let value = match value {
+            Value::Null => return Ok(None),
+            // 1 = 1.0: integral floats hash as integers.
+            Value::Float(x) if x.fract() == 0.0 && x.abs() < 9e15 => Value::Int(x as i64),
+            v => v,
+        };
+        encode_key_part(&value, &mut key);
+    }
+    Ok(Some(key))
+}
+
+/// Whether `e` reads columns of `cols` only (at least one), none that
+/// `other` also names, and no subquery.
+fn refers_only(e: &Expr, cols: &[Col], other: &[Col]) -> bool {
+    let mut columns = 0;
+    let mut ok = true;
+    expr::visit(e, &mut |node| match node {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => {
+            columns += 1;
+            ok &= matches!(resolve(cols, node), Ok(Some(_))) && matches!(resolve(other, node), Ok(None));
+        }
+        Expr::Subquery(_) | Expr::Exists { .. } | Expr::In { target: sqlparser::ast::InTarget::Subquery(_), .. } => {
+            ok = false
+        }
+        _ => {}
+    });
+    ok && columns > 0
+}
+
+/// The subqueries in `e`.
+fn subqueries_in(e: Option<&Expr>) -> Vec<&Query> {
+    let mut found = Vec::new();
+    if let Some(e) = e {
+        for_each_subquery(e, &mut |q| found.push(q));
+    }
+    found
+}
+
+fn has_aggregates(select: &Select) -> bool {
+    let mut found = Vec::new();
+    for item in &select.projection {
+        if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+            collect_aggregates(e, &mut found);
+        }
+    }
+    select.having.is_some() || !found.is_empty()
+}
+
+/// A table's columns, qualified by its name.
+pub(super) fn table_cols(schema: &Schema, table: &str) -> Vec<Col> {
+    schema.columns.iter().map(|c| Col::new(table, &c.name, c.ty)).collect()
+}
+
+/// Gives a relation a table name and, from `alias`'s column list, new
+/// names for its first columns.
+fn rename(relation: &mut Relation, table: &str, alias: &TableAlias) -> Result<(), SqlError> {
+    if alias.columns.len() > relation.cols.len() {
+        return Err(SqlError::new(
+            "42P10",
+            format!(
+                "table \"{table}\" has {} columns available but {} columns specified",
+                relation.cols.len(),
+                alias.columns.len()
+            ),
+        ));
+    }
+    for col in &mut relation.cols {
+        col.table = table.to_string();
+    }
+    for (col, name) in relation.cols.iter_mut().zip(&alias.columns) {
+        col.name = ident_name(&name.name);
+    }
+    Ok(())
+}
+
+/// An expression that reads `col` (qualified, so that it is unambiguous).
+fn column_expr(col: &Col) -> Expr {
+    if col.table.is_empty() {
+        Expr::Identifier(Ident::with_quote('"', col.name.clone()))
+    } else {
+        Expr::CompoundIdentifier(vec![
+            Ident::with_quote('"', col.table.clone()),
+            Ident::with_quote('"', col.name.clone()),
+        ])
+    }
+}
+
+/// The encoded values of a row: equal rows, equal keys (for DISTINCT and
+/// set operations).
+fn row_key(row: &[Value]) -> Vec<u8> {
+    let mut key = Vec::new();
+    for v in row {
+        encode_key_part(v, &mut key);
+    }
+    key
+}
+
+fn set_operation(
+    left: Relation,
+    op: SetOperator,
+    quantifier: SetQuantifier,
+    right: Relation,
+) -> Result<Relation, SqlError> {
+    let name = match op {
+        SetOperator::Union => "UNION",
+        SetOperator::Intersect => "INTERSECT",
+        SetOperator::Except | SetOperator::Minus => "EXCEPT",
+    };
+    if left.cols.len() != right.cols.len() {
+        return Err(SqlError::new("42601", format!("each {name} query must have the same number of columns")));
+    }
+    let all = match quantifier {
+        SetQuantifier::All => true,
+        SetQuantifier::Distinct | SetQuantifier::None => false,
+        _ => return Err(SqlError::unsupported(&format!("{name} BY NAME"))),
+    };
+    let cols = left.cols.into_iter().map(|c| Col { table: String::new(), hidden: false, ..c }).collect();
+    let mut counts: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    let rows = match op {
+        SetOperator::Union => left.rows.into_iter().chain(right.rows).collect(),
+        _ => {
+            for row in &right.rows {
+                *counts.entry(row_key(row)).or_default() += 1;
+            }
+            let intersect = op == SetOperator::Intersect;
+            let mut rows = Vec::new();
+            for row in left.rows {
+                let count = counts.entry(row_key(&row)).or_default();
+                let in_right = *count > 0;
+                if all && in_right {
+                    *count -= 1;
+                }
+                if in_right == intersect {
+                    rows.push(row);
+                }
+            }
+            rows
+        }
+    };
+    let rows = if all {
+        rows
+    } else {
+        let mut seen = BTreeSet::new();
+        rows.into_iter().filter(|row| seen.insert(row_key(row))).collect()
+    };
+    Ok(Relation { cols, rows })
+}
+
+/// A select list item's values and its `ORDER BY` keys.
+fn project(
+    items: &[(String, Expr)],
+    order: &[&OrderByExpr],
+    scope: &Scope,
+) -> Result<(Vec<Value>, Vec<Value>), SqlError> {
+    let values = items.iter().map(|(_, e)| eval(e, scope)).collect::<Result<Vec<_>, _>>()?;
+    let keys = order.iter().map(|o| sort_key(&o.expr, items, &values, scope)).collect::<Result<Vec<_>, _>>()?;
+    Ok((values, keys))
+}
+
+/// An `ORDER BY` key: a select list position, an output column's name, or
+/// an expression over the row.
+fn sort_key(e: &Expr, items: &[(String, Expr)], values: &[Value], scope: &Scope) -> Result<Value, SqlError> {
+    if let Some(i) = position(e)? {
+        return values
+            .get(i.wrapping_sub(1))
+            .cloned()
+            .ok_or_else(|| SqlError::new("42P10", format!("ORDER BY position {i} is not in select list")));
+    }
+    if let Expr::Identifier(ident) = e {
+        let name = ident_name(ident);
+        if let Some(i) = items.iter().position(|(n, _)| *n == name) {
+            return Ok(values[i].clone());
+        }
+    }
+    eval(e, scope)
+}
+
+/// An `ORDER BY` key of a set operation's output row.
+fn output_key(e: &Expr, row: &[Value], scope: &Scope) -> Result<Value, SqlError> {
+    if let Some(i) = position(e)? {
+        return row
+            .get(i.wrapping_sub(1))
+            .cloned()
+            .ok_or_else(|| SqlError::new("42P10", format!("ORDER BY position {i} is not in select list")));
+    }
+    eval(e, scope)
+}
+
+fn position(e: &Expr) -> Result<Option<usize>, SqlError> {
+    if let Expr::Value(v) = e {
+        if let AstValue::Number(n, _) = &v.value {
+            return n.parse().map(Some).map_err(|_| SqlError::syntax(format!("bad ORDER BY position {n}")));
+        }
+    }
+    Ok(None)
+}
+
+/// Sorts rows by their keys, each ascending or descending; NULLs sort as
+/// larger than any value (last ascending, first descending), as in
+/// PostgreSQL, unless `NULLS FIRST`/`LAST` says otherwise.
+fn sort<R>(rows: &mut [(R, Vec<Value>)], order: &[&OrderByExpr]) -> Result<(), SqlError> {
+    if order.is_empty() {
+        return Ok(());
+    }
+    let mut failure = None;
+    rows.sort_by(|(_, a), (_, b)| {
+        for ((x, y), o) in a.iter().zip(b).zip(order) {
+            let descending = o.options.sort == Some(sqlparser::ast::OrderBySort::Desc);
+            let nulls_first = o.options.nulls_first.unwrap_or(descending);
+            let ordering = match (x.is_null(), y.is_null()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => {
+                    return if nulls_first { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater }
+                }
+                (false, true) => {
+                    return if nulls_first { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Less }
+                }
+                (false, false) => x.compare(y).unwrap_or_else(|| {
+                    failure = Some(SqlError::new("42883", "ORDER BY values of different types"));
+                    std::cmp::Ordering::Equal
+                }),
+            };
+            let ordering = if descending { ordering.reverse() } else { ordering };
+            if ordering.is_ne() {
+                return ordering;
+            }
+        }
+        std::cmp::Ordering::Equal
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The rows a WHERE fixing the primary key with constants reads: its key.
+pub(super) fn point_key(
+    schema: &Schema,
+    cols: &[Col],
+    filter: Option<&Expr>,
+    params: &[Value],
+    now: i64,
+) -> Result<Option<Vec<u8>>, SqlError> {
+    let Some(filter) = filter else { return Ok(None) };
+    if schema.primary_key.is_empty() {
+        return Ok(None);
+    }
+    let mut conjuncts = Vec::new();
+    split_and(filter, &mut conjuncts);
+    let scope = Scope::constants(params, now);
+    let mut key = Vec::new();
+    for &column in &schema.primary_key {
+        let is_key = |e: &Expr| matches!(resolve(cols, e), Ok(Some(i)) if i == column);
+        let found = conjuncts.iter().find_map(|c| match c {
+            Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
+                if is_key(left) && is_constant(right) {
+                    Some(right.as_ref())
+                } else if is_key(right) && is_constant(left) {
+                    Some(left.as_ref())
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        });
+        let Some(constant) = found else { return Ok(None) };
+        let Ok(value) = schema.columns[column].ty.coerce(eval(constant, &scope)?) else { return Ok(None) };
+        if value.is_null() {
+            return Ok(None);
+        }
+        encode_key_part(&value, &mut key);
+    }
+    Ok(Some(key))
+}
+
+fn value_size(v: &Value) -> usize {
+    match v {
+        Value::Text(s) => 24 + s.len(),
+        _ => 16,
+    }
+}
+
+/// The name PostgreSQL gives an unnamed select list item.
+pub fn output_name(e: &Expr) -> String {
+    match e {
+        Expr::Function(f) => f.name.0.last().map_or_else(|| "?column?".into(), |p| p.to_string().to_lowercase()),
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => output_name(expr),
+        Expr::Exists { .. } => "exists".into(),
+        Expr::Case { .. } => "case".into(),
+        e => expr::column_ref(e).unwrap_or_else(|| "?column?".into()),
+    }
+}
+
+fn collect_aggregates(e: &Expr, out: &mut Vec<sqlparser::ast::Function>) {
+    expr::visit(e, &mut |node| {
+        if let Expr::Function(f) = node {
+            if is_aggregate(f) && !out.iter().any(|g| g.to_string() == f.to_string()) {
+                out.push(f.clone());
+            }
+        }
+    });
+}
+
+/// The type an expression yields, as PostgreSQL would report it (within
+/// our types), its columns read from `cols`.
+pub fn type_of(e: &Expr, cols: &[Col], params: &[SqlType]) -> SqlType {
+    if let Ok(Some(i)) = resolve(cols, e) {
+        return cols[i].ty;
+    }
+    let of = |e: &Expr| type_of(e, cols, params);
+    match e {
+        Expr::Value(v) => match &v.value {
+            AstValue::Number(n, _) => match n.parse::<i64>() {
+                Ok(i) if i32::try_from(i).is_ok() => SqlType::Int,
+                Ok(_) => SqlType::BigInt,
+                Err(_) => SqlType::Numeric,
+            },
+            AstValue::Boolean(_) => SqlType::Bool,
+            AstValue::Placeholder(p) => p
+                .trim_start_matches('$')
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| params.get(n.wrapping_sub(1)).copied())
+                .unwrap_or(SqlType::Text(None)),
+            _ => SqlType::Text(None),
+        },
+        Expr::Nested(inner) => of(inner),
+        Expr::UnaryOp { expr, op } => match op {
+            sqlparser::ast::UnaryOperator::Not => SqlType::Bool,
+            _ => of(expr),
+        },
+        Expr::Cast { data_type, .. } => SqlType::parse(&data_type.to_string()).unwrap_or(SqlType::Text(None)),
+        Expr::BinaryOp { left, op, right } => match op {
+            BinaryOperator::Plus
+            | BinaryOperator::Minus
+            | BinaryOperator::Multiply
+            | BinaryOperator::Divide
+            | BinaryOperator::Modulo => {
+                let rank = |t: SqlType| match t {
+                    SqlType::SmallInt => 0,
+                    SqlType::Int => 1,
+                    SqlType::BigInt => 2,
+                    _ => 3,
+                };
+                match rank(of(left)).max(rank(of(right))) {
+                    0 => SqlType::SmallInt,
+                    1 => SqlType::Int,
+                    2 => SqlType::BigInt,
+                    _ => SqlType::Double,
+                }
+            }
+            BinaryOperator::StringConcat => SqlType::Text(None),
+            _ => SqlType::Bool,
+        },
+        Expr::Case { conditions, else_result, .. } => conditions
+            .first()
+            .map(|w| of(&w.result))
+            .or_else(|| else_result.as_ref().map(|e| of(e)))
+            .unwrap_or(SqlType::Text(None)),
+        Expr::Function(f) => {
+            let arg = single_arg(f).ok().flatten().map(of);
+            match f.name.to_string().to_lowercase().as_str() {
+                "count" => SqlType::BigInt,
+                "sum" => match arg {
+                    Some(SqlType::SmallInt | SqlType::Int | SqlType::BigInt) => SqlType::BigInt,
+                    _ => SqlType::Double,
+                },
+                "avg" => SqlType::Double,
+                "min" | "max" | "abs" | "coalesce" => arg.unwrap_or(SqlType::Text(None)),
+                "now" | "current_timestamp" | "transaction_timestamp" | "statement_timestamp" => SqlType::TimestampTz,
+                "length" | "char_length" => SqlType::Int,
+                _ => SqlType::Text(None),
+            }
+        }
+        Expr::IsNull(_)
+        | Expr::IsNotNull(_)
+        | Expr::Between { .. }
+        | Expr::In { .. }
+        | Expr::Like { .. }
+        | Expr::ILike { .. }
+        | Expr::Exists { .. } => SqlType::Bool,
+        Expr::Identifier(i) if i.value.eq_ignore_ascii_case("current_timestamp") => SqlType::TimestampTz,
+        _ => SqlType::Text(None),
+    }
+}
+
+#[derive(Clone)]
+enum Acc {
+    Count(i64),
+    Sum(Value),
+    Min(Value),
+    Max(Value),
+    Avg(f64, i64),
+}
+
+impl Acc {
+    fn new(f: &sqlparser::ast::Function) -> Acc {
+        match f.name.to_string().to_lowercase().as_str() {
+            "count" => Acc::Count(0),
+            "sum" => Acc::Sum(Value::Null),
+            "min" => Acc::Min(Value::Null),
+            "max" => Acc::Max(Value::Null),
+            _ => Acc::Avg(0.0, 0),
+        }
+    }
+
+    fn add(&mut self, v: Option<Value>) -> Result<(), SqlError> {
+        match (self, v) {
+            (Acc::Count(n), None) => *n += 1,
+            (_, None) => return Err(SqlError::syntax("only count takes *")),
+            (_, Some(Value::Null)) => {}
+            (Acc::Count(n), Some(_)) => *n += 1,
+            (Acc::Sum(s), Some(v)) => {
+                *s = if s.is_null() { v } else { expr::binary(s.clone(), &BinaryOperator::Plus, v)? };
+            }
+            (Acc::Min(m), Some(v)) => {
+                if m.is_null() || v.compare(m) == Some(std::cmp::Ordering::Less) {
+                    *m = v;
+                }
+            }
+            (Acc::Max(m), Some(v)) => {
+                if m.is_null() || v.compare(m) == Some(std::cmp::Ordering::Greater) {
+                    *m = v;
+                }
+            }
+            (Acc::Avg(s, n), Some(v)) => {
+                *s += match v {
+                    Value::Int(i) => i as f64,
+                    Value::Float(x) => x,
+                    other => return Err(SqlError::new("42883", format!("avg of {other:?}"))),
+                };
+                *n += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn value(&self) -> Value {
+        match self {
+            Acc::Count(n) => Value::Int(*n),
+            Acc::Sum(v) | Acc::Min(v) | Acc::Max(v) => v.clone(),
+            Acc::Avg(_, 0) => Value::Null,
+            Acc::Avg(s, n) => Value::Float(s / *n as f64),
+        }
+    }
+}
