@@ -144,7 +144,7 @@ impl Phase {
         use FaultKind::*;
         match self {
             Phase::Other => &[],
-            Phase::WalWrite => &[Crash, WriteError, ShortWrite],
+            Phase::WalWrite => &[Crash, WriteError, ShortWrite, OpenError],
             Phase::WalSync => &[Crash, FsyncError],
             Phase::WalRotate => &[Crash, WriteError, ShortWrite, FsyncError],
             Phase::WalRecoveryRead => &[Crash, ReadError],

@@ -447,3 +447,61 @@ async fn the_scan_for_evidence_steps_over_a_short_segment_file() {
     assert!(err.is_corruption(), "{err}");
     assert!(err.to_string().contains(&victim.to_string()), "names the first bad record: {err}");
 }
+
+/// A file system whose opens fail with EIO while the WAL cuts its tail.
+struct TailCutOpenFails(Arc<dyn Fs>);
+
+impl Fs for TailCutOpenFails {
+    fn open(&self, path: &std::path::Path) -> std::io::Result<Box<dyn thunderdb::env::File>> {
+        if thunderdb::probe::current_phase() == thunderdb::probe::Phase::WalTailCut {
+            return Err(std::io::Error::other(format!("{}: input/output error", path.display())));
+        }
+        self.0.open(path)
+    }
+    fn create(&self, path: &std::path::Path) -> std::io::Result<Box<dyn thunderdb::env::File>> {
+        self.0.create(path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.0.rename(from, to)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.0.remove(path)
+    }
+    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        self.0.list(dir)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.0.sync_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.0.create_dir_all(dir)
+    }
+    fn exists(&self, path: &std::path::Path) -> std::io::Result<bool> {
+        self.0.exists(path)
+    }
+}
+
+/// Cutting the tail must zero what follows the valid log. If it cannot even
+/// open the segment, opening the WAL fails, naming the segment: it never
+/// goes on with a tail it could not check (whose stale records a later
+/// crash could bring back).
+#[tokio::test]
+async fn a_tail_cut_that_cannot_open_its_segment_fails_naming_it() {
+    let disk = SimDisk::new(9, FaultConfig::none());
+    let fs = disk.fs();
+    let opts = opts();
+    {
+        let wal = open_wal(fs.clone(), &opts);
+        write_records(&wal, 0..20).await;
+    }
+    disk.crash();
+    let fs = disk.fs();
+    let failing: Arc<dyn Fs> = Arc::new(TailCutOpenFails(fs.clone()));
+    let end = WalReader::new(failing.clone(), opts.clone(), opts.first_lsn()).read_to_end().unwrap();
+    let error = Wal::open(failing, opts.clone(), end).err().expect("the tail cut cannot open its segment");
+    let message = error.to_string();
+    assert!(message.contains("open") && message.contains("/db/wal/0000000100000000"), "{message}");
+    // On a disk that works, the same log opens and keeps every record.
+    assert_eq!(read_all(fs.clone(), &opts).unwrap().len(), 20);
+    open_wal(fs, &opts);
+}

@@ -345,6 +345,7 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     swarm.archive = ArchivePlan::draw(seed);
     swarm.config.archive = swarm.archive.map(|plan| plan.config());
     swarm.config.wal_compression = draw_wal_compression(seed);
+    swarm.faults.open_error_rate = crate::wal_run::draw_open_error_rate(seed);
     // Not on archiving seeds: the point-in-time recovery oracle needs their
     // cycles to run long.
     swarm.crash_after_checkpoint = draw_crash_after_checkpoint(seed).filter(|_| swarm.archive.is_none());
@@ -360,6 +361,7 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
         let faults = &mut swarm.faults;
         (faults.fsync_error_rate, faults.read_error_rate, faults.write_error_rate, faults.no_space_rate) =
             (0.0, 0.0, 0.0, 0.0);
+        faults.open_error_rate = 0.0;
     }
 
     let disk = SimDisk::new(rng.random(), swarm.faults.clone());

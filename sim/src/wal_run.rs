@@ -162,6 +162,18 @@ pub fn draw_zero_fill_chunk(knobs: &mut ChaCha8Rng, segment_size: u64) -> u64 {
     }
 }
 
+/// How often opening an existing file fails (EIO): on a fifth of the seeds,
+/// up to one open in twenty. On a stream of its own, so the other draws of
+/// old seeds stay.
+pub fn draw_open_error_rate(seed: u64) -> f64 {
+    let mut rng = ChaCha8Rng::seed_from_u64(knobs_seed(seed) ^ 0x09e4_u64.rotate_left(48));
+    if rng.random_bool(0.2) {
+        rng.random_range(0.0..0.05)
+    } else {
+        0.0
+    }
+}
+
 /// The seed of a seed's `knobs` stream.
 pub fn knobs_seed(seed: u64) -> u64 {
     seed ^ 0x6b6e_6f62_735f_5f5f
@@ -193,7 +205,8 @@ struct Run {
 pub async fn run_wal_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut knobs = ChaCha8Rng::seed_from_u64(knobs_seed(seed));
-    let swarm = Swarm::draw(&mut rng, &mut knobs);
+    let mut swarm = Swarm::draw(&mut rng, &mut knobs);
+    swarm.faults.open_error_rate = draw_open_error_rate(seed);
     let disk = SimDisk::new(rng.random(), swarm.faults.clone());
     let mut run = Run {
         seed,

@@ -30,6 +30,8 @@ pub enum FaultKind {
     ReadError,
     /// A write failed with EIO.
     WriteError,
+    /// Opening an existing file failed with EIO.
+    OpenError,
     /// A write that grew a file failed with ENOSPC.
     NoSpace,
     /// A write wrote fewer bytes than asked.
@@ -49,7 +51,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::LostWrite,
         FaultKind::TornSectorOld,
         FaultKind::TornSectorGarbage,
@@ -58,6 +60,7 @@ impl FaultKind {
         FaultKind::FsyncError,
         FaultKind::ReadError,
         FaultKind::WriteError,
+        FaultKind::OpenError,
         FaultKind::NoSpace,
         FaultKind::ShortWrite,
         FaultKind::BitRot,
@@ -78,6 +81,7 @@ impl FaultKind {
             FaultKind::FsyncError => "fsync_error",
             FaultKind::ReadError => "read_error",
             FaultKind::WriteError => "write_error",
+            FaultKind::OpenError => "open_error",
             FaultKind::NoSpace => "no_space",
             FaultKind::ShortWrite => "short_write",
             FaultKind::BitRot => "bit_rot",
@@ -136,6 +140,8 @@ pub struct FaultConfig {
     pub read_error_rate: f64,
     /// Chance that a write fails with EIO.
     pub write_error_rate: f64,
+    /// Chance that opening an existing file fails with EIO.
+    pub open_error_rate: f64,
     /// Chance that a write growing a file fails with ENOSPC.
     pub no_space_rate: f64,
     /// Chance that a write is short.
@@ -155,6 +161,7 @@ impl FaultConfig {
             fsync_error_rate: 0.0,
             read_error_rate: 0.0,
             write_error_rate: 0.0,
+            open_error_rate: 0.0,
             no_space_rate: 0.0,
             short_write_rate: 0.0,
             misdirected_write_rate: 0.0,
@@ -183,6 +190,9 @@ impl FaultConfig {
             fsync_error_rate,
             read_error_rate,
             write_error_rate,
+            // Drawn by the workloads on a stream of their own, so that
+            // the draws above stay what they were for every seed.
+            open_error_rate: 0.0,
             no_space_rate,
             short_write_rate,
             misdirected_write_rate: 0.0,

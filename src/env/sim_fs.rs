@@ -715,8 +715,12 @@ impl SimFs {
 
 impl Fs for SimFs {
     fn open(&self, path: &Path) -> io::Result<Box<dyn File>> {
-        let state = self.state(1, path)?;
+        let mut state = self.state(1, path)?;
         let ino = state.lookup(path)?;
+        if state.chance(|f| f.open_error_rate) {
+            state.record(FaultKind::OpenError, path, 0, 0);
+            return Err(injected(FaultKind::OpenError, path));
+        }
         Ok(self.handle(ino, path))
     }
 
