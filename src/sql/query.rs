@@ -16,8 +16,8 @@
 //! rows and evaluates nothing, and so finds every relation's columns.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::future::Future;
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::ops::Bound;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use sqlparser::ast::{
     SetQuantifier, TableAlias, TableFactor, TableWithJoins, Value as AstValue,
 };
 
+use super::catalog::{catalog_name, Catalog};
 use super::exec::{is_constant, load, object_name, split_and, Context, SCAN_BATCH};
 use super::expr::{
     self, eval, for_each_subquery, ident_name, is_aggregate, resolve, single_arg, subquery_key, Col, Outer, Scope,
@@ -105,6 +106,8 @@ struct Runner<'c, 'a> {
     correlated: BTreeSet<usize>,
     /// Row data held, by estimate.
     memory: usize,
+    /// The system catalog, read when the statement first needs it.
+    catalog: Option<Arc<Catalog>>,
 }
 
 impl<'c, 'a> Runner<'c, 'a> {
@@ -117,6 +120,7 @@ impl<'c, 'a> Runner<'c, 'a> {
             uncorrelated: BTreeMap::new(),
             correlated: BTreeSet::new(),
             memory: 0,
+            catalog: None,
         }
     }
 
@@ -136,7 +140,7 @@ impl<'c, 'a> Runner<'c, 'a> {
     }
 
     fn scope<'s>(&'s self, cols: &'s [Col], row: &'s [Value], outer: Option<&'s Outer>) -> Scope<'s> {
-        Scope { outer, ..Scope::row(cols, row, self.ctx.params, self.ctx.now) }
+        Scope { outer, catalog: self.catalog.as_deref(), ..Scope::row(cols, row, self.ctx.params, self.ctx.now) }
     }
 
     /// Runs a whole query: `WITH`, the body, `ORDER BY`, `LIMIT`.
@@ -498,6 +502,21 @@ impl<'c, 'a> Runner<'c, 'a> {
         stop: Option<usize>,
         outer: Option<&Arc<Outer>>,
     ) -> Result<(Vec<Col>, Vec<Vec<Value>>), SqlError> {
+        if let Some((_, catalog_table)) = catalog_name(name) {
+            if self.catalog.is_none() {
+                self.catalog = Some(Arc::new(Catalog::load(self.ctx.txn).await?));
+            }
+            let catalog = self.catalog.clone().expect("just loaded");
+            let mut relation = catalog.relation(name).expect("a catalog name")?;
+            rename(&mut relation, &alias.map_or(catalog_table, |a| ident_name(&a.name)), alias.unwrap_or(&no_alias()))?;
+            let mut rows = Vec::new();
+            for row in std::mem::take(&mut relation.rows) {
+                if !self.dry && self.keep(filter, filter_subqueries, &relation.cols, &row, outer).await? {
+                    rows.push(row);
+                }
+            }
+            return Ok((relation.cols, rows));
+        }
         let table_name = object_name(name)?;
         let (table, schema) = load(self.ctx.txn, &table_name).await?;
         let mut relation = Relation { cols: table_cols(&schema, &table_name), rows: Vec::new() };
@@ -577,8 +596,73 @@ impl<'c, 'a> Runner<'c, 'a> {
                 }
                 Ok(relation)
             }
+            TableFactor::Table { name, alias, args: Some(args), .. } => {
+                let mut relation = self.table_function(name, &args.args, outer)?;
+                if let Some(alias) = alias {
+                    rename(&mut relation, &ident_name(&alias.name), alias)?;
+                }
+                Ok(relation)
+            }
             other => Err(SqlError::unsupported(&format!("`{other}` in FROM"))),
         }
+    }
+
+    /// `unnest(array)` and `generate_series(from, to[, step])` in `FROM`.
+    fn table_function(
+        &self,
+        name: &ObjectName,
+        args: &[sqlparser::ast::FunctionArg],
+        outer: Option<&Arc<Outer>>,
+    ) -> Result<Relation, SqlError> {
+        let function = name.to_string().to_lowercase();
+        let function = function.strip_prefix("pg_catalog.").unwrap_or(&function).to_string();
+        let scope = self.scope(&[], &[], outer.map(|o| o.as_ref()));
+        let values = args
+            .iter()
+            .map(|arg| match arg {
+                sqlparser::ast::FunctionArg::Unnamed(sqlparser::ast::FunctionArgExpr::Expr(e)) => eval(e, &scope),
+                other => Err(SqlError::unsupported(&format!("the argument {other} of {function}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (ty, rows) = match (function.as_str(), values.as_slice()) {
+            ("unnest", [array]) => {
+                let rows = match array {
+                    Value::Null => Vec::new(),
+                    v => {
+                        let text = v.to_string();
+                        let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
+                        inner
+                            .split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(|s| vec![Value::Text(s.trim().to_string())])
+                            .collect()
+                    }
+                };
+                (SqlType::Text(None), rows)
+            }
+            ("generate_series", [from, to, rest @ ..]) if rest.len() <= 1 => {
+                let step = match rest.first() {
+                    Some(Value::Int(0)) => return Err(SqlError::new("22023", "step size cannot equal zero")),
+                    Some(Value::Int(step)) => *step,
+                    None => 1,
+                    Some(other) => return Err(SqlError::new("42883", format!("generate_series step {other:?}"))),
+                };
+                let rows = match (from, to) {
+                    (Value::Int(from), Value::Int(to)) => {
+                        let count = if step > 0 { (to - from) / step + 1 } else { (from - to) / -step + 1 };
+                        if count > 100_000_000 {
+                            return Err(SqlError::new("54000", "generate_series would return too many rows"));
+                        }
+                        (0..count.max(0)).map(|i| vec![Value::Int(from + i * step)]).collect()
+                    }
+                    (Value::Null, _) | (_, Value::Null) => Vec::new(),
+                    _ => return Err(SqlError::new("42883", "generate_series takes integers")),
+                };
+                (SqlType::BigInt, rows)
+            }
+            _ => return Err(SqlError::unsupported(&format!("the function {function}() in FROM"))),
+        };
+        Ok(Relation { cols: vec![Col::new(&function, &function, ty)], rows })
     }
 
     /// The relation a `FROM` list makes: each item's joins in order, and
@@ -826,7 +910,7 @@ impl<'c, 'a> Runner<'c, 'a> {
         kind: JoinKind,
         outer: Option<&Arc<Outer>>,
     ) -> Result<Option<Relation>, SqlError> {
-        if left.rows.len() > INDEX_JOIN_MAX_OUTER {
+        if left.rows.len() > INDEX_JOIN_MAX_OUTER || catalog_name(name).is_some() {
             return Ok(None);
         }
         let table_name = object_name(name)?;
@@ -968,6 +1052,11 @@ fn has_aggregates(select: &Select) -> bool {
 /// A table's columns, qualified by its name.
 pub(super) fn table_cols(schema: &Schema, table: &str) -> Vec<Col> {
     schema.columns.iter().map(|c| Col::new(table, &c.name, c.ty)).collect()
+}
+
+/// An alias without column names.
+fn no_alias() -> TableAlias {
+    TableAlias { explicit: false, name: Ident::new(""), columns: Vec::new(), at: None }
 }
 
 /// Gives a relation a table name and, from `alias`'s column list, new
