@@ -255,3 +255,44 @@ async fn names_resolve_as_in_postgresql() {
     check(&mut s, "WITH emp AS (SELECT 1 AS id) SELECT id FROM emp", &["1"]).await;
     check(&mut s, "SELECT count(*) FROM emp", &["5"]).await;
 }
+
+/// The plan's lines, as EXPLAIN returns them.
+async fn plan(s: &mut Session, sql: &str) -> String {
+    rows_of(s, sql).await.join("\n")
+}
+
+#[tokio::test]
+async fn explain_shows_the_chosen_plan_and_analyze_counts_rows() {
+    let mut s = session().await;
+    let point = plan(&mut s, "EXPLAIN SELECT * FROM emp WHERE id = 12").await;
+    assert!(point.starts_with("Index Scan using emp_pkey on emp"), "{point}");
+    let scan = plan(&mut s, "EXPLAIN SELECT * FROM emp WHERE salary > 1").await;
+    assert!(scan.starts_with("Seq Scan on emp") && scan.contains("Filter: salary > 1"), "{scan}");
+    // A small outer side joins a table by its primary key with lookups;
+    // an equality without a usable key hashes; no equality loops.
+    let lookup = plan(&mut s, "EXPLAIN SELECT * FROM note n JOIN dept d ON d.id = n.dept_id").await;
+    assert!(lookup.starts_with("Index Nested Loop Join using dept_pkey on dept"), "{lookup}");
+    let hash = plan(&mut s, "EXPLAIN SELECT * FROM dept d LEFT JOIN note n ON n.dept_id = d.id").await;
+    assert!(hash.starts_with("Hash Left Join\n  Hash Cond: d.id = n.dept_id"), "{hash}");
+    assert!(hash.contains("->  Seq Scan on dept d") && hash.contains("->  Seq Scan on note n"), "{hash}");
+    let nested = plan(&mut s, "EXPLAIN SELECT * FROM emp e JOIN dept d ON e.salary > d.id").await;
+    assert!(nested.starts_with("Nested Loop Join\n  Join Filter: e.salary > d.id"), "{nested}");
+    // EXPLAIN reads nothing; ANALYZE runs the query and counts.
+    let analyzed = plan(
+        &mut s,
+        "EXPLAIN ANALYZE SELECT d.name, count(*) FROM dept d JOIN emp e ON e.dept_id = d.id GROUP BY d.name \
+         ORDER BY 1 LIMIT 1",
+    )
+    .await;
+    let lines: Vec<&str> = analyzed.lines().collect();
+    assert!(lines[0].starts_with("Limit  (actual rows=1 loops=1"), "{analyzed}");
+    assert!(lines[1].contains("Sort (by 1)") && lines[2].contains("Aggregate (group by d.name)"), "{analyzed}");
+    assert!(analyzed.contains("Hash Join  (actual rows=3 loops=1"), "{analyzed}");
+    assert!(analyzed.contains("->  Seq Scan on emp e  (actual rows=5 loops=1"), "{analyzed}");
+    assert!(lines.last().unwrap().starts_with("Execution Time: "), "{analyzed}");
+    let sub =
+        plan(&mut s, "EXPLAIN ANALYZE SELECT name FROM dept d WHERE EXISTS (SELECT 1 FROM emp WHERE dept_id = d.id)")
+            .await;
+    assert!(sub.contains("SubPlan (runs for each row)  (actual rows=3 loops=3"), "{sub}");
+    assert_eq!(fails(&mut s, "EXPLAIN DELETE FROM emp").await.0, "0A000");
+}

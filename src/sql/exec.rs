@@ -40,6 +40,22 @@ pub async fn execute(ctx: &mut Context<'_>, statement: &Statement) -> Result<Exe
             let (columns, rows) = query::run(ctx, query).await?;
             done(Output::Rows { command: "SELECT", columns, rows })
         }
+        Statement::Explain { statement, analyze, options, .. } => {
+            let Statement::Query(query) = statement.as_ref() else {
+                return Err(SqlError::unsupported("EXPLAIN of anything but a query"));
+            };
+            let option = |name: &str| {
+                options.iter().flatten().any(|o| {
+                    o.name.value.eq_ignore_ascii_case(name)
+                        && o.arg
+                            .as_ref()
+                            .is_none_or(|a| !matches!(a.to_string().to_lowercase().as_str(), "false" | "off" | "0"))
+                })
+            };
+            let rows = query::explain(ctx, query, *analyze || option("analyze")).await?;
+            let columns = vec![ColumnDesc { name: "QUERY PLAN".into(), ty: SqlType::Text(None) }];
+            done(Output::Rows { command: "EXPLAIN", columns, rows })
+        }
         Statement::Insert(insert) => done(insert_rows(ctx, insert).await?),
         Statement::Update(update) => done(update_rows(ctx, update).await?),
         Statement::Delete(delete) => done(delete_rows(ctx, delete).await?),
@@ -621,6 +637,9 @@ pub async fn describe(
                     infer(f, &schema, &mut inferred);
                 }
             }
+        }
+        Statement::Explain { .. } => {
+            columns.push(ColumnDesc { name: "QUERY PLAN".into(), ty: SqlType::Text(None) });
         }
         Statement::ShowVariable { variable } => {
             columns.push(ColumnDesc {

@@ -8,6 +8,7 @@ use sqlparser::ast::{
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::catalog::{self, Catalog};
 use super::types::{SqlType, Value};
 use super::SqlError;
 
@@ -67,6 +68,8 @@ pub struct Scope<'a> {
     pub subqueries: &'a Subqueries,
     /// The enclosing query's row, for a correlated subquery.
     pub outer: Option<&'a Outer>,
+    /// The system catalog, when the statement reads it.
+    pub catalog: Option<&'a Catalog>,
 }
 
 impl<'a> Scope<'a> {
@@ -77,7 +80,7 @@ impl<'a> Scope<'a> {
 
     /// A scope over one row of `cols`.
     pub fn row(cols: &'a [Col], row: &'a [Value], params: &'a [Value], now: i64) -> Scope<'a> {
-        Scope { cols, row, params, now, aggregates: &[], subqueries: &NO_SUBQUERIES, outer: None }
+        Scope { cols, row, params, now, aggregates: &[], subqueries: &NO_SUBQUERIES, outer: None, catalog: None }
     }
 }
 
@@ -230,6 +233,7 @@ pub fn visit<'e>(expr: &'e Expr, f: &mut impl FnMut(&'e Expr)) {
 pub fn for_each_subquery<'e>(expr: &'e Expr, f: &mut impl FnMut(&'e Query)) {
     visit(expr, &mut |e| match e {
         Expr::Subquery(q) | Expr::Exists { subquery: q, .. } | Expr::In { target: InTarget::Subquery(q), .. } => f(q),
+        Expr::Function(Function { args: FunctionArguments::Subquery(q), .. }) => f(q),
         _ => {}
     });
 }
@@ -377,9 +381,17 @@ pub fn eval(expr: &Expr, scope: &Scope) -> Result<Value, SqlError> {
         Expr::Like { negated, expr, pattern, .. } => like_expr(expr, pattern, *negated, false, scope),
         Expr::ILike { negated, expr, pattern, .. } => like_expr(expr, pattern, *negated, true, scope),
         Expr::Cast { kind: CastKind::Cast | CastKind::DoubleColon, expr, data_type, .. } => {
-            let ty = SqlType::parse(&data_type.to_string())?;
-            ty.coerce(eval(expr, scope)?)
+            let value = eval(expr, scope)?;
+            let name = data_type.to_string().to_lowercase();
+            match name.trim_start_matches("pg_catalog.") {
+                kind @ ("regclass" | "regtype" | "regnamespace") => catalog::cast_to_name(kind, &value, scope.catalog)
+                    .ok_or_else(|| type_error(&format!("cannot cast {value:?} to {kind}"))),
+                "oid" | "regproc" => SqlType::BigInt.coerce(value),
+                "name" | "\"char\"" | "char" if !matches!(value, Value::Null) => Ok(Value::Text(value.to_string())),
+                other => SqlType::parse(other)?.coerce(value),
+            }
         }
+        Expr::Collate { expr, .. } => eval(expr, scope),
         Expr::Function(function) => call(function, scope),
         Expr::TypedString(typed) => {
             let ty = SqlType::parse(&typed.data_type.to_string())?;
@@ -391,6 +403,15 @@ pub fn eval(expr: &Expr, scope: &Scope) -> Result<Value, SqlError> {
 
 fn call(function: &Function, scope: &Scope) -> Result<Value, SqlError> {
     let name = function.name.to_string().to_lowercase();
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(&name).to_string();
+    if let FunctionArguments::Subquery(query) = &function.args {
+        if name != "array" {
+            return Err(SqlError::unsupported(&format!("{name}(subquery)")));
+        }
+        // ARRAY(subquery), in PostgreSQL's text form for an array.
+        let items: Vec<String> = single_column(subquery_rows(query, scope)?)?.map(Value::to_string).collect();
+        return Ok(Value::Text(format!("{{{}}}", items.join(","))));
+    }
     if is_aggregate(function) {
         let text = function.to_string();
         return scope
@@ -426,8 +447,10 @@ fn call(function: &Function, scope: &Scope) -> Result<Value, SqlError> {
             v => Value::Int(v.to_string().chars().count() as i64),
         },
         "version" => Value::Text(super::VERSION.to_string()),
-        "current_database" | "current_schema" => Value::Text("public".into()),
-        _ => return Err(SqlError::new("42883", format!("function {name}() does not exist"))),
+        _ => match catalog::call(&name, &values, scope.catalog) {
+            Some(result) => result?,
+            None => return Err(SqlError::new("42883", format!("function {name}() does not exist"))),
+        },
     })
 }
 
@@ -512,9 +535,41 @@ pub fn binary(left: Value, op: &BinaryOperator, right: Value) -> Result<Value, S
         Gt => compare(|o| o.is_gt()),
         GtEq => compare(|o| o.is_ge()),
         StringConcat => Ok(Value::Text(format!("{left}{right}"))),
+        PGRegexMatch | PGRegexNotMatch | PGRegexIMatch | PGRegexNotIMatch => {
+            let fold = matches!(op, PGRegexIMatch | PGRegexNotIMatch);
+            let negated = matches!(op, PGRegexNotMatch | PGRegexNotIMatch);
+            regex_match(&left.to_string(), &right.to_string(), fold).map(|m| Value::Bool(m != negated))
+        }
+        PGCustomBinaryOperator(path) => {
+            let op = match path.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                ["pg_catalog", op] | [op] => match *op {
+                    "~" => PGRegexMatch,
+                    "!~" => PGRegexNotMatch,
+                    "~*" => PGRegexIMatch,
+                    "!~*" => PGRegexNotIMatch,
+                    "=" => Eq,
+                    "<>" => NotEq,
+                    _ => return Err(SqlError::unsupported(&format!("the operator {op}"))),
+                },
+                _ => return Err(SqlError::unsupported(&format!("the operator {op}"))),
+            };
+            binary(left, &op, right)
+        }
         Plus | Minus | Multiply | Divide | Modulo => arithmetic(left, op, right),
         other => Err(SqlError::unsupported(&format!("the operator {other}"))),
     }
+}
+
+/// `text ~ pattern`, PostgreSQL's POSIX regular expressions as far as the
+/// `regex` crate's syntax agrees with them (which covers what catalog
+/// queries and ordinary patterns use).
+fn regex_match(text: &str, pattern: &str, fold: bool) -> Result<bool, SqlError> {
+    let re = regex::RegexBuilder::new(pattern)
+        .case_insensitive(fold)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| SqlError::new("2201B", format!("invalid regular expression: {e}")))?;
+    Ok(re.is_match(text))
 }
 
 fn truth(v: &Value) -> Result<Option<bool>, SqlError> {

@@ -9,6 +9,7 @@
 //! until `COMMIT` or `ROLLBACK`, as PostgreSQL does. See docs/sql.md for the
 //! SQL that works.
 
+mod catalog;
 mod exec;
 pub mod expr;
 mod query;

@@ -16,11 +16,12 @@
 //! rows and evaluates nothing, and so finds every relation's columns.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::future::Future;
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::ops::Bound;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlparser::ast::{
     BinaryOperator, Distinct, Expr, GroupByExpr, Ident, JoinConstraint, JoinOperator, LimitClause, ObjectName,
@@ -28,6 +29,7 @@ use sqlparser::ast::{
     SetQuantifier, TableAlias, TableFactor, TableWithJoins, Value as AstValue,
 };
 
+use super::catalog::{catalog_name, Catalog};
 use super::exec::{is_constant, load, object_name, split_and, Context, SCAN_BATCH};
 use super::expr::{
     self, eval, for_each_subquery, ident_name, is_aggregate, resolve, single_arg, subquery_key, Col, Outer, Scope,
@@ -58,6 +60,39 @@ pub async fn run(ctx: &mut Context<'_>, query: &Query) -> Result<(Vec<ColumnDesc
     Ok((descs(&relation.cols), relation.rows))
 }
 
+/// `EXPLAIN [ANALYZE] query`: the plan, a line per row. Without ANALYZE
+/// it is a dry run (nothing read); with it the query runs, and each
+/// operator shows the rows it produced, how often it ran and its time.
+pub async fn explain(ctx: &mut Context<'_>, query: &Query, analyze: bool) -> Result<Vec<Vec<Value>>, SqlError> {
+    let param_types = ctx.params.iter().map(value_type).collect();
+    let mut runner = Runner::new(ctx, param_types, !analyze);
+    runner.trace = Some(Trace::default());
+    let start = runner.ctx.txn.monotonic();
+    runner.query(query, None).await?;
+    let elapsed = runner.ctx.txn.monotonic().saturating_sub(start);
+    let trace = runner.trace.take().expect("traced");
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut out = Vec::new();
+    for line in &trace.lines {
+        let indent = if line.depth == 0 { String::new() } else { " ".repeat(6 * (line.depth - 1) + 2) };
+        let text = match (line.detail, line.depth) {
+            (true, _) => format!("{indent}{}", line.text),
+            (false, 0) => line.text.clone(),
+            (false, _) => format!("{indent}->  {}", line.text),
+        };
+        let text = if analyze && !line.detail {
+            format!("{text}  (actual rows={} loops={} time={:.3} ms)", line.rows, line.loops, ms(line.time))
+        } else {
+            text
+        };
+        out.push(vec![Value::Text(text)]);
+    }
+    if analyze {
+        out.push(vec![Value::Text(format!("Execution Time: {:.3} ms", ms(elapsed)))]);
+    }
+    Ok(out)
+}
+
 /// The columns `query` would return, given its parameters' types: a dry
 /// run, which reads no rows.
 pub async fn columns(
@@ -84,6 +119,46 @@ pub fn value_type(v: &Value) -> SqlType {
     }
 }
 
+/// The plan as `EXPLAIN` shows it: one line per operator, its inputs
+/// indented under it; with `ANALYZE`, each operator's rows, runs and time.
+#[derive(Debug, Default)]
+struct Trace {
+    lines: Vec<PlanLine>,
+    depth: usize,
+    /// Each subquery's line, once it has one: later runs add to it.
+    subplans: BTreeMap<usize, usize>,
+    /// Above zero while a subquery runs again: its plan is shown once.
+    quiet: usize,
+    /// Details for the operator closed next.
+    notes: Vec<String>,
+}
+
+#[derive(Debug)]
+struct PlanLine {
+    depth: usize,
+    text: String,
+    /// A detail of the operator above (`Filter: …`), not an operator.
+    detail: bool,
+    rows: usize,
+    loops: usize,
+    time: Duration,
+}
+
+/// Where an operator's line is, and when its work began.
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    index: usize,
+    depth: usize,
+    start: Duration,
+}
+
+/// The point in the trace an operator's inputs start at.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    index: usize,
+    start: Duration,
+}
+
 /// How a join keeps rows without a partner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JoinKind {
@@ -105,6 +180,10 @@ struct Runner<'c, 'a> {
     correlated: BTreeSet<usize>,
     /// Row data held, by estimate.
     memory: usize,
+    /// The system catalog, read when the statement first needs it.
+    catalog: Option<Arc<Catalog>>,
+    /// The plan, for `EXPLAIN`.
+    trace: Option<Trace>,
 }
 
 impl<'c, 'a> Runner<'c, 'a> {
@@ -117,7 +196,84 @@ impl<'c, 'a> Runner<'c, 'a> {
             uncorrelated: BTreeMap::new(),
             correlated: BTreeSet::new(),
             memory: 0,
+            catalog: None,
+            trace: None,
         }
+    }
+
+    fn tracing(&self) -> bool {
+        self.trace.as_ref().is_some_and(|t| t.quiet == 0)
+    }
+
+    fn mark(&self) -> Mark {
+        Mark { index: self.trace.as_ref().map_or(0, |t| t.lines.len()), start: self.ctx.txn.monotonic() }
+    }
+
+    /// Starts an operator's line; what it reads is traced under it.
+    fn open_node(&mut self, text: impl FnOnce() -> String) -> Option<Node> {
+        if !self.tracing() {
+            return None;
+        }
+        let start = self.ctx.txn.monotonic();
+        let trace = self.trace.as_mut().expect("tracing");
+        let depth = trace.depth;
+        trace.lines.push(PlanLine { depth, text: text(), detail: false, rows: 0, loops: 0, time: Duration::ZERO });
+        trace.depth += 1;
+        Some(Node { index: trace.lines.len() - 1, depth, start })
+    }
+
+    /// Puts an operator above the lines traced since `mark` (its inputs).
+    fn wrap_node(&mut self, mark: Mark, text: impl FnOnce() -> String) -> Option<Node> {
+        if !self.tracing() {
+            return None;
+        }
+        let trace = self.trace.as_mut().expect("tracing");
+        let depth = trace.lines.get(mark.index).map_or(trace.depth, |line| line.depth);
+        for line in &mut trace.lines[mark.index..] {
+            line.depth += 1;
+        }
+        let line = PlanLine { depth, text: text(), detail: false, rows: 0, loops: 0, time: Duration::ZERO };
+        trace.lines.insert(mark.index, line);
+        trace.depth = depth + 1;
+        Some(Node { index: mark.index, depth, start: mark.start })
+    }
+
+    /// A detail line (`Filter: …`) of the operator being traced.
+    fn detail(&mut self, text: impl FnOnce() -> String) {
+        if self.tracing() {
+            let trace = self.trace.as_mut().expect("tracing");
+            let depth = trace.depth;
+            trace.lines.push(PlanLine { depth, text: text(), detail: true, rows: 0, loops: 0, time: Duration::ZERO });
+        }
+    }
+
+    /// A detail for the operator closed next (a join's condition, known
+    /// only once it has chosen how to join).
+    fn note(&mut self, text: impl FnOnce() -> String) {
+        if self.tracing() {
+            let text = text();
+            self.trace.as_mut().expect("tracing").notes.push(text);
+        }
+    }
+
+    /// Ends an operator: its rows and time (and, if given, its final
+    /// text); pending notes go right under its line.
+    fn close_node(&mut self, node: Option<Node>, rows: usize, text: Option<String>) {
+        let Some(node) = node else { return };
+        let now = self.ctx.txn.monotonic();
+        let trace = self.trace.as_mut().expect("tracing");
+        let line = &mut trace.lines[node.index];
+        line.rows += rows;
+        line.loops += 1;
+        line.time += now.saturating_sub(node.start);
+        if let Some(text) = text {
+            line.text = text;
+        }
+        for (n, text) in std::mem::take(&mut trace.notes).into_iter().enumerate() {
+            let line = PlanLine { depth: node.depth + 1, text, detail: true, rows: 0, loops: 0, time: Duration::ZERO };
+            trace.lines.insert(node.index + 1 + n, line);
+        }
+        trace.depth = node.depth;
     }
 
     /// Counts `row` against the statement's memory budget.
@@ -136,7 +292,7 @@ impl<'c, 'a> Runner<'c, 'a> {
     }
 
     fn scope<'s>(&'s self, cols: &'s [Col], row: &'s [Value], outer: Option<&'s Outer>) -> Scope<'s> {
-        Scope { outer, ..Scope::row(cols, row, self.ctx.params, self.ctx.now) }
+        Scope { outer, catalog: self.catalog.as_deref(), ..Scope::row(cols, row, self.ctx.params, self.ctx.now) }
     }
 
     /// Runs a whole query: `WITH`, the body, `ORDER BY`, `LIMIT`.
@@ -158,8 +314,11 @@ impl<'c, 'a> Runner<'c, 'a> {
                 return Err(SqlError::unsupported("WITH RECURSIVE"));
             }
             for cte in &with.cte_tables {
-                let mut relation = self.query(&cte.query, outer).await?;
                 let name = ident_name(&cte.alias.name);
+                let node = self.open_node(|| format!("CTE {name}"));
+                let relation = self.query(&cte.query, outer).await;
+                self.close_node(node, relation.as_ref().map_or(0, |r| r.rows.len()), None);
+                let mut relation = relation?;
                 rename(&mut relation, &name, &cte.alias)?;
                 self.ctes.push((name, Arc::new(relation)));
             }
@@ -175,8 +334,11 @@ impl<'c, 'a> Runner<'c, 'a> {
         if let SetExpr::Select(select) = query.body.as_ref() {
             return self.select(select, &order, limit, offset, outer).await;
         }
+        let mark = self.mark();
         let mut relation = self.set_expr(&query.body, outer).await?;
         if !order.is_empty() {
+            let node = self.wrap_node(mark, || format!("Sort (by {})", list(order.iter().map(|o| &o.expr))));
+            self.close_node(node, relation.rows.len(), None);
             let mut keyed = Vec::with_capacity(relation.rows.len());
             for row in std::mem::take(&mut relation.rows) {
                 let keys = order
@@ -189,6 +351,10 @@ impl<'c, 'a> Runner<'c, 'a> {
             relation.rows = keyed.into_iter().map(|(row, _)| row).collect();
         }
         relation.rows = relation.rows.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).collect();
+        if query.limit_clause.is_some() {
+            let node = self.wrap_node(mark, || "Limit".into());
+            self.close_node(node, relation.rows.len(), None);
+        }
         Ok(relation)
     }
 
@@ -218,9 +384,13 @@ impl<'c, 'a> Runner<'c, 'a> {
                 SetExpr::Query(query) => self.query(query, outer).await,
                 SetExpr::Values(values) => self.values(values),
                 SetExpr::SetOperation { left, op, set_quantifier, right } => {
+                    let mark = self.mark();
                     let left = self.set_expr(left, outer).await?;
                     let right = self.set_expr(right, outer).await?;
-                    set_operation(left, *op, *set_quantifier, right)
+                    let node = self.wrap_node(mark, || format!("{op} {set_quantifier}").trim().to_string());
+                    let result = set_operation(left, *op, *set_quantifier, right)?;
+                    self.close_node(node, result.rows.len(), None);
+                    Ok(result)
                 }
                 _ => Err(SqlError::unsupported("this kind of query")),
             }
@@ -267,7 +437,8 @@ impl<'c, 'a> Runner<'c, 'a> {
             if !self.correlated.contains(&key) {
                 // Run it on its own first: if it needs nothing from outside,
                 // its result holds for every row.
-                match self.query(query, None).await {
+                let mark = self.mark();
+                match self.traced_subquery(query, None, "InitPlan (runs once)").await {
                     Ok(relation) => {
                         let rows = Arc::new(relation.rows);
                         self.uncorrelated.insert(key, rows.clone());
@@ -276,15 +447,52 @@ impl<'c, 'a> Runner<'c, 'a> {
                     }
                     Err(e) if matches!(e.code, "42703" | "42P01") => {
                         self.correlated.insert(key);
+                        if let Some(trace) = self.trace.as_mut() {
+                            trace.lines.truncate(mark.index);
+                            trace.subplans.remove(&key);
+                        }
                     }
                     Err(e) => return Err(e),
                 }
             }
             let here = Arc::new(Outer { cols: cols.to_vec(), row: row.to_vec(), outer: outer.cloned() });
-            let relation = self.query(query, Some(&here)).await?;
+            let relation = self.traced_subquery(query, Some(&here), "SubPlan (runs for each row)").await?;
             results.insert(key, Arc::new(relation.rows));
         }
         Ok(results)
+    }
+
+    /// Runs a subquery, its plan traced the first time only.
+    async fn traced_subquery(
+        &mut self,
+        query: &Query,
+        outer: Option<&Arc<Outer>>,
+        label: &str,
+    ) -> Result<Relation, SqlError> {
+        let key = subquery_key(query);
+        let seen = self.trace.as_ref().and_then(|t| t.subplans.get(&key).copied());
+        let (node, quiet) = match (self.tracing(), seen) {
+            (false, _) => (None, false),
+            (true, None) => {
+                let node = self.open_node(|| label.to_string());
+                if let (Some(trace), Some(node)) = (self.trace.as_mut(), node) {
+                    trace.subplans.insert(key, node.index);
+                }
+                (node, false)
+            }
+            (true, Some(index)) => {
+                let trace = self.trace.as_mut().expect("tracing");
+                trace.quiet += 1;
+                let node = Node { index, depth: trace.depth, start: self.ctx.txn.monotonic() };
+                (Some(node), true)
+            }
+        };
+        let result = self.query(query, outer).await;
+        if quiet {
+            self.trace.as_mut().expect("tracing").quiet -= 1;
+        }
+        self.close_node(node, result.as_ref().map_or(0, |r| r.rows.len()), None);
+        result
     }
 
     /// Whether `filter` holds for `row`.
@@ -323,6 +531,7 @@ impl<'c, 'a> Runner<'c, 'a> {
         };
         let filter = select.selection.as_ref();
         let filter_subqueries = subqueries_in(filter);
+        let mark = self.mark();
 
         // FROM and WHERE.
         let (cols, rows) = match select.from.as_slice() {
@@ -339,12 +548,14 @@ impl<'c, 'a> Runner<'c, 'a> {
             }
             from => {
                 let relation = self.from(from, outer).await?;
+                let node = filter.and_then(|f| self.wrap_node(mark, || format!("Filter: {f}")));
                 let mut rows = Vec::new();
                 for row in relation.rows {
                     if self.keep(filter, &filter_subqueries, &relation.cols, &row, outer).await? {
                         rows.push(row);
                     }
                 }
+                self.close_node(node, rows.len(), None);
                 (relation.cols, rows)
             }
         };
@@ -395,14 +606,39 @@ impl<'c, 'a> Runner<'c, 'a> {
             };
             out_cols.push(Col::new("", name, ty));
         }
-        if self.dry {
-            return Ok(Relation { cols: out_cols, rows: Vec::new() });
-        }
-
         let mut output_exprs: Vec<&Expr> = items.iter().map(|(_, e)| e).collect();
         output_exprs.extend(select.having.iter());
         output_exprs.extend(order.iter().map(|o| &o.expr));
         let output_subqueries: Vec<&Query> = output_exprs.iter().flat_map(|e| subqueries_in(Some(e))).collect();
+        let stages = [
+            (
+                grouped,
+                if group_by.is_empty() {
+                    "Aggregate".to_string()
+                } else {
+                    format!("Aggregate (group by {})", list(&group_by))
+                },
+            ),
+            (distinct, "Unique".to_string()),
+            (!order.is_empty(), format!("Sort (by {})", list(order.iter().map(|o| &o.expr)))),
+            (limit.is_some() || offset > 0, "Limit".to_string()),
+        ];
+        if self.dry {
+            if self.tracing() {
+                // EXPLAIN without ANALYZE: show each subquery's plan once.
+                let nulls = vec![Value::Null; cols.len()];
+                let mut all = filter_subqueries.clone();
+                all.extend(&output_subqueries);
+                self.subqueries(&all, &cols, &nulls, outer).await?;
+                for (applies, text) in stages {
+                    if applies {
+                        let node = self.wrap_node(mark, || text);
+                        self.close_node(node, 0, None);
+                    }
+                }
+            }
+            return Ok(Relation { cols: out_cols, rows: Vec::new() });
+        }
         let mut out: Vec<(Vec<Value>, Vec<Value>)> = Vec::new();
         let mut seen = BTreeSet::new();
         if grouped {
@@ -467,7 +703,18 @@ impl<'c, 'a> Runner<'c, 'a> {
             }
         }
         sort(&mut out, order)?;
-        let rows = out.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).map(|(row, _)| row).collect();
+        let rows: Vec<Vec<Value>> =
+            out.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).map(|(row, _)| row).collect();
+        if self.tracing() {
+            // The stages ran interleaved; each is shown with the rows it
+            // passed on (the aggregate's groups, the distinct rows, …).
+            for (applies, text) in stages {
+                if applies {
+                    let node = self.wrap_node(mark, || text);
+                    self.close_node(node, rows.len(), None);
+                }
+            }
+        }
         Ok(Relation { cols: out_cols, rows })
     }
 
@@ -498,6 +745,66 @@ impl<'c, 'a> Runner<'c, 'a> {
         stop: Option<usize>,
         outer: Option<&Arc<Outer>>,
     ) -> Result<(Vec<Col>, Vec<Vec<Value>>), SqlError> {
+        let node = if self.tracing() {
+            let text = self.describe_scan(name, alias, filter).await;
+            self.open_node(|| text)
+        } else {
+            None
+        };
+        if let Some(filter) = filter {
+            self.detail(|| format!("Filter: {filter}"));
+        }
+        if let Some(stop) = stop {
+            self.detail(|| format!("Stops after {stop} rows"));
+        }
+        let result = self.scan_table_rows(name, alias, filter, filter_subqueries, stop, outer).await;
+        self.close_node(node, result.as_ref().map_or(0, |(_, rows)| rows.len()), None);
+        result
+    }
+
+    /// How [`scan_table`](Self::scan_table) will read `name`, for EXPLAIN.
+    async fn describe_scan(&mut self, name: &ObjectName, alias: Option<&TableAlias>, filter: Option<&Expr>) -> String {
+        let alias = alias.map(|a| format!(" {}", ident_name(&a.name))).unwrap_or_default();
+        if catalog_name(name).is_some() {
+            return format!("Catalog Scan on {name}{alias}");
+        }
+        let Ok(table_name) = object_name(name) else { return format!("Seq Scan on {name}{alias}") };
+        let Ok((_, schema)) = load(self.ctx.txn, &table_name).await else {
+            return format!("Seq Scan on {table_name}{alias}");
+        };
+        let cols = table_cols(&schema, &table_name);
+        match point_key(&schema, &cols, filter, self.ctx.params, self.ctx.now) {
+            Ok(Some(_)) => {
+                format!("Index Scan using {table_name}_pkey on {table_name}{alias} (one row by primary key)")
+            }
+            _ => format!("Seq Scan on {table_name}{alias}"),
+        }
+    }
+
+    async fn scan_table_rows(
+        &mut self,
+        name: &ObjectName,
+        alias: Option<&TableAlias>,
+        filter: Option<&Expr>,
+        filter_subqueries: &[&Query],
+        stop: Option<usize>,
+        outer: Option<&Arc<Outer>>,
+    ) -> Result<(Vec<Col>, Vec<Vec<Value>>), SqlError> {
+        if let Some((_, catalog_table)) = catalog_name(name) {
+            if self.catalog.is_none() {
+                self.catalog = Some(Arc::new(Catalog::load(self.ctx.txn).await?));
+            }
+            let catalog = self.catalog.clone().expect("just loaded");
+            let mut relation = catalog.relation(name).expect("a catalog name")?;
+            rename(&mut relation, &alias.map_or(catalog_table, |a| ident_name(&a.name)), alias.unwrap_or(&no_alias()))?;
+            let mut rows = Vec::new();
+            for row in std::mem::take(&mut relation.rows) {
+                if !self.dry && self.keep(filter, filter_subqueries, &relation.cols, &row, outer).await? {
+                    rows.push(row);
+                }
+            }
+            return Ok((relation.cols, rows));
+        }
         let table_name = object_name(name)?;
         let (table, schema) = load(self.ctx.txn, &table_name).await?;
         let mut relation = Relation { cols: table_cols(&schema, &table_name), rows: Vec::new() };
@@ -546,6 +853,8 @@ impl<'c, 'a> Runner<'c, 'a> {
             TableFactor::Table { name, alias, args: None, .. } => {
                 let mut relation = match self.cte(name) {
                     Some(cte) => {
+                        let node = self.open_node(|| format!("CTE Scan on {name}"));
+                        self.close_node(node, cte.rows.len(), None);
                         let mut relation = cte.as_ref().clone();
                         for col in &mut relation.cols {
                             col.table = ident_name(name.0[0].as_ident().expect("a CTE name is an identifier"));
@@ -553,7 +862,7 @@ impl<'c, 'a> Runner<'c, 'a> {
                         relation
                     }
                     None => {
-                        let (cols, rows) = self.scan_table(name, None, None, &[], None, outer).await?;
+                        let (cols, rows) = self.scan_table(name, alias.as_ref(), None, &[], None, outer).await?;
                         Relation { cols, rows }
                     }
                 };
@@ -563,7 +872,11 @@ impl<'c, 'a> Runner<'c, 'a> {
                 Ok(relation)
             }
             TableFactor::Derived { lateral: false, subquery, alias, .. } => {
-                let mut relation = self.query(subquery, outer).await?;
+                let label = alias.as_ref().map(|a| ident_name(&a.name)).unwrap_or_default();
+                let node = self.open_node(|| format!("Subquery Scan on {label}"));
+                let relation = self.query(subquery, outer).await;
+                self.close_node(node, relation.as_ref().map_or(0, |r| r.rows.len()), None);
+                let mut relation = relation?;
                 match alias {
                     Some(alias) => rename(&mut relation, &ident_name(&alias.name), alias)?,
                     None => return Err(SqlError::syntax("a subquery in FROM must have an alias")),
@@ -577,8 +890,76 @@ impl<'c, 'a> Runner<'c, 'a> {
                 }
                 Ok(relation)
             }
+            TableFactor::Table { name, alias, args: Some(args), .. } => {
+                let node = self.open_node(|| format!("Function Scan on {name}"));
+                let relation = self.table_function(name, &args.args, outer);
+                self.close_node(node, relation.as_ref().map_or(0, |r| r.rows.len()), None);
+                let mut relation = relation?;
+                if let Some(alias) = alias {
+                    rename(&mut relation, &ident_name(&alias.name), alias)?;
+                }
+                Ok(relation)
+            }
             other => Err(SqlError::unsupported(&format!("`{other}` in FROM"))),
         }
+    }
+
+    /// `unnest(array)` and `generate_series(from, to[, step])` in `FROM`.
+    fn table_function(
+        &self,
+        name: &ObjectName,
+        args: &[sqlparser::ast::FunctionArg],
+        outer: Option<&Arc<Outer>>,
+    ) -> Result<Relation, SqlError> {
+        let function = name.to_string().to_lowercase();
+        let function = function.strip_prefix("pg_catalog.").unwrap_or(&function).to_string();
+        let scope = self.scope(&[], &[], outer.map(|o| o.as_ref()));
+        let values = args
+            .iter()
+            .map(|arg| match arg {
+                sqlparser::ast::FunctionArg::Unnamed(sqlparser::ast::FunctionArgExpr::Expr(e)) => eval(e, &scope),
+                other => Err(SqlError::unsupported(&format!("the argument {other} of {function}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (ty, rows) = match (function.as_str(), values.as_slice()) {
+            ("unnest", [array]) => {
+                let rows = match array {
+                    Value::Null => Vec::new(),
+                    v => {
+                        let text = v.to_string();
+                        let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
+                        inner
+                            .split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(|s| vec![Value::Text(s.trim().to_string())])
+                            .collect()
+                    }
+                };
+                (SqlType::Text(None), rows)
+            }
+            ("generate_series", [from, to, rest @ ..]) if rest.len() <= 1 => {
+                let step = match rest.first() {
+                    Some(Value::Int(0)) => return Err(SqlError::new("22023", "step size cannot equal zero")),
+                    Some(Value::Int(step)) => *step,
+                    None => 1,
+                    Some(other) => return Err(SqlError::new("42883", format!("generate_series step {other:?}"))),
+                };
+                let rows = match (from, to) {
+                    (Value::Int(from), Value::Int(to)) => {
+                        let count = if step > 0 { (to - from) / step + 1 } else { (from - to) / -step + 1 };
+                        if count > 100_000_000 {
+                            return Err(SqlError::new("54000", "generate_series would return too many rows"));
+                        }
+                        (0..count.max(0)).map(|i| vec![Value::Int(from + i * step)]).collect()
+                    }
+                    (Value::Null, _) | (_, Value::Null) => Vec::new(),
+                    _ => return Err(SqlError::new("42883", "generate_series takes integers")),
+                };
+                (SqlType::BigInt, rows)
+            }
+            _ => return Err(SqlError::unsupported(&format!("the function {function}() in FROM"))),
+        };
+        Ok(Relation { cols: vec![Col::new(&function, &function, ty)], rows })
     }
 
     /// The relation a `FROM` list makes: each item's joins in order, and
@@ -586,14 +967,24 @@ impl<'c, 'a> Runner<'c, 'a> {
     fn from<'s>(&'s mut self, from: &'s [TableWithJoins], outer: Option<&'s Arc<Outer>>) -> Boxed<'s, Relation> {
         Box::pin(async move {
             let mut result: Option<Relation> = None;
+            let first = self.mark();
             for item in from {
+                let mark = self.mark();
                 let mut relation = self.table_factor(&item.relation, outer).await?;
                 for join in &item.joins {
-                    relation = self.join(relation, join, outer).await?;
+                    let node = self.wrap_node(mark, String::new);
+                    let (joined, how) = self.join(relation, join, outer).await?;
+                    self.close_node(node, joined.rows.len(), Some(how));
+                    relation = joined;
                 }
                 result = Some(match result {
                     None => relation,
-                    Some(left) => self.combine(left, relation, JoinKind::Inner, None, None, outer).await?,
+                    Some(left) => {
+                        let node = self.wrap_node(first, || "Nested Loop (cross join)".into());
+                        let crossed = self.combine(left, relation, JoinKind::Inner, None, None, outer).await?;
+                        self.close_node(node, crossed.rows.len(), None);
+                        crossed
+                    }
                 });
             }
             Ok(result.unwrap_or_default())
@@ -605,7 +996,7 @@ impl<'c, 'a> Runner<'c, 'a> {
         left: Relation,
         join: &sqlparser::ast::Join,
         outer: Option<&Arc<Outer>>,
-    ) -> Result<Relation, SqlError> {
+    ) -> Result<(Relation, String), SqlError> {
         let (kind, constraint) = match &join.join_operator {
             JoinOperator::Join(c) | JoinOperator::Inner(c) => (JoinKind::Inner, c),
             JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (JoinKind::Left, c),
@@ -620,7 +1011,8 @@ impl<'c, 'a> Runner<'c, 'a> {
             JoinConstraint::Using(names) => {
                 let names = names.iter().map(object_name).collect::<Result<Vec<_>, _>>()?;
                 let right = self.table_factor(&join.relation, outer).await?;
-                return self.join_using(left, right, kind, &names, outer).await;
+                let joined = self.join_using(left, right, kind, &names, outer).await?;
+                return Ok((joined, format!("Hash {}Join (USING {})", kind.label(), names.join(", "))));
             }
             JoinConstraint::Natural => {
                 let right = self.table_factor(&join.relation, outer).await?;
@@ -630,7 +1022,8 @@ impl<'c, 'a> Runner<'c, 'a> {
                     .filter(|l| !l.hidden && right.cols.iter().any(|r| !r.hidden && r.name == l.name))
                     .map(|c| c.name.clone())
                     .collect();
-                return self.join_using(left, right, kind, &names, outer).await;
+                let joined = self.join_using(left, right, kind, &names, outer).await?;
+                return Ok((joined, format!("Hash {}Join (NATURAL: {})", kind.label(), names.join(", "))));
             }
             JoinConstraint::UsingAlias(..) => return Err(SqlError::unsupported("USING … AS")),
         };
@@ -641,7 +1034,10 @@ impl<'c, 'a> Runner<'c, 'a> {
         {
             if self.cte(name).is_none() {
                 if let Some(relation) = self.index_join(&left, name, alias.as_ref(), on, kind, outer).await? {
-                    return Ok(relation);
+                    self.note(|| format!("Join Filter: {on}"));
+                    let how =
+                        format!("Index Nested Loop {}Join using {}_pkey on {name}", kind.label(), object_name(name)?);
+                    return Ok((relation, how));
                 }
             }
         }
@@ -711,9 +1107,10 @@ impl<'c, 'a> Runner<'c, 'a> {
         kind: JoinKind,
         condition: Option<&Expr>,
         outer: Option<&Arc<Outer>>,
-    ) -> Result<Relation, SqlError> {
+    ) -> Result<(Relation, String), SqlError> {
+        let nested = format!("Nested Loop {}Join", kind.label());
         let Some(condition) = condition else {
-            return self.combine(left, right, kind, None, None, outer).await;
+            return Ok((self.combine(left, right, kind, None, None, outer).await?, nested));
         };
         let mut conjuncts = Vec::new();
         split_and(condition, &mut conjuncts);
@@ -739,9 +1136,18 @@ impl<'c, 'a> Runner<'c, 'a> {
             right: Box::new(b),
         });
         if left_keys.is_empty() {
-            return self.combine(left, right, kind, None, Some(condition), outer).await;
+            self.note(|| format!("Join Filter: {condition}"));
+            return Ok((self.combine(left, right, kind, None, Some(condition), outer).await?, nested));
         }
-        self.combine(left, right, kind, Some((&left_keys, &right_keys)), residual.as_ref(), outer).await
+        self.note(|| {
+            let keys: Vec<String> = left_keys.iter().zip(&right_keys).map(|(l, r)| format!("{l} = {r}")).collect();
+            format!("Hash Cond: {}", keys.join(" AND "))
+        });
+        if let Some(residual) = &residual {
+            self.note(|| format!("Join Filter: {residual}"));
+        }
+        let joined = self.combine(left, right, kind, Some((&left_keys, &right_keys)), residual.as_ref(), outer).await?;
+        Ok((joined, format!("Hash {}Join", kind.label())))
     }
 
     /// The pairs of rows that match, and for an outer join the rows without
@@ -826,7 +1232,7 @@ impl<'c, 'a> Runner<'c, 'a> {
         kind: JoinKind,
         outer: Option<&Arc<Outer>>,
     ) -> Result<Option<Relation>, SqlError> {
-        if left.rows.len() > INDEX_JOIN_MAX_OUTER {
+        if left.rows.len() > INDEX_JOIN_MAX_OUTER || catalog_name(name).is_some() {
             return Ok(None);
         }
         let table_name = object_name(name)?;
@@ -909,6 +1315,27 @@ enum KeyPart<'e> {
     Expr(&'e Expr),
 }
 
+impl std::fmt::Display for KeyPart<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyPart::Column(i) => write!(f, "${}", i + 1),
+            KeyPart::Expr(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl JoinKind {
+    /// The word EXPLAIN puts before "Join".
+    fn label(self) -> &'static str {
+        match self {
+            JoinKind::Inner => "",
+            JoinKind::Left => "Left ",
+            JoinKind::Right => "Right ",
+            JoinKind::Full => "Full ",
+        }
+    }
+}
+
 /// A row's join key; `None` if a part is NULL (it equals nothing).
 fn join_key(parts: &[KeyPart], scope: &Scope) -> Result<Option<Vec<u8>>, SqlError> {
     let mut key = Vec::new();
@@ -946,6 +1373,11 @@ fn refers_only(e: &Expr, cols: &[Col], other: &[Col]) -> bool {
     ok && columns > 0
 }
 
+/// Expressions as a comma-separated list, for EXPLAIN.
+fn list<'e>(exprs: impl IntoIterator<Item = &'e Expr>) -> String {
+    exprs.into_iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// The subqueries in `e`.
 fn subqueries_in(e: Option<&Expr>) -> Vec<&Query> {
     let mut found = Vec::new();
@@ -968,6 +1400,11 @@ fn has_aggregates(select: &Select) -> bool {
 /// A table's columns, qualified by its name.
 pub(super) fn table_cols(schema: &Schema, table: &str) -> Vec<Col> {
     schema.columns.iter().map(|c| Col::new(table, &c.name, c.ty)).collect()
+}
+
+/// An alias without column names.
+fn no_alias() -> TableAlias {
+    TableAlias { explicit: false, name: Ident::new(""), columns: Vec::new(), at: None }
 }
 
 /// Gives a relation a table name and, from `alias`'s column list, new

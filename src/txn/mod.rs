@@ -78,6 +78,12 @@ impl Transaction {
         Transaction { shared, xid, state: State::Active, held: Vec::new(), exclusive: Vec::new(), begun_micros }
     }
 
+    /// The environment's monotonic clock (simulated time in simulation):
+    /// for timing work, as `EXPLAIN ANALYZE` does.
+    pub fn monotonic(&self) -> std::time::Duration {
+        self.shared.env.clock.monotonic()
+    }
+
     /// The transaction's id.
     pub fn xid(&self) -> u64 {
         self.xid
