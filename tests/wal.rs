@@ -505,3 +505,36 @@ async fn a_tail_cut_that_cannot_open_its_segment_fails_naming_it() {
     assert_eq!(read_all(fs.clone(), &opts).unwrap().len(), 20);
     open_wal(fs, &opts);
 }
+
+/// A torn tail that runs to the end of its segment with no zero byte in it
+/// (records, not the zero-fill, up to the boundary) is zeroed like any
+/// other when the WAL opens after it.
+#[tokio::test]
+async fn a_torn_tail_with_no_zero_byte_is_zeroed_too() {
+    let disk = SimDisk::new(10, FaultConfig::none());
+    let opts = opts();
+    {
+        let wal = open_wal(disk.fs(), &opts);
+        write_records(&wal, 0..4).await;
+    }
+    disk.crash();
+    let fs = disk.fs();
+    let end = WalReader::new(fs.clone(), opts.clone(), opts.first_lsn()).read_to_end().unwrap().lsn();
+    // Garbage without a zero byte from the end of the log to the end of
+    // its segment, as a torn write of a record could leave.
+    let path = opts.path(opts.segno(end));
+    let from = opts.offset(end);
+    let file = fs.open(&path).unwrap();
+    let garbage = vec![0xA5; (opts.segment_size - from) as usize];
+    file.write_all_at(&garbage, from).unwrap();
+    file.sync_data().unwrap();
+    drop(file);
+    open_wal(fs.clone(), &opts);
+    let file = fs.open(&path).unwrap();
+    let resume_at = end.0.next_multiple_of(thunderdb::env::SECTOR_SIZE);
+    assert_eq!(opts.segno(Lsn(resume_at)), opts.segno(end), "the log ends in the first half of its segment");
+    let mut tail = vec![0; (opts.segment_size - opts.offset(Lsn(resume_at))) as usize];
+    file.read_exact_at(&mut tail, opts.offset(Lsn(resume_at))).unwrap();
+    assert!(tail.iter().all(|b| *b == 0), "the torn tail after {resume_at:#x} is zeroed");
+    assert_eq!(read_all(fs, &opts).unwrap().len(), 4);
+}
