@@ -234,8 +234,14 @@ async fn subqueries_ctes_and_set_operations() {
     )
     .await;
 
-    // Subqueries in UPDATE and DELETE are refused clearly, not misread.
-    let (code, message) = fails(&mut s, "DELETE FROM emp WHERE dept_id IN (SELECT id FROM dept)").await;
+    // Subqueries in UPDATE and DELETE, correlated or not.
+    rows_of(&mut s, "UPDATE emp SET salary = salary + 1 WHERE dept_id IN (SELECT id FROM dept WHERE name = 'ops')")
+        .await;
+    check(&mut s, "SELECT salary FROM emp WHERE id = 12", &["91"]).await;
+    rows_of(&mut s, "DELETE FROM emp e WHERE NOT EXISTS (SELECT 1 FROM dept d WHERE d.id = e.dept_id)").await;
+    check(&mut s, "SELECT name FROM emp ORDER BY id", &["ann", "bob", "cy"]).await;
+    // A subquery where the engine cannot run one is refused clearly.
+    let (code, message) = fails(&mut s, "UPDATE emp SET salary = (SELECT 1)").await;
     assert_eq!(code, "0A000", "{message}");
 }
 

@@ -315,11 +315,17 @@ async fn insert_rows(ctx: &mut Context<'_>, insert: &Insert) -> Result<Output, S
 async fn matching_rows(
     ctx: &mut Context<'_>,
     table: &Table,
+    alias: Option<&str>,
     schema: &Schema,
     filter: Option<&Expr>,
     for_update: bool,
 ) -> Result<Vec<(Vec<u8>, Vec<Value>)>, SqlError> {
-    let cols = query::table_cols(schema, &table.name);
+    let cols = query::table_cols(schema, alias.unwrap_or(&table.name));
+    if query::has_subqueries(filter) {
+        // Subqueries need the query runner: read the candidates, then filter.
+        let candidates = Box::pin(matching_rows(ctx, table, alias, schema, None, for_update)).await?;
+        return query::retain_matching(ctx, &cols, candidates, filter.expect("a filter with subqueries")).await;
+    }
     let keep = |row: &[Value], params: &[Value], now: i64| -> Result<bool, SqlError> {
         match filter {
             None => Ok(true),
@@ -390,13 +396,24 @@ fn single_table(from: &[TableWithJoins]) -> Result<Option<String>, SqlError> {
     }
 }
 
+/// The alias of the one table of an UPDATE or DELETE, if it has one.
+fn table_alias(from: &[TableWithJoins]) -> Option<String> {
+    match from {
+        [TableWithJoins { relation: TableFactor::Table { alias: Some(alias), .. }, .. }] => {
+            Some(ident_name(&alias.name))
+        }
+        _ => None,
+    }
+}
+
 async fn update_rows(ctx: &mut Context<'_>, update: &Update) -> Result<Output, SqlError> {
     if update.returning.is_some() || update.from.is_some() {
         return Err(SqlError::unsupported("UPDATE … FROM / RETURNING"));
     }
     let name = single_table(std::slice::from_ref(&update.table))?.expect("one table");
     let (table, schema) = load(ctx.txn, &name).await?;
-    let cols = query::table_cols(&schema, &name);
+    let alias = table_alias(std::slice::from_ref(&update.table));
+    let cols = query::table_cols(&schema, alias.as_deref().unwrap_or(&name));
     let assignments = update
         .assignments
         .iter()
@@ -408,7 +425,7 @@ async fn update_rows(ctx: &mut Context<'_>, update: &Update) -> Result<Output, S
             Ok((i, &a.value))
         })
         .collect::<Result<Vec<_>, SqlError>>()?;
-    let rows = matching_rows(ctx, &table, &schema, update.selection.as_ref(), true).await?;
+    let rows = matching_rows(ctx, &table, alias.as_deref(), &schema, update.selection.as_ref(), true).await?;
     let count = rows.len();
     for (key, old) in rows {
         let scope = Scope::row(&cols, &old, ctx.params, ctx.now);
@@ -436,7 +453,8 @@ async fn delete_rows(ctx: &mut Context<'_>, delete: &Delete) -> Result<Output, S
     let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
     let name = single_table(from)?.ok_or_else(|| SqlError::syntax("DELETE needs a table"))?;
     let (table, schema) = load(ctx.txn, &name).await?;
-    let rows = matching_rows(ctx, &table, &schema, delete.selection.as_ref(), true).await?;
+    let alias = table_alias(from);
+    let rows = matching_rows(ctx, &table, alias.as_deref(), &schema, delete.selection.as_ref(), true).await?;
     for (key, _) in &rows {
         ctx.txn.delete(&table, key).await?;
     }

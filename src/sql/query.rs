@@ -93,6 +93,31 @@ pub async fn explain(ctx: &mut Context<'_>, query: &Query, analyze: bool) -> Res
     Ok(out)
 }
 
+/// Whether `filter` holds a subquery.
+pub fn has_subqueries(filter: Option<&Expr>) -> bool {
+    !subqueries_in(filter).is_empty()
+}
+
+/// The rows (of a table with columns `cols`) that `filter` keeps: the
+/// `WHERE` of an `UPDATE` or `DELETE` that holds subqueries.
+pub async fn retain_matching<K>(
+    ctx: &mut Context<'_>,
+    cols: &[Col],
+    rows: Vec<(K, Vec<Value>)>,
+    filter: &Expr,
+) -> Result<Vec<(K, Vec<Value>)>, SqlError> {
+    let param_types = ctx.params.iter().map(value_type).collect();
+    let mut runner = Runner::new(ctx, param_types, false);
+    let subqueries = subqueries_in(Some(filter));
+    let mut kept = Vec::new();
+    for (key, row) in rows {
+        if runner.keep(Some(filter), &subqueries, cols, &row, None).await? {
+            kept.push((key, row));
+        }
+    }
+    Ok(kept)
+}
+
 /// The columns `query` would return, given its parameters' types: a dry
 /// run, which reads no rows.
 pub async fn columns(
