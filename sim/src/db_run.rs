@@ -956,6 +956,7 @@ async fn setup(db: &Database, shared: &SharedRef, clock: &SimClock) -> Result<()
             .map(|name| Column { name: name.into(), ty: SqlType::BigInt, not_null: true, default: None })
             .to_vec(),
         primary_key: vec![0],
+        indexes: Vec::new(),
     };
     let ledger = txn.create_table(LEDGER, &schema.encode()).await?;
     for account in 0..ACCOUNTS {

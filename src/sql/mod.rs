@@ -12,6 +12,7 @@
 mod catalog;
 mod exec;
 pub mod expr;
+pub mod index;
 mod query;
 pub mod types;
 
