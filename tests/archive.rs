@@ -8,11 +8,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{free_port, text, thunderdb, Server};
+use common::{free_port, python_tools, text, thunderdb, Server};
 
 const SEGMENT: u64 = 1 << 20;
 
@@ -294,14 +294,6 @@ impl Drop for S3 {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The virtualenv with `aws` and `moto_server`, installing it if needed
-/// (`scripts/python-tools.sh`); `None` if that install fails.
-fn python_tools() -> Option<PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/python-tools.sh");
-    let out = Command::new("bash").arg(script).stderr(Stdio::inherit()).output().ok()?;
-    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 #[test]

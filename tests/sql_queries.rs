@@ -234,8 +234,14 @@ async fn subqueries_ctes_and_set_operations() {
     )
     .await;
 
-    // Subqueries in UPDATE and DELETE are refused clearly, not misread.
-    let (code, message) = fails(&mut s, "DELETE FROM emp WHERE dept_id IN (SELECT id FROM dept)").await;
+    // Subqueries in UPDATE and DELETE, correlated or not.
+    rows_of(&mut s, "UPDATE emp SET salary = salary + 1 WHERE dept_id IN (SELECT id FROM dept WHERE name = 'ops')")
+        .await;
+    check(&mut s, "SELECT salary FROM emp WHERE id = 12", &["91"]).await;
+    rows_of(&mut s, "DELETE FROM emp e WHERE NOT EXISTS (SELECT 1 FROM dept d WHERE d.id = e.dept_id)").await;
+    check(&mut s, "SELECT name FROM emp ORDER BY id", &["ann", "bob", "cy"]).await;
+    // A subquery where the engine cannot run one is refused clearly.
+    let (code, message) = fails(&mut s, "UPDATE emp SET salary = (SELECT 1)").await;
     assert_eq!(code, "0A000", "{message}");
 }
 
@@ -295,4 +301,75 @@ async fn explain_shows_the_chosen_plan_and_analyze_counts_rows() {
             .await;
     assert!(sub.contains("SubPlan (runs for each row)  (actual rows=3 loops=3"), "{sub}");
     assert_eq!(fails(&mut s, "EXPLAIN DELETE FROM emp").await.0, "0A000");
+}
+
+#[tokio::test]
+async fn secondary_indexes_are_kept_with_their_table_and_used() {
+    let mut s = session().await;
+    rows_of(&mut s, "CREATE INDEX emp_dept ON emp (dept_id)").await;
+    rows_of(&mut s, "CREATE UNIQUE INDEX ON emp (name)").await;
+    rows_of(&mut s, "CREATE INDEX IF NOT EXISTS emp_dept ON emp (salary)").await;
+    assert_eq!(fails(&mut s, "CREATE INDEX emp_dept ON emp (salary)").await.0, "42P07");
+    assert_eq!(fails(&mut s, "CREATE INDEX dept ON emp (salary)").await.0, "42P07");
+    assert_eq!(fails(&mut s, "CREATE INDEX ON emp (nope)").await.0, "42703");
+    // Lookups by an indexed column, equal and in a range, use the index.
+    let plan = rows_of(&mut s, "EXPLAIN SELECT name FROM emp WHERE dept_id = 1").await.join("\n");
+    assert!(plan.starts_with("Index Scan using emp_dept on emp (dept_id fixed)"), "{plan}");
+    check(&mut s, "SELECT name FROM emp WHERE dept_id = 1 ORDER BY name", &["ann", "bob"]).await;
+    check(&mut s, "SELECT name FROM emp WHERE dept_id > 1 ORDER BY name", &["cy", "eve"]).await;
+    check(&mut s, "SELECT name FROM emp WHERE dept_id BETWEEN 2 AND 9 ORDER BY name", &["cy", "eve"]).await;
+    check(&mut s, "SELECT name FROM emp WHERE dept_id <= 2 AND dept_id >= 2", &["cy"]).await;
+    check(&mut s, "SELECT id FROM emp WHERE name = 'dee'", &["13"]).await;
+    let plan = rows_of(&mut s, "EXPLAIN SELECT * FROM emp WHERE name = 'dee'").await.join("\n");
+    assert!(plan.starts_with("Index Scan using emp_name_key on emp"), "{plan}");
+    // A unique index refuses a duplicate, and NULLs never collide.
+    assert_eq!(fails(&mut s, "INSERT INTO emp VALUES (20, 'ann', 1, 1)").await.0, "23505");
+    rows_of(&mut s, "INSERT INTO emp VALUES (20, NULL, 1, 1), (21, NULL, 1, 1)").await;
+    // Updates and deletes keep every index exact; a rollback undoes them.
+    rows_of(&mut s, "UPDATE emp SET dept_id = 2 WHERE name = 'bob'").await;
+    check(&mut s, "SELECT name FROM emp WHERE dept_id = 2 ORDER BY 1", &["bob", "cy"]).await;
+    rows_of(&mut s, "UPDATE emp SET id = 30 WHERE id = 10").await;
+    check(&mut s, "SELECT id FROM emp WHERE name = 'ann'", &["30"]).await;
+    rows_of(&mut s, "BEGIN; DELETE FROM emp WHERE dept_id = 2; ROLLBACK").await;
+    check(&mut s, "SELECT count(*) FROM emp WHERE dept_id = 2", &["2"]).await;
+    rows_of(&mut s, "DELETE FROM emp WHERE id IN (20, 21)").await;
+    assert_eq!(fails(&mut s, "UPDATE emp SET name = 'cy' WHERE id = 30").await.0, "23505");
+    // A join to an indexed column looks rows up through the index.
+    let plan =
+        rows_of(&mut s, "EXPLAIN SELECT d.name, e.name FROM dept d JOIN emp e ON e.dept_id = d.id").await.join("\n");
+    assert!(plan.starts_with("Index Nested Loop Join using emp_dept on emp"), "{plan}");
+    check(
+        &mut s,
+        "SELECT d.name, e.name FROM dept d JOIN emp e ON e.dept_id = d.id ORDER BY 2",
+        &["eng|ann", "ops|bob", "ops|cy"],
+    )
+    .await;
+    // TRUNCATE empties the indexes; COPY fills them; DROP INDEX drops.
+    rows_of(&mut s, "TRUNCATE emp").await;
+    check(&mut s, "SELECT count(*) FROM emp WHERE dept_id = 1", &["0"]).await;
+    s.run("COPY emp FROM STDIN").await;
+    s.copy_data(b"1\tx\t3\t10\n5\tz\t4\t10\n").await;
+    s.copy_done().await.unwrap();
+    check(&mut s, "SELECT name FROM emp WHERE dept_id = 3", &["x"]).await;
+    check(&mut s, "SELECT id FROM emp WHERE name = 'z'", &["5"]).await;
+    s.run("COPY emp FROM STDIN").await;
+    s.copy_data(b"6\tz\t4\t10\n").await;
+    assert_eq!(s.copy_done().await.unwrap_err().code, "23505", "COPY checks a unique index");
+    rows_of(&mut s, "DROP INDEX emp_dept").await;
+    assert_eq!(fails(&mut s, "DROP INDEX emp_dept").await.0, "42704");
+    rows_of(&mut s, "DROP INDEX IF EXISTS emp_dept").await;
+    let plan = rows_of(&mut s, "EXPLAIN SELECT name FROM emp WHERE dept_id = 3").await.join("\n");
+    assert!(plan.starts_with("Seq Scan on emp"), "{plan}");
+    // A unique index cannot be built over duplicates; nothing is left of it.
+    rows_of(&mut s, "INSERT INTO emp VALUES (2, 'y', 4, 10)").await;
+    let (code, message) = fails(&mut s, "CREATE UNIQUE INDEX emp_dept_u ON emp (dept_id)").await;
+    assert_eq!(
+        (code, message.as_str()),
+        ("23505", "could not create unique index \"emp_dept_u\": a key is duplicated")
+    );
+    rows_of(&mut s, "CREATE INDEX emp_dept_u ON emp (dept_id)").await;
+    // Dropping the table drops its indexes.
+    rows_of(&mut s, "DROP TABLE emp").await;
+    rows_of(&mut s, "CREATE TABLE emp (id INT PRIMARY KEY)").await;
+    rows_of(&mut s, "CREATE INDEX emp_dept_u ON emp (id)").await;
 }

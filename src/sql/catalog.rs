@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use sqlparser::ast::ObjectName;
 
 use super::expr::{ident_name, Col};
+use super::index;
 use super::query::Relation;
 use super::types::{Column, Schema, SqlType, Value};
 use super::SqlError;
@@ -41,19 +42,52 @@ struct Entry {
     name: String,
     oid: i64,
     schema: Schema,
+    /// The object ids of `schema.indexes`, in order.
+    index_oids: Vec<i64>,
+}
+
+/// One index of a table: its primary key's, or a secondary one.
+#[derive(Debug)]
+struct IndexInfo<'e> {
+    oid: i64,
+    name: String,
+    columns: &'e [usize],
+    unique: bool,
+    primary: bool,
 }
 
 impl Entry {
-    fn index_oid(&self) -> Option<i64> {
-        (!self.schema.primary_key.is_empty()).then_some(self.oid + 1)
+    /// Its indexes: the primary key's first (`TABLE_pkey`), then the
+    /// secondary ones in creation order.
+    fn indexes(&self) -> Vec<IndexInfo<'_>> {
+        let mut out = Vec::new();
+        if !self.schema.primary_key.is_empty() {
+            out.push(IndexInfo {
+                oid: self.oid + 1,
+                name: format!("{}_pkey", self.name),
+                columns: &self.schema.primary_key,
+                unique: true,
+                primary: true,
+            });
+        }
+        for (index, &oid) in self.schema.indexes.iter().zip(&self.index_oids) {
+            out.push(IndexInfo {
+                oid,
+                name: index.name.clone(),
+                columns: &index.columns,
+                unique: index.unique,
+                primary: false,
+            });
+        }
+        out
     }
 
-    fn index_name(&self) -> String {
-        format!("{}_pkey", self.name)
+    fn column_names(&self, columns: &[usize]) -> Vec<&str> {
+        columns.iter().map(|&i| self.schema.columns[i].name.as_str()).collect()
     }
 
-    fn key_names(&self) -> Vec<&str> {
-        self.schema.primary_key.iter().map(|&i| self.schema.columns[i].name.as_str()).collect()
+    fn find_index(&self, oid: i64) -> Option<IndexInfo<'_>> {
+        self.indexes().into_iter().find(|i| i.oid == oid)
     }
 }
 
@@ -67,10 +101,21 @@ impl Catalog {
     /// Reads every table's schema.
     pub async fn load(txn: &mut Transaction) -> Result<Catalog, SqlError> {
         let mut tables = Vec::new();
+        let mut index_roots = BTreeMap::new();
         for table in txn.tables().await? {
-            let schema = Schema::decode(&table.name, &table.meta)?;
             let oid = 16_384 + 2 * i64::from(table.tree.root);
-            tables.push(Entry { name: table.name, oid, schema });
+            match index::index_of_tree(&table.name) {
+                Some(index) => {
+                    index_roots.insert(index.to_string(), oid);
+                }
+                None => {
+                    let schema = Schema::decode(&table.name, &table.meta)?;
+                    tables.push(Entry { name: table.name, oid, schema, index_oids: Vec::new() });
+                }
+            }
+        }
+        for t in &mut tables {
+            t.index_oids = t.schema.indexes.iter().map(|i| index_roots.get(&i.name).copied().unwrap_or(0)).collect();
         }
         Ok(Catalog { tables })
     }
@@ -78,22 +123,19 @@ impl Catalog {
     /// `pg_get_indexdef(oid, column)`: the `CREATE INDEX` that would build
     /// it, or (for a column number above zero) that key column's name.
     pub fn index_def(&self, oid: i64, column: i64) -> Option<String> {
-        let t = self.tables.iter().find(|t| t.index_oid() == Some(oid))?;
+        let (t, index) = self.tables.iter().find_map(|t| Some((t, t.find_index(oid)?)))?;
+        let names = t.column_names(index.columns);
         if column > 0 {
-            return t.key_names().get(usize::try_from(column - 1).ok()?).map(|name| name.to_string());
+            return names.get(usize::try_from(column - 1).ok()?).map(|name| name.to_string());
         }
-        Some(format!(
-            "CREATE UNIQUE INDEX {} ON public.{} USING btree ({})",
-            t.index_name(),
-            t.name,
-            t.key_names().join(", ")
-        ))
+        let unique = if index.unique { "UNIQUE " } else { "" };
+        Some(format!("CREATE {unique}INDEX {} ON public.{} USING btree ({})", index.name, t.name, names.join(", ")))
     }
 
     /// `pg_get_constraintdef(oid)`: the constraint's clause.
     pub fn constraint_def(&self, oid: i64) -> Option<String> {
-        let t = self.tables.iter().find(|t| t.index_oid() == Some(oid))?;
-        Some(format!("PRIMARY KEY ({})", t.key_names().join(", ")))
+        let t = self.tables.iter().find(|t| !t.schema.primary_key.is_empty() && t.oid + 1 == oid)?;
+        Some(format!("PRIMARY KEY ({})", t.column_names(&t.schema.primary_key).join(", ")))
     }
 
     /// `oid::regclass`: a relation's name.
@@ -101,10 +143,8 @@ impl Catalog {
         self.tables.iter().find_map(|t| {
             if t.oid == oid {
                 Some(t.name.clone())
-            } else if t.index_oid() == Some(oid) {
-                Some(t.index_name())
             } else {
-                None
+                t.find_index(oid).map(|index| index.name)
             }
         })
     }
@@ -143,17 +183,11 @@ impl Catalog {
     fn pg_class(&self) -> Relation {
         let mut rows = Vec::new();
         for t in &self.tables {
+            let indexes = t.indexes();
             let natts = t.schema.columns.len() as i64;
-            rows.push(class_row(t.oid, &t.name, "r", HEAP_AM_OID, natts, t.index_oid().is_some()));
-            if let Some(index) = t.index_oid() {
-                rows.push(class_row(
-                    index,
-                    &t.index_name(),
-                    "i",
-                    BTREE_AM_OID,
-                    t.schema.primary_key.len() as i64,
-                    false,
-                ));
+            rows.push(class_row(t.oid, &t.name, "r", HEAP_AM_OID, natts, !indexes.is_empty()));
+            for index in indexes {
+                rows.push(class_row(index.oid, &index.name, "i", BTREE_AM_OID, index.columns.len() as i64, false));
             }
         }
         relation("c", CLASS_COLS, rows)
@@ -166,9 +200,9 @@ impl Catalog {
                 let not_null = c.not_null || t.schema.primary_key.contains(&i);
                 rows.push(attribute_row(t.oid, c, i + 1, not_null, c.default.is_some()));
             }
-            if let Some(index) = t.index_oid() {
-                for (n, &i) in t.schema.primary_key.iter().enumerate() {
-                    rows.push(attribute_row(index, &t.schema.columns[i], n + 1, false, false));
+            for index in t.indexes() {
+                for (n, &i) in index.columns.iter().enumerate() {
+                    rows.push(attribute_row(index.oid, &t.schema.columns[i], n + 1, false, false));
                 }
             }
         }
@@ -193,19 +227,17 @@ impl Catalog {
     }
 
     fn pg_index(&self) -> Relation {
-        let rows = self
-            .tables
-            .iter()
-            .filter_map(|t| {
-                let index = t.index_oid()?;
-                let keys: Vec<String> = t.schema.primary_key.iter().map(|i| (i + 1).to_string()).collect();
-                Some(vec![
-                    Value::Int(index),
+        let mut rows = Vec::new();
+        for t in &self.tables {
+            for index in t.indexes() {
+                let keys: Vec<String> = index.columns.iter().map(|i| (i + 1).to_string()).collect();
+                rows.push(vec![
+                    Value::Int(index.oid),
                     Value::Int(t.oid),
                     Value::Int(keys.len() as i64),
                     Value::Int(keys.len() as i64),
-                    Value::Bool(true),
-                    Value::Bool(true),
+                    Value::Bool(index.unique),
+                    Value::Bool(index.primary),
                     Value::Bool(false),
                     Value::Bool(true),
                     Value::Bool(true),
@@ -214,9 +246,9 @@ impl Catalog {
                     Value::Bool(false),
                     Value::Null,
                     text(&keys.join(" ")),
-                ])
-            })
-            .collect();
+                ]);
+            }
+        }
         relation("i", INDEX_COLS, rows)
     }
 
@@ -225,17 +257,17 @@ impl Catalog {
             .tables
             .iter()
             .filter_map(|t| {
-                let index = t.index_oid()?;
-                let keys: Vec<String> = t.schema.primary_key.iter().map(|i| (i + 1).to_string()).collect();
+                let index = t.indexes().into_iter().find(|i| i.primary)?;
+                let keys: Vec<String> = index.columns.iter().map(|i| (i + 1).to_string()).collect();
                 Some(vec![
-                    Value::Int(index),
-                    text(&t.index_name()),
+                    Value::Int(index.oid),
+                    text(&index.name),
                     Value::Int(PUBLIC_OID),
                     text("p"),
                     Value::Bool(false),
                     Value::Bool(false),
                     Value::Int(t.oid),
-                    Value::Int(index),
+                    Value::Int(index.oid),
                     text(&format!("{{{}}}", keys.join(","))),
                 ])
             })
@@ -247,7 +279,7 @@ impl Catalog {
         let rows = self
             .tables
             .iter()
-            .map(|t| vec![text("public"), text(&t.name), text(OWNER), Value::Bool(t.index_oid().is_some())])
+            .map(|t| vec![text("public"), text(&t.name), text(OWNER), Value::Bool(!t.indexes().is_empty())])
             .collect();
         relation("", &[("schemaname", TEXT), ("tablename", TEXT), ("tableowner", TEXT), ("hasindexes", BOOL)], rows)
     }

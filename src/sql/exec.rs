@@ -4,14 +4,15 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use sqlparser::ast::{
-    AlterTableOperation, BinaryOperator, ColumnOption, CopySource, CopyTarget, CreateTable, Delete, Expr, FromTable,
-    Ident, InTarget, Insert, LimitClause, ObjectName, ObjectNamePart, Set, SetExpr, Statement, TableConstraint,
-    TableFactor, TableObject, TableWithJoins, Update, Value as AstValue,
+    AlterTableOperation, BinaryOperator, ColumnOption, CopySource, CopyTarget, CreateIndex, CreateTable, Delete, Expr,
+    FromTable, Ident, InTarget, Insert, LimitClause, ObjectName, ObjectNamePart, Set, SetExpr, Statement,
+    TableConstraint, TableFactor, TableObject, TableWithJoins, Update, Value as AstValue,
 };
 
 use super::expr::{self, eval, ident_name, Col, Scope};
+use super::index;
 use super::query;
-use super::types::{decode_row, encode_row, Column, Schema, SqlType, Value};
+use super::types::{decode_row, encode_row, Column, IndexDef, Schema, SqlType, Value};
 use super::{ColumnDesc, Output, SqlError};
 use crate::db::DbError;
 use crate::txn::{Table, Transaction};
@@ -61,23 +62,42 @@ pub async fn execute(ctx: &mut Context<'_>, statement: &Statement) -> Result<Exe
         Statement::Delete(delete) => done(delete_rows(ctx, delete).await?),
         Statement::CreateTable(create) => done(create_table(ctx, create).await?),
         Statement::Drop { object_type, if_exists, names, .. } => {
-            if object_type.to_string().to_uppercase() != "TABLE" {
+            let kind = object_type.to_string().to_uppercase();
+            if kind == "INDEX" {
+                for name in names {
+                    drop_index(ctx.txn, &object_name(name)?, *if_exists).await?;
+                }
+                return done(Output::Command("DROP INDEX".into()));
+            }
+            if kind != "TABLE" {
                 return Err(SqlError::unsupported(&format!("DROP {object_type}")));
             }
             for name in names {
                 let name = object_name(name)?;
+                if let Ok((_, schema)) = load(ctx.txn, &name).await {
+                    for index in &schema.indexes {
+                        ctx.txn.drop_table(&index::tree_name(&index.name)).await?;
+                    }
+                }
                 match ctx.txn.drop_table(&name).await {
                     Err(DbError::NoSuchTable(_)) if *if_exists => {}
+                    Err(DbError::NoSuchTable(_)) => {
+                        return Err(SqlError::new("42P01", format!("table \"{name}\" does not exist")))
+                    }
                     other => other?,
                 }
             }
             done(Output::Command("DROP TABLE".into()))
         }
+        Statement::CreateIndex(create) => done(create_index(ctx, create).await?),
         Statement::Truncate(truncate) => {
             for target in &truncate.table_names {
                 let name = object_name(&target.name)?;
-                let (table, _) = load(ctx.txn, &name).await?;
+                let (table, schema) = load(ctx.txn, &name).await?;
                 ctx.txn.replace_table(&name, &table.meta).await?;
+                for index in &schema.indexes {
+                    ctx.txn.replace_table(&index::tree_name(&index.name), name.as_bytes()).await?;
+                }
             }
             done(Output::Command("TRUNCATE TABLE".into()))
         }
@@ -239,15 +259,21 @@ fn row_key(schema: &Schema, row: &[Value], txn: &Transaction, next_row_id: &mut 
     })
 }
 
-async fn insert_one(
+/// Adds encoded rows (key, row) to the table's indexes, if it has any.
+async fn index_encoded(
     txn: &mut Transaction,
-    table: &Table,
+    table: &str,
     schema: &Schema,
-    row: &[Value],
-    next_row_id: &mut u64,
+    rows: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<(), SqlError> {
-    let key = row_key(schema, row, txn, next_row_id);
-    insert_encoded(txn, table, &[(key, encode_row(row))]).await.map_err(|(_, e)| e)
+    if schema.indexes.is_empty() {
+        return Ok(());
+    }
+    let decoded = rows
+        .iter()
+        .map(|(key, bytes)| Ok((key.clone(), decode_row(table, bytes)?)))
+        .collect::<Result<Vec<_>, SqlError>>()?;
+    index::add(txn, schema, &decoded).await
 }
 
 /// Rows in one `insert_many` call: a load's rows are logged a leaf at a time.
@@ -307,6 +333,7 @@ async fn insert_rows(ctx: &mut Context<'_>, insert: &Insert) -> Result<Output, S
         encoded.push((row_key(&schema, &full, ctx.txn, ctx.next_row_id), encode_row(&full)));
     }
     insert_encoded(ctx.txn, &table, &encoded).await.map_err(|(_, e)| e)?;
+    index_encoded(ctx.txn, &name, &schema, &encoded).await?;
     Ok(Output::Command(format!("INSERT 0 {}", encoded.len())))
 }
 
@@ -315,11 +342,17 @@ async fn insert_rows(ctx: &mut Context<'_>, insert: &Insert) -> Result<Output, S
 async fn matching_rows(
     ctx: &mut Context<'_>,
     table: &Table,
+    alias: Option<&str>,
     schema: &Schema,
     filter: Option<&Expr>,
     for_update: bool,
 ) -> Result<Vec<(Vec<u8>, Vec<Value>)>, SqlError> {
-    let cols = query::table_cols(schema, &table.name);
+    let cols = query::table_cols(schema, alias.unwrap_or(&table.name));
+    if query::has_subqueries(filter) {
+        // Subqueries need the query runner: read the candidates, then filter.
+        let candidates = Box::pin(matching_rows(ctx, table, alias, schema, None, for_update)).await?;
+        return query::retain_matching(ctx, &cols, candidates, filter.expect("a filter with subqueries")).await;
+    }
     let keep = |row: &[Value], params: &[Value], now: i64| -> Result<bool, SqlError> {
         match filter {
             None => Ok(true),
@@ -390,13 +423,24 @@ fn single_table(from: &[TableWithJoins]) -> Result<Option<String>, SqlError> {
     }
 }
 
+/// The alias of the one table of an UPDATE or DELETE, if it has one.
+fn table_alias(from: &[TableWithJoins]) -> Option<String> {
+    match from {
+        [TableWithJoins { relation: TableFactor::Table { alias: Some(alias), .. }, .. }] => {
+            Some(ident_name(&alias.name))
+        }
+        _ => None,
+    }
+}
+
 async fn update_rows(ctx: &mut Context<'_>, update: &Update) -> Result<Output, SqlError> {
     if update.returning.is_some() || update.from.is_some() {
         return Err(SqlError::unsupported("UPDATE … FROM / RETURNING"));
     }
     let name = single_table(std::slice::from_ref(&update.table))?.expect("one table");
     let (table, schema) = load(ctx.txn, &name).await?;
-    let cols = query::table_cols(&schema, &name);
+    let alias = table_alias(std::slice::from_ref(&update.table));
+    let cols = query::table_cols(&schema, alias.as_deref().unwrap_or(&name));
     let assignments = update
         .assignments
         .iter()
@@ -408,7 +452,7 @@ async fn update_rows(ctx: &mut Context<'_>, update: &Update) -> Result<Output, S
             Ok((i, &a.value))
         })
         .collect::<Result<Vec<_>, SqlError>>()?;
-    let rows = matching_rows(ctx, &table, &schema, update.selection.as_ref(), true).await?;
+    let rows = matching_rows(ctx, &table, alias.as_deref(), &schema, update.selection.as_ref(), true).await?;
     let count = rows.len();
     for (key, old) in rows {
         let scope = Scope::row(&cols, &old, ctx.params, ctx.now);
@@ -421,9 +465,13 @@ async fn update_rows(ctx: &mut Context<'_>, update: &Update) -> Result<Output, S
         match schema.key(&new) {
             Some(new_key) if new_key != key => {
                 ctx.txn.delete(&table, &key).await?;
-                insert_one(ctx.txn, &table, &schema, &new, ctx.next_row_id).await?;
+                insert_encoded(ctx.txn, &table, &[(new_key.clone(), encode_row(&new))]).await.map_err(|(_, e)| e)?;
+                index::replace(ctx.txn, &schema, (&key, &old), (&new_key, &new)).await?;
             }
-            _ => ctx.txn.put(&table, &key, &encode_row(&new)).await?,
+            _ => {
+                ctx.txn.put(&table, &key, &encode_row(&new)).await?;
+                index::replace(ctx.txn, &schema, (&key, &old), (&key, &new)).await?;
+            }
         }
     }
     Ok(Output::Command(format!("UPDATE {count}")))
@@ -436,10 +484,12 @@ async fn delete_rows(ctx: &mut Context<'_>, delete: &Delete) -> Result<Output, S
     let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
     let name = single_table(from)?.ok_or_else(|| SqlError::syntax("DELETE needs a table"))?;
     let (table, schema) = load(ctx.txn, &name).await?;
-    let rows = matching_rows(ctx, &table, &schema, delete.selection.as_ref(), true).await?;
+    let alias = table_alias(from);
+    let rows = matching_rows(ctx, &table, alias.as_deref(), &schema, delete.selection.as_ref(), true).await?;
     for (key, _) in &rows {
         ctx.txn.delete(&table, key).await?;
     }
+    index::remove(ctx.txn, &schema, &rows).await?;
     Ok(Output::Command(format!("DELETE {}", rows.len())))
 }
 
@@ -494,7 +544,7 @@ async fn create_table(ctx: &mut Context<'_>, create: &CreateTable) -> Result<Out
             other => return Err(SqlError::unsupported(&format!("the constraint {other}"))),
         }
     }
-    let schema = Schema { columns, primary_key };
+    let schema = Schema { columns, primary_key, indexes: Vec::new() };
     match ctx.txn.create_table(&name, &schema.encode()).await {
         Err(DbError::TableExists(_)) if create.if_not_exists => {}
         Err(DbError::TableExists(_)) => {
@@ -505,6 +555,79 @@ async fn create_table(ctx: &mut Context<'_>, create: &CreateTable) -> Result<Out
         }
     }
     Ok(Output::Command("CREATE TABLE".into()))
+}
+
+/// `CREATE [UNIQUE] INDEX [IF NOT EXISTS] [name] ON t (columns)`: a new
+/// tree filled from the table's rows, in this transaction (a crash or a
+/// rollback leaves no index and no tree), the table locked meanwhile.
+async fn create_index(ctx: &mut Context<'_>, create: &CreateIndex) -> Result<Output, SqlError> {
+    if create.predicate.is_some() || !create.include.is_empty() || create.nulls_distinct == Some(false) {
+        return Err(SqlError::unsupported("partial indexes, INCLUDE and NULLS NOT DISTINCT"));
+    }
+    if create.using.as_ref().is_some_and(|using| !using.to_string().eq_ignore_ascii_case("btree")) {
+        return Err(SqlError::unsupported("index methods other than btree"));
+    }
+    let table_name = object_name(&create.table_name)?;
+    let (table, mut schema) = load(ctx.txn, &table_name).await?;
+    let columns = create
+        .columns
+        .iter()
+        .map(|c| {
+            let name =
+                expr::column_ref(&c.column.expr).ok_or_else(|| SqlError::unsupported("indexes on expressions"))?;
+            schema.column(&name).ok_or_else(|| {
+                SqlError::new("42703", format!("column \"{name}\" of relation \"{table_name}\" does not exist"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let name = match &create.name {
+        Some(name) => object_name(name)?,
+        None => {
+            let names: Vec<&str> = columns.iter().map(|&c| schema.columns[c].name.as_str()).collect();
+            format!("{table_name}_{}_{}", names.join("_"), if create.unique { "key" } else { "idx" })
+        }
+    };
+    let pkey_of = name.strip_suffix("_pkey");
+    let taken = ctx.txn.table(&name).await?.is_some()
+        || ctx.txn.table(&index::tree_name(&name)).await?.is_some()
+        || match pkey_of {
+            Some(owner) => load(ctx.txn, owner).await.is_ok_and(|(_, s)| !s.primary_key.is_empty()),
+            None => false,
+        };
+    if taken {
+        if create.if_not_exists {
+            return Ok(Output::Command("CREATE INDEX".into()));
+        }
+        return Err(SqlError::new("42P07", format!("relation \"{name}\" already exists")));
+    }
+    ctx.txn.lock_exclusive(&table).await?;
+    ctx.txn.create_table(&index::tree_name(&name), table_name.as_bytes()).await?;
+    let def = IndexDef { name: name.clone(), columns, unique: create.unique };
+    index::build(ctx.txn, &table, &schema, &def).await.map_err(|e| match e.code {
+        "23505" => SqlError::new("23505", format!("could not create unique index \"{name}\": a key is duplicated")),
+        _ => e,
+    })?;
+    schema.indexes.push(def);
+    ctx.txn.set_table_meta(&table_name, &schema.encode()).await?;
+    Ok(Output::Command("CREATE INDEX".into()))
+}
+
+/// `DROP INDEX [IF EXISTS] name`: out of its table's schema, its tree freed
+/// when the transaction commits.
+async fn drop_index(txn: &mut Transaction, name: &str, if_exists: bool) -> Result<(), SqlError> {
+    let Some(tree) = txn.table(&index::tree_name(name)).await? else {
+        if if_exists {
+            return Ok(());
+        }
+        return Err(SqlError::new("42704", format!("index \"{name}\" does not exist")));
+    };
+    let table_name = String::from_utf8_lossy(&tree.meta).into_owned();
+    let (table, mut schema) = load(txn, &table_name).await?;
+    txn.lock_exclusive(&table).await?;
+    schema.indexes.retain(|index| index.name != name);
+    txn.set_table_meta(&table_name, &schema.encode()).await?;
+    txn.drop_table(&index::tree_name(name)).await?;
+    Ok(())
 }
 
 /// Rebuilds `name` keyed by `columns`: a new tree filled from the old in
@@ -551,6 +674,12 @@ async fn add_primary_key(ctx: &mut Context<'_>, name: &str, columns: &[String]) 
             other => other.map_err(|(_, e)| e)?,
         }
         if !full {
+            // The indexes hold primary keys, which all changed: rebuild them.
+            for index in &schema.indexes {
+                let (_, tree) = ctx.txn.replace_table(&index::tree_name(&index.name), name.as_bytes()).await?;
+                drop(tree);
+                index::build(ctx.txn, &new, &schema, index).await?;
+            }
             return Ok(());
         }
     }
@@ -810,7 +939,11 @@ impl CopyState {
         }
         if self.parsed.len() >= INSERT_BATCH || end {
             let rows = std::mem::take(&mut self.parsed);
-            match insert_encoded(txn, &self.table, &rows).await {
+            let inserted = match insert_encoded(txn, &self.table, &rows).await {
+                Ok(()) => index_encoded(txn, &self.table.name, &self.schema, &rows).await.map_err(|e| (0, e)),
+                Err(failed) => Err(failed),
+            };
+            match inserted {
                 Ok(()) => self.rows += rows.len() as u64,
                 Err((at, e)) => self.fail(self.rows + at as u64, e),
             }

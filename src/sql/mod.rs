@@ -12,6 +12,7 @@
 mod catalog;
 mod exec;
 pub mod expr;
+pub mod index;
 mod query;
 pub mod types;
 
@@ -245,6 +246,12 @@ impl Session {
                 Ok(Output::Command("SET".into()))
             }
             Statement::ShowVariable { variable } => exec::show(&self.settings, variable),
+            // Accepted, not acted on: prepared statements live in the wire
+            // protocol's store, where preparing a name again replaces it
+            // (drivers such as psycopg send DEALLOCATE ALL after a rollback).
+            Statement::Deallocate { name, .. } => Ok(Output::Command(
+                if name.value.eq_ignore_ascii_case("all") { "DEALLOCATE ALL" } else { "DEALLOCATE" }.into(),
+            )),
             Statement::Vacuum(_) | Statement::Analyze(_) => {
                 Ok(Output::Command(if matches!(statement, Statement::Vacuum(_)) { "VACUUM" } else { "ANALYZE" }.into()))
             }

@@ -35,7 +35,8 @@ use super::expr::{
     self, eval, for_each_subquery, ident_name, is_aggregate, resolve, single_arg, subquery_key, Col, Outer, Scope,
     Subqueries,
 };
-use super::types::{decode_row, encode_key_part, Schema, SqlType, Value};
+use super::index::{self, key_prefix, prefix_end};
+use super::types::{decode_row, encode_key_part, IndexDef, Schema, SqlType, Value};
 use super::{ColumnDesc, SqlError};
 
 /// The most row data one statement may hold in memory at once: its
@@ -91,6 +92,31 @@ pub async fn explain(ctx: &mut Context<'_>, query: &Query, analyze: bool) -> Res
         out.push(vec![Value::Text(format!("Execution Time: {:.3} ms", ms(elapsed)))]);
     }
     Ok(out)
+}
+
+/// Whether `filter` holds a subquery.
+pub fn has_subqueries(filter: Option<&Expr>) -> bool {
+    !subqueries_in(filter).is_empty()
+}
+
+/// The rows (of a table with columns `cols`) that `filter` keeps: the
+/// `WHERE` of an `UPDATE` or `DELETE` that holds subqueries.
+pub async fn retain_matching<K>(
+    ctx: &mut Context<'_>,
+    cols: &[Col],
+    rows: Vec<(K, Vec<Value>)>,
+    filter: &Expr,
+) -> Result<Vec<(K, Vec<Value>)>, SqlError> {
+    let param_types = ctx.params.iter().map(value_type).collect();
+    let mut runner = Runner::new(ctx, param_types, false);
+    let subqueries = subqueries_in(Some(filter));
+    let mut kept = Vec::new();
+    for (key, row) in rows {
+        if runner.keep(Some(filter), &subqueries, cols, &row, None).await? {
+            kept.push((key, row));
+        }
+    }
+    Ok(kept)
 }
 
 /// The columns `query` would return, given its parameters' types: a dry
@@ -772,11 +798,13 @@ impl<'c, 'a> Runner<'c, 'a> {
         let Ok((_, schema)) = load(self.ctx.txn, &table_name).await else {
             return format!("Seq Scan on {table_name}{alias}");
         };
-        let cols = table_cols(&schema, &table_name);
-        match point_key(&schema, &cols, filter, self.ctx.params, self.ctx.now) {
-            Ok(Some(_)) => {
-                format!("Index Scan using {table_name}_pkey on {table_name}{alias} (one row by primary key)")
-            }
+        let qualifier = if alias.is_empty() { table_name.clone() } else { alias.trim_start().to_string() };
+        let cols = table_cols(&schema, &qualifier);
+        if let Ok(Some(_)) = point_key(&schema, &cols, filter, self.ctx.params, self.ctx.now) {
+            return format!("Index Scan using {table_name}_pkey on {table_name}{alias} (one row by primary key)");
+        }
+        match index_plan(&schema, &cols, filter, self.ctx.params, self.ctx.now) {
+            Ok(Some(plan)) => format!("Index Scan using {} on {table_name}{alias} ({})", plan.index.name, plan.shape),
             _ => format!("Seq Scan on {table_name}{alias}"),
         }
     }
@@ -821,6 +849,29 @@ impl<'c, 'a> Runner<'c, 'a> {
                 let row = decode_row(&table.name, &bytes)?;
                 if self.keep(filter, filter_subqueries, &cols, &row, outer).await? {
                     rows.push(row);
+                }
+            }
+            return Ok((cols, rows));
+        }
+        if let Some(plan) = index_plan(&schema, &cols, filter, self.ctx.params, self.ctx.now)? {
+            let (start, end) = (as_ref_bound(&plan.start), as_ref_bound(&plan.end));
+            for pk in index::lookup(self.ctx.txn, plan.index, start, end).await? {
+                let Some(bytes) = self.ctx.txn.get(&table, &pk).await? else {
+                    return Err(SqlError::new(
+                        "XX001",
+                        format!(
+                            "index \"{}\" names a row its table does not hold: the index is corrupt",
+                            plan.index.name
+                        ),
+                    ));
+                };
+                let row = decode_row(&table.name, &bytes)?;
+                if self.keep(filter, filter_subqueries, &cols, &row, outer).await? {
+                    self.hold(&row)?;
+                    rows.push(row);
+                    if stop.is_some_and(|n| rows.len() >= n) {
+                        break;
+                    }
                 }
             }
             return Ok((cols, rows));
@@ -1033,10 +1084,9 @@ impl<'c, 'a> Runner<'c, 'a> {
             (kind, &condition, &join.relation)
         {
             if self.cte(name).is_none() {
-                if let Some(relation) = self.index_join(&left, name, alias.as_ref(), on, kind, outer).await? {
+                if let Some((relation, using)) = self.index_join(&left, name, alias.as_ref(), on, kind, outer).await? {
                     self.note(|| format!("Join Filter: {on}"));
-                    let how =
-                        format!("Index Nested Loop {}Join using {}_pkey on {name}", kind.label(), object_name(name)?);
+                    let how = format!("Index Nested Loop {}Join using {using} on {name}", kind.label());
                     return Ok((relation, how));
                 }
             }
@@ -1231,15 +1281,12 @@ impl<'c, 'a> Runner<'c, 'a> {
         on: &Expr,
         kind: JoinKind,
         outer: Option<&Arc<Outer>>,
-    ) -> Result<Option<Relation>, SqlError> {
+    ) -> Result<Option<(Relation, String)>, SqlError> {
         if left.rows.len() > INDEX_JOIN_MAX_OUTER || catalog_name(name).is_some() {
             return Ok(None);
         }
         let table_name = object_name(name)?;
         let (table, schema) = load(self.ctx.txn, &table_name).await?;
-        if schema.primary_key.is_empty() {
-            return Ok(None);
-        }
         let mut right = Relation { cols: table_cols(&schema, &table_name), rows: Vec::new() };
         if let Some(alias) = alias {
             rename(&mut right, &ident_name(&alias.name), alias)?;
@@ -1247,25 +1294,37 @@ impl<'c, 'a> Runner<'c, 'a> {
         let cols: Vec<Col> = left.cols.iter().chain(&right.cols).cloned().collect();
         let mut conjuncts = Vec::new();
         split_and(on, &mut conjuncts);
-        let mut key_exprs = Vec::new();
-        for &column in &schema.primary_key {
-            let at = left.cols.len() + column;
-            let found = conjuncts.iter().find_map(|c| match c {
-                Expr::BinaryOp { left: a, op: BinaryOperator::Eq, right: b } => {
-                    let is_key = |e: &Expr| matches!(resolve(&cols, e), Ok(Some(i)) if i == at);
-                    if is_key(a) && refers_only(b, &left.cols, &right.cols) {
-                        Some(b.as_ref())
-                    } else if is_key(b) && refers_only(a, &left.cols, &right.cols) {
-                        Some(a.as_ref())
-                    } else {
-                        None
-                    }
-                }
-                _ => None,
-            });
-            let Some(e) = found else { return Ok(None) };
-            key_exprs.push((e, schema.columns[column].ty));
-        }
+        // The left-side expression each of `columns` equals, if all have one.
+        let fixed = |columns: &[usize]| -> Option<Vec<(&Expr, SqlType)>> {
+            columns
+                .iter()
+                .map(|&column| {
+                    let at = left.cols.len() + column;
+                    let e = conjuncts.iter().find_map(|c| match c {
+                        Expr::BinaryOp { left: a, op: BinaryOperator::Eq, right: b } => {
+                            let is_key = |e: &Expr| matches!(resolve(&cols, e), Ok(Some(i)) if i == at);
+                            if is_key(a) && refers_only(b, &left.cols, &right.cols) {
+                                Some(b.as_ref())
+                            } else if is_key(b) && refers_only(a, &left.cols, &right.cols) {
+                                Some(a.as_ref())
+                            } else {
+                                None
+                            }
+                        }
+                        _ => None,
+                    })?;
+                    Some((e, schema.columns[column].ty))
+                })
+                .collect()
+        };
+        // The primary key if the condition fixes it, else a secondary index.
+        let (via, key_exprs) = match (!schema.primary_key.is_empty()).then(|| fixed(&schema.primary_key)).flatten() {
+            Some(exprs) => (None, exprs),
+            None => match schema.indexes.iter().find_map(|index| Some((index, fixed(&index.columns)?))) {
+                Some((index, exprs)) => (Some(index), exprs),
+                None => return Ok(None),
+            },
+        };
         let mut rows = Vec::new();
         let subqueries = subqueries_in(Some(on));
         let outer_row = outer.map(|o| o.as_ref());
@@ -1278,12 +1337,18 @@ impl<'c, 'a> Runner<'c, 'a> {
                     _ => key = None,
                 }
             }
-            let found = match key {
-                Some(key) => self.ctx.txn.get(&table, &key).await?,
-                None => None,
+            let pks = match (key, via) {
+                (None, _) => Vec::new(),
+                (Some(key), None) => vec![key],
+                (Some(prefix), Some(index)) => {
+                    let end = prefix_end(&prefix);
+                    let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                    index::lookup(self.ctx.txn, index, Bound::Included(&prefix), end).await?
+                }
             };
             let mut matched = false;
-            if let Some(bytes) = found {
+            for pk in pks {
+                let Some(bytes) = self.ctx.txn.get(&table, &pk).await? else { continue };
                 let row: Vec<Value> = left_row.iter().cloned().chain(decode_row(&table.name, &bytes)?).collect();
                 if self.keep(Some(on), &subqueries, &cols, &row, outer).await? {
                     matched = true;
@@ -1295,7 +1360,8 @@ impl<'c, 'a> Runner<'c, 'a> {
                 rows.push(left_row.iter().cloned().chain(std::iter::repeat_n(Value::Null, right.cols.len())).collect());
             }
         }
-        Ok(Some(Relation { cols, rows }))
+        let using = via.map_or_else(|| format!("{table_name}_pkey"), |index| index.name.clone());
+        Ok(Some((Relation { cols, rows }, using)))
     }
 }
 
@@ -1587,6 +1653,122 @@ fn sort<R>(rows: &mut [(R, Vec<Value>)], order: &[&OrderByExpr]) -> Result<(), S
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// A scan of a secondary index: its key range and, for EXPLAIN, its shape.
+struct IndexPlan<'s> {
+    index: &'s IndexDef,
+    start: Bound<Vec<u8>>,
+    end: Bound<Vec<u8>>,
+    shape: String,
+}
+
+fn as_ref_bound(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(key) => Bound::Included(key),
+        Bound::Excluded(key) => Bound::Excluded(key),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The best secondary index for `filter`: the one whose leading columns it
+/// fixes with `=` to constants the most, then a range (`<`, `<=`, `>`,
+/// `>=`, `BETWEEN`) on the next column. `None` if no index has either. The
+/// filter is still applied to every row the index yields.
+fn index_plan<'s>(
+    schema: &'s Schema,
+    cols: &[Col],
+    filter: Option<&Expr>,
+    params: &[Value],
+    now: i64,
+) -> Result<Option<IndexPlan<'s>>, SqlError> {
+    let Some(filter) = filter else { return Ok(None) };
+    if schema.indexes.is_empty() {
+        return Ok(None);
+    }
+    let mut conjuncts = Vec::new();
+    split_and(filter, &mut conjuncts);
+    let scope = Scope::constants(params, now);
+    // The constants `column OP constant` conjuncts compare the column with
+    // (the operator turned round if the constant comes first), coerced to
+    // the column's type.
+    let comparisons = |column: usize| -> Result<Vec<(BinaryOperator, Value)>, SqlError> {
+        let is_column = |e: &Expr| matches!(resolve(cols, e), Ok(Some(i)) if i == column);
+        let ty = schema.columns[column].ty;
+        let mut found = Vec::new();
+        for c in &conjuncts {
+            match c {
+                Expr::BinaryOp { left, op, right } if is_column(left) && is_constant(right) => {
+                    found.push((op.clone(), right.as_ref()));
+                }
+                Expr::BinaryOp { left, op, right } if is_column(right) && is_constant(left) => {
+                    let flipped = match op {
+                        BinaryOperator::Lt => BinaryOperator::Gt,
+                        BinaryOperator::LtEq => BinaryOperator::GtEq,
+                        BinaryOperator::Gt => BinaryOperator::Lt,
+                        BinaryOperator::GtEq => BinaryOperator::LtEq,
+                        other => other.clone(),
+                    };
+                    found.push((flipped, left.as_ref()));
+                }
+                Expr::Between { expr, negated: false, low, high }
+                    if is_column(expr) && is_constant(low) && is_constant(high) =>
+                {
+                    found.push((BinaryOperator::GtEq, low.as_ref()));
+                    found.push((BinaryOperator::LtEq, high.as_ref()));
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for (op, constant) in found {
+            if let Ok(v) = ty.coerce(eval(constant, &scope)?) {
+                if !v.is_null() {
+                    out.push((op, v));
+                }
+            }
+        }
+        Ok(out)
+    };
+    let mut best: Option<(usize, IndexPlan<'s>)> = None;
+    for index in &schema.indexes {
+        let mut prefix = Vec::new();
+        for &column in &index.columns {
+            match comparisons(column)?.into_iter().find(|(op, _)| *op == BinaryOperator::Eq) {
+                Some((_, v)) => prefix.push(v),
+                None => break,
+            }
+        }
+        let fixed = key_prefix(&prefix);
+        let mut start = Bound::Included(fixed.clone());
+        let mut end = prefix_end(&fixed).map_or(Bound::Unbounded, Bound::Excluded);
+        let mut ranged = false;
+        if let Some(&next) = index.columns.get(prefix.len()) {
+            for (op, v) in comparisons(next)? {
+                let key = key_prefix(&[prefix.clone(), vec![v]].concat());
+                match op {
+                    BinaryOperator::Gt => start = prefix_end(&key).map_or(Bound::Unbounded, Bound::Included),
+                    BinaryOperator::GtEq => start = Bound::Included(key),
+                    BinaryOperator::Lt => end = Bound::Excluded(key),
+                    BinaryOperator::LtEq => end = prefix_end(&key).map_or(Bound::Unbounded, Bound::Excluded),
+                    _ => continue,
+                }
+                ranged = true;
+            }
+        }
+        let score = 2 * prefix.len() + usize::from(ranged);
+        if score == 0 || best.as_ref().is_some_and(|(s, _)| *s >= score) {
+            continue;
+        }
+        let names: Vec<&str> = index.columns.iter().map(|&c| schema.columns[c].name.as_str()).collect();
+        let shape = match (prefix.len(), ranged) {
+            (n, false) => format!("{} fixed", names[..n].join(", ")),
+            (0, true) => format!("a range of {}", names[0]),
+            (n, true) => format!("{} fixed, a range of {}", names[..n].join(", "), names[n]),
+        };
+        best = Some((score, IndexPlan { index, start, end, shape }));
+    }
+    Ok(best.map(|(_, plan)| plan))
 }
 
 /// The rows a WHERE fixing the primary key with constants reads: its key.

@@ -268,6 +268,19 @@ pub struct Schema {
     pub columns: Vec<Column>,
     /// Indexes of the primary-key columns; empty for a hidden row id.
     pub primary_key: Vec<usize>,
+    /// Secondary indexes (`CREATE INDEX`), each a tree of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<IndexDef>,
+}
+
+/// A secondary index: its name, its columns (positions in the table) and
+/// whether it refuses duplicates. Its tree is the catalog entry named by
+/// [`crate::sql::index::tree_name`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexDef {
+    pub name: String,
+    pub columns: Vec<usize>,
+    pub unique: bool,
 }
 
 impl Schema {

@@ -229,6 +229,18 @@ impl Transaction {
         }
     }
 
+    /// Replaces the description of the table called `name`, keeping its
+    /// tree (the SQL layer's schema gains or loses an index).
+    pub async fn set_table_meta(&mut self, name: &str, meta: &[u8]) -> Result<Table, DbError> {
+        let Some(table) = self.table(name).await? else { return Err(DbError::NoSuchTable(name.to_string())) };
+        self.lock_row(CATALOG, name.as_bytes(), LockMode::Exclusive).await?;
+        let mut row = table.tree.root.to_le_bytes().to_vec();
+        row.extend_from_slice(meta);
+        let done = self.shared.store.lock().await.put(self.xid, CATALOG, name.as_bytes(), &row).await;
+        self.check(done)?;
+        Ok(Table { meta: meta.to_vec(), ..table })
+    }
+
     /// Drops the table called `name`.
     pub async fn drop_table(&mut self, name: &str) -> Result<(), DbError> {
         let Some(table) = self.table(name).await? else { return Err(DbError::NoSuchTable(name.to_string())) };

@@ -172,3 +172,11 @@ pub fn restore_config(dir: &Path) -> PathBuf {
     std::fs::write(&config, text).unwrap();
     config
 }
+
+/// The virtualenv with `aws`, `moto_server` and psycopg, installing it if
+/// needed (`scripts/python-tools.sh`); `None` if that install fails.
+pub fn python_tools() -> Option<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/python-tools.sh");
+    let out = Command::new("bash").arg(script).stderr(Stdio::inherit()).output().ok()?;
+    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
