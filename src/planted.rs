@@ -135,11 +135,14 @@ pub enum PlantedBug {
     /// point with abort records instead of rolling them back, so their
     /// changes stay.
     PitrAbortsWithoutUndo,
+    /// An `UPDATE` that changes an indexed column adds the row's new index
+    /// entry but leaves the old one: the index names a row twice.
+    IndexUpdateKeepsOldEntry,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 40] = [
+    pub const ALL: [PlantedBug; 41] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -180,6 +183,7 @@ impl PlantedBug {
         PlantedBug::PitrIncludesFirstCommitAfter,
         PlantedBug::PitrReusesTimeline,
         PlantedBug::PitrAbortsWithoutUndo,
+        PlantedBug::IndexUpdateKeepsOldEntry,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -225,6 +229,7 @@ impl PlantedBug {
             PlantedBug::PitrIncludesFirstCommitAfter => "pitr_includes_first_commit_after",
             PlantedBug::PitrReusesTimeline => "pitr_reuses_timeline",
             PlantedBug::PitrAbortsWithoutUndo => "pitr_aborts_without_undo",
+            PlantedBug::IndexUpdateKeepsOldEntry => "index_update_keeps_old_entry",
         }
     }
 
@@ -267,6 +272,7 @@ impl PlantedBug {
                 | PlantedBug::PitrIncludesFirstCommitAfter
                 | PlantedBug::PitrReusesTimeline
                 | PlantedBug::PitrAbortsWithoutUndo
+                | PlantedBug::IndexUpdateKeepsOldEntry
         )
     }
 }

@@ -15,6 +15,7 @@ use super::exec::SCAN_BATCH;
 use super::types::{decode_row, encode_key_part, IndexDef, Schema, Value};
 use super::SqlError;
 use crate::db::DbError;
+use crate::planted::{active, PlantedBug};
 use crate::txn::{Table, Transaction};
 
 /// Catalog names of index trees start with this; no SQL identifier can.
@@ -123,7 +124,9 @@ pub async fn replace(
             continue;
         }
         let tree = tree(txn, index).await?;
-        txn.delete(&tree, &old_key).await?;
+        if !active(PlantedBug::IndexUpdateKeepsOldEntry) {
+            txn.delete(&tree, &old_key).await?;
+        }
         match txn.insert(&tree, &new_key, &new_value).await {
             Err(DbError::DuplicateKey { .. }) => return Err(duplicate(index)),
             other => other?,
