@@ -28,6 +28,8 @@ fn psql_meta_commands_describe_the_real_catalog() {
     );
     server.psql("CREATE TABLE ledger (account BIGINT, seq INT, amount DOUBLE PRECISION, code CHAR(3), PRIMARY KEY (account, seq))");
     server.psql("CREATE TABLE scratch (note TEXT)");
+    server.psql("CREATE UNIQUE INDEX accounts_owner_key ON accounts (owner)");
+    server.psql("CREATE INDEX ledger_code_amount ON ledger (code, amount)");
 
     for (name, command) in [
         ("dt", "\\dt"),
@@ -36,6 +38,7 @@ fn psql_meta_commands_describe_the_real_catalog() {
         ("d_plus_ledger", "\\d+ ledger"),
         ("d_scratch", "\\d scratch"),
         ("d_ledger_pkey", "\\d ledger_pkey"),
+        ("d_ledger_code_amount", "\\d ledger_code_amount"),
         ("di", "\\di"),
         ("dn", "\\dn"),
         ("du", "\\du"),
