@@ -348,10 +348,11 @@ pub async fn run_db_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
     swarm.archive = ArchivePlan::draw(seed);
     swarm.config.archive = swarm.archive.map(|plan| plan.config());
     swarm.config.wal_compression = draw_wal_compression(seed);
-    swarm.faults.open_error_rate = crate::wal_run::draw_open_error_rate(seed);
     // Not on archiving seeds: the point-in-time recovery oracle needs their
-    // cycles to run long.
+    // cycles to run long (an open error, like a crash, cuts one short).
     swarm.crash_after_checkpoint = draw_crash_after_checkpoint(seed).filter(|_| swarm.archive.is_none());
+    swarm.faults.open_error_rate =
+        if swarm.archive.is_some() { 0.0 } else { crate::wal_run::draw_open_error_rate(seed) };
     if swarm.archive.is_some() && swarm.backup.is_none() {
         // Every archiving seed takes a backup too: the point-in-time
         // recovery oracle starts from one.
