@@ -12,6 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: with glibc's allocator, sessions on different threads contend
+/// for its arenas' locks (about a sixth of the CPU under `pgbench -S` went
+/// to malloc and free, and to waiting for them). See docs/performance.md.
+#[cfg(not(madsim))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use thunderdb::env::{Fs, RealFs};
 use thunderdb::storage::Op;
 use thunderdb::wal::{parse_segment_file_name, Lsn, Record, RecordKind, WalOptions, WalReader};

@@ -324,8 +324,10 @@ impl<'c, 'a> Runner<'c, 'a> {
     /// Runs a whole query: `WITH`, the body, `ORDER BY`, `LIMIT`.
     fn query<'s>(&'s mut self, query: &'s Query, outer: Option<&'s Arc<Outer>>) -> Boxed<'s, Relation> {
         Box::pin(async move {
-            if query.fetch.is_some() || !query.locks.is_empty() {
-                return Err(SqlError::unsupported("FETCH and FOR UPDATE/SHARE in a query"));
+            // FOR UPDATE/SHARE is accepted as it always was: reads already
+            // lock what they read (strict two-phase locking).
+            if query.fetch.is_some() {
+                return Err(SqlError::unsupported("FETCH in a query"));
             }
             let scoped = self.ctes.len();
             let result = self.query_in_scope(query, outer).await;
