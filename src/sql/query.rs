@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -1167,18 +1167,21 @@ impl<'c, 'a> Runner<'c, 'a> {
         let mut conjuncts = Vec::new();
         split_and(condition, &mut conjuncts);
         let (mut left_keys, mut right_keys, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+        let mut hash_cond = Vec::new();
         for c in conjuncts {
             if let Expr::BinaryOp { left: a, op: BinaryOperator::Eq, right: b } = c {
-                if refers_only(a, &left.cols, &right.cols) && refers_only(b, &right.cols, &left.cols) {
-                    left_keys.push(KeyPart::Expr(a));
-                    right_keys.push(KeyPart::Expr(b));
+                let (l, r) = if refers_only(a, &left.cols, &right.cols) && refers_only(b, &right.cols, &left.cols) {
+                    (a, b)
+                } else if refers_only(b, &left.cols, &right.cols) && refers_only(a, &right.cols, &left.cols) {
+                    (b, a)
+                } else {
+                    rest.push(c.clone());
                     continue;
-                }
-                if refers_only(b, &left.cols, &right.cols) && refers_only(a, &right.cols, &left.cols) {
-                    left_keys.push(KeyPart::Expr(b));
-                    right_keys.push(KeyPart::Expr(a));
-                    continue;
-                }
+                };
+                left_keys.push(KeyPart::of(l, &left.cols));
+                right_keys.push(KeyPart::of(r, &right.cols));
+                hash_cond.push(format!("{l} = {r}"));
+                continue;
             }
             rest.push(c.clone());
         }
@@ -1191,10 +1194,7 @@ impl<'c, 'a> Runner<'c, 'a> {
             self.note(|| format!("Join Filter: {condition}"));
             return Ok((self.combine(left, right, kind, None, Some(condition), outer).await?, nested));
         }
-        self.note(|| {
-            let keys: Vec<String> = left_keys.iter().zip(&right_keys).map(|(l, r)| format!("{l} = {r}")).collect();
-            format!("Hash Cond: {}", keys.join(" AND "))
-        });
+        self.note(|| format!("Hash Cond: {}", hash_cond.join(" AND ")));
         if let Some(residual) = &residual {
             self.note(|| format!("Join Filter: {residual}"));
         }
@@ -1219,7 +1219,10 @@ impl<'c, 'a> Runner<'c, 'a> {
         let cols: Vec<Col> = left.cols.iter().chain(&right.cols).cloned().collect();
         let residual_subqueries = subqueries_in(residual);
         let outer_row = outer.map(|o| o.as_ref());
-        let mut hashed = JoinTable::default();
+        let mut hashed = JoinTable::with_capacity_and_hasher(
+            if keys.is_some() { right.rows.len() } else { 0 },
+            BuildHasherDefault::default(),
+        );
         if let Some((_, right_keys)) = keys {
             for (i, row) in right.rows.iter().enumerate() {
                 let scope = self.scope(&right.cols, row, outer_row);
@@ -1231,7 +1234,7 @@ impl<'c, 'a> Runner<'c, 'a> {
         }
         let all: Vec<usize> = if keys.is_none() { (0..right.rows.len()).collect() } else { Vec::new() };
         let mut right_matched = vec![false; right.rows.len()];
-        let mut rows = Vec::new();
+        let mut rows = Vec::with_capacity(left.rows.len());
         for left_row in &left.rows {
             let candidates: &[usize] = match keys {
                 None => &all,
@@ -1375,7 +1378,26 @@ const INDEX_JOIN_MAX_OUTER: usize = 1_000;
 /// keys, so even its order is the same in every run; and it is only probed,
 /// never iterated.
 #[allow(clippy::disallowed_types)]
-type JoinTable = std::collections::HashMap<Vec<u8>, Vec<usize>, BuildHasherDefault<DefaultHasher>>;
+type JoinTable = std::collections::HashMap<Vec<u8>, Vec<usize>, BuildHasherDefault<Fnv>>;
+
+/// FNV-1a: a fast hash with no keys, so the same in every run. Join keys are
+/// the statement's own data, hashed for one statement.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// One part of a hash join's key: a column by position or an expression.
 enum KeyPart<'e> {
@@ -1383,11 +1405,13 @@ enum KeyPart<'e> {
     Expr(&'e Expr),
 }
 
-impl std::fmt::Display for KeyPart<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeyPart::Column(i) => write!(f, "${}", i + 1),
-            KeyPart::Expr(e) => write!(f, "{e}"),
+impl<'e> KeyPart<'e> {
+    /// A plain column reference by its position (no name lookup per row);
+    /// anything else as an expression.
+    fn of(e: &'e Expr, cols: &[Col]) -> KeyPart<'e> {
+        match resolve(cols, e) {
+            Ok(Some(i)) if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => KeyPart::Column(i),
+            _ => KeyPart::Expr(e),
         }
     }
 }
