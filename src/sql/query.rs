@@ -773,44 +773,23 @@ impl<'c, 'a> Runner<'c, 'a> {
         stop: Option<usize>,
         outer: Option<&Arc<Outer>>,
     ) -> Result<(Vec<Col>, Vec<Vec<Value>>), SqlError> {
-        let node = if self.tracing() {
-            let text = self.describe_scan(name, alias, filter).await;
-            self.open_node(|| text)
-        } else {
-            None
-        };
+        // The line's text is set once the scan has chosen its access path.
+        let node = self.open_node(String::new);
         if let Some(filter) = filter {
             self.detail(|| format!("Filter: {filter}"));
         }
         if let Some(stop) = stop {
             self.detail(|| format!("Stops after {stop} rows"));
         }
-        let result = self.scan_table_rows(name, alias, filter, filter_subqueries, stop, outer).await;
-        self.close_node(node, result.as_ref().map_or(0, |(_, rows)| rows.len()), None);
+        let mut access = None;
+        let result = self.scan_table_rows(name, alias, filter, filter_subqueries, stop, outer, &mut access).await;
+        self.close_node(node, result.as_ref().map_or(0, |(_, rows)| rows.len()), access);
         result
     }
 
-    /// How [`scan_table`](Self::scan_table) will read `name`, for EXPLAIN.
-    async fn describe_scan(&mut self, name: &ObjectName, alias: Option<&TableAlias>, filter: Option<&Expr>) -> String {
-        let alias = alias.map(|a| format!(" {}", ident_name(&a.name))).unwrap_or_default();
-        if catalog_name(name).is_some() {
-            return format!("Catalog Scan on {name}{alias}");
-        }
-        let Ok(table_name) = object_name(name) else { return format!("Seq Scan on {name}{alias}") };
-        let Ok((_, schema)) = load(self.ctx.txn, &table_name).await else {
-            return format!("Seq Scan on {table_name}{alias}");
-        };
-        let qualifier = if alias.is_empty() { table_name.clone() } else { alias.trim_start().to_string() };
-        let cols = table_cols(&schema, &qualifier);
-        if let Ok(Some(_)) = point_key(&schema, &cols, filter, self.ctx.params, self.ctx.now) {
-            return format!("Index Scan using {table_name}_pkey on {table_name}{alias} (one row by primary key)");
-        }
-        match index_plan(&schema, &cols, filter, self.ctx.params, self.ctx.now) {
-            Ok(Some(plan)) => format!("Index Scan using {} on {table_name}{alias} ({})", plan.index.name, plan.shape),
-            _ => format!("Seq Scan on {table_name}{alias}"),
-        }
-    }
-
+    /// [`scan_table`](Self::scan_table)'s work; when tracing, `access`
+    /// says how it read the table, for EXPLAIN.
+    #[allow(clippy::too_many_arguments)]
     async fn scan_table_rows(
         &mut self,
         name: &ObjectName,
@@ -819,8 +798,16 @@ impl<'c, 'a> Runner<'c, 'a> {
         filter_subqueries: &[&Query],
         stop: Option<usize>,
         outer: Option<&Arc<Outer>>,
+        access: &mut Option<String>,
     ) -> Result<(Vec<Col>, Vec<Vec<Value>>), SqlError> {
+        let on = |table: &dyn std::fmt::Display| match alias {
+            Some(a) => format!("{table} {}", ident_name(&a.name)),
+            None => table.to_string(),
+        };
         if let Some((_, catalog_table)) = catalog_name(name) {
+            if self.tracing() {
+                *access = Some(format!("Catalog Scan on {}", on(name)));
+            }
             if self.catalog.is_none() {
                 self.catalog = Some(Arc::new(Catalog::load(self.ctx.txn).await?));
             }
@@ -843,10 +830,25 @@ impl<'c, 'a> Runner<'c, 'a> {
         }
         let cols = relation.cols;
         let mut rows = Vec::new();
+        // The access path, chosen once. A dry run (Describe, EXPLAIN) has no
+        // parameter values: a key it cannot compute makes it a scan.
+        let key = point_key(&schema, &cols, filter, self.ctx.params, self.ctx.now);
+        let plan = match key {
+            Ok(Some(_)) => Ok(None),
+            _ => index_plan(&schema, &cols, filter, self.ctx.params, self.ctx.now),
+        };
+        if self.tracing() {
+            let on = on(&table_name);
+            *access = Some(match (&key, &plan) {
+                (Ok(Some(_)), _) => format!("Index Scan using {table_name}_pkey on {on} (one row by primary key)"),
+                (_, Ok(Some(plan))) => format!("Index Scan using {} on {on} ({})", plan.index.name, plan.shape),
+                _ => format!("Seq Scan on {on}"),
+            });
+        }
         if self.dry {
             return Ok((cols, rows));
         }
-        if let Some(key) = point_key(&schema, &cols, filter, self.ctx.params, self.ctx.now)? {
+        if let Some(key) = key? {
             if let Some(bytes) = self.ctx.txn.get(&table, &key).await? {
                 let row = decode_row(&table.name, &bytes)?;
                 if self.keep(filter, filter_subqueries, &cols, &row, outer).await? {
@@ -855,7 +857,7 @@ impl<'c, 'a> Runner<'c, 'a> {
             }
             return Ok((cols, rows));
         }
-        if let Some(plan) = index_plan(&schema, &cols, filter, self.ctx.params, self.ctx.now)? {
+        if let Some(plan) = plan? {
             let (start, end) = (as_ref_bound(&plan.start), as_ref_bound(&plan.end));
             for pk in index::lookup(self.ctx.txn, plan.index, start, end).await? {
                 let Some(bytes) = self.ctx.txn.get(&table, &pk).await? else {
