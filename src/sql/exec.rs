@@ -259,21 +259,17 @@ fn row_key(schema: &Schema, row: &[Value], txn: &Transaction, next_row_id: &mut 
     })
 }
 
-/// Adds encoded rows (key, row) to the table's indexes, if it has any.
-async fn index_encoded(
+/// Inserts rows (key, values) and their index entries; a duplicate key
+/// fails with 23505, together with the index of its row (0 for an index's).
+async fn insert_indexed(
     txn: &mut Transaction,
-    table: &str,
+    table: &Table,
     schema: &Schema,
-    rows: &[(Vec<u8>, Vec<u8>)],
-) -> Result<(), SqlError> {
-    if schema.indexes.is_empty() {
-        return Ok(());
-    }
-    let decoded = rows
-        .iter()
-        .map(|(key, bytes)| Ok((key.clone(), decode_row(table, bytes)?)))
-        .collect::<Result<Vec<_>, SqlError>>()?;
-    index::add(txn, schema, &decoded).await
+    rows: &[(Vec<u8>, Vec<Value>)],
+) -> Result<(), (usize, SqlError)> {
+    let encoded: Vec<(Vec<u8>, Vec<u8>)> = rows.iter().map(|(key, row)| (key.clone(), encode_row(row))).collect();
+    insert_encoded(txn, table, &encoded).await?;
+    index::add(txn, schema, rows).await.map_err(|e| (0, e))
 }
 
 /// Rows in one `insert_many` call: a load's rows are logged a leaf at a time.
@@ -319,7 +315,7 @@ async fn insert_rows(ctx: &mut Context<'_>, insert: &Insert) -> Result<Output, S
         }
     }
     let scope = Scope::constants(ctx.params, ctx.now);
-    let mut encoded = Vec::with_capacity(values.rows.len());
+    let mut rows = Vec::with_capacity(values.rows.len());
     for row in &values.rows {
         if row.content.len() != targets.len() {
             return Err(SqlError::syntax(format!(
@@ -330,11 +326,10 @@ async fn insert_rows(ctx: &mut Context<'_>, insert: &Insert) -> Result<Output, S
         }
         let given = row.content.iter().map(|e| eval(e, &scope)).collect::<Result<Vec<_>, _>>()?;
         let full = complete_row(&schema, &name, &targets, given, ctx.now)?;
-        encoded.push((row_key(&schema, &full, ctx.txn, ctx.next_row_id), encode_row(&full)));
+        rows.push((row_key(&schema, &full, ctx.txn, ctx.next_row_id), full));
     }
-    insert_encoded(ctx.txn, &table, &encoded).await.map_err(|(_, e)| e)?;
-    index_encoded(ctx.txn, &name, &schema, &encoded).await?;
-    Ok(Output::Command(format!("INSERT 0 {}", encoded.len())))
+    insert_indexed(ctx.txn, &table, &schema, &rows).await.map_err(|(_, e)| e)?;
+    Ok(Output::Command(format!("INSERT 0 {}", rows.len())))
 }
 
 /// The rows of `table` that `filter` selects, as (key, row) pairs, read
@@ -676,8 +671,7 @@ async fn add_primary_key(ctx: &mut Context<'_>, name: &str, columns: &[String]) 
         if !full {
             // The indexes hold primary keys, which all changed: rebuild them.
             for index in &schema.indexes {
-                let (_, tree) = ctx.txn.replace_table(&index::tree_name(&index.name), name.as_bytes()).await?;
-                drop(tree);
+                ctx.txn.replace_table(&index::tree_name(&index.name), name.as_bytes()).await?;
                 index::build(ctx.txn, &new, &schema, index).await?;
             }
             return Ok(());
@@ -898,7 +892,7 @@ pub struct CopyState {
     pending: Vec<u8>,
     /// Rows parsed, not yet inserted: they go in together, a batch at a
     /// time, however the client cut the data into messages.
-    parsed: Vec<(Vec<u8>, Vec<u8>)>,
+    parsed: Vec<(Vec<u8>, Vec<Value>)>,
     /// Rows inserted.
     rows: u64,
     error: Option<SqlError>,
@@ -933,17 +927,13 @@ impl CopyState {
                 break;
             }
             match self.parse_line(line) {
-                Ok(row) => self.parsed.push((row_key(&self.schema, &row, txn, next_row_id), encode_row(&row))),
+                Ok(row) => self.parsed.push((row_key(&self.schema, &row, txn, next_row_id), row)),
                 Err(e) => return self.fail(self.rows + self.parsed.len() as u64, e),
             }
         }
         if self.parsed.len() >= INSERT_BATCH || end {
             let rows = std::mem::take(&mut self.parsed);
-            let inserted = match insert_encoded(txn, &self.table, &rows).await {
-                Ok(()) => index_encoded(txn, &self.table.name, &self.schema, &rows).await.map_err(|e| (0, e)),
-                Err(failed) => Err(failed),
-            };
-            match inserted {
+            match insert_indexed(txn, &self.table, &self.schema, &rows).await {
                 Ok(()) => self.rows += rows.len() as u64,
                 Err((at, e)) => self.fail(self.rows + at as u64, e),
             }
