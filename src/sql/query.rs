@@ -36,13 +36,24 @@ use super::expr::{
     Subqueries,
 };
 use super::index::{self, key_prefix, prefix_end};
-use super::types::{decode_row, encode_key_part, IndexDef, Schema, SqlType, Value};
+use super::types::{decode_columns, encode_key_part, IndexDef, Schema, SqlType, Value};
 use super::{ColumnDesc, SqlError};
 
 /// The most row data one statement may hold in memory at once: its
 /// materialized relations, hash tables and sorted output. Past it the
 /// statement fails with SQLSTATE 53200 instead of exhausting the server.
 pub const QUERY_MEMORY: usize = 512 << 20;
+
+/// Whether a row passes a filter: [`Runner::keep_now`], else (a subquery
+/// must run) [`Runner::keep`].
+macro_rules! keep {
+    ($runner:expr, $filter:expr, $subqueries:expr, $cols:expr, $row:expr, $outer:expr) => {
+        match $runner.keep_now($filter, $subqueries, $cols, $row, $outer) {
+            Some(kept) => kept?,
+            None => $runner.keep($filter, $subqueries, $cols, $row, $outer).await?,
+        }
+    };
+}
 
 /// A relation: columns and rows.
 #[derive(Debug, Clone, Default)]
@@ -57,6 +68,7 @@ type Boxed<'s, T> = Pin<Box<dyn Future<Output = Result<T, SqlError>> + Send + 's
 pub async fn run(ctx: &mut Context<'_>, query: &Query) -> Result<(Vec<ColumnDesc>, Vec<Vec<Value>>), SqlError> {
     let param_types = ctx.params.iter().map(value_type).collect();
     let mut runner = Runner::new(ctx, param_types, false);
+    runner.source = Some(query);
     let relation = runner.query(query, None).await?;
     Ok((descs(&relation.cols), relation.rows))
 }
@@ -94,6 +106,38 @@ pub async fn explain(ctx: &mut Context<'_>, query: &Query, analyze: bool) -> Res
     Ok(out)
 }
 
+/// Every name a statement's text (`sql`) could refer to a column by, as
+/// PostgreSQL folds it; `None` when it could refer to columns without
+/// naming them (`*`, `t.*`, `NATURAL JOIN`). Table scans decode only the
+/// named columns and read the rest as NULL, so a query never copies text
+/// it does not look at. A name counts wherever it appears (as a table, a
+/// function, a keyword), which can only keep more columns than needed.
+fn names_in(sql: &str) -> Option<BTreeSet<String>> {
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::keywords::Keyword;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    let mut names = BTreeSet::new();
+    let mut previous = &Token::EOF;
+    for token in &tokens {
+        match token {
+            Token::Whitespace(_) => continue,
+            // `count(*)` names no column; any other `*` may stand for all.
+            Token::Mul if *previous != Token::LParen => return None,
+            Token::Word(w) if w.keyword == Keyword::NATURAL => return None,
+            Token::Word(w) if w.quote_style.is_some() => {
+                names.insert(w.value.clone());
+            }
+            Token::Word(w) => {
+                names.insert(w.value.to_lowercase());
+            }
+            _ => {}
+        }
+        previous = token;
+    }
+    Some(names)
+}
+
 /// Whether `filter` holds a subquery.
 pub fn has_subqueries(filter: Option<&Expr>) -> bool {
     !subqueries_in(filter).is_empty()
@@ -109,6 +153,7 @@ pub async fn retain_matching<K>(
 ) -> Result<Vec<(K, Vec<Value>)>, SqlError> {
     let param_types = ctx.params.iter().map(value_type).collect();
     let mut runner = Runner::new(ctx, param_types, false);
+    runner.source = Some(filter);
     let subqueries = subqueries_in(Some(filter));
     let mut kept = Vec::new();
     for (key, row) in rows {
@@ -210,6 +255,12 @@ struct Runner<'c, 'a> {
     catalog: Option<Arc<Catalog>>,
     /// The plan, for `EXPLAIN`.
     trace: Option<Trace>,
+    /// The statement, whose text says which columns it may read.
+    source: Option<&'c (dyn std::fmt::Display + Sync)>,
+    /// The names `source` mentions ([`names_in`]), read at the first scan
+    /// of many rows: such a scan decodes only columns by these names.
+    /// `Some(None)` decodes every column.
+    named: Option<Option<BTreeSet<String>>>,
 }
 
 impl<'c, 'a> Runner<'c, 'a> {
@@ -224,7 +275,16 @@ impl<'c, 'a> Runner<'c, 'a> {
             memory: 0,
             catalog: None,
             trace: None,
+            source: None,
+            named: None,
         }
+    }
+
+    /// Which of `cols` a scan must decode: `None` for all.
+    fn wanted(&mut self, cols: &[Col]) -> Option<Vec<bool>> {
+        let source = self.source;
+        let named = self.named.get_or_insert_with(|| source.and_then(|s| names_in(&s.to_string())));
+        named.as_ref().map(|names| cols.iter().map(|c| names.contains(&c.name)).collect())
     }
 
     fn tracing(&self) -> bool {
@@ -523,6 +583,26 @@ impl<'c, 'a> Runner<'c, 'a> {
         result
     }
 
+    /// [`keep`](Self::keep) without awaiting, when no subquery must run:
+    /// `None` when one must. Row loops call this first, since an `async`
+    /// call per row costs more than most filters.
+    fn keep_now(
+        &self,
+        filter: Option<&Expr>,
+        subqueries: &[&Query],
+        cols: &[Col],
+        row: &[Value],
+        outer: Option<&Arc<Outer>>,
+    ) -> Option<Result<bool, SqlError>> {
+        match filter {
+            None => Some(Ok(true)),
+            Some(filter) if subqueries.is_empty() => {
+                Some(eval(filter, &self.scope(cols, row, outer.map(|o| o.as_ref()))).map(|v| v == Value::Bool(true)))
+            }
+            Some(_) => None,
+        }
+    }
+
     /// Whether `filter` holds for `row`.
     async fn keep(
         &mut self,
@@ -532,6 +612,9 @@ impl<'c, 'a> Runner<'c, 'a> {
         row: &[Value],
         outer: Option<&Arc<Outer>>,
     ) -> Result<bool, SqlError> {
+        if let Some(kept) = self.keep_now(filter, subqueries, cols, row, outer) {
+            return kept;
+        }
         let Some(filter) = filter else { return Ok(true) };
         let results = self.subqueries(subqueries, cols, row, outer).await?;
         let scope = Scope { subqueries: &results, ..self.scope(cols, row, outer.map(|o| o.as_ref())) };
@@ -564,7 +647,7 @@ impl<'c, 'a> Runner<'c, 'a> {
         // FROM and WHERE.
         let (cols, rows) = match select.from.as_slice() {
             [] => {
-                let kept = !self.dry && self.keep(filter, &filter_subqueries, &[], &[], outer).await?;
+                let kept = !self.dry && keep!(self, filter, &filter_subqueries, &[], &[], outer);
                 (Vec::new(), if kept { vec![Vec::new()] } else { Vec::new() })
             }
             [TableWithJoins { relation: TableFactor::Table { name, alias, args: None, .. }, joins }]
@@ -577,9 +660,9 @@ impl<'c, 'a> Runner<'c, 'a> {
             from => {
                 let relation = self.from(from, outer).await?;
                 let node = filter.and_then(|f| self.wrap_node(mark, || format!("Filter: {f}")));
-                let mut rows = Vec::new();
+                let mut rows = Vec::with_capacity(if filter.is_some() { 0 } else { relation.rows.len() });
                 for row in relation.rows {
-                    if self.keep(filter, &filter_subqueries, &relation.cols, &row, outer).await? {
+                    if keep!(self, filter, &filter_subqueries, &relation.cols, &row, outer) {
                         rows.push(row);
                     }
                 }
@@ -671,16 +754,17 @@ impl<'c, 'a> Runner<'c, 'a> {
         let mut seen = BTreeSet::new();
         if grouped {
             let mut groups: BTreeMap<Vec<u8>, (Vec<Value>, Vec<Acc>)> = BTreeMap::new();
+            let mut args = Vec::with_capacity(aggregates.len());
             for row in rows {
                 let scope = self.scope(&cols, &row, outer.map(|o| o.as_ref()));
                 let mut group_key = Vec::new();
                 for e in &group_by {
                     encode_key_part(&eval(e, &scope)?, &mut group_key);
                 }
-                let args = aggregates
-                    .iter()
-                    .map(|f| single_arg(f).and_then(|a| a.map(|a| eval(a, &scope)).transpose()))
-                    .collect::<Result<Vec<_>, _>>()?;
+                args.clear();
+                for f in &aggregates {
+                    args.push(single_arg(f)?.map(|a| eval(a, &scope)).transpose()?);
+                }
                 let (_, accs) = match groups.entry(group_key) {
                     std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
                     std::collections::btree_map::Entry::Vacant(entry) => {
@@ -688,7 +772,7 @@ impl<'c, 'a> Runner<'c, 'a> {
                         entry.insert((row, accs))
                     }
                 };
-                for (acc, arg) in accs.iter_mut().zip(args) {
+                for (acc, arg) in accs.iter_mut().zip(args.drain(..)) {
                     acc.add(arg)?;
                 }
             }
@@ -816,7 +900,7 @@ impl<'c, 'a> Runner<'c, 'a> {
             rename(&mut relation, &alias.map_or(catalog_table, |a| ident_name(&a.name)), alias.unwrap_or(&no_alias()))?;
             let mut rows = Vec::new();
             for row in std::mem::take(&mut relation.rows) {
-                if !self.dry && self.keep(filter, filter_subqueries, &relation.cols, &row, outer).await? {
+                if !self.dry && keep!(self, filter, filter_subqueries, &relation.cols, &row, outer) {
                     rows.push(row);
                 }
             }
@@ -850,13 +934,15 @@ impl<'c, 'a> Runner<'c, 'a> {
         }
         if let Some(key) = key? {
             if let Some(bytes) = self.ctx.txn.get(&table, &key).await? {
-                let row = decode_row(&table.name, &bytes)?;
-                if self.keep(filter, filter_subqueries, &cols, &row, outer).await? {
+                let row = decode_columns(&table.name, &bytes, None)?;
+                if keep!(self, filter, filter_subqueries, &cols, &row, outer) {
                     rows.push(row);
                 }
             }
             return Ok((cols, rows));
         }
+        let wanted = self.wanted(&cols);
+        let decode = |bytes: &[u8]| decode_columns(&table.name, bytes, wanted.as_deref());
         if let Some(plan) = plan? {
             let (start, end) = (as_ref_bound(&plan.start), as_ref_bound(&plan.end));
             for pk in index::lookup(self.ctx.txn, plan.index, start, end).await? {
@@ -869,8 +955,8 @@ impl<'c, 'a> Runner<'c, 'a> {
                         ),
                     ));
                 };
-                let row = decode_row(&table.name, &bytes)?;
-                if self.keep(filter, filter_subqueries, &cols, &row, outer).await? {
+                let row = decode(&bytes)?;
+                if keep!(self, filter, filter_subqueries, &cols, &row, outer) {
                     self.hold(&row)?;
                     rows.push(row);
                     if stop.is_some_and(|n| rows.len() >= n) {
@@ -886,8 +972,8 @@ impl<'c, 'a> Runner<'c, 'a> {
             let batch = self.ctx.txn.scan_limit(&table, start, Bound::Unbounded, SCAN_BATCH).await?;
             let full = batch.len() == SCAN_BATCH;
             for (key, bytes) in batch {
-                let row = decode_row(&table.name, &bytes)?;
-                if self.keep(filter, filter_subqueries, &cols, &row, outer).await? {
+                let row = decode(&bytes)?;
+                if keep!(self, filter, filter_subqueries, &cols, &row, outer) {
                     self.hold(&row)?;
                     rows.push(row);
                     if stop.is_some_and(|n| rows.len() >= n) {
@@ -1221,37 +1307,51 @@ impl<'c, 'a> Runner<'c, 'a> {
         let cols: Vec<Col> = left.cols.iter().chain(&right.cols).cloned().collect();
         let residual_subqueries = subqueries_in(residual);
         let outer_row = outer.map(|o| o.as_ref());
-        let mut hashed = JoinTable::with_capacity_and_hasher(
+        // Each right row's successor among the rows a left row may match:
+        // all rows in order without keys; with keys, the next row with the
+        // same key, each key's first row in `first` (chains, so that a key
+        // costs no list of its own).
+        let mut next: Vec<usize> = (1..=right.rows.len()).collect();
+        self.memory += 8 * next.len();
+        let mut first = JoinTable::with_capacity_and_hasher(
             if keys.is_some() { right.rows.len() } else { 0 },
             BuildHasherDefault::default(),
         );
+        let mut key = Vec::new();
         if let Some((_, right_keys)) = keys {
-            for (i, row) in right.rows.iter().enumerate() {
+            for (i, row) in right.rows.iter().enumerate().rev() {
                 let scope = self.scope(&right.cols, row, outer_row);
-                if let Some(key) = join_key(right_keys, &scope)? {
-                    self.memory += key.len() + 32;
-                    hashed.entry(key).or_default().push(i);
+                next[i] = NO_ROW;
+                if join_key(right_keys, &scope, &mut key)? {
+                    if let Some(head) = first.get_mut(&key) {
+                        next[i] = std::mem::replace(head, i);
+                    } else {
+                        self.memory += key.len() + 32;
+                        first.insert(key.clone(), i);
+                    }
                 }
             }
         }
-        let all: Vec<usize> = if keys.is_none() { (0..right.rows.len()).collect() } else { Vec::new() };
         let mut right_matched = vec![false; right.rows.len()];
         let mut rows = Vec::with_capacity(left.rows.len());
         for left_row in &left.rows {
-            let candidates: &[usize] = match keys {
-                None => &all,
+            let mut candidate = match keys {
+                None if right.rows.is_empty() => NO_ROW,
+                None => 0,
                 Some((left_keys, _)) => {
                     let scope = self.scope(&left.cols, left_row, outer_row);
-                    match join_key(left_keys, &scope)? {
-                        Some(key) => hashed.get(&key).map_or(&[], |v| v.as_slice()),
-                        None => &[],
+                    match join_key(left_keys, &scope, &mut key)? {
+                        true => first.get(&key).copied().unwrap_or(NO_ROW),
+                        false => NO_ROW,
                     }
                 }
             };
             let mut matched = false;
-            for &i in candidates {
+            while candidate < right.rows.len() {
+                let i = candidate;
+                candidate = next[i];
                 let row: Vec<Value> = left_row.iter().chain(&right.rows[i]).cloned().collect();
-                if self.keep(residual, &residual_subqueries, &cols, &row, outer).await? {
+                if keep!(self, residual, &residual_subqueries, &cols, &row, outer) {
                     matched = true;
                     right_matched[i] = true;
                     self.hold(&row)?;
@@ -1299,6 +1399,7 @@ impl<'c, 'a> Runner<'c, 'a> {
             rename(&mut right, &ident_name(&alias.name), alias)?;
         }
         let cols: Vec<Col> = left.cols.iter().chain(&right.cols).cloned().collect();
+        let wanted = self.wanted(&right.cols);
         let mut conjuncts = Vec::new();
         split_and(on, &mut conjuncts);
         // The left-side expression each of `columns` equals, if all have one.
@@ -1356,8 +1457,9 @@ impl<'c, 'a> Runner<'c, 'a> {
             let mut matched = false;
             for pk in pks {
                 let Some(bytes) = self.ctx.txn.get(&table, &pk).await? else { continue };
-                let row: Vec<Value> = left_row.iter().cloned().chain(decode_row(&table.name, &bytes)?).collect();
-                if self.keep(Some(on), &subqueries, &cols, &row, outer).await? {
+                let row: Vec<Value> =
+                    left_row.iter().cloned().chain(decode_columns(&table.name, &bytes, wanted.as_deref())?).collect();
+                if keep!(self, Some(on), &subqueries, &cols, &row, outer) {
                     matched = true;
                     self.hold(&row)?;
                     rows.push(row);
@@ -1380,24 +1482,49 @@ const INDEX_JOIN_MAX_OUTER: usize = 1_000;
 /// keys, so even its order is the same in every run; and it is only probed,
 /// never iterated.
 #[allow(clippy::disallowed_types)]
-type JoinTable = std::collections::HashMap<Vec<u8>, Vec<usize>, BuildHasherDefault<Fnv>>;
+type JoinTable = std::collections::HashMap<Vec<u8>, usize, BuildHasherDefault<WordHash>>;
 
-/// FNV-1a: a fast hash with no keys, so the same in every run. Join keys are
-/// the statement's own data, hashed for one statement.
+/// The end of a chain of join candidates.
+const NO_ROW: usize = usize::MAX;
+
+/// A multiply-xorshift hash over eight bytes at a time, with murmur3's
+/// finalizer: fast, with no keys, so the same in every run. Join keys are the
+/// statement's own data, hashed for one statement.
 #[derive(Default)]
-struct Fnv(u64);
+struct WordHash(u64);
 
-impl Hasher for Fnv {
+impl WordHash {
+    fn add(&mut self, word: u64) {
+        // The shift carries the high bits' differences down before the
+        // next word lands on them.
+        let h = (self.0 ^ word).wrapping_mul(0xf135_7aea_2e62_a9c5);
+        self.0 = h ^ (h >> 32);
+    }
+}
+
+impl Hasher for WordHash {
     fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for &b in bytes {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.add(u64::from_le_bytes(word.try_into().expect("eight bytes")));
         }
-        self.0 = hash;
+        let mut last = [0u8; 8];
+        let rest = words.remainder();
+        last[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(last) ^ ((rest.len() as u64) << 59));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
     }
 
     fn finish(&self) -> u64 {
-        self.0
+        // A multiply carries a difference only upwards, and hashbrown picks
+        // buckets by the low bits: murmur3's finalizer mixes them down.
+        let mut h = self.0;
+        h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 
@@ -1430,23 +1557,24 @@ impl JoinKind {
     }
 }
 
-/// A row's join key; `None` if a part is NULL (it equals nothing).
-fn join_key(parts: &[KeyPart], scope: &Scope) -> Result<Option<Vec<u8>>, SqlError> {
-    let mut key = Vec::new();
+/// Encodes a row's join key into `key`; false if a part is NULL (it
+/// equals nothing).
+fn join_key(parts: &[KeyPart], scope: &Scope, key: &mut Vec<u8>) -> Result<bool, SqlError> {
+    key.clear();
     for part in parts {
         let value = match part {
             KeyPart::Column(i) => scope.row[*i].clone(),
             KeyPart::Expr(e) => eval(e, scope)?,
         };
         let value = match value {
-            Value::Null => return Ok(None),
+            Value::Null => return Ok(false),
             // 1 = 1.0: integral floats hash as integers.
             Value::Float(x) if x.fract() == 0.0 && x.abs() < 9e15 => Value::Int(x as i64),
             v => v,
         };
-        encode_key_part(&value, &mut key);
+        encode_key_part(&value, key);
     }
-    Ok(Some(key))
+    Ok(true)
 }
 
 /// Whether `e` reads columns of `cols` only (at least one), none that
@@ -2008,5 +2136,46 @@ impl Acc {
             Acc::Avg(_, 0) => Value::Null,
             Acc::Avg(s, n) => Value::Float(s / *n as f64),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn join_keys_spread_over_the_bits_that_pick_buckets() {
+        // A hash join's keys are often consecutive integers, which differ
+        // only in their encoding's last bytes. hashbrown picks a bucket by
+        // the low bits and filters by the top seven: both must vary.
+        let hasher = BuildHasherDefault::<WordHash>::default();
+        let n = 100_000u64;
+        let hashes: Vec<u64> = (1..=n as i64)
+            .map(|k| {
+                let mut key = Vec::new();
+                encode_key_part(&Value::Int(k), &mut key);
+                hasher.hash_one(&key)
+            })
+            .collect();
+        let distinct = |f: &dyn Fn(u64) -> u64| hashes.iter().map(|&h| f(h)).collect::<BTreeSet<_>>().len();
+        assert_eq!(distinct(&|h| h), n as usize);
+        // 100,000 random values fill about 69,960 of 2^17 buckets.
+        assert!(distinct(&|h| h & 0x1_ffff) > 68_000, "{}", distinct(&|h| h & 0x1_ffff));
+        assert_eq!(distinct(&|h| h >> 57), 128);
+    }
+
+    #[test]
+    fn a_statement_names_its_columns_unless_a_star_or_natural_join_may_stand_for_them() {
+        let names = names_in("SELECT count(*), \"Mixed\" FROM a JOIN b ON a.K = b.k WHERE v > 1").unwrap();
+        for name in ["k", "Mixed", "v", "a", "b"] {
+            assert!(names.contains(name), "{name} in {names:?}");
+        }
+        assert!(!names.contains("w"));
+        assert_eq!(names_in("SELECT * FROM a"), None);
+        assert_eq!(names_in("SELECT a.* FROM a"), None);
+        assert_eq!(names_in("SELECT k FROM a WHERE EXISTS (SELECT * FROM b)"), None);
+        assert_eq!(names_in("SELECT k FROM a NATURAL JOIN b"), None);
     }
 }

@@ -10,6 +10,9 @@
 //!   without a primary key is keyed by a hidden row id: the inserting
 //!   transaction's id and a counter, both big-endian.
 
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
 use serde::{Deserialize, Serialize};
 
 use super::SqlError;
@@ -285,9 +288,26 @@ pub struct IndexDef {
 
 impl Schema {
     /// Decodes a catalog description.
+    ///
+    /// Every statement reads its tables' schemas, and decoding the JSON
+    /// was a tenth of a primary-key lookup's cost; so decoded schemas are
+    /// kept by their bytes. An entry's bytes determine its schema, so a
+    /// kept one is never stale; the memo only starts over when full.
     pub fn decode(table: &str, meta: &[u8]) -> Result<Schema, SqlError> {
-        serde_json::from_slice(meta)
-            .map_err(|e| SqlError::new("XX001", format!("the catalog entry of table \"{table}\" is unreadable: {e}")))
+        static DECODED: RwLock<BTreeMap<Vec<u8>, Schema>> = RwLock::new(BTreeMap::new());
+        const DECODED_MAX: usize = 1024;
+        if let Some(schema) = DECODED.read().unwrap_or_else(|e| e.into_inner()).get(meta) {
+            return Ok(schema.clone());
+        }
+        let schema: Schema = serde_json::from_slice(meta).map_err(|e| {
+            SqlError::new("XX001", format!("the catalog entry of table \"{table}\" is unreadable: {e}"))
+        })?;
+        let mut decoded = DECODED.write().unwrap_or_else(|e| e.into_inner());
+        if decoded.len() >= DECODED_MAX {
+            decoded.clear();
+        }
+        decoded.insert(meta.to_vec(), schema.clone());
+        Ok(schema)
     }
 
     /// Encodes the schema for the catalog.
@@ -372,8 +392,15 @@ pub fn encode_row(row: &[Value]) -> Vec<u8> {
 
 /// Decodes a row written by [`encode_row`].
 pub fn decode_row(table: &str, bytes: &[u8]) -> Result<Vec<Value>, SqlError> {
+    decode_columns(table, bytes, None)
+}
+
+/// [`decode_row`], keeping only the columns `wanted` marks: the others read
+/// as NULL without being copied or checked (a text column's bytes are
+/// skipped, never allocated).
+pub fn decode_columns(table: &str, bytes: &[u8], wanted: Option<&[bool]>) -> Result<Vec<Value>, SqlError> {
     let corrupt = || SqlError::new("XX001", format!("a row of table \"{table}\" is unreadable"));
-    let mut row = Vec::new();
+    let mut row = Vec::with_capacity(wanted.map_or(8, <[bool]>::len));
     let mut at = 0;
     let take = |at: &mut usize, n: usize| -> Result<&[u8], SqlError> {
         let part = bytes.get(*at..*at + n).ok_or_else(corrupt)?;
@@ -384,18 +411,25 @@ pub fn decode_row(table: &str, bytes: &[u8]) -> Result<Vec<Value>, SqlError> {
         let tag = bytes[at];
         at += 1;
         let eight = |at: &mut usize| -> Result<[u8; 8], SqlError> { Ok(take(at, 8)?.try_into().expect("eight bytes")) };
-        row.push(match tag {
+        let keep = wanted.is_none_or(|w| w.get(row.len()).copied().unwrap_or(true));
+        let value = match tag {
             0 => Value::Null,
             1 => Value::Int(i64::from_le_bytes(eight(&mut at)?)),
             2 => Value::Float(f64::from_bits(u64::from_le_bytes(eight(&mut at)?))),
             3 => {
                 let len = u32::from_le_bytes(take(&mut at, 4)?.try_into().expect("four bytes")) as usize;
-                Value::Text(String::from_utf8(take(&mut at, len)?.to_vec()).map_err(|_| corrupt())?)
+                let text = take(&mut at, len)?;
+                if keep {
+                    Value::Text(std::str::from_utf8(text).map_err(|_| corrupt())?.to_owned())
+                } else {
+                    Value::Null
+                }
             }
             4 => Value::Bool(take(&mut at, 1)?[0] != 0),
             5 => Value::Timestamp(i64::from_le_bytes(eight(&mut at)?)),
             _ => return Err(corrupt()),
-        });
+        };
+        row.push(if keep { value } else { Value::Null });
     }
     Ok(row)
 }
