@@ -141,6 +141,78 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, SqlError> {
     Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| SqlError::syntax(e.to_string()))
 }
 
+/// How many parsed statement shapes a session keeps; past it, it starts over.
+const SHAPES_KEPT: usize = 256;
+
+/// `sql` with each integer literal that is the right operand of a
+/// comparison (`= 42`, `< 7`, `<> 0`, …) replaced by a parameter (`$1`,
+/// `$2`, …), and those literals' values: `None` if there are none, or if
+/// the text is not one `SELECT`, `INSERT`, `UPDATE` or `DELETE` statement
+/// this simple scan can read with certainty (no comments, no `$`, no
+/// unterminated quotes). A comparison's right operand is a place where a
+/// parameter always stands for a literal: the statement means the same.
+pub fn parameterize(sql: &str) -> Option<(String, Vec<Value>)> {
+    let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next()?;
+    if !["select", "insert", "update", "delete"].iter().any(|k| first.eq_ignore_ascii_case(k)) {
+        return None;
+    }
+    let bytes = sql.as_bytes();
+    let mut shape = String::with_capacity(sql.len());
+    let mut literals = Vec::new();
+    let mut copied = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            quote @ (b'\'' | b'"') => {
+                // A quoted string or name, '' or "" inside it.
+                at += 1;
+                loop {
+                    match bytes.get(at) {
+                        None => return None,
+                        Some(&b) if b == quote && bytes.get(at + 1) == Some(&quote) => at += 2,
+                        Some(&b) if b == quote => break,
+                        Some(_) => at += 1,
+                    }
+                }
+                at += 1;
+            }
+            b'$' => return None,
+            b'-' if bytes.get(at + 1) == Some(&b'-') => return None,
+            b'/' if bytes.get(at + 1) == Some(&b'*') => return None,
+            b';' if !sql[at + 1..].trim().is_empty() => return None,
+            b'0'..=b'9' => {
+                let end = at + bytes[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+                let word =
+                    |b: Option<&u8>| b.is_some_and(|&b| b.is_ascii_alphanumeric() || b >= 0x80 || b"_.:".contains(&b));
+                let compared = || {
+                    let before = sql[..at].trim_end();
+                    let op_len = before.bytes().rev().take_while(|b| b"=<>!~*+-/%^&|#@".contains(b)).count();
+                    ["=", "<", ">", "<=", ">=", "<>", "!="].contains(&&before[before.len() - op_len..])
+                };
+                let value = sql[at..end].parse::<i64>().ok();
+                match value {
+                    Some(value)
+                        if !word(at.checked_sub(1).map(|i| &bytes[i])) && !word(bytes.get(end)) && compared() =>
+                    {
+                        shape.push_str(&sql[copied..at]);
+                        literals.push(Value::Int(value));
+                        shape.push_str(&format!("${}", literals.len()));
+                        copied = end;
+                    }
+                    _ => {}
+                }
+                at = end;
+            }
+            _ => at += 1,
+        }
+    }
+    if literals.is_empty() {
+        return None;
+    }
+    shape.push_str(&sql[copied..]);
+    Some((shape, literals))
+}
+
 /// PostgreSQL's boolean COPY options also take `on`/`off`/`1`/`0` (pgbench
 /// sends `freeze on`); sqlparser knows only `true`/`false`, so those are
 /// rewritten token by token.
@@ -189,12 +261,23 @@ pub struct Session {
     next_row_id: u64,
     settings: BTreeMap<String, String>,
     copy: Option<exec::CopyState>,
+    /// Parsed statements by their [`parameterize`]d text.
+    shapes: BTreeMap<String, Arc<Vec<Statement>>>,
 }
 
 impl Session {
     /// A new session on `db`.
     pub fn new(db: Arc<Database>) -> Session {
-        Session { db, txn: None, explicit: false, failed: false, next_row_id: 0, settings: BTreeMap::new(), copy: None }
+        Session {
+            db,
+            txn: None,
+            explicit: false,
+            failed: false,
+            next_row_id: 0,
+            settings: BTreeMap::new(),
+            copy: None,
+            shapes: BTreeMap::new(),
+        }
     }
 
     /// Whether a transaction block is open (`BEGIN` was run), and whether
@@ -207,14 +290,14 @@ impl Session {
     /// at the first error. Returns the outputs of the statements that ran,
     /// and the error if one failed.
     pub async fn run(&mut self, sql: &str) -> (Vec<Output>, Option<SqlError>) {
-        let statements = match parse(sql) {
-            Ok(s) => s,
+        let (statements, params) = match self.parsed(sql) {
+            Ok(parsed) => parsed,
             // A syntax error fails an open block like any other error.
             Err(e) => return (Vec::new(), self.finish_statement(Err(e)).await.err()),
         };
         let mut outputs = Vec::new();
-        for statement in &statements {
-            match self.execute(statement, &[]).await {
+        for statement in statements.iter() {
+            match self.execute(statement, &params).await {
                 Ok(out) => {
                     let copying = matches!(out, Output::CopyIn { .. });
                     outputs.push(out);
@@ -226,6 +309,29 @@ impl Session {
             }
         }
         (outputs, None)
+    }
+
+    /// The statements of `sql`, and the values of the parameters they
+    /// take. Text the [`parameterize`] rule applies to is parsed once per
+    /// shape: later texts that differ only in those literals reuse the
+    /// statement, with the literals as parameters (as SQL Server's simple
+    /// parameterization does), so a client repeating one query with new
+    /// keys does not pay for parsing each time.
+    fn parsed(&mut self, sql: &str) -> Result<(Arc<Vec<Statement>>, Vec<Value>), SqlError> {
+        if let Some((shape, literals)) = parameterize(sql) {
+            if let Some(statements) = self.shapes.get(&shape) {
+                return Ok((statements.clone(), literals));
+            }
+            if let Ok(statements) = parse(&shape) {
+                if self.shapes.len() >= SHAPES_KEPT {
+                    self.shapes.clear();
+                }
+                let statements = Arc::new(statements);
+                self.shapes.insert(shape, statements.clone());
+                return Ok((statements, literals));
+            }
+        }
+        Ok((Arc::new(parse(sql)?), Vec::new()))
     }
 
     /// Runs one statement with its parameter values.
@@ -399,6 +505,62 @@ impl Session {
             }
             None if commit && !failed => Ok("COMMIT"),
             None => Ok("ROLLBACK"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(sql: &str) -> Option<(String, Vec<i64>)> {
+        parameterize(sql).map(|(shape, values)| {
+            let ints = values
+                .into_iter()
+                .map(|v| match v {
+                    Value::Int(i) => i,
+                    v => panic!("{v:?}"),
+                })
+                .collect();
+            (shape, ints)
+        })
+    }
+
+    #[test]
+    fn comparison_literals_become_parameters_and_nothing_else_does() {
+        assert_eq!(
+            shape("SELECT abalance FROM pgbench_accounts WHERE aid = 98765;"),
+            Some(("SELECT abalance FROM pgbench_accounts WHERE aid = $1;".into(), vec![98765]))
+        );
+        assert_eq!(
+            shape("update t set v = 'x = 5' where a>=1 and b<>22 and c != 3 and d<4"),
+            Some(("update t set v = 'x = 5' where a>=$1 and b<>$2 and c != $3 and d<$4".into(), vec![1, 22, 3, 4]))
+        );
+        // Not a comparison's operand, or not a plain integer: kept as text.
+        for sql in [
+            "SELECT 1",
+            "SELECT a FROM t ORDER BY 1 LIMIT 5 OFFSET 2",
+            "SELECT a FROM t WHERE a = -5",
+            "SELECT a FROM t WHERE a = 5.5 OR a = 1e3 OR a = 5::text OR a = t1",
+            "SELECT a FROM t WHERE a + 1 > b",
+            "SELECT a FROM t WHERE a = 99999999999999999999",
+            "SELECT a FROM t WHERE a @> 5 OR a ->> 3",
+            "SELECT a FROM t WHERE \"col=1\" = 'v'",
+        ] {
+            assert_eq!(shape(sql), None, "{sql}");
+        }
+        // Text this scan cannot read with certainty is left alone.
+        for sql in [
+            "SELECT a FROM t WHERE a = 1 -- = 2",
+            "SELECT a FROM t WHERE a = 1 /* = 2 */",
+            "SELECT a FROM t WHERE a = $1 AND b = 2",
+            "SELECT a FROM t WHERE a = 1; SELECT 2",
+            "SELECT a FROM t WHERE a = 'open = 1",
+            "CREATE TABLE t (a INT CHECK (a = 1))",
+            "SET x = 5",
+            "WITH w AS (SELECT 1) SELECT * FROM w WHERE 1 = 1",
+        ] {
+            assert_eq!(shape(sql), None, "{sql}");
         }
     }
 }
