@@ -1323,11 +1323,11 @@ impl<'c, 'a> Runner<'c, 'a> {
                 let scope = self.scope(&right.cols, row, outer_row);
                 next[i] = NO_ROW;
                 if join_key(right_keys, &scope, &mut key)? {
-                    if let Some(head) = first.get_mut(&key) {
+                    if let Some(head) = first.get_mut(key.as_slice()) {
                         next[i] = std::mem::replace(head, i);
                     } else {
                         self.memory += key.len() + 32;
-                        first.insert(key.clone(), i);
+                        first.insert(JoinKey::from_slice(&key), i);
                     }
                 }
             }
@@ -1341,7 +1341,7 @@ impl<'c, 'a> Runner<'c, 'a> {
                 Some((left_keys, _)) => {
                     let scope = self.scope(&left.cols, left_row, outer_row);
                     match join_key(left_keys, &scope, &mut key)? {
-                        true => first.get(&key).copied().unwrap_or(NO_ROW),
+                        true => first.get(key.as_slice()).copied().unwrap_or(NO_ROW),
                         false => NO_ROW,
                     }
                 }
@@ -1482,7 +1482,11 @@ const INDEX_JOIN_MAX_OUTER: usize = 1_000;
 /// keys, so even its order is the same in every run; and it is only probed,
 /// never iterated.
 #[allow(clippy::disallowed_types)]
-type JoinTable = std::collections::HashMap<Vec<u8>, usize, BuildHasherDefault<WordHash>>;
+/// An encoded join key: up to 16 bytes (an integer's take 9) stay inline,
+/// so probing the table does not chase a pointer per entry.
+type JoinKey = smallvec::SmallVec<[u8; 16]>;
+
+type JoinTable = std::collections::HashMap<JoinKey, usize, BuildHasherDefault<WordHash>>;
 
 /// The end of a chain of join candidates.
 const NO_ROW: usize = usize::MAX;
