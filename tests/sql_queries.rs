@@ -374,6 +374,37 @@ async fn secondary_indexes_are_kept_with_their_table_and_used() {
     rows_of(&mut s, "CREATE INDEX emp_dept_u ON emp (id)").await;
 }
 
+#[tokio::test]
+async fn insert_select_inserts_a_querys_rows_all_or_none() {
+    let mut s = session().await;
+    rows_of(&mut s, "CREATE TABLE pay (id INT PRIMARY KEY, who TEXT, dept TEXT, total INT DEFAULT 0)").await;
+    rows_of(&mut s, "CREATE INDEX pay_dept ON pay (dept)").await;
+    // From a join, into named columns; the rest take their defaults.
+    let (outputs, error) = s
+        .run("INSERT INTO pay (id, who, dept) SELECT e.id, e.name, d.name FROM emp e JOIN dept d ON d.id = e.dept_id")
+        .await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(outputs, vec![Output::Command("INSERT 0 3".into())]);
+    check(&mut s, "SELECT id, who, dept, total FROM pay ORDER BY id", &["10|ann|eng|0", "11|bob|eng|0", "12|cy|ops|0"])
+        .await;
+    // The index holds the new rows.
+    check(&mut s, "SELECT who FROM pay WHERE dept = 'ops'", &["cy"]).await;
+    // A query of the target table reads it before the first insert.
+    rows_of(&mut s, "INSERT INTO pay SELECT id + 100, who || '2', dept, total + 1 FROM pay WHERE id > 10").await;
+    check(&mut s, "SELECT count(*), sum(total) FROM pay", &["5|2"]).await;
+    // Without a column list the query's columns fill the first ones.
+    rows_of(&mut s, "INSERT INTO pay SELECT 200, 'zed' FROM dept WHERE id = 1").await;
+    check(&mut s, "SELECT who, dept, total FROM pay WHERE id = 200", &["zed|-|0"]).await;
+    // A duplicate key fails the whole statement: no row of it is left.
+    let (code, _) =
+        fails(&mut s, "INSERT INTO pay (id, who) SELECT id + 300, name FROM emp UNION ALL SELECT 10, 'x'").await;
+    assert_eq!(code, "23505");
+    check(&mut s, "SELECT count(*) FROM pay WHERE id > 300", &["0"]).await;
+    // Too many columns for the targets, even when the query returns none.
+    let (code, message) = fails(&mut s, "INSERT INTO pay (id) SELECT id, name FROM emp WHERE false").await;
+    assert_eq!((code, message.as_str()), ("42601", "INSERT has 2 expressions for 1 target columns"));
+}
+
 /// `CREATE INDEX` on a populated table, cut by a power failure at each of
 /// its I/O operations: after recovery the index either does not exist (and
 /// can be created) or holds exactly its table's rows; the table is intact.

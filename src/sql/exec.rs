@@ -304,27 +304,42 @@ async fn insert_rows(ctx: &mut Context<'_>, insert: &Insert) -> Result<Output, S
     let (table, schema) = load(ctx.txn, &name).await?;
     let column_names = insert.columns.iter().map(|c| c.to_string().trim_matches('"').to_lowercase());
     let mut targets = target_columns(&schema, &name, column_names)?;
-    let Some(source) = &insert.source else { return Err(SqlError::syntax("INSERT needs VALUES")) };
-    let SetExpr::Values(values) = source.body.as_ref() else {
-        return Err(SqlError::unsupported("INSERT … SELECT"));
+    let Some(source) = &insert.source else { return Err(SqlError::syntax("INSERT needs VALUES or a query")) };
+    // The values, each row's given columns: VALUES evaluated, or the rows a
+    // query returns (all read before the first is inserted, so a query of
+    // the table itself sees none of them).
+    let (given_rows, width) = match source.body.as_ref() {
+        SetExpr::Values(values) => {
+            let scope = Scope::constants(ctx.params, ctx.now);
+            let rows = values
+                .rows
+                .iter()
+                .map(|row| row.content.iter().map(|e| eval(e, &scope)).collect::<Result<Vec<_>, _>>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let width = values.rows.first().map_or(0, |row| row.content.len());
+            (rows, width)
+        }
+        _ => {
+            let (columns, rows) = query::run(ctx, source).await?;
+            (rows, columns.len())
+        }
     };
     if insert.columns.is_empty() {
         // Without a column list, the values fill the first columns.
-        if let Some(first) = values.rows.first() {
-            targets.truncate(first.content.len().max(1));
-        }
+        targets.truncate(width.max(1));
     }
-    let scope = Scope::constants(ctx.params, ctx.now);
-    let mut rows = Vec::with_capacity(values.rows.len());
-    for row in &values.rows {
-        if row.content.len() != targets.len() {
+    if width != targets.len() {
+        return Err(SqlError::syntax(format!("INSERT has {width} expressions for {} target columns", targets.len())));
+    }
+    let mut rows = Vec::with_capacity(given_rows.len());
+    for given in given_rows {
+        if given.len() != targets.len() {
             return Err(SqlError::syntax(format!(
                 "INSERT has {} expressions for {} target columns",
-                row.content.len(),
+                given.len(),
                 targets.len()
             )));
         }
-        let given = row.content.iter().map(|e| eval(e, &scope)).collect::<Result<Vec<_>, _>>()?;
         let full = complete_row(&schema, &name, &targets, given, ctx.now)?;
         rows.push((row_key(&schema, &full, ctx.txn, ctx.next_row_id), full));
     }
