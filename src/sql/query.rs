@@ -1478,14 +1478,14 @@ impl<'c, 'a> Runner<'c, 'a> {
 /// larger ones hash it (a lookup costs a descent and a row lock).
 const INDEX_JOIN_MAX_OUTER: usize = 1_000;
 
-/// A hash join's table: rows of the build side by key. Its hasher has fixed
-/// keys, so even its order is the same in every run; and it is only probed,
-/// never iterated.
-#[allow(clippy::disallowed_types)]
 /// An encoded join key: up to 16 bytes (an integer's take 9) stay inline,
 /// so probing the table does not chase a pointer per entry.
 type JoinKey = smallvec::SmallVec<[u8; 16]>;
 
+/// A hash join's table: the first row of the build side with each key (the
+/// rest are chained). Its hasher has fixed keys, so even its order is the
+/// same in every run; and it is only probed, never iterated.
+#[allow(clippy::disallowed_types)]
 type JoinTable = std::collections::HashMap<JoinKey, usize, BuildHasherDefault<WordHash>>;
 
 /// The end of a chain of join candidates.
