@@ -374,6 +374,32 @@ async fn secondary_indexes_are_kept_with_their_table_and_used() {
     rows_of(&mut s, "CREATE INDEX emp_dept_u ON emp (id)").await;
 }
 
+/// Scans past 1,024 rows decode only the columns the statement names; every
+/// way a statement can name one must still see its values.
+#[tokio::test]
+async fn scans_of_many_rows_see_every_column_the_statement_names() {
+    let mut s = session().await;
+    rows_of(&mut s, "CREATE TABLE big (id INT PRIMARY KEY, k INT, label TEXT, note TEXT)").await;
+    rows_of(&mut s, "INSERT INTO big SELECT g, g % 10, 'l' || g, 'n' || g FROM generate_series(1, 3000) AS g").await;
+    // In WHERE and an aggregate; in ORDER BY only; everything by `*`.
+    check(&mut s, "SELECT count(*), max(label) FROM big WHERE k = 3", &["300|l993"]).await;
+    check(&mut s, "SELECT label FROM big ORDER BY note DESC LIMIT 1", &["l999"]).await;
+    check(&mut s, "SELECT * FROM big ORDER BY id DESC LIMIT 1", &["3000|0|l3000|n3000"]).await;
+    check(&mut s, "SELECT big.* FROM big ORDER BY id LIMIT 1", &["1|1|l1|n1"]).await;
+    // In a join's condition and a quoted name; in a subquery.
+    check(&mut s, "SELECT b.\"label\" FROM big b JOIN big c ON c.id = b.id + 1 WHERE c.note = 'n3000'", &["l2999"])
+        .await;
+    check(&mut s, "SELECT count(*) FROM big WHERE note IN (SELECT 'n' || id FROM dept)", &["3"]).await;
+    check(&mut s, "SELECT count(*) FROM big b WHERE EXISTS (SELECT 1 FROM dept d WHERE 'n' || d.id = b.note)", &["3"])
+        .await;
+    // Columns a NATURAL join matches by name without naming them.
+    check(&mut s, "SELECT count(*), max(label) FROM big NATURAL JOIN (SELECT id, k, note FROM big) s", &["3000|l999"])
+        .await;
+    // Through an index range of more than 1,024 rows.
+    rows_of(&mut s, "CREATE INDEX big_k ON big (k)").await;
+    check(&mut s, "SELECT count(note), min(label) FROM big WHERE k >= 2", &["2400|l1002"]).await;
+}
+
 #[tokio::test]
 async fn insert_select_inserts_a_querys_rows_all_or_none() {
     let mut s = session().await;

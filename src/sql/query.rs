@@ -941,11 +941,13 @@ impl<'c, 'a> Runner<'c, 'a> {
             }
             return Ok((cols, rows));
         }
-        let wanted = self.wanted(&cols);
-        let decode = |bytes: &[u8]| decode_columns(&table.name, bytes, wanted.as_deref());
+        // Which columns to decode is worth working out (it reads the
+        // statement's text) only for a scan of many rows.
         if let Some(plan) = plan? {
             let (start, end) = (as_ref_bound(&plan.start), as_ref_bound(&plan.end));
-            for pk in index::lookup(self.ctx.txn, plan.index, start, end).await? {
+            let pks = index::lookup(self.ctx.txn, plan.index, start, end).await?;
+            let wanted = if pks.len() >= SCAN_BATCH { self.wanted(&cols) } else { None };
+            for pk in pks {
                 let Some(bytes) = self.ctx.txn.get(&table, &pk).await? else {
                     return Err(SqlError::new(
                         "XX001",
@@ -955,7 +957,7 @@ impl<'c, 'a> Runner<'c, 'a> {
                         ),
                     ));
                 };
-                let row = decode(&bytes)?;
+                let row = decode_columns(&table.name, &bytes, wanted.as_deref())?;
                 if keep!(self, filter, filter_subqueries, &cols, &row, outer) {
                     self.hold(&row)?;
                     rows.push(row);
@@ -967,12 +969,16 @@ impl<'c, 'a> Runner<'c, 'a> {
             return Ok((cols, rows));
         }
         let mut after: Option<Vec<u8>> = None;
+        let mut wanted = None;
         loop {
             let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
             let batch = self.ctx.txn.scan_limit(&table, start, Bound::Unbounded, SCAN_BATCH).await?;
             let full = batch.len() == SCAN_BATCH;
+            if full && wanted.is_none() {
+                wanted = Some(self.wanted(&cols));
+            }
             for (key, bytes) in batch {
-                let row = decode(&bytes)?;
+                let row = decode_columns(&table.name, &bytes, wanted.as_ref().and_then(|w| w.as_deref()))?;
                 if keep!(self, filter, filter_subqueries, &cols, &row, outer) {
                     self.hold(&row)?;
                     rows.push(row);
@@ -1037,7 +1043,14 @@ impl<'c, 'a> Runner<'c, 'a> {
                 self.close_node(node, relation.as_ref().map_or(0, |r| r.rows.len()), None);
                 let mut relation = relation?;
                 if let Some(alias) = alias {
-                    rename(&mut relation, &ident_name(&alias.name), alias)?;
+                    let table = ident_name(&alias.name);
+                    rename(&mut relation, &table, alias)?;
+                    // As in PostgreSQL, a function returning one column
+                    // names it after the alias (`generate_series(1, 3) AS g`
+                    // gives `g`), unless the alias names its columns.
+                    if alias.columns.is_empty() {
+                        relation.cols[0].name = table;
+                    }
                 }
                 Ok(relation)
             }
