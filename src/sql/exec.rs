@@ -328,17 +328,15 @@ async fn insert_rows(ctx: &mut Context<'_>, insert: &Insert) -> Result<Output, S
         // Without a column list, the values fill the first columns.
         targets.truncate(width.max(1));
     }
+    let mismatch =
+        |n: usize| SqlError::syntax(format!("INSERT has {n} expressions for {} target columns", targets.len()));
     if width != targets.len() {
-        return Err(SqlError::syntax(format!("INSERT has {width} expressions for {} target columns", targets.len())));
+        return Err(mismatch(width));
     }
     let mut rows = Vec::with_capacity(given_rows.len());
     for given in given_rows {
         if given.len() != targets.len() {
-            return Err(SqlError::syntax(format!(
-                "INSERT has {} expressions for {} target columns",
-                given.len(),
-                targets.len()
-            )));
+            return Err(mismatch(given.len()));
         }
         let full = complete_row(&schema, &name, &targets, given, ctx.now)?;
         rows.push((row_key(&schema, &full, ctx.txn, ctx.next_row_id), full));

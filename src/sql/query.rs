@@ -36,7 +36,7 @@ use super::expr::{
     Subqueries,
 };
 use super::index::{self, key_prefix, prefix_end};
-use super::types::{decode_columns, encode_key_part, IndexDef, Schema, SqlType, Value};
+use super::types::{decode_columns, decode_row, encode_key_part, IndexDef, Schema, SqlType, Value};
 use super::{ColumnDesc, SqlError};
 
 /// The most row data one statement may hold in memory at once: its
@@ -934,7 +934,7 @@ impl<'c, 'a> Runner<'c, 'a> {
         }
         if let Some(key) = key? {
             if let Some(bytes) = self.ctx.txn.get(&table, &key).await? {
-                let row = decode_columns(&table.name, &bytes, None)?;
+                let row = decode_row(&table.name, &bytes)?;
                 if keep!(self, filter, filter_subqueries, &cols, &row, outer) {
                     rows.push(row);
                 }
