@@ -9,7 +9,10 @@
 //!    mid-write); every WAL segment matches its checksum.
 //! 4. The files are restored into a scratch directory, and there the WAL
 //!    runs without a gap from the manifest's WAL start to its end LSN, on
-//!    its timeline.
+//!    its timeline. Uncompressed files are not copied: the scratch directory
+//!    is an [`Overlay`] in which they read through to the backup's own
+//!    files, and the replay's writes stay in memory. Compressed files are
+//!    decompressed into it.
 //! 5. Crash recovery replays it to the end LSN, and every tree (the catalog
 //!    and each table) is structurally sound: key order, levels, sibling
 //!    links.
@@ -26,7 +29,7 @@ use std::sync::Arc;
 use super::manifest::{checksum_text, Compression, FileEntry, Manifest, MANIFEST_NAME};
 use super::{segments_between, FileReader};
 use crate::db::CATALOG;
-use crate::env::{Clock, Fs};
+use crate::env::{Clock, Fs, Overlay};
 use crate::probe::{self, Probe};
 use crate::recovery::{self, StoreOptions};
 use crate::storage::{ControlFile, Op, Page, PageCheck, DATA_FILE_NAME, PAGE_SIZE, UNDO_MEMORY_DEFAULT};
@@ -385,6 +388,7 @@ pub async fn verify(
     if let Err(p) = scratch_ok {
         problems.push(p);
     }
+    let overlay = Arc::new(Overlay::new(scratch.fs.clone()));
     let total: u64 = manifest.files.iter().map(|f| f.stored_size).sum();
     let mut done = 0;
     let mut pages = PageScan::default();
@@ -396,9 +400,18 @@ pub async fn verify(
             problems.push(problem(&entry.path, "a path inside the backup", "a path that leaves it"));
             continue;
         }
-        let target =
-            (restorable && manifest.include_wal).then(|| (scratch.fs.as_ref(), scratch.dir.join(&entry.restore_path)));
+        let replayed = restorable && manifest.include_wal;
+        let copied = replayed && entry.compression != Compression::None;
+        let target = copied.then(|| (scratch.fs.as_ref(), scratch.dir.join(&entry.restore_path)));
         let scan = restore_entry(fs, dir, entry, target, problems);
+        if replayed && !copied {
+            let linked = fs
+                .open(&dir.join(&entry.path))
+                .and_then(|file| overlay.link(&scratch.dir.join(&entry.restore_path), file));
+            if let Err(e) = linked {
+                problems.push(problem(&entry.path, "a file the scratch copy can read", e.to_string()));
+            }
+        }
         if entry.restore_path == format!("data/{DATA_FILE_NAME}") {
             report.data_pages = entry.size / PAGE_SIZE as u64;
             pages = scan;
@@ -440,7 +453,8 @@ pub async fn verify(
             ));
         }
     } else if bytes_sound {
-        replay(&manifest, scratch, &opts, clock, pages, &mut report).await;
+        let scratch = Scratch { fs: overlay, dir: scratch.dir.clone() };
+        replay(&manifest, &scratch, &opts, clock, pages, &mut report).await;
     }
     report.manifest = Some(manifest);
     report

@@ -14,6 +14,7 @@
 mod clock;
 mod command;
 mod faults;
+mod overlay;
 mod real;
 mod seam;
 mod sim_fs;
@@ -21,6 +22,7 @@ mod sim_fs;
 pub use clock::{Clock, SimClock};
 pub use command::{substitute, CommandOutput, CommandRunner, NoCommands};
 pub use faults::{FaultConfig, FaultKind, LedgerEntry};
+pub use overlay::Overlay;
 #[cfg(not(madsim))]
 pub use real::ShellCommands;
 pub use real::{RealClock, RealFs};
