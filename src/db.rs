@@ -437,8 +437,14 @@ pub struct Database {
 impl Database {
     /// Opens the database in `config`'s directories, creating it if new, and
     /// recovering it if it was not shut down cleanly (see
-    /// [`recovery`]). Ends with a checkpoint, then starts the
-    /// background checkpointer.
+    /// [`recovery`]), then starts the background checkpointer.
+    ///
+    /// A clean start, a new database and a point-in-time recovery end with
+    /// a checkpoint before this returns. A crash recovery does not wait for
+    /// one (ARIES needs none: a crash before the next checkpoint replays
+    /// from the same redo point again, and redo skips what pages already
+    /// hold): it takes its checkpoint in the background, at full speed
+    /// between writers, so clients are answered as soon as undo is done.
     pub async fn open(env: Env, config: EngineConfig) -> Result<Database, DbError> {
         // A new database's identity: its creation time in the high half, as
         // PostgreSQL's system identifier, and a random low half.
@@ -485,7 +491,15 @@ impl Database {
             None => None,
         };
         let may_retire = |name: &str| archiver.as_ref().is_none_or(|archiver| archiver.may_remove(name));
-        let last = store.checkpoint(ControlState::InProduction, &may_retire).await?;
+        // The last checkpoint's LSN when the end-of-recovery one waits.
+        let deferred = recovery.checkpoint_lsn.filter(|_| recovery.crashed && !config.point_in_time_recovery);
+        let last = match deferred {
+            Some(lsn) => {
+                crate::probe::hit(crate::probe::Probe::RecoveryCheckpointDeferred);
+                lsn
+            }
+            None => store.checkpoint(ControlState::InProduction, &may_retire).await?,
+        };
         let shared = Arc::new(Shared {
             env,
             store: tokio::sync::Mutex::new(store),
@@ -510,7 +524,11 @@ impl Database {
             archiver_task: Mutex::new(None),
             config,
         });
-        shared.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        if deferred.is_some() {
+            tokio::spawn(end_of_recovery_checkpoint(Arc::downgrade(&shared)));
+        } else {
+            shared.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        }
         tokio::spawn(checkpointer(Arc::downgrade(&shared), shared.checkpoint_wanted.clone()));
         // A point-in-time recovery holds its new timeline's segments (the
         // retire hook) but archives nothing: a recovery cut by a crash must
@@ -755,6 +773,19 @@ async fn archive_loop(shared: Weak<Shared>, archiver: Arc<Archiver>) {
 /// Checkpoints every `checkpoint_interval`, or when asked (WAL growth),
 /// until the database is dropped or shuts down. A failed checkpoint means
 /// the engine has stopped: the checkpointer stops too.
+/// The checkpoint that ends a crash recovery, taken after the database has
+/// opened: at full speed, letting writers in between its batches. A failure
+/// stops the engine, as any checkpoint's does.
+async fn end_of_recovery_checkpoint(shared: Weak<Shared>) {
+    let Some(shared) = shared.upgrade() else { return };
+    if shared.stopping() {
+        return;
+    }
+    if let Err(error) = shared.checkpoint(ControlState::InProduction).await {
+        tracing::error!(%error, "the end-of-recovery checkpoint failed; the engine has stopped");
+    }
+}
+
 async fn checkpointer(shared: Weak<Shared>, wanted: Arc<Notify>) {
     // The last checkpoint's start: the interval runs from there, so a
     // spread checkpoint's writes take up its interval, not add to it.

@@ -232,6 +232,9 @@ pub enum Probe {
     /// A background checkpoint paused between its page writes while
     /// transactions ran (a spread checkpoint).
     CheckpointSpread,
+    /// A crash recovery opened the database without waiting for its
+    /// checkpoint, which runs in the background.
+    RecoveryCheckpointDeferred,
     /// A checkpoint found a page whose recovery LSN is its begin record's
     /// LSN (dirtied by the record just before it) and wrote it.
     CheckpointPageDirtiedAtBegin,
@@ -291,7 +294,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 52] = [
+    const ALL: [Probe; 53] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -320,6 +323,7 @@ impl Probe {
         Probe::EditRedone,
         Probe::EditUndone,
         Probe::CheckpointSpread,
+        Probe::RecoveryCheckpointDeferred,
         Probe::CheckpointPageDirtiedAtBegin,
         Probe::LoserRolledBack,
         Probe::UndoResumed,
@@ -392,6 +396,7 @@ impl Probe {
             Probe::EditUndone => "edit_undone",
             Probe::StructureDeltaLogged => "structure_delta_logged",
             Probe::CheckpointSpread => "checkpoint_spread",
+            Probe::RecoveryCheckpointDeferred => "recovery_checkpoint_deferred",
             Probe::CheckpointPageDirtiedAtBegin => "checkpoint_page_dirtied_at_begin",
             Probe::LoserRolledBack => "loser_rolled_back",
             Probe::UndoResumed => "undo_resumed",
