@@ -29,7 +29,7 @@ use crate::archive::cleanup::BackupHistory;
 use crate::archive::{ArchiveConfig, ArchiveError, ArchiveStatus, Archiver};
 use crate::env::Env;
 use crate::recovery::{self, RecoveryReport, StoreOptions};
-use crate::storage::{CheckpointRun, ControlFile, ControlState, Store, StoreError, Tree};
+use crate::storage::{CheckpointRun, CheckpointTail, ControlFile, ControlState, Store, StoreError, Tree};
 use crate::txn::lock::{LockError, LockManager};
 use crate::txn::{Table, Transaction};
 use crate::wal::{parse_segment_file_name, Lsn, Wal, WalCompression, WalOptions};
@@ -293,16 +293,15 @@ impl Shared {
             let mut store = self.store.lock().await;
             return self.checkpoint_locked(&mut store, state).await;
         }
-        self.checkpoint_full_speed().await.map(|(_, lsn)| lsn)
+        self.checkpoint_full_speed().await
     }
 
     /// A checkpoint at full speed by a caller that holds its turn: it
     /// begins, writes the pages dirty at its begin a batch at a time,
     /// letting the store go between batches, and syncs the data file
     /// without the store, so that writers never wait for its writes or its
-    /// sync; then it ends. Returns the store, still held since the end,
-    /// with the checkpoint's LSN.
-    async fn checkpoint_full_speed(&self) -> Result<(tokio::sync::MutexGuard<'_, Store>, Lsn), DbError> {
+    /// sync; then it ends. Returns the checkpoint's LSN.
+    async fn checkpoint_full_speed(&self) -> Result<Lsn, DbError> {
         let (mut run, busy, after_begin) = self.checkpoint_start().await?;
         while run.pages_due() > 0 {
             self.store.lock().await.checkpoint_write(&mut run, CHECKPOINT_WRITE_BATCH).await?;
@@ -311,10 +310,24 @@ impl Shared {
             tokio::task::yield_now().await;
         }
         run.sync_written(&self.wal)?;
-        let mut store = self.store.lock().await;
-        let busy = busy || self.wal.end_lsn() > after_begin;
-        let lsn = self.checkpoint_finish(&mut store, run, ControlState::InProduction, busy).await?;
-        Ok((store, lsn))
+        self.checkpoint_end(run, busy, after_begin).await
+    }
+
+    /// Logs the end of a checkpoint in production begun as `run` (`busy`
+    /// and `after_begin` as [`Shared::checkpoint_start`] gave them), then
+    /// lets the store go before finishing it: writers never wait for the
+    /// end record's sync, the control file's or the WAL's retirement.
+    async fn checkpoint_end(&self, run: CheckpointRun, busy: bool, after_begin: Lsn) -> Result<Lsn, DbError> {
+        let (tail, logged_end, busy) = {
+            let mut store = self.store.lock().await;
+            // Transactions that logged during the writes count as work
+            // since the last checkpoint too: their segment must be
+            // switched out.
+            let busy = busy || self.wal.appended_end() > after_begin;
+            let tail = store.checkpoint_log_end(run, ControlState::InProduction).await?;
+            (tail, self.wal.appended_end(), busy)
+        };
+        self.checkpoint_finish(tail, logged_end, busy).await
     }
 
     /// Begins a checkpoint: the run, whether anything was logged since the
@@ -323,7 +336,7 @@ impl Shared {
         let busy = self.written_since_quiet();
         let mut store = self.store.lock().await;
         let run = store.checkpoint_begin().await?;
-        Ok((run, busy, self.wal.end_lsn()))
+        Ok((run, busy, self.wal.appended_end()))
     }
 
     /// Waits for any checkpoint under way to end, asking it to hurry; the
@@ -339,7 +352,7 @@ impl Shared {
     /// Whether anything was logged since the last checkpoint's end (and
     /// its segment switch).
     fn written_since_quiet(&self) -> bool {
-        self.wal.end_lsn() > *self.quiet_end.lock().expect("quiet_end lock")
+        self.wal.appended_end() > *self.quiet_end.lock().expect("quiet_end lock")
     }
 
     /// A checkpoint at once, by a caller that holds its turn
@@ -347,7 +360,8 @@ impl Shared {
     async fn checkpoint_locked(&self, store: &mut Store, state: ControlState) -> Result<Lsn, DbError> {
         let busy = self.written_since_quiet();
         let run = store.checkpoint_begin().await?;
-        self.checkpoint_finish(store, run, state, busy).await
+        let tail = store.checkpoint_log_end(run, state).await?;
+        self.checkpoint_finish(tail, self.wal.appended_end(), busy).await
     }
 
     /// The background checkpointer's checkpoint, spread: it begins, then
@@ -384,25 +398,16 @@ impl Shared {
         if paused {
             crate::probe::hit(crate::probe::Probe::CheckpointSpread);
         }
-        let mut store = self.store.lock().await;
-        // Transactions that logged during the spread count as work since the
-        // last checkpoint too: their segment must be switched out.
-        let busy = busy || self.wal.end_lsn() > after_begin;
-        self.checkpoint_finish(&mut store, run, ControlState::InProduction, busy).await.map(|_| ())
+        self.checkpoint_end(run, busy, after_begin).await.map(|_| ())
     }
 
-    /// Ends a checkpoint begun as `run`. It retires no segment that a
-    /// [`WalHold`] covers or that is not archived yet. With archiving on, it
-    /// then switches to a new segment if anything was written (`busy`)
-    /// since the last checkpoint, so the archive is never more than a
-    /// checkpoint interval behind.
-    async fn checkpoint_finish(
-        &self,
-        store: &mut Store,
-        run: CheckpointRun,
-        state: ControlState,
-        busy: bool,
-    ) -> Result<Lsn, DbError> {
+    /// Finishes a checkpoint whose end record is logged, the log then
+    /// ending at `logged_end`. It retires no segment that a [`WalHold`]
+    /// covers or that is not archived yet. With archiving on, it then
+    /// switches to a new segment if anything was written (`busy`) since the
+    /// last checkpoint, so the archive is never more than a checkpoint
+    /// interval behind.
+    async fn checkpoint_finish(&self, tail: CheckpointTail, logged_end: Lsn, busy: bool) -> Result<Lsn, DbError> {
         let held_from = self.wal_holds.lock().ok().and_then(|holds| holds.values().min().copied());
         let opts = self.wal.options();
         let may_retire = |name: &str| {
@@ -414,16 +419,21 @@ impl Shared {
             }
             self.archiver.as_ref().is_none_or(|archiver| archiver.may_remove(name))
         };
-        let lsn = store.checkpoint_end(run, state, &may_retire).await?;
+        let lsn = tail.finish(&may_retire).await?;
         if let Ok(mut last) = self.last_checkpoint.lock() {
             *last = lsn;
         }
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        // Writers may have logged since the end record: what they logged is
+        // work since this checkpoint unless a switch has sent it out.
+        let mut quiet = logged_end;
         if self.archiver.is_some() && busy {
-            self.wal.switch_segment().await.map_err(StoreError::from)?;
+            if let Some(next) = self.wal.switch_segment().await.map_err(StoreError::from)? {
+                quiet = next;
+            }
             self.wake_archiver_if_segment_completed();
         }
-        *self.quiet_end.lock().expect("quiet_end lock") = self.wal.end_lsn();
+        *self.quiet_end.lock().expect("quiet_end lock") = quiet;
         Ok(lsn)
     }
 }
@@ -596,7 +606,10 @@ impl Database {
             return Err(DbError::ShuttingDown);
         }
         let _serial = self.shared.checkpoint_turn().await;
-        let (store, redo) = self.shared.checkpoint_full_speed().await?;
+        // No checkpoint can retire WAL while this holds the turn, so the
+        // hold is in place before any could.
+        let redo = self.shared.checkpoint_full_speed().await?;
+        let store = self.shared.store.lock().await;
         let wal_from = store.oldest_active_lsn().map_or(redo, |oldest| oldest.min(redo));
         let id = self.shared.next_hold.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut holds) = self.shared.wal_holds.lock() {

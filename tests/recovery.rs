@@ -775,3 +775,68 @@ async fn a_rollback_of_edits_cut_off_by_a_crash_resumes_after_the_last_change_it
         recover_and_check(&disk, &model, &format!("crash at I/O {crash_at} of recovery's {recovery_ops}")).await;
     }
 }
+
+/// A crash recovery opens without waiting for its checkpoint, which runs in
+/// the background. Until it completes, the old redo point stays: a crash
+/// then recovers again from there, through the first recovery's undo and the
+/// transactions committed since, and loses nothing.
+#[tokio::test]
+async fn a_crash_recovery_opens_before_its_checkpoint_and_a_crash_before_that_checkpoint_loses_nothing() {
+    use std::sync::atomic::Ordering;
+    let disk = SimDisk::new(21, FaultConfig::none());
+    let mut model = DbModel::default();
+    let checkpoint = {
+        let db = open(&disk).await.unwrap();
+        let table = fill_new_table(&db, "t", 40, 300, 0, &mut model).await.unwrap();
+        let checkpoint = db.checkpoint().await.unwrap();
+        for n in 0..20 {
+            let mut txn = db.begin().await.unwrap();
+            txn.put(&table, &key(n), &value(n + 1, 300)).await.unwrap();
+            commit(txn, vec![Write::Put("t".into(), key(n), value(n + 1, 300))], &mut model).await.unwrap();
+        }
+        let mut loser = db.begin().await.unwrap();
+        loser.put(&table, &key(500), b"never committed").await.unwrap();
+        db.wal().flush(db.wal().end_lsn()).await.unwrap();
+        std::mem::forget(loser);
+        checkpoint
+    };
+    disk.crash();
+
+    // Opened, and crashed again before its checkpoint could run (nothing
+    // awaited in between on this one-thread runtime).
+    let db = open(&disk).await.unwrap();
+    assert!(db.recovery_report().crashed);
+    assert_eq!(db.recovery_report().losers, 1);
+    assert_eq!(db.stats().checkpoints.load(Ordering::Relaxed), 0, "open did not wait for a checkpoint");
+    drop(db);
+    disk.crash();
+
+    // Again from the same redo point, over what the first recovery logged.
+    let db = recover_and_check(&disk, &model, "a crash before the end-of-recovery checkpoint").await;
+    assert_eq!(db.recovery_report().checkpoint_lsn, Some(checkpoint), "the redo point did not move");
+    let table = {
+        let mut txn = db.begin().await.unwrap();
+        let table = txn.tables().await.unwrap().into_iter().find(|t| t.name == "t").unwrap();
+        txn.commit().await.unwrap();
+        table
+    };
+    // Writers commit while the background checkpoint runs.
+    for n in 20..30 {
+        let mut txn = db.begin().await.unwrap();
+        txn.put(&table, &key(n), &value(n + 2, 300)).await.unwrap();
+        commit(txn, vec![Write::Put("t".into(), key(n), value(n + 2, 300))], &mut model).await.unwrap();
+    }
+    // Once the background checkpoint is done, the next recovery starts there.
+    for _ in 0..100_000 {
+        if db.stats().checkpoints.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(db.stats().checkpoints.load(Ordering::Relaxed), 1, "the end-of-recovery checkpoint completed");
+    drop(db);
+    disk.crash();
+    let db = recover_and_check(&disk, &model, "a crash after the end-of-recovery checkpoint").await;
+    let moved = db.recovery_report().checkpoint_lsn.unwrap();
+    assert!(moved > checkpoint, "the end-of-recovery checkpoint moved the redo point: {moved} after {checkpoint}");
+}

@@ -15,5 +15,6 @@ pub use error::StorageError;
 pub use op::{ActiveTxnEntry, Op, OpDecodeError, Redo, RedoRefused};
 pub use page::{image_hole, Page, PageCheck, PageKind, PAGE_HEADER_LEN, PAGE_SIZE};
 pub use tree::{
-    CheckpointRun, CommitAppended, Store, StoreError, Tree, TreeShape, DATA_FILE_NAME, MAX_KEY_LEN, UNDO_MEMORY_DEFAULT,
+    CheckpointRun, CheckpointTail, CommitAppended, Store, StoreError, Tree, TreeShape, DATA_FILE_NAME, MAX_KEY_LEN,
+    UNDO_MEMORY_DEFAULT,
 };

@@ -214,6 +214,40 @@ pub struct CommitAppended {
     pub clamped: bool,
 }
 
+/// A checkpoint whose end record is logged: what is left needs no store.
+#[must_use = "the checkpoint is in force only once finished"]
+pub struct CheckpointTail {
+    control: ControlFile,
+    end_record: Lsn,
+    end: Lsn,
+    needed_from: Lsn,
+    wal: Arc<Wal>,
+    fs: Arc<dyn Fs>,
+    data_dir: PathBuf,
+}
+
+impl CheckpointTail {
+    /// Steps 2 to 4 of [`Store::checkpoint_end`] after the end record is
+    /// logged: makes it durable, replaces the control file and retires the
+    /// WAL no longer needed; returns the checkpoint's LSN (its begin).
+    pub async fn finish(self, may_retire: &(dyn Fn(&str) -> bool + Sync)) -> Result<Lsn, StoreError> {
+        let mut control = self.control;
+        let begin = control.checkpoint_lsn;
+        self.wal.flush(self.end).await?;
+        if active(PlantedBug::RedoPointAtCheckpointEnd) {
+            (control.checkpoint_lsn, control.redo_lsn) = (self.end_record, self.end_record);
+        }
+        {
+            let _phase = probe::enter(Phase::CheckpointControl);
+            control.store(self.fs.as_ref(), &self.data_dir)?;
+        }
+        let keep_ready = self.wal.options().recycled_segments_max;
+        self.wal.retire_segments(self.needed_from, keep_ready, may_retire).await?;
+        probe::hit(Probe::CheckpointCompleted);
+        Ok(begin)
+    }
+}
+
 /// A checkpoint between its begin and end: its redo point, the pages
 /// dirty at the begin that are still to write, and whether the data file
 /// was synced since the last of them was written.
@@ -1023,12 +1057,24 @@ impl Store {
     /// transactions it has not seen.
     pub async fn checkpoint_end(
         &mut self,
-        mut run: CheckpointRun,
+        run: CheckpointRun,
         state: ControlState,
         may_retire: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Lsn, StoreError> {
+        self.checkpoint_log_end(run, state).await?.finish(may_retire).await
+    }
+
+    /// Steps 1 and 2 of [`Store::checkpoint_end`] up to logging the end
+    /// record: what needs the store. The rest ([`CheckpointTail::finish`]:
+    /// the end record made durable, the control file, the retired WAL) does
+    /// not, so a caller may let writers in before it, and they never wait
+    /// for its syncs.
+    pub async fn checkpoint_log_end(
+        &mut self,
+        mut run: CheckpointRun,
+        state: ControlState,
+    ) -> Result<CheckpointTail, StoreError> {
         let begin = run.begin;
-        let mut control = self.control_at(begin, state);
         self.checkpoint_write(&mut run, usize::MAX).await?;
         if !run.synced {
             let _phase = probe::enter(Phase::CheckpointFlush);
@@ -1044,23 +1090,22 @@ impl Store {
         let last_commit_micros = self.last_commit_micros;
         let (end_record, end) =
             self.log_redo_only(&Op::CheckpointEnd { active: att, dirty, last_commit_micros }).await?;
-        self.wal.flush(end).await?;
-        if active(PlantedBug::RedoPointAtCheckpointEnd) {
-            (control.checkpoint_lsn, control.redo_lsn) = (end_record, end_record);
-        }
-        {
-            let _phase = probe::enter(Phase::CheckpointControl);
-            control.store(self.fs.as_ref(), &self.data_dir)?;
-        }
+        // Transactions that begin after this log after the end record, so
+        // the WAL they need is never below the redo point.
         let oldest_undo = self.oldest_active_lsn();
         let needed_from = oldest_undo.map_or(begin, |oldest| oldest.min(begin));
         if needed_from < begin {
             probe::hit(Probe::CheckpointHeldForUndo);
         }
-        let keep_ready = self.wal.options().recycled_segments_max;
-        self.wal.retire_segments(needed_from, keep_ready, may_retire).await?;
-        probe::hit(Probe::CheckpointCompleted);
-        Ok(begin)
+        Ok(CheckpointTail {
+            control: self.control_at(begin, state),
+            end_record,
+            end,
+            needed_from,
+            wal: self.wal.clone(),
+            fs: self.fs.clone(),
+            data_dir: self.data_dir.clone(),
+        })
     }
 
     /// The control file of a checkpoint whose begin record is at `begin`.

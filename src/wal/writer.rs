@@ -85,6 +85,9 @@ struct InsertBuffer {
     bytes: Vec<u8>,
     /// Where the next record goes.
     next: Lsn,
+    /// The end of the last record appended through [`Wal::append`] (not
+    /// the WAL's own padding, switch or resume records).
+    appended_end: Lsn,
 }
 
 struct SegmentWriter {
@@ -118,7 +121,7 @@ impl Wal {
         if !active(PlantedBug::SkipTailCut) {
             cut_tail(fs.as_ref(), &opts, end, resume_at)?;
         }
-        let mut insert = InsertBuffer { start: resume_at, bytes: Vec::new(), next: resume_at };
+        let mut insert = InsertBuffer { start: resume_at, bytes: Vec::new(), next: resume_at, appended_end: end };
         if resume_at != end {
             // The sector holding `end` also holds records recovery has read
             // (now synced). It is never rewritten; the log continues at the
@@ -167,6 +170,14 @@ impl Wal {
         self.lock_insert().next
     }
 
+    /// The end of the last record appended since open (the end of the
+    /// recovered log before any): unlike [`Wal::end_lsn`], padding that a
+    /// flush adds or a segment switch does not move it, so it tells whether
+    /// anything was logged since a given point.
+    pub fn appended_end(&self) -> Lsn {
+        self.lock_insert().appended_end
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> &WalStats {
         &self.stats
@@ -188,6 +199,7 @@ impl Wal {
             let lsn = insert.next;
             let len = record.encode_into(&mut insert.bytes, lsn, self.opts.timeline, self.durable_lsn());
             insert.next = lsn.plus(len);
+            insert.appended_end = insert.next;
             (lsn, insert.next, insert.bytes.len())
         };
         if buffered as u64 >= self.opts.write_behind_bytes {
@@ -275,12 +287,12 @@ impl Wal {
     /// be archived: appends a `Switch` record, makes the log durable through
     /// it, and moves the next append to the next segment's start (the rest
     /// of the segment is never written; the reader jumps over it). Returns
-    /// the switched segment's number, or `None` when the log already stands
-    /// at a segment's start.
-    pub async fn switch_segment(&self) -> Result<Option<u64>, WalError> {
+    /// where the next append goes (the next segment's start), or `None`
+    /// when the log already stands at a segment's start.
+    pub async fn switch_segment(&self) -> Result<Option<Lsn>, WalError> {
         let mut writer = self.io.lock().await;
         self.check_running()?;
-        let (start, bytes, switched, boundary) = {
+        let (start, bytes, boundary) = {
             let mut insert = self.lock_insert();
             let at = insert.next;
             if self.opts.offset(at) == 0 {
@@ -293,7 +305,7 @@ impl Wal {
             let boundary = Lsn(at.plus(len).0.next_multiple_of(self.opts.segment_size));
             let start = insert.start;
             (insert.start, insert.next) = (boundary, boundary);
-            (start, std::mem::take(&mut insert.bytes), self.opts.segno(at), boundary)
+            (start, std::mem::take(&mut insert.bytes), boundary)
         };
         assert_eq!(start, writer.written, "the log is written without gaps");
         self.write_out(&mut writer, start, &bytes).map_err(|e| self.stop(e))?;
@@ -302,7 +314,7 @@ impl Wal {
         self.durable_lsn.store(boundary.0, Ordering::Release);
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         probe::hit(Probe::SegmentSwitched);
-        Ok(Some(switched))
+        Ok(Some(boundary))
     }
 
     /// Retires the segments that lie wholly before `needed_from`, the oldest
