@@ -229,9 +229,9 @@ impl Swarm {
         config.wal_recycled_segments_max = knobs.random_range(0..=4);
         let lose_at_rest = knobs.random_bool(0.3);
         let aim = match knobs.random_range(0..100) {
-            0..25 => Aim::RollbackAfterCheckpoint,
-            25..40 => Aim::CheckpointSyncError,
-            40..60 => Aim::CheckpointBeforeCommit,
+            0..30 => Aim::RollbackAfterCheckpoint,
+            30..42 => Aim::CheckpointSyncError,
+            42..67 => Aim::CheckpointBeforeCommit,
             _ => Aim::None,
         };
         if matches!(aim, Aim::RollbackAfterCheckpoint | Aim::CheckpointBeforeCommit) {
@@ -1350,7 +1350,7 @@ impl Session {
         // flush (the pool holds four): the power fails among those writes
         // or at their sync, leaving them torn, with the redo point still
         // before the rollback.
-        self.disk.set_crash_in_phase(Phase::CheckpointFlush, self.think.random_range(0..6));
+        self.disk.set_crash_in_phase(Phase::CheckpointFlush, self.think.random_range(0..3));
         self.db.checkpoint().await?;
         Ok(())
     }

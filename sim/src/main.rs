@@ -56,7 +56,7 @@ struct Args {
     hunts: u64,
     /// Seeds over which the planted report measures each bug's detection
     /// rate (seeds 1 to N).
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 800)]
     rate_window: u64,
 }
 
