@@ -783,9 +783,6 @@ async fn archive_loop(shared: Weak<Shared>, archiver: Arc<Archiver>) {
     }
 }
 
-/// Checkpoints every `checkpoint_interval`, or when asked (WAL growth),
-/// until the database is dropped or shuts down. A failed checkpoint means
-/// the engine has stopped: the checkpointer stops too.
 /// The checkpoint that ends a crash recovery, taken after the database has
 /// opened: at full speed, letting writers in between its batches. A failure
 /// stops the engine, as any checkpoint's does.
@@ -799,6 +796,9 @@ async fn end_of_recovery_checkpoint(shared: Weak<Shared>) {
     }
 }
 
+/// Checkpoints every `checkpoint_interval`, or when asked (WAL growth),
+/// until the database is dropped or shuts down. A failed checkpoint means
+/// the engine has stopped: the checkpointer stops too.
 async fn checkpointer(shared: Weak<Shared>, wanted: Arc<Notify>) {
     // The last checkpoint's start: the interval runs from there, so a
     // spread checkpoint's writes take up its interval, not add to it.
