@@ -506,6 +506,9 @@ impl Database {
         let last = match deferred {
             Some(lsn) => {
                 crate::probe::hit(crate::probe::Probe::RecoveryCheckpointDeferred);
+                if crate::planted::active(crate::planted::PlantedBug::RecoveryMovesRedoPoint) {
+                    store.planted_move_redo_point().await?;
+                }
                 lsn
             }
             None => store.checkpoint(ControlState::InProduction, &may_retire).await?,

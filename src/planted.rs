@@ -79,6 +79,11 @@ pub enum PlantedBug {
     /// its begin: changes logged while a spread checkpoint wrote its pages
     /// are skipped by redo.
     RedoPointAtCheckpointEnd,
+    /// A crash recovery that opens before its checkpoint points the control
+    /// file's redo point at the end of the log, as if the pages it redid
+    /// were written: a crash before the background checkpoint writes them
+    /// loses their changes, which redo never replays again.
+    RecoveryMovesRedoPoint,
     /// Undo a change in the page without logging a compensation record (the
     /// page LSN stays put), so redo after a crash cannot repeat the undo.
     UndoWithoutClr,
@@ -142,7 +147,7 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 41] = [
+    pub const ALL: [PlantedBug; 42] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -166,6 +171,7 @@ impl PlantedBug {
         PlantedBug::CheckpointBeforeFlush,
         PlantedBug::CheckpointSkipsPageDirtiedAtBegin,
         PlantedBug::RedoPointAtCheckpointEnd,
+        PlantedBug::RecoveryMovesRedoPoint,
         PlantedBug::UndoWithoutClr,
         PlantedBug::PageBeforeWal,
         PlantedBug::ForgetActiveTransactions,
@@ -212,6 +218,7 @@ impl PlantedBug {
             PlantedBug::CheckpointBeforeFlush => "checkpoint_before_flush",
             PlantedBug::CheckpointSkipsPageDirtiedAtBegin => "checkpoint_skips_page_dirtied_at_begin",
             PlantedBug::RedoPointAtCheckpointEnd => "redo_point_at_checkpoint_end",
+            PlantedBug::RecoveryMovesRedoPoint => "recovery_moves_redo_point",
             PlantedBug::UndoWithoutClr => "undo_without_clr",
             PlantedBug::PageBeforeWal => "page_before_wal",
             PlantedBug::ForgetActiveTransactions => "forget_active_transactions",
@@ -255,6 +262,7 @@ impl PlantedBug {
                 | PlantedBug::CheckpointBeforeFlush
                 | PlantedBug::CheckpointSkipsPageDirtiedAtBegin
                 | PlantedBug::RedoPointAtCheckpointEnd
+                | PlantedBug::RecoveryMovesRedoPoint
                 | PlantedBug::UndoWithoutClr
                 | PlantedBug::PageBeforeWal
                 | PlantedBug::ForgetActiveTransactions

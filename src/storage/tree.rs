@@ -1108,6 +1108,16 @@ impl Store {
         })
     }
 
+    /// The planted `recovery_moves_redo_point`: a checkpoint that writes
+    /// none of the pages dirty at its begin, yet moves the redo point.
+    pub async fn planted_move_redo_point(&mut self) -> Result<(), StoreError> {
+        let mut run = self.checkpoint_begin().await?;
+        run.due.clear();
+        run.synced = true;
+        self.checkpoint_log_end(run, ControlState::InProduction).await?.finish(&|_| false).await?;
+        Ok(())
+    }
+
     /// The control file of a checkpoint whose begin record is at `begin`.
     fn control_at(&self, begin: Lsn, state: ControlState) -> ControlFile {
         ControlFile {
