@@ -61,8 +61,8 @@ cargo simtest 2>&1 | tee -a "$log"
 step "simulator: seeds $SIM_SEEDS, each run twice for determinism"
 cargo sim -- --seeds "$SIM_SEEDS" --require-probes
 
-step "simulator: db workload (concurrent transactions through the engine), seeds 0..1500"
-cargo sim -- --workload db --seeds 0..1500 --require-probes
+step "simulator: db workload (concurrent transactions through the engine), seeds 0..2500"
+cargo sim -- --workload db --seeds 0..2500 --require-probes
 
 step "simulator: regression seeds"
 cargo sim -- --regressions sim/regressions.txt

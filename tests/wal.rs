@@ -538,3 +538,38 @@ async fn a_torn_tail_with_no_zero_byte_is_zeroed_too() {
     assert!(tail.iter().all(|b| *b == 0), "the torn tail after {resume_at:#x} is zeroed");
     assert_eq!(read_all(fs, &opts).unwrap().len(), 4);
 }
+
+/// A segment switch appended less than a header's length before its
+/// segment's end runs into the next segment; the writer goes on after that
+/// one, and so must every reader, or it reads the switch's own tail as a torn
+/// record and a restart writes the log over it (db seed 1072).
+#[tokio::test]
+async fn a_segment_switch_that_runs_into_the_next_segment_is_read_past() {
+    let opts = opts();
+    // Records take whole 8-byte words; a switch is a bare 40-byte header.
+    for gap in [8u64, 16, 24, 32, 40, 48, 104] {
+        let disk = SimDisk::new(gap, FaultConfig::none());
+        let fs: Arc<dyn Fs> = disk.fs();
+        let wal = open_wal(fs.clone(), &opts);
+        assert_eq!(opts.offset(wal.end_lsn()), 0, "a new log starts at a segment's start");
+        let filler = Record::data(1, Lsn(8), vec![7; (opts.segment_size - 40 - gap) as usize]);
+        let (filler_lsn, filler_end) = wal.append(&filler).await.unwrap();
+        assert_eq!(opts.segment_size - opts.offset(filler_end), gap, "the switch goes {gap} bytes before the end");
+        let next = wal.switch_segment().await.unwrap().expect("mid-segment");
+        let after = Record::data(2, Lsn(16), vec![9; 10]);
+        let (after_lsn, after_end) = wal.append(&after).await.unwrap();
+        assert_eq!(after_lsn, next, "gap {gap}: the log goes on where the switch said");
+        wal.flush(after_end).await.unwrap();
+        drop(wal);
+        let mut expected = vec![(filler_lsn, filler), (after_lsn, after)];
+        assert_eq!(read_all(fs.clone(), &opts).unwrap(), expected, "gap {gap}");
+        // A restart finds the same end and continues after it.
+        let wal = open_wal(fs.clone(), &opts);
+        let more = Record::data(3, Lsn(24), vec![1; 10]);
+        let (more_lsn, more_end) = wal.append(&more).await.unwrap();
+        wal.flush(more_end).await.unwrap();
+        drop(wal);
+        expected.push((more_lsn, more));
+        assert_eq!(read_all(fs.clone(), &opts).unwrap(), expected, "gap {gap}, after a restart");
+    }
+}
