@@ -47,11 +47,6 @@ impl Overlay {
         Ok(())
     }
 
-    /// The bytes the linked files hold in memory (their changed blocks).
-    pub fn copied_bytes(&self) -> u64 {
-        self.links().values().map(|cow| cow.lock().blocks.len() as u64 * BLOCK).sum()
-    }
-
     fn links(&self) -> MutexGuard<'_, BTreeMap<PathBuf, Arc<CowFile>>> {
         self.linked.lock().expect("overlay lock poisoned")
     }
