@@ -118,7 +118,7 @@ impl EngineConfig {
         }
     }
 
-    fn store_options(&self, new_system_id: u64) -> StoreOptions {
+    pub(crate) fn store_options(&self, new_system_id: u64) -> StoreOptions {
         StoreOptions {
             data_dir: self.data_dir.clone(),
             wal: WalOptions {
@@ -169,6 +169,12 @@ pub enum DbError {
     #[error("{} holds an unfinished point-in-time recovery: {detail}", crate::backup::pitr::PITR_MARKER)]
     PitrUnfinished {
         /// What it was and how to finish it.
+        detail: String,
+    },
+    /// The data directory is a standby's, not yet promoted.
+    #[error("the data directory is a standby's (standby.signal is there): {detail}")]
+    Standby {
+        /// How to open it.
         detail: String,
     },
     /// The database is shutting down.
@@ -466,6 +472,16 @@ impl Database {
                 .map_err(|detail| DbError::PitrUnfinished { detail })?;
             if let Some(marker) = marker {
                 return Err(DbError::PitrUnfinished { detail: marker.how_to_resume() });
+            }
+            if crate::cluster::standby::read_signal(&env, &config.data_dir)
+                .map_err(|detail| DbError::Standby { detail })?
+                .is_some()
+            {
+                return Err(DbError::Standby {
+                    detail: "start it with `[cluster] standby = true` to follow the archive, or promote it with \
+                             `thunderdb promote`"
+                        .into(),
+                });
             }
         }
         for dir in [&config.data_dir, &config.wal_dir] {

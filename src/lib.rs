@@ -9,6 +9,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod cluster;
 pub mod db;
 pub mod env;
 pub mod planted;

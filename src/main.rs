@@ -56,8 +56,11 @@ struct Cli {
     /// `latest`, or `lsn:X/Y`), then exit.
     #[arg(long, value_name = "TARGET", requires = "restore_backup")]
     restore_pitr: Option<String>,
-    /// The backup directory `--restore-pitr` starts from.
-    #[arg(long, value_name = "DIR", requires = "restore_pitr")]
+    /// The backup directory `--restore-pitr` starts from; without
+    /// `--restore-pitr`, the backup a standby (`[cluster] standby = true`)
+    /// starts from: it is restored into the empty data and WAL directories
+    /// and the server starts following the archive.
+    #[arg(long, value_name = "DIR")]
     restore_backup: Option<PathBuf>,
     /// Where `--restore-pitr` reads archived WAL segments.
     #[arg(long, value_name = "DIR", requires = "restore_pitr")]
@@ -82,6 +85,10 @@ enum Command {
         #[arg(long)]
         timeline: Option<u32>,
     },
+    /// Promote the standby the config describes: it replays what the
+    /// archive holds, ends recovery on a new timeline and accepts writes.
+    /// Asks the running server (`POST /admin/promote` on its `http_port`).
+    Promote,
     /// Apply `wal_archive_retention` to `wal_archive_dir`: delete the
     /// archived WAL and backup records no point of the retention window
     /// needs, and print the oldest point still restorable.
@@ -103,6 +110,7 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::ArchiveCleanup { dry_run }) => archive_cleanup(&cli, dry_run),
+        Some(Command::Promote) => promote(&cli),
         None if cli.verify_backup.is_some() => verify_backup(cli.verify_backup.as_deref().expect("checked")),
         None if cli.restore_pitr.is_some() => restore(&cli),
         None => serve(&cli),
@@ -355,6 +363,22 @@ fn serve(cli: &Cli) -> ExitCode {
         Err(code) => return code,
     };
     thunderdb::server::logging::init();
+    if let Some(backup) = &cli.restore_backup {
+        use thunderdb::env::{Env, RealClock};
+        if !config.cluster.standby {
+            eprintln!(
+                "thunderdb: --restore-backup without --restore-pitr starts a standby, and the config does not say \
+                 `[cluster] standby = true`; to restore to a point in time, add --restore-pitr TARGET"
+            );
+            return ExitCode::from(2);
+        }
+        let env = Env::new(Arc::new(RealFs), Arc::new(RealClock::new()), u64::from(std::process::id()));
+        if let Err(message) = thunderdb::cluster::standby::restore_base(&env, &config.engine(), backup) {
+            tracing::error!("restoring the standby's backup failed: {message}");
+            eprintln!("thunderdb: restoring the standby's backup failed: {message}");
+            return ExitCode::FAILURE;
+        }
+    }
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
@@ -400,6 +424,65 @@ fn serve(cli: &Cli) -> ExitCode {
         eprintln!("thunderdb: invalid configuration: {message}");
     }
     eprintln!("thunderdb: the server does not run in the madsim build; use the normal build");
+    ExitCode::from(2)
+}
+
+/// `thunderdb promote`: asks the running standby to promote itself and
+/// prints its answer.
+#[cfg(not(madsim))]
+fn promote(cli: &Cli) -> ExitCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = match config_or_exit(cli) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let addr = format!("{}:{}", config.listen_addr, config.http_port);
+    let token = config.security.admin_token.trim().to_string();
+    let answer = runtime.block_on(async {
+        let mut stream =
+            tokio::net::TcpStream::connect(&addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let auth = if token.is_empty() { String::new() } else { format!("Authorization: Bearer {token}\r\n") };
+        let request = format!(
+            "POST /admin/promote HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.map_err(|e| format!("writing to {addr}: {e}"))?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.map_err(|e| format!("reading from {addr}: {e}"))?;
+        Ok::<_, String>(String::from_utf8_lossy(&response).to_string())
+    });
+    let response = match answer {
+        Ok(response) => response,
+        Err(message) => {
+            eprintln!("thunderdb promote: {message} (is the standby running, with this config's http_port?)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = response.split_whitespace().nth(1).unwrap_or("");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    if status == "200" {
+        println!(
+            "promoted: continuing on timeline {} from {}; {} transaction(s) open there rolled back; last commit {}",
+            json["timeline"],
+            json["switch_lsn"].as_str().unwrap_or("?"),
+            json["rolled_back"],
+            json["last_commit_time"].as_str().unwrap_or("none")
+        );
+        ExitCode::SUCCESS
+    } else {
+        let error = json["error"].as_str().map_or_else(|| body.to_string(), str::to_string);
+        eprintln!("thunderdb promote: HTTP {status}: {error}");
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(madsim)]
+fn promote(_: &Cli) -> ExitCode {
+    eprintln!("thunderdb: promote does not run in the madsim build; use the normal build");
     ExitCode::from(2)
 }
 

@@ -143,11 +143,15 @@ pub enum PlantedBug {
     /// An `UPDATE` that changes an indexed column adds the row's new index
     /// entry but leaves the old one: the index names a row twice.
     IndexUpdateKeepsOldEntry,
+    /// A standby's restartpoint moves its redo point without writing the
+    /// pages its replay changed, so the next round starts past changes
+    /// that are on no page.
+    RestartpointSkipsPages,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 42] = [
+    pub const ALL: [PlantedBug; 43] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -190,6 +194,7 @@ impl PlantedBug {
         PlantedBug::PitrReusesTimeline,
         PlantedBug::PitrAbortsWithoutUndo,
         PlantedBug::IndexUpdateKeepsOldEntry,
+        PlantedBug::RestartpointSkipsPages,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -237,6 +242,7 @@ impl PlantedBug {
             PlantedBug::PitrReusesTimeline => "pitr_reuses_timeline",
             PlantedBug::PitrAbortsWithoutUndo => "pitr_aborts_without_undo",
             PlantedBug::IndexUpdateKeepsOldEntry => "index_update_keeps_old_entry",
+            PlantedBug::RestartpointSkipsPages => "restartpoint_skips_pages",
         }
     }
 
@@ -281,6 +287,7 @@ impl PlantedBug {
                 | PlantedBug::PitrReusesTimeline
                 | PlantedBug::PitrAbortsWithoutUndo
                 | PlantedBug::IndexUpdateKeepsOldEntry
+                | PlantedBug::RestartpointSkipsPages
         )
     }
 }

@@ -291,10 +291,18 @@ pub enum Probe {
     PitrFollowedNewerTimeline,
     /// A point-in-time recovery rolled back transactions open at its stop point.
     PitrRolledBackOpen,
+    /// A standby's replay round moved its redo point to a checkpoint it replayed (a restartpoint).
+    StandbyRestartpoint,
+    /// A standby fetched a segment from the archive that continued a record begun in the segment before.
+    StandbyResumedSpanningRecord,
+    /// A standby was promoted: it branched onto a new timeline and opened for writes.
+    StandbyPromoted,
+    /// A standby's restart found a promotion cut short, and finished it.
+    StandbyPromotionFinished,
 }
 
 impl Probe {
-    const ALL: [Probe; 53] = [
+    const ALL: [Probe; 57] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -348,6 +356,10 @@ impl Probe {
         Probe::PitrRestartedAfterCrash,
         Probe::PitrFollowedNewerTimeline,
         Probe::PitrRolledBackOpen,
+        Probe::StandbyRestartpoint,
+        Probe::StandbyResumedSpanningRecord,
+        Probe::StandbyPromoted,
+        Probe::StandbyPromotionFinished,
     ];
 
     fn layer(self) -> Layer {
@@ -421,6 +433,10 @@ impl Probe {
             Probe::PitrRestartedAfterCrash => "pitr_restarted_after_crash",
             Probe::PitrFollowedNewerTimeline => "pitr_followed_newer_timeline",
             Probe::PitrRolledBackOpen => "pitr_rolled_back_open",
+            Probe::StandbyRestartpoint => "standby_restartpoint",
+            Probe::StandbyResumedSpanningRecord => "standby_resumed_spanning_record",
+            Probe::StandbyPromoted => "standby_promoted",
+            Probe::StandbyPromotionFinished => "standby_promotion_finished",
         }
     }
 }

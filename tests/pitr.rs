@@ -33,18 +33,7 @@ fn json(server: &Server, path: &str) -> serde_json::Value {
 /// Inserts rows `ids` into `t` (created on first use), 50 per statement.
 fn insert(server: &Server, ids: std::ops::RangeInclusive<i64>) {
     // Letters that do not compress much, so that the WAL spans segments.
-    let pad = |id: i64| -> String {
-        let mut x = (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..1500)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                char::from(b'a' + (x % 26) as u8)
-            })
-            .collect()
-    };
-    let rows: Vec<String> = ids.map(|id| format!("({id}, '{}')", pad(id))).collect();
+    let rows: Vec<String> = ids.map(|id| format!("({id}, '{}')", common::letters(id, 1500))).collect();
     server.psql("CREATE TABLE IF NOT EXISTS t (id BIGINT PRIMARY KEY, v TEXT)");
     for chunk in rows.chunks(50) {
         server.psql(&format!("INSERT INTO t VALUES {}", chunk.join(", ")));

@@ -244,7 +244,7 @@ async fn recover_to_target(
             data_dir.display()
         );
         for dir in [wal_dir, data_dir] {
-            clear_dir(fs, dir)?;
+            clear_dir(fs, dir, PITR_MARKER)?;
         }
         probe::hit(Probe::PitrRestartedAfterCrash);
     }
@@ -327,7 +327,7 @@ async fn recover_to_target(
         Target::Latest => "latest".into(),
     };
     let history = timelines.history.child(chain.timeline, scan.stop, reason);
-    branch(fs, &chain, &scan, timeline, &history, data_dir)?;
+    branch(fs, &chain, scan.stop, &scan.open, timeline, &history, data_dir)?;
     // Archiving stays configured, so the new timeline's segments are held
     // until archived (a later recovery along this timeline replays them);
     // the archiver itself waits for the normal start (see `Database::open`),
@@ -381,15 +381,15 @@ fn before_backup_end(manifest: &Manifest, what: String) -> String {
     )
 }
 
-/// Removes every file in `dir` (what an unfinished recovery left).
-fn clear_dir(fs: &dyn Fs, dir: &Path) -> Result<(), String> {
+/// Removes every file in `dir` (what an unfinished recovery left), the
+/// marker file `last` last: a crash part way leaves it.
+pub(crate) fn clear_dir(fs: &dyn Fs, dir: &Path, last: &str) -> Result<(), String> {
     let names = match fs.list(dir) {
         Ok(names) => names,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     };
-    // The marker goes last: a crash part way leaves it.
-    for name in names.iter().filter(|name| *name != PITR_MARKER).chain(names.iter().filter(|n| *n == PITR_MARKER)) {
+    for name in names.iter().filter(|name| *name != last).chain(names.iter().filter(|n| *n == last)) {
         let path = dir.join(name);
         fs.remove(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     }
@@ -474,7 +474,11 @@ async fn choose_timeline(env: &Env, request: &PitrRequest, manifest: &Manifest) 
 
 /// The backup's own WAL copies in `wal_dir`: each segment's number, how
 /// many of its bytes were final when the backup ended, and their checksum.
-fn prefix_checksums(fs: &dyn Fs, manifest: &Manifest, wal_dir: &Path) -> Result<Vec<(u64, u64, u32)>, String> {
+pub(crate) fn prefix_checksums(
+    fs: &dyn Fs,
+    manifest: &Manifest,
+    wal_dir: &Path,
+) -> Result<Vec<(u64, u64, u32)>, String> {
     let opts = manifest.wal_options(wal_dir);
     let mut out = Vec::new();
     for entry in &manifest.wal_segments {
@@ -490,7 +494,7 @@ fn prefix_checksums(fs: &dyn Fs, manifest: &Manifest, wal_dir: &Path) -> Result<
     Ok(out)
 }
 
-fn prefix_checksum(fs: &dyn Fs, path: &Path, limit: u64) -> Result<u32, String> {
+pub(crate) fn prefix_checksum(fs: &dyn Fs, path: &Path, limit: u64) -> Result<u32, String> {
     let file = fs.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let len = file.len().map_err(|e| format!("{}: {e}", path.display()))?.min(limit);
     let mut bytes = vec![0; len as usize];
@@ -640,15 +644,18 @@ fn resolve(
 
 /// Branches the log at `stop` onto `timeline` (see the module docs, step
 /// 4).
-fn branch(
+/// `open` names the transactions open at `stop` (only the planted
+/// `pitr_aborts_without_undo` reads it). A promoted standby branches the
+/// same way.
+pub(crate) fn branch(
     fs: &dyn Fs,
     chain: &WalOptions,
-    scan: &Stop,
+    stop: Lsn,
+    open: &std::collections::BTreeMap<u64, Lsn>,
     timeline: u32,
     history: &TimelineHistory,
     data_dir: &Path,
 ) -> Result<(), String> {
-    let stop = scan.stop;
     let dir = &chain.dir;
     let segno = chain.segno(stop);
     let mut bytes = vec![0; chain.segment_size as usize];
@@ -662,7 +669,7 @@ fn branch(
         // Ends each open transaction with an abort record at the stop
         // point (recovery then sees nothing to undo).
         let mut out = Vec::new();
-        for (xid, last) in &scan.open {
+        for (xid, last) in open {
             let at = stop.plus(out.len() as u64);
             if chain.segno(at.plus(64)) != chain.segno(stop) {
                 break;

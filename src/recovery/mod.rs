@@ -41,7 +41,7 @@ use crate::probe::{self, Phase, Probe};
 use crate::storage::{
     ActiveTxnEntry, BufferError, BufferPool, ControlFile, ControlState, Op, Redo, Store, StoreError, DATA_FILE_NAME,
 };
-use crate::wal::{read_history, Lsn, RecordKind, Wal, WalOptions, WalReader};
+use crate::wal::{read_history, LogEnd, Lsn, RecordKind, Wal, WalOptions, WalReader};
 
 /// Where a store lives and how much memory its pool gets.
 #[derive(Debug, Clone)]
@@ -111,22 +111,35 @@ fn decode(lsn: Lsn, payload: &[u8]) -> Result<Op, StoreError> {
     Op::decode(payload).map_err(|e| StoreError::BadRecord { lsn, detail: e.to_string() })
 }
 
-/// Recovers the store in `opts` (see the module docs) and returns it open,
-/// with every loser rolled back, and what recovery did. `clock` times it.
-pub async fn recover(
-    fs: Arc<dyn Fs>,
-    clock: &dyn Clock,
-    opts: &StoreOptions,
-) -> Result<(Store, RecoveryReport), StoreError> {
-    let started = clock.monotonic();
-    let mut report = RecoveryReport::default();
+/// What analysis found: where redo starts and the log ends, the losers,
+/// the dirty pages.
+struct Analysis {
+    /// The options, on the control file's timeline.
+    opts: StoreOptions,
+    control: Option<ControlFile>,
+    /// The redo point.
+    start: Lsn,
+    /// Below this, a bad record is corruption, never the end of the log.
+    durable_floor: Lsn,
+    losers: BTreeMap<u64, Loser>,
+    dirty: BTreeMap<u32, Lsn>,
+    next_xid: u64,
+    last_commit_micros: u64,
+    /// Storage records that change pages.
+    changes: u64,
+    end: LogEnd,
+}
+
+/// Analysis (see the module docs): reads the log from the control file's
+/// redo point to its end. A bad record before `durable_through` is
+/// corruption.
+fn analyze(fs: &Arc<dyn Fs>, opts: &StoreOptions, durable_through: Lsn) -> Result<Analysis, StoreError> {
     let control = ControlFile::load(fs.as_ref(), &opts.data_dir)?;
     let (start, durable_floor) = match control {
         Some(control) => (control.redo_lsn, control.checkpoint_lsn.plus(1)),
         None => (opts.wal.first_lsn(), Lsn::ZERO),
     };
-    report.checkpoint_lsn = control.map(|control| control.checkpoint_lsn);
-    report.redo_from = start;
+    let durable_floor = durable_floor.max(durable_through);
     // The log is the control file's timeline's, with its history: the
     // segments below each switch point are its ancestors'.
     let mut wal_opts = opts.wal.clone();
@@ -137,9 +150,7 @@ pub async fn recover(
             .map(|history| history.switches)
             .unwrap_or_default();
     }
-    let opts = &StoreOptions { wal: wal_opts, ..opts.clone() };
-
-    // Phase 1: analysis.
+    let opts = StoreOptions { wal: wal_opts, ..opts.clone() };
     let mut losers: BTreeMap<u64, Loser> = BTreeMap::new();
     let mut ended: BTreeSet<u64> = BTreeSet::new();
     let mut dirty: BTreeMap<u32, Lsn> = BTreeMap::new();
@@ -196,12 +207,73 @@ pub async fn recover(
         }
     }
     let end = reader.end().expect("the reader reached the end");
+    Ok(Analysis { opts, control, start, durable_floor, losers, dirty, next_xid, last_commit_micros, changes, end })
+}
+
+impl Analysis {
+    /// The store over the data file and `wal`, before redo.
+    fn store(&self, fs: &Arc<dyn Fs>, wal: Arc<Wal>) -> Result<Store, StoreError> {
+        let data_path = self.opts.data_dir.join(DATA_FILE_NAME);
+        let pool = BufferPool::open(fs.clone(), &data_path, self.opts.pool_bytes).map_err(BufferError::from)?;
+        let system_id =
+            self.control.map(|control| control.system_id).filter(|id| *id != 0).unwrap_or(self.opts.new_system_id);
+        let mut store =
+            Store::new(fs.clone(), &self.opts.data_dir, pool, wal, self.next_xid, self.opts.undo_memory, system_id)?;
+        store.recovered_commit_time(self.last_commit_micros);
+        Ok(store)
+    }
+
+    /// Redo (see the module docs): repeats history from the redo point to
+    /// the end into `store`. Returns the records examined and applied, and
+    /// the begin record of the last checkpoint whose end record it passed.
+    async fn redo(&self, fs: &Arc<dyn Fs>, store: &mut Store) -> Result<(u64, u64, Option<Lsn>), StoreError> {
+        let (mut replayed, mut applied) = (0, 0);
+        let (mut begun, mut completed) = (None, None);
+        let end = self.end.lsn();
+        let mut reader =
+            WalReader::new(fs.clone(), self.opts.wal.clone(), self.start).durable_through(self.durable_floor);
+        while let Some((lsn, record)) = reader.next_record()? {
+            if record.kind != RecordKind::Data || lsn >= end {
+                continue;
+            }
+            let op = decode(lsn, &record.payload)?;
+            match op {
+                Op::CheckpointBegin => begun = Some(lsn),
+                Op::CheckpointEnd { .. } => completed = begun.take().or(completed),
+                op => {
+                    replayed += 1;
+                    let _phase = probe::enter(Phase::StorageRedo);
+                    if store.redo(lsn.plus(record.encoded_len()), op).await? == Redo::Applied {
+                        applied += 1;
+                    }
+                }
+            }
+        }
+        Ok((replayed, applied, completed))
+    }
+}
+
+/// Recovers the store in `opts` (see the module docs) and returns it open,
+/// with every loser rolled back, and what recovery did. `clock` times it.
+pub async fn recover(
+    fs: Arc<dyn Fs>,
+    clock: &dyn Clock,
+    opts: &StoreOptions,
+) -> Result<(Store, RecoveryReport), StoreError> {
+    let started = clock.monotonic();
+    let mut report = RecoveryReport::default();
+
+    // Phase 1: analysis.
+    let analysis = analyze(&fs, opts, Lsn::ZERO)?;
+    let (start, end, control) = (analysis.start, analysis.end, analysis.control);
+    report.checkpoint_lsn = control.map(|control| control.checkpoint_lsn);
+    report.redo_from = start;
     report.end_lsn = end.lsn();
     report.wal_bytes = end.lsn().0.saturating_sub(start.0);
-    report.dirty_pages = dirty.len();
-    report.losers = losers.len();
+    report.dirty_pages = analysis.dirty.len();
+    report.losers = analysis.losers.len();
     let clean = control.is_some_and(|control| control.state == ControlState::ShutDown);
-    report.crashed = !clean && (control.is_some() || changes > 0);
+    report.crashed = !clean && (control.is_some() || analysis.changes > 0);
     if report.crashed {
         report.say("Crash recovery initiated".into());
         report.say(match report.checkpoint_lsn {
@@ -218,28 +290,9 @@ pub async fn recover(
     report.phases[0] = clock.monotonic().saturating_sub(started);
 
     // Phase 2: redo.
-    let wal = Arc::new(Wal::open(fs.clone(), opts.wal.clone(), end)?);
-    let data_path = opts.data_dir.join(DATA_FILE_NAME);
-    let pool = BufferPool::open(fs.clone(), &data_path, opts.pool_bytes).map_err(BufferError::from)?;
-    let system_id = control.map(|control| control.system_id).filter(|id| *id != 0).unwrap_or(opts.new_system_id);
-    let mut store = Store::new(fs.clone(), &opts.data_dir, pool, wal, next_xid, opts.undo_memory, system_id)?;
-    store.recovered_commit_time(last_commit_micros);
-    let mut reader = WalReader::new(fs.clone(), opts.wal.clone(), start).durable_through(durable_floor);
-    while let Some((lsn, record)) = reader.next_record()? {
-        if record.kind != RecordKind::Data || lsn >= end.lsn() {
-            continue;
-        }
-        let op = decode(lsn, &record.payload)?;
-        if matches!(op, Op::CheckpointBegin | Op::CheckpointEnd { .. }) {
-            continue;
-        }
-        report.records_replayed += 1;
-        let _phase = probe::enter(Phase::StorageRedo);
-        let applied = store.redo(lsn.plus(record.encoded_len()), op).await?;
-        if applied == Redo::Applied {
-            report.records_applied += 1;
-        }
-    }
+    let wal = Arc::new(Wal::open(fs.clone(), analysis.opts.wal.clone(), end)?);
+    let mut store = analysis.store(&fs, wal)?;
+    (report.records_replayed, report.records_applied, _) = analysis.redo(&fs, &mut store).await?;
     if report.crashed {
         report.say(format!(
             "Phase 2 (Redo): Replaying from LSN {start}... {} records replayed",
@@ -252,7 +305,7 @@ pub async fn recover(
     // Phase 3: undo.
     {
         let _phase = probe::enter(Phase::RecoveryUndo);
-        for (_, loser) in losers.into_iter().rev() {
+        for (_, loser) in analysis.losers.into_iter().rev() {
             let xid = loser.entry.xid;
             if loser.resumed {
                 probe::hit(Probe::UndoResumed);
@@ -274,6 +327,72 @@ pub async fn recover(
         report.say(format!("Recovery complete in {:.2}s", report.duration.as_secs_f64()));
     }
     Ok((store, report))
+}
+
+/// What one round of a standby's replay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Where the log read so far ends.
+    pub end: Lsn,
+    /// Where the next round starts: the last checkpoint replayed (its
+    /// begin record), now the control file's; before any, the one it had.
+    pub restartpoint: Lsn,
+    /// The newest commit replayed: its time (µs since the Unix epoch).
+    pub last_commit_micros: u64,
+    /// Transactions open at the end (a promotion rolls them back).
+    pub open_transactions: usize,
+    /// Storage records applied to a page this round.
+    pub records_applied: u64,
+}
+
+/// One round of a standby's replay (archive recovery, as PostgreSQL's
+/// standby runs it): analysis and redo from the control file's redo point
+/// to the end of the log in the WAL directory, with nothing undone and
+/// nothing appended. Then a *restartpoint*: every page redo changed is
+/// written and the data file synced, and only then does the control file
+/// move its redo point to the last checkpoint redo passed, so the next
+/// round (or a restart after a crash) starts there. That order is a
+/// checkpoint's: a page torn while it was written changed after the old
+/// redo point, so its full image is in the log the next round replays.
+/// Records before `complete_through` are in segments known whole: a bad one
+/// is corruption, never the end of the log.
+pub async fn replay_archived(
+    fs: Arc<dyn Fs>,
+    opts: &StoreOptions,
+    complete_through: Lsn,
+) -> Result<Replayed, StoreError> {
+    let analysis = analyze(&fs, opts, complete_through)?;
+    let end = analysis.end.lsn();
+    let wal = Arc::new(Wal::read_only(fs.clone(), analysis.opts.wal.clone(), end));
+    let mut store = analysis.store(&fs, wal)?;
+    let (_, records_applied, checkpoint) = analysis.redo(&fs, &mut store).await?;
+    if !crate::planted::active(crate::planted::PlantedBug::RestartpointSkipsPages) {
+        store.write_all_pages().await?;
+    }
+    let control = analysis.control.ok_or_else(|| StoreError::BadRecord {
+        lsn: analysis.start,
+        detail: "a standby's data directory has no control file".into(),
+    })?;
+    let mut restartpoint = control.redo_lsn;
+    if let Some(begin) = checkpoint.filter(|begin| *begin > control.redo_lsn) {
+        probe::hit(Probe::StandbyRestartpoint);
+        let moved = ControlFile {
+            state: ControlState::InArchiveRecovery,
+            checkpoint_lsn: begin,
+            redo_lsn: begin,
+            next_xid: analysis.next_xid.max(control.next_xid),
+            ..control
+        };
+        moved.store(fs.as_ref(), &opts.data_dir)?;
+        restartpoint = begin;
+    }
+    Ok(Replayed {
+        end,
+        restartpoint,
+        last_commit_micros: analysis.last_commit_micros,
+        open_transactions: analysis.losers.len(),
+        records_applied,
+    })
 }
 
 /// `1234567` as `1,234,567`, as the documentation prints counts.

@@ -48,6 +48,12 @@ lock_timeout          = "10s"
 [security]
 superuser_password = ""
 admin_token        = ""
+
+[cluster]
+node_id   = 1
+raft_addr = ""
+peers     = []
+standby   = false
 "#;
 
 /// A size in bytes, written with a unit or as a plain integer.
@@ -79,6 +85,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[security]`.
     pub security: SecurityConfig,
+    /// `[cluster]`.
+    pub cluster: ClusterConfig,
     /// The effective settings as a config file, secrets redacted: what a
     /// backup stores as `thunderdb.toml`.
     #[serde(skip)]
@@ -133,6 +141,21 @@ impl StorageConfig {
             (true, true, false) => Ok(Some(ArchiveMode::Command(command.to_string()))),
         }
     }
+}
+
+/// The `[cluster]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id in its group.
+    pub node_id: u64,
+    /// Where it listens for its Raft peers.
+    pub raft_addr: String,
+    /// Every voter, itself included (`"ID@HOST:PORT"`).
+    pub peers: Vec<String>,
+    /// Follow the WAL archive (`wal_archive_dir` or `wal_restore_command`)
+    /// as a standby, until promoted.
+    pub standby: bool,
 }
 
 /// The `[security]` section.
@@ -275,6 +298,17 @@ pub fn load(
             layers.iter().filter(|(_, layer)| sets_one(layer)).map(|(source, _)| source.to_string()).collect();
         return Err(ConfigError { source_name: sources.join(" and "), message });
     }
+    if config.cluster.standby
+        && config.storage.wal_archive_dir.trim().is_empty()
+        && config.storage.wal_restore_command.trim().is_empty()
+    {
+        return Err(ConfigError {
+            source_name: layers.iter().map(|(source, _)| source.to_string()).collect::<Vec<_>>().join(" and "),
+            message: "`cluster.standby` is true, but neither `storage.wal_archive_dir` nor \
+                      `storage.wal_restore_command` says where the archive it follows is"
+                .into(),
+        });
+    }
     if let Some(toml::Value::Table(security)) = merged.get_mut("security") {
         for (_, value) in security.iter_mut() {
             if value.as_str().is_some_and(|v| !v.is_empty()) {
@@ -387,6 +421,11 @@ fn validate(table: toml::Table) -> Result<Config, String> {
     }
     if config.storage.checkpoint_interval.0 < Duration::from_millis(100) {
         return Err("`storage.checkpoint_interval` must be at least 100ms".into());
+    }
+    if !config.cluster.peers.is_empty() && !config.cluster.standby {
+        return Err("`cluster.peers`: Raft replication is not built yet; a cluster today is a primary that archives \
+                    its WAL and standbys with `standby = true` that follow the archive (docs/cluster.md)"
+            .into());
     }
     Ok(config)
 }

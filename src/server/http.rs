@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::archive::ArchiveStatus;
 use crate::backup::registry::{Registry as Backups, StartError};
+use crate::cluster::standby::{Promotion, StandbyStatus};
 use crate::db::Database;
 
 /// What the handlers share.
@@ -30,6 +31,8 @@ pub struct AdminState {
     pub token: Option<String>,
     /// Backups: the running one and the history.
     pub backups: Arc<Backups>,
+    /// `[cluster] node_id`.
+    pub node_id: u64,
 }
 
 /// The admin API's routes.
@@ -40,13 +43,20 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/backup", post(start_backup))
         .route("/admin/backup/status/{id}", get(backup_status))
         .route("/admin/wal/archive/status", get(archive_status))
+        .route("/admin/cluster/status", get(cluster_status))
+        .route("/admin/promote", post(not_a_standby))
         .route("/metrics", get(metrics))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.token.clone(), require_token))
         .with_state(state)
 }
 
-async fn require_token(State(state): State<AdminState>, headers: HeaderMap, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
+async fn require_token(
+    State(token): State<Option<String>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &token {
         let given =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(token.as_str()) {
@@ -116,6 +126,29 @@ async fn archive_status(State(state): State<AdminState>) -> Response {
         "total_archived_bytes": status.total_archived_bytes,
     }))
     .into_response()
+}
+
+/// `GET /admin/cluster/status` on a single node: it leads a group of one.
+async fn cluster_status(State(state): State<AdminState>) -> Response {
+    let lsn = state.db.wal().durable_lsn().to_string();
+    Json(json!({
+        "node_id": state.node_id,
+        "role": "leader",
+        "term": 0,
+        "leader_id": state.node_id,
+        "commit_lsn": lsn,
+        "members": [{
+            "node_id": state.node_id, "addr": null, "role": "leader",
+            "match_lsn": lsn, "lag_bytes": 0, "lag_seconds": 0.0,
+        }],
+    }))
+    .into_response()
+}
+
+async fn not_a_standby() -> Response {
+    let error = "this server is not a standby: it already accepts writes (only a server started with `[cluster] \
+                 standby = true` can be promoted)";
+    (StatusCode::CONFLICT, Json(json!({"status": "rejected", "error": error}))).into_response()
 }
 
 async fn checkpoint(State(state): State<AdminState>) -> Response {
@@ -206,6 +239,8 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: f64) {
 /// The engine's counters in Prometheus text format.
 pub async fn render_metrics(db: &Database, backups: &Backups) -> String {
     let mut registry = Registry::with_prefix("thunderdb");
+    gauge(&mut registry, "cluster_standby", "1 on a standby that follows the WAL archive, 0 on a primary", 0.0);
+    gauge(&mut registry, "cluster_term", "The Raft term (0: not in a Raft group)", 0.0);
     let stats = db.stats();
     counter(&mut registry, "transactions_committed", "Transactions committed", stats.committed.load(Ordering::Relaxed));
     counter(&mut registry, "transactions_aborted", "Transactions rolled back", stats.aborted.load(Ordering::Relaxed));
@@ -294,5 +329,137 @@ pub async fn render_metrics(db: &Database, backups: &Backups) -> String {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     let text = render_metrics(&state.db, &state.backups).await;
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+/// What a standby's admin API shares (see [`standby_router`]).
+#[derive(Clone)]
+pub struct StandbyState {
+    /// The bearer token required, if any.
+    pub token: Option<String>,
+    /// `[cluster] node_id`.
+    pub node_id: u64,
+    /// What the standby reports, updated after every round.
+    pub status: Arc<std::sync::Mutex<StandbyStatus>>,
+    /// The wall clock, for the replay lag.
+    pub env: crate::env::Env,
+    /// Asks the standby to promote itself; the answer comes back once done.
+    pub promote: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<Promotion, String>>>,
+}
+
+impl StandbyState {
+    fn status(&self) -> StandbyStatus {
+        self.status.lock().map(|status| status.clone()).unwrap_or_default()
+    }
+
+    /// Seconds since the newest commit replayed was made on the primary
+    /// (PostgreSQL's `now() - pg_last_xact_replay_timestamp()`): it grows
+    /// while the primary is idle too.
+    fn lag_seconds(&self, status: &StandbyStatus) -> Option<f64> {
+        (status.last_commit_micros > 0)
+            .then(|| self.env.clock.wall_micros().saturating_sub(status.last_commit_micros) as f64 / 1e6)
+    }
+}
+
+/// A standby's admin API: its status, health, metrics and promotion.
+/// Everything else answers 503: there is no database to act on until the
+/// standby is promoted.
+pub fn standby_router(state: StandbyState) -> Router {
+    Router::new()
+        .route("/admin/health", get(standby_health))
+        .route("/admin/cluster/status", get(standby_status))
+        .route("/admin/promote", post(promote))
+        .route("/metrics", get(standby_metrics))
+        .fallback(|| async {
+            let error = "this server is a standby that follows the WAL archive: promote it (`thunderdb promote`, or \
+                         POST /admin/promote) before using this endpoint";
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "rejected", "error": error}))).into_response()
+        })
+        .layer(middleware::from_fn_with_state(state.token.clone(), require_token))
+        .with_state(state)
+}
+
+async fn standby_health(State(state): State<StandbyState>) -> Response {
+    let status = state.status();
+    match &status.last_error {
+        None => (StatusCode::OK, Json(json!({"status": "healthy", "role": "standby"}))).into_response(),
+        Some(error) => {
+            let body = json!({"status": "unhealthy", "role": "standby", "failing": ["replay"], "checks": {"replay": format!("failed: {error}")}});
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn standby_status(State(state): State<StandbyState>) -> Response {
+    let status = state.status();
+    Json(json!({
+        "node_id": state.node_id,
+        "role": "standby",
+        "term": 0,
+        "leader_id": null,
+        "commit_lsn": status.replay_lsn.to_string(),
+        "members": [],
+        "standby": {
+            "timeline": status.timeline,
+            "replay_lsn": status.replay_lsn.to_string(),
+            "restartpoint_lsn": status.restartpoint_lsn.to_string(),
+            "last_segment": status.last_segment,
+            "segments_fetched": status.segments_fetched,
+            "last_replayed_commit_time": status.last_commit_time(),
+            "lag_seconds": state.lag_seconds(&status),
+            "open_transactions": status.open_transactions,
+            "last_error": status.last_error,
+        },
+    }))
+    .into_response()
+}
+
+async fn promote(State(state): State<StandbyState>) -> Response {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let failed = |error: String| {
+        (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"status": "failed", "error": error}))).into_response()
+    };
+    if state.promote.send(reply).await.is_err() {
+        return failed("the standby is shutting down".into());
+    }
+    match answer.await {
+        Ok(Ok(done)) => Json(json!({
+            "status": "promoted",
+            "timeline": done.timeline,
+            "switch_lsn": done.stop.to_string(),
+            "rolled_back": done.rolled_back,
+            "last_commit_time": (done.last_commit_micros > 0).then(|| crate::backup::pitr::format_micros(done.last_commit_micros)),
+        }))
+        .into_response(),
+        Ok(Err(error)) => failed(error),
+        Err(_) => failed("the standby stopped before it was promoted".into()),
+    }
+}
+
+async fn standby_metrics(State(state): State<StandbyState>) -> Response {
+    let status = state.status();
+    let mut registry = Registry::with_prefix("thunderdb");
+    gauge(&mut registry, "cluster_standby", "1 on a standby that follows the WAL archive, 0 on a primary", 1.0);
+    gauge(&mut registry, "cluster_term", "The Raft term (0: not in a Raft group)", 0.0);
+    gauge(
+        &mut registry,
+        "standby_replay_lsn",
+        "Where the WAL the standby replayed ends (bytes)",
+        status.replay_lsn.0 as f64,
+    );
+    gauge(
+        &mut registry,
+        "standby_replay_lag_seconds",
+        "Seconds since the newest commit the standby replayed was made on the primary",
+        state.lag_seconds(&status).unwrap_or(0.0),
+    );
+    counter(
+        &mut registry,
+        "standby_fetched_segments",
+        "WAL segments fetched from the archive since start",
+        status.segments_fetched,
+    );
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }

@@ -11,6 +11,8 @@ pub mod logging;
 #[cfg(not(madsim))]
 pub mod pg;
 #[cfg(not(madsim))]
+mod standby;
+#[cfg(not(madsim))]
 pub mod wire;
 
 use crate::db::EngineConfig;
@@ -56,7 +58,7 @@ mod serve {
     use crate::db::Database;
     use crate::env::{Env, Fs, RealClock, RealFs, ShellCommands};
 
-    fn non_empty(s: &str) -> Option<String> {
+    pub(super) fn non_empty(s: &str) -> Option<String> {
         (!s.is_empty()).then(|| s.to_string())
     }
 
@@ -87,18 +89,31 @@ mod serve {
         let seed = u64::from(std::process::id());
         refuse_compressed_copy(fs.as_ref(), &config)?;
         let env = Env::new(fs, Arc::new(RealClock::new()), seed).with_commands(Arc::new(ShellCommands));
-        let db = Database::open(env, config.engine()).await.map_err(|e| format!("opening the database failed: {e}"))?;
-        let db = Arc::new(db);
         let pg_addr = format!("{}:{}", config.listen_addr, config.pg_port);
         let http_addr = format!("{}:{}", config.listen_addr, config.http_port);
-        let pg =
-            TcpListener::bind(&pg_addr).await.map_err(|e| format!("listening on {pg_addr} (pg_port) failed: {e}"))?;
+        tokio::pin!(shutdown);
+        let pg = if config.cluster.standby {
+            // Follows the archive until promoted (then opens below) or
+            // stopped.
+            match super::standby::follow(&env, &config, &mut shutdown).await? {
+                Some(pg) => pg,
+                None => return Ok(()),
+            }
+        } else {
+            TcpListener::bind(&pg_addr).await.map_err(|e| format!("listening on {pg_addr} (pg_port) failed: {e}"))?
+        };
+        let db = Database::open(env, config.engine()).await.map_err(|e| format!("opening the database failed: {e}"))?;
+        let db = Arc::new(db);
         let http = TcpListener::bind(&http_addr)
             .await
             .map_err(|e| format!("listening on {http_addr} (http_port) failed: {e}"))?;
         let backups = Registry::open(db.clone(), config.effective_toml.clone())?;
-        let admin =
-            AdminState { db: db.clone(), token: non_empty(&config.security.admin_token), backups: backups.clone() };
+        let admin = AdminState {
+            db: db.clone(),
+            token: non_empty(&config.security.admin_token),
+            backups: backups.clone(),
+            node_id: config.cluster.node_id,
+        };
         let http_task = tokio::spawn(async move { axum::serve(http, router(admin)).await });
         tracing::info!(
             data_dir = %config.data_dir.display(),
@@ -122,7 +137,6 @@ mod serve {
         let max = config.max_connections;
         let sessions = Arc::new(Semaphore::new(max as usize));
         let refusals = Arc::new(Semaphore::new(max as usize));
-        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,

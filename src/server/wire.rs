@@ -216,11 +216,19 @@ pub async fn serve(socket: TcpStream, handlers: impl PgWireServerHandlers) -> io
 /// startup packet before it is dropped without a word.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Turns away a client past `max_connections`, as PostgreSQL does: TLS and
-/// GSS requests are refused as in [`serve`], then the startup packet gets a
-/// `FATAL` error with SQLSTATE 53300, which libpq shows as the reason, and
-/// the connection is closed. A cancel request, or silence, is simply closed.
+/// Turns away a client past `max_connections`, as PostgreSQL does, with
+/// SQLSTATE 53300 (see [`refuse`]).
 pub async fn refuse_too_many(socket: TcpStream, max_connections: u32) -> io::Result<()> {
+    let message = format!("sorry, too many clients already (max_connections is {max_connections})");
+    refuse(socket, ErrorInfo::new("FATAL".into(), "53300".into(), message)).await
+}
+
+/// Turns away a client as PostgreSQL does: TLS and GSS requests are
+/// refused as in [`serve`], then the startup packet gets `error` (a
+/// `FATAL`), which libpq shows as the reason (and, with several hosts,
+/// tries the next), and the connection is closed. A cancel request, or
+/// silence, is simply closed.
+pub async fn refuse(socket: TcpStream, error: ErrorInfo) -> io::Result<()> {
     let peer = socket.peer_addr()?;
     let codec = PgWireMessageServerCodec::new(DefaultClient::<()>::new(peer, false));
     let mut socket = Framed::new(Corked::new(socket), codec);
@@ -242,9 +250,7 @@ pub async fn refuse_too_many(socket: TcpStream, max_connections: u32) -> io::Res
                 socket.set_state(PgWireConnectionState::AwaitingStartup);
             }
             Some(Ok(PgWireFrontendMessage::Startup(_))) => {
-                let message = format!("sorry, too many clients already (max_connections is {max_connections})");
-                let info = ErrorInfo::new("FATAL".into(), "53300".into(), message);
-                socket.send(PgWireBackendMessage::ErrorResponse(info.into())).await?;
+                socket.send(PgWireBackendMessage::ErrorResponse(error.into())).await?;
                 return socket.close().await;
             }
             _ => return Ok(()),

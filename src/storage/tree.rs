@@ -362,6 +362,13 @@ impl Store {
         &self.wal
     }
 
+    /// Writes every dirty page and syncs the data file (a standby's
+    /// restartpoint).
+    pub async fn write_all_pages(&mut self) -> Result<(), StoreError> {
+        self.pool.flush_all(&self.wal).await?;
+        Ok(())
+    }
+
     /// Whether any page was ever allocated (a tree exists).
     pub fn is_empty(&self) -> bool {
         self.next_page == 0

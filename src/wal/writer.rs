@@ -155,6 +155,25 @@ impl Wal {
         Ok(wal)
     }
 
+    /// Opens the WAL of a standby that replays archived segments: the log
+    /// read so far ends at `end` and is durable (it was fetched whole), and
+    /// nothing may be appended. Nothing on disk is touched: the tail after
+    /// `end` may be the first part of a record whose rest arrives with the
+    /// next segment. Every append and flush past `end` fails.
+    pub fn read_only(fs: Arc<dyn Fs>, opts: WalOptions, end: Lsn) -> Wal {
+        let insert = InsertBuffer { start: end, bytes: Vec::new(), next: end, appended_end: end };
+        let writer = SegmentWriter { written: end, open: BTreeMap::new(), unsynced: BTreeSet::new() };
+        Wal {
+            fs,
+            opts,
+            insert: Mutex::new(insert),
+            io: tokio::sync::Mutex::new(writer),
+            durable_lsn: AtomicU64::new(end.0),
+            stopped: Mutex::new(Some("a standby's WAL is read-only until it is promoted".into())),
+            stats: WalStats::default(),
+        }
+    }
+
     /// The options the WAL was opened with.
     pub fn options(&self) -> &WalOptions {
         &self.opts

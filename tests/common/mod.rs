@@ -35,6 +35,12 @@ impl Server {
     /// As [`start_with`](Self::start_with), with extra environment
     /// variables for the server (e.g. a `PATH` for its archive command).
     pub fn start_env(dir: &Path, extra: &str, envs: &[(&str, &str)]) -> Server {
+        Server::start_args(dir, extra, envs, &[])
+    }
+
+    /// As [`start_env`](Self::start_env), with extra command-line
+    /// arguments (after `--config FILE`).
+    pub fn start_args(dir: &Path, extra: &str, envs: &[(&str, &str)], args: &[&str]) -> Server {
         let (pg_port, http_port) = (free_port(), free_port());
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("thunderdb.toml");
@@ -46,6 +52,7 @@ impl Server {
         std::fs::write(&config, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_thunderdb"))
             .args(["--config", config.to_str().unwrap()])
+            .args(args)
             .envs(envs.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
@@ -152,6 +159,20 @@ impl Drop for Server {
 /// Runs the built `thunderdb` with `args` and extra environment variables.
 pub fn thunderdb(args: &[&str], envs: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_thunderdb")).args(args).envs(envs.iter().copied()).output().unwrap()
+}
+
+/// `n` pseudo-random letters for row `id`: text that does not compress
+/// much, so that rows of it make the WAL span segments.
+pub fn letters(id: i64, n: usize) -> String {
+    let mut x = (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
 }
 
 /// What a command printed: stdout, then stderr.

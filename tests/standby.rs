@@ -1,0 +1,216 @@
+//! The archive-fed standby against the real binary: it starts from a backup
+//! of the primary, follows the archive while the primary writes, turns SQL
+//! clients away until promoted, survives a restart, and `thunderdb promote`
+//! makes it a primary on a new timeline holding every commit the primary
+//! archived (the seed page's "Regional disaster: failover to cross-region
+//! replica").
+// These tests drive real child processes and their files.
+#![cfg(not(madsim))]
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{text, thunderdb, Server};
+
+fn storage(archive: &Path) -> String {
+    format!(
+        "[storage]\nwal_segment_size = \"1MB\"\nbuffer_pool_size = \"8MB\"\ncheckpoint_interval = \"500ms\"\n\
+         wal_archive_enabled = true\nwal_archive_dir = \"{}\"\n",
+        archive.display()
+    )
+}
+
+fn json(server: &Server, path: &str) -> serde_json::Value {
+    let (code, body) = server.http("GET", path, None);
+    assert_eq!(code, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Inserts rows `ids` into `t` (created on first use), with text that
+/// does not compress much, so the WAL spans segments.
+fn insert(server: &Server, ids: std::ops::RangeInclusive<i64>) {
+    server.psql("CREATE TABLE IF NOT EXISTS t (id BIGINT PRIMARY KEY, v TEXT)");
+    let rows: Vec<String> = ids.map(|id| format!("({id}, '{}')", common::letters(id, 1500))).collect();
+    for chunk in rows.chunks(50) {
+        server.psql(&format!("INSERT INTO t VALUES {}", chunk.join(", ")));
+    }
+}
+
+fn backup(server: &Server, destination: &Path) {
+    let url = format!("http://127.0.0.1:{}/admin/backup", server.http_port);
+    let body = serde_json::json!({ "destination": destination }).to_string();
+    let out = Command::new("curl").args(["-s", "-X", "POST", "-d", &body, &url]).output().unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = answer["backup_id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_string();
+    for _ in 0..600 {
+        let status = json(server, &format!("/admin/backup/status/{id}"));
+        if status["status"] != "running" {
+            assert_eq!(status["status"], "completed", "{status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("backup {id} did not end");
+}
+
+/// A checkpoint (which switches segments), then waits until everything
+/// complete is archived.
+fn archive_everything(server: &Server) {
+    let (code, body) = server.http("POST", "/admin/checkpoint", None);
+    assert_eq!(code, 200, "{body}");
+    for _ in 0..600 {
+        if json(server, "/admin/wal/archive/status")["segments_pending"] == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("archiving never caught up");
+}
+
+/// Waits until the standby has fetched and replayed the primary's last
+/// archived segment.
+fn wait_for_replay(standby: &Server, primary: &Server) {
+    let last = json(primary, "/admin/wal/archive/status")["last_archived_segment"].clone();
+    for _ in 0..600 {
+        let status = json(standby, "/admin/cluster/status");
+        assert_eq!(status["role"], "standby", "{status}");
+        if status["standby"]["last_segment"] == last {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the standby never replayed {last}: {}", json(standby, "/admin/cluster/status"));
+}
+
+#[test]
+fn a_standby_follows_the_archive_and_promotes_to_a_primary_on_a_new_timeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let primary = Server::start_with(&dir.path().join("primary"), &storage(&archive));
+    insert(&primary, 1..=100);
+    let base = dir.path().join("base");
+    backup(&primary, &base);
+    insert(&primary, 101..=300);
+    archive_everything(&primary);
+
+    // The standby starts from the backup and catches up from the archive.
+    let standby_dir = dir.path().join("standby");
+    let standby_config = format!("{}[cluster]\nstandby = true\nnode_id = 2\n", storage(&archive));
+    let mut standby =
+        Server::start_args(&standby_dir, &standby_config, &[], &["--restore-backup", base.to_str().unwrap()]);
+    standby.wait_for("as a standby");
+    wait_for_replay(&standby, &primary);
+
+    // Until promoted, SQL clients are turned away with 57P03, and the
+    // admin endpoints that need a database say why.
+    let refused = standby.client("psql", &["-X", "-c", "SELECT 1"]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("is a standby"), "{}", text(&refused));
+    let (code, body) = standby.http("POST", "/admin/checkpoint", None);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("promote"), "{body}");
+    let metrics = standby.http("GET", "/metrics", None).1;
+    assert!(metrics.contains("thunderdb_cluster_standby 1"), "{metrics}");
+    assert!(metrics.contains("thunderdb_standby_replay_lag_seconds"), "{metrics}");
+    let status = json(&standby, "/admin/cluster/status");
+    assert!(status["standby"]["lag_seconds"].as_f64().is_some(), "{status}");
+    assert_eq!(status["node_id"], 2);
+
+    // A restart resumes from its restartpoint; a normal start is refused.
+    assert_eq!(standby.terminate().0, 0);
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(
+        &plain,
+        format!(
+            "data_dir = \"{}\"\nwal_dir = \"{}\"\npg_port = {}\nhttp_port = {}\n",
+            standby_dir.join("data").display(),
+            standby_dir.join("wal").display(),
+            common::free_port(),
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let refused = thunderdb(&["--config", plain.to_str().unwrap()], &[]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("standby.signal"), "{}", text(&refused));
+    let standby = Server::start_args(&standby_dir, &standby_config, &[], &[]);
+
+    // The primary writes more and stops; the standby is promoted.
+    insert(&primary, 301..=400);
+    primary.psql("DELETE FROM t WHERE id % 7 = 0");
+    archive_everything(&primary);
+    let expected = primary.psql("SELECT count(*), sum(id) FROM t");
+    assert_eq!(primary.terminate().0, 0);
+    let config = standby_dir.join("thunderdb.toml");
+    let promoted = thunderdb(&["promote", "--config", config.to_str().unwrap()], &[]);
+    assert!(promoted.status.success(), "{}", text(&promoted));
+    assert!(text(&promoted).contains("promoted: continuing on timeline 2"), "{}", text(&promoted));
+    let mut standby = standby;
+    standby.wait_for("ThunderDB is up");
+    assert_eq!(standby.psql("SELECT count(*), sum(id) FROM t"), expected);
+    let status = json(&standby, "/admin/cluster/status");
+    assert_eq!(status["role"], "leader", "{status}");
+
+    // It accepts writes and archives its new timeline beside the old one.
+    insert(&standby, 401..=420);
+    archive_everything(&standby);
+    assert!(archive.join("00000002.history").exists());
+    let again = standby.http("POST", "/admin/promote", None);
+    assert_eq!(again.0, 409, "{}", again.1);
+    let expected = standby.psql("SELECT count(*), sum(id) FROM t");
+    assert_eq!(standby.terminate().0, 0);
+
+    // The new timeline replays: a point-in-time recovery to latest from
+    // the primary's backup follows it to the promoted standby's commits.
+    let again = dir.path().join("again");
+    let config = common::restore_config(&again);
+    let out = thunderdb(
+        &[
+            "--restore-pitr",
+            "latest",
+            "--restore-backup",
+            base.to_str().unwrap(),
+            "--wal-archive-dir",
+            archive.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let recovered = Server::start(&again);
+    assert_eq!(recovered.psql("SELECT count(*), sum(id) FROM t"), expected);
+}
+
+#[test]
+fn a_standby_without_a_backup_or_an_archive_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("standby.toml");
+    let data = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(
+        &config,
+        format!("data_dir = \"{}\"\nwal_dir = \"{}\"\n[cluster]\nstandby = true\n", data("data"), data("wal")),
+    )
+    .unwrap();
+    let out = thunderdb(&["--config", config.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("neither `storage.wal_archive_dir` nor"), "{}", text(&out));
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nwal_dir = \"{}\"\n[storage]\nwal_archive_dir = \"{}\"\n[cluster]\nstandby = true\n",
+            data("data"),
+            data("wal"),
+            data("archive")
+        ),
+    )
+    .unwrap();
+    let out = thunderdb(&["--config", config.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--restore-backup BACKUP_DIR"), "{}", text(&out));
+}
