@@ -147,11 +147,14 @@ pub enum PlantedBug {
     /// pages its replay changed, so the next round starts past changes
     /// that are on no page.
     RestartpointSkipsPages,
+    /// A standby replays fetched archive segments without syncing them,
+    /// so a power failure takes WAL its pages and restartpoint rely on.
+    StandbyFetchWithoutSync,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 43] = [
+    pub const ALL: [PlantedBug; 44] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -195,6 +198,7 @@ impl PlantedBug {
         PlantedBug::PitrAbortsWithoutUndo,
         PlantedBug::IndexUpdateKeepsOldEntry,
         PlantedBug::RestartpointSkipsPages,
+        PlantedBug::StandbyFetchWithoutSync,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -243,6 +247,7 @@ impl PlantedBug {
             PlantedBug::PitrAbortsWithoutUndo => "pitr_aborts_without_undo",
             PlantedBug::IndexUpdateKeepsOldEntry => "index_update_keeps_old_entry",
             PlantedBug::RestartpointSkipsPages => "restartpoint_skips_pages",
+            PlantedBug::StandbyFetchWithoutSync => "standby_fetch_without_sync",
         }
     }
 
@@ -288,6 +293,7 @@ impl PlantedBug {
                 | PlantedBug::PitrAbortsWithoutUndo
                 | PlantedBug::IndexUpdateKeepsOldEntry
                 | PlantedBug::RestartpointSkipsPages
+                | PlantedBug::StandbyFetchWithoutSync
         )
     }
 }

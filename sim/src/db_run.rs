@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::pitr_sim::{PitrBase, PitrCheck};
+use crate::standby_sim::StandbyCheck;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thunderdb::db::{Database, DbError, EngineConfig};
@@ -67,6 +68,8 @@ const CYCLES: u32 = 5;
 /// Point-in-time recoveries per seed that has a backup and an archive,
 /// each to its own target, with its own fault, on a disk of its own.
 const PITR_ATTEMPTS: u64 = 6;
+/// Standbys started from each point-in-time recovery seed's backup.
+const STANDBY_ATTEMPTS: u64 = 8;
 
 /// Where a cycle's backup goes, on a disk of its own.
 const BACKUP_DIR: &str = "/backups/full";
@@ -921,6 +924,19 @@ impl Run {
         for attempt in 0..PITR_ATTEMPTS {
             PitrCheck {
                 seed: self.seed ^ attempt.rotate_left(32),
+                clock: self.clock.clone(),
+                knobs: &mut knobs,
+                history: &self.history,
+                base: &base,
+                archive,
+            }
+            .run()
+            .await
+            .map_err(|(check, detail)| self.fail(check, detail))?;
+        }
+        for attempt in 0..STANDBY_ATTEMPTS {
+            StandbyCheck {
+                seed: self.seed ^ attempt.rotate_left(40),
                 clock: self.clock.clone(),
                 knobs: &mut knobs,
                 history: &self.history,

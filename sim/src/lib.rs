@@ -16,6 +16,7 @@ pub mod db_run;
 pub mod fuzz_checks;
 pub mod pitr_sim;
 pub mod runner;
+pub mod standby_sim;
 pub mod wal_run;
 
 pub use runner::{run_seed_checked, run_seed_isolated, Workload};

@@ -71,7 +71,7 @@ impl PitrBase {
     }
 }
 
-fn put(fs: &dyn Fs, path: &Path, bytes: &[u8]) {
+pub(crate) fn put(fs: &dyn Fs, path: &Path, bytes: &[u8]) {
     fs.create_dir_all(path.parent().expect("a parent")).expect("the oracle's disk");
     let file = fs.create(path).expect("the oracle's disk");
     file.write_all_at(bytes, 0).expect("the oracle's disk");
@@ -381,7 +381,7 @@ fn archive_files(fs: &dyn Fs) -> BTreeMap<String, Vec<u8>> {
 
 /// Commits `n` transactions on the recovered server, each one row in a
 /// table of its own.
-async fn commit_marker_rows(db: &Database, n: u32) -> Result<(), String> {
+pub(crate) async fn commit_marker_rows(db: &Database, n: u32) -> Result<(), String> {
     for i in 0..n {
         let mut txn = db.begin().await.map_err(|e| e.to_string())?;
         let table = match txn.table("after_pitr").await.map_err(|e| e.to_string())? {

@@ -40,6 +40,7 @@ use crate::backup::pitr::{branch, clear_dir, format_micros, prefix_checksum, pre
 use crate::backup::restore::RestorePlan;
 use crate::db::{Database, EngineConfig};
 use crate::env::{write_atomically, Env};
+use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Probe};
 use crate::recovery::{replay_archived, Replayed};
 use crate::storage::ControlFile;
@@ -102,7 +103,15 @@ pub fn restore_base(env: &Env, engine: &EngineConfig, backup: &Path) -> Result<(
                 clear_dir(fs, dir, STANDBY_SIGNAL)?;
             }
         }
-        None => {}
+        None => {
+            // A run cut while it wrote the signal left only its temporary
+            // file (nothing is restored before the signal).
+            let temp = data_dir.join(format!("{STANDBY_SIGNAL}.tmp"));
+            if fs.exists(&temp).map_err(|e| format!("{}: {e}", temp.display()))? {
+                fs.remove(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+                fs.sync_dir(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+            }
+        }
     }
     let plan = RestorePlan::new(fs, backup, fs, data_dir, wal_dir)?;
     let manifest = &plan.manifest;
@@ -160,7 +169,7 @@ impl StandbyStatus {
 }
 
 /// What a promotion did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Promotion {
     /// The new timeline.
     pub timeline: u32,
@@ -182,7 +191,7 @@ pub struct Standby {
     chain: WalOptions,
     /// The next segment to fetch.
     next_segno: u64,
-    /// Records before this are in segments fetched whole.
+    /// The log before this is in segments fetched whole.
     complete_through: Lsn,
     /// The control file is already on a newer timeline: a promotion was
     /// cut short.
@@ -274,14 +283,37 @@ impl Standby {
             tracing::warn!("{gap}; the standby waits for the missing segment");
         }
         let count = fetched.names.len() as u64;
+        let fs = self.env.fs.as_ref();
         for name in &fetched.names {
             self.check_own_copy(name)?;
+            // The fetch does not sync; the replay writes pages whose
+            // changes are in these segments, and its restartpoint moves the
+            // redo point into them, so they must be durable first (the WAL
+            // rule, as on the primary).
+            let path = self.engine.wal_dir.join(name);
+            if !active(PlantedBug::StandbyFetchWithoutSync) {
+                fs.open(&path)
+                    .and_then(|file| file.sync_data())
+                    .map_err(|e| format!("sync {}: {e}", path.display()))?;
+            }
+        }
+        if count > 0 && !active(PlantedBug::StandbyFetchWithoutSync) {
+            let dir = &self.engine.wal_dir;
+            fs.sync_dir(dir).map_err(|e| format!("sync {}: {e}", dir.display()))?;
         }
         if count > 0 {
             self.next_segno += count;
-            self.complete_through = Lsn((self.next_segno - 1) * self.chain.segment_size);
+            // Every fetched segment is whole: a record that runs past the
+            // last one ends the round; anything else wrong in them is damage.
+            self.complete_through = Lsn(self.next_segno * self.chain.segment_size);
             self.status.segments_fetched += count;
             self.status.last_segment = fetched.names.last().cloned();
+        }
+        let redo_segment = self.chain.path(self.chain.segno(self.status.restartpoint_lsn));
+        if !self.env.fs.exists(&redo_segment).map_err(|e| format!("{}: {e}", redo_segment.display()))? {
+            // The archive does not reach the backup's start yet: wait.
+            tracing::info!(segment = %self.chain.file_name(self.next_segno), "standby: waiting for the archive");
+            return Ok(count);
         }
         if count > 0 || !self.replayed {
             let before = self.status.replay_lsn;

@@ -354,7 +354,7 @@ pub struct Replayed {
 /// round (or a restart after a crash) starts there. That order is a
 /// checkpoint's: a page torn while it was written changed after the old
 /// redo point, so its full image is in the log the next round replays.
-/// Records before `complete_through` are in segments known whole: a bad one
+/// The log before `complete_through` is in segments known whole: a bad record
 /// is corruption, never the end of the log.
 pub async fn replay_archived(
     fs: Arc<dyn Fs>,

@@ -128,8 +128,10 @@ impl WalReader {
                         probe::hit(Probe::CorruptionReported);
                         return Err(corrupt);
                     }
-                    if !matches!(why, DecodeError::Zeroed | DecodeError::Truncated { .. } | DecodeError::SegmentMissing)
-                    {
+                    if !matches!(
+                        why,
+                        DecodeError::Zeroed | DecodeError::Truncated { .. } | DecodeError::SegmentMissing { .. }
+                    ) {
                         probe::hit(Probe::TornTailCut);
                     }
                     self.end = Some(LogEnd { lsn: at });
@@ -217,7 +219,13 @@ impl WalReader {
     /// Decides whether a bad record at `at` is a torn tail (Ok) or corruption.
     fn check_torn_tail(&mut self, at: Lsn, why: &DecodeError) -> Result<(), WalError> {
         let segment = self.opts.file_name(self.opts.segno(at));
-        if at < self.durable_floor {
+        // A record that begins below the floor but runs into a segment that
+        // begins at or past it is incomplete, not damaged: the log is known
+        // whole only below the floor (a standby's or a point-in-time
+        // recovery's last fetched segment ends there).
+        let runs_past_floor = matches!(why, DecodeError::SegmentMissing { segno }
+            if Lsn(segno * self.opts.segment_size) >= self.durable_floor);
+        if at < self.durable_floor && !runs_past_floor {
             return Err(WalError::Corrupt {
                 segment,
                 lsn: at,
@@ -294,7 +302,7 @@ impl WalReader {
             let segno = self.opts.segno(pos);
             let offset = self.opts.offset(pos) as usize;
             let Some(data) = self.segment(segno)? else {
-                return Ok(Err(DecodeError::SegmentMissing));
+                return Ok(Err(DecodeError::SegmentMissing { segno }));
             };
             if offset >= data.len() {
                 return Ok(Err(DecodeError::Truncated { needed: len, available: out.len() as u64 }));

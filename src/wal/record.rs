@@ -175,7 +175,10 @@ pub enum DecodeError {
     Zeroed,
     /// The segment file that should hold the record does not exist (the
     /// end of the log, unless the log is known durable past it).
-    SegmentMissing,
+    SegmentMissing {
+        /// The segment missing (the record's own, or one it runs into).
+        segno: u64,
+    },
     /// The length field is out of range.
     BadLength(u32),
     /// The kind byte is unknown.
@@ -202,7 +205,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "record truncated: needs {needed} bytes, {available} available")
             }
             DecodeError::Zeroed => f.write_str("zeroed space where a record header should be"),
-            DecodeError::SegmentMissing => f.write_str("the segment file that holds it does not exist"),
+            DecodeError::SegmentMissing { .. } => f.write_str("the segment file that holds it does not exist"),
             DecodeError::BadLength(len) => write!(f, "record length {len} out of range"),
             DecodeError::BadKind(kind) => write!(f, "unknown record kind {kind}"),
             DecodeError::BadReserved => f.write_str("reserved header bytes are not zero"),
