@@ -164,9 +164,9 @@ impl StandbyCheck<'_> {
         // The promotion, perhaps cut by a power failure and finished by
         // the next start.
         // A countdown the following did not use may fire here too.
-        let crash_promotion = !crashed && knobs.random_bool(0.5);
+        let crash_promotion = !crashed && knobs.random_bool(0.7);
         if crash_promotion {
-            if knobs.random_bool(0.3) {
+            if knobs.random_bool(0.2) {
                 disk.set_crash_countdown(Some(knobs.random_range(1..300)));
             } else {
                 // Just after the log is branched: the first tail cut is the
