@@ -86,6 +86,21 @@ fn wait_for_replay(standby: &Server, primary: &Server) {
     panic!("the standby never replayed {last}: {}", json(standby, "/admin/cluster/status"));
 }
 
+/// Runs `sql` through psql with a libpq multi-host connection string over
+/// `ports`, `target_session_attrs=read-write`: the answer of the server
+/// libpq picked.
+fn read_write(ports: &[u16], sql: &str) -> String {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let hosts = vec!["127.0.0.1"; ports.len()].join(",");
+    let conninfo = format!(
+        "host={hosts} port={} user=admin dbname=thunderdb target_session_attrs=read-write connect_timeout=10",
+        ports.join(",")
+    );
+    let out = Command::new("psql").args([conninfo.as_str(), "-X", "-A", "-t", "-c", sql]).output().unwrap();
+    assert!(out.status.success(), "psql {conninfo:?} -c {sql:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[test]
 fn a_standby_follows_the_archive_and_promotes_to_a_primary_on_a_new_timeline() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,6 +134,9 @@ fn a_standby_follows_the_archive_and_promotes_to_a_primary_on_a_new_timeline() {
     assert!(metrics.contains("thunderdb_standby_replay_lag_seconds"), "{metrics}");
     let status = json(&standby, "/admin/cluster/status");
     assert!(status["standby"]["lag_seconds"].as_f64().is_some(), "{status}");
+    // libpq's multi-host routing skips the standby and finds the primary.
+    assert_eq!(read_write(&[standby.pg_port, primary.pg_port], "SHOW transaction_read_only"), "off");
+    assert_eq!(read_write(&[standby.pg_port, primary.pg_port], "SELECT count(*) FROM t"), "300");
     assert_eq!(status["node_id"], 2);
 
     // A restart resumes from its restartpoint; a normal start is refused.
@@ -145,6 +163,7 @@ fn a_standby_follows_the_archive_and_promotes_to_a_primary_on_a_new_timeline() {
     primary.psql("DELETE FROM t WHERE id % 7 = 0");
     archive_everything(&primary);
     let expected = primary.psql("SELECT count(*), sum(id) FROM t");
+    let primary_stopped = primary.pg_port;
     assert_eq!(primary.terminate().0, 0);
     let config = standby_dir.join("thunderdb.toml");
     let promoted = thunderdb(&["promote", "--config", config.to_str().unwrap()], &[]);
@@ -155,6 +174,10 @@ fn a_standby_follows_the_archive_and_promotes_to_a_primary_on_a_new_timeline() {
     assert_eq!(standby.psql("SELECT count(*), sum(id) FROM t"), expected);
     let status = json(&standby, "/admin/cluster/status");
     assert_eq!(status["role"], "leader", "{status}");
+    assert_eq!(
+        read_write(&[primary_stopped, standby.pg_port], "SELECT count(*) FROM t"),
+        expected.split('|').next().unwrap()
+    );
 
     // It accepts writes and archives its new timeline beside the old one.
     insert(&standby, 401..=420);

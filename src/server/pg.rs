@@ -406,7 +406,13 @@ impl ServerParameterProvider for Parameters {
     where
         C: ClientInfo,
     {
-        self.0.server_parameters(client)
+        let mut parameters = self.0.server_parameters(client)?;
+        // PostgreSQL 14+ reports these, and libpq reads them for
+        // `target_session_attrs` (read-write, primary, standby): a server
+        // that answers SQL is a writable primary.
+        parameters.insert("in_hot_standby".into(), "off".into());
+        parameters.insert("default_transaction_read_only".into(), "off".into());
+        Some(parameters)
     }
 }
 

@@ -875,6 +875,10 @@ pub fn show(settings: &BTreeMap<String, String>, variable: &[Ident]) -> Result<O
             Some("serializable")
         }
         "standard_conforming_strings" | "integer_datetimes" => Some("on"),
+        // A server that answers SQL is a writable primary (a standby turns
+        // clients away until promoted): what libpq's
+        // `target_session_attrs=read-write` asks.
+        "transaction_read_only" | "default_transaction_read_only" | "in_hot_standby" => Some("off"),
         "datestyle" => Some("ISO, MDY"),
         "timezone" | "time zone" => Some("UTC"),
         "max_identifier_length" => Some("63"),
