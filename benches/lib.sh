@@ -19,6 +19,7 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 
 # Stops ThunderDB and every PostgreSQL cluster still running under $WORK.
 cleanup() {
+  [ -n "${STANDBY_PID:-}" ] && kill -9 "$STANDBY_PID" 2>/dev/null || true
   [ -n "$TDB_PID" ] && kill -9 "$TDB_PID" 2>/dev/null && wait "$TDB_PID" 2>/dev/null || true
   for pid in "$WORK"/*/postmaster.pid; do
     [ -e "$pid" ] && as_pg "$BIN/pg_ctl" -D "$(dirname "$pid")" -m immediate stop >/dev/null 2>&1 || true
