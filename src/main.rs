@@ -154,7 +154,7 @@ fn verify_backup(dir: &Path) -> ExitCode {
             bar.set_length(total);
             bar.set_position(done);
         };
-        verify(fs.as_ref(), dir, &scratch, &RealClock::new(), &mut progress).await
+        verify(fs.as_ref(), dir, &scratch, Arc::new(RealClock::new()), &mut progress).await
     });
     bar.finish_and_clear();
     remove_scratch(&scratch_dir);

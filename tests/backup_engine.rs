@@ -39,8 +39,8 @@ async fn fill(db: &Database, rows: u32) {
 async fn verifies(disk: &SimDisk, dir: &str) -> bool {
     let scratch = SimDisk::new(9, FaultConfig::none());
     let scratch = Scratch { fs: scratch.fs(), dir: "/scratch".into() };
-    let clock = SimClock::new(0);
-    verify(disk.fs().as_ref(), Path::new(dir), &scratch, &clock, &mut |_, _| {}).await.passed()
+    let clock = std::sync::Arc::new(SimClock::new(0));
+    verify(disk.fs().as_ref(), Path::new(dir), &scratch, clock, &mut |_, _| {}).await.passed()
 }
 
 #[tokio::test]

@@ -741,7 +741,7 @@ impl Run {
     async fn verify_backup(&self, fs: &dyn thunderdb::env::Fs, dir: &std::path::Path) -> Report {
         let scratch = SimDisk::new(0, FaultConfig::none());
         let scratch = Scratch { fs: scratch.fs(), dir: "/scratch".into() };
-        verify(fs, dir, &scratch, self.clock.as_ref(), &mut |_, _| {}).await
+        verify(fs, dir, &scratch, self.clock.clone(), &mut |_, _| {}).await
     }
 
     /// Restores the backup on a disk of its own and reads every table.

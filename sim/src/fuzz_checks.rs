@@ -239,8 +239,8 @@ pub async fn run_backup_verify(data: &[u8], pristine: &[(std::path::PathBuf, Vec
     }
     let scratch_disk = SimDisk::new(1, FaultConfig::none());
     let scratch = Scratch { fs: scratch_disk.fs(), dir: "/scratch".into() };
-    let clock = SimClock::new(1_700_000_000_000_000);
-    let report = verify(fs.as_ref(), std::path::Path::new("/backup"), &scratch, &clock, &mut |_, _| {}).await;
+    let clock = std::sync::Arc::new(SimClock::new(1_700_000_000_000_000));
+    let report = verify(fs.as_ref(), std::path::Path::new("/backup"), &scratch, clock, &mut |_, _| {}).await;
     match (changed, report.passed()) {
         (true, true) => Err(format!("a damaged backup passed verification (edits {edits:?})")),
         (false, false) => Err(format!("an intact backup failed verification:\n{}", report.render())),
