@@ -16,8 +16,9 @@
 //!   resumes from there. Segments before the restartpoint are removed (the
 //!   archive keeps them). A record that runs into a segment not yet
 //!   archived ends the round; the next round reads it whole.
-//! - **Promotion** ([`Standby::promote`]): a last fetch and round, then the
-//!   log is branched at its end onto a new timeline (the first the archive
+//! - **Promotion** ([`Standby::promote`]): a last fetch (no round: the
+//!   opening below replays it), a scan that finds where the log ends, then
+//!   the log is branched there onto a new timeline (the first the archive
 //!   has no history file for), exactly as a point-in-time recovery to
 //!   `latest` branches it, and the database opens: crash recovery from the
 //!   restartpoint rolls back the transactions open at the end, and its
@@ -44,7 +45,9 @@ use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Probe};
 use crate::recovery::{replay_archived, Replayed};
 use crate::storage::ControlFile;
-use crate::wal::{history_file_name, parse_segment_file_name, read_history, Lsn, TimelineHistory, WalOptions};
+use crate::wal::{
+    history_file_name, parse_segment_file_name, read_history, Lsn, RecordKind, TimelineHistory, WalOptions, WalReader,
+};
 
 /// The file in the data directory that makes it a standby's.
 pub const STANDBY_SIGNAL: &str = "standby.signal";
@@ -274,11 +277,32 @@ impl Standby {
     }
 
     async fn fetch_and_replay(&mut self) -> Result<u64, String> {
+        let first = self.next_segno;
+        let count = self.fetch().await?;
+        if !self.can_replay()? {
+            return Ok(count);
+        }
+        if count > 0 || !self.replayed {
+            let before = self.status.replay_lsn;
+            let replayed = self.replay().await?;
+            if before.0 % self.chain.segment_size != 0
+                && self.chain.segno(before) + 1 == first
+                && count > 0
+                && replayed.end > before
+            {
+                probe::hit(Probe::StandbyResumedSpanningRecord);
+            }
+        }
+        Ok(count)
+    }
+
+    /// Fetches every segment the archive holds past the last one fetched,
+    /// durably. Returns how many came.
+    async fn fetch(&mut self) -> Result<u64, String> {
         if self.promotion_cut {
             return Err("a promotion was cut short: promote again to finish it".into());
         }
-        let first = self.next_segno;
-        let fetched = fetch_wal(&self.source, &self.env, &self.chain, first, &mut |_| {}).await?;
+        let fetched = fetch_wal(&self.source, &self.env, &self.chain, self.next_segno, &mut |_| {}).await?;
         if let Some(gap) = &fetched.gap {
             tracing::warn!("{gap}; the standby waits for the missing segment");
         }
@@ -309,24 +333,34 @@ impl Standby {
             self.status.segments_fetched += count;
             self.status.last_segment = fetched.names.last().cloned();
         }
+        Ok(count)
+    }
+
+    /// Whether the WAL from the restartpoint on is here: not while the
+    /// archive does not reach the backup's start yet.
+    fn can_replay(&self) -> Result<bool, String> {
         let redo_segment = self.chain.path(self.chain.segno(self.status.restartpoint_lsn));
-        if !self.env.fs.exists(&redo_segment).map_err(|e| format!("{}: {e}", redo_segment.display()))? {
-            // The archive does not reach the backup's start yet: wait.
-            tracing::info!(segment = %self.chain.file_name(self.next_segno), "standby: waiting for the archive");
-            return Ok(count);
+        let here = self.env.fs.exists(&redo_segment).map_err(|e| format!("{}: {e}", redo_segment.display()))?;
+        if !here {
+            tracing::debug!(segment = %self.chain.file_name(self.next_segno), "standby: waiting for the archive");
         }
-        if count > 0 || !self.replayed {
-            let before = self.status.replay_lsn;
-            let replayed = self.replay().await?;
-            if before.0 % self.chain.segment_size != 0
-                && self.chain.segno(before) + 1 == first
-                && count > 0
-                && replayed.end > before
-            {
-                probe::hit(Probe::StandbyResumedSpanningRecord);
+        Ok(here)
+    }
+
+    /// Reads the log from the restartpoint to its end, checking every
+    /// record, without replaying it: where it ends, and the newest commit.
+    fn scan_to_end(&self) -> Result<(Lsn, u64), String> {
+        let mut reader = WalReader::new(self.env.fs.clone(), self.chain.clone(), self.status.restartpoint_lsn)
+            .durable_through(self.complete_through);
+        let mut last_commit = self.status.last_commit_micros;
+        while let Some((_, record)) =
+            reader.next_record().map_err(|e| format!("the archived WAL cannot be replayed: {e}"))?
+        {
+            if record.kind == RecordKind::Commit {
+                last_commit = last_commit.max(record.commit_time_micros().unwrap_or(0));
             }
         }
-        Ok(count)
+        Ok((reader.end().expect("the reader reached the end").lsn(), last_commit))
     }
 
     /// An archived segment that the backup also copied must match the
@@ -404,8 +438,18 @@ impl Standby {
             tracing::warn!(timeline = control.timeline, "a promotion was cut short: finishing it");
             (control.timeline, None)
         } else {
-            self.catch_up().await?;
-            let stop = self.status.replay_lsn;
+            // What is left is fetched, not replayed here: the opening below
+            // replays it from the restartpoint anyway.
+            self.fetch().await?;
+            if !self.can_replay()? {
+                return Err(format!(
+                    "the archive does not reach backup {}'s start yet: segment {} is not in it",
+                    self.signal.backup_id,
+                    self.chain.file_name(self.chain.segno(self.status.restartpoint_lsn))
+                ));
+            }
+            let (stop, last_commit) = self.scan_to_end()?;
+            self.status.last_commit_micros = last_commit;
             if stop.0 < self.signal.backup_end_lsn {
                 return Err(format!(
                     "the WAL replayed ends at {stop}, before backup {}'s end LSN {}: the standby is not consistent \
