@@ -185,8 +185,26 @@ fn a_standby_follows_the_archive_and_promotes_to_a_primary_on_a_new_timeline() {
     assert!(archive.join("00000002.history").exists());
     let again = standby.http("POST", "/admin/promote", None);
     assert_eq!(again.0, 409, "{}", again.1);
+
+    // A second standby, from a backup of the promoted one, follows
+    // timeline 2 and promotes to timeline 3.
+    let base2 = dir.path().join("base2");
+    backup(&standby, &base2);
+    let second_dir = dir.path().join("second");
+    let mut second =
+        Server::start_args(&second_dir, &standby_config, &[], &["--restore-backup", base2.to_str().unwrap()]);
+    second.wait_for("as a standby");
+    insert(&standby, 421..=460);
+    archive_everything(&standby);
+    wait_for_replay(&second, &standby);
     let expected = standby.psql("SELECT count(*), sum(id) FROM t");
     assert_eq!(standby.terminate().0, 0);
+    let (code, body) = second.http("POST", "/admin/promote", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"timeline\":3"), "{body}");
+    second.wait_for("ThunderDB is up data_dir");
+    assert_eq!(second.psql("SELECT count(*), sum(id) FROM t"), expected);
+    assert_eq!(second.terminate().0, 0);
 
     // The new timeline replays: a point-in-time recovery to latest from
     // the primary's backup follows it to the promoted standby's commits.

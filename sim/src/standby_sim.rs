@@ -109,7 +109,7 @@ impl StandbyCheck<'_> {
                 }
                 let current = match standby.as_mut() {
                     Some(current) => current,
-                    None => standby.insert(Standby::open(&env(), &config, source.clone())?),
+                    None => standby.insert(Standby::open(&env(), &config, source.clone()).await?),
                 };
                 if current.promotion_cut() {
                     return Ok(true);
@@ -182,7 +182,7 @@ impl StandbyCheck<'_> {
             disk.crash();
             crashed = true;
             promoted = match read_signal(&env(), &config.data_dir) {
-                Ok(Some(_)) => match Standby::open(&env(), &config, source.clone()) {
+                Ok(Some(_)) => match Standby::open(&env(), &config, source.clone()).await {
                     Ok(standby) => standby.promote().await,
                     Err(e) => Err(e),
                 },

@@ -206,7 +206,7 @@ pub struct Standby {
 impl Standby {
     /// Opens the standby in the engine's directories, which
     /// [`restore_base`] prepared.
-    pub fn open(env: &Env, engine: &EngineConfig, source: ArchiveSource) -> Result<Standby, String> {
+    pub async fn open(env: &Env, engine: &EngineConfig, source: ArchiveSource) -> Result<Standby, String> {
         let fs = env.fs.as_ref();
         let signal = match read_signal(env, &engine.data_dir)? {
             Some(signal) if signal.restored => signal,
@@ -234,6 +234,17 @@ impl Standby {
         engine.wal_segment_size = control.wal_segment_size;
         let mut chain = WalOptions { timeline: signal.timeline, ..WalOptions::new(&engine.wal_dir) }
             .with_segment_size(control.wal_segment_size);
+        if signal.timeline > 1 && read_history(fs, &engine.wal_dir, signal.timeline)?.is_none() {
+            // The timeline's history (which ancestor holds the log below
+            // each switch) comes from the archive.
+            let name = history_file_name(signal.timeline);
+            let staging = engine.wal_dir.join(format!("{name}.fetched"));
+            if source.fetch(env, &name, &staging).await? == Fetched::NotFound {
+                return Err(format!("the archive has no {name}: the history of timeline {}", signal.timeline));
+            }
+            let path = engine.wal_dir.join(&name);
+            fs.rename(&staging, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
         chain.history = read_history(fs, &engine.wal_dir, signal.timeline)?.map(|h| h.switches).unwrap_or_default();
         let promotion_cut = control.timeline != signal.timeline;
         let status = StandbyStatus {

@@ -33,7 +33,7 @@ pub async fn follow(
     let source = archive_source(&config.storage.wal_archive_dir, &config.storage.wal_restore_command)
         .ok_or("a standby needs `storage.wal_archive_dir` or `storage.wal_restore_command`")?;
     let engine = config.engine();
-    let mut standby = Standby::open(env, &engine, source.clone())?;
+    let mut standby = Standby::open(env, &engine, source.clone()).await?;
     let pg_addr = format!("{}:{}", config.listen_addr, config.pg_port);
     let http_addr = format!("{}:{}", config.listen_addr, config.http_port);
     let pg = TcpListener::bind(&pg_addr).await.map_err(|e| format!("listening on {pg_addr} (pg_port) failed: {e}"))?;
@@ -90,7 +90,7 @@ pub async fn follow(
                 Err(error) => {
                     tracing::error!("promotion failed: {error}");
                     let _ = reply.send(Err(error));
-                    standby = Standby::open(env, &engine, source.clone())?;
+                    standby = Standby::open(env, &engine, source.clone()).await?;
                     publish(&standby);
                     continue;
                 }
