@@ -255,3 +255,52 @@ fn a_standby_without_a_backup_or_an_archive_is_refused_with_the_reason() {
     assert!(!out.status.success());
     assert!(text(&out).contains("--restore-backup BACKUP_DIR"), "{}", text(&out));
 }
+
+#[test]
+fn a_standby_that_cannot_replay_says_why_and_refuses_to_promote() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let primary = Server::start_with(&dir.path().join("primary"), &storage(&archive));
+    insert(&primary, 1..=50);
+    let base = dir.path().join("base");
+    backup(&primary, &base);
+    insert(&primary, 51..=400);
+    archive_everything(&primary);
+    assert_eq!(primary.terminate().0, 0);
+    // Damage the middle of the last segment archived, where records are.
+    let mut segments: Vec<_> = std::fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().len() == 24)
+        .collect();
+    segments.sort();
+    let last = segments.last().unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    for b in &mut bytes[4096..4200] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(last, bytes).unwrap();
+
+    let standby_dir = dir.path().join("standby");
+    let config = format!("{}[cluster]\nstandby = true\n", storage(&archive));
+    let standby = Server::start_args(&standby_dir, &config, &[], &["--restore-backup", base.to_str().unwrap()]);
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        status = json(&standby, "/admin/cluster/status");
+        if !status["standby"]["last_error"].is_null() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let error = status["standby"]["last_error"].as_str().unwrap_or_else(|| panic!("no error reported: {status}"));
+    let name = last.file_name().unwrap().to_str().unwrap();
+    assert!(error.contains(name), "{error}");
+    let (code, body) = standby.http("GET", "/admin/health", None);
+    assert_eq!(code, 503, "{body}");
+    let (code, body) = standby.http("POST", "/admin/promote", None);
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains(name), "{body}");
+    // Still a standby, still refusing SQL.
+    assert_eq!(json(&standby, "/admin/cluster/status")["role"], "standby");
+}

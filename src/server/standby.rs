@@ -104,9 +104,9 @@ pub async fn follow(
                 return Ok(None);
             }
             Some(reply) = promote_rx.recv() => waiting = Some(reply),
-            _ = poll.tick() => {
-                match standby.catch_up().await {
-                    Ok(fetched) if fetched > 0 => {
+            _ = poll.tick() => match standby.catch_up().await {
+                Ok(fetched) => {
+                    if fetched > 0 {
                         let status = standby.status();
                         tracing::info!(
                             segments = fetched,
@@ -115,18 +115,15 @@ pub async fn follow(
                             "standby: replayed archived WAL"
                         );
                     }
-                    Ok(_) => {}
-                    Err(error) => {
-                        if last_error.as_ref() != Some(&error) {
-                            tracing::error!("standby: {error}; retrying every {POLL:?}");
-                        }
-                        last_error = Some(error);
-                        continue;
-                    }
+                    last_error = None;
                 }
-                last_error = None;
-                publish(&standby);
-            }
+                Err(error) => {
+                    if last_error.as_ref() != Some(&error) {
+                        tracing::error!("standby: {error}; retrying every {POLL:?}");
+                    }
+                    last_error = Some(error);
+                }
+            },
             accepted = pg.accept() => {
                 if let Ok((socket, _)) = accepted {
                     tokio::spawn(super::wire::refuse(socket, not_yet()));
