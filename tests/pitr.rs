@@ -14,63 +14,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use common::{restore_config, text, thunderdb, Server};
+use common::{archive_everything, archiving_storage, backup, insert_rows, restore_config, text, thunderdb, Server};
 
-fn storage(archive: &Path) -> String {
-    format!(
-        "[storage]\nwal_segment_size = \"1MB\"\nbuffer_pool_size = \"8MB\"\ncheckpoint_interval = \"500ms\"\n\
-         wal_archive_enabled = true\nwal_archive_dir = \"{}\"\n",
-        archive.display()
-    )
-}
-
-fn json(server: &Server, path: &str) -> serde_json::Value {
-    let (code, body) = server.http("GET", path, None);
-    assert_eq!(code, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Inserts rows `ids` into `t` (created on first use), 50 per statement.
-fn insert(server: &Server, ids: std::ops::RangeInclusive<i64>) {
-    // Letters that do not compress much, so that the WAL spans segments.
-    let rows: Vec<String> = ids.map(|id| format!("({id}, '{}')", common::letters(id, 1500))).collect();
-    server.psql("CREATE TABLE IF NOT EXISTS t (id BIGINT PRIMARY KEY, v TEXT)");
-    for chunk in rows.chunks(50) {
-        server.psql(&format!("INSERT INTO t VALUES {}", chunk.join(", ")));
-    }
-}
-
-/// Takes a backup (with its WAL) and waits for it; returns its status.
-fn backup(server: &Server, destination: &Path) -> serde_json::Value {
-    let url = format!("http://127.0.0.1:{}/admin/backup", server.http_port);
-    let body = serde_json::json!({ "destination": destination }).to_string();
-    let out = Command::new("curl").args(["-s", "-X", "POST", "-d", &body, &url]).output().unwrap();
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = answer["backup_id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_string();
-    for _ in 0..600 {
-        let status = json(server, &format!("/admin/backup/status/{id}"));
-        if status["status"] != "running" {
-            assert_eq!(status["status"], "completed", "{status}");
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("backup {id} did not end");
-}
-
-/// A checkpoint (which switches segments), then waits until everything
-/// complete is archived, and stops the server.
+/// Archives everything complete, then stops the server.
 fn archive_everything_and_stop(server: Server) {
-    let (code, body) = server.http("POST", "/admin/checkpoint", None);
-    assert_eq!(code, 200, "{body}");
-    for _ in 0..600 {
-        if json(&server, "/admin/wal/archive/status")["segments_pending"] == 0 {
-            assert_eq!(server.terminate().0, 0);
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("archiving never caught up");
+    archive_everything(&server);
+    assert_eq!(server.terminate().0, 0);
 }
 
 fn now_rfc3339() -> String {
@@ -134,16 +83,16 @@ fn accidental_deletion_step_by_step_then_a_new_timeline_that_a_second_recovery_f
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("wal-archive");
     let live = dir.path().join("live");
-    let server = Server::start_with(&live, &storage(&archive));
-    insert(&server, 1..=300);
+    let server = Server::start_with(&live, &archiving_storage(&archive));
+    insert_rows(&server, 1..=300);
     let full = dir.path().join("full-2026-01-15");
     backup(&server, &full);
-    insert(&server, 301..=1000);
+    insert_rows(&server, 301..=1000);
     std::thread::sleep(Duration::from_millis(300));
     let before_delete = now_rfc3339();
     std::thread::sleep(Duration::from_millis(300));
     server.psql("DELETE FROM t WHERE id > 10");
-    insert(&server, 5001..=5100);
+    insert_rows(&server, 5001..=5100);
     archive_everything_and_stop(server);
     let archived_before = files(&archive);
 
@@ -172,14 +121,14 @@ fn accidental_deletion_step_by_step_then_a_new_timeline_that_a_second_recovery_f
     }
     // 14 statements of 50 rows committed after the backup.
     assert!(log.contains("[INFO] Transactions recovered: 14\n"), "{log}");
-    let server = Server::start_with(&live, &storage(&archive));
+    let server = Server::start_with(&live, &archiving_storage(&archive));
     let (code, health) = server.http("GET", "/admin/health", None);
     assert_eq!(code, 200, "{health}");
     assert_eq!(server.psql("SELECT count(*) FROM t"), "1000", "every deleted row is back, nothing after the target");
 
     // The server goes on on timeline 2; nothing of timeline 1's archive
     // changes, and the history file is archived.
-    insert(&server, 2001..=2100);
+    insert_rows(&server, 2001..=2100);
     archive_everything_and_stop(server);
     let archived_after = files(&archive);
     for (name, bytes) in &archived_before {
@@ -211,8 +160,8 @@ fn accidental_deletion_step_by_step_then_a_new_timeline_that_a_second_recovery_f
 fn lsn_targets_stop_at_the_last_record_that_begins_at_or_before_them() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("wal-archive");
-    let server = Server::start_with(&dir.path().join("live"), &storage(&archive));
-    insert(&server, 1..=100);
+    let server = Server::start_with(&dir.path().join("live"), &archiving_storage(&archive));
+    insert_rows(&server, 1..=100);
     let full = dir.path().join("full");
     let status = backup(&server, &full);
     for id in 101..=110 {
@@ -251,13 +200,13 @@ fn lsn_targets_stop_at_the_last_record_that_begins_at_or_before_them() {
 fn unreachable_targets_are_refused_in_seconds_naming_the_segment_lsn_or_time() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("wal-archive");
-    let server = Server::start_with(&dir.path().join("live"), &storage(&archive));
+    let server = Server::start_with(&dir.path().join("live"), &archiving_storage(&archive));
     let before_backup = now_rfc3339();
     std::thread::sleep(Duration::from_millis(300));
-    insert(&server, 1..=100);
+    insert_rows(&server, 1..=100);
     let full = dir.path().join("full");
     let status = backup(&server, &full);
-    insert(&server, 101..=2000);
+    insert_rows(&server, 101..=2000);
     archive_everything_and_stop(server);
     let with_archive = ["--wal-archive-dir", archive.to_str().unwrap()];
     let refused = |name: &str, target: &str, extra: &[&str], wanted: &[&str]| {
@@ -332,8 +281,8 @@ fn unreachable_targets_are_refused_in_seconds_naming_the_segment_lsn_or_time() {
 
     // Another database's archive.
     let other_archive = dir.path().join("other-archive");
-    let other = Server::start_with(&dir.path().join("other"), &storage(&other_archive));
-    insert(&other, 1..=1500);
+    let other = Server::start_with(&dir.path().join("other"), &archiving_storage(&other_archive));
+    insert_rows(&other, 1..=1500);
     archive_everything_and_stop(other);
     refused(
         "foreign",
@@ -347,11 +296,11 @@ fn unreachable_targets_are_refused_in_seconds_naming_the_segment_lsn_or_time() {
 fn an_unfinished_recovery_blocks_a_normal_start_and_a_rerun_completes_it() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("wal-archive");
-    let server = Server::start_with(&dir.path().join("live"), &storage(&archive));
-    insert(&server, 1..=200);
+    let server = Server::start_with(&dir.path().join("live"), &archiving_storage(&archive));
+    insert_rows(&server, 1..=200);
     let full = dir.path().join("full");
     backup(&server, &full);
-    insert(&server, 201..=700);
+    insert_rows(&server, 201..=700);
     archive_everything_and_stop(server);
     let target = dir.path().join("restored");
     let config = restore_config(&target);
@@ -376,11 +325,11 @@ fn an_unfinished_recovery_blocks_a_normal_start_and_a_rerun_completes_it() {
 fn testing_recovery_into_a_test_config_on_port_15432_and_a_validation_script() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("wal-archive");
-    let server = Server::start_with(&dir.path().join("live"), &storage(&archive));
-    insert(&server, 1..=400);
+    let server = Server::start_with(&dir.path().join("live"), &archiving_storage(&archive));
+    insert_rows(&server, 1..=400);
     let full_latest = dir.path().join("full-latest");
     backup(&server, &full_latest);
-    insert(&server, 401..=900);
+    insert_rows(&server, 401..=900);
     archive_everything_and_stop(server);
     // The test instance's config: its own directories, port 15432.
     let test = dir.path().join("test");

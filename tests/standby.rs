@@ -10,80 +10,24 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{text, thunderdb, Server};
-
-fn storage(archive: &Path) -> String {
-    format!(
-        "[storage]\nwal_segment_size = \"1MB\"\nbuffer_pool_size = \"8MB\"\ncheckpoint_interval = \"500ms\"\n\
-         wal_archive_enabled = true\nwal_archive_dir = \"{}\"\n",
-        archive.display()
-    )
-}
-
-fn json(server: &Server, path: &str) -> serde_json::Value {
-    let (code, body) = server.http("GET", path, None);
-    assert_eq!(code, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Inserts rows `ids` into `t` (created on first use), with text that
-/// does not compress much, so the WAL spans segments.
-fn insert(server: &Server, ids: std::ops::RangeInclusive<i64>) {
-    server.psql("CREATE TABLE IF NOT EXISTS t (id BIGINT PRIMARY KEY, v TEXT)");
-    let rows: Vec<String> = ids.map(|id| format!("({id}, '{}')", common::letters(id, 1500))).collect();
-    for chunk in rows.chunks(50) {
-        server.psql(&format!("INSERT INTO t VALUES {}", chunk.join(", ")));
-    }
-}
-
-fn backup(server: &Server, destination: &Path) {
-    let url = format!("http://127.0.0.1:{}/admin/backup", server.http_port);
-    let body = serde_json::json!({ "destination": destination }).to_string();
-    let out = Command::new("curl").args(["-s", "-X", "POST", "-d", &body, &url]).output().unwrap();
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = answer["backup_id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_string();
-    for _ in 0..600 {
-        let status = json(server, &format!("/admin/backup/status/{id}"));
-        if status["status"] != "running" {
-            assert_eq!(status["status"], "completed", "{status}");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("backup {id} did not end");
-}
-
-/// A checkpoint (which switches segments), then waits until everything
-/// complete is archived.
-fn archive_everything(server: &Server) {
-    let (code, body) = server.http("POST", "/admin/checkpoint", None);
-    assert_eq!(code, 200, "{body}");
-    for _ in 0..600 {
-        if json(server, "/admin/wal/archive/status")["segments_pending"] == 0 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("archiving never caught up");
-}
+use common::{archive_everything, archiving_storage, backup, insert_rows, text, thunderdb, Server};
 
 /// Waits until the standby has fetched and replayed the primary's last
 /// archived segment.
 fn wait_for_replay(standby: &Server, primary: &Server) {
-    let last = json(primary, "/admin/wal/archive/status")["last_archived_segment"].clone();
+    let last = primary.json("/admin/wal/archive/status")["last_archived_segment"].clone();
     for _ in 0..600 {
-        let status = json(standby, "/admin/cluster/status");
+        let status = standby.json("/admin/cluster/status");
         assert_eq!(status["role"], "standby", "{status}");
         if status["standby"]["last_segment"] == last {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("the standby never replayed {last}: {}", json(standby, "/admin/cluster/status"));
+    panic!("the standby never replayed {last}: {}", standby.json("/admin/cluster/status"));
 }
 
 /// Runs `sql` through psql with a libpq multi-host connection string over
@@ -106,16 +50,16 @@ fn a_standby_follows_the_archive_and_promotes_to_a_primary_on_a_new_timeline() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
     std::fs::create_dir_all(&archive).unwrap();
-    let primary = Server::start_with(&dir.path().join("primary"), &storage(&archive));
-    insert(&primary, 1..=100);
+    let primary = Server::start_with(&dir.path().join("primary"), &archiving_storage(&archive));
+    insert_rows(&primary, 1..=100);
     let base = dir.path().join("base");
     backup(&primary, &base);
-    insert(&primary, 101..=300);
+    insert_rows(&primary, 101..=300);
     archive_everything(&primary);
 
     // The standby starts from the backup and catches up from the archive.
     let standby_dir = dir.path().join("standby");
-    let standby_config = format!("{}[cluster]\nstandby = true\nnode_id = 2\n", storage(&archive));
+    let standby_config = format!("{}[cluster]\nstandby = true\nnode_id = 2\n", archiving_storage(&archive));
     let mut standby =
         Server::start_args(&standby_dir, &standby_config, &[], &["--restore-backup", base.to_str().unwrap()]);
     standby.wait_for("as a standby");
@@ -132,7 +76,7 @@ fn a_standby_follows_the_archive_and_promotes_to_a_primary_on_a_new_timeline() {
     let metrics = standby.http("GET", "/metrics", None).1;
     assert!(metrics.contains("thunderdb_cluster_standby 1"), "{metrics}");
     assert!(metrics.contains("thunderdb_standby_replay_lag_seconds"), "{metrics}");
-    let status = json(&standby, "/admin/cluster/status");
+    let status = standby.json("/admin/cluster/status");
     assert!(status["standby"]["lag_seconds"].as_f64().is_some(), "{status}");
     // libpq's multi-host routing skips the standby and finds the primary.
     assert_eq!(read_write(&[standby.pg_port, primary.pg_port], "SHOW transaction_read_only"), "off");
@@ -159,7 +103,7 @@ fn a_standby_follows_the_archive_and_promotes_to_a_primary_on_a_new_timeline() {
     let standby = Server::start_args(&standby_dir, &standby_config, &[], &[]);
 
     // The primary writes more and stops; the standby is promoted.
-    insert(&primary, 301..=400);
+    insert_rows(&primary, 301..=400);
     primary.psql("DELETE FROM t WHERE id % 7 = 0");
     archive_everything(&primary);
     let expected = primary.psql("SELECT count(*), sum(id) FROM t");
@@ -172,7 +116,7 @@ fn a_standby_follows_the_archive_and_promotes_to_a_primary_on_a_new_timeline() {
     let mut standby = standby;
     standby.wait_for("ThunderDB is up");
     assert_eq!(standby.psql("SELECT count(*), sum(id) FROM t"), expected);
-    let status = json(&standby, "/admin/cluster/status");
+    let status = standby.json("/admin/cluster/status");
     assert_eq!(status["role"], "leader", "{status}");
     assert_eq!(
         read_write(&[primary_stopped, standby.pg_port], "SELECT count(*) FROM t"),
@@ -180,7 +124,7 @@ fn a_standby_follows_the_archive_and_promotes_to_a_primary_on_a_new_timeline() {
     );
 
     // It accepts writes and archives its new timeline beside the old one.
-    insert(&standby, 401..=420);
+    insert_rows(&standby, 401..=420);
     archive_everything(&standby);
     assert!(archive.join("00000002.history").exists());
     let again = standby.http("POST", "/admin/promote", None);
@@ -194,7 +138,7 @@ fn a_standby_follows_the_archive_and_promotes_to_a_primary_on_a_new_timeline() {
     let mut second =
         Server::start_args(&second_dir, &standby_config, &[], &["--restore-backup", base2.to_str().unwrap()]);
     second.wait_for("as a standby");
-    insert(&standby, 421..=460);
+    insert_rows(&standby, 421..=460);
     archive_everything(&standby);
     wait_for_replay(&second, &standby);
     let expected = standby.psql("SELECT count(*), sum(id) FROM t");
@@ -261,11 +205,11 @@ fn a_standby_that_cannot_replay_says_why_and_refuses_to_promote() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
     std::fs::create_dir_all(&archive).unwrap();
-    let primary = Server::start_with(&dir.path().join("primary"), &storage(&archive));
-    insert(&primary, 1..=50);
+    let primary = Server::start_with(&dir.path().join("primary"), &archiving_storage(&archive));
+    insert_rows(&primary, 1..=50);
     let base = dir.path().join("base");
     backup(&primary, &base);
-    insert(&primary, 51..=400);
+    insert_rows(&primary, 51..=400);
     archive_everything(&primary);
     assert_eq!(primary.terminate().0, 0);
     // Damage the middle of the last segment archived, where records are.
@@ -283,11 +227,11 @@ fn a_standby_that_cannot_replay_says_why_and_refuses_to_promote() {
     std::fs::write(last, bytes).unwrap();
 
     let standby_dir = dir.path().join("standby");
-    let config = format!("{}[cluster]\nstandby = true\n", storage(&archive));
+    let config = format!("{}[cluster]\nstandby = true\n", archiving_storage(&archive));
     let standby = Server::start_args(&standby_dir, &config, &[], &["--restore-backup", base.to_str().unwrap()]);
     let mut status = serde_json::Value::Null;
     for _ in 0..100 {
-        status = json(&standby, "/admin/cluster/status");
+        status = standby.json("/admin/cluster/status");
         if !status["standby"]["last_error"].is_null() {
             break;
         }
@@ -302,5 +246,5 @@ fn a_standby_that_cannot_replay_says_why_and_refuses_to_promote() {
     assert_eq!(code, 500, "{body}");
     assert!(body.contains(name), "{body}");
     // Still a standby, still refusing SQL.
-    assert_eq!(json(&standby, "/admin/cluster/status")["role"], "standby");
+    assert_eq!(standby.json("/admin/cluster/status")["role"], "standby");
 }

@@ -201,3 +201,64 @@ pub fn python_tools() -> Option<PathBuf> {
     let out = Command::new("bash").arg(script).stderr(Stdio::inherit()).output().ok()?;
     out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
+
+/// `[storage]` for a test that archives: 1 MB segments, an 8 MB pool,
+/// checkpoints every 500 ms, archiving into `archive`.
+pub fn archiving_storage(archive: &Path) -> String {
+    format!(
+        "[storage]\nwal_segment_size = \"1MB\"\nbuffer_pool_size = \"8MB\"\ncheckpoint_interval = \"500ms\"\n\
+         wal_archive_enabled = true\nwal_archive_dir = \"{}\"\n",
+        archive.display()
+    )
+}
+
+impl Server {
+    /// `GET path` on the admin API, asserting 200: the JSON answer.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let (code, body) = self.http("GET", path, None);
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+/// Inserts rows `ids` into `t` (created on first use), 50 per statement,
+/// with letters that do not compress much, so that the WAL spans segments.
+pub fn insert_rows(server: &Server, ids: std::ops::RangeInclusive<i64>) {
+    let rows: Vec<String> = ids.map(|id| format!("({id}, '{}')", letters(id, 1500))).collect();
+    server.psql("CREATE TABLE IF NOT EXISTS t (id BIGINT PRIMARY KEY, v TEXT)");
+    for chunk in rows.chunks(50) {
+        server.psql(&format!("INSERT INTO t VALUES {}", chunk.join(", ")));
+    }
+}
+
+/// Takes a backup (with its WAL) and waits for it; returns its status.
+pub fn backup(server: &Server, destination: &Path) -> serde_json::Value {
+    let url = format!("http://127.0.0.1:{}/admin/backup", server.http_port);
+    let body = serde_json::json!({ "destination": destination }).to_string();
+    let out = Command::new("curl").args(["-s", "-X", "POST", "-d", &body, &url]).output().unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = answer["backup_id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_string();
+    for _ in 0..600 {
+        let status = server.json(&format!("/admin/backup/status/{id}"));
+        if status["status"] != "running" {
+            assert_eq!(status["status"], "completed", "{status}");
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("backup {id} did not end");
+}
+
+/// A checkpoint (which switches segments), then waits until everything
+/// complete is archived.
+pub fn archive_everything(server: &Server) {
+    let (code, body) = server.http("POST", "/admin/checkpoint", None);
+    assert_eq!(code, 200, "{body}");
+    for _ in 0..600 {
+        if server.json("/admin/wal/archive/status")["segments_pending"] == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("archiving never caught up");
+}
