@@ -197,14 +197,9 @@ fn restore(cli: &Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let source = if let Some(dir) = &cli.wal_archive_dir {
-        Some(ArchiveSource::Dir(dir.clone()))
-    } else if !config.storage.wal_archive_dir.trim().is_empty() {
-        Some(ArchiveSource::Dir(PathBuf::from(config.storage.wal_archive_dir.trim())))
-    } else if !config.storage.wal_restore_command.trim().is_empty() {
-        Some(ArchiveSource::Command(config.storage.wal_restore_command.trim().to_string()))
-    } else {
-        None
+    let source = match &cli.wal_archive_dir {
+        Some(dir) => Some(ArchiveSource::Dir(dir.clone())),
+        None => ArchiveSource::configured(&config.storage.wal_archive_dir, &config.storage.wal_restore_command),
     };
     let request = PitrRequest {
         backup: cli.restore_backup.clone().expect("clap requires it"),

@@ -41,7 +41,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::pitr_sim::{PitrBase, PitrCheck};
-use crate::standby_sim::StandbyCheck;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thunderdb::db::{Database, DbError, EngineConfig};
@@ -935,7 +934,7 @@ impl Run {
             .map_err(|(check, detail)| self.fail(check, detail))?;
         }
         for attempt in 0..STANDBY_ATTEMPTS {
-            StandbyCheck {
+            PitrCheck {
                 seed: self.seed ^ attempt.rotate_left(40),
                 clock: self.clock.clone(),
                 knobs: &mut knobs,
@@ -943,7 +942,7 @@ impl Run {
                 base: &base,
                 archive,
             }
-            .run()
+            .run_standby()
             .await
             .map_err(|(check, detail)| self.fail(check, detail))?;
         }

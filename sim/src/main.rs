@@ -287,11 +287,6 @@ fn run(args: Args) -> Result<bool, String> {
         Workload::Db => thunderdb::probe::Layer::Storage,
     };
     let counts = thunderdb::probe::counts(layer);
-    if std::env::var("PROBE_COUNTS").is_ok() {
-        for (name, count) in &counts {
-            println!("probe {name}: {count}");
-        }
-    }
     let hit = counts.iter().filter(|(_, count)| *count > 0).count();
     println!("probes hit: {hit} of {} ({layer:?} layer)", counts.len());
     let missing = thunderdb::probe::missing(layer);

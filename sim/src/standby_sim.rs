@@ -16,23 +16,19 @@
 //! - **`standby_refuses_plain_open`:** until promoted, a normal open of the
 //!   standby's directories is refused.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 use thunderdb::archive::source::ArchiveSource;
 use thunderdb::cluster::standby::{read_signal, restore_base, Promotion, Standby};
 use thunderdb::db::{Database, DbError, EngineConfig};
-use thunderdb::env::{Env, FaultConfig, Fs, SimClock, SimDisk};
+use thunderdb::env::{Env, FaultConfig, Fs, SimDisk};
 use thunderdb::probe::Phase;
 use thunderdb::storage::PAGE_SIZE;
 use thunderdb::wal::parse_segment_file_name;
-use thunderdb_workloads::db::DbModel;
 
 use crate::db_run::read_state;
-use crate::pitr_sim::{commit_marker_rows, put, PitrBase};
+use crate::pitr_sim::{commit_marker_rows, put, PitrCheck};
 
 const BACKUP: &str = "/backup";
 const ARCHIVE: &str = "/archive";
@@ -40,25 +36,11 @@ const LATER: &str = ".later";
 
 type Failure = (&'static str, String);
 
-/// Everything the check needs from the run.
-pub struct StandbyCheck<'a> {
-    /// The seed (for the disk).
-    pub seed: u64,
-    /// The run's clock.
-    pub clock: Arc<SimClock>,
-    /// The run's knob stream: stages and the crash.
-    pub knobs: &'a mut ChaCha8Rng,
-    /// Every commit that survived, in log order.
-    pub history: &'a DbModel,
-    /// The backup.
-    pub base: &'a PitrBase,
-    /// The archive's files.
-    pub archive: &'a BTreeMap<String, Vec<u8>>,
-}
-
-impl StandbyCheck<'_> {
-    /// Runs the check (see the module docs).
-    pub async fn run(self) -> Result<(), Failure> {
+/// The standby oracle takes what the point-in-time recovery oracle takes:
+/// the seed, the clock, the knobs, the history, the backup and the archive.
+impl PitrCheck<'_> {
+    /// Runs the standby check (see the module docs).
+    pub async fn run_standby(self) -> Result<(), Failure> {
         let size = self.base.manifest.wal_segment_size;
         let disk = SimDisk::new(self.seed ^ 0x57a7, FaultConfig::power_loss());
         let fs = disk.fs();

@@ -43,6 +43,18 @@ pub enum Fetched {
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl ArchiveSource {
+    /// The source a configuration names: `wal_archive_dir`, else
+    /// `wal_restore_command`, else none.
+    pub fn configured(archive_dir: &str, restore_command: &str) -> Option<ArchiveSource> {
+        if !archive_dir.trim().is_empty() {
+            Some(ArchiveSource::Dir(PathBuf::from(archive_dir.trim())))
+        } else if !restore_command.trim().is_empty() {
+            Some(ArchiveSource::Command(restore_command.trim().to_string()))
+        } else {
+            None
+        }
+    }
+
     /// Fetches `name` to `dest`: under a temporary name, renamed into
     /// place once whole, so a file under `dest`'s name is never partial.
     /// Not synced: a restore's files need no durability of their own (a

@@ -32,7 +32,7 @@
 //! end.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -496,17 +496,5 @@ impl Standby {
             "promoted: the standby ended recovery and continues on a new timeline, open for writes"
         );
         Ok(Promotion { timeline, stop, rolled_back, last_commit_micros: self.status.last_commit_micros })
-    }
-}
-
-/// The archive source a configuration names (the same keys a point-in-time
-/// recovery reads).
-pub fn archive_source(archive_dir: &str, restore_command: &str) -> Option<ArchiveSource> {
-    if !archive_dir.trim().is_empty() {
-        Some(ArchiveSource::Dir(PathBuf::from(archive_dir.trim())))
-    } else if !restore_command.trim().is_empty() {
-        Some(ArchiveSource::Command(restore_command.trim().to_string()))
-    } else {
-        None
     }
 }

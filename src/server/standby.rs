@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::config::Config;
 use super::http::{standby_router, StandbyState};
-use crate::cluster::standby::{archive_source, Promotion, Standby};
+use crate::archive::source::ArchiveSource;
+use crate::cluster::standby::{Promotion, Standby};
 use crate::env::Env;
 
 /// How often the standby asks the archive for new segments.
@@ -30,7 +31,7 @@ pub async fn follow(
     config: &Config,
     shutdown: &mut Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<TcpListener>, String> {
-    let source = archive_source(&config.storage.wal_archive_dir, &config.storage.wal_restore_command)
+    let source = ArchiveSource::configured(&config.storage.wal_archive_dir, &config.storage.wal_restore_command)
         .ok_or("a standby needs `storage.wal_archive_dir` or `storage.wal_restore_command`")?;
     let engine = config.engine();
     let mut standby = Standby::open(env, &engine, source.clone()).await?;
