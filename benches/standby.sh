@@ -70,11 +70,9 @@ kill "$STANDBY_PID"; wait "$STANDBY_PID" 2>/dev/null || true; STANDBY_PID=
 # PostgreSQL: the same.
 pg=(pgbench -h 127.0.0.1 -p "$PG_PORT" -U postgres)
 pgarch="$WORK/pg-archive"
-mkdir -p "$WORK/pg" "$pgarch"; chown postgres "$WORK" "$WORK/pg" "$pgarch"
-as_pg "$BIN/initdb" -D "$WORK/pg" -A trust >/dev/null
-printf "port = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\narchive_mode = on\narchive_command = 'cp %%p %s/%%f'\n" \
-  "$PG_PORT" "$WORK" "$pgarch" >>"$WORK/pg/postgresql.conf"
-as_pg "$BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w start >/dev/null
+mkdir -p "$pgarch"; chown postgres "$pgarch"
+start_new_postgres "$WORK/pg" "archive_mode = on
+archive_command = 'cp %p $pgarch/%f'"
 echo "postgresql: pgbench -i -s $SCALE, pg_basebackup, standby, $CLIENTS x $TXNS transactions..." >&2
 "${pg[@]}" -i -I dtgp -s "$SCALE" -q postgres >/dev/null 2>&1
 as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$WORK/pg-standby" -c fast
