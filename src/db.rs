@@ -473,10 +473,9 @@ impl Database {
             if let Some(marker) = marker {
                 return Err(DbError::PitrUnfinished { detail: marker.how_to_resume() });
             }
-            if crate::cluster::standby::read_signal(&env, &config.data_dir)
-                .map_err(|detail| DbError::Standby { detail })?
-                .is_some()
-            {
+            let signal = crate::cluster::standby::read_signal(&env, &config.data_dir)
+                .map_err(|detail| DbError::Standby { detail })?;
+            if signal.is_some() && !crate::planted::active(crate::planted::PlantedBug::StandbySignalIgnored) {
                 return Err(DbError::Standby {
                     detail: "start it with `[cluster] standby = true` to follow the archive, or promote it with \
                              `thunderdb promote`"

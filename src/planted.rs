@@ -150,11 +150,14 @@ pub enum PlantedBug {
     /// A standby replays fetched archive segments without syncing them,
     /// so a power failure takes WAL its pages and restartpoint rely on.
     StandbyFetchWithoutSync,
+    /// A normal open ignores `standby.signal`, so a standby's directories
+    /// open as a primary writing the primary's timeline a second time.
+    StandbySignalIgnored,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 44] = [
+    pub const ALL: [PlantedBug; 45] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -199,6 +202,7 @@ impl PlantedBug {
         PlantedBug::IndexUpdateKeepsOldEntry,
         PlantedBug::RestartpointSkipsPages,
         PlantedBug::StandbyFetchWithoutSync,
+        PlantedBug::StandbySignalIgnored,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -248,6 +252,7 @@ impl PlantedBug {
             PlantedBug::IndexUpdateKeepsOldEntry => "index_update_keeps_old_entry",
             PlantedBug::RestartpointSkipsPages => "restartpoint_skips_pages",
             PlantedBug::StandbyFetchWithoutSync => "standby_fetch_without_sync",
+            PlantedBug::StandbySignalIgnored => "standby_signal_ignored",
         }
     }
 
@@ -294,6 +299,7 @@ impl PlantedBug {
                 | PlantedBug::IndexUpdateKeepsOldEntry
                 | PlantedBug::RestartpointSkipsPages
                 | PlantedBug::StandbyFetchWithoutSync
+                | PlantedBug::StandbySignalIgnored
         )
     }
 }
