@@ -64,6 +64,9 @@ cargo sim -- --seeds "$SIM_SEEDS" --require-probes
 step "simulator: db workload (concurrent transactions through the engine), seeds 0..2500"
 cargo sim -- --workload db --seeds 0..2500 --require-probes
 
+step "simulator: cluster workload (a Raft group under partitions, crashes and power loss), seeds 0..2000"
+cargo sim -- --workload cluster --seeds 0..2000 --require-probes
+
 step "simulator: regression seeds"
 cargo sim -- --regressions sim/regressions.txt
 cargo sim -- --workload db --regressions sim/regressions-db.txt

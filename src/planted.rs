@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use crate::probe::Layer;
+
 /// One planted bug.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -153,11 +155,19 @@ pub enum PlantedBug {
     /// A normal open ignores `standby.signal`, so a standby's directories
     /// open as a primary writing the primary's timeline a second time.
     StandbySignalIgnored,
+    /// A Raft leader reports its entries committed once its own append is
+    /// durable, without waiting for a majority.
+    RaftAckBeforeMajority,
+    /// A Raft node sends its votes and append acknowledgements without
+    /// syncing its log first.
+    RaftAppendWithoutSync,
+    /// Reopening a Raft log keeps an entry that a later frame overwrote.
+    RaftReplayKeepsOverwritten,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 45] = [
+    pub const ALL: [PlantedBug; 48] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -203,6 +213,9 @@ impl PlantedBug {
         PlantedBug::RestartpointSkipsPages,
         PlantedBug::StandbyFetchWithoutSync,
         PlantedBug::StandbySignalIgnored,
+        PlantedBug::RaftAckBeforeMajority,
+        PlantedBug::RaftAppendWithoutSync,
+        PlantedBug::RaftReplayKeepsOverwritten,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -253,6 +266,9 @@ impl PlantedBug {
             PlantedBug::RestartpointSkipsPages => "restartpoint_skips_pages",
             PlantedBug::StandbyFetchWithoutSync => "standby_fetch_without_sync",
             PlantedBug::StandbySignalIgnored => "standby_signal_ignored",
+            PlantedBug::RaftAckBeforeMajority => "raft_ack_before_majority",
+            PlantedBug::RaftAppendWithoutSync => "raft_append_without_sync",
+            PlantedBug::RaftReplayKeepsOverwritten => "raft_replay_keeps_overwritten",
         }
     }
 
@@ -263,10 +279,19 @@ impl PlantedBug {
 }
 
 impl PlantedBug {
-    /// Whether the bug lives in the storage engine or transactions (hunted
-    /// with the db workload) rather than in the WAL.
-    pub fn is_storage(self) -> bool {
-        matches!(
+    /// The layer the bug lives in, which says the workload that hunts it:
+    /// the WAL's, the db workload (storage and transactions), or the
+    /// cluster's.
+    pub fn layer(self) -> Layer {
+        if matches!(
+            self,
+            PlantedBug::RaftAckBeforeMajority
+                | PlantedBug::RaftAppendWithoutSync
+                | PlantedBug::RaftReplayKeepsOverwritten
+        ) {
+            return Layer::Cluster;
+        }
+        let storage = matches!(
             self,
             PlantedBug::SkipFullPageImage
                 | PlantedBug::ClrWithoutPageImage
@@ -300,7 +325,12 @@ impl PlantedBug {
                 | PlantedBug::RestartpointSkipsPages
                 | PlantedBug::StandbyFetchWithoutSync
                 | PlantedBug::StandbySignalIgnored
-        )
+        );
+        if storage {
+            Layer::Storage
+        } else {
+            Layer::Wal
+        }
     }
 }
 

@@ -61,6 +61,10 @@ pub enum Phase {
     BackupManifest,
     /// The archiver copying a segment into the archive and recording it.
     Archive,
+    /// A Raft node appending entries and its hard state to its log.
+    RaftAppend,
+    /// A Raft node opening its log (and cutting a torn tail).
+    RaftOpen,
 }
 
 /// Which part of the system a probe covers; a workload requires the probes
@@ -71,10 +75,12 @@ pub enum Layer {
     Wal,
     /// Pages, trees, checkpoints and storage recovery.
     Storage,
+    /// The Raft group: consensus, its durable log, elections.
+    Cluster,
 }
 
 impl Phase {
-    const ALL: [Phase; 19] = [
+    const ALL: [Phase; 21] = [
         Phase::Other,
         Phase::WalWrite,
         Phase::WalSync,
@@ -94,6 +100,8 @@ impl Phase {
         Phase::BackupWal,
         Phase::BackupManifest,
         Phase::Archive,
+        Phase::RaftAppend,
+        Phase::RaftOpen,
     ];
 
     fn layer(self) -> Layer {
@@ -109,6 +117,7 @@ impl Phase {
             | Phase::BackupWal
             | Phase::BackupManifest
             | Phase::Archive => Layer::Storage,
+            Phase::RaftAppend | Phase::RaftOpen => Layer::Cluster,
             _ => Layer::Wal,
         }
     }
@@ -134,6 +143,8 @@ impl Phase {
             Phase::BackupWal => "backup_wal",
             Phase::BackupManifest => "backup_manifest",
             Phase::Archive => "archive",
+            Phase::RaftAppend => "raft_append",
+            Phase::RaftOpen => "raft_open",
         }
     }
 
@@ -159,6 +170,8 @@ impl Phase {
             Phase::RecoveryUndo => &[Crash],
             Phase::BackupCopy | Phase::BackupWal | Phase::BackupManifest => &[Crash],
             Phase::Archive => &[Crash, ReadError],
+            Phase::RaftAppend => &[Crash, WriteError, FsyncError],
+            Phase::RaftOpen => &[Crash, ReadError],
         }
     }
 }
@@ -299,10 +312,18 @@ pub enum Probe {
     StandbyPromoted,
     /// A standby's restart found a promotion cut short, and finished it.
     StandbyPromotionFinished,
+    /// A Raft node opened its log and cut a torn, unsynced tail.
+    RaftTornTailCut,
+    /// A Raft node reopened a log that held entries.
+    RaftReopenedWithEntries,
+    /// A Raft node's append replaced a conflicting suffix of its log.
+    RaftConflictOverwritten,
+    /// A Raft node became leader.
+    RaftLeaderElected,
 }
 
 impl Probe {
-    const ALL: [Probe; 57] = [
+    const ALL: [Probe; 61] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -360,6 +381,10 @@ impl Probe {
         Probe::StandbyResumedSpanningRecord,
         Probe::StandbyPromoted,
         Probe::StandbyPromotionFinished,
+        Probe::RaftTornTailCut,
+        Probe::RaftReopenedWithEntries,
+        Probe::RaftConflictOverwritten,
+        Probe::RaftLeaderElected,
     ];
 
     fn layer(self) -> Layer {
@@ -374,6 +399,10 @@ impl Probe {
             | Probe::ResumeLinkFollowed
             | Probe::CorruptionReported
             | Probe::TailZeroed => Layer::Wal,
+            Probe::RaftTornTailCut
+            | Probe::RaftReopenedWithEntries
+            | Probe::RaftConflictOverwritten
+            | Probe::RaftLeaderElected => Layer::Cluster,
             _ => Layer::Storage,
         }
     }
@@ -437,6 +466,10 @@ impl Probe {
             Probe::StandbyResumedSpanningRecord => "standby_resumed_spanning_record",
             Probe::StandbyPromoted => "standby_promoted",
             Probe::StandbyPromotionFinished => "standby_promotion_finished",
+            Probe::RaftTornTailCut => "raft_torn_tail_cut",
+            Probe::RaftReopenedWithEntries => "raft_reopened_with_entries",
+            Probe::RaftConflictOverwritten => "raft_conflict_overwritten",
+            Probe::RaftLeaderElected => "raft_leader_elected",
         }
     }
 }

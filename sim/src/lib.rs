@@ -8,10 +8,12 @@
 //!
 //! Workloads: `wal` drives the write-ahead log directly (`wal_run`); `db`
 //! runs concurrent transactions through the engine (`db_run`: kv, bank,
-//! long transactions, catalog churn, large rows). SQL and backup workloads
-//! join as they land.
+//! long transactions, catalog churn, large rows, SQL; with backups,
+//! archiving, point-in-time recovery and standbys on its seeds); `cluster`
+//! runs a Raft group on a seeded network (`cluster_sim`).
 
 pub mod archive_sim;
+pub mod cluster_sim;
 pub mod db_run;
 pub mod fuzz_checks;
 pub mod pitr_sim;

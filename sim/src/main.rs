@@ -17,6 +17,7 @@ use std::time::Duration;
 use clap::Parser;
 use thunderdb::env::{Clock, FaultKind, Fs, RealClock, RealFs};
 use thunderdb::planted::PlantedBug;
+use thunderdb::probe::Layer;
 use thunderdb_sim::{run_seed_checked, run_seed_isolated, SeedFailure, SeedOutcome, Workload};
 
 /// ThunderDB's deterministic simulator.
@@ -99,7 +100,11 @@ fn report_failure(failure: &SeedFailure, plant: Option<PlantedBug>, workload: Wo
     println!("FAILED: {failure}");
     let features = if plant.is_some() { " --features planted-bugs" } else { "" };
     let planted = plant.map(|bug| format!(" --plant {bug}")).unwrap_or_default();
-    let workload = if workload == Workload::Wal { String::new() } else { " --workload db".into() };
+    let workload = match workload {
+        Workload::Wal => String::new(),
+        Workload::Db => " --workload db".into(),
+        Workload::Cluster => " --workload cluster".into(),
+    };
     println!("replay: cargo sim{features} --{planted}{workload} --seed {}", failure.seed);
 }
 
@@ -134,7 +139,11 @@ fn planted_report(budget: u64, hunts: u64, rate_window: u64) -> Result<bool, Str
     let mut all_caught = true;
     for bug in PlantedBug::ALL {
         plant(&[bug])?;
-        let workload = if bug.is_storage() { Workload::Db } else { Workload::Wal };
+        let workload = match bug.layer() {
+            Layer::Wal => Workload::Wal,
+            Layer::Storage => Workload::Db,
+            Layer::Cluster => Workload::Cluster,
+        };
         let mut counts = Vec::new();
         let mut checks = BTreeMap::new();
         for hunt in 0..hunts {
@@ -283,8 +292,9 @@ fn run(args: Args) -> Result<bool, String> {
     }
     summary.print(clock.monotonic(), determinism);
     let layer = match args.workload {
-        Workload::Wal => thunderdb::probe::Layer::Wal,
-        Workload::Db => thunderdb::probe::Layer::Storage,
+        Workload::Wal => Layer::Wal,
+        Workload::Db => Layer::Storage,
+        Workload::Cluster => Layer::Cluster,
     };
     let counts = thunderdb::probe::counts(layer);
     let hit = counts.iter().filter(|(_, count)| *count > 0).count();

@@ -3,6 +3,7 @@
 //! fault follow from the seed alone. Two runs of a seed in one runtime would
 //! differ, because the scheduler's generator carries on from the first.
 
+use crate::cluster_sim::run_cluster_seed;
 use crate::db_run::run_db_seed;
 use crate::wal_run::{run_wal_seed, SeedFailure, SeedOutcome};
 
@@ -14,6 +15,8 @@ pub enum Workload {
     /// Concurrent transactions through the engine: kv, bank, long
     /// transactions, catalog churn and large rows.
     Db,
+    /// A Raft group on a seeded network: partitions, crashes, power loss.
+    Cluster,
 }
 
 impl Workload {
@@ -21,6 +24,7 @@ impl Workload {
         match self {
             Workload::Wal => run_wal_seed(seed).await,
             Workload::Db => run_db_seed(seed).await,
+            Workload::Cluster => run_cluster_seed(seed).await,
         }
     }
 }
@@ -93,6 +97,14 @@ mod tests {
             }
         }
         assert!(detected > 0, "some seeds rot the log and see it reported");
+    }
+
+    #[test]
+    fn cluster_seeds_pass_and_replay_identically() {
+        for seed in 0..40 {
+            let outcome = run_seed_checked(seed, true, Workload::Cluster).unwrap_or_else(|f| panic!("{f}"));
+            assert!(outcome.records_acknowledged > 0, "seed {seed}: writes were acknowledged");
+        }
     }
 
     #[test]

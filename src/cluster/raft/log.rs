@@ -1,0 +1,463 @@
+//! The Raft log's durable store: `raft.log` in the node's Raft directory.
+//!
+//! raft-rs is sans-IO. It reads entries from a [`Storage`], and each `Ready`
+//! hands back the entries and the hard state (term, vote, commit) that must
+//! be durable before the messages that depend on them go out. [`RaftLog`] is
+//! that storage: raft-rs reads an in-memory [`MemStorage`], and
+//! [`RaftLog::persist`] makes every change durable in one append-only file,
+//! written through the env seam, before the in-memory copy takes it.
+//!
+//! # Format
+//!
+//! A header sector: `TDBRAFT1`, the node id, the voters, and a CRC-32C of
+//! those bytes. Then frames:
+//!
+//! ```text
+//! len u32 | crc32 u32 | kind u8 | body (len - 1 bytes)
+//! ```
+//!
+//! The CRC covers the kind and the body. An entry frame holds one entry
+//! (index, term, type, data, context); a hard-state frame the term, vote and
+//! commit; a padding frame nothing. Each [`RaftLog::persist`] ends on a
+//! sector boundary (with a padding frame), so the next one never rewrites a
+//! sector that holds synced frames, and a torn write cannot reach them.
+//!
+//! An entry frame for index `i` replaces the entries from `i` on: Raft only
+//! ever appends one contiguous run, which may overwrite a conflicting
+//! suffix. The last hard-state frame wins.
+//!
+//! Opening reads the frames up to the first that is incomplete or fails its
+//! checksum, which is the unsynced tail a power failure can tear, and cuts
+//! the file there durably before anything is appended. Nothing past that
+//! point was ever synced, so no message depended on it. The simulator's
+//! cluster workload runs power loss and I/O errors, not bit rot at rest:
+//! telling a torn tail from a damaged synced frame, and rebuilding from
+//! peers, comes with re-replication.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+use raft::storage::MemStorage;
+use raft::{RaftState, Storage};
+
+use crate::env::{write_atomically, AtomicWriteError, File, Fs, SECTOR_SIZE};
+use crate::planted::{self, PlantedBug};
+use crate::probe::{self, Phase, Probe};
+
+/// The log's file name in the node's Raft directory.
+pub const LOG_FILE: &str = "raft.log";
+
+const MAGIC: &[u8; 8] = b"TDBRAFT1";
+const FRAME_HEADER: usize = 9;
+const KIND_ENTRY: u8 = 1;
+const KIND_HARD_STATE: u8 = 2;
+const KIND_PADDING: u8 = 3;
+
+/// Why the log could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftLogError {
+    /// An I/O step failed. After a failed write or sync the node must stop:
+    /// what reached the disk is unknown.
+    #[error("{}: {op}: {source}", path.display())]
+    Io {
+        /// The step.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Creating the log failed part way.
+    #[error(transparent)]
+    Create(#[from] AtomicWriteError),
+    /// The header is not a Raft log's, or fails its checksum.
+    #[error("{}: not a ThunderDB Raft log (bad header)", path.display())]
+    BadHeader {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The log belongs to another node or another set of voters.
+    #[error("{}: written by node {found_node} with voters {found_voters:?}, but this is node {node} with voters {voters:?}", path.display())]
+    WrongMembers {
+        /// The file.
+        path: PathBuf,
+        /// The node id in the header.
+        found_node: u64,
+        /// The voters in the header.
+        found_voters: Vec<u64>,
+        /// This node's id.
+        node: u64,
+        /// The configured voters.
+        voters: Vec<u64>,
+    },
+    /// An entry frame leaves a gap after the entries before it.
+    #[error("{}: entry {index} at byte {offset} follows entry {last}", path.display())]
+    Gap {
+        /// The file.
+        path: PathBuf,
+        /// The entry's index.
+        index: u64,
+        /// The frame's offset.
+        offset: u64,
+        /// The last entry before it.
+        last: u64,
+    },
+}
+
+/// The durable Raft log of one node, and raft-rs's [`Storage`] over it.
+pub struct RaftLog {
+    path: PathBuf,
+    file: Box<dyn File>,
+    /// Where the next frame goes: always a sector boundary.
+    end: u64,
+    mem: MemStorage,
+}
+
+impl RaftLog {
+    /// Opens the log in `dir`, creating it for `node` and `voters` if it
+    /// does not exist, and cuts any torn tail.
+    pub fn open(fs: &dyn Fs, dir: &Path, node: u64, voters: &[u64]) -> Result<Self, RaftLogError> {
+        let _phase = probe::enter(Phase::RaftOpen);
+        let path = dir.join(LOG_FILE);
+        let io = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RaftLogError::Io { op, path, source }
+        };
+        if !fs.exists(&path).map_err(io("stat", &path))? {
+            fs.create_dir_all(dir).map_err(io("create directory", dir))?;
+            write_atomically(fs, dir, LOG_FILE, &header(node, voters))?;
+        }
+        let file = fs.open(&path).map_err(io("open", &path))?;
+        let len = file.len().map_err(io("stat", &path))?;
+        let mut bytes = vec![0; len as usize];
+        file.read_exact_at(&mut bytes, 0).map_err(io("read", &path))?;
+        let (found_node, found_voters) =
+            parse_header(&bytes).ok_or_else(|| RaftLogError::BadHeader { path: path.clone() })?;
+        if found_node != node || found_voters != voters {
+            return Err(RaftLogError::WrongMembers { path, found_node, found_voters, node, voters: voters.to_vec() });
+        }
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut hard_state = HardState::default();
+        let mut offset = SECTOR_SIZE as usize;
+        while let Some((kind, body)) = frame_at(&bytes, offset) {
+            match kind {
+                KIND_ENTRY => {
+                    let Some(entry) = decode_entry(body) else { break };
+                    let last = entries.last().map_or(0, |e| e.index);
+                    if entry.index == 0 || entry.index > last + 1 {
+                        return Err(RaftLogError::Gap { path, index: entry.index, offset: offset as u64, last });
+                    }
+                    // An overwrite: the entries from this index on are replaced.
+                    if !planted::active(PlantedBug::RaftReplayKeepsOverwritten) || entry.index > last {
+                        entries.truncate(entry.index as usize - 1);
+                        entries.push(entry);
+                    }
+                }
+                KIND_HARD_STATE => {
+                    let Some(state) = decode_hard_state(body) else { break };
+                    hard_state = state;
+                }
+                KIND_PADDING => {}
+                _ => break,
+            }
+            offset += FRAME_HEADER - 1 + body.len() + 1;
+        }
+        let end = offset as u64;
+        if end < len {
+            probe::hit(Probe::RaftTornTailCut);
+            file.set_len(end).map_err(io("cut the torn tail of", &path))?;
+            file.sync_all().map_err(io("sync", &path))?;
+        }
+        if !entries.is_empty() {
+            probe::hit(Probe::RaftReopenedWithEntries);
+        }
+        let mem = MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), vec![])));
+        {
+            let mut core = mem.wl();
+            core.append(&entries).expect("entries replayed in order from index 1");
+            // A commit index past the entries that survived is not ours to
+            // keep: the frames after it were torn.
+            hard_state.commit = hard_state.commit.min(entries.last().map_or(0, |e| e.index));
+            core.set_hardstate(hard_state);
+        }
+        Ok(Self { path, file, end, mem })
+    }
+
+    /// Makes `entries` (one contiguous run, possibly replacing a suffix) and
+    /// `hard_state` durable, then visible to raft-rs.
+    pub fn persist(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), RaftLogError> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        let _phase = probe::enter(Phase::RaftAppend);
+        let mut buf = Vec::new();
+        for entry in entries {
+            push_frame(&mut buf, KIND_ENTRY, &encode_entry(entry));
+        }
+        if let Some(state) = hard_state {
+            let mut body = Vec::with_capacity(24);
+            for word in [state.term, state.vote, state.commit] {
+                body.extend_from_slice(&word.to_le_bytes());
+            }
+            push_frame(&mut buf, KIND_HARD_STATE, &body);
+        }
+        let used = (self.end as usize + buf.len()) % SECTOR_SIZE as usize;
+        if used != 0 {
+            let mut pad = SECTOR_SIZE as usize - used;
+            if pad < FRAME_HEADER {
+                pad += SECTOR_SIZE as usize;
+            }
+            push_frame(&mut buf, KIND_PADDING, &vec![0; pad - FRAME_HEADER]);
+        }
+        let io = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RaftLogError::Io { op, path, source }
+        };
+        self.file.write_all_at(&buf, self.end).map_err(io("write", &self.path))?;
+        if !planted::active(PlantedBug::RaftAppendWithoutSync) {
+            self.file.sync_data().map_err(io("sync", &self.path))?;
+        }
+        self.end += buf.len() as u64;
+        let last = self.last_index();
+        let mut core = self.mem.wl();
+        if let Some(first) = entries.first() {
+            if first.index <= last {
+                probe::hit(Probe::RaftConflictOverwritten);
+            }
+            core.append(entries).expect("raft-rs appends after its committed entries");
+        }
+        if let Some(state) = hard_state {
+            core.set_hardstate(state.clone());
+        }
+        Ok(())
+    }
+
+    /// Records a commit index raft-rs learned after the last persist. It is
+    /// not synced: the commit index can always be learned again.
+    pub fn set_commit(&mut self, commit: u64) {
+        self.mem.wl().mut_hard_state().commit = commit;
+    }
+
+    /// The index of the last entry.
+    pub fn last_index(&self) -> u64 {
+        Storage::last_index(&self.mem).expect("an in-memory log always has a last index")
+    }
+}
+
+impl Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.mem.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<raft::eraftpb::Snapshot> {
+        self.mem.snapshot(request_index, to)
+    }
+}
+
+fn header(node: u64, voters: &[u64]) -> Vec<u8> {
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&node.to_le_bytes());
+    bytes.extend_from_slice(&(voters.len() as u32).to_le_bytes());
+    for voter in voters {
+        bytes.extend_from_slice(&voter.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes.resize(SECTOR_SIZE as usize, 0);
+    bytes
+}
+
+fn parse_header(bytes: &[u8]) -> Option<(u64, Vec<u64>)> {
+    let sector = bytes.get(..SECTOR_SIZE as usize)?;
+    if &sector[..8] != MAGIC {
+        return None;
+    }
+    let word = |at: usize| u64::from_le_bytes(sector[at..at + 8].try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(sector[16..20].try_into().expect("4 bytes")) as usize;
+    let end = 20 + count.checked_mul(8)?;
+    if end + 4 > sector.len() {
+        return None;
+    }
+    let crc = u32::from_le_bytes(sector[end..end + 4].try_into().expect("4 bytes"));
+    (crc32fast::hash(&sector[..end]) == crc).then(|| (word(8), (0..count).map(|i| word(20 + 8 * i)).collect()))
+}
+
+fn push_frame(buf: &mut Vec<u8>, kind: u8, body: &[u8]) {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&[kind]);
+    hasher.update(body);
+    buf.extend_from_slice(&(body.len() as u32 + 1).to_le_bytes());
+    buf.extend_from_slice(&hasher.finalize().to_le_bytes());
+    buf.push(kind);
+    buf.extend_from_slice(body);
+}
+
+/// The frame at `offset`: its kind and body, or `None` if it is incomplete
+/// or fails its checksum.
+fn frame_at(bytes: &[u8], offset: usize) -> Option<(u8, &[u8])> {
+    let header = bytes.get(offset..offset + FRAME_HEADER)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    if len == 0 {
+        return None;
+    }
+    let framed = bytes.get(offset + 8..offset + 8 + len)?;
+    (crc32fast::hash(framed) == crc).then(|| (framed[0], &framed[1..]))
+}
+
+fn encode_entry(entry: &Entry) -> Vec<u8> {
+    let kind = match entry.entry_type {
+        EntryType::EntryNormal => 0u8,
+        EntryType::EntryConfChange => 1,
+        EntryType::EntryConfChangeV2 => 2,
+    };
+    let mut body = Vec::with_capacity(25 + entry.data.len() + entry.context.len());
+    body.extend_from_slice(&entry.index.to_le_bytes());
+    body.extend_from_slice(&entry.term.to_le_bytes());
+    body.push(kind);
+    body.extend_from_slice(&(entry.data.len() as u32).to_le_bytes());
+    body.extend_from_slice(&entry.data);
+    body.extend_from_slice(&(entry.context.len() as u32).to_le_bytes());
+    body.extend_from_slice(&entry.context);
+    body
+}
+
+fn decode_entry(body: &[u8]) -> Option<Entry> {
+    let mut reader = Reader(body);
+    let index = reader.u64()?;
+    let term = reader.u64()?;
+    let entry_type = match reader.take(1)?[0] {
+        0 => EntryType::EntryNormal,
+        1 => EntryType::EntryConfChange,
+        2 => EntryType::EntryConfChangeV2,
+        _ => return None,
+    };
+    let len = reader.u32()? as usize;
+    let data = reader.take(len)?.to_vec().into();
+    let len = reader.u32()? as usize;
+    let context = reader.take(len)?.to_vec().into();
+    let entry = Entry { index, term, entry_type, data, context, ..Default::default() };
+    reader.0.is_empty().then_some(entry)
+}
+
+fn decode_hard_state(body: &[u8]) -> Option<HardState> {
+    let mut reader = Reader(body);
+    let state = HardState { term: reader.u64()?, vote: reader.u64()?, commit: reader.u64()?, ..Default::default() };
+    reader.0.is_empty().then_some(state)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::{FaultConfig, SimDisk};
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        Entry { index, term, data: data.to_vec().into(), ..Default::default() }
+    }
+
+    fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState { term, vote, commit, ..Default::default() }
+    }
+
+    fn dir() -> PathBuf {
+        PathBuf::from("/raft")
+    }
+
+    fn logged(log: &RaftLog) -> Vec<(u64, u64, Vec<u8>)> {
+        let last = log.last_index();
+        log.entries(1, last + 1, None, raft::GetEntriesContext::empty(false))
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.index, e.term, e.data.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn persisted_entries_and_hard_state_survive_a_power_loss_and_an_overwrite_replaces_the_suffix() {
+        let disk = SimDisk::new(7, FaultConfig::power_loss());
+        let fs = disk.fs();
+        let mut log = RaftLog::open(fs.as_ref(), &dir(), 1, &[1, 2, 3]).unwrap();
+        log.persist(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")], Some(&hard_state(1, 1, 1))).unwrap();
+        log.persist(&[entry(2, 2, b"B")], Some(&hard_state(2, 2, 2))).unwrap();
+        assert_eq!(log.end % SECTOR_SIZE, 0, "every persist ends on a sector boundary");
+        disk.crash();
+        let log = RaftLog::open(disk.fs().as_ref(), &dir(), 1, &[1, 2, 3]).unwrap();
+        assert_eq!(logged(&log), vec![(1, 1, b"a".to_vec()), (2, 2, b"B".to_vec())]);
+        let state = log.initial_state().unwrap().hard_state;
+        assert_eq!((state.term, state.vote, state.commit), (2, 2, 2));
+    }
+
+    #[test]
+    fn an_unsynced_tail_is_cut_and_appends_go_on_after_the_cut() {
+        for seed in 0..40 {
+            let disk = SimDisk::new(seed, FaultConfig::power_loss());
+            let fs = disk.fs();
+            let mut log = RaftLog::open(fs.as_ref(), &dir(), 2, &[1, 2, 3]).unwrap();
+            log.persist(&[entry(1, 1, b"durable")], Some(&hard_state(1, 2, 0))).unwrap();
+            // A write that never reaches its sync.
+            log.file.write_all_at(&vec![0xAB; 3000], log.end).unwrap();
+            disk.crash();
+            let mut log = RaftLog::open(disk.fs().as_ref(), &dir(), 2, &[1, 2, 3]).unwrap();
+            assert_eq!(logged(&log), vec![(1, 1, b"durable".to_vec())], "seed {seed}");
+            log.persist(&[entry(2, 1, b"next")], None).unwrap();
+            disk.crash();
+            let log = RaftLog::open(disk.fs().as_ref(), &dir(), 2, &[1, 2, 3]).unwrap();
+            assert_eq!(logged(&log).len(), 2, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_log_of_another_node_or_membership_is_refused_by_name() {
+        let disk = SimDisk::new(1, FaultConfig::none());
+        let fs = disk.fs();
+        RaftLog::open(fs.as_ref(), &dir(), 1, &[1, 2, 3]).unwrap();
+        let error = RaftLog::open(fs.as_ref(), &dir(), 2, &[1, 2, 3]).err().unwrap().to_string();
+        assert!(error.contains("/raft/raft.log") && error.contains("node 1") && error.contains("node 2"), "{error}");
+        let error = RaftLog::open(fs.as_ref(), &dir(), 1, &[1, 2]).err().unwrap().to_string();
+        assert!(error.contains("[1, 2, 3]"), "{error}");
+    }
+}

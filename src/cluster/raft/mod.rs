@@ -1,0 +1,13 @@
+//! The Raft group's building blocks, on tikv's raft-rs (sans-IO): the
+//! durable log ([`log`]) and the node that drives raft-rs over it
+//! ([`node`]). The simulator's cluster workload runs groups of them on a
+//! seeded network with partitions, crashes and power loss. What is not
+//! built yet: the WAL as the replicated state, the server's transport, and
+//! snapshots (the log is never compacted).
+
+pub mod log;
+pub mod node;
+
+pub use ::raft::eraftpb::{Entry, Message, MessageType};
+pub use log::{RaftLog, RaftLogError, LOG_FILE};
+pub use node::{Advanced, ProposeError, RaftConfig, RaftNode};

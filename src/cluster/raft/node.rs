@@ -1,0 +1,174 @@
+//! One Raft node: raft-rs's `RawNode` over the durable [`RaftLog`], driven
+//! by its caller.
+//!
+//! The caller owns time and the network. It calls [`RaftNode::tick`] on its
+//! clock, [`RaftNode::step`] for each message that arrives, and
+//! [`RaftNode::advance`] after either; `advance` makes what raft-rs asks
+//! durable and returns the messages to send and the entries now committed,
+//! in order. The simulator is one such caller, the server will be another:
+//! the same code under both.
+//!
+//! The order inside `advance` is raft-rs's contract: messages a leader may
+//! send before its own append (the append to followers runs in parallel
+//! with the leader's write), then the append and the hard state made
+//! durable, and only then the messages that promise them (votes, append
+//! acknowledgements).
+
+use std::path::Path;
+
+use raft::eraftpb::{Entry, Message};
+use raft::{Config, RawNode, StateRole};
+
+use super::log::{RaftLog, RaftLogError};
+use crate::env::Fs;
+use crate::planted::{self, PlantedBug};
+use crate::probe::{self, Probe};
+
+/// A node's place in the group and its timing, in ticks.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    /// This node's id (non-zero).
+    pub node_id: u64,
+    /// Every voting member's id, this node's included.
+    pub voters: Vec<u64>,
+    /// Ticks without a leader's word before a follower campaigns. The range
+    /// raft-rs randomises within is pinned to this one value, because its
+    /// randomness (rand 0.8) is outside the simulator's control; the caller
+    /// adds seeded jitter to the ticks instead.
+    pub election_tick: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_tick: usize,
+}
+
+/// What one [`RaftNode::advance`] produced.
+#[derive(Debug, Default)]
+pub struct Advanced {
+    /// Messages to send, in order.
+    pub messages: Vec<Message>,
+    /// Entries now committed, in log order, to apply.
+    pub committed: Vec<Entry>,
+}
+
+/// Why a proposal was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// Only the leader takes proposals.
+    #[error("not the leader (the leader is {})", leader.map_or("unknown".into(), |id| format!("node {id}")))]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<u64>,
+    },
+    /// raft-rs refused it (e.g. a leadership transfer is under way).
+    #[error("proposal dropped: {0}")]
+    Dropped(raft::Error),
+}
+
+/// A Raft node with its durable log.
+pub struct RaftNode {
+    raw: RawNode<RaftLog>,
+}
+
+impl RaftNode {
+    /// Opens the node's log in `dir` (creating it on first start) and
+    /// starts raft-rs over it as a follower.
+    pub fn open(fs: &dyn Fs, dir: &Path, config: &RaftConfig) -> Result<Self, RaftLogError> {
+        let log = RaftLog::open(fs, dir, config.node_id, &config.voters)?;
+        let raft_config = Config {
+            id: config.node_id,
+            election_tick: config.election_tick,
+            heartbeat_tick: config.heartbeat_tick,
+            min_election_tick: config.election_tick,
+            max_election_tick: config.election_tick + 1,
+            // A leader that cannot hear a majority steps down, and a node
+            // cut off cannot disturb the group with higher terms when it
+            // comes back.
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Config::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&raft_config, log, &logger).expect("a validated configuration over a readable log");
+        Ok(Self { raw })
+    }
+
+    /// One tick of the node's clock.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Takes a message from a peer. Messages raft-rs cannot use (from a
+    /// removed peer, or local kinds) are dropped, as the network may drop
+    /// any message.
+    pub fn step(&mut self, message: Message) {
+        let _ = self.raw.step(message);
+    }
+
+    /// Proposes `data` as a new entry; it is committed once a later
+    /// [`RaftNode::advance`] returns it.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader { leader: self.leader() });
+        }
+        self.raw.propose(Vec::new(), data).map_err(ProposeError::Dropped)
+    }
+
+    /// Makes durable what raft-rs asks, and returns what to send and what
+    /// to apply. An error means the log's state on disk is unknown: the node
+    /// must stop, and reopen from disk.
+    pub fn advance(&mut self) -> Result<Advanced, RaftLogError> {
+        let mut out = Advanced::default();
+        if !self.raw.has_ready() {
+            return Ok(out);
+        }
+        let mut ready = self.raw.ready();
+        if ready.ss().is_some_and(|soft| soft.raft_state == StateRole::Leader) {
+            probe::hit(Probe::RaftLeaderElected);
+        }
+        out.messages.extend(ready.take_messages());
+        // The log is never compacted, so a peer is always sent entries and
+        // never a snapshot (snapshots come with re-replication).
+        debug_assert!(ready.snapshot().is_empty(), "no snapshots without compaction");
+        out.committed.extend(ready.take_committed_entries());
+        self.raw.mut_store().persist(ready.entries(), ready.hs())?;
+        if planted::active(PlantedBug::RaftAckBeforeMajority) && self.is_leader() {
+            // The leader's own durable append taken as the commit.
+            out.committed.extend(ready.entries().iter().cloned());
+        }
+        out.messages.extend(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit);
+        }
+        out.messages.extend(light.take_messages());
+        out.committed.extend(light.take_committed_entries());
+        self.raw.advance_apply();
+        Ok(out)
+    }
+
+    /// Whether this node believes it leads.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.raw.raft.leader_id).filter(|id| *id != 0)
+    }
+
+    /// The node's current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The highest index this node knows committed.
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// The index of the node's last log entry.
+    pub fn last_index(&self) -> u64 {
+        self.raw.store().last_index()
+    }
+}
