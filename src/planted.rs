@@ -163,11 +163,15 @@ pub enum PlantedBug {
     RaftAppendWithoutSync,
     /// Reopening a Raft log keeps an entry that a later frame overwrote.
     RaftReplayKeepsOverwritten,
+    /// A Raft leader answers reads from its own state without confirming
+    /// that a majority still follows it, so a deposed leader that has not
+    /// heard of its successor serves stale data.
+    RaftReadWithoutQuorum,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 48] = [
+    pub const ALL: [PlantedBug; 49] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -216,6 +220,7 @@ impl PlantedBug {
         PlantedBug::RaftAckBeforeMajority,
         PlantedBug::RaftAppendWithoutSync,
         PlantedBug::RaftReplayKeepsOverwritten,
+        PlantedBug::RaftReadWithoutQuorum,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -269,6 +274,7 @@ impl PlantedBug {
             PlantedBug::RaftAckBeforeMajority => "raft_ack_before_majority",
             PlantedBug::RaftAppendWithoutSync => "raft_append_without_sync",
             PlantedBug::RaftReplayKeepsOverwritten => "raft_replay_keeps_overwritten",
+            PlantedBug::RaftReadWithoutQuorum => "raft_read_without_quorum",
         }
     }
 
@@ -288,6 +294,7 @@ impl PlantedBug {
             PlantedBug::RaftAckBeforeMajority
                 | PlantedBug::RaftAppendWithoutSync
                 | PlantedBug::RaftReplayKeepsOverwritten
+                | PlantedBug::RaftReadWithoutQuorum
         ) {
             return Layer::Cluster;
         }

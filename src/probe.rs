@@ -320,10 +320,12 @@ pub enum Probe {
     RaftConflictOverwritten,
     /// A Raft node became leader.
     RaftLeaderElected,
+    /// A Raft leader's read was confirmed by a majority (ReadIndex).
+    RaftReadConfirmed,
 }
 
 impl Probe {
-    const ALL: [Probe; 61] = [
+    const ALL: [Probe; 62] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -385,6 +387,7 @@ impl Probe {
         Probe::RaftReopenedWithEntries,
         Probe::RaftConflictOverwritten,
         Probe::RaftLeaderElected,
+        Probe::RaftReadConfirmed,
     ];
 
     fn layer(self) -> Layer {
@@ -402,7 +405,8 @@ impl Probe {
             Probe::RaftTornTailCut
             | Probe::RaftReopenedWithEntries
             | Probe::RaftConflictOverwritten
-            | Probe::RaftLeaderElected => Layer::Cluster,
+            | Probe::RaftLeaderElected
+            | Probe::RaftReadConfirmed => Layer::Cluster,
             _ => Layer::Storage,
         }
     }
@@ -470,6 +474,7 @@ impl Probe {
             Probe::RaftReopenedWithEntries => "raft_reopened_with_entries",
             Probe::RaftConflictOverwritten => "raft_conflict_overwritten",
             Probe::RaftLeaderElected => "raft_leader_elected",
+            Probe::RaftReadConfirmed => "raft_read_confirmed",
         }
     }
 }

@@ -18,8 +18,13 @@
 //!   errors, after which the node stops and restarts from its disk; read
 //!   errors while opening.
 //! - **Clocks:** a node stalls for up to 0.8 s, then its missed ticks all
-//!   fire at once, as after a clock jump or a long pause; each tick's
-//!   interval has seeded jitter.
+//!   fire at once, as after a clock jump or a long pause; a node's clock
+//!   runs 3 to 8 times slow for up to 1.5 s (half the time the leader's,
+//!   whose lease then outlasts its leadership); each tick's interval has
+//!   seeded jitter.
+//!
+//! Clients write (a key and a value) to whichever node believes it leads,
+//! and read a key there through Raft's ReadIndex.
 //!
 //! Then the faults stop: every node restarts, the network heals, and the
 //! group must elect a leader, commit a final marker, and converge.
@@ -36,6 +41,8 @@
 //!   gaps.
 //! - `raft_linearizable`: a write proposed after another was acknowledged
 //!   is ordered after it in the log.
+//! - `raft_linearizable_read`: a read returns the key's latest write
+//!   acknowledged before the read began, or a later one; never an older.
 //! - `raft_converges`: once the faults stop, a leader is elected within the
 //!   deadline and every node ends with the same applied index and the same
 //!   contents.
@@ -75,6 +82,9 @@ struct Plan {
     crash_rate: f64,
     partition_rate: f64,
     pause_rate: f64,
+    slow_clock_rate: f64,
+    /// Of the client's operations, the share that are reads.
+    read_share: f64,
     /// Per millisecond: a client proposes.
     propose_rate: f64,
     faults: FaultConfig,
@@ -89,6 +99,7 @@ impl Plan {
         let crash_rate = rate(0.003);
         let partition_rate = rate(0.002);
         let pause_rate = rate(0.001);
+        let slow_clock_rate = rate(0.002);
         let mut faults = FaultConfig::power_loss();
         faults.fsync_error_rate = rate(0.01);
         faults.write_error_rate = rate(0.005);
@@ -101,6 +112,8 @@ impl Plan {
             crash_rate,
             partition_rate,
             pause_rate,
+            slow_clock_rate,
+            read_share: rng.random_range(0.0..0.5),
             propose_rate: rng.random_range(0.03..0.3),
             faults,
         }
@@ -111,8 +124,12 @@ impl Plan {
 struct Live {
     raft: RaftNode,
     applied: u64,
-    contents: BTreeMap<u64, u64>,
+    /// Each key's last write: its id and log index.
+    contents: BTreeMap<u64, (u64, u64)>,
     next_tick: u64,
+    /// Reads the group confirmed, waiting for their index to be applied:
+    /// (read id, index).
+    confirmed_reads: Vec<(u64, u64)>,
 }
 
 struct Node {
@@ -123,6 +140,9 @@ struct Node {
     restart_at: u64,
     /// A stalled node neither ticks nor takes messages until then.
     stalled_until: u64,
+    /// The node's clock runs `slow_factor` times slow until then.
+    slow_until: u64,
+    slow_factor: u64,
 }
 
 /// A write: a client's id for it, and a key and value.
@@ -154,6 +174,13 @@ struct Committed {
     node: u64,
 }
 
+/// A read in flight: the node asked, the key, when it began.
+struct Read {
+    node: u64,
+    key: u64,
+    started: u64,
+}
+
 struct Partition {
     side: BTreeSet<u64>,
     until: u64,
@@ -174,6 +201,10 @@ struct ClusterSim {
     proposed_at: BTreeMap<u64, u64>,
     /// Acknowledged writes: id to (index, time).
     acked: BTreeMap<u64, (u64, u64)>,
+    /// Each key's acknowledged writes: (time, index).
+    acked_by_key: BTreeMap<u64, Vec<(u64, u64)>>,
+    reads: BTreeMap<u64, Read>,
+    reads_answered: u64,
     leaders: BTreeMap<u64, u64>,
     next_id: u64,
     crashes: u64,
@@ -192,6 +223,8 @@ impl ClusterSim {
                 live: None,
                 restart_at: 0,
                 stalled_until: 0,
+                slow_until: 0,
+                slow_factor: 1,
             })
             .collect();
         Self {
@@ -207,6 +240,9 @@ impl ClusterSim {
             pending: BTreeMap::new(),
             proposed_at: BTreeMap::new(),
             acked: BTreeMap::new(),
+            acked_by_key: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            reads_answered: 0,
             leaders: BTreeMap::new(),
             next_id: 1,
             crashes: 0,
@@ -246,7 +282,11 @@ impl ClusterSim {
             self.tick();
             if self.now < FAULT_PHASE_MS {
                 if self.rng.random_bool(self.plan.propose_rate) {
-                    self.propose();
+                    if self.rng.random_bool(self.plan.read_share) {
+                        self.read();
+                    } else {
+                        self.propose();
+                    }
                 }
             } else if marker.is_none_or(|(id, at)| !self.acked.contains_key(&id) && self.now > at + 500) {
                 // The final marker, proposed again if its leader lost it.
@@ -316,6 +356,15 @@ impl ClusterSim {
             let index = self.rng.random_range(0..n);
             self.nodes[index].stalled_until = self.now + self.rng.random_range(100..800);
         }
+        if self.rng.random_bool(self.plan.slow_clock_rate) {
+            let leader = self.nodes.iter().position(|node| node.live.as_ref().is_some_and(|l| l.raft.is_leader()));
+            let index = match leader {
+                Some(leader) if self.rng.random_bool(0.5) => leader,
+                _ => self.rng.random_range(0..n),
+            };
+            self.nodes[index].slow_until = self.now + self.rng.random_range(200..1_500);
+            self.nodes[index].slow_factor = self.rng.random_range(3..=8);
+        }
     }
 
     /// The faults stop: partitions heal, stalls end, disks stop failing,
@@ -324,6 +373,7 @@ impl ClusterSim {
         self.partition = None;
         for node in &mut self.nodes {
             node.stalled_until = 0;
+            node.slow_until = 0;
             node.restart_at = node.restart_at.min(self.now);
             node.disk.set_faults(FaultConfig::none());
             node.disk.set_crash_countdown(None);
@@ -340,8 +390,10 @@ impl ClusterSim {
         node.restart_at = self.now + self.rng.random_range(20..800);
         self.crashes += 1;
         let id = node.id;
-        // Writes in flight at the node have an unknown outcome.
+        // Writes in flight at the node have an unknown outcome, and its
+        // reads are never answered.
         self.pending.retain(|_, at| *at != id);
+        self.reads.retain(|_, read| read.node != id);
     }
 
     fn restart_nodes(&mut self) -> Result<(), SeedFailure> {
@@ -358,7 +410,13 @@ impl ClusterSim {
             match RaftNode::open(node.disk.fs().as_ref(), &Self::dir(), &self.config(node.id)) {
                 Ok(raft) => {
                     let next_tick = self.now + self.rng.random_range(1..=TICK_MS);
-                    self.nodes[index].live = Some(Live { raft, applied: 0, contents: BTreeMap::new(), next_tick });
+                    self.nodes[index].live = Some(Live {
+                        raft,
+                        applied: 0,
+                        contents: BTreeMap::new(),
+                        next_tick,
+                        confirmed_reads: Vec::new(),
+                    });
                     self.restarts += 1;
                 }
                 // An injected error or a power failure: try again later.
@@ -427,26 +485,43 @@ impl ClusterSim {
             }
             let Some(live) = node.live.as_mut() else { continue };
             // After a stall every missed tick fires at once.
+            let slow = if node.slow_until > self.now { node.slow_factor } else { 1 };
             while live.next_tick <= self.now {
                 live.raft.tick();
-                live.next_tick += self.rng.random_range(TICK_MS - 4..=TICK_MS + 4);
+                live.next_tick += slow * self.rng.random_range(TICK_MS - 4..=TICK_MS + 4);
             }
         }
     }
 
-    /// A client proposes a write to a node that believes it leads. Returns
-    /// the write's id if the node took it.
-    fn propose(&mut self) -> Option<u64> {
+    /// A node that believes it leads, chosen at random, as a client that
+    /// follows leader hints would find it.
+    fn pick_leader(&mut self) -> Option<usize> {
         let leaders: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| {
                 let node = &self.nodes[i];
                 node.stalled_until <= self.now && node.live.as_ref().is_some_and(|live| live.raft.is_leader())
             })
             .collect();
-        if leaders.is_empty() {
-            return None;
+        (!leaders.is_empty()).then(|| leaders[self.rng.random_range(0..leaders.len())])
+    }
+
+    /// A client reads a key at a node that believes it leads.
+    fn read(&mut self) {
+        let Some(index) = self.pick_leader() else { return };
+        let id = self.next_id;
+        let key = self.rng.random_range(0..16);
+        let node = &mut self.nodes[index];
+        let live = node.live.as_mut().expect("a leader is live");
+        if live.raft.read(id.to_le_bytes().to_vec()).is_ok() {
+            self.next_id += 1;
+            self.reads.insert(id, Read { node: node.id, key, started: self.now });
         }
-        let index = leaders[self.rng.random_range(0..leaders.len())];
+    }
+
+    /// A client proposes a write to a node that believes it leads. Returns
+    /// the write's id if the node took it.
+    fn propose(&mut self) -> Option<u64> {
+        let index = self.pick_leader()?;
         let write = Write { id: self.next_id, key: self.rng.random_range(0..16), value: self.rng.random() };
         let node = &mut self.nodes[index];
         let live = node.live.as_mut().expect("a leader is live");
@@ -479,9 +554,15 @@ impl ClusterSim {
             for message in advanced.messages {
                 self.send(message);
             }
+            let live = self.nodes[index].live.as_mut().expect("advanced a live node");
+            for (context, read_index) in advanced.reads {
+                let id = u64::from_le_bytes(context.try_into().expect("a read's context is its id"));
+                live.confirmed_reads.push((id, read_index));
+            }
             for entry in advanced.committed {
                 self.apply(index, &entry)?;
             }
+            self.answer_reads(index)?;
             if voted && self.now < FAULT_PHASE_MS && self.rng.random_bool(0.5) {
                 // Aimed: the power fails just after a vote went out, and the
                 // node is back while the election's messages still fly.
@@ -546,10 +627,43 @@ impl ClusterSim {
         }
         live.applied = entry.index;
         if let Some(write) = Write::decode(&entry.data) {
-            live.contents.insert(write.key, write.value);
+            live.contents.insert(write.key, (write.id, entry.index));
             if self.pending.get(&write.id) == Some(&node_id) {
                 self.pending.remove(&write.id);
                 self.acked.insert(write.id, (entry.index, self.now));
+                self.acked_by_key.entry(write.key).or_default().push((self.now, entry.index));
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers the node's confirmed reads whose index it has applied, and
+    /// checks each answer: it must be the key's latest write acknowledged
+    /// before the read began, or a later one.
+    fn answer_reads(&mut self, index: usize) -> Result<(), SeedFailure> {
+        let node_id = self.nodes[index].id;
+        let live = self.nodes[index].live.as_mut().expect("answering on a live node");
+        let applied = live.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = live.confirmed_reads.drain(..).partition(|&(_, at)| at <= applied);
+        live.confirmed_reads = waiting;
+        for (id, _) in ready {
+            let Some(read) = self.reads.remove(&id) else { continue };
+            let live = self.nodes[index].live.as_ref().expect("answering on a live node");
+            let answer = live.contents.get(&read.key).copied();
+            let required = self
+                .acked_by_key
+                .get(&read.key)
+                .and_then(|acks| acks.iter().filter(|(at, _)| *at < read.started).map(|&(_, i)| i).max());
+            self.reads_answered += 1;
+            if let Some(required) = required.filter(|&r| answer.is_none_or(|(_, i)| i < r)) {
+                let found = answer.map_or("nothing".into(), |(write, i)| format!("write {write} (index {i})"));
+                return Err(self.fail(
+                    "raft_linearizable_read",
+                    format!(
+                        "a read of key {} begun at {} ms at node {node_id} returned {found}, but the write at index {required} was acknowledged before it began",
+                        read.key, read.started
+                    ),
+                ));
             }
         }
         Ok(())
@@ -570,7 +684,7 @@ impl ClusterSim {
     }
 
     fn finish(self) -> Result<SeedOutcome, SeedFailure> {
-        let contents: Vec<&BTreeMap<u64, u64>> =
+        let contents: Vec<&BTreeMap<u64, (u64, u64)>> =
             self.nodes.iter().map(|node| &node.live.as_ref().expect("converged nodes are live").contents).collect();
         if let Some(odd) = contents.iter().position(|c| *c != contents[0]) {
             return Err(self.fail(

@@ -47,6 +47,11 @@ pub struct Advanced {
     pub messages: Vec<Message>,
     /// Entries now committed, in log order, to apply.
     pub committed: Vec<Entry>,
+    /// Reads whose leadership a majority confirmed: each read's context
+    /// (from [`RaftNode::read`]) and the commit index it must wait for.
+    /// Once the node has applied that index, its state answers the read
+    /// linearizably.
+    pub reads: Vec<(Vec<u8>, u64)>,
 }
 
 /// Why a proposal was not taken.
@@ -66,6 +71,8 @@ pub enum ProposeError {
 /// A Raft node with its durable log.
 pub struct RaftNode {
     raw: RawNode<RaftLog>,
+    /// Reads answered without asking the group (only under a planted bug).
+    local_reads: Vec<(Vec<u8>, u64)>,
 }
 
 impl RaftNode {
@@ -90,7 +97,7 @@ impl RaftNode {
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw = RawNode::new(&raft_config, log, &logger).expect("a validated configuration over a readable log");
-        Ok(Self { raw })
+        Ok(Self { raw, local_reads: Vec::new() })
     }
 
     /// One tick of the node's clock.
@@ -114,11 +121,30 @@ impl RaftNode {
         self.raw.propose(Vec::new(), data).map_err(ProposeError::Dropped)
     }
 
+    /// Starts a linearizable read (Raft's ReadIndex): the leader records its
+    /// commit index and confirms with a heartbeat round that a majority
+    /// still follows it. A later [`RaftNode::advance`] returns `context`
+    /// with the index to wait for; a read the node cannot confirm (it lost
+    /// its leadership, or has not committed an entry in its term yet) never
+    /// comes back, and the client retries elsewhere.
+    pub fn read(&mut self, context: Vec<u8>) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader { leader: self.leader() });
+        }
+        if planted::active(PlantedBug::RaftReadWithoutQuorum) {
+            // The leader trusts that it still leads.
+            self.local_reads.push((context, self.commit_index()));
+            return Ok(());
+        }
+        self.raw.read_index(context);
+        Ok(())
+    }
+
     /// Makes durable what raft-rs asks, and returns what to send and what
     /// to apply. An error means the log's state on disk is unknown: the node
     /// must stop, and reopen from disk.
     pub fn advance(&mut self) -> Result<Advanced, RaftLogError> {
-        let mut out = Advanced::default();
+        let mut out = Advanced { reads: std::mem::take(&mut self.local_reads), ..Advanced::default() };
         if !self.raw.has_ready() {
             return Ok(out);
         }
@@ -127,6 +153,10 @@ impl RaftNode {
             probe::hit(Probe::RaftLeaderElected);
         }
         out.messages.extend(ready.take_messages());
+        for read in ready.take_read_states() {
+            probe::hit(Probe::RaftReadConfirmed);
+            out.reads.push((read.request_ctx, read.index));
+        }
         // The log is never compacted, so a peer is always sent entries and
         // never a snapshot (snapshots come with re-replication).
         debug_assert!(ready.snapshot().is_empty(), "no snapshots without compaction");
