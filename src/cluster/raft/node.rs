@@ -202,3 +202,71 @@ impl RaftNode {
         self.raw.store().last_index()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use raft::eraftpb::MessageType;
+
+    use super::*;
+    use crate::env::{FaultConfig, SimDisk};
+
+    fn config(node_id: u64) -> RaftConfig {
+        RaftConfig { node_id, voters: vec![1, 2, 3], election_tick: 10, heartbeat_tick: 2 }
+    }
+
+    fn dir() -> PathBuf {
+        PathBuf::from("/raft")
+    }
+
+    #[test]
+    fn a_vote_survives_a_power_failure_so_no_node_votes_twice_in_a_term() {
+        for seed in 0..20 {
+            let disks: Vec<SimDisk> = (0..3).map(|i| SimDisk::new(seed * 3 + i, FaultConfig::power_loss())).collect();
+            let open = |i: usize| RaftNode::open(disks[i].fs().as_ref(), &dir(), &config(i as u64 + 1)).unwrap();
+            // Node 2 is cut off; node 1 campaigns, and node 3 grants its
+            // vote. The power fails at node 3 the moment the vote is out,
+            // before any leader's append reaches it.
+            let (mut candidate, mut voter) = (open(0), open(2));
+            let mut vote = None;
+            'campaign: for _ in 0..40 {
+                candidate.tick();
+                let mut to_voter = candidate.advance().unwrap().messages;
+                to_voter.retain(|m| m.to == 3);
+                for message in to_voter {
+                    voter.step(message);
+                    for reply in voter.advance().unwrap().messages {
+                        if reply.msg_type == MessageType::MsgRequestVoteResponse && !reply.reject {
+                            vote = Some(reply.term);
+                            break 'campaign;
+                        }
+                        candidate.step(reply);
+                    }
+                }
+            }
+            let term = vote.expect("node 3 granted node 1 a vote");
+            disks[2].crash();
+            let mut voter = open(2);
+            assert_eq!(voter.term(), term, "seed {seed}: the term is durable");
+            // Node 2's request for the same term, from a longer log,
+            // arrives late (a retransmission).
+            let request = Message {
+                msg_type: MessageType::MsgRequestVote,
+                from: 2,
+                to: 3,
+                term,
+                log_term: term,
+                index: 100,
+                ..Default::default()
+            };
+            voter.step(request);
+            let answer = voter.advance().unwrap().messages;
+            let response = answer.iter().find(|m| m.msg_type == MessageType::MsgRequestVoteResponse && m.to == 2);
+            assert!(
+                response.is_some_and(|m| m.reject),
+                "seed {seed}: node 3 voted for node 1 in term {term}; it must refuse node 2: {answer:?}"
+            );
+        }
+    }
+}
