@@ -70,6 +70,7 @@ cargo sim -- --workload cluster --seeds 0..2000 --require-probes
 step "simulator: regression seeds"
 cargo sim -- --regressions sim/regressions.txt
 cargo sim -- --workload db --regressions sim/regressions-db.txt
+cargo sim -- --workload cluster --regressions sim/regressions-cluster.txt
 
 step "simulator: every planted bug must be caught in every hunt and by at least 5% of seeds"
 cargo sim --features planted-bugs -- --planted-report
