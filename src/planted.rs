@@ -167,11 +167,14 @@ pub enum PlantedBug {
     /// that a majority still follows it, so a deposed leader that has not
     /// heard of its successor serves stale data.
     RaftReadWithoutQuorum,
+    /// Compaction rewrites the Raft log without the entries a snapshot
+    /// covers before the snapshot is durable.
+    RaftLogCutBeforeSnapshot,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 49] = [
+    pub const ALL: [PlantedBug; 50] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -221,6 +224,7 @@ impl PlantedBug {
         PlantedBug::RaftAppendWithoutSync,
         PlantedBug::RaftReplayKeepsOverwritten,
         PlantedBug::RaftReadWithoutQuorum,
+        PlantedBug::RaftLogCutBeforeSnapshot,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -275,6 +279,7 @@ impl PlantedBug {
             PlantedBug::RaftAppendWithoutSync => "raft_append_without_sync",
             PlantedBug::RaftReplayKeepsOverwritten => "raft_replay_keeps_overwritten",
             PlantedBug::RaftReadWithoutQuorum => "raft_read_without_quorum",
+            PlantedBug::RaftLogCutBeforeSnapshot => "raft_log_cut_before_snapshot",
         }
     }
 
@@ -295,6 +300,7 @@ impl PlantedBug {
                 | PlantedBug::RaftAppendWithoutSync
                 | PlantedBug::RaftReplayKeepsOverwritten
                 | PlantedBug::RaftReadWithoutQuorum
+                | PlantedBug::RaftLogCutBeforeSnapshot
         ) {
             return Layer::Cluster;
         }

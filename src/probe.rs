@@ -65,6 +65,8 @@ pub enum Phase {
     RaftAppend,
     /// A Raft node opening its log (and cutting a torn tail).
     RaftOpen,
+    /// A Raft node writing a snapshot and rewriting its log after it.
+    RaftSnapshot,
 }
 
 /// Which part of the system a probe covers; a workload requires the probes
@@ -80,7 +82,7 @@ pub enum Layer {
 }
 
 impl Phase {
-    const ALL: [Phase; 21] = [
+    const ALL: [Phase; 22] = [
         Phase::Other,
         Phase::WalWrite,
         Phase::WalSync,
@@ -102,6 +104,7 @@ impl Phase {
         Phase::Archive,
         Phase::RaftAppend,
         Phase::RaftOpen,
+        Phase::RaftSnapshot,
     ];
 
     fn layer(self) -> Layer {
@@ -117,7 +120,7 @@ impl Phase {
             | Phase::BackupWal
             | Phase::BackupManifest
             | Phase::Archive => Layer::Storage,
-            Phase::RaftAppend | Phase::RaftOpen => Layer::Cluster,
+            Phase::RaftAppend | Phase::RaftOpen | Phase::RaftSnapshot => Layer::Cluster,
             _ => Layer::Wal,
         }
     }
@@ -145,6 +148,7 @@ impl Phase {
             Phase::Archive => "archive",
             Phase::RaftAppend => "raft_append",
             Phase::RaftOpen => "raft_open",
+            Phase::RaftSnapshot => "raft_snapshot",
         }
     }
 
@@ -172,6 +176,7 @@ impl Phase {
             Phase::Archive => &[Crash, ReadError],
             Phase::RaftAppend => &[Crash, WriteError, FsyncError],
             Phase::RaftOpen => &[Crash, ReadError],
+            Phase::RaftSnapshot => &[Crash],
         }
     }
 }
@@ -322,10 +327,17 @@ pub enum Probe {
     RaftLeaderElected,
     /// A Raft leader's read was confirmed by a majority (ReadIndex).
     RaftReadConfirmed,
+    /// A Raft node compacted its log behind a snapshot of its own.
+    RaftCompacted,
+    /// A Raft follower installed a snapshot its leader sent.
+    RaftSnapshotInstalled,
+    /// A Raft log reopened after a snapshot dropped entries that did not
+    /// continue it.
+    RaftStaleLogDropped,
 }
 
 impl Probe {
-    const ALL: [Probe; 62] = [
+    const ALL: [Probe; 65] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -388,6 +400,9 @@ impl Probe {
         Probe::RaftConflictOverwritten,
         Probe::RaftLeaderElected,
         Probe::RaftReadConfirmed,
+        Probe::RaftCompacted,
+        Probe::RaftSnapshotInstalled,
+        Probe::RaftStaleLogDropped,
     ];
 
     fn layer(self) -> Layer {
@@ -406,7 +421,10 @@ impl Probe {
             | Probe::RaftReopenedWithEntries
             | Probe::RaftConflictOverwritten
             | Probe::RaftLeaderElected
-            | Probe::RaftReadConfirmed => Layer::Cluster,
+            | Probe::RaftReadConfirmed
+            | Probe::RaftCompacted
+            | Probe::RaftSnapshotInstalled
+            | Probe::RaftStaleLogDropped => Layer::Cluster,
             _ => Layer::Storage,
         }
     }
@@ -475,6 +493,9 @@ impl Probe {
             Probe::RaftConflictOverwritten => "raft_conflict_overwritten",
             Probe::RaftLeaderElected => "raft_leader_elected",
             Probe::RaftReadConfirmed => "raft_read_confirmed",
+            Probe::RaftCompacted => "raft_compacted",
+            Probe::RaftSnapshotInstalled => "raft_snapshot_installed",
+            Probe::RaftStaleLogDropped => "raft_stale_log_dropped",
         }
     }
 }

@@ -87,6 +87,9 @@ struct Plan {
     read_share: f64,
     /// Per millisecond: a client proposes.
     propose_rate: f64,
+    /// A node compacts its log once it has applied this many entries past
+    /// its snapshot (never, for some seeds).
+    compact_every: Option<u64>,
     faults: FaultConfig,
 }
 
@@ -115,6 +118,7 @@ impl Plan {
             slow_clock_rate,
             read_share: rng.random_range(0.0..0.5),
             propose_rate: rng.random_range(0.03..0.3),
+            compact_every: rng.random_bool(0.7).then(|| rng.random_range(8..64)),
             faults,
         }
     }
@@ -130,6 +134,8 @@ struct Live {
     /// Reads the group confirmed, waiting for their index to be applied:
     /// (read id, index).
     confirmed_reads: Vec<(u64, u64)>,
+    /// The index of the node's last snapshot.
+    snapshot_index: u64,
 }
 
 struct Node {
@@ -326,12 +332,12 @@ impl ClusterSim {
         if self.rng.random_bool(self.plan.crash_rate) {
             let index = self.rng.random_range(0..n);
             if self.nodes[index].live.is_some() {
-                if self.rng.random_bool(0.5) {
-                    self.crash(index);
-                } else {
-                    // Aimed: the power fails inside the node's next appends.
-                    let ops = self.rng.random_range(0..4);
-                    self.nodes[index].disk.set_crash_in_phase(Phase::RaftAppend, ops);
+                match self.rng.random_range(0..4) {
+                    0 | 1 => self.crash(index),
+                    // Aimed: the power fails inside the node's next appends,
+                    // or its next snapshot and log rewrite.
+                    2 => self.nodes[index].disk.set_crash_in_phase(Phase::RaftAppend, self.rng.random_range(0..4)),
+                    _ => self.nodes[index].disk.set_crash_in_phase(Phase::RaftSnapshot, self.rng.random_range(0..8)),
                 }
             }
         }
@@ -407,15 +413,18 @@ impl ClusterSim {
                 self.nodes[index].disk.set_crash_in_phase(Phase::RaftOpen, ops);
             }
             let node = &self.nodes[index];
-            match RaftNode::open(node.disk.fs().as_ref(), &Self::dir(), &self.config(node.id)) {
+            match RaftNode::open(node.disk.fs(), &Self::dir(), &self.config(node.id)) {
                 Ok(raft) => {
                     let next_tick = self.now + self.rng.random_range(1..=TICK_MS);
+                    let (snapshot_index, data) = raft.snapshot();
+                    let contents = self.check_snapshot(node.id, snapshot_index, &data)?;
                     self.nodes[index].live = Some(Live {
                         raft,
-                        applied: 0,
-                        contents: BTreeMap::new(),
+                        applied: snapshot_index,
+                        contents,
                         next_tick,
                         confirmed_reads: Vec::new(),
+                        snapshot_index,
                     });
                     self.restarts += 1;
                 }
@@ -440,6 +449,7 @@ impl ClusterSim {
     fn send(&mut self, message: Message) {
         let faulty = self.now < FAULT_PHASE_MS;
         if self.partitioned(message.from, message.to) || (faulty && self.rng.random_bool(self.plan.drop_rate)) {
+            self.lost(&message);
             return;
         }
         let copies = if faulty && self.rng.random_bool(self.plan.duplicate_rate) { 2 } else { 1 };
@@ -461,10 +471,12 @@ impl ClusterSim {
                 break;
             }
             let message = entry.remove();
-            if self.partitioned(message.from, message.to) {
+            let Some(node) = self.nodes.iter().find(|node| node.id == message.to) else { continue };
+            if self.partitioned(message.from, message.to) || node.live.is_none() {
+                self.lost(&message);
                 continue;
             }
-            let Some(node) = self.nodes.iter_mut().find(|node| node.id == message.to) else { continue };
+            let node = self.nodes.iter_mut().find(|node| node.id == message.to).expect("found above");
             if node.stalled_until > self.now {
                 // Held until the stall ends, as a paused process's socket
                 // buffers hold it.
@@ -473,8 +485,29 @@ impl ClusterSim {
                 continue;
             }
             if let Some(live) = node.live.as_mut() {
+                let snapshot = (message.msg_type == MessageType::MsgSnapshot).then(|| message.clone());
                 live.raft.step(message);
+                if let Some(snapshot) = snapshot {
+                    self.report_snapshot(&snapshot, true);
+                }
             }
+        }
+    }
+
+    /// A message that never arrives. A lost snapshot is reported to its
+    /// sender, as a transport whose send failed would.
+    fn lost(&mut self, message: &Message) {
+        self.report_snapshot(message, false);
+    }
+
+    /// Tells a snapshot's sender whether it arrived.
+    fn report_snapshot(&mut self, message: &Message, delivered: bool) {
+        if message.msg_type != MessageType::MsgSnapshot {
+            return;
+        }
+        let sender = self.nodes.iter_mut().find(|node| node.id == message.from);
+        if let Some(live) = sender.and_then(|node| node.live.as_mut()) {
+            live.raft.report_snapshot(message.to, delivered);
         }
     }
 
@@ -554,6 +587,13 @@ impl ClusterSim {
             for message in advanced.messages {
                 self.send(message);
             }
+            if let Some((snapshot_index, data)) = &advanced.snapshot {
+                let contents = self.check_snapshot(self.nodes[index].id, *snapshot_index, data)?;
+                let live = self.nodes[index].live.as_mut().expect("advanced a live node");
+                live.contents = contents;
+                live.applied = *snapshot_index;
+                live.snapshot_index = *snapshot_index;
+            }
             let live = self.nodes[index].live.as_mut().expect("advanced a live node");
             for (context, read_index) in advanced.reads {
                 let id = u64::from_le_bytes(context.try_into().expect("a read's context is its id"));
@@ -563,6 +603,15 @@ impl ClusterSim {
                 self.apply(index, &entry)?;
             }
             self.answer_reads(index)?;
+            let live = self.nodes[index].live.as_mut().expect("advanced a live node");
+            if self.plan.compact_every.is_some_and(|every| live.applied >= live.snapshot_index + every) {
+                let data = encode_contents(&live.contents);
+                if live.raft.compact(live.applied, data).is_err() {
+                    self.crash(index);
+                    continue;
+                }
+                live.snapshot_index = live.applied;
+            }
             if voted && self.now < FAULT_PHASE_MS && self.rng.random_bool(0.5) {
                 // Aimed: the power fails just after a vote went out, and the
                 // node is back while the election's messages still fly.
@@ -571,6 +620,36 @@ impl ClusterSim {
             }
         }
         Ok(())
+    }
+
+    /// The contents a snapshot at `index` holds, checked against what the
+    /// group committed up to there.
+    fn check_snapshot(&self, node: u64, index: u64, data: &[u8]) -> Result<BTreeMap<u64, (u64, u64)>, SeedFailure> {
+        let contents = decode_contents(data);
+        let mut expected = BTreeMap::new();
+        for at in 1..=index {
+            let Some(committed) = self.committed.get(&at) else {
+                return Err(self.fail(
+                    "raft_snapshot_exact",
+                    format!("node {node} holds a snapshot at index {index}, but no node ever applied index {at}"),
+                ));
+            };
+            if let Some(write) = Write::decode(&committed.data) {
+                expected.insert(write.key, (write.id, at));
+            }
+        }
+        if contents != expected {
+            let differs = expected.keys().chain(contents.keys()).find(|k| contents.get(k) != expected.get(k));
+            return Err(self.fail(
+                "raft_snapshot_exact",
+                format!(
+                    "node {node}'s snapshot at index {index} differs from the committed log at key {differs:?}: {:?} instead of {:?}",
+                    differs.and_then(|k| contents.get(k)),
+                    differs.and_then(|k| expected.get(k))
+                ),
+            ));
+        }
+        Ok(contents)
     }
 
     fn check_leader(&mut self, index: usize) -> Result<(), SeedFailure> {
@@ -747,4 +826,13 @@ impl ClusterSim {
             trace: Arc::new(self.nodes[0].disk.trace()),
         })
     }
+}
+
+fn encode_contents(contents: &BTreeMap<u64, (u64, u64)>) -> Vec<u8> {
+    contents.iter().flat_map(|(key, (id, index))| [*key, *id, *index]).flat_map(u64::to_le_bytes).collect()
+}
+
+fn decode_contents(data: &[u8]) -> BTreeMap<u64, (u64, u64)> {
+    let word = |chunk: &[u8]| u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+    data.chunks_exact(24).map(|c| (word(&c[..8]), (word(&c[8..16]), word(&c[16..])))).collect()
 }

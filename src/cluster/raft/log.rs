@@ -36,8 +36,9 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use raft::storage::MemStorage;
 use raft::{RaftState, Storage};
 
@@ -47,8 +48,11 @@ use crate::probe::{self, Phase, Probe};
 
 /// The log's file name in the node's Raft directory.
 pub const LOG_FILE: &str = "raft.log";
+/// The snapshot's file name in the node's Raft directory.
+pub const SNAPSHOT_FILE: &str = "raft.snap";
 
 const MAGIC: &[u8; 8] = b"TDBRAFT1";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"TDBSNAP1";
 const FRAME_HEADER: usize = 9;
 const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
@@ -91,6 +95,13 @@ pub enum RaftLogError {
         /// The configured voters.
         voters: Vec<u64>,
     },
+    /// The snapshot file is not one, or fails its checksum. It was written
+    /// whole or not at all, so this is damage, not a torn write.
+    #[error("{}: not a ThunderDB Raft snapshot, or damaged (bad checksum)", path.display())]
+    BadSnapshot {
+        /// The file.
+        path: PathBuf,
+    },
     /// An entry frame leaves a gap after the entries before it.
     #[error("{}: entry {index} at byte {offset} follows entry {last}", path.display())]
     Gap {
@@ -107,17 +118,23 @@ pub enum RaftLogError {
 
 /// The durable Raft log of one node, and raft-rs's [`Storage`] over it.
 pub struct RaftLog {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
     path: PathBuf,
     file: Box<dyn File>,
     /// Where the next frame goes: always a sector boundary.
     end: u64,
     mem: MemStorage,
+    node: u64,
+    voters: Vec<u64>,
+    /// The last snapshot, durable in [`SNAPSHOT_FILE`]; index 0 if none.
+    snapshot: Snapshot,
 }
 
 impl RaftLog {
     /// Opens the log in `dir`, creating it for `node` and `voters` if it
     /// does not exist, and cuts any torn tail.
-    pub fn open(fs: &dyn Fs, dir: &Path, node: u64, voters: &[u64]) -> Result<Self, RaftLogError> {
+    pub fn open(fs: Arc<dyn Fs>, dir: &Path, node: u64, voters: &[u64]) -> Result<Self, RaftLogError> {
         let _phase = probe::enter(Phase::RaftOpen);
         let path = dir.join(LOG_FILE);
         let io = |op: &'static str, path: &Path| {
@@ -126,9 +143,9 @@ impl RaftLog {
         };
         if !fs.exists(&path).map_err(io("stat", &path))? {
             fs.create_dir_all(dir).map_err(io("create directory", dir))?;
-            write_atomically(fs, dir, LOG_FILE, &header(node, voters))?;
+            write_atomically(fs.as_ref(), dir, LOG_FILE, &header(node, voters))?;
         }
-        let file = fs.open(&path).map_err(io("open", &path))?;
+        let mut file = fs.open(&path).map_err(io("open", &path))?;
         let len = file.len().map_err(io("stat", &path))?;
         let mut bytes = vec![0; len as usize];
         file.read_exact_at(&mut bytes, 0).map_err(io("read", &path))?;
@@ -137,6 +154,13 @@ impl RaftLog {
         if found_node != node || found_voters != voters {
             return Err(RaftLogError::WrongMembers { path, found_node, found_voters, node, voters: voters.to_vec() });
         }
+        let mut snapshot = read_snapshot(fs.as_ref(), dir)?;
+        let (base, base_term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
+        if base > 0 {
+            snapshot.mut_metadata().set_conf_state(ConfState::from((voters.to_vec(), vec![])));
+        }
+        // The file's entries: a contiguous run from the first frame's
+        // index (1, or just past a snapshot once compacted).
         let mut entries: Vec<Entry> = Vec::new();
         let mut hard_state = HardState::default();
         let mut offset = SECTOR_SIZE as usize;
@@ -144,13 +168,19 @@ impl RaftLog {
             match kind {
                 KIND_ENTRY => {
                     let Some(entry) = decode_entry(body) else { break };
-                    let last = entries.last().map_or(0, |e| e.index);
-                    if entry.index == 0 || entry.index > last + 1 {
+                    let (first, last) = match (entries.first(), entries.last()) {
+                        (Some(first), Some(last)) => (first.index, last.index),
+                        // The first entry starts the run: at 1, or anywhere
+                        // up to just past the snapshot.
+                        _ if entry.index >= 1 && entry.index <= base + 1 => (entry.index, entry.index - 1),
+                        _ => (1, 0),
+                    };
+                    if entry.index < first || entry.index > last + 1 {
                         return Err(RaftLogError::Gap { path, index: entry.index, offset: offset as u64, last });
                     }
                     // An overwrite: the entries from this index on are replaced.
                     if !planted::active(PlantedBug::RaftReplayKeepsOverwritten) || entry.index > last {
-                        entries.truncate(entry.index as usize - 1);
+                        entries.truncate((entry.index - first) as usize);
                         entries.push(entry);
                     }
                 }
@@ -163,7 +193,7 @@ impl RaftLog {
             }
             offset += FRAME_HEADER - 1 + body.len() + 1;
         }
-        let end = offset as u64;
+        let mut end = offset as u64;
         if end < len {
             probe::hit(Probe::RaftTornTailCut);
             file.set_len(end).map_err(io("cut the torn tail of", &path))?;
@@ -172,16 +202,123 @@ impl RaftLog {
         if !entries.is_empty() {
             probe::hit(Probe::RaftReopenedWithEntries);
         }
+        // The snapshot covers the entries up to its index. The ones after
+        // it continue it only if the log holds the snapshot's own entry
+        // (same index, same term: Raft's log matching). Otherwise the
+        // snapshot came from a leader and replaced the whole log, and a
+        // crash came before the log file was rewritten: the old entries
+        // are not ours to keep.
+        if base > 0 {
+            let first = entries.first().map_or(base + 1, |e| e.index);
+            let holds_base = first <= base && entries.get((base - first) as usize).is_some_and(|e| e.term == base_term);
+            let continues = first == base + 1 || holds_base;
+            entries.retain(|e| e.index > base);
+            if !continues && !entries.is_empty() {
+                entries.clear();
+            }
+            if !continues && first <= base {
+                // Finish the interrupted install: the file must not keep
+                // the stale entries, or appends after the snapshot would
+                // follow them with a gap.
+                probe::hit(Probe::RaftStaleLogDropped);
+                let mut bytes = header(node, voters);
+                push_frame(&mut bytes, KIND_HARD_STATE, &encode_hard_state(&hard_state));
+                pad_to_sector(&mut bytes);
+                write_atomically(fs.as_ref(), dir, LOG_FILE, &bytes)?;
+                file = fs.open(&path).map_err(io("open", &path))?;
+                end = bytes.len() as u64;
+            }
+        }
         let mem = MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), vec![])));
         {
             let mut core = mem.wl();
-            core.append(&entries).expect("entries replayed in order from index 1");
-            // A commit index past the entries that survived is not ours to
-            // keep: the frames after it were torn.
-            hard_state.commit = hard_state.commit.min(entries.last().map_or(0, |e| e.index));
+            if base > 0 {
+                core.apply_snapshot(snapshot.clone()).expect("a snapshot over an empty log");
+            }
+            core.append(&entries).expect("entries replayed in order after the snapshot");
+            // The commit index lies between the snapshot and the last entry
+            // that survived (frames past it were torn).
+            let last = entries.last().map_or(base, |e| e.index);
+            hard_state.commit = hard_state.commit.clamp(base, last);
+            hard_state.term = hard_state.term.max(base_term);
             core.set_hardstate(hard_state);
         }
-        Ok(Self { path, file, end, mem })
+        Ok(Self { fs, dir: dir.to_path_buf(), path, file, end, mem, node, voters: voters.to_vec(), snapshot })
+    }
+
+    /// Replaces the entries up to `index` (applied by the caller, whose
+    /// state there is `data`) with a snapshot: the snapshot file written
+    /// and synced, then the log rewritten without them.
+    pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<(), RaftLogError> {
+        if index <= self.snapshot.get_metadata().index {
+            return Ok(());
+        }
+        let term = self.mem.term(index).expect("compacting entries the log holds");
+        let mut snapshot = Snapshot { data: data.into(), ..Default::default() };
+        *snapshot.mut_metadata() = SnapshotMetadata {
+            conf_state: Some(ConfState::from((self.voters.clone(), vec![]))).into(),
+            index,
+            term,
+            ..Default::default()
+        };
+        let last = self.last_index();
+        let kept = self
+            .mem
+            .entries(index + 1, last + 1, None, raft::GetEntriesContext::empty(false))
+            .expect("the entries after the snapshot are in the log");
+        self.install(snapshot, &kept)?;
+        probe::hit(Probe::RaftCompacted);
+        Ok(())
+    }
+
+    /// Installs a snapshot a leader sent, which replaces the whole log.
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), RaftLogError> {
+        self.install(snapshot.clone(), &[])?;
+        probe::hit(Probe::RaftSnapshotInstalled);
+        Ok(())
+    }
+
+    /// Makes `snapshot` durable, then rewrites the log as `kept` (the
+    /// entries after it) and the hard state, then takes both in memory.
+    fn install(&mut self, snapshot: Snapshot, kept: &[Entry]) -> Result<(), RaftLogError> {
+        let _phase = probe::enter(Phase::RaftSnapshot);
+        let meta = snapshot.get_metadata();
+        let mut hard_state = self.mem.rl().hard_state().clone();
+        hard_state.commit = hard_state.commit.max(meta.index);
+        hard_state.term = hard_state.term.max(meta.term);
+        let io = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RaftLogError::Io { op, path, source }
+        };
+        let mut log_bytes = header(self.node, &self.voters);
+        for entry in kept {
+            push_frame(&mut log_bytes, KIND_ENTRY, &encode_entry(entry));
+        }
+        push_frame(&mut log_bytes, KIND_HARD_STATE, &encode_hard_state(&hard_state));
+        pad_to_sector(&mut log_bytes);
+        let snapshot_bytes = encode_snapshot(&snapshot);
+        let fs = &self.fs;
+        if planted::active(PlantedBug::RaftLogCutBeforeSnapshot) {
+            write_atomically(fs.as_ref(), &self.dir, LOG_FILE, &log_bytes)?;
+            write_atomically(fs.as_ref(), &self.dir, SNAPSHOT_FILE, &snapshot_bytes)?;
+        } else {
+            write_atomically(fs.as_ref(), &self.dir, SNAPSHOT_FILE, &snapshot_bytes)?;
+            write_atomically(fs.as_ref(), &self.dir, LOG_FILE, &log_bytes)?;
+        }
+        self.file = fs.open(&self.path).map_err(io("open", &self.path))?;
+        self.end = log_bytes.len() as u64;
+        let mut core = self.mem.wl();
+        core.apply_snapshot(snapshot.clone()).expect("a snapshot past the first index");
+        core.append(kept).expect("the entries after the snapshot");
+        core.set_hardstate(hard_state);
+        drop(core);
+        self.snapshot = snapshot;
+        Ok(())
+    }
+
+    /// The last snapshot: its index (0 if there is none) and its data.
+    pub fn snapshot(&self) -> (u64, &[u8]) {
+        (self.snapshot.get_metadata().index, &self.snapshot.data)
     }
 
     /// Makes `entries` (one contiguous run, possibly replacing a suffix) and
@@ -196,20 +333,10 @@ impl RaftLog {
             push_frame(&mut buf, KIND_ENTRY, &encode_entry(entry));
         }
         if let Some(state) = hard_state {
-            let mut body = Vec::with_capacity(24);
-            for word in [state.term, state.vote, state.commit] {
-                body.extend_from_slice(&word.to_le_bytes());
-            }
-            push_frame(&mut buf, KIND_HARD_STATE, &body);
+            push_frame(&mut buf, KIND_HARD_STATE, &encode_hard_state(state));
         }
-        let used = (self.end as usize + buf.len()) % SECTOR_SIZE as usize;
-        if used != 0 {
-            let mut pad = SECTOR_SIZE as usize - used;
-            if pad < FRAME_HEADER {
-                pad += SECTOR_SIZE as usize;
-            }
-            push_frame(&mut buf, KIND_PADDING, &vec![0; pad - FRAME_HEADER]);
-        }
+        // `end` is on a sector boundary, so padding `buf` pads the file.
+        pad_to_sector(&mut buf);
         let io = |op: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source| RaftLogError::Io { op, path, source }
@@ -272,8 +399,11 @@ impl Storage for RaftLog {
         self.mem.last_index()
     }
 
-    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<raft::eraftpb::Snapshot> {
-        self.mem.snapshot(request_index, to)
+    /// The last snapshot, data included. raft-rs asks for it only when a
+    /// follower needs entries before the first one the log holds, so one
+    /// exists.
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        Ok(self.snapshot.clone())
     }
 }
 
@@ -303,6 +433,64 @@ fn parse_header(bytes: &[u8]) -> Option<(u64, Vec<u64>)> {
     }
     let crc = u32::from_le_bytes(sector[end..end + 4].try_into().expect("4 bytes"));
     (crc32fast::hash(&sector[..end]) == crc).then(|| (word(8), (0..count).map(|i| word(20 + 8 * i)).collect()))
+}
+
+/// Pads `buf` with a padding frame to a whole number of sectors.
+fn pad_to_sector(buf: &mut Vec<u8>) {
+    let used = buf.len() % SECTOR_SIZE as usize;
+    if used != 0 {
+        let mut pad = SECTOR_SIZE as usize - used;
+        if pad < FRAME_HEADER {
+            pad += SECTOR_SIZE as usize;
+        }
+        push_frame(buf, KIND_PADDING, &vec![0; pad - FRAME_HEADER]);
+    }
+}
+
+fn encode_hard_state(state: &HardState) -> Vec<u8> {
+    [state.term, state.vote, state.commit].iter().flat_map(|word| word.to_le_bytes()).collect()
+}
+
+/// `TDBSNAP1 | index u64 | term u64 | data_len u64 | data | crc32 u32`.
+fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
+    let meta = snapshot.get_metadata();
+    let mut bytes = SNAPSHOT_MAGIC.to_vec();
+    for word in [meta.index, meta.term, snapshot.data.len() as u64] {
+        bytes.extend_from_slice(&word.to_le_bytes());
+    }
+    bytes.extend_from_slice(&snapshot.data);
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// The node's snapshot, or an empty one (index 0) if it has none.
+fn read_snapshot(fs: &dyn Fs, dir: &Path) -> Result<Snapshot, RaftLogError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let io = |op: &'static str| {
+        let path = path.clone();
+        move |source| RaftLogError::Io { op, path, source }
+    };
+    if !fs.exists(&path).map_err(io("stat"))? {
+        return Ok(Snapshot::default());
+    }
+    let file = fs.open(&path).map_err(io("open"))?;
+    let mut bytes = vec![0; file.len().map_err(io("stat"))? as usize];
+    file.read_exact_at(&mut bytes, 0).map_err(io("read"))?;
+    let bad = || RaftLogError::BadSnapshot { path: path.clone() };
+    let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4).ok_or_else(bad)?).ok_or_else(bad)?;
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes"))
+        || !body.starts_with(SNAPSHOT_MAGIC)
+    {
+        return Err(bad());
+    }
+    let mut reader = Reader(&body[8..]);
+    let (index, term, len) = (reader.u64(), reader.u64(), reader.u64());
+    let (Some(index), Some(term), Some(len)) = (index, term, len) else { return Err(bad()) };
+    let data = reader.take(len as usize).filter(|_| reader.0.is_empty()).ok_or_else(bad)?;
+    let mut snapshot = Snapshot { data: data.to_vec().into(), ..Default::default() };
+    *snapshot.mut_metadata() = SnapshotMetadata { index, term, ..Default::default() };
+    Ok(snapshot)
 }
 
 fn push_frame(buf: &mut Vec<u8>, kind: u8, body: &[u8]) {
@@ -408,8 +596,12 @@ mod tests {
     }
 
     fn logged(log: &RaftLog) -> Vec<(u64, u64, Vec<u8>)> {
+        logged_from(log, 1)
+    }
+
+    fn logged_from(log: &RaftLog, first: u64) -> Vec<(u64, u64, Vec<u8>)> {
         let last = log.last_index();
-        log.entries(1, last + 1, None, raft::GetEntriesContext::empty(false))
+        log.entries(first, last + 1, None, raft::GetEntriesContext::empty(false))
             .unwrap()
             .into_iter()
             .map(|e| (e.index, e.term, e.data.to_vec()))
@@ -420,12 +612,12 @@ mod tests {
     fn persisted_entries_and_hard_state_survive_a_power_loss_and_an_overwrite_replaces_the_suffix() {
         let disk = SimDisk::new(7, FaultConfig::power_loss());
         let fs = disk.fs();
-        let mut log = RaftLog::open(fs.as_ref(), &dir(), 1, &[1, 2, 3]).unwrap();
+        let mut log = RaftLog::open(fs.clone(), &dir(), 1, &[1, 2, 3]).unwrap();
         log.persist(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")], Some(&hard_state(1, 1, 1))).unwrap();
         log.persist(&[entry(2, 2, b"B")], Some(&hard_state(2, 2, 2))).unwrap();
         assert_eq!(log.end % SECTOR_SIZE, 0, "every persist ends on a sector boundary");
         disk.crash();
-        let log = RaftLog::open(disk.fs().as_ref(), &dir(), 1, &[1, 2, 3]).unwrap();
+        let log = RaftLog::open(disk.fs(), &dir(), 1, &[1, 2, 3]).unwrap();
         assert_eq!(logged(&log), vec![(1, 1, b"a".to_vec()), (2, 2, b"B".to_vec())]);
         let state = log.initial_state().unwrap().hard_state;
         assert_eq!((state.term, state.vote, state.commit), (2, 2, 2));
@@ -436,28 +628,70 @@ mod tests {
         for seed in 0..40 {
             let disk = SimDisk::new(seed, FaultConfig::power_loss());
             let fs = disk.fs();
-            let mut log = RaftLog::open(fs.as_ref(), &dir(), 2, &[1, 2, 3]).unwrap();
+            let mut log = RaftLog::open(fs.clone(), &dir(), 2, &[1, 2, 3]).unwrap();
             log.persist(&[entry(1, 1, b"durable")], Some(&hard_state(1, 2, 0))).unwrap();
             // A write that never reaches its sync.
             log.file.write_all_at(&vec![0xAB; 3000], log.end).unwrap();
             disk.crash();
-            let mut log = RaftLog::open(disk.fs().as_ref(), &dir(), 2, &[1, 2, 3]).unwrap();
+            let mut log = RaftLog::open(disk.fs(), &dir(), 2, &[1, 2, 3]).unwrap();
             assert_eq!(logged(&log), vec![(1, 1, b"durable".to_vec())], "seed {seed}");
             log.persist(&[entry(2, 1, b"next")], None).unwrap();
             disk.crash();
-            let log = RaftLog::open(disk.fs().as_ref(), &dir(), 2, &[1, 2, 3]).unwrap();
+            let log = RaftLog::open(disk.fs(), &dir(), 2, &[1, 2, 3]).unwrap();
             assert_eq!(logged(&log).len(), 2, "seed {seed}");
         }
+    }
+
+    fn snapshot(index: u64, term: u64, data: &[u8]) -> Snapshot {
+        let mut snapshot = Snapshot { data: data.to_vec().into(), ..Default::default() };
+        *snapshot.mut_metadata() = SnapshotMetadata { index, term, ..Default::default() };
+        snapshot
+    }
+
+    #[test]
+    fn a_compacted_log_reopens_from_its_snapshot_and_goes_on_after_it() {
+        let disk = SimDisk::new(3, FaultConfig::power_loss());
+        let mut log = RaftLog::open(disk.fs(), &dir(), 1, &[1, 2, 3]).unwrap();
+        let entries: Vec<Entry> = (1..=6).map(|i| entry(i, 1, &[i as u8])).collect();
+        log.persist(&entries, Some(&hard_state(1, 1, 6))).unwrap();
+        log.compact(4, b"state at 4".to_vec()).unwrap();
+        log.persist(&[entry(7, 1, b"g")], None).unwrap();
+        disk.crash();
+        let log = RaftLog::open(disk.fs(), &dir(), 1, &[1, 2, 3]).unwrap();
+        assert_eq!(log.snapshot(), (4, &b"state at 4"[..]));
+        assert_eq!(log.first_index().unwrap(), 5);
+        assert_eq!(log.term(4).unwrap(), 1, "the snapshot's own term is known");
+        assert_eq!(logged_from(&log, 5), vec![(5, 1, vec![5]), (6, 1, vec![6]), (7, 1, b"g".to_vec())]);
+    }
+
+    #[test]
+    fn a_leaders_snapshot_cut_off_before_the_log_rewrite_drops_the_stale_log_on_reopening() {
+        let disk = SimDisk::new(4, FaultConfig::power_loss());
+        let mut log = RaftLog::open(disk.fs(), &dir(), 2, &[1, 2, 3]).unwrap();
+        let stale: Vec<Entry> = (1..=12).map(|i| entry(i, 1, b"old")).collect();
+        log.persist(&stale, Some(&hard_state(1, 1, 3))).unwrap();
+        // The snapshot file is durable; the power fails before the log's
+        // rewrite. The log does not hold the snapshot's entry (index 10,
+        // term 2), so nothing in it continues the snapshot.
+        write_atomically(disk.fs().as_ref(), &dir(), SNAPSHOT_FILE, &encode_snapshot(&snapshot(10, 2, b"s"))).unwrap();
+        disk.crash();
+        let mut log = RaftLog::open(disk.fs(), &dir(), 2, &[1, 2, 3]).unwrap();
+        assert_eq!((log.first_index().unwrap(), log.last_index()), (11, 10));
+        // Appends after the snapshot must not follow the stale frames.
+        log.persist(&[entry(11, 2, b"new")], Some(&hard_state(2, 1, 11))).unwrap();
+        disk.crash();
+        let log = RaftLog::open(disk.fs(), &dir(), 2, &[1, 2, 3]).unwrap();
+        assert_eq!(logged_from(&log, 11), vec![(11, 2, b"new".to_vec())]);
     }
 
     #[test]
     fn a_log_of_another_node_or_membership_is_refused_by_name() {
         let disk = SimDisk::new(1, FaultConfig::none());
         let fs = disk.fs();
-        RaftLog::open(fs.as_ref(), &dir(), 1, &[1, 2, 3]).unwrap();
-        let error = RaftLog::open(fs.as_ref(), &dir(), 2, &[1, 2, 3]).err().unwrap().to_string();
+        RaftLog::open(fs.clone(), &dir(), 1, &[1, 2, 3]).unwrap();
+        let error = RaftLog::open(fs.clone(), &dir(), 2, &[1, 2, 3]).err().unwrap().to_string();
         assert!(error.contains("/raft/raft.log") && error.contains("node 1") && error.contains("node 2"), "{error}");
-        let error = RaftLog::open(fs.as_ref(), &dir(), 1, &[1, 2]).err().unwrap().to_string();
+        let error = RaftLog::open(fs.clone(), &dir(), 1, &[1, 2]).err().unwrap().to_string();
         assert!(error.contains("[1, 2, 3]"), "{error}");
     }
 }

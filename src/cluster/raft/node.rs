@@ -15,9 +15,10 @@
 //! acknowledgements).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use raft::eraftpb::{Entry, Message};
-use raft::{Config, RawNode, StateRole};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
 
 use super::log::{RaftLog, RaftLogError};
 use crate::env::Fs;
@@ -47,6 +48,9 @@ pub struct Advanced {
     pub messages: Vec<Message>,
     /// Entries now committed, in log order, to apply.
     pub committed: Vec<Entry>,
+    /// A snapshot the leader sent, now durable, which replaces the state
+    /// machine: its index and data. The committed entries above follow it.
+    pub snapshot: Option<(u64, Vec<u8>)>,
     /// Reads whose leadership a majority confirmed: each read's context
     /// (from [`RaftNode::read`]) and the commit index it must wait for.
     /// Once the node has applied that index, its state answers the read
@@ -78,7 +82,7 @@ pub struct RaftNode {
 impl RaftNode {
     /// Opens the node's log in `dir` (creating it on first start) and
     /// starts raft-rs over it as a follower.
-    pub fn open(fs: &dyn Fs, dir: &Path, config: &RaftConfig) -> Result<Self, RaftLogError> {
+    pub fn open(fs: Arc<dyn Fs>, dir: &Path, config: &RaftConfig) -> Result<Self, RaftLogError> {
         let log = RaftLog::open(fs, dir, config.node_id, &config.voters)?;
         let raft_config = Config {
             id: config.node_id,
@@ -157,9 +161,11 @@ impl RaftNode {
             probe::hit(Probe::RaftReadConfirmed);
             out.reads.push((read.request_ctx, read.index));
         }
-        // The log is never compacted, so a peer is always sent entries and
-        // never a snapshot (snapshots come with re-replication).
-        debug_assert!(ready.snapshot().is_empty(), "no snapshots without compaction");
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot();
+            self.raw.mut_store().apply_snapshot(snapshot)?;
+            out.snapshot = Some((snapshot.get_metadata().index, snapshot.data.to_vec()));
+        }
         out.committed.extend(ready.take_committed_entries());
         self.raw.mut_store().persist(ready.entries(), ready.hs())?;
         if planted::active(PlantedBug::RaftAckBeforeMajority) && self.is_leader() {
@@ -175,6 +181,29 @@ impl RaftNode {
         out.committed.extend(light.take_committed_entries());
         self.raw.advance_apply();
         Ok(out)
+    }
+
+    /// Compacts the log behind `index`, which the caller has applied and
+    /// whose state there is `data`: a snapshot that a follower too far
+    /// behind is sent instead of the entries.
+    pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<(), RaftLogError> {
+        self.raw.mut_store().compact(index, data)
+    }
+
+    /// The node's last snapshot: its index (0 if it has none) and data. A
+    /// restarted node's state machine starts from it.
+    pub fn snapshot(&self) -> (u64, Vec<u8>) {
+        let (index, data) = self.raw.store().snapshot();
+        (index, data.to_vec())
+    }
+
+    /// Tells raft-rs whether the snapshot it sent to `peer` arrived, as a
+    /// transport learns when its send completes or fails. Until told,
+    /// raft-rs sends `peer` nothing else: a lost snapshot, or a follower
+    /// that stopped before answering one, would stall it.
+    pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
+        let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+        self.raw.report_snapshot(peer, status);
     }
 
     /// Whether this node believes it leads.
@@ -224,7 +253,7 @@ mod tests {
     fn a_vote_survives_a_power_failure_so_no_node_votes_twice_in_a_term() {
         for seed in 0..20 {
             let disks: Vec<SimDisk> = (0..3).map(|i| SimDisk::new(seed * 3 + i, FaultConfig::power_loss())).collect();
-            let open = |i: usize| RaftNode::open(disks[i].fs().as_ref(), &dir(), &config(i as u64 + 1)).unwrap();
+            let open = |i: usize| RaftNode::open(disks[i].fs(), &dir(), &config(i as u64 + 1)).unwrap();
             // Node 2 is cut off; node 1 campaigns, and node 3 grants its
             // vote. The power fails at node 3 the moment the vote is out,
             // before any leader's append reaches it.
