@@ -33,6 +33,12 @@
 //! cluster workload runs power loss and I/O errors, not bit rot at rest:
 //! telling a torn tail from a damaged synced frame, and rebuilding from
 //! peers, comes with re-replication.
+//!
+//! A snapshot (`raft.snap`: `TDBSNAP1`, index, term, data length, data,
+//! CRC-32) replaces the entries up to its index. It is made durable before
+//! the log is rewritten without them ([`RaftLog::compact`],
+//! [`RaftLog::apply_snapshot`]); an opening that finds a rewrite cut off
+//! finishes it (docs/design.md, "The Raft layer").
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1,9 +1,9 @@
 //! The Raft group's building blocks, on tikv's raft-rs (sans-IO): the
-//! durable log ([`log`]) and the node that drives raft-rs over it
-//! ([`node`]). The simulator's cluster workload runs groups of them on a
-//! seeded network with partitions, crashes and power loss. What is not
-//! built yet: the WAL as the replicated state, the server's transport, and
-//! snapshots (the log is never compacted).
+//! durable log with its snapshots ([`log`]) and the node that drives
+//! raft-rs over it ([`node`]). The simulator's cluster workload runs
+//! groups of them on a seeded network with partitions, crashes and power
+//! loss. What is not built yet: the WAL as the replicated state, the
+//! server's transport, and membership changes.
 
 pub mod log;
 pub mod node;
