@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use crate::archive::cleanup::BackupHistory;
 use crate::archive::{ArchiveConfig, ArchiveError, ArchiveStatus, Archiver};
-use crate::env::Env;
+use crate::env::{Clock, Env};
 use crate::recovery::{self, RecoveryReport, StoreOptions};
 use crate::storage::{CheckpointRun, CheckpointTail, ControlFile, ControlState, Store, StoreError, Tree};
 use crate::txn::lock::{LockError, LockManager};
@@ -586,6 +586,11 @@ impl Database {
     /// Takes a checkpoint now; returns its LSN once it is durable.
     pub async fn checkpoint(&self) -> Result<Lsn, DbError> {
         self.shared.checkpoint(ControlState::InProduction).await
+    }
+
+    /// The environment's clock (simulated in simulated runs).
+    pub fn clock(&self) -> &dyn Clock {
+        self.shared.env.clock.as_ref()
     }
 
     /// The wall clock, in microseconds since the Unix epoch, read through

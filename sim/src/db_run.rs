@@ -632,6 +632,7 @@ impl Run {
                 let request = BackupRequest {
                     chunk_bytes: plan.chunk_bytes,
                     pause: Duration::from_millis(plan.pause_ms),
+                    yield_to_commits: false,
                     ..BackupRequest::new(BACKUP_DIR, plan.include_wal, plan.compress, String::new())
                 };
                 let outcome = take(&db, fs.as_ref(), "bk-sim", &request, &Progress::default()).await;

@@ -64,6 +64,12 @@ pub const DEFAULT_CHUNK: usize = 1 << 20;
 /// ([`File::start_writeback`]).
 const WRITEBACK_EVERY: usize = 8 << 20;
 
+/// While commits are flowing, a backup rests this many times as long as
+/// its last step took after each step, so that it takes at most a
+/// `1 / (1 + YIELD_FACTOR)` share of the time (of a core, and of the
+/// disk's queue) from them. With no commits it copies at full speed.
+const YIELD_FACTOR: u32 = 4;
+
 /// What to back up, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupRequest {
@@ -81,6 +87,10 @@ pub struct BackupRequest {
     pub chunk_bytes: usize,
     /// A pause between steps (none by default).
     pub pause: Duration,
+    /// Rest between steps while commits are flowing ([`YIELD_FACTOR`]).
+    /// On by default; the simulator leaves it off, since it paces its
+    /// backups with `pause`.
+    pub yield_to_commits: bool,
 }
 
 impl BackupRequest {
@@ -93,6 +103,7 @@ impl BackupRequest {
             config_text,
             chunk_bytes: DEFAULT_CHUNK,
             pause: Duration::ZERO,
+            yield_to_commits: true,
         }
     }
 }
@@ -257,6 +268,7 @@ impl Read for FileReader<'_> {
 struct Writer<'a> {
     chunk_bytes: usize,
     pause: Duration,
+    yield_to_commits: bool,
     /// The backup's file system (the live files are read through the
     /// engine's).
     fs: &'a dyn Fs,
@@ -290,10 +302,14 @@ impl Writer<'_> {
         let (mut size, mut stored_size) = (0u64, 0u64);
         let mut buf = vec![0u8; self.chunk_bytes.max(1)];
         let mut unflushed = 0;
+        let clock = self.db.clock();
+        let flushes = || self.db.wal().stats().flushes.load(Ordering::Relaxed);
+        let mut flushes_seen = flushes();
         loop {
             if self.db.is_shutting_down() {
                 return Err(BackupError::ShutDown);
             }
+            let step_started = clock.monotonic();
             let _phase = probe::enter(self.phase);
             let read = read_full(&mut source, &mut buf).map_err(io_error("read for", &path))?;
             let chunk = &buf[..read];
@@ -333,7 +349,12 @@ impl Writer<'_> {
             }
             drop(_phase);
             // Writers and readers run between chunks.
-            if self.pause.is_zero() {
+            let committing = flushes() != flushes_seen;
+            flushes_seen = flushes();
+            if self.yield_to_commits && committing {
+                let step = clock.monotonic().saturating_sub(step_started);
+                tokio::time::sleep(step * YIELD_FACTOR).await;
+            } else if self.pause.is_zero() {
                 tokio::task::yield_now().await;
             } else {
                 tokio::time::sleep(self.pause).await;
@@ -421,6 +442,7 @@ pub async fn take(
     let mut writer = Writer {
         chunk_bytes: request.chunk_bytes,
         pause: request.pause,
+        yield_to_commits: request.yield_to_commits,
         fs: dest,
         root,
         phase: Phase::BackupCopy,
