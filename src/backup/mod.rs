@@ -87,7 +87,8 @@ pub struct BackupRequest {
     pub chunk_bytes: usize,
     /// A pause between steps (none by default).
     pub pause: Duration,
-    /// Rest between steps while commits are flowing ([`YIELD_FACTOR`]).
+    /// Rest between steps while commits are flowing (four times each
+    /// step's length).
     /// On by default; the simulator leaves it off, since it paces its
     /// backups with `pause`.
     pub yield_to_commits: bool,
