@@ -471,12 +471,12 @@ impl ClusterSim {
                 break;
             }
             let message = entry.remove();
-            let Some(node) = self.nodes.iter().find(|node| node.id == message.to) else { continue };
-            if self.partitioned(message.from, message.to) || node.live.is_none() {
+            let Some(index) = self.nodes.iter().position(|node| node.id == message.to) else { continue };
+            if self.partitioned(message.from, message.to) || self.nodes[index].live.is_none() {
                 self.lost(&message);
                 continue;
             }
-            let node = self.nodes.iter_mut().find(|node| node.id == message.to).expect("found above");
+            let node = &mut self.nodes[index];
             if node.stalled_until > self.now {
                 // Held until the stall ends, as a paused process's socket
                 // buffers hold it.
@@ -485,10 +485,11 @@ impl ClusterSim {
                 continue;
             }
             if let Some(live) = node.live.as_mut() {
-                let snapshot = (message.msg_type == MessageType::MsgSnapshot).then(|| message.clone());
+                let snapshot = message.msg_type == MessageType::MsgSnapshot;
+                let (from, to) = (message.from, message.to);
                 live.raft.step(message);
-                if let Some(snapshot) = snapshot {
-                    self.report_snapshot(&snapshot, true);
+                if snapshot {
+                    self.report_snapshot(from, to, true);
                 }
             }
         }
@@ -497,17 +498,16 @@ impl ClusterSim {
     /// A message that never arrives. A lost snapshot is reported to its
     /// sender, as a transport whose send failed would.
     fn lost(&mut self, message: &Message) {
-        self.report_snapshot(message, false);
+        if message.msg_type == MessageType::MsgSnapshot {
+            self.report_snapshot(message.from, message.to, false);
+        }
     }
 
     /// Tells a snapshot's sender whether it arrived.
-    fn report_snapshot(&mut self, message: &Message, delivered: bool) {
-        if message.msg_type != MessageType::MsgSnapshot {
-            return;
-        }
-        let sender = self.nodes.iter_mut().find(|node| node.id == message.from);
+    fn report_snapshot(&mut self, from: u64, to: u64, delivered: bool) {
+        let sender = self.nodes.iter_mut().find(|node| node.id == from);
         if let Some(live) = sender.and_then(|node| node.live.as_mut()) {
-            live.raft.report_snapshot(message.to, delivered);
+            live.raft.report_snapshot(to, delivered);
         }
     }
 

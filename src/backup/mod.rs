@@ -350,8 +350,9 @@ impl Writer<'_> {
             }
             drop(_phase);
             // Writers and readers run between chunks.
-            let committing = flushes() != flushes_seen;
-            flushes_seen = flushes();
+            let flushed = flushes();
+            let committing = flushed != flushes_seen;
+            flushes_seen = flushed;
             if self.yield_to_commits && committing {
                 let step = clock.monotonic().saturating_sub(step_started);
                 tokio::time::sleep(step * YIELD_FACTOR).await;

@@ -137,16 +137,30 @@ pub struct RaftLog {
     snapshot: Snapshot,
 }
 
+/// Maps an I/O error of step `op` on `path` to [`RaftLogError::Io`].
+fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RaftLogError {
+    let path = path.to_path_buf();
+    move |source| RaftLogError::Io { op, path, source }
+}
+
+/// The whole log file: the header, `entries`, the hard state, padded to a
+/// sector (what a compaction or a snapshot's install writes).
+fn log_image(node: u64, voters: &[u64], entries: &[Entry], hard_state: &HardState) -> Vec<u8> {
+    let mut bytes = header(node, voters);
+    for entry in entries {
+        push_frame(&mut bytes, KIND_ENTRY, &encode_entry(entry));
+    }
+    push_frame(&mut bytes, KIND_HARD_STATE, &encode_hard_state(hard_state));
+    pad_to_sector(&mut bytes);
+    bytes
+}
+
 impl RaftLog {
     /// Opens the log in `dir`, creating it for `node` and `voters` if it
     /// does not exist, and cuts any torn tail.
     pub fn open(fs: Arc<dyn Fs>, dir: &Path, node: u64, voters: &[u64]) -> Result<Self, RaftLogError> {
         let _phase = probe::enter(Phase::RaftOpen);
         let path = dir.join(LOG_FILE);
-        let io = |op: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RaftLogError::Io { op, path, source }
-        };
         if !fs.exists(&path).map_err(io("stat", &path))? {
             fs.create_dir_all(dir).map_err(io("create directory", dir))?;
             write_atomically(fs.as_ref(), dir, LOG_FILE, &header(node, voters))?;
@@ -219,7 +233,7 @@ impl RaftLog {
             let holds_base = first <= base && entries.get((base - first) as usize).is_some_and(|e| e.term == base_term);
             let continues = first == base + 1 || holds_base;
             entries.retain(|e| e.index > base);
-            if !continues && !entries.is_empty() {
+            if !continues {
                 entries.clear();
             }
             if !continues && first <= base {
@@ -227,9 +241,7 @@ impl RaftLog {
                 // the stale entries, or appends after the snapshot would
                 // follow them with a gap.
                 probe::hit(Probe::RaftStaleLogDropped);
-                let mut bytes = header(node, voters);
-                push_frame(&mut bytes, KIND_HARD_STATE, &encode_hard_state(&hard_state));
-                pad_to_sector(&mut bytes);
+                let bytes = log_image(node, voters, &[], &hard_state);
                 write_atomically(fs.as_ref(), dir, LOG_FILE, &bytes)?;
                 file = fs.open(&path).map_err(io("open", &path))?;
                 end = bytes.len() as u64;
@@ -292,16 +304,7 @@ impl RaftLog {
         let mut hard_state = self.mem.rl().hard_state().clone();
         hard_state.commit = hard_state.commit.max(meta.index);
         hard_state.term = hard_state.term.max(meta.term);
-        let io = |op: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RaftLogError::Io { op, path, source }
-        };
-        let mut log_bytes = header(self.node, &self.voters);
-        for entry in kept {
-            push_frame(&mut log_bytes, KIND_ENTRY, &encode_entry(entry));
-        }
-        push_frame(&mut log_bytes, KIND_HARD_STATE, &encode_hard_state(&hard_state));
-        pad_to_sector(&mut log_bytes);
+        let log_bytes = log_image(self.node, &self.voters, kept, &hard_state);
         let snapshot_bytes = encode_snapshot(&snapshot);
         let fs = &self.fs;
         if planted::active(PlantedBug::RaftLogCutBeforeSnapshot) {
@@ -343,10 +346,6 @@ impl RaftLog {
         }
         // `end` is on a sector boundary, so padding `buf` pads the file.
         pad_to_sector(&mut buf);
-        let io = |op: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RaftLogError::Io { op, path, source }
-        };
         self.file.write_all_at(&buf, self.end).map_err(io("write", &self.path))?;
         if !planted::active(PlantedBug::RaftAppendWithoutSync) {
             self.file.sync_data().map_err(io("sync", &self.path))?;
@@ -473,16 +472,12 @@ fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
 /// The node's snapshot, or an empty one (index 0) if it has none.
 fn read_snapshot(fs: &dyn Fs, dir: &Path) -> Result<Snapshot, RaftLogError> {
     let path = dir.join(SNAPSHOT_FILE);
-    let io = |op: &'static str| {
-        let path = path.clone();
-        move |source| RaftLogError::Io { op, path, source }
-    };
-    if !fs.exists(&path).map_err(io("stat"))? {
+    if !fs.exists(&path).map_err(io("stat", &path))? {
         return Ok(Snapshot::default());
     }
-    let file = fs.open(&path).map_err(io("open"))?;
-    let mut bytes = vec![0; file.len().map_err(io("stat"))? as usize];
-    file.read_exact_at(&mut bytes, 0).map_err(io("read"))?;
+    let file = fs.open(&path).map_err(io("open", &path))?;
+    let mut bytes = vec![0; file.len().map_err(io("stat", &path))? as usize];
+    file.read_exact_at(&mut bytes, 0).map_err(io("read", &path))?;
     let bad = || RaftLogError::BadSnapshot { path: path.clone() };
     let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4).ok_or_else(bad)?).ok_or_else(bad)?;
     if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes"))
