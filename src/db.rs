@@ -53,6 +53,48 @@ const CHECKPOINT_STEPS_MAX: usize = 64;
 /// writes per hold of the store: writers wait at most for these.
 const CHECKPOINT_WRITE_BATCH: usize = 32;
 
+/// While commits are flowing, background work that gives way to them
+/// rests this many times as long as its last step took, so that it takes
+/// at most a `1 / (1 + YIELD_FACTOR)` share of the time (of a core, and of
+/// the disk's queue) from them.
+const YIELD_FACTOR: u32 = 9;
+
+/// Paces background work (a backup's copy, its start checkpoint) behind
+/// commits: after a step during which a WAL flush happened, it rests nine
+/// times (`YIELD_FACTOR`) as long as the step took. With no commits, the
+/// work runs at full speed.
+pub struct CommitYield<'a> {
+    wal: &'a Wal,
+    clock: &'a dyn Clock,
+    flushes_seen: u64,
+    step_started: Duration,
+}
+
+impl<'a> CommitYield<'a> {
+    fn new(wal: &'a Wal, clock: &'a dyn Clock) -> Self {
+        let flushes_seen = wal.stats().flushes.load(Ordering::Relaxed);
+        Self { wal, clock, flushes_seen, step_started: clock.monotonic() }
+    }
+
+    /// Starts timing a step.
+    pub fn step(&mut self) {
+        self.step_started = self.clock.monotonic();
+    }
+
+    /// Ends a step: rests if a commit was flushed since the last one ended.
+    /// Returns whether it rested.
+    pub async fn rest(&mut self) -> bool {
+        let flushes = self.wal.stats().flushes.load(Ordering::Relaxed);
+        let committing = flushes != self.flushes_seen;
+        self.flushes_seen = flushes;
+        if committing {
+            let step = self.clock.monotonic().saturating_sub(self.step_started);
+            tokio::time::sleep(step * YIELD_FACTOR).await;
+        }
+        committing
+    }
+}
+
 /// The catalog's tree: the first page ever allocated.
 pub const CATALOG: Tree = Tree { root: 0 };
 
@@ -308,12 +350,25 @@ impl Shared {
     /// without the store, so that writers never wait for its writes or its
     /// sync; then it ends. Returns the checkpoint's LSN.
     async fn checkpoint_full_speed(&self) -> Result<Lsn, DbError> {
+        self.checkpoint_batched(false).await
+    }
+
+    /// [`Shared::checkpoint_full_speed`], or (`yield_to_commits`) one whose
+    /// batches give way to commits as a backup's copy does
+    /// ([`CommitYield`]), until another caller waits for its turn.
+    async fn checkpoint_batched(&self, yield_to_commits: bool) -> Result<Lsn, DbError> {
         let (mut run, busy, after_begin) = self.checkpoint_start().await?;
+        let mut pacing = CommitYield::new(&self.wal, self.env.clock.as_ref());
         while run.pages_due() > 0 {
+            pacing.step();
             self.store.lock().await.checkpoint_write(&mut run, CHECKPOINT_WRITE_BATCH).await?;
             run.start_writeback();
-            // Let writers on this thread in before the next batch.
-            tokio::task::yield_now().await;
+            let hurried = self.checkpoint_waiters.load(Ordering::Acquire) > 0 || self.stopping();
+            let rested = yield_to_commits && !hurried && pacing.rest().await;
+            if !rested {
+                // Let writers on this thread in before the next batch.
+                tokio::task::yield_now().await;
+            }
         }
         run.sync_written(&self.wal)?;
         self.checkpoint_end(run, busy, after_begin).await
@@ -609,6 +664,11 @@ impl Database {
         &self.shared.stats
     }
 
+    /// A pacer for background work that gives way to commits.
+    pub fn commit_yield(&self) -> CommitYield<'_> {
+        CommitYield::new(&self.shared.wal, self.shared.env.clock.as_ref())
+    }
+
     /// The WAL (for its position and counters).
     pub fn wal(&self) -> &Arc<Wal> {
         &self.shared.wal
@@ -624,14 +684,16 @@ impl Database {
     /// (the checkpoint's redo point, or the first record of a transaction
     /// still open, whose rollback reads back that far). Checkpoints during
     /// the backup retire no segment from there on until the hold drops.
-    pub async fn start_backup(&self) -> Result<BackupStart, DbError> {
+    /// With `yield_to_commits`, the checkpoint's writes give way to commits
+    /// ([`CommitYield`]), as the backup's copy does.
+    pub async fn start_backup(&self, yield_to_commits: bool) -> Result<BackupStart, DbError> {
         if self.is_shutting_down() {
             return Err(DbError::ShuttingDown);
         }
         let _serial = self.shared.checkpoint_turn().await;
         // No checkpoint can retire WAL while this holds the turn, so the
         // hold is in place before any could.
-        let redo = self.shared.checkpoint_full_speed().await?;
+        let redo = self.shared.checkpoint_batched(yield_to_commits).await?;
         let store = self.shared.store.lock().await;
         let wal_from = store.oldest_active_lsn().map_or(redo, |oldest| oldest.min(redo));
         let id = self.shared.next_hold.fetch_add(1, Ordering::Relaxed);

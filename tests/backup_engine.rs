@@ -118,7 +118,7 @@ async fn checkpoints_during_a_backup_keep_the_wal_it_needs() {
     let disk = SimDisk::new(3, FaultConfig::none());
     let db = open(&disk).await;
     fill(&db, 100).await;
-    let start = db.start_backup().await.unwrap();
+    let start = db.start_backup(false).await.unwrap();
     let first = db.wal().options().file_name(db.wal().options().segno(start.wal_from));
     // Many segments of WAL and several checkpoints later, the backup's
     // first segment is still there.

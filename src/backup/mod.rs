@@ -64,12 +64,6 @@ pub const DEFAULT_CHUNK: usize = 1 << 20;
 /// ([`File::start_writeback`]).
 const WRITEBACK_EVERY: usize = 8 << 20;
 
-/// While commits are flowing, a backup rests this many times as long as
-/// its last step took after each step, so that it takes at most a
-/// `1 / (1 + YIELD_FACTOR)` share of the time (of a core, and of the
-/// disk's queue) from them. With no commits it copies at full speed.
-const YIELD_FACTOR: u32 = 4;
-
 /// What to back up, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupRequest {
@@ -87,8 +81,8 @@ pub struct BackupRequest {
     pub chunk_bytes: usize,
     /// A pause between steps (none by default).
     pub pause: Duration,
-    /// Rest between steps while commits are flowing (four times each
-    /// step's length).
+    /// Give way to commits: the start checkpoint's writes and the copy's
+    /// steps rest while commits are flowing ([`crate::db::CommitYield`]).
     /// On by default; the simulator leaves it off, since it paces its
     /// backups with `pause`.
     pub yield_to_commits: bool,
@@ -303,14 +297,12 @@ impl Writer<'_> {
         let (mut size, mut stored_size) = (0u64, 0u64);
         let mut buf = vec![0u8; self.chunk_bytes.max(1)];
         let mut unflushed = 0;
-        let clock = self.db.clock();
-        let flushes = || self.db.wal().stats().flushes.load(Ordering::Relaxed);
-        let mut flushes_seen = flushes();
+        let mut pacing = self.db.commit_yield();
         loop {
             if self.db.is_shutting_down() {
                 return Err(BackupError::ShutDown);
             }
-            let step_started = clock.monotonic();
+            pacing.step();
             let _phase = probe::enter(self.phase);
             let read = read_full(&mut source, &mut buf).map_err(io_error("read for", &path))?;
             let chunk = &buf[..read];
@@ -349,17 +341,15 @@ impl Writer<'_> {
                 break;
             }
             drop(_phase);
-            // Writers and readers run between chunks.
-            let flushed = flushes();
-            let committing = flushed != flushes_seen;
-            flushes_seen = flushed;
-            if self.yield_to_commits && committing {
-                let step = clock.monotonic().saturating_sub(step_started);
-                tokio::time::sleep(step * YIELD_FACTOR).await;
-            } else if self.pause.is_zero() {
-                tokio::task::yield_now().await;
-            } else {
-                tokio::time::sleep(self.pause).await;
+            // Writers and readers run between chunks: after a rest if
+            // commits are flowing, else after the request's pause.
+            let rested = self.yield_to_commits && pacing.rest().await;
+            if !rested {
+                if self.pause.is_zero() {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(self.pause).await;
+                }
             }
         }
         let _phase = probe::enter(self.phase);
@@ -438,7 +428,7 @@ pub async fn take(
     let start_micros = env.clock.wall_micros();
     progress.bytes_total.store(estimate_bytes(db, request.include_wal), Ordering::Relaxed);
 
-    let start = db.start_backup().await?;
+    let start = db.start_backup(request.yield_to_commits).await?;
     progress.start_lsn.store(start.control.redo_lsn.0, Ordering::Relaxed);
     let early_end = if active(PlantedBug::BackupEndBeforeCopy) { Some(db.end_backup().await?) } else { None };
     let mut writer = Writer {

@@ -195,7 +195,12 @@ impl Page {
 
     /// The LSN of the last WAL record applied to the page.
     pub fn page_lsn(&self) -> Lsn {
-        Lsn(u64::from_le_bytes(self.bytes[16..24].try_into().expect("8 bytes")))
+        Page::lsn_of(&self.bytes[..])
+    }
+
+    /// The page LSN in a page's bytes (which [`Page::check`] passed).
+    pub fn lsn_of(bytes: &[u8]) -> Lsn {
+        Lsn(u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")))
     }
 
     /// Records that the WAL record at `lsn` has been applied. Page LSNs only

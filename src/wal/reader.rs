@@ -324,7 +324,8 @@ impl WalReader {
         }
         // Keep at most the previous segment, for records that span a boundary;
         // an evicted one's memory is reused (a fresh 16 MiB buffer costs a
-        // page fault per 4 KiB, more than reading into it).
+        // page fault per 4 KiB, more than reading into it). A fresh one is
+        // built in place, not copied from a `Vec`.
         let mut spare = None;
         self.segments.retain(|cached, data| {
             let keep = cached + 1 >= segno && *cached <= segno;
@@ -342,7 +343,7 @@ impl WalReader {
                 let len = len.min(self.opts.segment_size) as usize;
                 let mut data = spare
                     .filter(|spare: &Arc<[u8]>| spare.len() == len && Arc::strong_count(spare) == 1)
-                    .unwrap_or_else(|| Arc::from(vec![0; len]));
+                    .unwrap_or_else(|| std::iter::repeat_n(0, len).collect());
                 let buf = Arc::get_mut(&mut data).expect("a spare segment buffer is not shared");
                 file.read_exact_at(buf, 0).map_err(|e| WalError::io("read", &path, e))?;
                 Some(data)
