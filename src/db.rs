@@ -341,21 +341,16 @@ impl Shared {
             let mut store = self.store.lock().await;
             return self.checkpoint_locked(&mut store, state).await;
         }
-        self.checkpoint_full_speed().await
-    }
-
-    /// A checkpoint at full speed by a caller that holds its turn: it
-    /// begins, writes the pages dirty at its begin a batch at a time,
-    /// letting the store go between batches, and syncs the data file
-    /// without the store, so that writers never wait for its writes or its
-    /// sync; then it ends. Returns the checkpoint's LSN.
-    async fn checkpoint_full_speed(&self) -> Result<Lsn, DbError> {
         self.checkpoint_batched(false).await
     }
 
-    /// [`Shared::checkpoint_full_speed`], or (`yield_to_commits`) one whose
-    /// batches give way to commits as a backup's copy does
-    /// ([`CommitYield`]), until another caller waits for its turn.
+    /// A checkpoint now, by a caller that holds its turn: it begins, writes
+    /// the pages dirty at its begin a batch at a time, letting the store go
+    /// between batches, and syncs the data file without the store, so that
+    /// writers never wait for its writes or its sync; then it ends. Returns
+    /// the checkpoint's LSN. The batches follow each other at once, or
+    /// (`yield_to_commits`) give way to commits as a backup's copy does
+    /// ([`CommitYield`]) until another caller waits for its turn.
     async fn checkpoint_batched(&self, yield_to_commits: bool) -> Result<Lsn, DbError> {
         let (mut run, busy, after_begin) = self.checkpoint_start().await?;
         let mut pacing = CommitYield::new(&self.wal, self.env.clock.as_ref());
@@ -641,11 +636,6 @@ impl Database {
     /// Takes a checkpoint now; returns its LSN once it is durable.
     pub async fn checkpoint(&self) -> Result<Lsn, DbError> {
         self.shared.checkpoint(ControlState::InProduction).await
-    }
-
-    /// The environment's clock (simulated in simulated runs).
-    pub fn clock(&self) -> &dyn Clock {
-        self.shared.env.clock.as_ref()
     }
 
     /// The wall clock, in microseconds since the Unix epoch, read through
