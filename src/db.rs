@@ -608,6 +608,7 @@ impl Database {
             shared.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         }
         tokio::spawn(checkpointer(Arc::downgrade(&shared), shared.checkpoint_wanted.clone()));
+        tokio::spawn(segment_preparer(Arc::downgrade(&shared.wal), shared.wal.segment_wanted()));
         // A point-in-time recovery holds its new timeline's segments (the
         // retire hook) but archives nothing: a recovery cut by a crash must
         // leave no trace of its timeline in the archive. The normal start
@@ -874,6 +875,22 @@ async fn end_of_recovery_checkpoint(shared: Weak<Shared>) {
 /// Checkpoints every `checkpoint_interval`, or when asked (WAL growth),
 /// until the database is dropped or shuts down. A failed checkpoint means
 /// the engine has stopped: the checkpointer stops too.
+/// Creates each WAL segment before the writer needs it
+/// ([`Wal::prepare_next_segment`]), so commits never wait for a zero-fill.
+/// Ends when the WAL is dropped or stops.
+async fn segment_preparer(wal: Weak<Wal>, wanted: Arc<Notify>) {
+    loop {
+        wanted.notified().await;
+        let Some(wal) = wal.upgrade() else { return };
+        if let Err(error) = crate::env::blocking(|| wal.prepare_next_segment()) {
+            if !matches!(error, crate::wal::WalError::Stopped { .. }) {
+                tracing::error!(%error, "creating the next WAL segment failed; the engine has stopped");
+            }
+            return;
+        }
+    }
+}
+
 async fn checkpointer(shared: Weak<Shared>, wanted: Arc<Notify>) {
     // The last checkpoint's start: the interval runs from there, so a
     // spread checkpoint's writes take up its interval, not add to it.

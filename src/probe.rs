@@ -198,6 +198,9 @@ pub enum Probe {
     SegmentZeroFilledInChunks,
     /// A recycled segment was reused instead of creating a new one.
     SegmentReused,
+    /// A segment was created ahead of the writer, in the background (the
+    /// database's task; the bare WAL workload creates them inline).
+    SegmentPrepared,
     /// The reader cut a torn tail (a bad record with nothing durable after).
     TornTailCut,
     /// The reader followed a Resume record past a torn sector.
@@ -337,13 +340,14 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 65] = [
+    const ALL: [Probe; 66] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
         Probe::FlushFoundWrittenNotDurable,
         Probe::SegmentZeroFilledInChunks,
         Probe::SegmentReused,
+        Probe::SegmentPrepared,
         Probe::TornTailCut,
         Probe::ResumeLinkFollowed,
         Probe::CorruptionReported,
@@ -437,6 +441,7 @@ impl Probe {
             Probe::FlushFoundWrittenNotDurable => "flush_found_written_not_durable",
             Probe::SegmentZeroFilledInChunks => "segment_zero_filled_in_chunks",
             Probe::SegmentReused => "segment_reused",
+            Probe::SegmentPrepared => "segment_prepared",
             Probe::TornTailCut => "torn_tail_cut",
             Probe::ResumeLinkFollowed => "resume_link_followed",
             Probe::CorruptionReported => "corruption_reported",

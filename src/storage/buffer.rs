@@ -51,8 +51,6 @@ pub struct BufferStats {
 
 struct Frame {
     page: Page,
-    /// `Some` when dirty: the end LSN of the first record that dirtied it.
-    rec_lsn: Option<Lsn>,
     /// Used since the clock hand last passed (second chance).
     referenced: bool,
 }
@@ -120,6 +118,11 @@ pub struct BufferPool {
     file: Arc<dyn File>,
     frames_max: usize,
     frames: BTreeMap<u32, Frame>,
+    /// The dirty page table: each dirty resident page's recovery LSN (the
+    /// end LSN of the first record that dirtied it). Kept apart from the
+    /// frames so that a checkpoint reads it in microseconds under the
+    /// store, not by walking every frame.
+    dirty: BTreeMap<u32, Lsn>,
     /// Resident pages in clock order: eviction takes the first one not
     /// referenced since the hand last passed it (CLOCK, an LRU
     /// approximation with O(1) bookkeeping per access).
@@ -153,6 +156,7 @@ impl BufferPool {
             file: Arc::from(file),
             frames_max,
             frames: BTreeMap::new(),
+            dirty: BTreeMap::new(),
             clock: VecDeque::new(),
             spare: None,
             stats: BufferStats::default(),
@@ -181,8 +185,8 @@ impl BufferPool {
     }
 
     /// The dirty page table: page number to recovery LSN.
-    pub fn dirty_pages(&self) -> BTreeMap<u32, Lsn> {
-        self.frames.iter().filter_map(|(no, frame)| frame.rec_lsn.map(|lsn| (*no, lsn))).collect()
+    pub fn dirty_pages(&self) -> &BTreeMap<u32, Lsn> {
+        &self.dirty
     }
 
     /// Brings page `page_no` into the pool (evicting under the WAL rule if
@@ -198,7 +202,7 @@ impl BufferPool {
             self.stats.misses += 1;
             self.make_room(wal).await?;
             let page = self.read(page_no)?;
-            self.frames.insert(page_no, Frame { page, rec_lsn: None, referenced: false });
+            self.frames.insert(page_no, Frame { page, referenced: false });
             self.clock.push_back(page_no);
         }
         let frame = self.frames.get_mut(&page_no).expect("resident");
@@ -216,7 +220,7 @@ impl BufferPool {
         if let Some(frame) = self.frames.get_mut(&page_no) {
             if frame.page.page_lsn() < lsn {
                 frame.page.copy_from(&page);
-                frame.rec_lsn.get_or_insert(lsn);
+                self.dirty.entry(page_no).or_insert(lsn);
             }
         } else {
             self.make_room(wal).await?;
@@ -227,7 +231,8 @@ impl BufferPool {
                 }
                 None => page,
             };
-            self.frames.insert(page_no, Frame { page, rec_lsn: Some(lsn), referenced: false });
+            self.frames.insert(page_no, Frame { page, referenced: false });
+            self.dirty.insert(page_no, lsn);
             self.clock.push_back(page_no);
         }
         self.touch(page_no);
@@ -247,7 +252,7 @@ impl BufferPool {
         let frame = self.frame(page_no, wal).await?;
         let result = apply(&mut frame.page);
         if let Ok(Redo::Applied) = result {
-            frame.rec_lsn.get_or_insert(lsn);
+            self.dirty.entry(page_no).or_insert(lsn);
         }
         Ok(result)
     }
@@ -266,7 +271,7 @@ impl BufferPool {
         let frame = self.frames.get_mut(&page_no).unwrap_or_else(|| panic!("page {page_no} is not resident"));
         change(&mut frame.page);
         frame.page.set_page_lsn(lsn);
-        frame.rec_lsn.get_or_insert(lsn);
+        self.dirty.entry(page_no).or_insert(lsn);
         self.touch(page_no);
     }
 
@@ -277,11 +282,8 @@ impl BufferPool {
     /// logged just before the begin record. Pages written or evicted since,
     /// or dirtied only after `before`, are skipped.
     pub async fn write_dirty_before(&mut self, pages: &[u32], before: Lsn, wal: &Wal) -> Result<(), BufferError> {
-        let due: Vec<u32> = pages
-            .iter()
-            .copied()
-            .filter(|no| self.frames.get(no).and_then(|frame| frame.rec_lsn).is_some_and(|lsn| lsn <= before))
-            .collect();
+        let due: Vec<u32> =
+            pages.iter().copied().filter(|no| self.dirty.get(no).is_some_and(|lsn| *lsn <= before)).collect();
         let newest = due.iter().map(|no| self.frames[no].page.page_lsn()).max();
         if let Some(newest) = newest {
             wal.flush(newest).await?;
@@ -294,7 +296,7 @@ impl BufferPool {
 
     /// Writes every dirty page (WAL first) and syncs the data file.
     pub async fn flush_all(&mut self, wal: &Wal) -> Result<(), BufferError> {
-        let dirty: Vec<u32> = self.dirty_pages().into_keys().collect();
+        let dirty: Vec<u32> = self.dirty.keys().copied().collect();
         self.write_dirty_before(&dirty, Lsn(u64::MAX), wal).await?;
         self.sync(wal)
     }
@@ -342,7 +344,7 @@ impl BufferPool {
     /// Writes a page if it is dirty, making the WAL durable through its LSN
     /// first.
     async fn write_back(&mut self, page_no: u32, wal: &Wal) -> Result<(), BufferError> {
-        if self.frames[&page_no].rec_lsn.is_some() {
+        if self.dirty.contains_key(&page_no) {
             if !active(PlantedBug::PageBeforeWal) {
                 wal.flush(self.frames[&page_no].page.page_lsn()).await?;
             }
@@ -361,7 +363,7 @@ impl BufferPool {
         self.file
             .write_all_at(frame.page.seal(), offset)
             .map_err(|e| halt(wal, StorageError::io("write", &self.path, e)))?;
-        frame.rec_lsn = None;
+        self.dirty.remove(&page_no);
         self.stats.writes += 1;
         Ok(())
     }
@@ -509,7 +511,7 @@ mod tests {
         create(&mut pool, 0, first, &wal).await;
         let second = log(&wal, 0).await;
         pool.modify(0, second, |_| {});
-        assert_eq!(pool.dirty_pages(), BTreeMap::from([(0, first)]));
+        assert_eq!(pool.dirty_pages(), &BTreeMap::from([(0, first)]));
         assert_eq!(pool.fetch(0, &wal).await.unwrap().page_lsn(), second);
         pool.flush_all(&wal).await.unwrap();
         assert!(pool.dirty_pages().is_empty());

@@ -1018,15 +1018,15 @@ impl Store {
         let due = self
             .pool
             .dirty_pages()
-            .into_iter()
+            .iter()
             .filter(|(_, rec_lsn)| {
-                if *rec_lsn == begin {
+                if **rec_lsn == begin {
                     probe::hit(Probe::CheckpointPageDirtiedAtBegin);
                     return !active(PlantedBug::CheckpointSkipsPageDirtiedAtBegin);
                 }
-                *rec_lsn < begin
+                **rec_lsn < begin
             })
-            .map(|(no, _)| no)
+            .map(|(no, _)| *no)
             .collect();
         Ok(CheckpointRun { begin, due, data_file: self.pool.data_file_sync(), synced: false })
     }
@@ -1087,7 +1087,7 @@ impl Store {
             let _phase = probe::enter(Phase::CheckpointFlush);
             self.pool.sync(&self.wal)?;
         }
-        let dirty = self.pool.dirty_pages().into_iter().collect();
+        let dirty = self.pool.dirty_pages().iter().map(|(no, lsn)| (*no, *lsn)).collect();
         let att = self
             .active
             .iter()

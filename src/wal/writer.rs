@@ -23,6 +23,14 @@
 //!   name, synced, renamed into place, and its directory synced before any
 //!   record is written to it. A crash leaves either no segment or a complete
 //!   empty one.
+//! - **Segments ahead:** each time the writer starts a segment it asks for
+//!   the next one ([`Wal::segment_wanted`]); a background task creates it
+//!   ([`Wal::prepare_next_segment`]), so committers do not wait for a 16 MiB
+//!   zero-fill and its sync. Creating, recycling and removing segment files
+//!   happen under one lock, and the writer opens a segment it has not yet
+//!   used under that lock too, so it never writes into a segment whose
+//!   directory entry is not yet durable (a crash could drop the entry and
+//!   the acknowledged records in it).
 //! - **Recycling:** a segment is retired only when the caller says crash
 //!   recovery no longer needs it, and only if `may_remove` agrees (the
 //!   archiver's hook: a segment waits until it is archived). A retired
@@ -60,8 +68,10 @@ pub struct WalStats {
     pub bytes_written: AtomicU64,
     /// Successful group flushes (each ends in one sync per touched segment).
     pub flushes: AtomicU64,
-    /// Segment files created (zero-filled).
+    /// Segment files created (zero-filled), by the writer or ahead of it.
     pub segments_created: AtomicU64,
+    /// Of those, the ones created ahead of the writer, in the background.
+    pub segments_prepared: AtomicU64,
     /// Retired segments renamed to future names for reuse.
     pub segments_recycled: AtomicU64,
     /// Retired segments removed.
@@ -103,6 +113,11 @@ pub struct Wal {
     opts: WalOptions,
     insert: Mutex<InsertBuffer>,
     io: tokio::sync::Mutex<SegmentWriter>,
+    /// Held while segment files are created, renamed, removed, or opened
+    /// for the first write (lock order: `io`, then this).
+    files: Mutex<()>,
+    /// Notified when the writer starts a segment: the next one is wanted.
+    segment_wanted: Arc<tokio::sync::Notify>,
     durable_lsn: AtomicU64,
     stopped: Mutex<Option<String>>,
     stats: WalStats,
@@ -137,6 +152,8 @@ impl Wal {
             opts,
             insert: Mutex::new(insert),
             io: tokio::sync::Mutex::new(writer),
+            files: Mutex::new(()),
+            segment_wanted: Arc::new(tokio::sync::Notify::new()),
             durable_lsn: AtomicU64::new(end.0),
             stopped: Mutex::new(None),
             stats: WalStats::default(),
@@ -152,6 +169,7 @@ impl Wal {
             wal.sync(&mut writer)?;
             wal.durable_lsn.store(writer.written.0, Ordering::Release);
         }
+        wal.segment_wanted.notify_one();
         Ok(wal)
     }
 
@@ -168,6 +186,8 @@ impl Wal {
             opts,
             insert: Mutex::new(insert),
             io: tokio::sync::Mutex::new(writer),
+            files: Mutex::new(()),
+            segment_wanted: Arc::new(tokio::sync::Notify::new()),
             durable_lsn: AtomicU64::new(end.0),
             stopped: Mutex::new(Some("a standby's WAL is read-only until it is promoted".into())),
             stats: WalStats::default(),
@@ -350,6 +370,7 @@ impl Wal {
     ) -> Result<RetireReport, WalError> {
         let writer = self.io.lock().await;
         self.check_running()?;
+        let _files = self.lock_files();
         let _phase = probe::enter(Phase::WalRetire);
         let first_needed = self.opts.segno(needed_from) + u64::from(active(PlantedBug::RecycleNeededSegment));
         assert!(needed_from <= self.durable_lsn(), "retiring WAL that is not durable yet: {needed_from}");
@@ -391,8 +412,40 @@ impl Wal {
         Ok(report)
     }
 
+    /// What a background task waits on: notified when the writer starts a
+    /// segment (and once when the WAL opens), so the next one is wanted.
+    /// Dropping the WAL notifies it too, so the task can see it is gone.
+    pub fn segment_wanted(&self) -> Arc<tokio::sync::Notify> {
+        self.segment_wanted.clone()
+    }
+
+    /// Creates the segment after the one being appended to, if it does not
+    /// exist yet (neither created before nor recycled), so the writer finds
+    /// it ready. Returns whether it created one. Blocking I/O: 16 MiB of
+    /// zeroes and two syncs. A failure latches the WAL, as it would have
+    /// when the writer created the segment itself.
+    pub fn prepare_next_segment(&self) -> Result<bool, WalError> {
+        self.check_running()?;
+        let next = self.opts.segno(self.lock_insert().next) + 1;
+        let _files = self.lock_files();
+        self.check_running()?;
+        let path = self.opts.path(next);
+        if self.fs.exists(&path).map_err(|e| self.stop(WalError::io("stat", &path, e)))? {
+            return Ok(false);
+        }
+        create_segment(self.fs.as_ref(), &self.opts, next).map_err(|e| self.stop(e))?;
+        self.stats.segments_created.fetch_add(1, Ordering::Relaxed);
+        self.stats.segments_prepared.fetch_add(1, Ordering::Relaxed);
+        probe::hit(Probe::SegmentPrepared);
+        Ok(true)
+    }
+
     fn lock_insert(&self) -> MutexGuard<'_, InsertBuffer> {
         self.insert.lock().expect("WAL insert lock poisoned")
+    }
+
+    fn lock_files(&self) -> MutexGuard<'_, ()> {
+        self.files.lock().expect("WAL segment-files lock poisoned")
     }
 
     /// `Ok` while the WAL runs; [`WalError::Stopped`] once an I/O error has
@@ -485,6 +538,11 @@ impl Wal {
             std::collections::btree_map::Entry::Occupied(entry) => &**entry.into_mut(),
             std::collections::btree_map::Entry::Vacant(entry) => {
                 let path = self.opts.path(segno);
+                // Under the files lock: a segment being created ahead is
+                // either not yet in place or in place with its directory
+                // synced, and a failure to prepare it has latched the WAL.
+                let _files = self.lock_files();
+                self.check_running()?;
                 let file = match self.fs.open(&path) {
                     Ok(file) => {
                         if rotating {
@@ -498,10 +556,20 @@ impl Wal {
                     }
                     Err(e) => return Err(WalError::io("open", path, e)),
                 };
+                if rotating {
+                    self.segment_wanted.notify_one();
+                }
                 &**entry.insert(file)
             }
         };
         Ok(file)
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        // Wakes the task that prepares segments, so it sees the WAL gone.
+        self.segment_wanted.notify_one();
     }
 }
 
