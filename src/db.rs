@@ -872,9 +872,6 @@ async fn end_of_recovery_checkpoint(shared: Weak<Shared>) {
     }
 }
 
-/// Checkpoints every `checkpoint_interval`, or when asked (WAL growth),
-/// until the database is dropped or shuts down. A failed checkpoint means
-/// the engine has stopped: the checkpointer stops too.
 /// Creates each WAL segment before the writer needs it
 /// ([`Wal::prepare_next_segment`]), so commits never wait for a zero-fill.
 /// Ends when the WAL is dropped or stops.
@@ -891,6 +888,9 @@ async fn segment_preparer(wal: Weak<Wal>, wanted: Arc<Notify>) {
     }
 }
 
+/// Checkpoints every `checkpoint_interval`, or when asked (WAL growth),
+/// until the database is dropped or shuts down. A failed checkpoint means
+/// the engine has stopped: the checkpointer stops too.
 async fn checkpointer(shared: Weak<Shared>, wanted: Arc<Notify>) {
     // The last checkpoint's start: the interval runs from there, so a
     // spread checkpoint's writes take up its interval, not add to it.
