@@ -46,9 +46,10 @@ latency_run() {
   shift
   mkdir -p "$logs"
   chmod 777 "$logs"
-  # Each run starts with nothing dirty in the page cache: the kernel's
-  # writeback of the previous run's pgbench logs would otherwise land in
-  # this one and stall its WAL syncs (seen as 40-60 ms maxima).
+  # Each run starts with nothing dirty in the page cache, for both systems
+  # alike: the previous run's pgbench logs are not written back during
+  # this one. (It did not lower the maxima measured; see
+  # docs/performance.md.)
   sync
   if [ -n "${FORCE:-}" ]; then
     (while sleep 5; do $FORCE || true; done) &

@@ -60,8 +60,8 @@ const CHECKPOINT_WRITE_BATCH: usize = 32;
 const YIELD_FACTOR: u32 = 9;
 
 /// Paces background work (a backup's copy, its start checkpoint) behind
-/// commits: after a step during which a WAL flush happened, it rests nine
-/// times (`YIELD_FACTOR`) as long as the step took. With no commits, the
+/// commits: after a step during which a WAL flush happened, it rests
+/// `YIELD_FACTOR` times as long as the step took. With no commits, the
 /// work runs at full speed.
 pub struct CommitYield<'a> {
     wal: &'a Wal,
