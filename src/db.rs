@@ -32,7 +32,7 @@ use crate::recovery::{self, RecoveryReport, StoreOptions};
 use crate::storage::{CheckpointRun, CheckpointTail, ControlFile, ControlState, Store, StoreError, Tree};
 use crate::txn::lock::{LockError, LockManager};
 use crate::txn::{Table, Transaction};
-use crate::wal::{parse_segment_file_name, Lsn, Wal, WalCompression, WalOptions};
+use crate::wal::{parse_segment_file_name, Lsn, ReplicationGate, Wal, WalCompression, WalOptions};
 
 /// The random stream that draws a new database's identity.
 const RNG_SYSTEM_ID: u64 = 0x1d;
@@ -136,6 +136,9 @@ pub struct EngineConfig {
     /// its marker ([`crate::backup::pitr::PITR_MARKER`]) is there; any
     /// other open refuses a directory whose recovery did not finish.
     pub point_in_time_recovery: bool,
+    /// Set on a cluster's leader: the WAL is durable only once the group
+    /// holds it ([`crate::wal::Wal::with_replication`]).
+    pub replication: Option<Arc<ReplicationGate>>,
 }
 
 impl EngineConfig {
@@ -157,6 +160,7 @@ impl EngineConfig {
             wal_recycled_segments_max: crate::wal::DEFAULT_RECYCLED_SEGMENTS_MAX,
             archive: None,
             point_in_time_recovery: false,
+            replication: None,
         }
     }
 
@@ -173,6 +177,7 @@ impl EngineConfig {
             pool_bytes: self.buffer_pool_size,
             undo_memory: self.undo_memory,
             new_system_id,
+            replication: self.replication.clone(),
         }
     }
 }

@@ -79,6 +79,9 @@ pub enum Layer {
     Storage,
     /// The Raft group: consensus, its durable log, elections.
     Cluster,
+    /// The WAL replicated through the Raft group: shipping, following,
+    /// failover.
+    Replication,
 }
 
 impl Phase {
@@ -337,10 +340,22 @@ pub enum Probe {
     /// A Raft log reopened after a snapshot dropped entries that did not
     /// continue it.
     RaftStaleLogDropped,
+    /// A cluster leader's flush, durable on its own disk, waited for the group to commit it.
+    FlushWaitsForMajority,
+    /// A node that won an election applied every earlier entry and opened the database as the leader.
+    ReplicaLeaderOpened,
+    /// A leader (or a node opening as one) lost its leadership: its waiting commits failed and it went back to following.
+    ReplicaDemoted,
+    /// A node cut WAL from its log that the group had not committed (it wrote it as a leader).
+    ReplicaCutUncommitted,
+    /// A restarted (or deposed) node wrote committed entries again while catching up with what it knew committed.
+    ReplicaReapplied,
+    /// A follower's replay of the shipped WAL moved its restartpoint.
+    ReplicaReplayed,
 }
 
 impl Probe {
-    const ALL: [Probe; 66] = [
+    const ALL: [Probe; 72] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -407,6 +422,12 @@ impl Probe {
         Probe::RaftCompacted,
         Probe::RaftSnapshotInstalled,
         Probe::RaftStaleLogDropped,
+        Probe::FlushWaitsForMajority,
+        Probe::ReplicaLeaderOpened,
+        Probe::ReplicaDemoted,
+        Probe::ReplicaCutUncommitted,
+        Probe::ReplicaReapplied,
+        Probe::ReplicaReplayed,
     ];
 
     fn layer(self) -> Layer {
@@ -429,6 +450,12 @@ impl Probe {
             | Probe::RaftCompacted
             | Probe::RaftSnapshotInstalled
             | Probe::RaftStaleLogDropped => Layer::Cluster,
+            Probe::FlushWaitsForMajority
+            | Probe::ReplicaLeaderOpened
+            | Probe::ReplicaDemoted
+            | Probe::ReplicaCutUncommitted
+            | Probe::ReplicaReapplied
+            | Probe::ReplicaReplayed => Layer::Replication,
             _ => Layer::Storage,
         }
     }
@@ -501,6 +528,12 @@ impl Probe {
             Probe::RaftCompacted => "raft_compacted",
             Probe::RaftSnapshotInstalled => "raft_snapshot_installed",
             Probe::RaftStaleLogDropped => "raft_stale_log_dropped",
+            Probe::FlushWaitsForMajority => "flush_waits_for_majority",
+            Probe::ReplicaLeaderOpened => "replica_leader_opened",
+            Probe::ReplicaDemoted => "replica_demoted",
+            Probe::ReplicaCutUncommitted => "replica_cut_uncommitted",
+            Probe::ReplicaReapplied => "replica_reapplied",
+            Probe::ReplicaReplayed => "replica_replayed",
         }
     }
 }

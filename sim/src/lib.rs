@@ -10,13 +10,15 @@
 //! runs concurrent transactions through the engine (`db_run`: kv, bank,
 //! long transactions, catalog churn, large rows, SQL; with backups,
 //! archiving, point-in-time recovery and standbys on its seeds); `cluster`
-//! runs a Raft group on a seeded network (`cluster_sim`).
+//! runs a Raft group on a seeded network (`cluster_sim`); `replica` runs
+//! databases whose WAL is replicated through such a group (`replica_sim`).
 
 pub mod archive_sim;
 pub mod cluster_sim;
 pub mod db_run;
 pub mod fuzz_checks;
 pub mod pitr_sim;
+pub mod replica_sim;
 pub mod runner;
 pub mod standby_sim;
 pub mod wal_run;

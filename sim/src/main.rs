@@ -104,6 +104,7 @@ fn report_failure(failure: &SeedFailure, plant: Option<PlantedBug>, workload: Wo
         Workload::Wal => String::new(),
         Workload::Db => " --workload db".into(),
         Workload::Cluster => " --workload cluster".into(),
+        Workload::Replica => " --workload replica".into(),
     };
     println!("replay: cargo sim{features} --{planted}{workload} --seed {}", failure.seed);
 }
@@ -143,6 +144,7 @@ fn planted_report(budget: u64, hunts: u64, rate_window: u64) -> Result<bool, Str
             Layer::Wal => Workload::Wal,
             Layer::Storage => Workload::Db,
             Layer::Cluster => Workload::Cluster,
+            Layer::Replication => Workload::Replica,
         };
         let mut counts = Vec::new();
         let mut checks = BTreeMap::new();
@@ -295,6 +297,7 @@ fn run(args: Args) -> Result<bool, String> {
         Workload::Wal => Layer::Wal,
         Workload::Db => Layer::Storage,
         Workload::Cluster => Layer::Cluster,
+        Workload::Replica => Layer::Replication,
     };
     let counts = thunderdb::probe::counts(layer);
     let hit = counts.iter().filter(|(_, count)| *count > 0).count();

@@ -5,6 +5,7 @@
 
 use crate::cluster_sim::run_cluster_seed;
 use crate::db_run::run_db_seed;
+use crate::replica_sim::run_replica_seed;
 use crate::wal_run::{run_wal_seed, SeedFailure, SeedOutcome};
 
 /// What a seed exercises.
@@ -17,6 +18,9 @@ pub enum Workload {
     Db,
     /// A Raft group on a seeded network: partitions, crashes, power loss.
     Cluster,
+    /// Databases whose WAL is replicated through a Raft group, with
+    /// failovers.
+    Replica,
 }
 
 impl Workload {
@@ -25,6 +29,7 @@ impl Workload {
             Workload::Wal => run_wal_seed(seed).await,
             Workload::Db => run_db_seed(seed).await,
             Workload::Cluster => run_cluster_seed(seed).await,
+            Workload::Replica => run_replica_seed(seed).await,
         }
     }
 }
@@ -52,7 +57,11 @@ pub fn run_seed_checked(seed: u64, determinism: bool, workload: Workload) -> Res
         let second = run_seed_isolated(seed, workload)?;
         if first != second {
             let divergence = match first.trace.first_divergence(&second.trace) {
-                Some((index, one, two)) => format!("first diverging event #{index}: `{one}` then `{two}`"),
+                Some((index, one, two)) => {
+                    let context: Vec<String> =
+                        (index.saturating_sub(6)..index).map(|i| first.trace.describe(i)).collect();
+                    format!("first diverging event #{index}: `{one}` then `{two}`; before it: {}", context.join(" | "))
+                }
                 None => "the disk traces match; the model or the counters differ".into(),
             };
             return Err(SeedFailure {

@@ -630,6 +630,7 @@ async fn replay(manifest: &Manifest, scratch: &Scratch, opts: &WalOptions, clock
         pool_bytes: 64 << 20,
         undo_memory: UNDO_MEMORY_DEFAULT,
         new_system_id: 0,
+        replication: None,
     };
     let mut store = match recovery::recover(scratch.fs.clone(), clock, &store_opts).await {
         Ok((store, recovered)) if recovered.end_lsn == manifest.end_lsn => store,

@@ -5,4 +5,5 @@
 //! carrying the WAL or serving in the server.
 
 pub mod raft;
+pub mod replica;
 pub mod standby;

@@ -41,7 +41,7 @@ use crate::probe::{self, Phase, Probe};
 use crate::storage::{
     ActiveTxnEntry, BufferError, BufferPool, ControlFile, ControlState, Op, Redo, Store, StoreError, DATA_FILE_NAME,
 };
-use crate::wal::{read_history, LogEnd, Lsn, RecordKind, Wal, WalOptions, WalReader};
+use crate::wal::{read_history, LogEnd, Lsn, RecordKind, ReplicationGate, Wal, WalOptions, WalReader};
 
 /// Where a store lives and how much memory its pool gets.
 #[derive(Debug, Clone)]
@@ -58,6 +58,8 @@ pub struct StoreOptions {
     /// The identity a new database gets (one whose control file predates
     /// identities gets it too); an existing one keeps its own.
     pub new_system_id: u64,
+    /// A cluster leader's link to its group (see [`Wal::with_replication`]).
+    pub replication: Option<Arc<ReplicationGate>>,
 }
 
 /// What recovery found and did.
@@ -290,7 +292,8 @@ pub async fn recover(
     report.phases[0] = clock.monotonic().saturating_sub(started);
 
     // Phase 2: redo.
-    let wal = Arc::new(Wal::open(fs.clone(), analysis.opts.wal.clone(), end)?);
+    let wal =
+        Arc::new(Wal::open(fs.clone(), analysis.opts.wal.clone(), end)?.with_replication(opts.replication.clone()));
     let mut store = analysis.store(&fs, wal)?;
     (report.records_replayed, report.records_applied, _) = analysis.redo(&fs, &mut store).await?;
     if report.crashed {

@@ -355,6 +355,11 @@ impl BufferPool {
 
     /// Writes a dirty page; the caller has made the WAL durable through its LSN.
     fn write(&mut self, page_no: u32, wal: &Wal) -> Result<(), StorageError> {
+        // Nothing is written once the engine has stopped: a flush of WAL
+        // already durable succeeds without looking, and a cluster node that
+        // lost its leadership stops its engine before it replays into the
+        // same data file as a follower.
+        wal.check_not_halted().map_err(|e| StorageError::io("write", &self.path, std::io::Error::other(e)))?;
         let frame = self.frames.get_mut(&page_no).expect("resident");
         let lsn = frame.page.page_lsn();
         let rule_kept = wal.durable_lsn() >= lsn || active(PlantedBug::PageBeforeWal);

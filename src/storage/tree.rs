@@ -1400,6 +1400,7 @@ mod tests {
             pool_bytes: pool_pages * PAGE_SIZE as u64,
             undo_memory: UNDO_MEMORY_DEFAULT,
             new_system_id: 1,
+            replication: None,
         };
         recover(fs, &SimClock::new(0), &opts).await.unwrap().0
     }

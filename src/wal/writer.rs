@@ -54,6 +54,7 @@ use super::error::WalError;
 use super::lsn::Lsn;
 use super::reader::LogEnd;
 use super::record::{Record, RecordKind, HEADER_LEN, MAX_PAYLOAD_LEN};
+use super::replication::ReplicationGate;
 use super::segment::{parse_segment_file_name, WalOptions};
 use crate::env::{File, Fs, SECTOR_SIZE};
 use crate::planted::{active, PlantedBug};
@@ -119,7 +120,11 @@ pub struct Wal {
     /// Notified when the writer starts a segment: the next one is wanted.
     segment_wanted: Arc<tokio::sync::Notify>,
     durable_lsn: AtomicU64,
+    /// Set on a cluster's leader: durable means durable on a majority.
+    gate: Option<Arc<ReplicationGate>>,
     stopped: Mutex<Option<String>>,
+    /// A standby's: nothing may be appended or flushed.
+    read_only: bool,
     stats: WalStats,
 }
 
@@ -155,7 +160,9 @@ impl Wal {
             files: Mutex::new(()),
             segment_wanted: Arc::new(tokio::sync::Notify::new()),
             durable_lsn: AtomicU64::new(end.0),
+            gate: None,
             stopped: Mutex::new(None),
+            read_only: false,
             stats: WalStats::default(),
         };
         if resume_at != end {
@@ -167,7 +174,7 @@ impl Wal {
             let mut writer = wal.io.try_lock().expect("no one else holds a WAL that is still opening");
             wal.write_buffer(&mut writer, true)?;
             wal.sync(&mut writer)?;
-            wal.durable_lsn.store(writer.written.0, Ordering::Release);
+            wal.set_durable(writer.written);
         }
         wal.segment_wanted.notify_one();
         Ok(wal)
@@ -189,7 +196,9 @@ impl Wal {
             files: Mutex::new(()),
             segment_wanted: Arc::new(tokio::sync::Notify::new()),
             durable_lsn: AtomicU64::new(end.0),
-            stopped: Mutex::new(Some("a standby's WAL is read-only until it is promoted".into())),
+            gate: None,
+            stopped: Mutex::new(None),
+            read_only: true,
             stats: WalStats::default(),
         }
     }
@@ -199,9 +208,39 @@ impl Wal {
         &self.opts
     }
 
-    /// Every byte before this LSN is durable.
+    /// Every byte before this LSN is durable: on this node's disk, and on
+    /// a cluster's leader also on a majority of the nodes
+    /// ([`Wal::with_replication`]).
     pub fn durable_lsn(&self) -> Lsn {
+        match &self.gate {
+            Some(gate) => self.local_durable().min(gate.replicated()),
+            None => self.local_durable(),
+        }
+    }
+
+    /// Every byte before this LSN is durable on this node's disk.
+    pub fn local_durable(&self) -> Lsn {
         Lsn(self.durable_lsn.load(Ordering::Acquire))
+    }
+
+    /// Makes this WAL a cluster leader's: [`Wal::flush`] returns only once
+    /// `gate` says a majority holds what it flushed, and
+    /// [`Wal::durable_lsn`] (which pages, checkpoints and the archiver
+    /// honour) stops there too, so nothing outside the log ever depends on
+    /// WAL that a failover could drop. The gate learns each local flush.
+    pub fn with_replication(mut self, gate: Option<Arc<ReplicationGate>>) -> Self {
+        if let Some(gate) = &gate {
+            gate.set_local(self.local_durable());
+        }
+        self.gate = gate;
+        self
+    }
+
+    fn set_durable(&self, lsn: Lsn) {
+        self.durable_lsn.store(lsn.0, Ordering::Release);
+        if let Some(gate) = &self.gate {
+            gate.set_local(lsn);
+        }
     }
 
     /// Where the next record will be appended.
@@ -236,7 +275,7 @@ impl Wal {
         let (lsn, end, buffered) = {
             let mut insert = self.lock_insert();
             let lsn = insert.next;
-            let len = record.encode_into(&mut insert.bytes, lsn, self.opts.timeline, self.durable_lsn());
+            let len = record.encode_into(&mut insert.bytes, lsn, self.opts.timeline, self.local_durable());
             insert.next = lsn.plus(len);
             insert.appended_end = insert.next;
             (lsn, insert.next, insert.bytes.len())
@@ -261,18 +300,34 @@ impl Wal {
     }
 
     /// Makes every record before `upto` durable. Concurrent callers share one
-    /// sync (group commit).
+    /// sync (group commit). On a cluster's leader it then waits until a
+    /// majority holds them too; if the node loses its leadership first, it
+    /// fails and the caller's outcome is unknown, as after a failed sync.
     pub async fn flush(&self, upto: Lsn) -> Result<Lsn, WalError> {
-        if self.durable_lsn() >= upto {
-            return Ok(self.durable_lsn());
+        let local = self.flush_local(upto).await?;
+        match &self.gate {
+            None => Ok(local),
+            Some(gate) => {
+                if gate.replicated() < upto {
+                    probe::hit(Probe::FlushWaitsForMajority);
+                }
+                let majority = gate.wait(upto, || self.check_running()).await?;
+                Ok(majority.min(self.local_durable()))
+            }
+        }
+    }
+
+    async fn flush_local(&self, upto: Lsn) -> Result<Lsn, WalError> {
+        if self.local_durable() >= upto {
+            return Ok(self.local_durable());
         }
         let mut writer = self.io.lock().await;
         self.check_running()?;
-        if self.durable_lsn() >= upto {
+        if self.local_durable() >= upto {
             probe::hit(Probe::GroupCommitFollower);
-            return Ok(self.durable_lsn());
+            return Ok(self.local_durable());
         }
-        if writer.written > self.durable_lsn() {
+        if writer.written > self.local_durable() {
             // A write-behind put records out without syncing them: written is
             // not durable, and only the sync below makes it so.
             probe::hit(Probe::FlushFoundWrittenNotDurable);
@@ -290,7 +345,7 @@ impl Wal {
         // Yielding here gives the simulator that window too, so a bug that
         // leaks state between the write and the sync can be observed.
         if active(PlantedBug::AckBeforeSync) {
-            self.durable_lsn.store(writer.written.0, Ordering::Release);
+            self.set_durable(writer.written);
         }
         tokio::task::yield_now().await;
         if let Err(error) = self.sync(&mut writer) {
@@ -310,7 +365,7 @@ impl Wal {
             durable.0 % SECTOR_SIZE == 0 || active(PlantedBug::NoSectorPadding),
             "flushes end on sector boundaries"
         );
-        self.durable_lsn.store(durable.0, Ordering::Release);
+        self.set_durable(durable);
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(durable)
     }
@@ -338,7 +393,7 @@ impl Wal {
                 return Ok(None);
             }
             let switch = Record { kind: RecordKind::Switch, xid: 0, prev_lsn: Lsn::ZERO, payload: Vec::new() };
-            let len = switch.encode_into(&mut insert.bytes, at, self.opts.timeline, self.durable_lsn());
+            let len = switch.encode_into(&mut insert.bytes, at, self.opts.timeline, self.local_durable());
             // No padding: nothing is ever written after it in this segment,
             // so no later write can tear its sector.
             let boundary = Lsn(at.plus(len).0.next_multiple_of(self.opts.segment_size));
@@ -350,7 +405,7 @@ impl Wal {
         self.write_out(&mut writer, start, &bytes).map_err(|e| self.stop(e))?;
         writer.written = boundary;
         self.sync(&mut writer).map_err(|e| self.stop(e))?;
-        self.durable_lsn.store(boundary.0, Ordering::Release);
+        self.set_durable(boundary);
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         probe::hit(Probe::SegmentSwitched);
         Ok(Some(boundary))
@@ -373,7 +428,7 @@ impl Wal {
         let _files = self.lock_files();
         let _phase = probe::enter(Phase::WalRetire);
         let first_needed = self.opts.segno(needed_from) + u64::from(active(PlantedBug::RecycleNeededSegment));
-        assert!(needed_from <= self.durable_lsn(), "retiring WAL that is not durable yet: {needed_from}");
+        assert!(needed_from <= self.local_durable(), "retiring WAL that is not durable yet: {needed_from}");
         let dir = &self.opts.dir;
         let names = self.fs.list(dir).map_err(|e| WalError::io("list", dir, e))?;
         let ours: Vec<(u64, &String)> = names
@@ -452,6 +507,16 @@ impl Wal {
     /// latched it. Readers of pages check it too: after a fail-stop, pages
     /// may hold changes whose undo could not be logged, so nothing is served.
     pub fn check_running(&self) -> Result<(), WalError> {
+        if self.read_only {
+            return Err(WalError::Stopped { cause: "a standby's WAL is read-only until it is promoted".into() });
+        }
+        self.check_not_halted()
+    }
+
+    /// `Ok` unless an I/O error or [`Wal::halt`] stopped the engine (a
+    /// standby's read-only WAL passes: its replay writes pages). Checked
+    /// before every page write.
+    pub fn check_not_halted(&self) -> Result<(), WalError> {
         match &*self.stopped.lock().expect("WAL latch poisoned") {
             Some(cause) => Err(WalError::Stopped { cause: cause.clone() }),
             None => Ok(()),
@@ -467,6 +532,9 @@ impl Wal {
             tracing::error!(cause, "engine stopped; restart to recover");
             *stopped = Some(cause.to_string());
         }
+        if let Some(gate) = &self.gate {
+            gate.wake();
+        }
     }
 
     /// Latches the WAL on its first I/O error.
@@ -475,6 +543,9 @@ impl Wal {
         if stopped.is_none() {
             tracing::error!(%error, "WAL stopped: the outcome of a write or sync is unknown; restart to recover");
             *stopped = Some(error.to_string());
+        }
+        if let Some(gate) = &self.gate {
+            gate.wake();
         }
         error
     }
@@ -485,7 +556,7 @@ impl Wal {
         let (start, bytes) = {
             let mut insert = self.lock_insert();
             if pad {
-                pad_to_sector(&mut insert, self.opts.timeline, self.durable_lsn());
+                pad_to_sector(&mut insert, self.opts.timeline, self.local_durable());
             }
             let start = insert.start;
             insert.start = insert.next;
@@ -590,7 +661,7 @@ fn pad_to_sector(insert: &mut InsertBuffer, timeline: u32, durable: Lsn) {
 
 /// Creates segment `segno` crash-safely: zero-filled under a temporary name,
 /// synced, renamed into place, directory synced.
-fn create_segment(fs: &dyn Fs, opts: &WalOptions, segno: u64) -> Result<Box<dyn File>, WalError> {
+pub(super) fn create_segment(fs: &dyn Fs, opts: &WalOptions, segno: u64) -> Result<Box<dyn File>, WalError> {
     let _phase = probe::enter(Phase::WalRotate);
     let temp = opts.dir.join(format!("{TEMP_PREFIX}{segno}"));
     let path = opts.path(segno);
@@ -619,8 +690,9 @@ fn create_segment(fs: &dyn Fs, opts: &WalOptions, segno: u64) -> Result<Box<dyn 
 
 /// Makes the valid log durable up to `end`, then durably removes everything
 /// from `resume_at` on: zeroes the rest of its segment and deletes later
-/// segments and leftover temporary files.
-fn cut_tail(fs: &dyn Fs, opts: &WalOptions, end: Lsn, resume_at: Lsn) -> Result<(), WalError> {
+/// segments and leftover temporary files. Returns whether anything was
+/// there to remove.
+pub(super) fn cut_tail(fs: &dyn Fs, opts: &WalOptions, end: Lsn, resume_at: Lsn) -> Result<bool, WalError> {
     let _phase = probe::enter(Phase::WalTailCut);
     let dir = &opts.dir;
     let names = fs.list(dir).map_err(|e| WalError::io("list", dir, e))?;
@@ -653,6 +725,7 @@ fn cut_tail(fs: &dyn Fs, opts: &WalOptions, end: Lsn, resume_at: Lsn) -> Result<
         let mut tail = vec![0; len.saturating_sub(from) as usize];
         file.read_exact_at(&mut tail, from).map_err(|e| WalError::io("read", &path, e))?;
         if tail.iter().any(|b| *b != 0) {
+            removed = true;
             probe::hit(Probe::TailZeroed);
             tracing::info!(segment = %opts.file_name(segno), lsn = %resume_at, "cutting off the torn WAL tail");
             file.write_all_at(&vec![0; tail.len()], from).map_err(|e| WalError::io("zero", &path, e))?;
@@ -660,5 +733,5 @@ fn cut_tail(fs: &dyn Fs, opts: &WalOptions, end: Lsn, resume_at: Lsn) -> Result<
         // Also makes what recovery read before `end` durable.
         file.sync_data().map_err(|e| WalError::io("sync", &path, e))?;
     }
-    Ok(())
+    Ok(removed)
 }

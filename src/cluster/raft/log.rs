@@ -365,12 +365,6 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Records a commit index raft-rs learned after the last persist. It is
-    /// not synced: the commit index can always be learned again.
-    pub fn set_commit(&mut self, commit: u64) {
-        self.mem.wl().mut_hard_state().commit = commit;
-    }
-
     /// The index of the last entry.
     pub fn last_index(&self) -> u64 {
         Storage::last_index(&self.mem).expect("an in-memory log always has a last index")

@@ -175,7 +175,13 @@ impl RaftNode {
         out.messages.extend(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit);
+            // Synced before the entries it commits are applied: a leader
+            // tells its clients, and its pages, that they are committed,
+            // and after a restart it must not know less (a replicated WAL
+            // is cut back to what its node knows committed).
+            let mut hard_state = self.raw.raft.hard_state();
+            hard_state.commit = commit;
+            self.raw.mut_store().persist(&[], Some(&hard_state))?;
         }
         out.messages.extend(light.take_messages());
         out.committed.extend(light.take_committed_entries());
@@ -226,9 +232,15 @@ impl RaftNode {
         self.raw.raft.raft_log.committed
     }
 
-    /// The index of the node's last log entry.
+    /// The index of the node's last durable log entry.
     pub fn last_index(&self) -> u64 {
         self.raw.store().last_index()
+    }
+
+    /// The index of the node's last log entry, durable or not (a leader's
+    /// proposals are in its log before they are durable).
+    pub fn last_proposed_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
     }
 }
 

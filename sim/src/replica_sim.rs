@@ -1,0 +1,620 @@
+//! The replicated workload: three or five [`ReplicaNode`]s, each with a
+//! database on a simulated disk of its own, replicating the WAL through
+//! Raft on a seeded network, while clients commit transactions on
+//! whichever node leads.
+//!
+//! The world advances in simulated milliseconds: each one it delivers the
+//! messages due, ticks the nodes' Raft clocks (with seeded jitter), lets
+//! every node advance, then sleeps a millisecond, in which the clients, the
+//! databases' background tasks and a new leader's opening run on madsim's
+//! deterministic scheduler.
+//!
+//! # Faults (for the first [`FAULT_PHASE_MS`])
+//!
+//! - **Network:** messages dropped and delayed (up to 300 ms, so they
+//!   arrive out of order); partitions that cut one node (often the
+//!   leader) or a minority off, for up to 1.5 s.
+//! - **Nodes:** power failures (the disk loses and tears what was not
+//!   synced; half of them aimed at the leader) with a restart after up to
+//!   600 ms; injected write and fsync errors, after which the node stops
+//!   (fail-stop) and restarts from its disk.
+//!
+//! Clients each insert rows with unique keys, one per transaction, on the
+//! leader they see. A commit that returns `Ok` is acknowledged; any error
+//! leaves its outcome unknown.
+//!
+//! Then the faults stop: down nodes restart, the network heals, and the
+//! group must elect a leader that opens the database and commits a final
+//! row; the leader shuts down cleanly, and every node must apply the WAL
+//! through the shutdown's checkpoint.
+//!
+//! # The oracle
+//!
+//! - `replica_converges`: after the faults, a leader serves within the
+//!   deadline and every node applies the leader's whole WAL.
+//! - `replica_acked_lost`: every acknowledged row is on every node (each
+//!   node's database is opened on its own at the end).
+//! - `replica_agreement`: every node holds exactly the same rows, and only
+//!   rows some client tried to insert.
+//! - `replica_no_panic`/fail-stop errors other than injected I/O errors
+//!   (a gap in the replicated WAL, a replay that fails) fail the seed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use thunderdb::cluster::raft::{Message, RaftConfig};
+use thunderdb::cluster::replica::{ReplicaConfig, ReplicaNode};
+use thunderdb::db::{Database, EngineConfig};
+use thunderdb::env::{Env, FaultConfig, Fs, SimClock, SimDisk};
+
+use crate::wal_run::{SeedFailure, SeedOutcome};
+
+/// How long the faults run, in simulated milliseconds.
+pub const FAULT_PHASE_MS: u64 = 3_000;
+/// How long the healed group has to converge.
+const CONVERGE_MS: u64 = 15_000;
+const TICK_MS: u64 = 20;
+const ELECTION_TICK: usize = 10;
+const HEARTBEAT_TICK: usize = 2;
+const TABLE: &str = "rows";
+/// The key of the row the healed group must commit.
+const FINAL_KEY: u64 = u64::MAX;
+
+/// Runs one seed of the replicated workload.
+pub async fn run_replica_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
+    let mut world = World::new(seed);
+    world.bootstrap().await?;
+    let result = world.run().await;
+    world.stop_clients();
+    result?;
+    world.finish().await
+}
+
+struct Plan {
+    nodes: u64,
+    clients: u64,
+    drop_rate: f64,
+    delay_rate: f64,
+    /// Per millisecond.
+    crash_rate: f64,
+    partition_rate: f64,
+    faults: FaultConfig,
+    engine: EngineConfig,
+    replay_interval: Duration,
+}
+
+impl Plan {
+    fn draw(rng: &mut ChaCha8Rng) -> Self {
+        let mut rate = |max: f64| if rng.random_bool(0.7) { rng.random_range(0.0..max) } else { 0.0 };
+        let drop_rate = rate(0.1);
+        let delay_rate = rate(0.1);
+        let crash_rate = rate(0.003);
+        let partition_rate = rate(0.002);
+        let mut faults = FaultConfig::power_loss();
+        faults.fsync_error_rate = rate(0.002);
+        faults.write_error_rate = rate(0.001);
+        let mut engine = EngineConfig::new("/db");
+        engine.wal_segment_size = [1 << 16, 1 << 17, 1 << 20][rng.random_range(0..3)];
+        engine.buffer_pool_size = rng.random_range(16..256) * thunderdb::storage::PAGE_SIZE as u64;
+        engine.checkpoint_interval = Duration::from_millis(rng.random_range(100..2_000));
+        engine.max_wal_size = 4 << 20;
+        engine.wal_zero_fill_chunk = 1 << 14;
+        Self {
+            nodes: if rng.random_bool(0.7) { 3 } else { 5 },
+            clients: rng.random_range(1..=4),
+            drop_rate,
+            delay_rate,
+            crash_rate,
+            partition_rate,
+            faults,
+            engine,
+            replay_interval: Duration::from_millis(rng.random_range(10..300)),
+        }
+    }
+}
+
+struct Node {
+    id: u64,
+    disk: SimDisk,
+    live: Option<ReplicaNode>,
+    restart_at: u64,
+    next_tick: u64,
+}
+
+/// What the clients did, shared with the world.
+#[derive(Default)]
+struct Model {
+    /// Rows some client tried to insert.
+    attempted: BTreeSet<u64>,
+    /// Rows whose commit returned `Ok`.
+    acked: BTreeSet<u64>,
+    /// The database of the node that leads, as the clients see it: not a
+    /// strong reference, which would keep a deposed leader's engine alive.
+    leader: Option<Weak<Database>>,
+    /// The faults are over: the clients stop.
+    stop: bool,
+}
+
+type SharedModel = Arc<Mutex<Model>>;
+
+fn lock(model: &SharedModel) -> std::sync::MutexGuard<'_, Model> {
+    model.lock().expect("model lock poisoned")
+}
+
+struct World {
+    seed: u64,
+    rng: ChaCha8Rng,
+    plan: Plan,
+    nodes: Vec<Node>,
+    clock: Arc<SimClock>,
+    now: u64,
+    in_flight: BTreeMap<(u64, u64), Message>,
+    sequence: u64,
+    /// The nodes cut off from the rest, until when.
+    partition: Option<(BTreeSet<u64>, u64)>,
+    model: SharedModel,
+    crashes: u64,
+    restarts: u64,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl World {
+    fn new(seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7e91_1ca5);
+        let plan = Plan::draw(&mut rng);
+        let nodes = (1..=plan.nodes)
+            .map(|id| Node {
+                id,
+                disk: SimDisk::new(seed.wrapping_mul(37).wrapping_add(id), FaultConfig::none()),
+                live: None,
+                restart_at: 0,
+                next_tick: 0,
+            })
+            .collect();
+        Self {
+            seed,
+            rng,
+            plan,
+            nodes,
+            clock: Arc::new(SimClock::new(1_700_000_000_000_000)),
+            now: 0,
+            in_flight: BTreeMap::new(),
+            sequence: 0,
+            partition: None,
+            model: SharedModel::default(),
+            crashes: 0,
+            restarts: 0,
+            clients: Vec::new(),
+        }
+    }
+
+    fn fail(&self, check: &'static str, detail: String) -> SeedFailure {
+        SeedFailure { seed: self.seed, check, detail: format!("at {} ms: {detail}", self.now) }
+    }
+
+    fn env(&self, index: usize) -> Env {
+        Env::new(self.nodes[index].disk.fs(), self.clock.clone(), self.seed ^ self.nodes[index].id)
+    }
+
+    fn config(&self, id: u64) -> ReplicaConfig {
+        ReplicaConfig {
+            raft: RaftConfig {
+                node_id: id,
+                voters: (1..=self.plan.nodes).collect(),
+                election_tick: ELECTION_TICK,
+                heartbeat_tick: HEARTBEAT_TICK,
+            },
+            raft_dir: PathBuf::from("/raft"),
+            engine: self.plan.engine.clone(),
+            replay_interval: self.plan.replay_interval,
+        }
+    }
+
+    /// Initialises the database on node 1 (its table created) and copies
+    /// its directories to every other node, faults off.
+    async fn bootstrap(&mut self) -> Result<(), SeedFailure> {
+        let db = Database::open(self.env(0), self.plan.engine.clone())
+            .await
+            .map_err(|e| self.fail("replica_bootstrap", e.to_string()))?;
+        let mut txn = db.begin().await.map_err(|e| self.fail("replica_bootstrap", e.to_string()))?;
+        txn.create_table(TABLE, b"").await.map_err(|e| self.fail("replica_bootstrap", e.to_string()))?;
+        txn.commit().await.map_err(|e| self.fail("replica_bootstrap", e.to_string()))?;
+        db.shutdown().await.map_err(|e| self.fail("replica_bootstrap", e.to_string()))?;
+        drop(db);
+        let source = self.nodes[0].disk.fs();
+        for node in &self.nodes[1..] {
+            let target = node.disk.fs();
+            for dir in [&self.plan.engine.data_dir, &self.plan.engine.wal_dir] {
+                copy_dir(source.as_ref(), target.as_ref(), dir).map_err(|e| self.fail("replica_bootstrap", e))?;
+            }
+        }
+        for index in 0..self.nodes.len() {
+            self.nodes[index].disk.set_faults(self.plan.faults.clone());
+            self.start(index)?;
+        }
+        for client in 0..self.plan.clients {
+            let model = self.model.clone();
+            let seed = self.seed ^ (client + 1).wrapping_mul(0x9e37_79b9);
+            self.clients.push(tokio::spawn(run_client(client, seed, model)));
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, index: usize) -> Result<(), SeedFailure> {
+        let config = self.config(self.nodes[index].id);
+        match ReplicaNode::open(self.env(index), config) {
+            Ok(node) => {
+                self.nodes[index].live = Some(node);
+                self.nodes[index].next_tick = self.now + 1;
+                self.restarts += 1;
+                Ok(())
+            }
+            Err(error) if error.contains("injected") => {
+                self.crash(index);
+                Ok(())
+            }
+            Err(error) => Err(self.fail("replica_restart", format!("node {}: {error}", self.nodes[index].id))),
+        }
+    }
+
+    /// Power fails at node `index`; it restarts after a while.
+    fn crash(&mut self, index: usize) {
+        self.nodes[index].live = None;
+        self.nodes[index].disk.crash();
+        self.crashes += 1;
+        let down = if self.now < FAULT_PHASE_MS { self.rng.random_range(10..600) } else { 0 };
+        self.nodes[index].restart_at = self.now + down;
+    }
+
+    fn partitioned(&self, a: u64, b: u64) -> bool {
+        self.partition.as_ref().is_some_and(|(side, _)| side.contains(&a) != side.contains(&b))
+    }
+
+    async fn run(&mut self) -> Result<(), SeedFailure> {
+        let deadline = FAULT_PHASE_MS + CONVERGE_MS;
+        while self.now < deadline {
+            if self.now < FAULT_PHASE_MS {
+                self.inject_faults();
+            } else if self.now == FAULT_PHASE_MS {
+                self.partition = None;
+                for node in &self.nodes {
+                    node.disk.set_faults(FaultConfig::none());
+                }
+                lock(&self.model).stop = true;
+            }
+            self.deliver();
+            self.step_nodes().await?;
+            let leader = self.nodes.iter().find_map(|node| node.live.as_ref().and_then(|live| live.database()));
+            lock(&self.model).leader = leader.as_ref().map(Arc::downgrade);
+            if self.now == FAULT_PHASE_MS {
+                self.clients.push(tokio::spawn(final_client(self.model.clone())));
+            }
+            if let Some(db) = leader.filter(|_| lock(&self.model).acked.contains(&FINAL_KEY)) {
+                return self.converge(db).await;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            self.now += 1;
+        }
+        Err(self.fail(
+            "replica_converges",
+            format!("no leader served {CONVERGE_MS} ms after the faults stopped; {}", self.describe()),
+        ))
+    }
+
+    fn describe(&self) -> String {
+        let states: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| match &node.live {
+                Some(live) => format!("node {}: {:?}", node.id, live.status()),
+                None => format!("node {}: down", node.id),
+            })
+            .collect();
+        states.join("; ")
+    }
+
+    /// Ticks, advances and routes, for every live node.
+    async fn step_nodes(&mut self) -> Result<(), SeedFailure> {
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].live.is_none() && self.nodes[index].restart_at <= self.now {
+                self.start(index)?;
+            }
+        }
+        for index in 0..self.nodes.len() {
+            let node = &mut self.nodes[index];
+            let Some(live) = node.live.as_mut() else { continue };
+            if node.next_tick <= self.now {
+                live.tick();
+                // ±20% per tick, from the seed.
+                node.next_tick = self.now + self.rng.random_range(TICK_MS * 4 / 5..=TICK_MS * 6 / 5);
+            }
+            match live.advance().await {
+                Ok(messages) => {
+                    for message in messages {
+                        self.send(message);
+                    }
+                }
+                Err(error) if error.contains("injected") => {
+                    // Fail-stop on an injected I/O error: the node restarts
+                    // from its disk, as the process would.
+                    self.crash(index);
+                }
+                Err(error) => {
+                    return Err(self.fail("replica_fail_stop", format!("node {}: {error}", self.nodes[index].id)))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn inject_faults(&mut self) {
+        if self.partition.as_ref().is_some_and(|(_, until)| *until <= self.now) {
+            self.partition = None;
+        }
+        if self.partition.is_none() && self.rng.random_bool(self.plan.partition_rate) {
+            let leader = self.leader_id();
+            let mut side = BTreeSet::new();
+            if let Some(leader) = leader.filter(|_| self.rng.random_bool(0.5)) {
+                side.insert(leader);
+            } else {
+                let count = self.rng.random_range(1..=self.plan.nodes / 2);
+                while side.len() < count as usize {
+                    side.insert(self.rng.random_range(1..=self.plan.nodes));
+                }
+            }
+            let until = self.now + self.rng.random_range(100..1_500);
+            self.partition = Some((side, until));
+        }
+        if self.rng.random_bool(self.plan.crash_rate) {
+            let index = match self.leader_id().filter(|_| self.rng.random_bool(0.5)) {
+                Some(leader) => (leader - 1) as usize,
+                None => self.rng.random_range(0..self.nodes.len()),
+            };
+            if self.nodes[index].live.is_some() {
+                self.crash(index);
+            }
+        }
+    }
+
+    fn leader_id(&self) -> Option<u64> {
+        self.nodes.iter().find(|node| node.live.as_ref().is_some_and(|live| live.status().leading)).map(|node| node.id)
+    }
+
+    fn send(&mut self, message: Message) {
+        let faulty = self.now < FAULT_PHASE_MS;
+        if self.partitioned(message.from, message.to) || (faulty && self.rng.random_bool(self.plan.drop_rate)) {
+            return;
+        }
+        let latency = if faulty && self.rng.random_bool(self.plan.delay_rate) {
+            self.rng.random_range(20..=300)
+        } else {
+            self.rng.random_range(1..=5)
+        };
+        self.sequence += 1;
+        self.in_flight.insert((self.now + latency, self.sequence), message);
+    }
+
+    fn deliver(&mut self) {
+        while let Some(entry) = self.in_flight.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let message = entry.remove();
+            if self.partitioned(message.from, message.to) {
+                continue;
+            }
+            if let Some(live) = self.nodes.get_mut(message.to as usize - 1).and_then(|node| node.live.as_mut()) {
+                live.step(message);
+            }
+        }
+    }
+
+    /// The healed group committed the final row: the leader shuts down
+    /// cleanly and every node must apply its WAL to the end.
+    async fn converge(&mut self, db: Arc<Database>) -> Result<(), SeedFailure> {
+        lock(&self.model).leader = None;
+        let (done, mut shutdown) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = done.send(db.shutdown().await.map_err(|e| e.to_string()));
+        });
+        let deadline = self.now + CONVERGE_MS;
+        while self.now < deadline {
+            self.deliver();
+            self.step_nodes().await?;
+            if let Ok(result) = shutdown.try_recv() {
+                result.map_err(|e| self.fail("replica_converges", format!("the leader's shutdown failed: {e}")))?;
+                return self.wait_applied(deadline).await;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            self.now += 1;
+        }
+        Err(self.fail("replica_converges", format!("the leader's clean shutdown did not finish; {}", self.describe())))
+    }
+
+    /// Waits until every node holds the leader's whole WAL.
+    async fn wait_applied(&mut self, deadline: u64) -> Result<(), SeedFailure> {
+        while self.now < deadline {
+            let statuses: Vec<_> =
+                self.nodes.iter().filter_map(|node| node.live.as_ref().map(|live| live.status())).collect();
+            if let Some(leader) = statuses.iter().find(|status| status.leading) {
+                let end = leader.replicated;
+                if statuses.len() == self.nodes.len()
+                    && statuses.iter().all(|status| status.leading || status.wal_end == end)
+                {
+                    return Ok(());
+                }
+            }
+            self.deliver();
+            self.step_nodes().await?;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            self.now += 1;
+        }
+        Err(self
+            .fail("replica_converges", format!("the nodes did not all apply the leader's WAL; {}", self.describe())))
+    }
+
+    fn stop_clients(&mut self) {
+        let mut model = lock(&self.model);
+        (model.stop, model.leader) = (true, None);
+        drop(model);
+        for client in self.clients.drain(..) {
+            client.abort();
+        }
+    }
+
+    /// Stops every node and opens each one's database on its own: every
+    /// acknowledged row on each, the same rows on all.
+    async fn finish(mut self) -> Result<SeedOutcome, SeedFailure> {
+        for node in &mut self.nodes {
+            node.live = None;
+        }
+        // Let the stopped engines' tasks see they are gone.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (acked, attempted) = {
+            let model = lock(&self.model);
+            (model.acked.clone(), model.attempted.clone())
+        };
+        let mut first: Option<(u64, BTreeSet<u64>)> = None;
+        for index in 0..self.nodes.len() {
+            let id = self.nodes[index].id;
+            let rows = read_rows(self.env(index), self.plan.engine.clone())
+                .await
+                .map_err(|e| self.fail("replica_agreement", format!("node {id}'s database does not open: {e}")))?;
+            if let Some(lost) = acked.iter().find(|key| !rows.contains(key)) {
+                return Err(self.fail(
+                    "replica_acked_lost",
+                    format!("node {id} lacks row {lost:#x}, whose commit was acknowledged ({} rows)", rows.len()),
+                ));
+            }
+            if let Some(stray) = rows.iter().find(|key| !attempted.contains(key) && **key != FINAL_KEY) {
+                return Err(self.fail("replica_agreement", format!("node {id} holds row {stray:#x}, never inserted")));
+            }
+            match &first {
+                None => first = Some((id, rows)),
+                Some((other, expected)) if *expected != rows => {
+                    let diff: Vec<_> = expected.symmetric_difference(&rows).take(5).collect();
+                    return Err(self.fail(
+                        "replica_agreement",
+                        format!(
+                            "nodes {other} and {id} differ ({} against {} rows; e.g. {diff:x?})",
+                            expected.len(),
+                            rows.len()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let mut faults = BTreeMap::new();
+        let mut trace_hash = 0u64;
+        let mut io_ops = 0;
+        for node in &self.nodes {
+            for (kind, count) in node.disk.fault_counts() {
+                *faults.entry(kind).or_default() += count;
+            }
+            trace_hash = trace_hash.rotate_left(7) ^ node.disk.trace_hash();
+            io_ops += node.disk.op_count();
+        }
+        Ok(SeedOutcome {
+            seed: self.seed,
+            trace_hash,
+            faults,
+            crashes: self.crashes,
+            recoveries: self.restarts,
+            records_accepted: attempted.len() as u64,
+            records_acknowledged: acked.len() as u64,
+            segments_retired: 0,
+            checkpoints: 0,
+            corruption_detected: false,
+            io_ops,
+            trace: Arc::new(self.nodes[0].disk.trace()),
+        })
+    }
+}
+
+fn key_bytes(key: u64) -> [u8; 8] {
+    key.to_be_bytes()
+}
+
+async fn insert(db: &Database, key: u64) -> Result<(), String> {
+    let mut txn = db.begin().await.map_err(|e| e.to_string())?;
+    let table = txn.table(TABLE).await.map_err(|e| e.to_string())?.ok_or("no table")?;
+    txn.insert(&table, &key_bytes(key), format!("row {key:#x}").as_bytes()).await.map_err(|e| e.to_string())?;
+    txn.commit().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A client: inserts rows with keys of its own on the leader it sees.
+async fn run_client(client: u64, seed: u64, model: SharedModel) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut next = 0u64;
+    loop {
+        let (db, stop) = {
+            let model = lock(&model);
+            (model.leader.as_ref().and_then(Weak::upgrade), model.stop)
+        };
+        if stop {
+            return;
+        }
+        if let Some(db) = db {
+            let key = client << 32 | next;
+            next += 1;
+            lock(&model).attempted.insert(key);
+            if insert(&db, key).await.is_ok() {
+                lock(&model).acked.insert(key);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1..20))).await;
+    }
+}
+
+/// After the faults: commits the final row on whichever node leads.
+async fn final_client(model: SharedModel) {
+    loop {
+        let db = lock(&model).leader.as_ref().and_then(Weak::upgrade);
+        if let Some(db) = db {
+            if insert(&db, FINAL_KEY).await.is_ok() {
+                lock(&model).acked.insert(FINAL_KEY);
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Opens a node's database on its own and reads every row's key.
+async fn read_rows(env: Env, engine: EngineConfig) -> Result<BTreeSet<u64>, String> {
+    let db = Database::open(env, engine).await.map_err(|e| e.to_string())?;
+    let mut txn = db.begin().await.map_err(|e| e.to_string())?;
+    let table = txn.table(TABLE).await.map_err(|e| e.to_string())?.ok_or("no table")?;
+    let rows =
+        txn.scan(&table, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded).await.map_err(|e| e.to_string())?;
+    let mut keys = BTreeSet::new();
+    for (key, _) in rows {
+        let key: [u8; 8] = key.as_slice().try_into().map_err(|_| format!("a key of {} bytes", key.len()))?;
+        keys.insert(u64::from_be_bytes(key));
+    }
+    txn.rollback().await.map_err(|e| e.to_string())?;
+    db.shutdown().await.map_err(|e| e.to_string())?;
+    Ok(keys)
+}
+
+/// Copies the files of `dir` from one disk to another, durably.
+fn copy_dir(from: &dyn Fs, to: &dyn Fs, dir: &Path) -> Result<(), String> {
+    let err = |e: std::io::Error| format!("{}: {e}", dir.display());
+    to.create_dir_all(dir).map_err(err)?;
+    for name in from.list(dir).map_err(err)? {
+        let path = dir.join(&name);
+        let source = from.open(&path).map_err(err)?;
+        let mut bytes = vec![0; source.len().map_err(err)? as usize];
+        source.read_exact_at(&mut bytes, 0).map_err(err)?;
+        let target = to.create(&path).map_err(err)?;
+        target.write_all_at(&bytes, 0).map_err(err)?;
+        target.sync_data().map_err(err)?;
+    }
+    to.sync_dir(dir).map_err(err)
+}

@@ -1,0 +1,442 @@
+//! A node of a cluster whose WAL is replicated through Raft.
+//!
+//! What the group agrees on is the WAL itself. The leader runs the
+//! database; each of its group-commit flushes is a run of whole sectors,
+//! which it reads back from its segments and proposes as one entry (a
+//! *chunk*: the run's start LSN and its bytes, [`crate::wal::read_wal`]).
+//! Its WAL is gated ([`ReplicationGate`]): a flush returns, and a commit is
+//! acknowledged, only once the group has committed the chunk that holds it,
+//! and pages, checkpoints and the archiver never run ahead of that point.
+//! Followers write each committed chunk at its LSNs in their own segments
+//! ([`WalCopy`]) and replay it in rounds, as the archive-fed standby does
+//! ([`crate::recovery::replay_archived`]), so each holds a hot copy in the
+//! same format.
+//!
+//! **Failover.** A node that wins an election first applies every entry
+//! before its term (committing raft-rs's own empty entry at the term's
+//! start commits them all), then proposes a *marker*, an empty chunk at
+//! the end of its WAL, and once the marker is committed opens the database
+//! with the gate: crash recovery rolls back the old leader's open
+//! transactions through normal undo, and those records, like everything
+//! after, are shipped. Once some leader's marker is committed, no node ever
+//! opens the database on WAL the group did not commit.
+//!
+//! **A leader that loses its term** closes its gate (commits waiting for
+//! the group fail: their outcome is unknown), stops its engine, and goes
+//! back to following. Its WAL may run past what the group committed; since
+//! nothing outside the log ran ahead of the gate, that tail is cut off
+//! ([`WalCopy::cut`]) before it replays or leads again.
+//!
+//! **Restarts.** The commit index a node learns is synced before the
+//! entries it commits are applied (`RaftNode::advance`), so a restarted
+//! node knows at least what it had applied. raft-rs hands it every
+//! committed entry again; the chunks that reach past the control file's
+//! redo point are written again (their bytes are the committed ones), and
+//! once it has caught up with what it knew committed, the WAL after the
+//! last chunk is cut, whatever it held.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+
+use super::raft::{Message, RaftConfig, RaftNode};
+use crate::db::{Database, DbError, EngineConfig};
+use crate::env::Env;
+use crate::probe::{self, Probe};
+use crate::recovery::replay_archived;
+use crate::storage::ControlFile;
+use crate::wal::{read_wal, Lsn, ReplicationGate, WalCopy, WalOptions, WalReader};
+
+/// A chunk's encoding: its start LSN, then its bytes.
+fn encode_chunk(start: Lsn, bytes: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(8 + bytes.len());
+    data.extend_from_slice(&start.0.to_le_bytes());
+    data.extend_from_slice(bytes);
+    data
+}
+
+fn decode_chunk(data: &[u8]) -> Result<(Lsn, &[u8]), String> {
+    let (start, bytes) =
+        data.split_first_chunk::<8>().ok_or_else(|| format!("a WAL chunk of {} bytes has no start LSN", data.len()))?;
+    Ok((Lsn(u64::from_le_bytes(*start)), bytes))
+}
+
+/// Where a node keeps its Raft log and its database, and its timing.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// The node's place in the group.
+    pub raft: RaftConfig,
+    /// The Raft log's directory.
+    pub raft_dir: PathBuf,
+    /// The database's directories and settings (its `replication` is set
+    /// by the node while it leads).
+    pub engine: EngineConfig,
+    /// The least time between two replay rounds on a follower.
+    pub replay_interval: Duration,
+}
+
+enum Role {
+    Follower,
+    /// Won the election of `term`: waits until raft-rs's empty entry at
+    /// `noop` is applied (so is everything before it), then proposes its
+    /// marker, whose index `marker` is once proposed.
+    Starting {
+        term: u64,
+        noop: u64,
+        marker: Option<u64>,
+    },
+    /// The database is opening (crash recovery) on the gated WAL.
+    Opening {
+        term: u64,
+        gate: Arc<ReplicationGate>,
+        opened: oneshot::Receiver<Result<Database, DbError>>,
+    },
+    /// Serving.
+    Leading {
+        term: u64,
+        gate: Arc<ReplicationGate>,
+        db: Arc<Database>,
+    },
+}
+
+/// What a node reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// Whether the database is open here for writes.
+    pub leading: bool,
+    /// The Raft term the node is in.
+    pub term: u64,
+    /// Where the WAL the node holds from the group ends (a leader: where
+    /// its term began).
+    pub wal_end: Lsn,
+    /// On a leader, every byte before this is on a majority.
+    pub replicated: Lsn,
+    /// Where the last replay round ended.
+    pub replayed: Lsn,
+}
+
+/// A node (see the module docs). Its caller owns time and the network: it
+/// calls [`ReplicaNode::tick`] on its clock, [`ReplicaNode::step`] for each
+/// message, and [`ReplicaNode::advance`] after either, and often while it
+/// leads (that is when the WAL flushed since is shipped).
+pub struct ReplicaNode {
+    env: Env,
+    config: ReplicaConfig,
+    opts: WalOptions,
+    raft: RaftNode,
+    copy: WalCopy,
+    /// Where the WAL the node holds from the group ends.
+    wal_end: Lsn,
+    /// The end of the last chunk applied since the node started, which the
+    /// next must continue.
+    last_chunk_end: Option<Lsn>,
+    /// The commit index known at start: until it is applied, the WAL after
+    /// `wal_end` may hold what the group never committed.
+    catching_up_to: Option<u64>,
+    /// Chunks ending at or before this are not written again after a
+    /// restart (the control file's redo point then).
+    floor: Lsn,
+    applied: u64,
+    /// What the next leader's shipping starts from.
+    shipped: Lsn,
+    replayed: Lsn,
+    last_replay: Option<Duration>,
+    role: Role,
+    /// The database, while this node leads and it is open.
+    db: Mutex<Option<Arc<Database>>>,
+}
+
+impl ReplicaNode {
+    /// Opens the node: its Raft log, and its database's directories, which
+    /// hold an initialised database (the cluster starts from one node's,
+    /// copied to every node).
+    pub fn open(env: Env, config: ReplicaConfig) -> Result<ReplicaNode, String> {
+        let fs = env.fs.clone();
+        let data_dir = &config.engine.data_dir;
+        let control = ControlFile::load(fs.as_ref(), data_dir).map_err(|e| e.to_string())?.ok_or_else(|| {
+            format!("{} has no control file: a cluster node starts from an initialised database", data_dir.display())
+        })?;
+        let opts = config.engine.store_options(0).wal.with_segment_size(control.wal_segment_size);
+        let raft = RaftNode::open(fs.clone(), &config.raft_dir, &config.raft).map_err(|e| e.to_string())?;
+        let catching_up_to = Some(raft.commit_index());
+        Ok(ReplicaNode {
+            copy: WalCopy::new(fs, opts.clone()),
+            opts,
+            raft,
+            // Known once the node has caught up (see `catch_up`).
+            wal_end: control.redo_lsn,
+            last_chunk_end: None,
+            catching_up_to,
+            floor: control.redo_lsn,
+            applied: 0,
+            shipped: control.redo_lsn,
+            replayed: Lsn::ZERO,
+            last_replay: None,
+            role: Role::Follower,
+            db: Mutex::new(None),
+            env,
+            config,
+        })
+    }
+
+    /// One tick of the node's Raft clock.
+    pub fn tick(&mut self) {
+        self.raft.tick();
+    }
+
+    /// Takes a message from a peer.
+    pub fn step(&mut self, message: Message) {
+        self.raft.step(message);
+    }
+
+    /// The database, while this node leads and it is open.
+    pub fn database(&self) -> Option<Arc<Database>> {
+        self.db.lock().expect("database slot poisoned").clone()
+    }
+
+    fn publish(&self, db: Option<Arc<Database>>) {
+        *self.db.lock().expect("database slot poisoned") = db;
+    }
+
+    /// What the node reports.
+    pub fn status(&self) -> ReplicaStatus {
+        let (leading, replicated) = match &self.role {
+            Role::Leading { gate, .. } => (true, gate.replicated()),
+            Role::Opening { gate, .. } => (false, gate.replicated()),
+            _ => (false, self.wal_end),
+        };
+        ReplicaStatus { leading, term: self.raft.term(), wal_end: self.wal_end, replicated, replayed: self.replayed }
+    }
+
+    /// Ships what the leader flushed, makes durable what raft-rs asks,
+    /// applies what the group committed, moves between roles, and replays
+    /// on a follower. Returns the messages to send. An error is fail-stop:
+    /// the node must be dropped and reopened from its disk.
+    pub async fn advance(&mut self) -> Result<Vec<Message>, String> {
+        self.ship()?;
+        let advanced = self.raft.advance().map_err(|e| e.to_string())?;
+        for entry in &advanced.committed {
+            self.applied = entry.index;
+            if entry.data.is_empty() {
+                continue;
+            }
+            let (start, bytes) = decode_chunk(&entry.data)?;
+            let end = start.plus(bytes.len() as u64);
+            match &self.role {
+                Role::Opening { gate, .. } | Role::Leading { gate, .. } => gate.set_replicated(end),
+                Role::Follower | Role::Starting { .. } => self.apply_chunk(entry.index, start, bytes)?,
+            }
+        }
+        self.copy.sync().map_err(|e| e.to_string())?;
+        if self.catching_up_to.is_some_and(|commit| self.applied >= commit) {
+            self.caught_up()?;
+        }
+        self.change_role().await?;
+        if matches!(self.role, Role::Follower) {
+            self.replay().await?;
+        }
+        Ok(advanced.messages)
+    }
+
+    /// The node has applied every entry it knew committed when it started
+    /// (or stopped leading): the WAL after the last chunk is cut, whatever
+    /// it holds.
+    fn caught_up(&mut self) -> Result<(), String> {
+        self.catching_up_to = None;
+        if self.last_chunk_end.is_none() {
+            // No chunk was ever committed, so no leader ever opened the
+            // database: the log is the one the cluster started from, whole.
+            self.wal_end = WalReader::new(self.env.fs.clone(), self.opts.clone(), self.floor)
+                .read_to_end()
+                .map_err(|e| format!("reading the WAL from {}: {e}", self.floor))?
+                .lsn();
+            self.last_chunk_end = Some(self.wal_end);
+        }
+        if self.copy.cut(self.wal_end).map_err(|e| e.to_string())? {
+            probe::hit(Probe::ReplicaCutUncommitted);
+        }
+        self.shipped = self.wal_end;
+        Ok(())
+    }
+
+    /// Writes a committed chunk where it belongs.
+    fn apply_chunk(&mut self, index: u64, start: Lsn, bytes: &[u8]) -> Result<(), String> {
+        let end = start.plus(bytes.len() as u64);
+        if let Some(last) = self.last_chunk_end.filter(|last| *last != start) {
+            return Err(format!(
+                "the replicated WAL has a gap: entry {index} starts at {start}, the entry before it ended at {last}"
+            ));
+        }
+        if end > self.floor {
+            if self.catching_up_to.is_some() {
+                probe::hit(Probe::ReplicaReapplied);
+            }
+            self.copy.write(start, bytes).map_err(|e| e.to_string())?;
+        }
+        self.last_chunk_end = Some(end);
+        self.wal_end = end;
+        Ok(())
+    }
+
+    /// On a leader, proposes what its WAL flushed since the last proposal.
+    fn ship(&mut self) -> Result<(), String> {
+        let (Role::Opening { gate, .. } | Role::Leading { gate, .. }) = &self.role else {
+            return Ok(());
+        };
+        let local = gate.local();
+        if self.shipped < local {
+            // Whole flushes: a chunk ends where a record does, so a
+            // follower's replay of it ends there too.
+            let bytes = read_wal(self.env.fs.as_ref(), &self.opts, self.shipped, local).map_err(|e| e.to_string())?;
+            // A refusal (not the leader any more, or raft-rs is busy) is
+            // retried: the role change sees the first, the next call retries.
+            if self.raft.propose(encode_chunk(self.shipped, &bytes)).is_ok() {
+                self.shipped = local;
+            }
+        }
+        Ok(())
+    }
+
+    async fn change_role(&mut self) -> Result<(), String> {
+        if let Role::Leading { db, .. } = &self.role {
+            // An I/O error stopped the engine: the node restarts, and
+            // another takes over meanwhile.
+            db.wal().check_running().map_err(|e| format!("the leader's engine stopped: {e}"))?;
+        }
+        let (leader, term) = (self.raft.is_leader(), self.raft.term());
+        let role_term = match &self.role {
+            Role::Follower => None,
+            Role::Starting { term, .. } | Role::Opening { term, .. } | Role::Leading { term, .. } => Some(*term),
+        };
+        if role_term.is_some_and(|role_term| !leader || role_term != term) {
+            self.demote().await;
+        }
+        match &mut self.role {
+            Role::Follower if leader && self.catching_up_to.is_none() => {
+                self.role = Role::Starting { term, noop: self.raft.last_proposed_index(), marker: None };
+            }
+            Role::Starting { marker: marker @ None, noop, .. } if self.applied >= *noop => {
+                // A refusal (raft-rs is busy) is retried at the next call.
+                let proposed = self.raft.propose(encode_chunk(self.wal_end, &[])).is_ok();
+                *marker = proposed.then(|| self.raft.last_proposed_index());
+            }
+            Role::Starting { marker: Some(marker), .. } if self.applied >= *marker => {
+                let gate = Arc::new(ReplicationGate::new(self.wal_end));
+                self.shipped = self.wal_end;
+                let engine = EngineConfig { replication: Some(gate.clone()), ..self.config.engine.clone() };
+                let (send, opened) = oneshot::channel();
+                let env = self.env.clone();
+                tokio::spawn(async move {
+                    let _ = send.send(Database::open(env, engine).await);
+                });
+                self.role = Role::Opening { term, gate, opened };
+            }
+            Role::Opening { opened, .. } => match opened.try_recv() {
+                Ok(Ok(db)) => {
+                    let Role::Opening { term, gate, .. } = std::mem::replace(&mut self.role, Role::Follower) else {
+                        unreachable!("matched above")
+                    };
+                    probe::hit(Probe::ReplicaLeaderOpened);
+                    tracing::info!(node = self.config.raft.node_id, term, wal = %self.wal_end, "leading: the database is open");
+                    let db = Arc::new(db);
+                    self.publish(Some(db.clone()));
+                    self.role = Role::Leading { term, gate, db };
+                }
+                Ok(Err(error)) => return Err(format!("opening the database as the leader failed: {error}")),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                Err(oneshot::error::TryRecvError::Closed) => return Err("the database's opening task died".into()),
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Leaves the leader's role (see the module docs).
+    async fn demote(&mut self) {
+        probe::hit(Probe::ReplicaDemoted);
+        let cause = format!("node {} is no longer the leader", self.config.raft.node_id);
+        let replicated = match std::mem::replace(&mut self.role, Role::Follower) {
+            Role::Follower | Role::Starting { .. } => return,
+            Role::Opening { gate, opened, .. } => {
+                gate.close(&cause);
+                if let Ok(Ok(db)) = opened.await {
+                    db.wal().halt(&cause);
+                }
+                gate.replicated()
+            }
+            Role::Leading { gate, db, .. } => {
+                gate.close(&cause);
+                db.wal().halt(&cause);
+                self.publish(None);
+                // Clients let go once their calls fail on the stopped engine.
+                let mut db = db;
+                loop {
+                    match Arc::try_unwrap(db) {
+                        Ok(db) => {
+                            db.close().await;
+                            break;
+                        }
+                        Err(shared) => {
+                            db = shared;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+                gate.replicated()
+            }
+        };
+        tracing::info!(node = self.config.raft.node_id, wal = %replicated, "no longer leading: following");
+        self.wal_end = replicated;
+        self.last_chunk_end = Some(replicated);
+        self.shipped = replicated;
+        // Cut before anything replays: the engine wrote past `replicated`.
+        self.catching_up_to = Some(self.applied);
+    }
+
+    /// A replay round, when the WAL grew and the interval has passed.
+    async fn replay(&mut self) -> Result<(), String> {
+        if self.catching_up_to.is_some() || self.wal_end <= self.replayed {
+            return Ok(());
+        }
+        let now = self.env.clock.monotonic();
+        if self.last_replay.is_some_and(|last| now.saturating_sub(last) < self.config.replay_interval) {
+            return Ok(());
+        }
+        self.last_replay = Some(now);
+        let opts = self.config.engine.store_options(0);
+        let replayed = replay_archived(self.env.fs.clone(), &opts, self.wal_end)
+            .await
+            .map_err(|e| format!("replaying the replicated WAL failed: {e}"))?;
+        if replayed.end < self.wal_end {
+            return Err(format!(
+                "the replicated WAL ends at {}, before the end of the entries applied, {}",
+                replayed.end, self.wal_end
+            ));
+        }
+        if replayed.restartpoint > self.floor {
+            probe::hit(Probe::ReplicaReplayed);
+        }
+        self.replayed = replayed.end;
+        Ok(())
+    }
+}
+
+impl Drop for ReplicaNode {
+    /// A node that stops (its process ends) fails the commits still
+    /// waiting for the group: the group may still commit them, but this
+    /// node can no longer tell.
+    fn drop(&mut self) {
+        let cause = format!("node {} stopped", self.config.raft.node_id);
+        if let Role::Opening { gate, .. } | Role::Leading { gate, .. } = &self.role {
+            gate.close(&cause);
+        }
+        if let Role::Leading { db, .. } = &self.role {
+            db.wal().halt(&cause);
+        }
+        self.publish(None);
+    }
+}

@@ -1,0 +1,203 @@
+//! The WAL as a replicated byte stream: what a cluster's leader ships and
+//! what its followers write.
+//!
+//! The leader's log is shipped as it is on disk: each group commit's flush
+//! is a run of whole sectors, `[start, end)`, which the leader reads back
+//! ([`read_wal`]) and proposes to the Raft group. A follower writes each
+//! committed run at the same LSNs in its own segments ([`WalCopy`]), so
+//! every node holds the same log, in the same format, and backup, archiving
+//! and point-in-time recovery work on any of them.
+//!
+//! [`ReplicationGate`] ties the leader's WAL to the group: a flush returns
+//! only once the group has committed what it flushed
+//! ([`super::Wal::with_replication`]).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use super::error::WalError;
+use super::lsn::Lsn;
+use super::segment::WalOptions;
+use super::writer::{create_segment, cut_tail};
+use crate::env::{File, Fs};
+
+/// Where a leader's WAL is durable locally and on a majority (see the
+/// module docs). Shared by the WAL, which publishes its local flushes, and
+/// the node's Raft driver, which ships them and publishes what the group
+/// committed.
+///
+/// Waiters are woken through a [`Notify`], not a `watch` channel: tokio's
+/// `watch` spreads its waiters over several lists chosen by a generator
+/// seeded from a process-wide counter, so the order in which they wake, and
+/// with it the simulator's schedule, would differ between two runs of a
+/// seed in one process.
+#[derive(Debug)]
+pub struct ReplicationGate {
+    state: Mutex<GateState>,
+    changed: Notify,
+}
+
+#[derive(Debug)]
+struct GateState {
+    local: Lsn,
+    replicated: Lsn,
+    closed: Option<String>,
+}
+
+impl ReplicationGate {
+    /// A gate for a log whose every byte before `end` the group holds.
+    pub fn new(end: Lsn) -> Self {
+        let state = GateState { local: end, replicated: end, closed: None };
+        Self { state: Mutex::new(state), changed: Notify::new() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().expect("gate lock poisoned")
+    }
+
+    /// Every byte before this is durable on the leader's disk.
+    pub fn local(&self) -> Lsn {
+        self.lock().local
+    }
+
+    /// Every byte before this is durable on a majority.
+    pub fn replicated(&self) -> Lsn {
+        self.lock().replicated
+    }
+
+    pub(super) fn set_local(&self, lsn: Lsn) {
+        let mut state = self.lock();
+        state.local = state.local.max(lsn);
+    }
+
+    /// The group has committed every byte before `lsn`.
+    pub fn set_replicated(&self, lsn: Lsn) {
+        let mut state = self.lock();
+        if lsn > state.replicated {
+            state.replicated = lsn;
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The node no longer leads: every flush waiting for the group, and
+    /// every later one, fails with `cause`.
+    pub fn close(&self, cause: &str) {
+        self.lock().closed.get_or_insert_with(|| cause.to_string());
+        self.wake();
+    }
+
+    /// Waits until the group holds every byte before `upto`, and returns
+    /// where it holds them to. `check` runs first and at every wake-up (the
+    /// WAL's own latch).
+    pub(super) async fn wait(&self, upto: Lsn, check: impl Fn() -> Result<(), WalError>) -> Result<Lsn, WalError> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the state is read, so no wake-up is missed.
+            notified.as_mut().enable();
+            check()?;
+            {
+                let state = self.lock();
+                if let Some(cause) = &state.closed {
+                    return Err(WalError::Stopped { cause: cause.clone() });
+                }
+                if state.replicated >= upto {
+                    return Ok(state.replicated);
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Wakes the flushes waiting for the group, to look at the WAL's latch.
+    pub(super) fn wake(&self) {
+        self.changed.notify_waiters();
+    }
+}
+
+/// Reads the log's bytes in `[from, to)` from its segments, as they are on
+/// disk (records, padding, and after a segment switch the unused rest of
+/// the segment).
+pub fn read_wal(fs: &dyn Fs, opts: &WalOptions, from: Lsn, to: Lsn) -> Result<Vec<u8>, WalError> {
+    let mut out = vec![0; to.0.saturating_sub(from.0) as usize];
+    let mut pos = from;
+    let mut filled = 0;
+    while filled < out.len() {
+        let (segno, offset) = (opts.segno(pos), opts.offset(pos));
+        let take = (out.len() - filled).min((opts.segment_size - offset) as usize);
+        let path = opts.path(segno);
+        let file = fs.open(&path).map_err(|e| WalError::io("open", &path, e))?;
+        file.read_exact_at(&mut out[filled..filled + take], offset).map_err(|e| WalError::io("read", &path, e))?;
+        filled += take;
+        pos = pos.plus(take as u64);
+    }
+    Ok(out)
+}
+
+/// A follower's writer: puts the leader's bytes at their LSNs in its own
+/// segments, creating segments crash-safely as the leader's writer does.
+pub struct WalCopy {
+    fs: std::sync::Arc<dyn Fs>,
+    opts: WalOptions,
+    open: BTreeMap<u64, Box<dyn File>>,
+}
+
+impl WalCopy {
+    /// A writer over the log in `opts`.
+    pub fn new(fs: std::sync::Arc<dyn Fs>, opts: WalOptions) -> Self {
+        Self { fs, opts, open: BTreeMap::new() }
+    }
+
+    /// The log's options.
+    pub fn options(&self) -> &WalOptions {
+        &self.opts
+    }
+
+    /// Writes `bytes` at `start`; not durable until [`sync`](Self::sync).
+    pub fn write(&mut self, start: Lsn, bytes: &[u8]) -> Result<(), WalError> {
+        let mut pos = start;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (segno, offset) = (self.opts.segno(pos), self.opts.offset(pos));
+            let take = rest.len().min((self.opts.segment_size - offset) as usize);
+            let path = self.opts.path(segno);
+            let file = match self.open.entry(segno) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    let file = match self.fs.open(&path) {
+                        Ok(file) => file,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            create_segment(self.fs.as_ref(), &self.opts, segno)?
+                        }
+                        Err(e) => return Err(WalError::io("open", &path, e)),
+                    };
+                    entry.insert(file)
+                }
+            };
+            file.write_all_at(&rest[..take], offset).map_err(|e| WalError::io("write", &path, e))?;
+            rest = &rest[take..];
+            pos = pos.plus(take as u64);
+        }
+        Ok(())
+    }
+
+    /// Makes everything written durable.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        for (segno, file) in std::mem::take(&mut self.open) {
+            file.sync_data().map_err(|e| WalError::io("sync", self.opts.path(segno), e))?;
+        }
+        Ok(())
+    }
+
+    /// Durably removes everything from `end` on: the rest of its segment
+    /// is zeroed and later segments are deleted. A node that led wrote WAL
+    /// the group may never have committed; this drops it before the node
+    /// replays or leads again. Returns whether anything was there to cut.
+    pub fn cut(&mut self, end: Lsn) -> Result<bool, WalError> {
+        self.sync()?;
+        cut_tail(self.fs.as_ref(), &self.opts, end, end)
+    }
+}
