@@ -170,11 +170,18 @@ pub enum PlantedBug {
     /// Compaction rewrites the Raft log without the entries a snapshot
     /// covers before the snapshot is durable.
     RaftLogCutBeforeSnapshot,
+    /// A cluster leader takes its own disk's flush for durability: it
+    /// acknowledges commits, and writes pages, before the group holds them,
+    /// so a failover loses acknowledged commits.
+    ReplicaAckOnLocalFlush,
+    /// A deposed leader keeps the WAL it wrote past what the group
+    /// committed, and follows on from its end.
+    ReplicaKeepsUncommittedWal,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 50] = [
+    pub const ALL: [PlantedBug; 52] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -225,6 +232,8 @@ impl PlantedBug {
         PlantedBug::RaftReplayKeepsOverwritten,
         PlantedBug::RaftReadWithoutQuorum,
         PlantedBug::RaftLogCutBeforeSnapshot,
+        PlantedBug::ReplicaAckOnLocalFlush,
+        PlantedBug::ReplicaKeepsUncommittedWal,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -280,6 +289,8 @@ impl PlantedBug {
             PlantedBug::RaftReplayKeepsOverwritten => "raft_replay_keeps_overwritten",
             PlantedBug::RaftReadWithoutQuorum => "raft_read_without_quorum",
             PlantedBug::RaftLogCutBeforeSnapshot => "raft_log_cut_before_snapshot",
+            PlantedBug::ReplicaAckOnLocalFlush => "replica_ack_on_local_flush",
+            PlantedBug::ReplicaKeepsUncommittedWal => "replica_keeps_uncommitted_wal",
         }
     }
 
@@ -291,9 +302,12 @@ impl PlantedBug {
 
 impl PlantedBug {
     /// The layer the bug lives in, which says the workload that hunts it:
-    /// the WAL's, the db workload (storage and transactions), or the
-    /// cluster's.
+    /// the WAL's, the db workload (storage and transactions), the
+    /// cluster's, or the replicated databases'.
     pub fn layer(self) -> Layer {
+        if matches!(self, PlantedBug::ReplicaAckOnLocalFlush | PlantedBug::ReplicaKeepsUncommittedWal) {
+            return Layer::Replication;
+        }
         if matches!(
             self,
             PlantedBug::RaftAckBeforeMajority

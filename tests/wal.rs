@@ -628,3 +628,72 @@ async fn a_segment_prepared_ahead_is_used_and_a_crash_while_preparing_loses_noth
         assert_eq!(read, written.iter().chain(&more).cloned().collect::<Vec<_>>(), "crash after {ops} operations");
     }
 }
+
+/// A leader's WAL behind a replication gate: a flush is durable on the
+/// leader's disk at once but returns only when the group holds it, and
+/// fails once the node stops leading; what it ships, written by a
+/// follower's copier at the same LSNs, reads back as the same log, and a
+/// cut drops what the group never committed.
+#[tokio::test]
+async fn a_gated_flush_waits_for_the_group_and_a_copy_reads_back_as_the_same_log() {
+    use thunderdb::wal::{read_wal, ReplicationGate, WalCopy};
+
+    let leader = SimDisk::new(7, FaultConfig::none());
+    let follower = SimDisk::new(8, FaultConfig::none());
+    let opts = opts();
+    let end = WalReader::new(leader.fs(), opts.clone(), opts.first_lsn()).read_to_end().unwrap();
+    let gate = Arc::new(ReplicationGate::new(end.lsn()));
+    let wal = Arc::new(Wal::open(leader.fs(), opts.clone(), end).unwrap().with_replication(Some(gate.clone())));
+    let (_, first_end) = wal.append(&record(1)).await.unwrap();
+    let flush = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.flush(first_end).await }
+    });
+    for _ in 0..100 {
+        if wal.local_durable() >= first_end {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(!flush.is_finished(), "the flush waits for the group");
+    assert!(wal.local_durable() >= first_end, "the leader's own disk has it");
+    assert!(wal.durable_lsn() < first_end, "pages and checkpoints may not count on it yet");
+
+    // Ship what the leader flushed; the group commits it.
+    let mut copy = WalCopy::new(follower.fs(), opts.clone());
+    let committed = gate.local();
+    let bytes = read_wal(leader.fs().as_ref(), &opts, opts.first_lsn(), committed).unwrap();
+    copy.write(opts.first_lsn(), &bytes).unwrap();
+    copy.sync().unwrap();
+    gate.set_replicated(committed);
+    assert!(flush.await.unwrap().unwrap() >= first_end);
+
+    // More records, flushed locally but never committed; then the node
+    // stops leading.
+    let (_, second_end) = wal.append(&record(2)).await.unwrap();
+    let pending = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.flush(second_end).await }
+    });
+    while wal.local_durable() < second_end {
+        tokio::task::yield_now().await;
+    }
+    gate.close("node 1 is no longer the leader");
+    let error = pending.await.unwrap().unwrap_err();
+    assert!(error.to_string().contains("no longer the leader"), "{error}");
+    assert!(wal.flush(second_end).await.is_err(), "later flushes fail too");
+
+    // The follower's copy is the committed log.
+    let copied = read_all(follower.fs(), &opts).unwrap();
+    assert_eq!(copied.iter().filter(|(_, r)| r.kind == record(1).kind).count(), 1);
+    assert_eq!(copied.last().unwrap().1, record(1));
+
+    // The deposed leader's own log runs past the commit; cutting it there
+    // leaves the committed log only.
+    assert!(read_all(leader.fs(), &opts).unwrap().iter().any(|(_, r)| *r == record(2)));
+    let mut own = WalCopy::new(leader.fs(), opts.clone());
+    assert!(own.cut(committed).unwrap(), "there was uncommitted WAL to cut");
+    let left = read_all(leader.fs(), &opts).unwrap();
+    assert!(left.iter().all(|(_, r)| *r != record(2)), "the uncommitted record is gone");
+    assert_eq!(left.last().unwrap().1, record(1));
+}

@@ -36,6 +36,9 @@
 //!   node's database is opened on its own at the end).
 //! - `replica_agreement`: every node holds exactly the same rows, and only
 //!   rows some client tried to insert.
+//! - `replica_replayed_uncommitted`: no follower ever replays WAL past the
+//!   most any node that led knew the group had committed (a leader learns
+//!   a commit before any follower can apply it).
 //! - `replica_no_panic`/fail-stop errors other than injected I/O errors
 //!   (a gap in the replicated WAL, a replay that fails) fail the seed.
 
@@ -47,9 +50,10 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thunderdb::cluster::raft::{Message, RaftConfig};
-use thunderdb::cluster::replica::{ReplicaConfig, ReplicaNode};
+use thunderdb::cluster::replica::{ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus};
 use thunderdb::db::{Database, EngineConfig};
 use thunderdb::env::{Env, FaultConfig, Fs, SimClock, SimDisk};
+use thunderdb::wal::Lsn;
 
 use crate::wal_run::{SeedFailure, SeedOutcome};
 
@@ -157,6 +161,9 @@ struct World {
     /// The nodes cut off from the rest, until when.
     partition: Option<(BTreeSet<u64>, u64)>,
     model: SharedModel,
+    /// The end of the WAL the group has committed, as far as any node that
+    /// led knew (the initial log's end before any).
+    committed: Lsn,
     crashes: u64,
     restarts: u64,
     clients: Vec<tokio::task::JoinHandle<()>>,
@@ -186,6 +193,7 @@ impl World {
             sequence: 0,
             partition: None,
             model: SharedModel::default(),
+            committed: Lsn::ZERO,
             crashes: 0,
             restarts: 0,
             clients: Vec::new(),
@@ -224,6 +232,7 @@ impl World {
         txn.create_table(TABLE, b"").await.map_err(|e| self.fail("replica_bootstrap", e.to_string()))?;
         txn.commit().await.map_err(|e| self.fail("replica_bootstrap", e.to_string()))?;
         db.shutdown().await.map_err(|e| self.fail("replica_bootstrap", e.to_string()))?;
+        self.committed = db.wal().end_lsn();
         drop(db);
         let source = self.nodes[0].disk.fs();
         for node in &self.nodes[1..] {
@@ -332,7 +341,12 @@ impl World {
                 // ±20% per tick, from the seed.
                 node.next_tick = self.now + self.rng.random_range(TICK_MS * 4 / 5..=TICK_MS * 6 / 5);
             }
-            match live.advance().await {
+            let advanced = live.advance().await;
+            // Also after a failure: what the node learned before it failed
+            // was learned.
+            let status = live.status();
+            self.check_replayed(self.nodes[index].id, status)?;
+            match advanced {
                 Ok(messages) => {
                     for message in messages {
                         self.send(message);
@@ -347,6 +361,26 @@ impl World {
                     return Err(self.fail("replica_fail_stop", format!("node {}: {error}", self.nodes[index].id)))
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A node that leads (or is taking over) knows what the group
+    /// committed before any follower can apply it; a follower must never
+    /// have replayed past the most any of them knew.
+    fn check_replayed(&mut self, id: u64, status: ReplicaStatus) -> Result<(), SeedFailure> {
+        if status.role != ReplicaRole::Follower {
+            self.committed = self.committed.max(status.replicated);
+        } else if status.replayed > self.committed {
+            return Err(self.fail(
+                "replica_replayed_uncommitted",
+                format!(
+                    "node {id} replayed WAL to {}, past the most any leader knew committed, {}; {}",
+                    status.replayed,
+                    self.committed,
+                    self.describe()
+                ),
+            ));
         }
         Ok(())
     }
@@ -381,7 +415,7 @@ impl World {
     }
 
     fn leader_id(&self) -> Option<u64> {
-        self.nodes.iter().find(|node| node.live.as_ref().is_some_and(|live| live.status().leading)).map(|node| node.id)
+        self.nodes.iter().find(|node| node.live.as_ref().is_some_and(|live| live.status().role == ReplicaRole::Leading)).map(|node| node.id)
     }
 
     fn send(&mut self, message: Message) {
@@ -440,10 +474,10 @@ impl World {
         while self.now < deadline {
             let statuses: Vec<_> =
                 self.nodes.iter().filter_map(|node| node.live.as_ref().map(|live| live.status())).collect();
-            if let Some(leader) = statuses.iter().find(|status| status.leading) {
+            if let Some(leader) = statuses.iter().find(|status| status.role == ReplicaRole::Leading) {
                 let end = leader.replicated;
                 if statuses.len() == self.nodes.len()
-                    && statuses.iter().all(|status| status.leading || status.wal_end == end)
+                    && statuses.iter().all(|status| status.role == ReplicaRole::Leading || status.wal_end == end)
                 {
                     return Ok(());
                 }

@@ -117,6 +117,14 @@ mod tests {
     }
 
     #[test]
+    fn replica_seeds_pass_and_replay_identically() {
+        for seed in 0..8 {
+            let outcome = run_seed_checked(seed, true, Workload::Replica).unwrap_or_else(|f| panic!("{f}"));
+            assert!(outcome.records_acknowledged > 0, "seed {seed}: commits were acknowledged");
+        }
+    }
+
+    #[test]
     fn db_seeds_pass_and_replay_identically() {
         for seed in 0..30 {
             let outcome = run_seed_checked(seed, true, Workload::Db).unwrap_or_else(|f| panic!("{f}"));

@@ -46,6 +46,7 @@ use tokio::sync::oneshot;
 use super::raft::{Message, RaftConfig, RaftNode};
 use crate::db::{Database, DbError, EngineConfig};
 use crate::env::Env;
+use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Probe};
 use crate::recovery::replay_archived;
 use crate::storage::ControlFile;
@@ -103,17 +104,31 @@ enum Role {
     },
 }
 
+/// A node's part in the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaRole {
+    /// Writes and replays what the group committed.
+    Follower,
+    /// Elected: catching up, then committing its term's marker.
+    Starting,
+    /// Opening the database (crash recovery) on the gated WAL.
+    Opening,
+    /// Serving, with the database open for writes.
+    Leading,
+}
+
 /// What a node reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicaStatus {
-    /// Whether the database is open here for writes.
-    pub leading: bool,
+    /// The node's part in the group.
+    pub role: ReplicaRole,
     /// The Raft term the node is in.
     pub term: u64,
     /// Where the WAL the node holds from the group ends (a leader: where
     /// its term began).
     pub wal_end: Lsn,
-    /// On a leader, every byte before this is on a majority.
+    /// Every byte before this is committed by the group, as far as the
+    /// node knows (on a follower, `wal_end`).
     pub replicated: Lsn,
     /// Where the last replay round ended.
     pub replayed: Lsn,
@@ -204,12 +219,13 @@ impl ReplicaNode {
 
     /// What the node reports.
     pub fn status(&self) -> ReplicaStatus {
-        let (leading, replicated) = match &self.role {
-            Role::Leading { gate, .. } => (true, gate.replicated()),
-            Role::Opening { gate, .. } => (false, gate.replicated()),
-            _ => (false, self.wal_end),
+        let (role, replicated) = match &self.role {
+            Role::Follower => (ReplicaRole::Follower, self.wal_end),
+            Role::Starting { .. } => (ReplicaRole::Starting, self.wal_end),
+            Role::Opening { gate, .. } => (ReplicaRole::Opening, gate.replicated()),
+            Role::Leading { gate, .. } => (ReplicaRole::Leading, gate.replicated()),
         };
-        ReplicaStatus { leading, term: self.raft.term(), wal_end: self.wal_end, replicated, replayed: self.replayed }
+        ReplicaStatus { role, term: self.raft.term(), wal_end: self.wal_end, replicated, replayed: self.replayed }
     }
 
     /// Ships what the leader flushed, makes durable what raft-rs asks,
@@ -256,7 +272,13 @@ impl ReplicaNode {
                 .lsn();
             self.last_chunk_end = Some(self.wal_end);
         }
-        if self.copy.cut(self.wal_end).map_err(|e| e.to_string())? {
+        if active(PlantedBug::ReplicaKeepsUncommittedWal) {
+            // The log's own end, uncommitted tail and all.
+            self.wal_end = WalReader::new(self.env.fs.clone(), self.opts.clone(), self.wal_end)
+                .read_to_end()
+                .map_err(|e| e.to_string())?
+                .lsn();
+        } else if self.copy.cut(self.wal_end).map_err(|e| e.to_string())? {
             probe::hit(Probe::ReplicaCutUncommitted);
         }
         self.shipped = self.wal_end;

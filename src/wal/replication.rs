@@ -170,6 +170,8 @@ impl WalCopy {
                     let file = match self.fs.open(&path) {
                         Ok(file) => file,
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            let dir = &self.opts.dir;
+                            self.fs.create_dir_all(dir).map_err(|e| WalError::io("create directory", dir, e))?;
                             create_segment(self.fs.as_ref(), &self.opts, segno)?
                         }
                         Err(e) => return Err(WalError::io("open", &path, e)),
