@@ -415,7 +415,10 @@ impl World {
     }
 
     fn leader_id(&self) -> Option<u64> {
-        self.nodes.iter().find(|node| node.live.as_ref().is_some_and(|live| live.status().role == ReplicaRole::Leading)).map(|node| node.id)
+        self.nodes
+            .iter()
+            .find(|node| node.live.as_ref().is_some_and(|live| live.status().role == ReplicaRole::Leading))
+            .map(|node| node.id)
     }
 
     fn send(&mut self, message: Message) {

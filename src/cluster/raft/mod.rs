@@ -2,8 +2,8 @@
 //! durable log with its snapshots ([`log`]) and the node that drives
 //! raft-rs over it ([`node`]). The simulator's cluster workload runs
 //! groups of them on a seeded network with partitions, crashes and power
-//! loss. What is not built yet: the WAL as the replicated state, the
-//! server's transport, and membership changes.
+//! loss. The WAL replicated through it is [`super::replica`]. What is not
+//! built yet: the server's transport, and membership changes.
 
 pub mod log;
 pub mod node;
