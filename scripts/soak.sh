@@ -4,8 +4,8 @@
 # Far past what CI runs; a developer runs it before a release or after a
 # change to the engine's durability paths.
 #
-#   scripts/soak.sh                       120,000 seeds: 60,000 WAL, 40,000 db, 20,000 cluster
-#   WAL_SEEDS=200000 DB_SEEDS=100000 CLUSTER_SEEDS=50000 scripts/soak.sh
+#   scripts/soak.sh                       125,000 seeds: 60,000 WAL, 40,000 db, 20,000 cluster, 5,000 replica
+#   WAL_SEEDS=200000 DB_SEEDS=100000 CLUSTER_SEEDS=50000 REPLICA_SEEDS=20000 scripts/soak.sh
 #   START=5000000 scripts/soak.sh         a fresh stretch of seeds
 #
 # Seeds run once each (no determinism rerun: CI checks that on its range).
@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 WAL_SEEDS=${WAL_SEEDS:-60000}
 DB_SEEDS=${DB_SEEDS:-40000}
 CLUSTER_SEEDS=${CLUSTER_SEEDS:-20000}
+REPLICA_SEEDS=${REPLICA_SEEDS:-5000}
 START=${START:-1000000}
 CHUNK=${CHUNK:-5000}
 out=$(mktemp -d)
@@ -42,6 +43,7 @@ started=$(date +%s)
 run_workload wal "$WAL_SEEDS"
 run_workload db "$DB_SEEDS"
 run_workload cluster "$CLUSTER_SEEDS"
+run_workload replica "$REPLICA_SEEDS"
 elapsed=$(($(date +%s) - started))
 
 # Sum the chunks' summaries: seeds, failures, crashes, recoveries,

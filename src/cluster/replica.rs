@@ -52,6 +52,10 @@ use crate::recovery::replay_archived;
 use crate::storage::ControlFile;
 use crate::wal::{read_wal, Lsn, ReplicationGate, WalCopy, WalOptions, WalReader};
 
+/// How long a deposed leader waits for its clients to let go of the
+/// database before it follows anyway.
+const RELEASE_WAIT_MS: u64 = 1_000;
+
 /// A chunk's encoding: its start LSN, then its bytes.
 fn encode_chunk(start: Lsn, bytes: &[u8]) -> Vec<u8> {
     let mut data = Vec::with_capacity(8 + bytes.len());
@@ -155,9 +159,12 @@ pub struct ReplicaNode {
     /// Chunks ending at or before this are not written again after a
     /// restart (the control file's redo point then).
     floor: Lsn,
+    /// The index of the last entry applied.
     applied: u64,
-    /// What the next leader's shipping starts from.
+    /// On a leader, where the next chunk starts: everything before it has
+    /// been proposed.
     shipped: Lsn,
+    /// Where the last replay round ended, and when it ran.
     replayed: Lsn,
     last_replay: Option<Duration>,
     role: Role,
@@ -182,7 +189,7 @@ impl ReplicaNode {
             copy: WalCopy::new(fs, opts.clone()),
             opts,
             raft,
-            // Known once the node has caught up (see `catch_up`).
+            // Known once the node has caught up (see `caught_up`).
             wal_end: control.redo_lsn,
             last_chunk_end: None,
             catching_up_to,
@@ -235,6 +242,10 @@ impl ReplicaNode {
     pub async fn advance(&mut self) -> Result<Vec<Message>, String> {
         self.ship()?;
         let advanced = self.raft.advance().map_err(|e| e.to_string())?;
+        if advanced.snapshot.is_some() {
+            // The log is never compacted yet, so no leader sends one.
+            return Err("a Raft snapshot arrived: rebuilding a node from a snapshot is not built yet".into());
+        }
         for entry in &advanced.committed {
             self.applied = entry.index;
             if entry.data.is_empty() {
@@ -394,9 +405,11 @@ impl ReplicaNode {
                 gate.close(&cause);
                 db.wal().halt(&cause);
                 self.publish(None);
-                // Clients let go once their calls fail on the stopped engine.
+                // Clients let go once their calls fail on the stopped engine;
+                // one that holds on (an idle session) cannot write through
+                // it any more: a halted engine writes no page.
                 let mut db = db;
-                loop {
+                for _ in 0..RELEASE_WAIT_MS {
                     match Arc::try_unwrap(db) {
                         Ok(db) => {
                             db.close().await;

@@ -12,6 +12,9 @@
 //!
 //! - **Commit rule:** [`Wal::flush`] returns `Ok` only once every byte before
 //!   the requested LSN has been synced. A commit is acknowledged after that.
+//!   On a cluster's leader ([`Wal::with_replication`]), only once the Raft
+//!   group has committed them too; [`Wal::durable_lsn`], which pages,
+//!   checkpoints and the archiver honour, is then the lower of the two.
 //! - **Sector isolation:** every flush ends on a 512-byte sector boundary
 //!   (a `Pad` record fills the gap), so a later torn write can never damage a
 //!   sector holding acknowledged bytes.
