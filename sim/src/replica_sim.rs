@@ -16,12 +16,15 @@
 //!   leader) or a minority off, for up to 1.5 s.
 //! - **Nodes:** power failures (the disk loses and tears what was not
 //!   synced; half of them aimed at the leader) with a restart after up to
-//!   600 ms; injected write and fsync errors, after which the node stops
-//!   (fail-stop) and restarts from its disk.
+//!   600 ms; injected read, write and fsync errors, after which the node
+//!   stops (fail-stop) and restarts from its disk.
+//! - **Clocks:** the wall clock steps up to a minute either way, as NTP
+//!   does (commit timestamps; Raft's ticks are the world's).
 //!
-//! Clients each insert rows with unique keys, one per transaction, on the
-//! leader they see. A commit that returns `Ok` is acknowledged; any error
-//! leaves its outcome unknown.
+//! Clients each insert two rows (a key and its twin) per transaction, on
+//! the leader they see, and roll one transaction in five back on purpose. A
+//! commit that returns `Ok` is acknowledged; any error leaves its outcome
+//! unknown, and failover's undo must roll back what was open.
 //!
 //! Then the faults stop: down nodes restart, the network heals, and the
 //! group must elect a leader that opens the database and commits a final
@@ -36,6 +39,8 @@
 //!   node's database is opened on its own at the end).
 //! - `replica_agreement`: every node holds exactly the same rows, and only
 //!   rows some client tried to insert.
+//! - `replica_atomicity`: no row without its twin (half a transaction), and
+//!   none of a transaction rolled back on purpose.
 //! - `replica_replayed_uncommitted`: no follower ever replays WAL past the
 //!   most any node that led knew the group had committed (a leader learns
 //!   a commit before any follower can apply it).
@@ -66,7 +71,9 @@ const ELECTION_TICK: usize = 10;
 const HEARTBEAT_TICK: usize = 2;
 const TABLE: &str = "rows";
 /// The key of the row the healed group must commit.
-const FINAL_KEY: u64 = u64::MAX;
+const FINAL_KEY: u64 = u64::MAX >> 1;
+/// Each transaction inserts a row and its twin, whose key has this bit.
+const TWIN: u64 = 1 << 63;
 
 /// Runs one seed of the replicated workload.
 pub async fn run_replica_seed(seed: u64) -> Result<SeedOutcome, SeedFailure> {
@@ -86,6 +93,9 @@ struct Plan {
     /// Per millisecond.
     crash_rate: f64,
     partition_rate: f64,
+    /// Per millisecond: the wall clock (shared by every node) steps up to
+    /// a minute either way, as NTP does.
+    clock_jump_rate: f64,
     faults: FaultConfig,
     engine: EngineConfig,
     replay_interval: Duration,
@@ -98,9 +108,11 @@ impl Plan {
         let delay_rate = rate(0.1);
         let crash_rate = rate(0.003);
         let partition_rate = rate(0.002);
+        let clock_jump_rate = rate(0.002);
         let mut faults = FaultConfig::power_loss();
         faults.fsync_error_rate = rate(0.002);
         faults.write_error_rate = rate(0.001);
+        faults.read_error_rate = rate(0.001);
         let mut engine = EngineConfig::new("/db");
         engine.wal_segment_size = [1 << 16, 1 << 17, 1 << 20][rng.random_range(0..3)];
         engine.buffer_pool_size = rng.random_range(16..256) * thunderdb::storage::PAGE_SIZE as u64;
@@ -114,6 +126,7 @@ impl Plan {
             delay_rate,
             crash_rate,
             partition_rate,
+            clock_jump_rate,
             faults,
             engine,
             replay_interval: Duration::from_millis(rng.random_range(10..300)),
@@ -136,6 +149,8 @@ struct Model {
     attempted: BTreeSet<u64>,
     /// Rows whose commit returned `Ok`.
     acked: BTreeSet<u64>,
+    /// Rows whose transaction the client rolled back on purpose.
+    rolled_back: BTreeSet<u64>,
     /// The database of the node that leads, as the clients see it: not a
     /// strong reference, which would keep a deposed leader's engine alive.
     leader: Option<Weak<Database>>,
@@ -403,6 +418,9 @@ impl World {
             let until = self.now + self.rng.random_range(100..1_500);
             self.partition = Some((side, until));
         }
+        if self.rng.random_bool(self.plan.clock_jump_rate) {
+            self.clock.jump_wall(self.rng.random_range(-60_000_000..=60_000_000));
+        }
         if self.rng.random_bool(self.plan.crash_rate) {
             let index = match self.leader_id().filter(|_| self.rng.random_bool(0.5)) {
                 Some(leader) => (leader - 1) as usize,
@@ -511,9 +529,9 @@ impl World {
         }
         // Let the stopped engines' tasks see they are gone.
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let (acked, attempted) = {
+        let (acked, attempted, rolled_back) = {
             let model = lock(&self.model);
-            (model.acked.clone(), model.attempted.clone())
+            (model.acked.clone(), model.attempted.clone(), model.rolled_back.clone())
         };
         let mut first: Option<(u64, BTreeSet<u64>)> = None;
         for index in 0..self.nodes.len() {
@@ -527,8 +545,22 @@ impl World {
                     format!("node {id} lacks row {lost:#x}, whose commit was acknowledged ({} rows)", rows.len()),
                 ));
             }
-            if let Some(stray) = rows.iter().find(|key| !attempted.contains(key) && **key != FINAL_KEY) {
+            if let Some(stray) =
+                rows.iter().find(|key| !attempted.contains(&(*key & !TWIN)) && **key & !TWIN != FINAL_KEY)
+            {
                 return Err(self.fail("replica_agreement", format!("node {id} holds row {stray:#x}, never inserted")));
+            }
+            if let Some(half) = rows.iter().find(|key| !rows.contains(&(*key ^ TWIN))) {
+                return Err(self.fail(
+                    "replica_atomicity",
+                    format!("node {id} holds row {half:#x} without its twin: half a transaction survived"),
+                ));
+            }
+            if let Some(undone) = rows.iter().find(|key| rolled_back.contains(&(*key & !TWIN))) {
+                return Err(self.fail(
+                    "replica_atomicity",
+                    format!("node {id} holds row {undone:#x}, whose transaction was rolled back"),
+                ));
             }
             match &first {
                 None => first = Some((id, rows)),
@@ -577,12 +609,19 @@ fn key_bytes(key: u64) -> [u8; 8] {
     key.to_be_bytes()
 }
 
-async fn insert(db: &Database, key: u64) -> Result<(), String> {
+/// Inserts the rows `key` and its twin in one transaction, and commits it,
+/// or with `roll_back` rolls it back.
+async fn insert(db: &Database, key: u64, roll_back: bool) -> Result<(), String> {
     let mut txn = db.begin().await.map_err(|e| e.to_string())?;
     let table = txn.table(TABLE).await.map_err(|e| e.to_string())?.ok_or("no table")?;
-    txn.insert(&table, &key_bytes(key), format!("row {key:#x}").as_bytes()).await.map_err(|e| e.to_string())?;
-    txn.commit().await.map_err(|e| e.to_string())?;
-    Ok(())
+    for row in [key, key | TWIN] {
+        txn.insert(&table, &key_bytes(row), format!("row {row:#x}").as_bytes()).await.map_err(|e| e.to_string())?;
+    }
+    if roll_back {
+        txn.rollback().await.map_err(|e| e.to_string())
+    } else {
+        txn.commit().await.map(|_| ()).map_err(|e| e.to_string())
+    }
 }
 
 /// A client: inserts rows with keys of its own on the leader it sees.
@@ -600,8 +639,12 @@ async fn run_client(client: u64, seed: u64, model: SharedModel) {
         if let Some(db) = db {
             let key = client << 32 | next;
             next += 1;
+            let roll_back = rng.random_bool(0.2);
             lock(&model).attempted.insert(key);
-            if insert(&db, key).await.is_ok() {
+            if roll_back {
+                lock(&model).rolled_back.insert(key);
+            }
+            if insert(&db, key, roll_back).await.is_ok() && !roll_back {
                 lock(&model).acked.insert(key);
             }
         }
@@ -614,7 +657,7 @@ async fn final_client(model: SharedModel) {
     loop {
         let db = lock(&model).leader.as_ref().and_then(Weak::upgrade);
         if let Some(db) = db {
-            if insert(&db, FINAL_KEY).await.is_ok() {
+            if insert(&db, FINAL_KEY, false).await.is_ok() {
                 lock(&model).acked.insert(FINAL_KEY);
                 return;
             }
