@@ -70,8 +70,9 @@ const TICK_MS: u64 = 20;
 const ELECTION_TICK: usize = 10;
 const HEARTBEAT_TICK: usize = 2;
 const TABLE: &str = "rows";
-/// The key of the row the healed group must commit.
-const FINAL_KEY: u64 = u64::MAX >> 1;
+/// The keys of the row the healed group must commit: one per attempt,
+/// since an attempt that failed may still have committed.
+const FINAL_KEY: u64 = 1 << 62;
 /// Each transaction inserts a row and its twin, whose key has this bit.
 const TWIN: u64 = 1 << 63;
 
@@ -156,6 +157,8 @@ struct Model {
     leader: Option<Weak<Database>>,
     /// The faults are over: the clients stop.
     stop: bool,
+    /// The healed group committed the final row.
+    final_acked: bool,
 }
 
 type SharedModel = Arc<Mutex<Model>>;
@@ -317,7 +320,7 @@ impl World {
             if self.now == FAULT_PHASE_MS {
                 self.clients.push(tokio::spawn(final_client(self.model.clone())));
             }
-            if let Some(db) = leader.filter(|_| lock(&self.model).acked.contains(&FINAL_KEY)) {
+            if let Some(db) = leader.filter(|_| lock(&self.model).final_acked) {
                 return self.converge(db).await;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -545,9 +548,7 @@ impl World {
                     format!("node {id} lacks row {lost:#x}, whose commit was acknowledged ({} rows)", rows.len()),
                 ));
             }
-            if let Some(stray) =
-                rows.iter().find(|key| !attempted.contains(&(*key & !TWIN)) && **key & !TWIN != FINAL_KEY)
-            {
+            if let Some(stray) = rows.iter().find(|key| !attempted.contains(&(*key & !TWIN))) {
                 return Err(self.fail("replica_agreement", format!("node {id} holds row {stray:#x}, never inserted")));
             }
             if let Some(half) = rows.iter().find(|key| !rows.contains(&(*key ^ TWIN))) {
@@ -654,11 +655,17 @@ async fn run_client(client: u64, seed: u64, model: SharedModel) {
 
 /// After the faults: commits the final row on whichever node leads.
 async fn final_client(model: SharedModel) {
+    let mut attempt = 0;
     loop {
         let db = lock(&model).leader.as_ref().and_then(Weak::upgrade);
         if let Some(db) = db {
-            if insert(&db, FINAL_KEY, false).await.is_ok() {
-                lock(&model).acked.insert(FINAL_KEY);
+            let key = FINAL_KEY + attempt;
+            attempt += 1;
+            lock(&model).attempted.insert(key);
+            if insert(&db, key, false).await.is_ok() {
+                let mut model = lock(&model);
+                model.acked.insert(key);
+                model.final_acked = true;
                 return;
             }
         }
