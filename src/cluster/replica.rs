@@ -176,13 +176,16 @@ impl ReplicaNode {
     /// Opens the node: its Raft log, and its database's directories, which
     /// hold an initialised database (the cluster starts from one node's,
     /// copied to every node).
-    pub fn open(env: Env, config: ReplicaConfig) -> Result<ReplicaNode, String> {
+    pub fn open(env: Env, mut config: ReplicaConfig) -> Result<ReplicaNode, String> {
         let fs = env.fs.clone();
         let data_dir = &config.engine.data_dir;
         let control = ControlFile::load(fs.as_ref(), data_dir).map_err(|e| e.to_string())?.ok_or_else(|| {
             format!("{} has no control file: a cluster node starts from an initialised database", data_dir.display())
         })?;
-        let opts = config.engine.store_options(0).wal.with_segment_size(control.wal_segment_size);
+        // The segment size is the database's, whatever the configuration
+        // says: the WAL copy, the replay and the leader's opening all use it.
+        config.engine.wal_segment_size = control.wal_segment_size;
+        let opts = config.engine.store_options(0).wal;
         let raft = RaftNode::open(fs.clone(), &config.raft_dir, &config.raft).map_err(|e| e.to_string())?;
         let catching_up_to = Some(raft.commit_index());
         Ok(ReplicaNode {

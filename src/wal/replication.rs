@@ -151,11 +151,6 @@ impl WalCopy {
         Self { fs, opts, open: BTreeMap::new() }
     }
 
-    /// The log's options.
-    pub fn options(&self) -> &WalOptions {
-        &self.opts
-    }
-
     /// Writes `bytes` at `start`; not durable until [`sync`](Self::sync).
     pub fn write(&mut self, start: Lsn, bytes: &[u8]) -> Result<(), WalError> {
         let mut pos = start;
