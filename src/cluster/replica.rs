@@ -35,6 +35,7 @@
 //! once it has caught up with what it knew committed, the WAL after the
 //! last chunk is cut, whatever it held.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,6 +139,21 @@ pub struct ReplicaStatus {
     pub replayed: Lsn,
 }
 
+/// On a leader, what it knows of one voter's copy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemberLag {
+    /// The voter's node id.
+    pub node_id: u64,
+    /// Where the WAL the voter holds ends, as far as the leader knows (`None`:
+    /// it holds less than the leader shipped in its term).
+    pub match_lsn: Option<Lsn>,
+    /// The bytes the leader flushed that the voter does not hold yet.
+    pub lag_bytes: u64,
+    /// How long ago the leader shipped the oldest chunk the voter does not
+    /// hold yet (0 when it holds them all).
+    pub lag_seconds: f64,
+}
+
 /// A node (see the module docs). Its caller owns time and the network: it
 /// calls [`ReplicaNode::tick`] on its clock, [`ReplicaNode::step`] for each
 /// message, and [`ReplicaNode::advance`] after either, and often while it
@@ -167,6 +183,9 @@ pub struct ReplicaNode {
     /// Where the last replay round ended, and when it ran.
     replayed: Lsn,
     last_replay: Option<Duration>,
+    /// On a leader, the entries it proposed in its term: each index, where
+    /// its chunk ends and when it was proposed (for [`ReplicaNode::members`]).
+    proposed: BTreeMap<u64, (Lsn, Duration)>,
     role: Role,
     /// The database, while this node leads and it is open.
     db: Mutex<Option<Arc<Database>>>,
@@ -201,6 +220,7 @@ impl ReplicaNode {
             shipped: control.redo_lsn,
             replayed: Lsn::ZERO,
             last_replay: None,
+            proposed: BTreeMap::new(),
             role: Role::Follower,
             db: Mutex::new(None),
             env,
@@ -225,6 +245,50 @@ impl ReplicaNode {
 
     fn publish(&self, db: Option<Arc<Database>>) {
         *self.db.lock().expect("database slot poisoned") = db;
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.leader()
+    }
+
+    /// Whether the node is campaigning for leadership.
+    pub fn is_candidate(&self) -> bool {
+        self.raft.is_candidate()
+    }
+
+    /// The leader's gate, while the node leads (opening or serving): its
+    /// [`ReplicationGate::local_advanced`] says when there is WAL to ship.
+    pub fn gate(&self) -> Option<Arc<ReplicationGate>> {
+        match &self.role {
+            Role::Opening { gate, .. } | Role::Leading { gate, .. } => Some(gate.clone()),
+            Role::Follower | Role::Starting { .. } => None,
+        }
+    }
+
+    /// On a leader, what it knows of every voter's copy (itself included),
+    /// by node id; empty on other nodes.
+    pub fn members(&self) -> Vec<MemberLag> {
+        let Some(gate) = self.gate() else {
+            return Vec::new();
+        };
+        let local = gate.local();
+        let now = self.env.clock.monotonic();
+        self.raft
+            .progress()
+            .into_iter()
+            .map(|(node_id, matched)| {
+                let held = self.proposed.range(..=matched).next_back().map(|(_, (end, _))| *end);
+                let match_lsn = held.or_else(|| (matched >= self.applied).then_some(self.wal_end));
+                let oldest_missing = self.proposed.range(matched + 1..).next().map(|(_, (_, at))| *at);
+                MemberLag {
+                    node_id,
+                    match_lsn,
+                    lag_bytes: match_lsn.map_or(local.0 - self.wal_end.0, |held| local.0.saturating_sub(held.0)),
+                    lag_seconds: oldest_missing.map_or(0.0, |at| now.saturating_sub(at).as_secs_f64()),
+                }
+            })
+            .collect()
     }
 
     /// What the node reports.
@@ -332,6 +396,13 @@ impl ReplicaNode {
             // retried: the role change sees the first, the next call retries.
             if self.raft.propose(encode_chunk(self.shipped, &bytes)).is_ok() {
                 self.shipped = local;
+                let now = self.env.clock.monotonic();
+                self.proposed.insert(self.raft.last_proposed_index(), (local, now));
+                // What every voter holds is no longer needed to tell lags.
+                let least = self.raft.progress().iter().map(|(_, matched)| *matched).min().unwrap_or(0);
+                if let Some((&floor, _)) = self.proposed.range(..=least).next_back() {
+                    self.proposed = self.proposed.split_off(&floor);
+                }
             }
         }
         Ok(())
@@ -363,6 +434,7 @@ impl ReplicaNode {
             Role::Starting { marker: Some(marker), .. } if self.applied >= *marker => {
                 let gate = Arc::new(ReplicationGate::new(self.wal_end));
                 self.shipped = self.wal_end;
+                self.proposed.clear();
                 let engine = EngineConfig { replication: Some(gate.clone()), ..self.config.engine.clone() };
                 let (send, opened) = oneshot::channel();
                 let env = self.env.clone();

@@ -309,6 +309,21 @@ pub fn load(
                 .into(),
         });
     }
+    if !config.cluster.peers.is_empty() {
+        let checked = if config.cluster.standby {
+            Err("`cluster.standby` and `cluster.peers`: a standby follows the WAL archive, outside the Raft group; \
+                 give it no peers"
+                .to_string())
+        } else {
+            config.cluster.voters().map(drop)
+        };
+        if let Err(message) = checked {
+            let sets_cluster = |layer: &toml::Table| layer.contains_key("cluster");
+            let sources: Vec<String> =
+                layers.iter().filter(|(_, layer)| sets_cluster(layer)).map(|(source, _)| source.to_string()).collect();
+            return Err(ConfigError { source_name: sources.join(" and "), message });
+        }
+    }
     if let Some(toml::Value::Table(security)) = merged.get_mut("security") {
         for (_, value) in security.iter_mut() {
             if value.as_str().is_some_and(|v| !v.is_empty()) {
@@ -422,12 +437,46 @@ fn validate(table: toml::Table) -> Result<Config, String> {
     if config.storage.checkpoint_interval.0 < Duration::from_millis(100) {
         return Err("`storage.checkpoint_interval` must be at least 100ms".into());
     }
-    if !config.cluster.peers.is_empty() && !config.cluster.standby {
-        return Err("`cluster.peers`: Raft replication is not built yet; a cluster today is a primary that archives \
-                    its WAL and standbys with `standby = true` that follow the archive (docs/cluster.md)"
-            .into());
-    }
     Ok(config)
+}
+
+impl ClusterConfig {
+    /// Whether this server is a node of a Raft group.
+    pub fn is_raft(&self) -> bool {
+        !self.peers.is_empty() && !self.standby
+    }
+
+    /// The voters `peers` names, by id, each with its Raft address. This
+    /// node must be one of them.
+    pub fn voters(&self) -> Result<Vec<(u64, String)>, String> {
+        let mut voters: Vec<(u64, String)> = Vec::new();
+        for peer in &self.peers {
+            let (id, addr) = peer
+                .split_once('@')
+                .and_then(|(id, addr)| Some((id.trim().parse::<u64>().ok().filter(|id| *id != 0)?, addr.trim())))
+                .filter(|(_, addr)| addr.contains(':'))
+                .ok_or_else(|| format!("`cluster.peers`: {peer:?} is not \"ID@HOST:PORT\" with a non-zero ID"))?;
+            if voters.iter().any(|(known, _)| *known == id) {
+                return Err(format!("`cluster.peers`: node {id} is named twice"));
+            }
+            voters.push((id, addr.to_string()));
+        }
+        voters.sort();
+        if !voters.iter().any(|(id, _)| *id == self.node_id) {
+            return Err(format!("`cluster.peers` does not name this node, `cluster.node_id` = {}", self.node_id));
+        }
+        Ok(voters)
+    }
+
+    /// Where this node listens for its peers: `raft_addr`, or its own
+    /// entry in `peers`.
+    pub fn listen_addr(&self) -> Result<String, String> {
+        if !self.raft_addr.trim().is_empty() {
+            return Ok(self.raft_addr.trim().to_string());
+        }
+        let voters = self.voters()?;
+        Ok(voters.into_iter().find(|(id, _)| *id == self.node_id).map(|(_, addr)| addr).unwrap_or_default())
+    }
 }
 
 #[cfg(test)]
@@ -535,5 +584,26 @@ mod tests {
         let config = load(None, &env(&[("THUNDERDB_WAL_COMPRESSION", "off")]), &[]).unwrap();
         assert_eq!(config.storage.wal_compression, WalCompression::Off);
         assert_eq!(config.engine().wal_compression, WalCompression::Off);
+    }
+
+    #[test]
+    fn a_raft_group_names_this_node_among_its_peers_and_each_peer_once() {
+        let path = Path::new("/etc/thunderdb.toml");
+        let group = |cluster: &str| load(Some((path, &format!("[cluster]\n{cluster}"))), &[], &[]);
+        let peers = r#"peers = ["2@127.0.0.1:7002", "1@127.0.0.1:7001", "3@127.0.0.1:7003"]"#;
+        let config = group(&format!("node_id = 1\n{peers}")).unwrap();
+        assert!(config.cluster.is_raft());
+        assert_eq!(config.cluster.voters().unwrap()[0], (1, "127.0.0.1:7001".to_string()));
+        assert_eq!(config.cluster.listen_addr().unwrap(), "127.0.0.1:7001");
+        let outside = group(&format!("node_id = 4\n{peers}")).unwrap_err().to_string();
+        assert!(outside.contains("does not name this node") && outside.contains("/etc/thunderdb.toml"), "{outside}");
+        let twice = group(r#"peers = ["1@a:1", "1@b:2"]"#).unwrap_err().to_string();
+        assert!(twice.contains("node 1 is named twice"), "{twice}");
+        let malformed = group(r#"peers = ["a:1"]"#).unwrap_err().to_string();
+        assert!(malformed.contains("\"a:1\" is not \"ID@HOST:PORT\""), "{malformed}");
+        let standby = format!("[storage]\nwal_archive_dir = \"/a\"\n[cluster]\nstandby = true\n{peers}");
+        let both = load(Some((path, &standby)), &[], &[]).unwrap_err().to_string();
+        assert!(both.contains("give it no peers"), "{both}");
+        assert!(!load(None, &[], &[]).unwrap().cluster.is_raft());
     }
 }

@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
@@ -50,7 +51,7 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn require_token(
+pub(super) async fn require_token(
     State(token): State<Option<String>>,
     headers: HeaderMap,
     request: Request,
@@ -236,42 +237,85 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: f64) {
     registry.register(name, help, g);
 }
 
-/// The engine's counters in Prometheus text format.
-pub async fn render_metrics(db: &Database, backups: &Backups) -> String {
+/// A node's part in its cluster, as `/metrics` gives it.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterGauges {
+    /// Whether the node serves writes (a single node always does).
+    pub leader: bool,
+    /// The Raft term (0: not in a Raft group).
+    pub term: u64,
+    /// On a leader, each voter's id, lag in bytes and lag in seconds.
+    pub members: Vec<(u64, u64, f64)>,
+}
+
+fn cluster_gauges(registry: &mut Registry, cluster: &ClusterGauges) {
+    gauge(registry, "cluster_standby", "1 on a standby that follows the WAL archive, 0 on a primary", 0.0);
+    gauge(registry, "cluster_term", "The Raft term (0: not in a Raft group)", cluster.term as f64);
+    gauge(
+        registry,
+        "cluster_leader",
+        "1 on the node that serves writes (a Raft group's leader, or a single node), 0 on others",
+        if cluster.leader { 1.0 } else { 0.0 },
+    );
+    let bytes = Family::<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let seconds = Family::<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for (node, lag_bytes, lag_seconds) in &cluster.members {
+        let labels = vec![("node_id".to_string(), node.to_string())];
+        bytes.get_or_create(&labels).set(*lag_bytes as f64);
+        seconds.get_or_create(&labels).set(*lag_seconds);
+    }
+    registry.register(
+        "cluster_replication_lag_bytes",
+        "On a Raft group's leader: the WAL bytes it flushed that each voter does not hold yet",
+        bytes,
+    );
+    registry.register(
+        "cluster_replication_lag_seconds",
+        "On a Raft group's leader: how long ago it shipped the oldest WAL each voter does not hold yet",
+        seconds,
+    );
+}
+
+/// The node's cluster gauges, and the engine's counters if it serves, in
+/// Prometheus text format.
+pub async fn render_metrics(engine: Option<(&Database, &Backups)>, cluster: &ClusterGauges) -> String {
     let mut registry = Registry::with_prefix("thunderdb");
-    gauge(&mut registry, "cluster_standby", "1 on a standby that follows the WAL archive, 0 on a primary", 0.0);
-    gauge(&mut registry, "cluster_term", "The Raft term (0: not in a Raft group)", 0.0);
+    cluster_gauges(&mut registry, cluster);
+    if let Some((db, backups)) = engine {
+        engine_metrics(&mut registry, db, backups).await;
+    }
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
+
+async fn engine_metrics(registry: &mut Registry, db: &Database, backups: &Backups) {
     let stats = db.stats();
-    counter(&mut registry, "transactions_committed", "Transactions committed", stats.committed.load(Ordering::Relaxed));
-    counter(&mut registry, "transactions_aborted", "Transactions rolled back", stats.aborted.load(Ordering::Relaxed));
-    counter(&mut registry, "checkpoints", "Checkpoints completed", stats.checkpoints.load(Ordering::Relaxed));
+    counter(registry, "transactions_committed", "Transactions committed", stats.committed.load(Ordering::Relaxed));
+    counter(registry, "transactions_aborted", "Transactions rolled back", stats.aborted.load(Ordering::Relaxed));
+    counter(registry, "checkpoints", "Checkpoints completed", stats.checkpoints.load(Ordering::Relaxed));
     counter(
-        &mut registry,
+        registry,
         "commit_time_clamps",
         "Commits stamped with the previous commit's time because the wall clock stepped back",
         stats.commit_time_clamps.load(Ordering::Relaxed),
     );
     let wal = db.wal().stats();
-    counter(
-        &mut registry,
-        "wal_written_bytes",
-        "Bytes written to WAL segments",
-        wal.bytes_written.load(Ordering::Relaxed),
-    );
-    counter(&mut registry, "wal_flushes", "WAL group flushes", wal.flushes.load(Ordering::Relaxed));
+    counter(registry, "wal_written_bytes", "Bytes written to WAL segments", wal.bytes_written.load(Ordering::Relaxed));
+    counter(registry, "wal_flushes", "WAL group flushes", wal.flushes.load(Ordering::Relaxed));
     let buffers = db.buffer_stats().await;
-    counter(&mut registry, "buffer_pool_hits", "Page fetches served from memory", buffers.hits);
-    counter(&mut registry, "buffer_pool_misses", "Page fetches read from disk", buffers.misses);
-    counter(&mut registry, "buffer_pool_evictions", "Pages evicted", buffers.evictions);
+    counter(registry, "buffer_pool_hits", "Page fetches served from memory", buffers.hits);
+    counter(registry, "buffer_pool_misses", "Page fetches read from disk", buffers.misses);
+    counter(registry, "buffer_pool_evictions", "Pages evicted", buffers.evictions);
     let recovery = db.recovery_report();
     gauge(
-        &mut registry,
+        registry,
         "recovery_duration_seconds",
         "How long crash recovery took at the last start (0 after a clean stop)",
         if recovery.crashed { recovery.duration.as_secs_f64() } else { 0.0 },
     );
     gauge(
-        &mut registry,
+        registry,
         "recovery_records_replayed",
         "Records redo replayed at the last start",
         recovery.records_replayed as f64,
@@ -279,57 +323,54 @@ pub async fn render_metrics(db: &Database, backups: &Backups) -> String {
     let (ended, succeeded) = backups.last();
     if let Some(ended) = &ended {
         let ok = if ended.status == crate::backup::registry::Status::Completed { 1.0 } else { 0.0 };
-        gauge(&mut registry, "last_backup_status", "1 if the last backup succeeded, 0 if it failed", ok);
+        gauge(registry, "last_backup_status", "1 if the last backup succeeded, 0 if it failed", ok);
         gauge(
-            &mut registry,
+            registry,
             "last_backup_duration_seconds",
             "How long the last backup ran",
             ended.duration_seconds.unwrap_or(0.0),
         );
-        gauge(&mut registry, "last_backup_bytes", "Bytes the last backup copied", ended.bytes_done as f64);
+        gauge(registry, "last_backup_bytes", "Bytes the last backup copied", ended.bytes_done as f64);
     }
     gauge(
-        &mut registry,
+        registry,
         "last_backup_timestamp",
         "Unix time of the last successful backup's end (0: none yet)",
         succeeded.and_then(|r| r.finished_micros).map_or(0.0, |micros| (micros / 1_000_000) as f64),
     );
     let archive = db.archive_status().unwrap_or_default();
     gauge(
-        &mut registry,
+        registry,
         "wal_archive_pending_segments",
         "Complete WAL segments not archived yet",
         archive.segments_pending as f64,
     );
     let detail = &archive.detail;
-    counter(&mut registry, "wal_archived_segments", "WAL segments archived since start", detail.archived_segments);
+    counter(registry, "wal_archived_segments", "WAL segments archived since start", detail.archived_segments);
+    counter(registry, "wal_archived_bytes", "WAL bytes archived, over the server's life", archive.total_archived_bytes);
+    counter(registry, "wal_archive_failures", "Failed WAL archive attempts since start", detail.failures);
     counter(
-        &mut registry,
-        "wal_archived_bytes",
-        "WAL bytes archived, over the server's life",
-        archive.total_archived_bytes,
-    );
-    counter(&mut registry, "wal_archive_failures", "Failed WAL archive attempts since start", detail.failures);
-    counter(
-        &mut registry,
+        registry,
         "wal_archive_conflicts",
         "Archive attempts that found a different file under the segment's name",
         detail.conflicts,
     );
     gauge(
-        &mut registry,
+        registry,
         "wal_archive_last_success_timestamp",
         "Unix time of the last archived segment (0: none yet)",
         detail.last_archive_micros.map_or(0.0, |micros| (micros / 1_000_000) as f64),
     );
-    let mut text = String::new();
-    encode(&mut text, &registry).expect("writing to a String cannot fail");
-    text
+}
+
+/// The answer to `GET /metrics`.
+pub fn metrics_response(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let text = render_metrics(&state.db, &state.backups).await;
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    let single = ClusterGauges { leader: true, term: 0, members: Vec::new() };
+    metrics_response(render_metrics(Some((&state.db, &state.backups)), &single).await)
 }
 
 /// What a standby's admin API shares (see [`standby_router`]).

@@ -4,6 +4,8 @@
 //! The listeners need real tokio sockets, so they exist only in the normal
 //! build; the simulator drives [`crate::sql::Session`] directly.
 
+#[cfg(not(madsim))]
+pub mod cluster;
 pub mod config;
 #[cfg(not(madsim))]
 pub mod http;
@@ -51,6 +53,7 @@ mod serve {
     use tokio::sync::Semaphore;
     use tokio::task::JoinSet;
 
+    use super::cluster::{cluster_router, ServeFn, Serving};
     use super::config::Config;
     use super::http::{router, AdminState};
     use super::pg::{Connection, Handlers, Verifier};
@@ -92,6 +95,9 @@ mod serve {
         let pg_addr = format!("{}:{}", config.listen_addr, config.pg_port);
         let http_addr = format!("{}:{}", config.listen_addr, config.http_port);
         tokio::pin!(shutdown);
+        if config.cluster.is_raft() {
+            return run_group(env, config, pg_addr, http_addr, shutdown).await;
+        }
         let pg = if config.cluster.standby {
             // Follows the archive until promoted (then opens below) or
             // stopped.
@@ -130,20 +136,46 @@ mod serve {
             salt.extend_from_slice(&db.wall_micros().to_le_bytes());
             Verifier::new(&password, salt)
         });
+        let max = config.max_connections;
+        let connections = serve_sql(pg, max, &mut shutdown, || Connection::new(db.clone(), verifier.clone())).await;
+        tracing::info!(
+            sessions = connections.len(),
+            "shutting down: closing sessions, rolling back open transactions, taking a final checkpoint"
+        );
+        // Sessions are cut off between statements or mid-statement; the
+        // engine's shutdown rolls back whatever they left open.
+        let mut connections = connections;
+        connections.shutdown().await;
+        http_task.abort();
+        let result = db.shutdown().await.map_err(|e| format!("clean shutdown failed: {e}"));
+        // A running backup sees the shutdown and ends as failed.
+        backups.wait().await;
+        result?;
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
+
+    /// Serves SQL on `pg`, each connection made by `connect`, until
+    /// `shutdown` resolves; returns the sessions still running.
+    async fn serve_sql(
+        pg: TcpListener,
+        max: u32,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+        connect: impl Fn() -> Arc<Connection>,
+    ) -> JoinSet<()> {
         let mut connections = JoinSet::new();
         // One permit per session. Clients past the limit are told so; at
         // most as many again wait to be told, and the rest are dropped at
         // once, so a flood of connections costs no more than that.
-        let max = config.max_connections;
         let sessions = Arc::new(Semaphore::new(max as usize));
         let refusals = Arc::new(Semaphore::new(max as usize));
         loop {
             tokio::select! {
-                () = &mut shutdown => break,
+                () = shutdown.as_mut() => break,
                 accepted = pg.accept() => match accepted {
                     Ok((socket, peer)) => match sessions.clone().try_acquire_owned() {
                         Ok(permit) => {
-                            let connection = Connection::new(db.clone(), verifier.clone());
+                            let connection = connect();
                             connections.spawn(async move {
                                 if let Err(error) = super::wire::serve(socket, Handlers(connection.clone())).await {
                                     tracing::debug!(%peer, %error, "connection ended with an error");
@@ -167,19 +199,65 @@ mod serve {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
+        connections
+    }
+
+    /// A node of a Raft group (`[cluster] peers`, docs/cluster.md): the
+    /// node runs beside the SQL and admin listeners, and opens the
+    /// database only while it leads.
+    async fn run_group(
+        env: Env,
+        config: Config,
+        pg_addr: String,
+        http_addr: String,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), String> {
+        if crate::storage::ControlFile::load(env.fs.as_ref(), &config.data_dir).map_err(|e| e.to_string())?.is_none() {
+            return Err(format!(
+                "{} holds no database: a node of a Raft group starts from the group's database. Initialise it once \
+                 on one node (start that node without `[cluster] peers`, then stop it), and copy its data_dir and \
+                 wal_dir to every node before their first start (docs/cluster.md)",
+                config.data_dir.display()
+            ));
+        }
+        let pg =
+            TcpListener::bind(&pg_addr).await.map_err(|e| format!("listening on {pg_addr} (pg_port) failed: {e}"))?;
+        let http = TcpListener::bind(&http_addr)
+            .await
+            .map_err(|e| format!("listening on {http_addr} (http_port) failed: {e}"))?;
+        let token = non_empty(&config.security.admin_token);
+        let (toml, node_id, admin_token) = (config.effective_toml.clone(), config.cluster.node_id, token.clone());
+        let serve: ServeFn = Box::new(move |db: Arc<Database>| {
+            let backups = Registry::open(db.clone(), toml.clone())?;
+            let state = AdminState { db: db.clone(), token: admin_token.clone(), backups: backups.clone(), node_id };
+            Ok(Serving { db, backups, admin: router(state) })
+        });
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (view, driver) = super::cluster::start(env.clone(), &config, serve, stopped).await?;
+        let admin = cluster_router(view.clone(), token);
+        let http_task = tokio::spawn(async move { axum::serve(http, admin).await });
         tracing::info!(
-            sessions = connections.len(),
-            "shutting down: closing sessions, rolling back open transactions, taking a final checkpoint"
+            node_id,
+            raft = %config.cluster.listen_addr()?,
+            pg = %pg_addr,
+            http = %http_addr,
+            "ThunderDB is up as a node of a Raft group: it serves SQL while it leads"
         );
-        drop(pg);
-        // Sessions are cut off between statements or mid-statement; the
-        // engine's shutdown rolls back whatever they left open.
+        let verifier = non_empty(&config.security.superuser_password).map(|password| {
+            let mut salt = std::process::id().to_le_bytes().to_vec();
+            salt.extend_from_slice(&env.clock.wall_micros().to_le_bytes());
+            Verifier::new(&password, salt)
+        });
+        let mut connections = serve_sql(pg, config.max_connections, &mut shutdown, || {
+            let db = view.serving().map(|serving| serving.db);
+            Connection::in_group(db, verifier.clone(), view.clone())
+        })
+        .await;
+        tracing::info!(sessions = connections.len(), "shutting down: closing sessions, stopping the node");
         connections.shutdown().await;
+        let _ = stop.send(true);
+        let _ = driver.await;
         http_task.abort();
-        let result = db.shutdown().await.map_err(|e| format!("clean shutdown failed: {e}"));
-        // A running backup sees the shutdown and ends as failed.
-        backups.wait().await;
-        result?;
         tracing::info!("shut down cleanly");
         Ok(())
     }

@@ -44,6 +44,21 @@ pub struct Connection {
     parser: Arc<Parser>,
     /// SCRAM-SHA-256 authentication, when a password is configured.
     scram: Option<SASLAuthStartupHandler<Parameters>>,
+    /// On a node of a Raft group: the group, and the database the session
+    /// was opened on (none on a follower).
+    group: Option<Membership>,
+}
+
+/// A connection's group, and the database its session was opened on.
+type Membership = (Arc<dyn Group>, Option<Arc<Database>>);
+
+/// What a node of a Raft group tells its connections (server/cluster.rs).
+pub trait Group: Send + Sync {
+    /// Whether `db` is the database this node serves writes with now (it
+    /// leads, and has not lost its term since it opened it).
+    fn serves(&self, db: &Arc<Database>) -> bool;
+    /// Where clients should go instead: this node's part, and the leader.
+    fn hint(&self) -> String;
 }
 
 /// The server's SCRAM verifier for `superuser_password`: the password salted
@@ -74,11 +89,45 @@ impl Connection {
     /// the password (SCRAM-SHA-256), whatever their address; without one,
     /// every client is trusted.
     pub fn new(db: Arc<Database>, verifier: Option<Arc<Verifier>>) -> Arc<Connection> {
-        let session = Arc::new(Mutex::new(Some(Session::new(db))));
+        Self::build(Some(db), verifier, None)
+    }
+
+    /// A connection to a node of a Raft group: a session on `db` if the
+    /// node leads, and read-only otherwise (it answers the read-only
+    /// settings libpq asks about, and refuses every statement with a hint
+    /// naming the leader). A session whose node stops leading is closed
+    /// (its open transaction rolled back) at its next statement, and the
+    /// connection turns read-only.
+    pub fn in_group(
+        db: Option<Arc<Database>>,
+        verifier: Option<Arc<Verifier>>,
+        group: Arc<dyn Group>,
+    ) -> Arc<Connection> {
+        Self::build(db.clone(), verifier, Some((group, db)))
+    }
+
+    fn build(db: Option<Arc<Database>>, verifier: Option<Arc<Verifier>>, group: Option<Membership>) -> Arc<Connection> {
+        let read_only = db.is_none();
+        let session = Arc::new(Mutex::new(db.map(Session::new)));
         let scram = verifier.map(|v| {
-            SASLAuthStartupHandler::new(Arc::new(parameters())).with_scram(ScramAuth::new(v as Arc<dyn AuthSource>))
+            SASLAuthStartupHandler::new(Arc::new(parameters(read_only)))
+                .with_scram(ScramAuth::new(v as Arc<dyn AuthSource>))
         });
-        Arc::new(Connection { parser: Arc::new(Parser { session: session.clone() }), session, scram })
+        Arc::new(Connection { parser: Arc::new(Parser { session: session.clone() }), session, scram, group })
+    }
+
+    /// On a node of a Raft group that does not (or no longer) serve this
+    /// connection's writes: the answer to `query` instead of running it.
+    /// A session left over from when the node led is closed first.
+    async fn refusal(&self, session: &mut Option<Session>, query: &str) -> Option<PgWireResult<Vec<Response>>> {
+        let (group, db) = self.group.as_ref()?;
+        if db.as_ref().is_some_and(|db| group.serves(db)) {
+            return None;
+        }
+        if let Some(session) = session.take() {
+            session.close().await;
+        }
+        Some(read_only_answer(query, &group.hint()))
     }
 
     /// Ends the session: its open transaction is rolled back.
@@ -196,6 +245,9 @@ impl SimpleQueryHandler for Connection {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let mut guard = self.session.lock().await;
+        if let Some(answer) = self.refusal(&mut guard, query).await {
+            return answer;
+        }
         let session = guard.as_mut().ok_or_else(closed)?;
         let (outputs, error) = session.run(query).await;
         let mut responses: Vec<Response> = outputs.into_iter().map(|out| response(out, &Format::UnifiedText)).collect();
@@ -233,11 +285,13 @@ impl QueryParser for Parser {
         }
         let Some(statement) = statements.pop() else { return Ok(Prepared { statement: None, described: None }) };
         let declared: Vec<Option<SqlType>> = types.iter().map(|t| t.as_ref().and_then(sql_type)).collect();
-        let mut guard = self.session.lock().await;
-        let session = guard.as_mut().ok_or_else(closed)?;
         // A statement on a table that does not exist yet is described again
-        // when it runs.
-        let described = session.describe(&statement, &declared).await.ok();
+        // when it runs; one without a session (a read-only node's) is
+        // answered when it runs.
+        let described = match self.session.lock().await.as_mut() {
+            Some(session) => session.describe(&statement, &declared).await.ok(),
+            None => None,
+        };
         Ok(Prepared { statement: Some(statement), described })
     }
 }
@@ -254,6 +308,10 @@ impl Connection {
         let Some(statement) = &prepared.statement else { return Ok((Vec::new(), Vec::new())) };
         let declared: Vec<Option<SqlType>> = declared.iter().map(|t| t.as_ref().and_then(sql_type)).collect();
         let mut guard = self.session.lock().await;
+        if let Some(answer) = self.refusal(&mut guard, &statement.to_string()).await {
+            // Described as nothing; what it is told comes when it runs.
+            return answer.map(|_| (Vec::new(), Vec::new()));
+        }
         let session = guard.as_mut().ok_or_else(closed)?;
         session.describe(statement, &declared).await.map_err(user_error)
     }
@@ -329,6 +387,13 @@ impl ExtendedQueryHandler for Connection {
     {
         let prepared = &portal.statement.statement;
         let Some(statement) = &prepared.statement else { return Ok(Response::EmptyQuery) };
+        if let Some(answer) = self.refusal(&mut *self.session.lock().await, &statement.to_string()).await {
+            return match answer?.pop() {
+                Some(Response::Error(info)) => Err(PgWireError::UserError(info)),
+                Some(response) => Ok(response),
+                None => Ok(Response::EmptyQuery),
+            };
+        }
         let (types, _) = self.described(prepared, &portal.statement.parameter_types).await?;
         let params = (0..portal.parameter_len())
             .map(|i| parameter(portal, i, types.get(i).copied().unwrap_or(SqlType::Text(None))))
@@ -396,7 +461,7 @@ impl CopyHandler for Connection {
 }
 
 /// The parameters every client is told at start-up.
-pub struct Parameters(DefaultServerParameterProvider);
+pub struct Parameters(DefaultServerParameterProvider, bool);
 
 // pgwire's trait returns a HashMap; its order does not matter (each entry
 // becomes its own ParameterStatus message).
@@ -409,18 +474,59 @@ impl ServerParameterProvider for Parameters {
         let mut parameters = self.0.server_parameters(client)?;
         // PostgreSQL 14+ reports these, and libpq reads them for
         // `target_session_attrs` (read-write, primary, standby): a server
-        // that answers SQL is a writable primary.
-        parameters.insert("in_hot_standby".into(), "off".into());
-        parameters.insert("default_transaction_read_only".into(), "off".into());
+        // that serves writes is a primary; a follower of a Raft group is
+        // in hot standby.
+        let flag = if self.1 { "on" } else { "off" };
+        parameters.insert("in_hot_standby".into(), flag.into());
+        parameters.insert("default_transaction_read_only".into(), flag.into());
         Some(parameters)
     }
 }
 
-fn parameters() -> Parameters {
+fn parameters(read_only: bool) -> Parameters {
     let mut p = DefaultServerParameterProvider::default();
     p.server_version = SERVER_VERSION.into();
     p.time_zone = "UTC".into();
-    Parameters(p)
+    Parameters(p, read_only)
+}
+
+/// A read-only node's answer to `query`: the read-only settings libpq and
+/// drivers ask about are `on`, transaction control and settings are
+/// accepted (there is nothing to do), and every other statement is refused
+/// with `hint`: a write with SQLSTATE 25006, as PostgreSQL's hot standby
+/// does, and a read with 0A000, since a follower's database is not open.
+fn read_only_answer(query: &str, hint: &str) -> PgWireResult<Vec<Response>> {
+    let words: Vec<String> = query
+        .trim_start_matches(|c: char| c.is_whitespace() || c == '(')
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .filter(|w| !w.is_empty())
+        .take(2)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    let first = words.first().map_or("", String::as_str);
+    let second = words.get(1).map_or("", String::as_str);
+    match first {
+        "" => return Ok(vec![Response::EmptyQuery]),
+        "SHOW" if matches!(second, "TRANSACTION_READ_ONLY" | "DEFAULT_TRANSACTION_READ_ONLY" | "IN_HOT_STANDBY") => {
+            let column = ColumnDesc { name: second.to_ascii_lowercase(), ty: SqlType::Text(None) };
+            let rows = vec![vec![Value::Text("on".into())]];
+            return Ok(vec![rows_response("SHOW", vec![column], rows, &Format::UnifiedText)]);
+        }
+        "BEGIN" | "START" => return Ok(vec![Response::TransactionStart(Tag::new("BEGIN"))]),
+        "COMMIT" | "END" => return Ok(vec![Response::TransactionEnd(Tag::new("COMMIT"))]),
+        "ROLLBACK" | "ABORT" => return Ok(vec![Response::TransactionEnd(Tag::new("ROLLBACK"))]),
+        "SET" | "RESET" | "DISCARD" => return Ok(vec![Response::Execution(Tag::new(first))]),
+        _ => {}
+    }
+    let reads = ["SELECT", "SHOW", "WITH", "VALUES", "TABLE", "EXPLAIN"];
+    let (code, message) = if reads.contains(&first) {
+        ("0A000", format!("cannot execute {first} here: this node does not serve reads"))
+    } else {
+        ("25006", format!("cannot execute {first} in a read-only transaction"))
+    };
+    let mut info = ErrorInfo::new("ERROR".into(), code.into(), message);
+    info.hint = Some(hint.to_string());
+    Ok(vec![Response::Error(Box::new(info))])
 }
 
 #[async_trait]
@@ -437,7 +543,8 @@ impl StartupHandler for Connection {
         if let PgWireFrontendMessage::Startup(ref startup) = message {
             protocol_negotiation(client, startup).await?;
             save_startup_parameters_to_metadata(client, startup);
-            finish_authentication(client, &parameters()).await?;
+            let read_only = self.group.as_ref().is_some_and(|(_, db)| db.is_none());
+            finish_authentication(client, &parameters(read_only)).await?;
         }
         Ok(())
     }

@@ -38,6 +38,8 @@ use crate::env::{File, Fs};
 pub struct ReplicationGate {
     state: Mutex<GateState>,
     changed: Notify,
+    /// Woken when the local flush point moves: there is WAL to ship.
+    flushed: Notify,
 }
 
 #[derive(Debug)]
@@ -51,7 +53,7 @@ impl ReplicationGate {
     /// A gate for a log whose every byte before `end` the group holds.
     pub fn new(end: Lsn) -> Self {
         let state = GateState { local: end, replicated: end, closed: None };
-        Self { state: Mutex::new(state), changed: Notify::new() }
+        Self { state: Mutex::new(state), changed: Notify::new(), flushed: Notify::new() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
@@ -70,7 +72,17 @@ impl ReplicationGate {
 
     pub(super) fn set_local(&self, lsn: Lsn) {
         let mut state = self.lock();
-        state.local = state.local.max(lsn);
+        if lsn > state.local {
+            state.local = lsn;
+            self.flushed.notify_one();
+        }
+    }
+
+    /// Resolves once the local flush point has moved since the last call
+    /// resolved (at once if it moved meanwhile). One task, the one that
+    /// ships the WAL, may wait on it.
+    pub async fn local_advanced(&self) {
+        self.flushed.notified().await;
     }
 
     /// The group has committed every byte before `lsn`.

@@ -222,6 +222,23 @@ impl RaftNode {
         Some(self.raw.raft.leader_id).filter(|id| *id != 0)
     }
 
+    /// Whether the node is campaigning (a candidate, or a pre-candidate
+    /// testing whether it could win).
+    pub fn is_candidate(&self) -> bool {
+        matches!(self.raw.raft.state, StateRole::Candidate | StateRole::PreCandidate)
+    }
+
+    /// On a leader, each voter's id and the highest index the leader knows
+    /// it holds, by id; empty on other nodes.
+    pub fn progress(&self) -> Vec<(u64, u64)> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let mut progress: Vec<(u64, u64)> = self.raw.raft.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect();
+        progress.sort_unstable();
+        progress
+    }
+
     /// The node's current term.
     pub fn term(&self) -> u64 {
         self.raw.raft.term
