@@ -62,6 +62,13 @@ struct Cli {
     /// and the server starts following the archive.
     #[arg(long, value_name = "DIR")]
     restore_backup: Option<PathBuf>,
+    /// On a node of a Raft group: move its data and WAL directories aside
+    /// (if they hold anything; its Raft log is kept), restore a snapshot
+    /// of the database from the group's leader (an online backup,
+    /// streamed over the Raft port), then start and catch up from the
+    /// log. For a node whose data is lost or fails its checksums.
+    #[arg(long)]
+    rebuild_from_peers: bool,
     /// Where `--restore-pitr` reads archived WAL segments.
     #[arg(long, value_name = "DIR", requires = "restore_pitr")]
     wal_archive_dir: Option<PathBuf>,
@@ -378,6 +385,15 @@ fn serve(cli: &Cli) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
+    if cli.rebuild_from_peers {
+        use thunderdb::env::{Env, RealClock};
+        let env = Env::new(Arc::new(RealFs), Arc::new(RealClock::new()), u64::from(std::process::id()));
+        if let Err(message) = runtime.block_on(thunderdb::server::cluster::rebuild(&env, &config)) {
+            tracing::error!("rebuilding the node from its peers failed: {message}");
+            eprintln!("thunderdb: rebuilding the node from its peers failed: {message}");
+            return ExitCode::FAILURE;
+        }
+    }
     // The handlers are installed before the server says it is up, so a
     // signal sent as soon as it is up is a clean stop, never a kill.
     let signals = match runtime.block_on(async { shutdown_signals() }) {

@@ -57,8 +57,37 @@ impl Group {
     }
 
     fn restart(&mut self, index: usize) {
+        self.start_node(index, &[]);
+    }
+
+    fn start_node(&mut self, index: usize, args: &[&str]) {
         let config = self.config(index);
-        self.nodes[index] = Some(Server::start_with(&self.dirs[index], &config));
+        self.nodes[index] = Some(Server::start_args(&self.dirs[index], &config, &[], args));
+    }
+
+    /// Stops every node, the leader first, then opens a copy of each
+    /// node's directories as a single server: `sql` answers `expected` on
+    /// every one.
+    fn stop_and_compare(&mut self, checks: &[(&str, String)]) {
+        let leader = self.leader();
+        let mut order: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+        order.insert(0, leader);
+        for index in order {
+            let (code, log) = self.nodes[index].take().unwrap().terminate();
+            assert_eq!(code, 0, "{log}");
+        }
+        for (index, dir) in self.dirs.iter().enumerate() {
+            let copy = dir.parent().unwrap().join(format!("check{index}"));
+            std::fs::create_dir_all(&copy).unwrap();
+            for sub in ["data", "wal"] {
+                let out = Command::new("cp").arg("-r").arg(dir.join(sub)).arg(&copy).output().unwrap();
+                assert!(out.status.success(), "{}", text(&out));
+            }
+            let single = Server::start_with(&copy, STORAGE);
+            for (sql, expected) in checks {
+                assert_eq!(&single.psql(sql), expected, "node {}: {sql}", index + 1);
+            }
+        }
     }
 
     fn node(&self, index: usize) -> &Server {
@@ -208,24 +237,53 @@ fn a_group_fails_over_after_kill_9_of_its_leader_and_keeps_every_acknowledged_co
     // node's copy, opened on its own, holds the same rows.
     group.restart(leader);
     group.wait_converged();
-    let new_leader = group.leader();
     let expected = group.psql("SELECT count(*), sum(id) FROM acked").unwrap();
-    let mut order: Vec<usize> = (0..3).filter(|i| *i != new_leader).collect();
-    order.insert(0, new_leader);
-    for index in order {
-        let (code, log) = group.nodes[index].take().unwrap().terminate();
-        assert_eq!(code, 0, "{log}");
-    }
-    for (index, dir) in group.dirs.iter().enumerate() {
-        // A copy of the node's directories, opened as a single server.
-        let copy = dir.parent().unwrap().join(format!("check{index}"));
-        for sub in ["data", "wal"] {
-            std::fs::create_dir_all(&copy).unwrap();
-            let out = Command::new("cp").arg("-r").arg(dir.join(sub)).arg(&copy).output().unwrap();
-            assert!(out.status.success(), "{}", text(&out));
+    group.stop_and_compare(&[
+        ("SELECT count(*), sum(id) FROM acked", expected),
+        ("SELECT sum(abalance) FROM pgbench_accounts", before[0].clone()),
+    ]);
+}
+
+#[test]
+fn a_wiped_follower_is_rebuilt_from_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = Group::start(dir.path(), |single| {
+        single.psql("CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)");
+    });
+    let leader = group.leader();
+    let insert = |group: &Group, ids: std::ops::RangeInclusive<i64>| {
+        for chunk in ids.collect::<Vec<_>>().chunks(50) {
+            let rows: Vec<String> =
+                chunk.iter().map(|id| format!("({id}, '{}')", common::letters(*id, 1500))).collect();
+            group.psql(&format!("INSERT INTO t VALUES {}", rows.join(", "))).unwrap();
         }
-        let single = Server::start_with(&copy, STORAGE);
-        assert_eq!(single.psql("SELECT count(*), sum(id) FROM acked"), expected, "node {}", index + 1);
-        assert_eq!(single.psql("SELECT sum(abalance) FROM pgbench_accounts"), before[0], "node {}", index + 1);
-    }
+    };
+    insert(&group, 1..=1000);
+
+    // A follower loses its data and WAL (its Raft log too).
+    let follower = (leader + 1) % 3;
+    let (code, log) = group.nodes[follower].take().unwrap().terminate();
+    assert_eq!(code, 0, "{log}");
+    std::fs::remove_dir_all(group.dirs[follower].join("data")).unwrap();
+    std::fs::remove_dir_all(group.dirs[follower].join("wal")).unwrap();
+    insert(&group, 1001..=1500);
+
+    // Without a database the node refuses to start, saying how to rebuild.
+    let config = group.dirs[follower].join("thunderdb.toml");
+    let refused = common::thunderdb(&["--config", config.to_str().unwrap()], &[]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("holds no database") && text(&refused).contains("--rebuild-from-peers"));
+    group.start_node(follower, &["--rebuild-from-peers"]);
+    group.nodes[follower].as_mut().unwrap().wait_for("rebuilt from the leader's snapshot");
+    insert(&group, 1501..=2000);
+    group.wait_converged();
+
+    // The rebuilt node holds everything: it can lead, and every node's copy
+    // is the same.
+    let (code, log) = group.nodes[leader].take().unwrap().terminate();
+    assert_eq!(code, 0, "{log}");
+    group.restart(leader);
+    group.wait_converged();
+    assert_eq!(group.psql("SELECT count(*), sum(id) FROM t").unwrap(), "2000|2001000");
+    group.stop_and_compare(&[("SELECT count(*), sum(id), sum(length(v)) FROM t", "2000|2001000|3000000".into())]);
 }

@@ -44,7 +44,7 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
-use super::raft::{Message, RaftConfig, RaftNode};
+use super::raft::{Entry, HardState, Message, RaftConfig, RaftNode};
 use crate::db::{Database, DbError, EngineConfig};
 use crate::env::Env;
 use crate::planted::{active, PlantedBug};
@@ -245,6 +245,15 @@ impl ReplicaNode {
 
     fn publish(&self, db: Option<Arc<Database>>) {
         *self.db.lock().expect("database slot poisoned") = db;
+    }
+
+    /// On the serving leader, its Raft log and hard state for a node that
+    /// is being rebuilt ([`RaftNode::export`]).
+    pub fn export_log(&self) -> Result<(Vec<Entry>, HardState), String> {
+        if !matches!(self.role, Role::Leading { .. }) {
+            return Err(format!("node {} is not serving as the leader", self.config.raft.node_id));
+        }
+        self.raft.export()
     }
 
     /// The leader this node knows of.

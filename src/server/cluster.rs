@@ -11,6 +11,7 @@
 //! connection is made again at the next message.
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,11 +31,12 @@ use tower::ServiceExt;
 use super::config::Config;
 use super::http::{render_metrics, ClusterGauges};
 use super::pg::Group;
-use crate::backup::registry::Registry as Backups;
+use crate::backup::registry::{Registry as Backups, Status as BackupStatus};
+use crate::cluster::raft::{Entry, HardState, RaftLog};
 use crate::cluster::raft::{Message, RaftConfig};
 use crate::cluster::replica::{MemberLag, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus};
 use crate::db::Database;
-use crate::env::Env;
+use crate::env::{Env, Fs};
 
 /// A Raft tick. An election starts after [`ELECTION_TICK`] ticks without
 /// the leader's word (1 s, each tick ±20% from the seed), and the leader
@@ -191,6 +193,10 @@ impl Group for ClusterView {
     }
 }
 
+/// A request for the leader's Raft log (for a node being rebuilt), answered
+/// by the driver.
+type ExportRequest = tokio::sync::oneshot::Sender<Result<(Vec<Entry>, HardState), String>>;
+
 /// Builds the leader's engine-side services once its database opens.
 pub type ServeFn = Box<dyn Fn(Arc<Database>) -> Result<Serving, String> + Send>;
 
@@ -211,7 +217,6 @@ pub async fn start(
         .map_err(|e| format!("listening on {listen} (cluster.raft_addr) failed: {e}"))?;
     let (inbox_send, inbox) = mpsc::channel(QUEUE);
     let ids: Vec<u64> = voters.iter().map(|(id, _)| *id).collect();
-    tokio::spawn(listen_for_peers(listener, cluster.node_id, ids.clone(), inbox_send));
     let mut outboxes = Vec::new();
     for (id, addr) in voters.iter().filter(|(id, _)| *id != cluster.node_id) {
         let (send, queue) = mpsc::channel(QUEUE);
@@ -219,6 +224,9 @@ pub async fn start(
         outboxes.push((*id, send));
     }
     let view = ClusterView::new(cluster.node_id, voters);
+    let (export_send, exports) = mpsc::channel(4);
+    let snapshots = Snapshots { view: view.clone(), exports: export_send };
+    tokio::spawn(listen_for_peers(listener, cluster.node_id, ids.clone(), inbox_send, snapshots));
     let replica = ReplicaConfig {
         raft: RaftConfig {
             node_id: cluster.node_id,
@@ -230,7 +238,7 @@ pub async fn start(
         engine: config.engine(),
         replay_interval: REPLAY_INTERVAL,
     };
-    let driver = Driver { env, replica, view: view.clone(), inbox, outboxes, serve, stop };
+    let driver = Driver { env, replica, view: view.clone(), inbox, outboxes, serve, stop, exports };
     Ok((view, tokio::spawn(driver.run())))
 }
 
@@ -242,6 +250,7 @@ struct Driver {
     outboxes: Vec<(u64, mpsc::Sender<Message>)>,
     serve: ServeFn,
     stop: watch::Receiver<bool>,
+    exports: mpsc::Receiver<ExportRequest>,
 }
 
 impl Driver {
@@ -251,6 +260,14 @@ impl Driver {
                 Ok(node) => match self.drive(node).await {
                     Ok(()) => return,
                     Err(error) => {
+                        let error = if error.contains("checksum") {
+                            format!(
+                                "{error}; this node's copy is damaged: rebuild it from its peers with `thunderdb \
+                                 --rebuild-from-peers --config FILE` (its files are moved aside, not deleted)"
+                            )
+                        } else {
+                            error
+                        };
                         tracing::error!(%error, "the cluster node failed; reopening it from its disk");
                         self.view.failed(error);
                     }
@@ -316,6 +333,9 @@ impl Driver {
                     }
                 }
                 () = async { if let Some(gate) = &gate { gate.local_advanced().await } }, if gate.is_some() => {}
+                Some(request) = self.exports.recv() => {
+                    let _ = request.send(node.export_log());
+                }
             }
             for message in node.advance().await? {
                 if let Some((_, outbox)) = self.outboxes.iter().find(|(id, _)| *id == message.to) {
@@ -343,23 +363,41 @@ impl Driver {
 
 /// Accepts the peers' connections, and queues the messages they carry
 /// for the driver. Messages not for this node, or from a node outside the
-/// group, are dropped.
-async fn listen_for_peers(listener: TcpListener, node_id: u64, voters: Vec<u64>, inbox: mpsc::Sender<Message>) {
+/// group, are dropped. A connection that opens with [`SNAPSHOT_REQUEST`]
+/// asks for a snapshot instead.
+async fn listen_for_peers(
+    listener: TcpListener,
+    node_id: u64,
+    voters: Vec<u64>,
+    inbox: mpsc::Sender<Message>,
+    snapshots: Snapshots,
+) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
-        let (inbox, voters) = (inbox.clone(), voters.clone());
+        let (inbox, voters, snapshots) = (inbox.clone(), voters.clone(), snapshots.clone());
         tokio::spawn(async move {
-            if let Err(error) = receive(stream, node_id, &voters, inbox).await {
+            if let Err(error) = receive(stream, node_id, &voters, inbox, snapshots).await {
                 tracing::debug!(%peer, %error, "a Raft peer's connection ended");
             }
         });
     }
 }
 
-async fn receive(stream: TcpStream, node_id: u64, voters: &[u64], inbox: mpsc::Sender<Message>) -> io::Result<()> {
+async fn receive(
+    stream: TcpStream,
+    node_id: u64,
+    voters: &[u64],
+    inbox: mpsc::Sender<Message>,
+    snapshots: Snapshots,
+) -> io::Result<()> {
     let mut stream = BufReader::new(stream);
+    let mut first = true;
     loop {
-        let len = stream.read_u32_le().await? as usize;
+        let len = stream.read_u32_le().await?;
+        if std::mem::take(&mut first) && len == SNAPSHOT_REQUEST {
+            return snapshots.serve(stream.into_inner()).await;
+        }
+        let len = len as usize;
         if len > MAX_FRAME {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes")));
         }
@@ -414,6 +452,276 @@ async fn send_to_peer(addr: String, mut queue: mpsc::Receiver<Message>) {
             }
         }
     }
+}
+
+/// Opens a connection on the Raft port that asks for a snapshot (instead
+/// of a frame's length).
+const SNAPSHOT_REQUEST: u32 = u32::MAX;
+/// The snapshot's answer: follows, or refused with a message.
+const SNAPSHOT_FOLLOWS: u8 = 0;
+const SNAPSHOT_REFUSED: u8 = 1;
+/// Where the leader takes a snapshot's backup, under its data directory.
+const SNAPSHOT_DIR: &str = "raft/snapshot";
+/// The backup's subdirectories, and its own files (`""`).
+const SNAPSHOT_PARTS: [&str; 3] = ["data", "wal", ""];
+
+/// What a node needs to answer snapshot requests.
+#[derive(Clone)]
+struct Snapshots {
+    view: Arc<ClusterView>,
+    exports: mpsc::Sender<ExportRequest>,
+}
+
+impl Snapshots {
+    /// Asks the driver for the leader's Raft log.
+    async fn export(&self) -> Result<(Vec<Entry>, HardState), String> {
+        let (send, answer) = tokio::sync::oneshot::channel();
+        self.exports.send(send).await.map_err(|_| "the node stopped".to_string())?;
+        answer.await.map_err(|_| "the node stopped".to_string())?
+    }
+
+    async fn serve(&self, stream: TcpStream) -> io::Result<()> {
+        serve_snapshot(stream, self).await
+    }
+}
+
+/// Answers a snapshot request: on the leader, an online backup (with its
+/// WAL, uncompressed) taken into [`SNAPSHOT_DIR`] and streamed as a
+/// sequence of files (each its path's length (u32) and path, its length
+/// (u64) and bytes; a zero-length path ends them), then removed; then the
+/// leader's Raft log, taken after the backup ended (its hard state, then
+/// the number of entries (u64) and each entry, every one as its length
+/// (u32) and protobuf). Any other node refuses, naming the leader.
+async fn serve_snapshot(mut stream: TcpStream, snapshots: &Snapshots) -> io::Result<()> {
+    let view = &snapshots.view;
+    let refuse = |message: String| async move {
+        tracing::warn!(%message, "a peer's snapshot request refused");
+        let mut out = vec![SNAPSHOT_REFUSED];
+        out.extend_from_slice(message.as_bytes());
+        out
+    };
+    let Some(serving) = view.serving() else {
+        let answer = refuse(view.hint()).await;
+        return stream.write_all(&answer).await;
+    };
+    let fs = serving.db.env().fs.clone();
+    let dir = match std::path::absolute(serving.db.config().data_dir.join(SNAPSHOT_DIR)) {
+        Ok(dir) => dir,
+        Err(error) => return stream.write_all(&refuse(error.to_string()).await).await,
+    };
+    if let Err(error) = clear_snapshot(fs.as_ref(), &dir) {
+        return stream.write_all(&refuse(error).await).await;
+    }
+    tracing::info!(dir = %dir.display(), "a peer asked for a snapshot: taking an online backup");
+    let record = match serving.backups.start(dir.clone(), true, false) {
+        Ok((record, _)) => record,
+        Err(error) => return stream.write_all(&refuse(format!("the backup did not start: {error}")).await).await,
+    };
+    let record = loop {
+        match serving.backups.status(&record.backup_id) {
+            Some(record) if record.status == BackupStatus::Running => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Some(record) => break record,
+            None => return stream.write_all(&refuse("the backup's record vanished".into()).await).await,
+        }
+    };
+    if record.status != BackupStatus::Completed {
+        let error = format!("the backup failed: {}", record.error.unwrap_or_default());
+        return stream.write_all(&refuse(error).await).await;
+    }
+    let mut out = BufWriter::new(stream);
+    out.write_u8(SNAPSHOT_FOLLOWS).await?;
+    let mut sent = 0u64;
+    for part in SNAPSHOT_PARTS {
+        let from = dir.join(part);
+        for name in fs.list(&from)? {
+            let path = if part.is_empty() { name.clone() } else { format!("{part}/{name}") };
+            let file = fs.open(&from.join(&name))?;
+            let len = file.len()?;
+            out.write_u32_le(path.len() as u32).await?;
+            out.write_all(path.as_bytes()).await?;
+            out.write_u64_le(len).await?;
+            let mut buf = vec![0; 1 << 20];
+            let mut offset = 0;
+            while offset < len {
+                let n = buf.len().min((len - offset) as usize);
+                file.read_exact_at(&mut buf[..n], offset)?;
+                out.write_all(&buf[..n]).await?;
+                offset += n as u64;
+            }
+            sent += len;
+        }
+    }
+    out.write_u32_le(0).await?;
+    let _ = clear_snapshot(fs.as_ref(), &dir);
+    // Taken after the backup ended: the log commits at least the WAL the
+    // backup holds (see docs/cluster.md, "Rebuilding a node").
+    let (entries, hard_state) = snapshots.export().await.map_err(io::Error::other)?;
+    let encode = |m: &dyn protobuf::Message| m.write_to_bytes().map_err(io::Error::other);
+    let state = encode(&hard_state)?;
+    out.write_u32_le(state.len() as u32).await?;
+    out.write_all(&state).await?;
+    out.write_u64_le(entries.len() as u64).await?;
+    for entry in &entries {
+        let bytes = encode(entry)?;
+        out.write_u32_le(bytes.len() as u32).await?;
+        out.write_all(&bytes).await?;
+        sent += bytes.len() as u64;
+    }
+    out.flush().await?;
+    tracing::info!(backup = %record.backup_id, bytes = sent, entries = entries.len(), "sent a snapshot to a peer");
+    Ok(())
+}
+
+/// Removes the files of an earlier snapshot (a backup never overwrites).
+fn clear_snapshot(fs: &dyn Fs, dir: &Path) -> Result<(), String> {
+    for part in SNAPSHOT_PARTS {
+        let sub = dir.join(part);
+        if fs.exists(&sub).map_err(|e| format!("{}: {e}", sub.display()))? {
+            for name in fs.list(&sub).map_err(|e| format!("{}: {e}", sub.display()))? {
+                fs.remove(&sub.join(&name)).map_err(|e| format!("{}: {e}", sub.join(&name).display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `thunderdb --rebuild-from-peers`: gives this node a fresh copy of the
+/// group's database. Its directories, if they hold anything, are moved
+/// aside (`<dir>.before-rebuild-<unix time>`, its Raft log with them); the
+/// leader's snapshot is received into `<data_dir>.rebuild`, restored (every
+/// file checked against the backup's manifest), the leader's Raft log
+/// becomes the node's, and the node then starts as a follower that applies
+/// it (as after a restart) and catches up.
+pub async fn rebuild(env: &Env, config: &Config) -> Result<(), String> {
+    if !config.cluster.is_raft() {
+        return Err("--rebuild-from-peers needs `[cluster] peers`: only a node of a Raft group has peers".into());
+    }
+    let fs = env.fs.clone();
+    let (data_dir, wal_dir) = (&config.data_dir, &config.wal_dir);
+    let stamp = env.clock.wall_micros() / 1_000_000;
+    let aside = |dir: &Path| PathBuf::from(format!("{}.before-rebuild-{stamp}", dir.display()));
+    for dir in [data_dir, wal_dir] {
+        let held = fs.exists(dir).map_err(|e| format!("{}: {e}", dir.display()))?
+            && !fs.list(dir).map_err(|e| format!("{}: {e}", dir.display()))?.is_empty();
+        if held {
+            fs.rename(dir, &aside(dir)).map_err(|e| format!("moving {} aside: {e}", dir.display()))?;
+            tracing::warn!(from = %dir.display(), to = %aside(dir).display(), "moved the node's old files aside");
+        }
+    }
+    let staging = PathBuf::from(format!("{}.rebuild", data_dir.display()));
+    clear_snapshot(fs.as_ref(), &staging)?;
+    let mut refusals = Vec::new();
+    let voters = config.cluster.voters()?;
+    let mut received = None;
+    for _round in 0..60 {
+        for (id, addr) in voters.iter().filter(|(id, _)| *id != config.cluster.node_id) {
+            match fetch_snapshot(fs.as_ref(), addr, &staging).await {
+                Ok(snapshot) => {
+                    received = Some((*id, snapshot));
+                    break;
+                }
+                Err(error) => refusals.push(format!("node {id} ({addr}): {error}")),
+            }
+        }
+        if received.is_some() {
+            break;
+        }
+        // No leader yet (an election, or the group is still starting).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let Some((from, (bytes, entries, hard_state))) = received else {
+        return Err(format!("no peer sent a snapshot within a minute: {}", refusals.join("; ")));
+    };
+    tracing::info!(from, bytes, "received the leader's snapshot; restoring it");
+    let restored = crate::backup::restore::restore_files(fs.as_ref(), &staging, fs.as_ref(), data_dir, wal_dir)?;
+    let ids: Vec<u64> = voters.iter().map(|(id, _)| *id).collect();
+    let mut log =
+        RaftLog::open(fs.clone(), &data_dir.join("raft"), config.cluster.node_id, &ids).map_err(|e| e.to_string())?;
+    log.adopt(&entries, &hard_state).map_err(|e| e.to_string())?;
+    clear_snapshot(fs.as_ref(), &staging)?;
+    tracing::info!(
+        backup = %restored.manifest.backup_id,
+        end_lsn = %restored.manifest.end_lsn,
+        files = restored.files_written,
+        "rebuilt from the leader's snapshot: catching up from the Raft log"
+    );
+    Ok(())
+}
+
+/// What a snapshot brings besides its files: the bytes received, and the
+/// leader's Raft log.
+type Received = (u64, Vec<Entry>, HardState);
+
+/// Asks the node at `addr` for a snapshot and writes its files under
+/// `staging`.
+async fn fetch_snapshot(fs: &dyn Fs, addr: &str, staging: &Path) -> Result<Received, String> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connecting timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut stream = BufReader::new(stream);
+    stream.get_mut().write_u32_le(SNAPSHOT_REQUEST).await.map_err(|e| e.to_string())?;
+    match stream.read_u8().await.map_err(|e| e.to_string())? {
+        SNAPSHOT_FOLLOWS => {}
+        _ => {
+            let mut message = String::new();
+            stream.read_to_string(&mut message).await.map_err(|e| e.to_string())?;
+            return Err(message);
+        }
+    }
+    let mut total = 0;
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let len = stream.read_u32_le().await.map_err(|e| format!("the snapshot was cut short: {e}"))? as usize;
+        if len == 0 {
+            break;
+        }
+        if len > 4096 {
+            return Err(format!("a snapshot file's name of {len} bytes"));
+        }
+        let mut name = vec![0; len];
+        stream.read_exact(&mut name).await.map_err(|e| e.to_string())?;
+        let name = String::from_utf8(name).map_err(|e| e.to_string())?;
+        let (part, file_name) = name.rsplit_once('/').unwrap_or(("", name.as_str()));
+        let known = SNAPSHOT_PARTS.contains(&part) && !file_name.is_empty() && !file_name.starts_with('.');
+        if !known || file_name.contains(['/', '\\']) {
+            return Err(format!("the snapshot holds a file the node does not take: {name:?}"));
+        }
+        let dir = staging.join(part);
+        fs.create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join(file_name);
+        let file = fs.create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let size = stream.read_u64_le().await.map_err(|e| e.to_string())?;
+        let mut offset = 0;
+        while offset < size {
+            let n = buf.len().min((size - offset) as usize);
+            stream.read_exact(&mut buf[..n]).await.map_err(|e| format!("the snapshot was cut short: {e}"))?;
+            file.write_all_at(&buf[..n], offset).map_err(|e| format!("{}: {e}", path.display()))?;
+            offset += n as u64;
+        }
+        file.sync_all().map_err(|e| format!("{}: {e}", path.display()))?;
+        total += size;
+    }
+    async fn frame(stream: &mut BufReader<TcpStream>) -> Result<Vec<u8>, String> {
+        let len = stream.read_u32_le().await.map_err(|e| format!("the snapshot was cut short: {e}"))? as usize;
+        if len > MAX_FRAME {
+            return Err(format!("a Raft log frame of {len} bytes"));
+        }
+        let mut bytes = vec![0; len];
+        stream.read_exact(&mut bytes).await.map_err(|e| format!("the snapshot was cut short: {e}"))?;
+        Ok(bytes)
+    }
+    let hard_state = HardState::parse_from_bytes(&frame(&mut stream).await?).map_err(|e| e.to_string())?;
+    let count = stream.read_u64_le().await.map_err(|e| format!("the snapshot was cut short: {e}"))?;
+    let mut entries = Vec::new();
+    for _ in 0..count {
+        let bytes = frame(&mut stream).await?;
+        total += bytes.len() as u64;
+        entries.push(Entry::parse_from_bytes(&bytes).map_err(|e| e.to_string())?);
+    }
+    Ok((total, entries, hard_state))
 }
 
 /// The admin API of a node of a Raft group: its status, health and

@@ -214,9 +214,10 @@ mod serve {
     ) -> Result<(), String> {
         if crate::storage::ControlFile::load(env.fs.as_ref(), &config.data_dir).map_err(|e| e.to_string())?.is_none() {
             return Err(format!(
-                "{} holds no database: a node of a Raft group starts from the group's database. Initialise it once \
-                 on one node (start that node without `[cluster] peers`, then stop it), and copy its data_dir and \
-                 wal_dir to every node before their first start (docs/cluster.md)",
+                "{} holds no database: a node of a Raft group starts from the group's database. To give this node \
+                 a copy from the running group, start it once with `--rebuild-from-peers`; to start a new group, \
+                 initialise the database on one node (start it without `[cluster] peers`, then stop it) and copy its \
+                 data_dir and wal_dir to every node before their first start (docs/cluster.md)",
                 config.data_dir.display()
             ));
         }

@@ -365,6 +365,20 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Gives an empty log a leader's entries and hard state
+    /// ([`super::RaftNode::export`]): the node then starts as a follower
+    /// that holds what the leader held. A log that holds anything refuses.
+    pub fn adopt(&mut self, entries: &[Entry], hard_state: &HardState) -> Result<(), RaftLogError> {
+        if self.last_index() > 0 || self.mem.initial_state().map(|s| s.hard_state.term).unwrap_or(0) > 0 {
+            return Err(RaftLogError::Io {
+                op: "install a leader's log into",
+                path: self.path.clone(),
+                source: io::Error::other("the log is not empty"),
+            });
+        }
+        self.persist(entries, Some(hard_state))
+    }
+
     /// The index of the last entry.
     pub fn last_index(&self) -> u64 {
         Storage::last_index(&self.mem).expect("an in-memory log always has a last index")

@@ -8,6 +8,6 @@
 pub mod log;
 pub mod node;
 
-pub use ::raft::eraftpb::{Entry, Message, MessageType};
+pub use ::raft::eraftpb::{Entry, HardState, Message, MessageType};
 pub use log::{RaftLog, RaftLogError, LOG_FILE};
 pub use node::{Advanced, ProposeError, RaftConfig, RaftNode};

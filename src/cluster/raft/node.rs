@@ -17,8 +17,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use raft::eraftpb::{Entry, Message};
-use raft::{Config, RawNode, SnapshotStatus, StateRole};
+use raft::eraftpb::{Entry, HardState, Message};
+use raft::{Config, GetEntriesContext, RawNode, SnapshotStatus, StateRole, Storage};
 
 use super::log::{RaftLog, RaftLogError};
 use crate::env::Fs;
@@ -220,6 +220,32 @@ impl RaftNode {
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<u64> {
         Some(self.raw.raft.leader_id).filter(|id| *id != 0)
+    }
+
+    /// On a leader, what a node that lost its log needs to rejoin as a
+    /// caught-up follower: every durable entry of this log, and a hard
+    /// state in this term that votes for this leader and commits what it
+    /// committed (see [`RaftLog::adopt`]). A log compacted behind a
+    /// snapshot is refused: the entries before it are gone.
+    pub fn export(&self) -> Result<(Vec<Entry>, HardState), String> {
+        if !self.is_leader() {
+            return Err(format!("node {} is not the leader", self.raw.raft.id));
+        }
+        let store = self.raw.store();
+        let first = store.first_index().map_err(|e| e.to_string())?;
+        if first > 1 {
+            return Err(format!("the Raft log is compacted behind index {first}"));
+        }
+        let last = store.last_index();
+        let entries =
+            store.entries(first, last + 1, None, GetEntriesContext::empty(false)).map_err(|e| e.to_string())?;
+        let hard_state = HardState {
+            term: self.term(),
+            vote: self.raw.raft.id,
+            commit: self.commit_index().min(last),
+            ..HardState::default()
+        };
+        Ok((entries, hard_state))
     }
 
     /// Whether the node is campaigning (a candidate, or a pre-candidate
