@@ -177,11 +177,14 @@ pub enum PlantedBug {
     /// A deposed leader keeps the WAL it wrote past what the group
     /// committed, and follows on from its end.
     ReplicaKeepsUncommittedWal,
+    /// The log a leader gives a node it rebuilds claims every entry it
+    /// holds committed, its uncommitted tail too.
+    ReplicaRebuildCommitsWholeLog,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 52] = [
+    pub const ALL: [PlantedBug; 53] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -234,6 +237,7 @@ impl PlantedBug {
         PlantedBug::RaftLogCutBeforeSnapshot,
         PlantedBug::ReplicaAckOnLocalFlush,
         PlantedBug::ReplicaKeepsUncommittedWal,
+        PlantedBug::ReplicaRebuildCommitsWholeLog,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -291,6 +295,7 @@ impl PlantedBug {
             PlantedBug::RaftLogCutBeforeSnapshot => "raft_log_cut_before_snapshot",
             PlantedBug::ReplicaAckOnLocalFlush => "replica_ack_on_local_flush",
             PlantedBug::ReplicaKeepsUncommittedWal => "replica_keeps_uncommitted_wal",
+            PlantedBug::ReplicaRebuildCommitsWholeLog => "replica_rebuild_commits_whole_log",
         }
     }
 
@@ -305,7 +310,12 @@ impl PlantedBug {
     /// the WAL's, the db workload (storage and transactions), the
     /// cluster's, or the replicated databases'.
     pub fn layer(self) -> Layer {
-        if matches!(self, PlantedBug::ReplicaAckOnLocalFlush | PlantedBug::ReplicaKeepsUncommittedWal) {
+        if matches!(
+            self,
+            PlantedBug::ReplicaAckOnLocalFlush
+                | PlantedBug::ReplicaKeepsUncommittedWal
+                | PlantedBug::ReplicaRebuildCommitsWholeLog
+        ) {
             return Layer::Replication;
         }
         if matches!(

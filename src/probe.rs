@@ -352,10 +352,13 @@ pub enum Probe {
     ReplicaReapplied,
     /// A follower's replay of the shipped WAL moved its restartpoint.
     ReplicaReplayed,
+    /// A node that lost its disk adopted the leader's Raft log, its
+    /// database restored from the leader's online backup.
+    ReplicaRebuilt,
 }
 
 impl Probe {
-    const ALL: [Probe; 72] = [
+    const ALL: [Probe; 73] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -428,6 +431,7 @@ impl Probe {
         Probe::ReplicaCutUncommitted,
         Probe::ReplicaReapplied,
         Probe::ReplicaReplayed,
+        Probe::ReplicaRebuilt,
     ];
 
     fn layer(self) -> Layer {
@@ -455,7 +459,8 @@ impl Probe {
             | Probe::ReplicaDemoted
             | Probe::ReplicaCutUncommitted
             | Probe::ReplicaReapplied
-            | Probe::ReplicaReplayed => Layer::Replication,
+            | Probe::ReplicaReplayed
+            | Probe::ReplicaRebuilt => Layer::Replication,
             _ => Layer::Storage,
         }
     }
@@ -534,6 +539,7 @@ impl Probe {
             Probe::ReplicaCutUncommitted => "replica_cut_uncommitted",
             Probe::ReplicaReapplied => "replica_reapplied",
             Probe::ReplicaReplayed => "replica_replayed",
+            Probe::ReplicaRebuilt => "replica_rebuilt",
         }
     }
 }

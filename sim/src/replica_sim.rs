@@ -54,7 +54,8 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use thunderdb::cluster::raft::{Message, RaftConfig};
+use thunderdb::backup::{BackupRequest, Progress as BackupProgress};
+use thunderdb::cluster::raft::{Entry, HardState, Message, RaftConfig, RaftLog};
 use thunderdb::cluster::replica::{ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus};
 use thunderdb::db::{Database, EngineConfig};
 use thunderdb::env::{Env, FaultConfig, Fs, SimClock, SimDisk};
@@ -70,6 +71,8 @@ const TICK_MS: u64 = 20;
 const ELECTION_TICK: usize = 10;
 const HEARTBEAT_TICK: usize = 2;
 const TABLE: &str = "rows";
+/// Where a rebuild's backup lands on the node's new disk.
+const SNAPSHOT: &str = "/snapshot";
 /// The keys of the row the healed group must commit: one per attempt,
 /// since an attempt that failed may still have committed.
 const FINAL_KEY: u64 = 1 << 62;
@@ -97,6 +100,9 @@ struct Plan {
     /// Per millisecond: the wall clock (shared by every node) steps up to
     /// a minute either way, as NTP does.
     clock_jump_rate: f64,
+    /// Per millisecond: a node's disk is lost, and the node is rebuilt from
+    /// the leader (its online backup onto the new disk, then its Raft log).
+    rebuild_rate: f64,
     faults: FaultConfig,
     engine: EngineConfig,
     replay_interval: Duration,
@@ -110,6 +116,7 @@ impl Plan {
         let crash_rate = rate(0.003);
         let partition_rate = rate(0.002);
         let clock_jump_rate = rate(0.002);
+        let rebuild_rate = rate(0.001);
         let mut faults = FaultConfig::power_loss();
         faults.fsync_error_rate = rate(0.002);
         faults.write_error_rate = rate(0.001);
@@ -128,6 +135,7 @@ impl Plan {
             crash_rate,
             partition_rate,
             clock_jump_rate,
+            rebuild_rate,
             faults,
             engine,
             replay_interval: Duration::from_millis(rng.random_range(10..300)),
@@ -141,6 +149,17 @@ struct Node {
     live: Option<ReplicaNode>,
     restart_at: u64,
     next_tick: u64,
+    /// The node lost its disk and is being rebuilt.
+    rebuild: Option<Rebuild>,
+    /// How many disks it has had.
+    disks: u64,
+}
+
+enum Rebuild {
+    /// Waiting for a leader that serves.
+    Waiting,
+    /// The leader (by index) is taking its backup onto the new disk.
+    Copying(usize, tokio::task::JoinHandle<Result<(), String>>),
 }
 
 /// What the clients did, shared with the world.
@@ -184,6 +203,7 @@ struct World {
     committed: Lsn,
     crashes: u64,
     restarts: u64,
+    rebuilds: u64,
     clients: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -198,6 +218,8 @@ impl World {
                 live: None,
                 restart_at: 0,
                 next_tick: 0,
+                rebuild: None,
+                disks: 1,
             })
             .collect();
         Self {
@@ -214,6 +236,7 @@ impl World {
             committed: Lsn::ZERO,
             crashes: 0,
             restarts: 0,
+            rebuilds: 0,
             clients: Vec::new(),
         }
     }
@@ -315,12 +338,21 @@ impl World {
             }
             self.deliver();
             self.step_nodes().await?;
-            let leader = self.nodes.iter().find_map(|node| node.live.as_ref().and_then(|live| live.database()));
+            self.step_rebuilds().await?;
+            // A deposed leader may not have noticed yet: the newest term's.
+            let leader = self
+                .nodes
+                .iter()
+                .filter_map(|node| node.live.as_ref())
+                .filter_map(|live| live.database().map(|db| (live.status().term, db)))
+                .max_by_key(|(term, _)| *term)
+                .map(|(_, db)| db);
             lock(&self.model).leader = leader.as_ref().map(Arc::downgrade);
             if self.now == FAULT_PHASE_MS {
                 self.clients.push(tokio::spawn(final_client(self.model.clone())));
             }
-            if let Some(db) = leader.filter(|_| lock(&self.model).final_acked) {
+            let rebuilding = self.nodes.iter().any(|node| node.rebuild.is_some());
+            if let Some(db) = leader.filter(|_| lock(&self.model).final_acked && !rebuilding) {
                 return self.converge(db).await;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -330,6 +362,97 @@ impl World {
             "replica_converges",
             format!("no leader served {CONVERGE_MS} ms after the faults stopped; {}", self.describe()),
         ))
+    }
+
+    /// A node's disk is lost: it stops, and waits to be rebuilt.
+    fn lose_disk(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        node.live = None;
+        node.disks += 1;
+        node.disk =
+            SimDisk::new(self.seed.wrapping_mul(37).wrapping_add(node.id * 1_000 + node.disks), FaultConfig::none());
+        node.rebuild = Some(Rebuild::Waiting);
+        node.restart_at = u64::MAX;
+    }
+
+    /// Moves each rebuild on: a serving leader takes an online backup onto
+    /// the node's new disk (the clients write meanwhile); once it is done,
+    /// the backup is restored there, the leader's Raft log becomes the
+    /// node's, and the node starts. A rebuild that fails (the leader lost
+    /// its term, an injected fault) starts over on a fresh disk.
+    async fn step_rebuilds(&mut self) -> Result<(), SeedFailure> {
+        for index in 0..self.nodes.len() {
+            match self.nodes[index].rebuild.take() {
+                None => {}
+                Some(Rebuild::Waiting) => {
+                    let leader = self
+                        .nodes
+                        .iter()
+                        .position(|node| node.live.as_ref().is_some_and(|live| live.database().is_some()));
+                    let (Some(leader), false) = (leader, leader == Some(index)) else {
+                        self.nodes[index].rebuild = Some(Rebuild::Waiting);
+                        continue;
+                    };
+                    let db = self.nodes[leader].live.as_ref().and_then(ReplicaNode::database).expect("it serves");
+                    let target = self.nodes[index].disk.fs();
+                    let id = format!("rebuild-{}-{}", self.nodes[index].id, self.nodes[index].disks);
+                    let copy = tokio::spawn(async move {
+                        let request = BackupRequest::new(SNAPSHOT, true, false, String::new());
+                        let progress = BackupProgress::default();
+                        thunderdb::backup::take(&db, target.as_ref(), &id, &request, &progress)
+                            .await
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    });
+                    self.nodes[index].rebuild = Some(Rebuild::Copying(leader, copy));
+                }
+                Some(Rebuild::Copying(leader, copy)) if !copy.is_finished() => {
+                    self.nodes[index].rebuild = Some(Rebuild::Copying(leader, copy));
+                }
+                Some(Rebuild::Copying(leader, copy)) => {
+                    // The leader may crash, lose its term or hit a disk
+                    // fault while it copies: the rebuild starts over.
+                    let copied = copy.await.map_err(|e| e.to_string()).and_then(|r| r);
+                    let exported = copied.and_then(|()| match self.nodes[leader].live.as_ref() {
+                        Some(live) => live.export_log(),
+                        None => Err("the leader stopped".into()),
+                    });
+                    let Ok((entries, hard_state)) = exported else {
+                        self.lose_disk(index);
+                        continue;
+                    };
+                    // On the node's new disk, without faults: this must work.
+                    if let Err(error) = self.install(index, &entries, &hard_state) {
+                        let id = self.nodes[index].id;
+                        return Err(self.fail("replica_rebuild", format!("rebuilding node {id}: {error}")));
+                    }
+                    self.rebuilds += 1;
+                    self.nodes[index].restart_at = self.now;
+                    if self.now < FAULT_PHASE_MS {
+                        self.nodes[index].disk.set_faults(self.plan.faults.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores the backup on the node's new disk and adopts the leader's
+    /// Raft log, taken once the backup ended.
+    fn install(&self, index: usize, entries: &[Entry], hard_state: &HardState) -> Result<(), String> {
+        let fs = self.nodes[index].disk.fs();
+        let engine = &self.plan.engine;
+        thunderdb::backup::restore::restore_files(
+            fs.as_ref(),
+            Path::new(SNAPSHOT),
+            fs.as_ref(),
+            &engine.data_dir,
+            &engine.wal_dir,
+        )?;
+        let id = self.nodes[index].id;
+        let voters: Vec<u64> = (1..=self.plan.nodes).collect();
+        let mut log = RaftLog::open(fs, Path::new("/raft"), id, &voters).map_err(|e| e.to_string())?;
+        log.adopt(entries, hard_state).map_err(|e| e.to_string())
     }
 
     fn describe(&self) -> String {
@@ -424,6 +547,15 @@ impl World {
         if self.rng.random_bool(self.plan.clock_jump_rate) {
             self.clock.jump_wall(self.rng.random_range(-60_000_000..=60_000_000));
         }
+        if self.rng.random_bool(self.plan.rebuild_rate) {
+            let index = self.rng.random_range(0..self.nodes.len());
+            let leader = self.leader_id().map(|id| (id - 1) as usize);
+            // One disk lost at a time: a majority keeps its disks, as the
+            // group needs to rebuild anyone.
+            if leader != Some(index) && self.nodes.iter().all(|node| node.rebuild.is_none()) {
+                self.lose_disk(index);
+            }
+        }
         if self.rng.random_bool(self.plan.crash_rate) {
             let index = match self.leader_id().filter(|_| self.rng.random_bool(0.5)) {
                 Some(leader) => (leader - 1) as usize,
@@ -498,7 +630,11 @@ impl World {
         while self.now < deadline {
             let statuses: Vec<_> =
                 self.nodes.iter().filter_map(|node| node.live.as_ref().map(|live| live.status())).collect();
-            if let Some(leader) = statuses.iter().find(|status| status.role == ReplicaRole::Leading) {
+            // One leader: a deposed one that has not noticed yet (a
+            // partition just healed) still says it leads, and lacks what
+            // the group committed since.
+            let mut leaders = statuses.iter().filter(|status| status.role == ReplicaRole::Leading);
+            if let (Some(leader), None) = (leaders.next(), leaders.next()) {
                 let end = leader.replicated;
                 if statuses.len() == self.nodes.len()
                     && statuses.iter().all(|status| status.role == ReplicaRole::Leading || status.wal_end == end)

@@ -376,7 +376,9 @@ impl RaftLog {
                 source: io::Error::other("the log is not empty"),
             });
         }
-        self.persist(entries, Some(hard_state))
+        self.persist(entries, Some(hard_state))?;
+        probe::hit(Probe::ReplicaRebuilt);
+        Ok(())
     }
 
     /// The index of the last entry.

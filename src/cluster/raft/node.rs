@@ -239,12 +239,10 @@ impl RaftNode {
         let last = store.last_index();
         let entries =
             store.entries(first, last + 1, None, GetEntriesContext::empty(false)).map_err(|e| e.to_string())?;
-        let hard_state = HardState {
-            term: self.term(),
-            vote: self.raw.raft.id,
-            commit: self.commit_index().min(last),
-            ..HardState::default()
-        };
+        let commit =
+            if planted::active(PlantedBug::ReplicaRebuildCommitsWholeLog) { last } else { self.commit_index() };
+        let hard_state =
+            HardState { term: self.term(), vote: self.raw.raft.id, commit: commit.min(last), ..HardState::default() };
         Ok((entries, hard_state))
     }
 
