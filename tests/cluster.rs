@@ -21,8 +21,18 @@ const STORAGE: &str =
 /// A group of three nodes started from one initialised database.
 struct Group {
     dirs: Vec<PathBuf>,
+    storage: String,
     raft_ports: Vec<u16>,
     nodes: Vec<Option<Server>>,
+}
+
+/// Copies `from`'s data and WAL directories into `to`.
+fn copy_database(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for sub in ["data", "wal"] {
+        let out = Command::new("cp").arg("-r").arg(from.join(sub)).arg(to).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
 }
 
 impl Group {
@@ -30,30 +40,36 @@ impl Group {
     /// stops it, copies its directories to the two others, and starts all
     /// three as a group.
     fn start(root: &Path, setup: impl FnOnce(&Server)) -> Group {
+        Group::start_with(root, STORAGE, setup)
+    }
+
+    /// As [`Group::start`], with `storage` as every node's `[storage]`.
+    fn start_with(root: &Path, storage: &str, setup: impl FnOnce(&Server)) -> Group {
         let dirs: Vec<PathBuf> = (1..=3).map(|id| root.join(format!("node{id}"))).collect();
-        let single = Server::start_with(&dirs[0], STORAGE);
+        let single = Server::start_with(&dirs[0], storage);
         setup(&single);
         let (code, log) = single.terminate();
         assert_eq!(code, 0, "{log}");
         for dir in &dirs[1..] {
-            std::fs::create_dir_all(dir).unwrap();
-            for sub in ["data", "wal"] {
-                let out = Command::new("cp").arg("-r").arg(dirs[0].join(sub)).arg(dir).output().unwrap();
-                assert!(out.status.success(), "{}", text(&out));
-            }
+            copy_database(&dirs[0], dir);
         }
-        let raft_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let mut group = Group { dirs, raft_ports, nodes: vec![None, None, None] };
+        let mut group = Group::new(dirs, storage);
         for index in 0..3 {
             group.restart(index);
         }
         group
     }
 
+    /// A group over `dirs`, none of its nodes started.
+    fn new(dirs: Vec<PathBuf>, storage: &str) -> Group {
+        let raft_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        Group { dirs, storage: storage.to_string(), raft_ports, nodes: vec![None, None, None] }
+    }
+
     fn config(&self, index: usize) -> String {
         let peers: Vec<String> =
             self.raft_ports.iter().enumerate().map(|(i, port)| format!("\"{}@127.0.0.1:{port}\"", i + 1)).collect();
-        format!("{STORAGE}[cluster]\nnode_id = {}\npeers = [{}]\n", index + 1, peers.join(", "))
+        format!("{}[cluster]\nnode_id = {}\npeers = [{}]\n", self.storage, index + 1, peers.join(", "))
     }
 
     fn restart(&mut self, index: usize) {
@@ -78,11 +94,7 @@ impl Group {
         }
         for (index, dir) in self.dirs.iter().enumerate() {
             let copy = dir.parent().unwrap().join(format!("check{index}"));
-            std::fs::create_dir_all(&copy).unwrap();
-            for sub in ["data", "wal"] {
-                let out = Command::new("cp").arg("-r").arg(dir.join(sub)).arg(&copy).output().unwrap();
-                assert!(out.status.success(), "{}", text(&out));
-            }
+            copy_database(dir, &copy);
             let single = Server::start_with(&copy, STORAGE);
             for (sql, expected) in checks {
                 assert_eq!(&single.psql(sql), expected, "node {}: {sql}", index + 1);
@@ -286,4 +298,77 @@ fn a_wiped_follower_is_rebuilt_from_its_peers() {
     group.wait_converged();
     assert_eq!(group.psql("SELECT count(*), sum(id) FROM t").unwrap(), "2000|2001000");
     group.stop_and_compare(&[("SELECT count(*), sum(id), sum(length(v)) FROM t", "2000|2001000|3000000".into())]);
+}
+
+#[test]
+fn a_whole_group_is_restored_from_a_backup_and_the_archive_to_one_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    // Every node archives into the same place; only the leader's engine
+    // runs, so only the leader archives.
+    let storage = common::archiving_storage(&archive);
+    let mut group = Group::start_with(&dir.path().join("old"), &storage, |single| {
+        single.psql("CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)");
+    });
+    let insert = |group: &Group, ids: std::ops::RangeInclusive<i64>| {
+        group.leader();
+        let rows: Vec<String> = ids.map(|id| format!("({id}, '{}')", common::letters(id, 1000))).collect();
+        for chunk in rows.chunks(50) {
+            group.psql(&format!("INSERT INTO t VALUES {}", chunk.join(", "))).unwrap();
+        }
+    };
+    let leader = group.leader();
+    insert(&group, 1..=300);
+    let base = dir.path().join("base");
+    common::backup(group.node(leader), &base);
+    insert(&group, 301..=600);
+
+    // The leader dies; the new one archives on from where it stopped.
+    group.nodes[leader].take().unwrap().kill_9();
+    insert(&group, 601..=900);
+    let leader = group.leader();
+    common::archive_everything(group.node(leader));
+    let expected = group.psql("SELECT count(*), sum(id), sum(length(v)) FROM t").unwrap();
+    assert_eq!(expected, "900|405450|900000");
+    for index in 0..3 {
+        if let Some(node) = group.nodes[index].take() {
+            node.kill_9();
+        }
+    }
+
+    // The whole group is lost. One node is restored to the archive's end
+    // (`latest`), the group starts from it (a second node from its copy),
+    // and the third rebuilds from its peers.
+    let dirs: Vec<PathBuf> = (1..=3).map(|id| dir.path().join(format!("new{id}"))).collect();
+    let config = common::restore_config(&dirs[0]);
+    let restored = common::thunderdb(
+        &[
+            "--restore-pitr",
+            "latest",
+            "--restore-backup",
+            base.to_str().unwrap(),
+            "--wal-archive-dir",
+            archive.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(restored.status.success(), "{}", text(&restored));
+    let archived: Vec<String> =
+        std::fs::read_dir(&archive).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let restored = format!("{}\narchive: {archived:?}", text(&restored));
+    copy_database(&dirs[0], &dirs[1]);
+    let mut group = Group::new(dirs, &storage);
+    group.restart(0);
+    group.restart(1);
+    group.leader();
+    group.start_node(2, &["--rebuild-from-peers"]);
+    group.nodes[2].as_mut().unwrap().wait_for("rebuilt from the leader's snapshot");
+    let rows = group.psql("SELECT count(*), sum(id), sum(length(v)) FROM t").unwrap();
+    assert_eq!(rows, expected, "{restored}");
+    insert(&group, 901..=950);
+    group.wait_converged();
+    group.stop_and_compare(&[("SELECT count(*), sum(id), sum(length(v)) FROM t", "950|451725|950000".to_string())]);
 }

@@ -49,7 +49,7 @@ use crate::db::{Database, DbError, EngineConfig};
 use crate::env::Env;
 use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Probe};
-use crate::recovery::replay_archived;
+use crate::recovery::{on_control_timeline, replay_archived};
 use crate::storage::ControlFile;
 use crate::wal::{read_wal, Lsn, ReplicationGate, WalCopy, WalOptions, WalReader};
 
@@ -204,7 +204,10 @@ impl ReplicaNode {
         // The segment size is the database's, whatever the configuration
         // says: the WAL copy, the replay and the leader's opening all use it.
         config.engine.wal_segment_size = control.wal_segment_size;
-        let opts = config.engine.store_options(0).wal;
+        // And its timeline (a group restored to a point in time continues
+        // on the restore's).
+        let opts = on_control_timeline(fs.as_ref(), &config.engine.store_options(0).wal, Some(&control))
+            .map_err(|e| e.to_string())?;
         let raft = RaftNode::open(fs.clone(), &config.raft_dir, &config.raft).map_err(|e| e.to_string())?;
         let catching_up_to = Some(raft.commit_index());
         Ok(ReplicaNode {
@@ -384,7 +387,11 @@ impl ReplicaNode {
             if self.catching_up_to.is_some() {
                 probe::hit(Probe::ReplicaReapplied);
             }
-            self.copy.write(start, bytes).map_err(|e| e.to_string())?;
+            // Only from the floor on: a segment before it is either whole
+            // on disk already or not needed, and a part of one written
+            // here would differ from the archive's copy of it.
+            let skip = self.floor.0.saturating_sub(start.0) as usize;
+            self.copy.write(start.max(self.floor), &bytes[skip..]).map_err(|e| e.to_string())?;
         }
         self.last_chunk_end = Some(end);
         self.wal_end = end;

@@ -132,6 +132,24 @@ struct Analysis {
     end: LogEnd,
 }
 
+/// The log's options on the control file's timeline, with its history: the
+/// segments below each switch point are its ancestors'.
+pub fn on_control_timeline(
+    fs: &dyn Fs,
+    wal: &WalOptions,
+    control: Option<&ControlFile>,
+) -> Result<WalOptions, StoreError> {
+    let mut wal_opts = wal.clone();
+    if let Some(control) = control.filter(|control| control.timeline > 1) {
+        wal_opts.timeline = control.timeline;
+        wal_opts.history = read_history(fs, &wal_opts.dir, control.timeline)
+            .map_err(|detail| StoreError::BadHistory { detail })?
+            .map(|history| history.switches)
+            .unwrap_or_default();
+    }
+    Ok(wal_opts)
+}
+
 /// Analysis (see the module docs): reads the log from the control file's
 /// redo point to its end. A bad record before `durable_through` is
 /// corruption.
@@ -142,16 +160,7 @@ fn analyze(fs: &Arc<dyn Fs>, opts: &StoreOptions, durable_through: Lsn) -> Resul
         None => (opts.wal.first_lsn(), Lsn::ZERO),
     };
     let durable_floor = durable_floor.max(durable_through);
-    // The log is the control file's timeline's, with its history: the
-    // segments below each switch point are its ancestors'.
-    let mut wal_opts = opts.wal.clone();
-    if let Some(control) = control.filter(|control| control.timeline > 1) {
-        wal_opts.timeline = control.timeline;
-        wal_opts.history = read_history(fs.as_ref(), &wal_opts.dir, control.timeline)
-            .map_err(|detail| StoreError::BadHistory { detail })?
-            .map(|history| history.switches)
-            .unwrap_or_default();
-    }
+    let wal_opts = on_control_timeline(fs.as_ref(), &opts.wal, control.as_ref())?;
     let opts = StoreOptions { wal: wal_opts, ..opts.clone() };
     let mut losers: BTreeMap<u64, Loser> = BTreeMap::new();
     let mut ended: BTreeSet<u64> = BTreeSet::new();

@@ -412,6 +412,10 @@ impl Wal {
         self.set_durable(boundary);
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         probe::hit(Probe::SegmentSwitched);
+        drop(writer);
+        // On a cluster's leader, the segment is complete (for the archiver,
+        // and for whoever waits on it) once the group holds it.
+        self.flush(boundary).await?;
         Ok(Some(boundary))
     }
 
