@@ -322,6 +322,15 @@ fn a_whole_group_is_restored_from_a_backup_and_the_archive_to_one_point() {
     insert(&group, 1..=300);
     let base = dir.path().join("base");
     common::backup(group.node(leader), &base);
+    // A cross-region standby follows the group's archive from that backup.
+    let standby_config = format!("{storage}[cluster]\nstandby = true\nnode_id = 9\n");
+    let mut standby = Server::start_args(
+        &dir.path().join("standby"),
+        &standby_config,
+        &[],
+        &["--restore-backup", base.to_str().unwrap()],
+    );
+    standby.wait_for("as a standby");
     insert(&group, 301..=600);
 
     // The leader dies; the new one archives on from where it stopped.
@@ -331,11 +340,26 @@ fn a_whole_group_is_restored_from_a_backup_and_the_archive_to_one_point() {
     common::archive_everything(group.node(leader));
     let expected = group.psql("SELECT count(*), sum(id), sum(length(v)) FROM t").unwrap();
     assert_eq!(expected, "900|405450|900000");
+    let last = group.node(leader).json("/admin/wal/archive/status")["last_archived_segment"].clone();
     for index in 0..3 {
         if let Some(node) = group.nodes[index].take() {
             node.kill_9();
         }
     }
+
+    // With the whole group gone, the standby is promoted: it holds every
+    // commit the archive holds.
+    let caught_up = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        standby.json("/admin/cluster/status")["standby"]["last_segment"] == last
+    });
+    assert!(caught_up, "the standby never replayed {last}: {}", standby.json("/admin/cluster/status"));
+    let standby_toml = dir.path().join("standby").join("thunderdb.toml");
+    let promoted = common::thunderdb(&["promote", "--config", standby_toml.to_str().unwrap()], &[]);
+    assert!(promoted.status.success(), "{}", text(&promoted));
+    standby.wait_for("ThunderDB is up data_dir");
+    assert_eq!(standby.psql("SELECT count(*), sum(id), sum(length(v)) FROM t"), expected);
+    assert_eq!(standby.terminate().0, 0);
 
     // The whole group is lost. One node is restored to the archive's end
     // (`latest`), the group starts from it (a second node from its copy),
