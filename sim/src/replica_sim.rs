@@ -260,6 +260,7 @@ impl World {
             raft_dir: PathBuf::from("/raft"),
             engine: self.plan.engine.clone(),
             replay_interval: self.plan.replay_interval,
+            background_replay: false,
         }
     }
 

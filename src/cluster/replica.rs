@@ -49,7 +49,7 @@ use crate::db::{Database, DbError, EngineConfig};
 use crate::env::Env;
 use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Probe};
-use crate::recovery::{on_control_timeline, replay_archived};
+use crate::recovery::{on_control_timeline, replay_archived, Replayed};
 use crate::storage::ControlFile;
 use crate::wal::{read_wal, Lsn, ReplicationGate, WalCopy, WalOptions, WalReader};
 
@@ -83,6 +83,11 @@ pub struct ReplicaConfig {
     pub engine: EngineConfig,
     /// The least time between two replay rounds on a follower.
     pub replay_interval: Duration,
+    /// Replay in a task of its own, so that a long round (the WAL since the
+    /// last checkpoint, read again each round) does not hold up the node's
+    /// acknowledgements: the server's choice. The simulator replays inside
+    /// [`ReplicaNode::advance`], where a crash stops it with its node.
+    pub background_replay: bool,
 }
 
 enum Role {
@@ -183,6 +188,8 @@ pub struct ReplicaNode {
     /// Where the last replay round ended, and when it ran.
     replayed: Lsn,
     last_replay: Option<Duration>,
+    /// A round running in the background (`background_replay`).
+    replaying: Option<tokio::task::JoinHandle<Result<Replayed, String>>>,
     /// On a leader, the entries it proposed in its term: each index, where
     /// its chunk ends and when it was proposed (for [`ReplicaNode::members`]).
     proposed: BTreeMap<u64, (Lsn, Duration)>,
@@ -223,6 +230,7 @@ impl ReplicaNode {
             shipped: control.redo_lsn,
             replayed: Lsn::ZERO,
             last_replay: None,
+            replaying: None,
             proposed: BTreeMap::new(),
             role: Role::Follower,
             db: Mutex::new(None),
@@ -448,6 +456,8 @@ impl ReplicaNode {
                 *marker = proposed.then(|| self.raft.last_proposed_index());
             }
             Role::Starting { marker: Some(marker), .. } if self.applied >= *marker => {
+                // Crash recovery must not run beside a replay round.
+                self.finish_replay().await?;
                 let gate = Arc::new(ReplicationGate::new(self.wal_end));
                 self.shipped = self.wal_end;
                 self.proposed.clear();
@@ -523,9 +533,14 @@ impl ReplicaNode {
         self.catching_up_to = Some(self.applied);
     }
 
-    /// A replay round, when the WAL grew and the interval has passed.
+    /// A replay round, when the WAL grew and the interval has passed: run
+    /// here, or started in the background (whose last round, if it has
+    /// ended, is taken first).
     async fn replay(&mut self) -> Result<(), String> {
-        if self.catching_up_to.is_some() || self.wal_end <= self.replayed {
+        if self.replaying.as_ref().is_some_and(|task| task.is_finished()) {
+            self.finish_replay().await?;
+        }
+        if self.replaying.is_some() || self.catching_up_to.is_some() || self.wal_end <= self.replayed {
             return Ok(());
         }
         let now = self.env.clock.monotonic();
@@ -533,21 +548,48 @@ impl ReplicaNode {
             return Ok(());
         }
         self.last_replay = Some(now);
-        let opts = self.config.engine.store_options(0);
-        let replayed = replay_archived(self.env.fs.clone(), &opts, self.wal_end)
-            .await
-            .map_err(|e| format!("replaying the replicated WAL failed: {e}"))?;
-        if replayed.end < self.wal_end {
-            return Err(format!(
-                "the replicated WAL ends at {}, before the end of the entries applied, {}",
-                replayed.end, self.wal_end
-            ));
+        let (fs, opts, end) = (self.env.fs.clone(), self.config.engine.store_options(0), self.wal_end);
+        let round = async move {
+            let replayed = replay_archived(fs, &opts, end)
+                .await
+                .map_err(|e| format!("replaying the replicated WAL failed: {e}"))?;
+            if replayed.end < end {
+                return Err(format!(
+                    "the replicated WAL ends at {}, before the end of the entries applied, {end}",
+                    replayed.end
+                ));
+            }
+            Ok(replayed)
+        };
+        if self.config.background_replay {
+            self.replaying = Some(tokio::spawn(round));
+            return Ok(());
         }
+        let replayed = round.await?;
+        self.replayed_to(&replayed);
+        Ok(())
+    }
+
+    fn replayed_to(&mut self, replayed: &Replayed) {
         if replayed.restartpoint > self.floor {
             probe::hit(Probe::ReplicaReplayed);
         }
         self.replayed = replayed.end;
+    }
+
+    /// Waits for the replay round running in the background, if any.
+    async fn finish_replay(&mut self) -> Result<(), String> {
+        if let Some(task) = self.replaying.take() {
+            let replayed = task.await.map_err(|e| format!("the replay task failed: {e}"))??;
+            self.replayed_to(&replayed);
+        }
         Ok(())
+    }
+
+    /// Stops the node: waits for a replay round running in the background,
+    /// which must not run on beside the next node opened on these files.
+    pub async fn close(mut self) {
+        let _ = self.finish_replay().await;
     }
 }
 

@@ -237,6 +237,7 @@ pub async fn start(
         raft_dir: config.data_dir.join("raft"),
         engine: config.engine(),
         replay_interval: REPLAY_INTERVAL,
+        background_replay: true,
     };
     let driver = Driver { env, replica, view: view.clone(), inbox, outboxes, serve, stop, exports };
     Ok((view, tokio::spawn(driver.run())))
@@ -257,9 +258,13 @@ impl Driver {
     async fn run(mut self) {
         loop {
             match ReplicaNode::open(self.env.clone(), self.replica.clone()) {
-                Ok(node) => match self.drive(node).await {
-                    Ok(()) => return,
+                Ok(mut node) => match self.drive(&mut node).await {
+                    Ok(()) => {
+                        node.close().await;
+                        return;
+                    }
                     Err(error) => {
+                        node.close().await;
                         let error = if error.contains("checksum") {
                             format!(
                                 "{error}; this node's copy is damaged: rebuild it from its peers with `thunderdb \
@@ -290,7 +295,7 @@ impl Driver {
     }
 
     /// Drives `node` until the server stops (`Ok`) or the node fails.
-    async fn drive(&mut self, mut node: ReplicaNode) -> Result<(), String> {
+    async fn drive(&mut self, node: &mut ReplicaNode) -> Result<(), String> {
         let mut rng = self.env.rng(0x7261_6674);
         let tick = tokio::time::sleep(self.tick_length(&mut rng));
         tokio::pin!(tick);
@@ -356,7 +361,7 @@ impl Driver {
                     (None, _) => None,
                 };
             }
-            self.view.update(&node, serving.clone());
+            self.view.update(node, serving.clone());
         }
     }
 }
