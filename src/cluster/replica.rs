@@ -345,7 +345,9 @@ impl ReplicaNode {
                 Role::Follower | Role::Starting { .. } => self.apply_chunk(entry.index, start, bytes)?,
             }
         }
-        self.copy.sync().map_err(|e| e.to_string())?;
+        // The chunks written are synced only before they are replayed or
+        // led on: until then the Raft log, durable, holds them, and a
+        // restart writes them again (from the floor on).
         if self.catching_up_to.is_some_and(|commit| self.applied >= commit) {
             self.caught_up()?;
         }
@@ -456,8 +458,10 @@ impl ReplicaNode {
                 *marker = proposed.then(|| self.raft.last_proposed_index());
             }
             Role::Starting { marker: Some(marker), .. } if self.applied >= *marker => {
-                // Crash recovery must not run beside a replay round.
+                // Crash recovery must not run beside a replay round, and
+                // the log it leads on is durable.
                 self.finish_replay().await?;
+                self.copy.sync().map_err(|e| e.to_string())?;
                 let gate = Arc::new(ReplicationGate::new(self.wal_end));
                 self.shipped = self.wal_end;
                 self.proposed.clear();
@@ -548,6 +552,10 @@ impl ReplicaNode {
             return Ok(());
         }
         self.last_replay = Some(now);
+        // What a round replays is durable first: its restartpoint moves the
+        // floor past it, and nothing before the floor is written again (an
+        // archiver would read those segments if this node came to lead).
+        self.copy.sync().map_err(|e| e.to_string())?;
         let (fs, opts, end) = (self.env.fs.clone(), self.config.engine.store_options(0), self.wal_end);
         let round = async move {
             let replayed = replay_archived(fs, &opts, end)
