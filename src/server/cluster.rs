@@ -400,7 +400,7 @@ async fn receive(
     loop {
         let len = stream.read_u32_le().await?;
         if std::mem::take(&mut first) && len == SNAPSHOT_REQUEST {
-            return snapshots.serve(stream.into_inner()).await;
+            return serve_snapshot(stream.into_inner(), &snapshots).await;
         }
         let len = len as usize;
         if len > MAX_FRAME {
@@ -484,10 +484,6 @@ impl Snapshots {
         self.exports.send(send).await.map_err(|_| "the node stopped".to_string())?;
         answer.await.map_err(|_| "the node stopped".to_string())?
     }
-
-    async fn serve(&self, stream: TcpStream) -> io::Result<()> {
-        serve_snapshot(stream, self).await
-    }
 }
 
 /// Answers a snapshot request: on the leader, an online backup (with its
@@ -499,28 +495,27 @@ impl Snapshots {
 /// (u32) and protobuf). Any other node refuses, naming the leader.
 async fn serve_snapshot(mut stream: TcpStream, snapshots: &Snapshots) -> io::Result<()> {
     let view = &snapshots.view;
-    let refuse = |message: String| async move {
+    let refuse = |message: String| {
         tracing::warn!(%message, "a peer's snapshot request refused");
         let mut out = vec![SNAPSHOT_REFUSED];
         out.extend_from_slice(message.as_bytes());
         out
     };
     let Some(serving) = view.serving() else {
-        let answer = refuse(view.hint()).await;
-        return stream.write_all(&answer).await;
+        return stream.write_all(&refuse(view.hint())).await;
     };
     let fs = serving.db.env().fs.clone();
     let dir = match std::path::absolute(serving.db.config().data_dir.join(SNAPSHOT_DIR)) {
         Ok(dir) => dir,
-        Err(error) => return stream.write_all(&refuse(error.to_string()).await).await,
+        Err(error) => return stream.write_all(&refuse(error.to_string())).await,
     };
     if let Err(error) = clear_snapshot(fs.as_ref(), &dir) {
-        return stream.write_all(&refuse(error).await).await;
+        return stream.write_all(&refuse(error)).await;
     }
     tracing::info!(dir = %dir.display(), "a peer asked for a snapshot: taking an online backup");
     let record = match serving.backups.start(dir.clone(), true, false) {
         Ok((record, _)) => record,
-        Err(error) => return stream.write_all(&refuse(format!("the backup did not start: {error}")).await).await,
+        Err(error) => return stream.write_all(&refuse(format!("the backup did not start: {error}"))).await,
     };
     let record = loop {
         match serving.backups.status(&record.backup_id) {
@@ -528,12 +523,12 @@ async fn serve_snapshot(mut stream: TcpStream, snapshots: &Snapshots) -> io::Res
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Some(record) => break record,
-            None => return stream.write_all(&refuse("the backup's record vanished".into()).await).await,
+            None => return stream.write_all(&refuse("the backup's record vanished".into())).await,
         }
     };
     if record.status != BackupStatus::Completed {
         let error = format!("the backup failed: {}", record.error.unwrap_or_default());
-        return stream.write_all(&refuse(error).await).await;
+        return stream.write_all(&refuse(error)).await;
     }
     let mut out = BufWriter::new(stream);
     out.write_u8(SNAPSHOT_FOLLOWS).await?;
