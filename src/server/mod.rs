@@ -130,21 +130,15 @@ mod serve {
             "ThunderDB is up"
         );
 
-        let verifier = non_empty(&config.security.superuser_password).map(|password| {
-            // A salt unique to this process: the pid and the start time.
-            let mut salt = std::process::id().to_le_bytes().to_vec();
-            salt.extend_from_slice(&db.wall_micros().to_le_bytes());
-            Verifier::new(&password, salt)
-        });
+        let verifier = verifier(&config, db.wall_micros());
         let max = config.max_connections;
-        let connections = serve_sql(pg, max, &mut shutdown, || Connection::new(db.clone(), verifier.clone())).await;
+        let mut connections = serve_sql(pg, max, &mut shutdown, || Connection::new(db.clone(), verifier.clone())).await;
         tracing::info!(
             sessions = connections.len(),
             "shutting down: closing sessions, rolling back open transactions, taking a final checkpoint"
         );
         // Sessions are cut off between statements or mid-statement; the
         // engine's shutdown rolls back whatever they left open.
-        let mut connections = connections;
         connections.shutdown().await;
         http_task.abort();
         let result = db.shutdown().await.map_err(|e| format!("clean shutdown failed: {e}"));
@@ -153,6 +147,16 @@ mod serve {
         result?;
         tracing::info!("shut down cleanly");
         Ok(())
+    }
+
+    /// The SCRAM verifier for `superuser_password`, if one is set, with a
+    /// salt unique to this process: the pid and the start time.
+    fn verifier(config: &Config, start_micros: u64) -> Option<Arc<Verifier>> {
+        non_empty(&config.security.superuser_password).map(|password| {
+            let mut salt = std::process::id().to_le_bytes().to_vec();
+            salt.extend_from_slice(&start_micros.to_le_bytes());
+            Verifier::new(&password, salt)
+        })
     }
 
     /// Serves SQL on `pg`, each connection made by `connect`, until
@@ -244,11 +248,7 @@ mod serve {
             http = %http_addr,
             "ThunderDB is up as a node of a Raft group: it serves SQL while it leads"
         );
-        let verifier = non_empty(&config.security.superuser_password).map(|password| {
-            let mut salt = std::process::id().to_le_bytes().to_vec();
-            salt.extend_from_slice(&env.clock.wall_micros().to_le_bytes());
-            Verifier::new(&password, salt)
-        });
+        let verifier = verifier(&config, env.clock.wall_micros());
         let mut connections = serve_sql(pg, config.max_connections, &mut shutdown, || {
             let db = view.serving().map(|serving| serving.db);
             Connection::in_group(db, verifier.clone(), view.clone())
