@@ -130,6 +130,16 @@ impl Group {
         }
     }
 
+    /// Inserts rows `ids` into `t (id, v)` on the leader, 50 per statement,
+    /// each with `width` letters that do not compress much.
+    fn insert(&self, ids: std::ops::RangeInclusive<i64>, width: usize) {
+        self.leader();
+        let rows: Vec<String> = ids.map(|id| format!("({id}, '{}')", common::letters(id, width))).collect();
+        for chunk in rows.chunks(50) {
+            self.psql(&format!("INSERT INTO t VALUES {}", chunk.join(", "))).unwrap();
+        }
+    }
+
     /// Waits (up to 30 s) until some node serves writes; its index.
     fn leader(&self) -> usize {
         for _ in 0..300 {
@@ -263,14 +273,7 @@ fn a_wiped_follower_is_rebuilt_from_its_peers() {
         single.psql("CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)");
     });
     let leader = group.leader();
-    let insert = |group: &Group, ids: std::ops::RangeInclusive<i64>| {
-        for chunk in ids.collect::<Vec<_>>().chunks(50) {
-            let rows: Vec<String> =
-                chunk.iter().map(|id| format!("({id}, '{}')", common::letters(*id, 1500))).collect();
-            group.psql(&format!("INSERT INTO t VALUES {}", rows.join(", "))).unwrap();
-        }
-    };
-    insert(&group, 1..=1000);
+    group.insert(1..=1000, 1500);
 
     // A follower loses its data and WAL (its Raft log too).
     let follower = (leader + 1) % 3;
@@ -278,7 +281,7 @@ fn a_wiped_follower_is_rebuilt_from_its_peers() {
     assert_eq!(code, 0, "{log}");
     std::fs::remove_dir_all(group.dirs[follower].join("data")).unwrap();
     std::fs::remove_dir_all(group.dirs[follower].join("wal")).unwrap();
-    insert(&group, 1001..=1500);
+    group.insert(1001..=1500, 1500);
 
     // Without a database the node refuses to start, saying how to rebuild.
     let config = group.dirs[follower].join("thunderdb.toml");
@@ -287,7 +290,7 @@ fn a_wiped_follower_is_rebuilt_from_its_peers() {
     assert!(text(&refused).contains("holds no database") && text(&refused).contains("--rebuild-from-peers"));
     group.start_node(follower, &["--rebuild-from-peers"]);
     group.nodes[follower].as_mut().unwrap().wait_for("rebuilt from the leader's snapshot");
-    insert(&group, 1501..=2000);
+    group.insert(1501..=2000, 1500);
     group.wait_converged();
 
     // The rebuilt node holds everything: it can lead, and every node's copy
@@ -311,15 +314,8 @@ fn a_whole_group_is_restored_from_a_backup_and_the_archive_to_one_point() {
     let mut group = Group::start_with(&dir.path().join("old"), &storage, |single| {
         single.psql("CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)");
     });
-    let insert = |group: &Group, ids: std::ops::RangeInclusive<i64>| {
-        group.leader();
-        let rows: Vec<String> = ids.map(|id| format!("({id}, '{}')", common::letters(id, 1000))).collect();
-        for chunk in rows.chunks(50) {
-            group.psql(&format!("INSERT INTO t VALUES {}", chunk.join(", "))).unwrap();
-        }
-    };
     let leader = group.leader();
-    insert(&group, 1..=300);
+    group.insert(1..=300, 1000);
     let base = dir.path().join("base");
     common::backup(group.node(leader), &base);
     // A cross-region standby follows the group's archive from that backup.
@@ -331,11 +327,11 @@ fn a_whole_group_is_restored_from_a_backup_and_the_archive_to_one_point() {
         &["--restore-backup", base.to_str().unwrap()],
     );
     standby.wait_for("as a standby");
-    insert(&group, 301..=600);
+    group.insert(301..=600, 1000);
 
     // The leader dies; the new one archives on from where it stopped.
     group.nodes[leader].take().unwrap().kill_9();
-    insert(&group, 601..=900);
+    group.insert(601..=900, 1000);
     let leader = group.leader();
     common::archive_everything(group.node(leader));
     let expected = group.psql("SELECT count(*), sum(id), sum(length(v)) FROM t").unwrap();
@@ -366,19 +362,7 @@ fn a_whole_group_is_restored_from_a_backup_and_the_archive_to_one_point() {
     // and the third rebuilds from its peers.
     let dirs: Vec<PathBuf> = (1..=3).map(|id| dir.path().join(format!("new{id}"))).collect();
     let config = common::restore_config(&dirs[0]);
-    let restored = common::thunderdb(
-        &[
-            "--restore-pitr",
-            "latest",
-            "--restore-backup",
-            base.to_str().unwrap(),
-            "--wal-archive-dir",
-            archive.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let restored = common::pitr("latest", &base, &config, &["--wal-archive-dir", archive.to_str().unwrap()]);
     assert!(restored.status.success(), "{}", text(&restored));
     let archived: Vec<String> =
         std::fs::read_dir(&archive).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -392,7 +376,7 @@ fn a_whole_group_is_restored_from_a_backup_and_the_archive_to_one_point() {
     group.nodes[2].as_mut().unwrap().wait_for("rebuilt from the leader's snapshot");
     let rows = group.psql("SELECT count(*), sum(id), sum(length(v)) FROM t").unwrap();
     assert_eq!(rows, expected, "{restored}");
-    insert(&group, 901..=950);
+    group.insert(901..=950, 1000);
     group.wait_converged();
     group.stop_and_compare(&[("SELECT count(*), sum(id), sum(length(v)) FROM t", "950|451725|950000".to_string())]);
 }

@@ -11,10 +11,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use common::{archive_everything, archiving_storage, backup, insert_rows, restore_config, text, thunderdb, Server};
+use common::{
+    archive_everything, archiving_storage, backup, insert_rows, pitr, restore_config, text, thunderdb, Server,
+};
 
 /// Archives everything complete, then stops the server.
 fn archive_everything_and_stop(server: Server) {
@@ -24,14 +26,6 @@ fn archive_everything_and_stop(server: Server) {
 
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-/// `thunderdb --restore-pitr TARGET --restore-backup BACKUP [EXTRA…] --config CONFIG`.
-fn pitr(target: &str, backup: &Path, config: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["--restore-pitr", target, "--restore-backup", backup.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    args.extend(["--config", config.to_str().unwrap()]);
-    thunderdb(&args, &[])
 }
 
 fn count(dir: &Path) -> i64 {

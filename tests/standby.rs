@@ -154,19 +154,7 @@ fn a_standby_follows_the_archive_and_promotes_to_a_primary_on_a_new_timeline() {
     // the primary's backup follows it to the promoted standby's commits.
     let again = dir.path().join("again");
     let config = common::restore_config(&again);
-    let out = thunderdb(
-        &[
-            "--restore-pitr",
-            "latest",
-            "--restore-backup",
-            base.to_str().unwrap(),
-            "--wal-archive-dir",
-            archive.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = common::pitr("latest", &base, &config, &["--wal-archive-dir", archive.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let recovered = Server::start(&again);
     assert_eq!(recovered.psql("SELECT count(*), sum(id) FROM t"), expected);

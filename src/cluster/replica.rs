@@ -304,7 +304,7 @@ impl ReplicaNode {
                 MemberLag {
                     node_id,
                     match_lsn,
-                    lag_bytes: match_lsn.map_or(local.0 - self.wal_end.0, |held| local.0.saturating_sub(held.0)),
+                    lag_bytes: local.0.saturating_sub(match_lsn.unwrap_or(self.wal_end).0),
                     lag_seconds: oldest_missing.map_or(0.0, |at| now.saturating_sub(at).as_secs_f64()),
                 }
             })

@@ -31,6 +31,7 @@ use tower::ServiceExt;
 use super::config::Config;
 use super::http::{render_metrics, ClusterGauges};
 use super::pg::Group;
+use crate::backup::pitr::clear_dir;
 use crate::backup::registry::{Registry as Backups, Status as BackupStatus};
 use crate::cluster::raft::{Entry, HardState, RaftLog};
 use crate::cluster::raft::{Message, RaftConfig};
@@ -243,6 +244,12 @@ pub async fn start(
     Ok((view, tokio::spawn(driver.run())))
 }
 
+/// One tick, ±20% from the seeded generator.
+fn tick_length(rng: &mut impl Rng) -> Duration {
+    let ms = TICK.as_millis() as u64;
+    Duration::from_millis(rng.random_range(ms * 4 / 5..=ms * 6 / 5))
+}
+
 struct Driver {
     env: Env,
     replica: ReplicaConfig,
@@ -289,15 +296,10 @@ impl Driver {
         }
     }
 
-    fn tick_length(&self, rng: &mut impl Rng) -> Duration {
-        let ms = TICK.as_millis() as u64;
-        Duration::from_millis(rng.random_range(ms * 4 / 5..=ms * 6 / 5))
-    }
-
     /// Drives `node` until the server stops (`Ok`) or the node fails.
     async fn drive(&mut self, node: &mut ReplicaNode) -> Result<(), String> {
         let mut rng = self.env.rng(0x7261_6674);
-        let tick = tokio::time::sleep(self.tick_length(&mut rng));
+        let tick = tokio::time::sleep(tick_length(&mut rng));
         tokio::pin!(tick);
         // The leader's engine, and the services built on it.
         let mut serving: Option<Serving> = None;
@@ -328,7 +330,7 @@ impl Driver {
                 }
                 () = &mut tick => {
                     node.tick();
-                    let next = self.tick_length(&mut rng);
+                    let next = tick_length(&mut rng);
                     tick.as_mut().set(tokio::time::sleep(next));
                 }
                 Some(message) = self.inbox.recv() => {
@@ -576,15 +578,7 @@ async fn serve_snapshot(mut stream: TcpStream, snapshots: &Snapshots) -> io::Res
 
 /// Removes the files of an earlier snapshot (a backup never overwrites).
 fn clear_snapshot(fs: &dyn Fs, dir: &Path) -> Result<(), String> {
-    for part in SNAPSHOT_PARTS {
-        let sub = dir.join(part);
-        if fs.exists(&sub).map_err(|e| format!("{}: {e}", sub.display()))? {
-            for name in fs.list(&sub).map_err(|e| format!("{}: {e}", sub.display()))? {
-                fs.remove(&sub.join(&name)).map_err(|e| format!("{}: {e}", sub.join(&name).display()))?;
-            }
-        }
-    }
-    Ok(())
+    SNAPSHOT_PARTS.iter().try_for_each(|part| clear_dir(fs, &dir.join(part), ""))
 }
 
 /// `thunderdb --rebuild-from-peers`: gives this node a fresh copy of the

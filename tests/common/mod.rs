@@ -161,6 +161,14 @@ pub fn thunderdb(args: &[&str], envs: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_thunderdb")).args(args).envs(envs.iter().copied()).output().unwrap()
 }
 
+/// `thunderdb --restore-pitr TARGET --restore-backup BACKUP [EXTRA…] --config CONFIG`.
+pub fn pitr(target: &str, backup: &Path, config: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--restore-pitr", target, "--restore-backup", backup.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend(["--config", config.to_str().unwrap()]);
+    thunderdb(&args, &[])
+}
+
 /// `n` pseudo-random letters for row `id`: text that does not compress
 /// much, so that rows of it make the WAL span segments.
 pub fn letters(id: i64, n: usize) -> String {
