@@ -572,19 +572,24 @@ impl ClusterSim {
                 continue;
             }
             let Some(live) = self.nodes[index].live.as_mut() else { continue };
-            let advanced = match live.raft.advance() {
+            let mut sent = Vec::new();
+            let advanced = live.raft.advance(&mut |message| sent.push(message));
+            let advanced = match advanced {
                 Ok(advanced) => advanced,
                 Err(_) => {
                     // The log's state on disk is unknown: stop, and restart
-                    // from what the disk kept.
+                    // from what the disk kept. What it sent before its
+                    // writes is on the wire.
+                    for message in sent {
+                        self.send(message);
+                    }
                     self.crash(index);
                     continue;
                 }
             };
             self.check_leader(index)?;
-            let voted =
-                advanced.messages.iter().any(|m| m.msg_type == MessageType::MsgRequestVoteResponse && !m.reject);
-            for message in advanced.messages {
+            let voted = sent.iter().any(|m| m.msg_type == MessageType::MsgRequestVoteResponse && !m.reject);
+            for message in sent {
                 self.send(message);
             }
             if let Some((snapshot_index, data)) = &advanced.snapshot {

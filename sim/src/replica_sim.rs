@@ -483,17 +483,17 @@ impl World {
                 // ±20% per tick, from the seed.
                 node.next_tick = self.now + self.rng.random_range(TICK_MS * 4 / 5..=TICK_MS * 6 / 5);
             }
-            let advanced = live.advance().await;
+            let mut sent = Vec::new();
+            let advanced = live.advance(&mut |message| sent.push(message)).await;
             // Also after a failure: what the node learned before it failed
-            // was learned.
+            // was learned, and what it sent before was sent.
             let status = live.status();
             self.check_replayed(self.nodes[index].id, status)?;
+            for message in sent {
+                self.send(message);
+            }
             match advanced {
-                Ok(messages) => {
-                    for message in messages {
-                        self.send(message);
-                    }
-                }
+                Ok(()) => {}
                 Err(error) if error.contains("injected") => {
                     // Fail-stop on an injected I/O error: the node restarts
                     // from its disk, as the process would.

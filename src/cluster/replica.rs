@@ -9,7 +9,7 @@
 //! and pages, checkpoints and the archiver never run ahead of that point.
 //! Followers write each committed chunk at its LSNs in their own segments
 //! ([`WalCopy`]) and replay it in rounds, as the archive-fed standby does
-//! ([`crate::recovery::replay_archived`]), so each holds a hot copy in the
+//! ([`crate::recovery::Replayer`]), so each holds a hot copy in the
 //! same format.
 //!
 //! **Failover.** A node that wins an election first applies every entry
@@ -49,7 +49,7 @@ use crate::db::{Database, DbError, EngineConfig};
 use crate::env::Env;
 use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Probe};
-use crate::recovery::{on_control_timeline, replay_archived, Replayed};
+use crate::recovery::{on_control_timeline, Replayed, Replayer};
 use crate::storage::ControlFile;
 use crate::wal::{read_wal, Lsn, ReplicationGate, WalCopy, WalOptions, WalReader};
 
@@ -188,8 +188,11 @@ pub struct ReplicaNode {
     /// Where the last replay round ended, and when it ran.
     replayed: Lsn,
     last_replay: Option<Duration>,
-    /// A round running in the background (`background_replay`).
-    replaying: Option<tokio::task::JoinHandle<Result<Replayed, String>>>,
+    /// The replay, between rounds, once its first round ran.
+    replayer: Option<Replayer>,
+    /// A round running in the background (`background_replay`), and the
+    /// replay it hands back.
+    replaying: Option<tokio::task::JoinHandle<RoundEnded>>,
     /// On a leader, the entries it proposed in its term: each index, where
     /// its chunk ends and when it was proposed (for [`ReplicaNode::members`]).
     proposed: BTreeMap<u64, (Lsn, Duration)>,
@@ -197,6 +200,10 @@ pub struct ReplicaNode {
     /// The database, while this node leads and it is open.
     db: Mutex<Option<Arc<Database>>>,
 }
+
+/// A replay round's end: the replay to resume (none after a failure), and
+/// what the round did.
+type RoundEnded = (Option<Replayer>, Result<Replayed, String>);
 
 impl ReplicaNode {
     /// Opens the node: its Raft log, and its database's directories, which
@@ -230,6 +237,7 @@ impl ReplicaNode {
             shipped: control.redo_lsn,
             replayed: Lsn::ZERO,
             last_replay: None,
+            replayer: None,
             replaying: None,
             proposed: BTreeMap::new(),
             role: Role::Follower,
@@ -324,11 +332,12 @@ impl ReplicaNode {
 
     /// Ships what the leader flushed, makes durable what raft-rs asks,
     /// applies what the group committed, moves between roles, and replays
-    /// on a follower. Returns the messages to send. An error is fail-stop:
-    /// the node must be dropped and reopened from its disk.
-    pub async fn advance(&mut self) -> Result<Vec<Message>, String> {
+    /// on a follower. Hands `send` the messages to send (see
+    /// [`RaftNode::advance`]). An error is fail-stop: the node must be
+    /// dropped and reopened from its disk.
+    pub async fn advance(&mut self, send: &mut (dyn FnMut(Message) + Send)) -> Result<(), String> {
         self.ship()?;
-        let advanced = self.raft.advance().map_err(|e| e.to_string())?;
+        let advanced = self.raft.advance(send).map_err(|e| e.to_string())?;
         if advanced.snapshot.is_some() {
             // The log is never compacted yet, so no leader sends one.
             return Err("a Raft snapshot arrived: rebuilding a node from a snapshot is not built yet".into());
@@ -355,7 +364,7 @@ impl ReplicaNode {
         if matches!(self.role, Role::Follower) {
             self.replay().await?;
         }
-        Ok(advanced.messages)
+        Ok(())
     }
 
     /// The node has applied every entry it knew committed when it started
@@ -461,6 +470,8 @@ impl ReplicaNode {
                 // Crash recovery must not run beside a replay round, and
                 // the log it leads on is durable.
                 self.finish_replay().await?;
+                // Its pages are the opening's to replay.
+                self.replayer = None;
                 self.copy.sync().map_err(|e| e.to_string())?;
                 let gate = Arc::new(ReplicationGate::new(self.wal_end));
                 self.shipped = self.wal_end;
@@ -557,24 +568,36 @@ impl ReplicaNode {
         // archiver would read those segments if this node came to lead).
         self.copy.sync().map_err(|e| e.to_string())?;
         let (fs, opts, end) = (self.env.fs.clone(), self.config.engine.store_options(0), self.wal_end);
+        let replayer = self.replayer.take();
         let round = async move {
-            let replayed = replay_archived(fs, &opts, end)
-                .await
-                .map_err(|e| format!("replaying the replicated WAL failed: {e}"))?;
-            if replayed.end < end {
-                return Err(format!(
+            let (replayer, replayed) = match replayer {
+                Some(mut replayer) => {
+                    let replayed = replayer.round(end).await;
+                    (Some(replayer), replayed)
+                }
+                None => match Replayer::start(fs, &opts, end).await {
+                    Ok((replayer, replayed)) => (Some(replayer), Ok(replayed)),
+                    Err(error) => (None, Err(error)),
+                },
+            };
+            let replayed = match replayed {
+                Ok(replayed) if replayed.end < end => Err(format!(
                     "the replicated WAL ends at {}, before the end of the entries applied, {end}",
                     replayed.end
-                ));
-            }
-            Ok(replayed)
+                )),
+                Ok(replayed) => Ok(replayed),
+                Err(error) => Err(format!("replaying the replicated WAL failed: {error}")),
+            };
+            // A failed round's replay is not resumed: the node reopens.
+            (replayer.filter(|_| replayed.is_ok()), replayed)
         };
         if self.config.background_replay {
             self.replaying = Some(tokio::spawn(round));
             return Ok(());
         }
-        let replayed = round.await?;
-        self.replayed_to(&replayed);
+        let (replayer, replayed) = round.await;
+        self.replayer = replayer;
+        self.replayed_to(&replayed?);
         Ok(())
     }
 
@@ -588,8 +611,9 @@ impl ReplicaNode {
     /// Waits for the replay round running in the background, if any.
     async fn finish_replay(&mut self) -> Result<(), String> {
         if let Some(task) = self.replaying.take() {
-            let replayed = task.await.map_err(|e| format!("the replay task failed: {e}"))??;
-            self.replayed_to(&replayed);
+            let (replayer, replayed) = task.await.map_err(|e| format!("the replay task failed: {e}"))?;
+            self.replayer = replayer;
+            self.replayed_to(&replayed?);
         }
         Ok(())
     }

@@ -9,9 +9,10 @@
 //!   timeline a second time), and only a standby or its promotion opens it.
 //! - **Following** ([`Standby::catch_up`]): every segment the archive holds
 //!   past the last one fetched is fetched whole into the WAL directory, and
-//!   a replay round ([`crate::recovery::replay_archived`]) runs analysis and
-//!   redo from the control file's redo point to the end, without undo, and
-//!   ends with a *restartpoint*: the pages written and synced, then the
+//!   a replay round ([`crate::recovery::Replayer`]) runs analysis and
+//!   redo, without undo, the first from the control file's redo point,
+//!   each later one from where the last ended; one that replayed a
+//!   checkpoint ends with a *restartpoint*: the pages written and synced, then the
 //!   control file moved to the last checkpoint replayed. A crash or restart
 //!   resumes from there. Segments before the restartpoint are removed (the
 //!   archive keeps them). A record that runs into a segment not yet
@@ -43,7 +44,7 @@ use crate::db::{Database, EngineConfig};
 use crate::env::{write_atomically, Env};
 use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Probe};
-use crate::recovery::{replay_archived, Replayed};
+use crate::recovery::{Replayed, Replayer};
 use crate::storage::ControlFile;
 use crate::wal::{
     history_file_name, parse_segment_file_name, read_history, Lsn, RecordKind, TimelineHistory, WalOptions, WalReader,
@@ -199,7 +200,8 @@ pub struct Standby {
     /// The control file is already on a newer timeline: a promotion was
     /// cut short.
     promotion_cut: bool,
-    replayed: bool,
+    /// The replay, once its first round ran.
+    replayer: Option<Replayer>,
     status: StandbyStatus,
 }
 
@@ -262,7 +264,7 @@ impl Standby {
             chain,
             complete_through: Lsn::ZERO,
             promotion_cut,
-            replayed: false,
+            replayer: None,
             status,
         })
     }
@@ -293,7 +295,7 @@ impl Standby {
         if !self.can_replay()? {
             return Ok(count);
         }
-        if count > 0 || !self.replayed {
+        if count > 0 || self.replayer.is_none() {
             let before = self.status.replay_lsn;
             let replayed = self.replay().await?;
             if before.0 % self.chain.segment_size != 0
@@ -394,10 +396,20 @@ impl Standby {
 
     async fn replay(&mut self) -> Result<Replayed, String> {
         let opts = self.engine.store_options(0);
-        let replayed = replay_archived(self.env.fs.clone(), &opts, self.complete_through)
-            .await
-            .map_err(|e| format!("replaying the archived WAL failed: {e}"))?;
-        self.replayed = true;
+        let replayed = match &mut self.replayer {
+            Some(replayer) => replayer.round(self.complete_through).await,
+            None => {
+                Replayer::start(self.env.fs.clone(), &opts, self.complete_through).await.map(|(replayer, replayed)| {
+                    self.replayer = Some(replayer);
+                    replayed
+                })
+            }
+        };
+        let replayed = replayed.map_err(|e| {
+            // The next round starts over from the restartpoint.
+            self.replayer = None;
+            format!("replaying the archived WAL failed: {e}")
+        })?;
         self.status.replay_lsn = replayed.end;
         self.status.restartpoint_lsn = replayed.restartpoint;
         self.status.last_commit_micros = self.status.last_commit_micros.max(replayed.last_commit_micros);
@@ -440,6 +452,8 @@ impl Standby {
     /// directories hold a primary on a new timeline, shut down cleanly,
     /// that [`Database::open`] opens for writes.
     pub async fn promote(mut self) -> Result<Promotion, String> {
+        // Its pages are the opening's to replay: none may be written beside it.
+        self.replayer = None;
         let env = self.env.clone();
         let fs = env.fs.as_ref();
         let data_dir = self.engine.data_dir.clone();

@@ -41,7 +41,7 @@ use crate::probe::{self, Phase, Probe};
 use crate::storage::{
     ActiveTxnEntry, BufferError, BufferPool, ControlFile, ControlState, Op, Redo, Store, StoreError, DATA_FILE_NAME,
 };
-use crate::wal::{read_history, LogEnd, Lsn, RecordKind, ReplicationGate, Wal, WalOptions, WalReader};
+use crate::wal::{read_history, LogEnd, Lsn, Record, RecordKind, ReplicationGate, Wal, WalOptions, WalReader};
 
 /// Where a store lives and how much memory its pool gets.
 #[derive(Debug, Clone)]
@@ -124,12 +124,16 @@ struct Analysis {
     /// Below this, a bad record is corruption, never the end of the log.
     durable_floor: Lsn,
     losers: BTreeMap<u64, Loser>,
+    /// Transactions whose end record was read since the last checkpoint's
+    /// end record: a checkpoint that listed them open is out of date.
+    ended: BTreeSet<u64>,
     dirty: BTreeMap<u32, Lsn>,
     next_xid: u64,
     last_commit_micros: u64,
     /// Storage records that change pages.
     changes: u64,
-    end: LogEnd,
+    /// Where the log read ends.
+    end: Lsn,
 }
 
 /// The log's options on the control file's timeline, with its history: the
@@ -153,7 +157,7 @@ pub fn on_control_timeline(
 /// Analysis (see the module docs): reads the log from the control file's
 /// redo point to its end. A bad record before `durable_through` is
 /// corruption.
-fn analyze(fs: &Arc<dyn Fs>, opts: &StoreOptions, durable_through: Lsn) -> Result<Analysis, StoreError> {
+fn analyze(fs: &Arc<dyn Fs>, opts: &StoreOptions, durable_through: Lsn) -> Result<(Analysis, LogEnd), StoreError> {
     let control = ControlFile::load(fs.as_ref(), &opts.data_dir)?;
     let (start, durable_floor) = match control {
         Some(control) => (control.redo_lsn, control.checkpoint_lsn.plus(1)),
@@ -162,35 +166,53 @@ fn analyze(fs: &Arc<dyn Fs>, opts: &StoreOptions, durable_through: Lsn) -> Resul
     let durable_floor = durable_floor.max(durable_through);
     let wal_opts = on_control_timeline(fs.as_ref(), &opts.wal, control.as_ref())?;
     let opts = StoreOptions { wal: wal_opts, ..opts.clone() };
-    let mut losers: BTreeMap<u64, Loser> = BTreeMap::new();
-    let mut ended: BTreeSet<u64> = BTreeSet::new();
-    let mut dirty: BTreeMap<u32, Lsn> = BTreeMap::new();
-    let mut next_xid = control.map_or(1, |control| control.next_xid);
-    let mut changes = 0u64;
-    let mut last_commit_micros = 0;
-    let mut reader = WalReader::new(fs.clone(), opts.wal.clone(), start).durable_through(durable_floor);
+    let next_xid = control.map_or(1, |control| control.next_xid);
+    let mut analysis = Analysis {
+        opts,
+        control,
+        start,
+        durable_floor,
+        losers: BTreeMap::new(),
+        ended: BTreeSet::new(),
+        dirty: BTreeMap::new(),
+        next_xid,
+        last_commit_micros: 0,
+        changes: 0,
+        end: start,
+    };
+    let mut reader = WalReader::new(fs.clone(), analysis.opts.wal.clone(), start).durable_through(durable_floor);
     loop {
         let next = {
             let _phase = probe::enter(Phase::RecoveryAnalysis);
             reader.next_record()?
         };
         let Some((lsn, record)) = next else { break };
-        next_xid = next_xid.max(record.xid + 1);
+        analysis.note(lsn, &record)?;
+    }
+    let end = reader.end().expect("the reader reached the end");
+    analysis.end = end.lsn();
+    Ok((analysis, end))
+}
+
+impl Analysis {
+    /// Takes one record into the transaction and dirty page tables.
+    fn note(&mut self, lsn: Lsn, record: &Record) -> Result<(), StoreError> {
+        self.next_xid = self.next_xid.max(record.xid + 1);
         match record.kind {
             RecordKind::Commit | RecordKind::Abort => {
-                last_commit_micros = last_commit_micros.max(record.commit_time_micros().unwrap_or(0));
-                losers.remove(&record.xid);
-                ended.insert(record.xid);
+                self.last_commit_micros = self.last_commit_micros.max(record.commit_time_micros().unwrap_or(0));
+                self.losers.remove(&record.xid);
+                self.ended.insert(record.xid);
             }
             RecordKind::Data => match Op::peek(&record.payload) {
                 Some((pages, undo_next)) => {
-                    changes += 1;
+                    self.changes += 1;
                     for page_no in pages {
-                        dirty.entry(page_no).or_insert(lsn);
+                        self.dirty.entry(page_no).or_insert(lsn);
                     }
                     if record.xid != 0 {
                         let xid = record.xid;
-                        let loser = losers.entry(xid).or_insert_with(|| Loser {
+                        let loser = self.losers.entry(xid).or_insert_with(|| Loser {
                             entry: ActiveTxnEntry { xid, last_lsn: Lsn::ZERO, undo_next: Lsn::ZERO },
                             resumed: false,
                         });
@@ -204,24 +226,21 @@ fn analyze(fs: &Arc<dyn Fs>, opts: &StoreOptions, durable_through: Lsn) -> Resul
                     if let Op::CheckpointEnd { active, dirty: listed, last_commit_micros: newest } =
                         decode(lsn, &record.payload)?
                     {
-                        last_commit_micros = last_commit_micros.max(newest);
-                        for entry in active.into_iter().filter(|entry| !ended.contains(&entry.xid)) {
-                            losers.entry(entry.xid).or_insert(Loser { entry, resumed: false });
+                        self.last_commit_micros = self.last_commit_micros.max(newest);
+                        for entry in active.into_iter().filter(|entry| !self.ended.contains(&entry.xid)) {
+                            self.losers.entry(entry.xid).or_insert(Loser { entry, resumed: false });
                         }
                         for (page_no, rec_lsn) in listed {
-                            dirty.entry(page_no).or_insert(rec_lsn);
+                            self.dirty.entry(page_no).or_insert(rec_lsn);
                         }
                     }
                 }
             },
             _ => {}
         }
+        Ok(())
     }
-    let end = reader.end().expect("the reader reached the end");
-    Ok(Analysis { opts, control, start, durable_floor, losers, dirty, next_xid, last_commit_micros, changes, end })
-}
 
-impl Analysis {
     /// The store over the data file and `wal`, before redo.
     fn store(&self, fs: &Arc<dyn Fs>, wal: Arc<Wal>) -> Result<Store, StoreError> {
         let data_path = self.opts.data_dir.join(DATA_FILE_NAME);
@@ -240,7 +259,7 @@ impl Analysis {
     async fn redo(&self, fs: &Arc<dyn Fs>, store: &mut Store) -> Result<(u64, u64, Option<Lsn>), StoreError> {
         let (mut replayed, mut applied) = (0, 0);
         let (mut begun, mut completed) = (None, None);
-        let end = self.end.lsn();
+        let end = self.end;
         let mut reader =
             WalReader::new(fs.clone(), self.opts.wal.clone(), self.start).durable_through(self.durable_floor);
         while let Some((lsn, record)) = reader.next_record()? {
@@ -275,8 +294,8 @@ pub async fn recover(
     let mut report = RecoveryReport::default();
 
     // Phase 1: analysis.
-    let analysis = analyze(&fs, opts, Lsn::ZERO)?;
-    let (start, end, control) = (analysis.start, analysis.end, analysis.control);
+    let (analysis, end) = analyze(&fs, opts, Lsn::ZERO)?;
+    let (start, control) = (analysis.start, analysis.control);
     report.checkpoint_lsn = control.map(|control| control.checkpoint_lsn);
     report.redo_from = start;
     report.end_lsn = end.lsn();
@@ -357,54 +376,136 @@ pub struct Replayed {
     pub records_applied: u64,
 }
 
-/// One round of a standby's replay (archive recovery, as PostgreSQL's
-/// standby runs it): analysis and redo from the control file's redo point
-/// to the end of the log in the WAL directory, with nothing undone and
-/// nothing appended. Then a *restartpoint*: every page redo changed is
-/// written and the data file synced, and only then does the control file
-/// move its redo point to the last checkpoint redo passed, so the next
-/// round (or a restart after a crash) starts there. That order is a
-/// checkpoint's: a page torn while it was written changed after the old
-/// redo point, so its full image is in the log the next round replays.
-/// The log before `complete_through` is in segments known whole: a bad record
-/// is corruption, never the end of the log.
-pub async fn replay_archived(
+/// A standby's replay (archive recovery, as PostgreSQL's standby runs it):
+/// analysis and redo of the log in the WAL directory, in rounds, with
+/// nothing undone and nothing appended. The first round starts at the
+/// control file's redo point; each later one goes on where the last ended,
+/// with the same pages in memory and the same transaction table, so a
+/// round costs what the log grew by, not what it holds since the last
+/// checkpoint.
+///
+/// A round that replayed a checkpoint's end record ends with a
+/// *restartpoint*: every page redo changed is written and the data file
+/// synced, and only then does the control file move its redo point to that
+/// checkpoint's begin record, so a restart after a crash starts there. That
+/// order is a checkpoint's: a page torn while it was written changed after
+/// the old redo point, so its full image is in the log the restart replays.
+/// Dropping a replayer loses nothing the log does not hold.
+pub struct Replayer {
     fs: Arc<dyn Fs>,
-    opts: &StoreOptions,
-    complete_through: Lsn,
-) -> Result<Replayed, StoreError> {
-    let analysis = analyze(&fs, opts, complete_through)?;
-    let end = analysis.end.lsn();
-    let wal = Arc::new(Wal::read_only(fs.clone(), analysis.opts.wal.clone(), end));
-    let mut store = analysis.store(&fs, wal)?;
-    let (_, records_applied, checkpoint) = analysis.redo(&fs, &mut store).await?;
-    if !crate::planted::active(crate::planted::PlantedBug::RestartpointSkipsPages) {
-        store.write_all_pages().await?;
+    analysis: Analysis,
+    store: Store,
+    /// The begin record of the checkpoint whose end record has not been
+    /// replayed yet.
+    begun: Option<Lsn>,
+    /// The begin record of the last checkpoint replayed whole.
+    completed: Option<Lsn>,
+}
+
+impl Replayer {
+    /// The first round: from the control file's redo point to the end of
+    /// the log. The log before `complete_through` is in segments known
+    /// whole: a bad record there is corruption, never the end of the log.
+    pub async fn start(
+        fs: Arc<dyn Fs>,
+        opts: &StoreOptions,
+        complete_through: Lsn,
+    ) -> Result<(Replayer, Replayed), StoreError> {
+        let (analysis, end) = analyze(&fs, opts, complete_through)?;
+        let wal = Arc::new(Wal::read_only(fs.clone(), analysis.opts.wal.clone(), end.lsn()));
+        let store = analysis.store(&fs, wal)?;
+        let mut replayer = Replayer { fs, analysis, store, begun: None, completed: None };
+        let mut reader = replayer.reader(replayer.analysis.start, replayer.analysis.durable_floor);
+        let mut applied = 0;
+        // The log may have grown since analysis read it: the next round
+        // takes the rest.
+        while reader.position() < end.lsn() {
+            let Some((lsn, record)) = reader.next_record()? else { break };
+            applied += u64::from(replayer.redo(lsn, record).await?);
+        }
+        let replayed = replayer.restartpoint(applied).await?;
+        Ok((replayer, replayed))
     }
-    let control = analysis.control.ok_or_else(|| StoreError::BadRecord {
-        lsn: analysis.start,
-        detail: "a standby's data directory has no control file".into(),
-    })?;
-    let mut restartpoint = control.redo_lsn;
-    if let Some(begin) = checkpoint.filter(|begin| *begin > control.redo_lsn) {
-        probe::hit(Probe::StandbyRestartpoint);
-        let moved = ControlFile {
-            state: ControlState::InArchiveRecovery,
-            checkpoint_lsn: begin,
-            redo_lsn: begin,
-            next_xid: analysis.next_xid.max(control.next_xid),
-            ..control
-        };
-        moved.store(fs.as_ref(), &opts.data_dir)?;
-        restartpoint = begin;
+
+    /// A later round: the log from where the last round ended up to
+    /// `complete_through` (or where the log ends, if sooner: a record that
+    /// runs into a segment not fetched yet waits for the next round).
+    pub async fn round(&mut self, complete_through: Lsn) -> Result<Replayed, StoreError> {
+        let mut reader = self.reader(self.analysis.end, complete_through);
+        let mut applied = 0;
+        while reader.position() < complete_through {
+            let Some((lsn, record)) = reader.next_record()? else { break };
+            self.analysis.note(lsn, &record)?;
+            if record.kind == RecordKind::Data && Op::peek(&record.payload).is_none() {
+                // This transaction table only reports (a promotion's
+                // recovery builds its own); a later checkpoint lists only
+                // transactions open after this record.
+                self.analysis.ended.clear();
+            }
+            self.analysis.end = reader.position();
+            applied += u64::from(self.redo(lsn, record).await?);
+        }
+        if let Some(end) = reader.end() {
+            self.analysis.end = end.lsn();
+        }
+        self.restartpoint(applied).await
     }
-    Ok(Replayed {
-        end,
-        restartpoint,
-        last_commit_micros: analysis.last_commit_micros,
-        open_transactions: analysis.losers.len(),
-        records_applied,
-    })
+
+    fn reader(&self, from: Lsn, durable_through: Lsn) -> WalReader {
+        WalReader::new(self.fs.clone(), self.analysis.opts.wal.clone(), from).durable_through(durable_through)
+    }
+
+    /// Redoes one record; whether it changed a page.
+    async fn redo(&mut self, lsn: Lsn, record: Record) -> Result<bool, StoreError> {
+        if record.kind != RecordKind::Data {
+            return Ok(false);
+        }
+        let end = lsn.plus(record.encoded_len());
+        // Read whole from disk: a page redo changes may be written once
+        // the log through the record is.
+        self.store.wal().extend_read_only(end);
+        match decode(lsn, &record.payload)? {
+            Op::CheckpointBegin => self.begun = Some(lsn),
+            Op::CheckpointEnd { .. } => self.completed = self.begun.take().or(self.completed),
+            op => {
+                let _phase = probe::enter(Phase::StorageRedo);
+                return Ok(self.store.redo(end, op).await? == Redo::Applied);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Ends a round: a restartpoint if a checkpoint newer than the control
+    /// file's was replayed (see the type's docs).
+    async fn restartpoint(&mut self, records_applied: u64) -> Result<Replayed, StoreError> {
+        let analysis = &mut self.analysis;
+        let control = analysis.control.ok_or_else(|| StoreError::BadRecord {
+            lsn: analysis.start,
+            detail: "a standby's data directory has no control file".into(),
+        })?;
+        if let Some(begin) = self.completed.filter(|begin| *begin > control.redo_lsn) {
+            if !crate::planted::active(crate::planted::PlantedBug::RestartpointSkipsPages) {
+                self.store.write_all_pages().await?;
+            }
+            probe::hit(Probe::StandbyRestartpoint);
+            let moved = ControlFile {
+                state: ControlState::InArchiveRecovery,
+                checkpoint_lsn: begin,
+                redo_lsn: begin,
+                next_xid: analysis.next_xid.max(control.next_xid),
+                ..control
+            };
+            moved.store(self.fs.as_ref(), &analysis.opts.data_dir)?;
+            analysis.control = Some(moved);
+        }
+        Ok(Replayed {
+            end: analysis.end,
+            restartpoint: analysis.control.map_or(control.redo_lsn, |control| control.redo_lsn),
+            last_commit_micros: analysis.last_commit_micros,
+            open_transactions: analysis.losers.len(),
+            records_applied,
+        })
+    }
 }
 
 /// `1234567` as `1,234,567`, as the documentation prints counts.

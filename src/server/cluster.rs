@@ -344,12 +344,14 @@ impl Driver {
                     let _ = request.send(node.export_log());
                 }
             }
-            for message in node.advance().await? {
-                if let Some((_, outbox)) = self.outboxes.iter().find(|(id, _)| *id == message.to) {
+            let outboxes = &self.outboxes;
+            node.advance(&mut |message| {
+                if let Some((_, outbox)) = outboxes.iter().find(|(id, _)| *id == message.to) {
                     // A full queue drops it, as the network may.
                     let _ = outbox.try_send(message);
                 }
-            }
+            })
+            .await?;
             if stopping.as_ref().is_some_and(|task| task.is_finished()) {
                 return Ok(());
             }

@@ -81,6 +81,12 @@ impl WalReader {
         self
     }
 
+    /// Where the next record starts (after a switch record, the next
+    /// segment's start).
+    pub fn position(&self) -> Lsn {
+        self.next
+    }
+
     /// Where the log ends, once [`next_record`](Self::next_record) has
     /// returned `None`.
     pub fn end(&self) -> Option<LogEnd> {

@@ -206,6 +206,17 @@ impl Wal {
         }
     }
 
+    /// A standby's read-only WAL grew: the log through `end` is on disk,
+    /// so pages that changes before it made may be written.
+    pub fn extend_read_only(&self, end: Lsn) {
+        debug_assert!(self.read_only, "only a standby's read-only WAL grows by replay");
+        let mut insert = self.lock_insert();
+        if end > insert.next {
+            *insert = InsertBuffer { start: end, bytes: Vec::new(), next: end, appended_end: end };
+        }
+        self.durable_lsn.fetch_max(end.0, Ordering::Release);
+    }
+
     /// The options the WAL was opened with.
     pub fn options(&self) -> &WalOptions {
         &self.opts

@@ -381,6 +381,11 @@ impl RaftLog {
         Ok(())
     }
 
+    /// The commit index of the durable hard state.
+    pub fn commit(&self) -> u64 {
+        self.mem.rl().hard_state().commit
+    }
+
     /// The index of the last entry.
     pub fn last_index(&self) -> u64 {
         Storage::last_index(&self.mem).expect("an in-memory log always has a last index")

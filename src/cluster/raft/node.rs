@@ -3,16 +3,16 @@
 //!
 //! The caller owns time and the network. It calls [`RaftNode::tick`] on its
 //! clock, [`RaftNode::step`] for each message that arrives, and
-//! [`RaftNode::advance`] after either; `advance` makes what raft-rs asks
-//! durable and returns the messages to send and the entries now committed,
-//! in order. The simulator is one such caller, the server will be another:
+//! [`RaftNode::advance`] after either; `advance` hands the messages to send
+//! to the caller's `send`, makes what raft-rs asks durable, and returns the
+//! entries now committed, in order. The simulator is one such caller, the server will be another:
 //! the same code under both.
 //!
 //! The order inside `advance` is raft-rs's contract: messages a leader may
-//! send before its own append (the append to followers runs in parallel
-//! with the leader's write), then the append and the hard state made
-//! durable, and only then the messages that promise them (votes, append
-//! acknowledgements).
+//! send before its own append are handed to `send` first (so the append to
+//! followers runs in parallel with the leader's write), then the append
+//! and the hard state are made durable, and only then are the messages
+//! that promise them (votes, append acknowledgements) handed over.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -44,8 +44,6 @@ pub struct RaftConfig {
 /// What one [`RaftNode::advance`] produced.
 #[derive(Debug, Default)]
 pub struct Advanced {
-    /// Messages to send, in order.
-    pub messages: Vec<Message>,
     /// Entries now committed, in log order, to apply.
     pub committed: Vec<Entry>,
     /// A snapshot the leader sent, now durable, which replaces the state
@@ -144,10 +142,13 @@ impl RaftNode {
         Ok(())
     }
 
-    /// Makes durable what raft-rs asks, and returns what to send and what
-    /// to apply. An error means the log's state on disk is unknown: the node
-    /// must stop, and reopen from disk.
-    pub fn advance(&mut self) -> Result<Advanced, RaftLogError> {
+    /// Hands `send` the messages to send, in order, makes durable what
+    /// raft-rs asks, and returns what to apply. Messages that do not depend
+    /// on this node's disk reach `send` before its writes, the others after
+    /// them. An error means the log's state on disk is unknown: the node
+    /// must stop, and reopen from disk (messages already handed over may be
+    /// sent; raft-rs allows it).
+    pub fn advance(&mut self, send: &mut (dyn FnMut(Message) + Send)) -> Result<Advanced, RaftLogError> {
         let mut out = Advanced { reads: std::mem::take(&mut self.local_reads), ..Advanced::default() };
         if !self.raw.has_ready() {
             return Ok(out);
@@ -156,7 +157,14 @@ impl RaftNode {
         if ready.ss().is_some_and(|soft| soft.raft_state == StateRole::Leader) {
             probe::hit(Probe::RaftLeaderElected);
         }
-        out.messages.extend(ready.take_messages());
+        // Sent before the writes, unless they tell of a commit this node has
+        // not made durable yet: a node must know what the group committed
+        // before any other node can apply it.
+        let mut early = ready.take_messages();
+        let commits = ready.hs().is_some_and(|hs| hs.commit > self.raw.store().commit());
+        if !commits {
+            early.drain(..).for_each(&mut *send);
+        }
         for read in ready.take_read_states() {
             probe::hit(Probe::RaftReadConfirmed);
             out.reads.push((read.request_ctx, read.index));
@@ -172,7 +180,8 @@ impl RaftNode {
             // The leader's own durable append taken as the commit.
             out.committed.extend(ready.entries().iter().cloned());
         }
-        out.messages.extend(ready.take_persisted_messages());
+        early.into_iter().for_each(&mut *send);
+        ready.take_persisted_messages().into_iter().for_each(&mut *send);
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             // Synced before the entries it commits are applied: a leader
@@ -183,7 +192,7 @@ impl RaftNode {
             hard_state.commit = commit;
             self.raw.mut_store().persist(&[], Some(&hard_state))?;
         }
-        out.messages.extend(light.take_messages());
+        light.take_messages().into_iter().for_each(&mut *send);
         out.committed.extend(light.take_committed_entries());
         self.raw.advance_apply();
         Ok(out)
@@ -302,6 +311,13 @@ mod tests {
         PathBuf::from("/raft")
     }
 
+    /// Advances `node`, and returns the messages it sent.
+    fn messages(node: &mut RaftNode) -> Vec<Message> {
+        let mut sent = Vec::new();
+        node.advance(&mut |message| sent.push(message)).unwrap();
+        sent
+    }
+
     #[test]
     fn a_vote_survives_a_power_failure_so_no_node_votes_twice_in_a_term() {
         for seed in 0..20 {
@@ -314,11 +330,11 @@ mod tests {
             let mut vote = None;
             'campaign: for _ in 0..40 {
                 candidate.tick();
-                let mut to_voter = candidate.advance().unwrap().messages;
+                let mut to_voter = messages(&mut candidate);
                 to_voter.retain(|m| m.to == 3);
                 for message in to_voter {
                     voter.step(message);
-                    for reply in voter.advance().unwrap().messages {
+                    for reply in messages(&mut voter) {
                         if reply.msg_type == MessageType::MsgRequestVoteResponse && !reply.reject {
                             vote = Some(reply.term);
                             break 'campaign;
@@ -343,7 +359,7 @@ mod tests {
                 ..Default::default()
             };
             voter.step(request);
-            let answer = voter.advance().unwrap().messages;
+            let answer = messages(&mut voter);
             let response = answer.iter().find(|m| m.msg_type == MessageType::MsgRequestVoteResponse && m.to == 2);
             assert!(
                 response.is_some_and(|m| m.reject),
