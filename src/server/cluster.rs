@@ -33,11 +33,13 @@ use super::http::{render_metrics, ClusterGauges};
 use super::pg::Group;
 use crate::backup::pitr::clear_dir;
 use crate::backup::registry::{Registry as Backups, Status as BackupStatus};
+use crate::backup::restore::RestorePlan;
 use crate::cluster::raft::{Entry, HardState, RaftLog};
 use crate::cluster::raft::{Message, RaftConfig};
 use crate::cluster::replica::{MemberLag, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus};
 use crate::db::Database;
 use crate::env::{Env, Fs};
+use crate::storage::CONTROL_FILE_NAME;
 
 /// A Raft tick. An election starts after [`ELECTION_TICK`] ticks without
 /// the leader's word (1 s, each tick ±20% from the seed), and the leader
@@ -586,7 +588,7 @@ fn clear_snapshot(fs: &dyn Fs, dir: &Path) -> Result<(), String> {
 /// `thunderdb --rebuild-from-peers`: gives this node a fresh copy of the
 /// group's database. Its directories, if they hold anything, are moved
 /// aside (`<dir>.before-rebuild-<unix time>`, its Raft log with them); the
-/// leader's snapshot is received into `<data_dir>.rebuild`, restored (every
+/// leader's snapshot is received (see [`SnapshotDirs`]), restored (every
 /// file checked against the backup's manifest), the leader's Raft log
 /// becomes the node's, and the node then starts as a follower that applies
 /// it (as after a restart) and catches up.
@@ -607,13 +609,16 @@ pub async fn rebuild(env: &Env, config: &Config) -> Result<(), String> {
         }
     }
     let staging = PathBuf::from(format!("{}.rebuild", data_dir.display()));
-    clear_snapshot(fs.as_ref(), &staging)?;
+    let dirs = SnapshotDirs { staging: staging.clone(), data: data_dir.clone(), wal: wal_dir.clone() };
     let mut refusals = Vec::new();
     let voters = config.cluster.voters()?;
     let mut received = None;
     for _round in 0..60 {
         for (id, addr) in voters.iter().filter(|(id, _)| *id != config.cluster.node_id) {
-            match fetch_snapshot(fs.as_ref(), addr, &staging).await {
+            // What an attempt cut short left (the directories are this
+            // rebuild's own: the node's were moved aside).
+            dirs.clear(fs.as_ref())?;
+            match fetch_snapshot(fs.as_ref(), addr, &dirs).await {
                 Ok(snapshot) => {
                     received = Some((*id, snapshot));
                     break;
@@ -630,17 +635,21 @@ pub async fn rebuild(env: &Env, config: &Config) -> Result<(), String> {
     let Some((from, (bytes, entries, hard_state))) = received else {
         return Err(format!("no peer sent a snapshot within a minute: {}", refusals.join("; ")));
     };
-    tracing::info!(from, bytes, "received the leader's snapshot; restoring it");
-    let restored = crate::backup::restore::restore_files(fs.as_ref(), &staging, fs.as_ref(), data_dir, wal_dir)?;
+    tracing::info!(from, bytes, "received the leader's snapshot; checking it and restoring the control file");
+    // Every file received is checked against the manifest first; then the
+    // Raft log; the control file last (see `SnapshotDirs`).
+    let plan = RestorePlan::new(fs.as_ref(), &staging, fs.as_ref(), data_dir, wal_dir)
+        .map_err(|e| format!("the snapshot received from node {from} does not match its manifest: {e}"))?;
     let ids: Vec<u64> = voters.iter().map(|(id, _)| *id).collect();
     let mut log =
         RaftLog::open(fs.clone(), &data_dir.join("raft"), config.cluster.node_id, &ids).map_err(|e| e.to_string())?;
     log.adopt(&entries, &hard_state).map_err(|e| e.to_string())?;
+    let written = plan.restore(fs.as_ref(), &staging, fs.as_ref(), &|_| true)?;
     clear_snapshot(fs.as_ref(), &staging)?;
     tracing::info!(
-        backup = %restored.manifest.backup_id,
-        end_lsn = %restored.manifest.end_lsn,
-        files = restored.files_written,
+        backup = %plan.manifest.backup_id,
+        end_lsn = %plan.manifest.end_lsn,
+        files = written,
         "rebuilt from the leader's snapshot: catching up from the Raft log"
     );
     Ok(())
@@ -650,9 +659,39 @@ pub async fn rebuild(env: &Env, config: &Config) -> Result<(), String> {
 /// leader's Raft log.
 type Received = (u64, Vec<Entry>, HardState);
 
-/// Asks the node at `addr` for a snapshot and writes its files under
-/// `staging`.
-async fn fetch_snapshot(fs: &dyn Fs, addr: &str, staging: &Path) -> Result<Received, String> {
+/// Where a rebuild writes the snapshot's files: the data and WAL files
+/// straight into the node's directories, where the restore then checks them
+/// (`RestorePlan` takes a file that matches the manifest's checksum as in
+/// place, so nothing is copied twice); the backup's own files and the
+/// control file into `staging`. The restore writes the control file last:
+/// until then the node holds no database and refuses to start, so a
+/// rebuild cut short is never mistaken for one.
+struct SnapshotDirs {
+    staging: PathBuf,
+    data: PathBuf,
+    wal: PathBuf,
+}
+
+impl SnapshotDirs {
+    /// The directory a snapshot file (`part`, `name`) is written to.
+    fn of(&self, part: &str, name: &str) -> PathBuf {
+        match part {
+            "data" if name != CONTROL_FILE_NAME => self.data.clone(),
+            "wal" => self.wal.clone(),
+            _ => self.staging.join(part),
+        }
+    }
+
+    fn clear(&self, fs: &dyn Fs) -> Result<(), String> {
+        clear_snapshot(fs, &self.staging)?;
+        clear_dir(fs, &self.data, "")?;
+        clear_dir(fs, &self.wal, "")
+    }
+}
+
+/// Asks the node at `addr` for a snapshot and writes its files where
+/// `dirs` says.
+async fn fetch_snapshot(fs: &dyn Fs, addr: &str, dirs: &SnapshotDirs) -> Result<Received, String> {
     let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
         .await
         .map_err(|_| "connecting timed out".to_string())?
@@ -685,7 +724,7 @@ async fn fetch_snapshot(fs: &dyn Fs, addr: &str, staging: &Path) -> Result<Recei
         if !known || file_name.contains(['/', '\\']) {
             return Err(format!("the snapshot holds a file the node does not take: {name:?}"));
         }
-        let dir = staging.join(part);
+        let dir = dirs.of(part, file_name);
         fs.create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join(file_name);
         let file = fs.create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
