@@ -588,7 +588,7 @@ fn clear_snapshot(fs: &dyn Fs, dir: &Path) -> Result<(), String> {
 /// `thunderdb --rebuild-from-peers`: gives this node a fresh copy of the
 /// group's database. Its directories, if they hold anything, are moved
 /// aside (`<dir>.before-rebuild-<unix time>`, its Raft log with them); the
-/// leader's snapshot is received (see [`SnapshotDirs`]), restored (every
+/// leader's snapshot is received (its data and WAL files in place), checked (every
 /// file checked against the backup's manifest), the leader's Raft log
 /// becomes the node's, and the node then starts as a follower that applies
 /// it (as after a restart) and catches up.
