@@ -588,10 +588,11 @@ fn clear_snapshot(fs: &dyn Fs, dir: &Path) -> Result<(), String> {
 /// `thunderdb --rebuild-from-peers`: gives this node a fresh copy of the
 /// group's database. Its directories, if they hold anything, are moved
 /// aside (`<dir>.before-rebuild-<unix time>`, its Raft log with them); the
-/// leader's snapshot is received (its data and WAL files in place), checked (every
-/// file checked against the backup's manifest), the leader's Raft log
-/// becomes the node's, and the node then starts as a follower that applies
-/// it (as after a restart) and catches up.
+/// leader's snapshot is received (its data and WAL files in place) and
+/// every file checked against the backup's manifest, the leader's Raft log
+/// becomes the node's, and the control file is written last. The node then
+/// starts as a follower that applies that log (as after a restart) and
+/// catches up.
 pub async fn rebuild(env: &Env, config: &Config) -> Result<(), String> {
     if !config.cluster.is_raft() {
         return Err("--rebuild-from-peers needs `[cluster] peers`: only a node of a Raft group has peers".into());
