@@ -6,6 +6,9 @@
 #   string, both starting from copies of the same loaded database;
 # - failover: `kill -9` of the leader, then the seconds until a write
 #   through the multi-host string commits;
+# - PostgreSQL 15's own price for synchronous replication on the same
+#   machine: the same pgbench on its primary alone, then with two
+#   streaming standbys and quorum commit (`ANY 1 (*)`);
 # - rebuilding a node: a follower's directories wiped, then the seconds
 #   from `thunderdb --rebuild-from-peers` until it holds and has replayed
 #   everything the group committed, against PostgreSQL 15's
@@ -75,6 +78,13 @@ MULTI="host=127.0.0.1,127.0.0.1,127.0.0.1 port=$(pg_port 1),$(pg_port 2),$(pg_po
 echo "thunderdb, three nodes: pgbench -T $DURATION..." >&2
 for i in 1 2 3; do copy_seed "$WORK/node$i"; start_node "$i"; done
 first=$(leader)
+for i in 1 2 3; do
+  if [ "$(status "$i" | jq -r '.role // empty')" = "" ]; then
+    echo "node $i is not running; its log:" >&2
+    tail -n 5 "$WORK/node$i.log" >&2
+    exit 1
+  fi
+done
 pgbench -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" "$MULTI" >"$WORK/group.txt" 2>&1
 group_tps=$(tps_of "$WORK/group.txt")
 latency=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$WORK/group.txt")
@@ -84,6 +94,11 @@ kill -9 "${NODE_PIDS[$first]}"
 NODE_PIDS[$first]=0
 killed=$(now)
 until psql -X -qAt "$MULTI connect_timeout=1" -c "UPDATE pgbench_branches SET bbalance = bbalance WHERE bid = 1" >/dev/null 2>&1; do
+  if [ "$(since "$killed" | cut -d. -f1)" -ge 60 ]; then
+    echo "no new leader served a write within 60 s of the kill; the nodes' logs:" >&2
+    tail -n 5 "$WORK"/node?.log >&2
+    exit 1
+  fi
   sleep 0.01
 done
 failover=$(since "$killed")
@@ -130,12 +145,40 @@ done
 pg_rebuild=$(since "$started")
 pg_size=$(du -sb "$WORK/pg-standby" | awk '{print $1}')
 
+# PostgreSQL's own price for the same guarantee on this machine: the
+# primary alone, then with two streaming standbys and quorum commit (each
+# commit waits for one of the two, as a Raft group of three waits for one
+# follower), the same pgbench on the same data.
+echo "postgresql: pgbench -T $DURATION alone, then with two standbys and quorum commit..." >&2
+as_pg "$BIN/pg_ctl" -D "$WORK/pg-standby" -m fast -w stop >/dev/null
+pg_q=(psql -X -qAt -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres)
+"${pg_q[@]}" -c "CHECKPOINT" >/dev/null
+sync
+pgbench -h 127.0.0.1 -p "$PG_PORT" -U postgres -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" postgres >"$WORK/pg-single.txt" 2>&1
+pg_single_tps=$(tps_of "$WORK/pg-single.txt")
+as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$WORK/pg-standby2" -X stream -R --checkpoint=fast
+printf 'port = %s\n' "$((STANDBY_PORT + 1))" >>"$WORK/pg-standby2/postgresql.conf"
+for standby in pg-standby pg-standby2; do
+  as_pg "$BIN/pg_ctl" -D "$WORK/$standby" -l "$WORK/$standby.log" start >/dev/null
+done
+"${pg_q[@]}" -c "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (*)'" -c "SELECT pg_reload_conf()" >/dev/null
+for _ in $(seq 600); do
+  [ "$("${pg_q[@]}" -c "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum' AND state = 'streaming'")" = 2 ] && break
+  sleep 0.1
+done
+"${pg_q[@]}" -c "CHECKPOINT" >/dev/null
+sync
+pgbench -h 127.0.0.1 -p "$PG_PORT" -U postgres -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" postgres >"$WORK/pg-group.txt" 2>&1
+pg_group_tps=$(tps_of "$WORK/pg-group.txt")
+pg_latency=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$WORK/pg-group.txt")
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 mb() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
 cat <<EOF
 | measure | ThunderDB | against | ratio |
 |---|---|---|---|
 | pgbench tps, $CLIENTS clients, scale $SCALE, ${DURATION} s | $group_tps (three nodes; latency $latency ms) | $single_tps (one node) | $(ratio "$group_tps" "$single_tps") |
+| PostgreSQL 15, the same pgbench: a primary and two standbys, quorum commit (\`ANY 1 (*)\`) | $pg_group_tps (latency $pg_latency ms) | $pg_single_tps (the primary alone) | $(ratio "$pg_group_tps" "$pg_single_tps") |
 | failover after \`kill -9\` of the leader, to the first committed write | ${failover} s | | |
 | rebuilding a node from its peers, to caught up | ${tdb_rebuild} s ($(mb "$tdb_size") MB) | ${pg_rebuild} s (PostgreSQL 15: pg_basebackup -X stream + standby catch-up, $(mb "$pg_size") MB) | $(ratio "$pg_rebuild" "$tdb_rebuild")× PostgreSQL's speed |
 EOF

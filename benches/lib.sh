@@ -7,9 +7,11 @@
 #   THUNDERDB_BENCH_DIR  where the scratch directory goes (default /tmp)
 #   KEEP=1               keep the scratch directory after the run
 BIN=/usr/lib/postgresql/15/bin
-PG_PORT=${PG_BENCH_PORT:-55490}
-TDB_PORT=${TDB_BENCH_PORT:-55491}
-TDB_HTTP=${TDB_BENCH_HTTP_PORT:-55492}
+# Below the kernel's ephemeral range (32768 and up here), so no client
+# socket holds one of them when a server starts.
+PG_PORT=${PG_BENCH_PORT:-25490}
+TDB_PORT=${TDB_BENCH_PORT:-25491}
+TDB_HTTP=${TDB_BENCH_HTTP_PORT:-25492}
 WORK=$(mktemp -d "${THUNDERDB_BENCH_DIR:-/tmp}/$NAME.XXXXXX")
 chmod 755 "$WORK"
 TDB_PID=
