@@ -697,3 +697,32 @@ async fn a_gated_flush_waits_for_the_group_and_a_copy_reads_back_as_the_same_log
     assert!(left.iter().all(|(_, r)| *r != record(2)), "the uncommitted record is gone");
     assert_eq!(left.last().unwrap().1, record(1));
 }
+
+#[tokio::test]
+async fn a_reader_stopped_at_a_limit_resumes_as_the_log_grows_and_reads_each_record_once() {
+    for segment_size in [1024, 64 * 1024] {
+        let opts = WalOptions::new("/db/wal").with_segment_size(segment_size);
+        let disk = SimDisk::new(3, FaultConfig::none());
+        let fs: Arc<dyn Fs> = disk.fs();
+        let wal = open_wal(fs.clone(), &opts);
+        let mut written = write_records(&wal, 0..10).await;
+        let mut reader = WalReader::new(fs.clone(), opts.clone(), opts.first_lsn());
+        reader.stop_at(wal.end_lsn());
+        let mut read = vec![];
+        while let Some(entry) = reader.next_record().unwrap() {
+            read.push(entry);
+        }
+        assert_eq!(reader.end(), None, "a limit is not the end of the log");
+        for batch in 1..6 {
+            // More of the log, into the segment the reader has cached and
+            // past it; the reader goes on where it stopped.
+            written.extend(write_records(&wal, batch * 10..batch * 10 + 10).await);
+            reader.resume(wal.end_lsn()).unwrap();
+            while let Some(entry) = reader.next_record().unwrap() {
+                read.push(entry);
+            }
+            assert_eq!(read, written, "segment size {segment_size}, batch {batch}");
+            assert!(reader.position() >= written.last().unwrap().0, "it stopped after the last record");
+        }
+    }
+}

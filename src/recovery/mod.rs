@@ -195,8 +195,9 @@ fn analyze(fs: &Arc<dyn Fs>, opts: &StoreOptions, durable_through: Lsn) -> Resul
 }
 
 impl Analysis {
-    /// Takes one record into the transaction and dirty page tables.
-    fn note(&mut self, lsn: Lsn, record: &Record) -> Result<(), StoreError> {
+    /// Takes one record into the transaction and dirty page tables;
+    /// whether it was a checkpoint's end record.
+    fn note(&mut self, lsn: Lsn, record: &Record) -> Result<bool, StoreError> {
         self.next_xid = self.next_xid.max(record.xid + 1);
         match record.kind {
             RecordKind::Commit | RecordKind::Abort => {
@@ -233,12 +234,13 @@ impl Analysis {
                         for (page_no, rec_lsn) in listed {
                             self.dirty.entry(page_no).or_insert(rec_lsn);
                         }
+                        return Ok(true);
                     }
                 }
             },
             _ => {}
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The store over the data file and `wal`, before redo.
@@ -395,6 +397,8 @@ pub struct Replayer {
     fs: Arc<dyn Fs>,
     analysis: Analysis,
     store: Store,
+    /// Positioned where the last round ended.
+    reader: WalReader,
     /// The begin record of the checkpoint whose end record has not been
     /// replayed yet.
     begun: Option<Lsn>,
@@ -414,13 +418,14 @@ impl Replayer {
         let (analysis, end) = analyze(&fs, opts, complete_through)?;
         let wal = Arc::new(Wal::read_only(fs.clone(), analysis.opts.wal.clone(), end.lsn()));
         let store = analysis.store(&fs, wal)?;
-        let mut replayer = Replayer { fs, analysis, store, begun: None, completed: None };
-        let mut reader = replayer.reader(replayer.analysis.start, replayer.analysis.durable_floor);
+        let reader = WalReader::new(fs.clone(), analysis.opts.wal.clone(), analysis.start)
+            .durable_through(analysis.durable_floor);
+        let mut replayer = Replayer { fs, analysis, store, reader, begun: None, completed: None };
         let mut applied = 0;
         // The log may have grown since analysis read it: the next round
         // takes the rest.
-        while reader.position() < end.lsn() {
-            let Some((lsn, record)) = reader.next_record()? else { break };
+        replayer.reader.stop_at(end.lsn());
+        while let Some((lsn, record)) = replayer.reader.next_record()? {
             applied += u64::from(replayer.redo(lsn, record).await?);
         }
         let replayed = replayer.restartpoint(applied).await?;
@@ -431,28 +436,19 @@ impl Replayer {
     /// `complete_through` (or where the log ends, if sooner: a record that
     /// runs into a segment not fetched yet waits for the next round).
     pub async fn round(&mut self, complete_through: Lsn) -> Result<Replayed, StoreError> {
-        let mut reader = self.reader(self.analysis.end, complete_through);
+        self.reader.resume(complete_through)?;
         let mut applied = 0;
-        while reader.position() < complete_through {
-            let Some((lsn, record)) = reader.next_record()? else { break };
-            self.analysis.note(lsn, &record)?;
-            if record.kind == RecordKind::Data && Op::peek(&record.payload).is_none() {
+        while let Some((lsn, record)) = self.reader.next_record()? {
+            if self.analysis.note(lsn, &record)? {
                 // This transaction table only reports (a promotion's
                 // recovery builds its own); a later checkpoint lists only
                 // transactions open after this record.
                 self.analysis.ended.clear();
             }
-            self.analysis.end = reader.position();
             applied += u64::from(self.redo(lsn, record).await?);
         }
-        if let Some(end) = reader.end() {
-            self.analysis.end = end.lsn();
-        }
+        self.analysis.end = self.reader.end().map_or(self.reader.position(), |end| end.lsn());
         self.restartpoint(applied).await
-    }
-
-    fn reader(&self, from: Lsn, durable_through: Lsn) -> WalReader {
-        WalReader::new(self.fs.clone(), self.analysis.opts.wal.clone(), from).durable_through(durable_through)
     }
 
     /// Redoes one record; whether it changed a page.

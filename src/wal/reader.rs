@@ -60,6 +60,8 @@ pub struct WalReader {
     opts: WalOptions,
     next: Lsn,
     durable_floor: Lsn,
+    /// Where reading stops for now (see [`WalReader::resume`]).
+    limit: Option<Lsn>,
     end: Option<LogEnd>,
     /// Loaded segments; `None` marks a missing one.
     segments: BTreeMap<u64, Option<Arc<[u8]>>>,
@@ -70,7 +72,7 @@ impl WalReader {
     /// boundary (the first LSN of the WAL, or a checkpoint's redo point).
     pub fn new(fs: Arc<dyn Fs>, opts: WalOptions, start: Lsn) -> Self {
         assert!(start.0 % RECORD_ALIGN == 0, "reading starts at a record boundary: {start}");
-        Self { fs, opts, next: start, durable_floor: Lsn::ZERO, end: None, segments: BTreeMap::new() }
+        Self { fs, opts, next: start, durable_floor: Lsn::ZERO, limit: None, end: None, segments: BTreeMap::new() }
     }
 
     /// Declares that the log was durable at least up to `lsn` (e.g. the redo
@@ -87,6 +89,47 @@ impl WalReader {
         self.next
     }
 
+    /// Makes [`next_record`](Self::next_record) return `None` once it
+    /// reaches `lsn`, without looking past it (the end of the log is not
+    /// decided there: [`WalReader::end`] stays `None`).
+    pub fn stop_at(&mut self, lsn: Lsn) {
+        self.limit = Some(lsn);
+    }
+
+    /// Goes on reading after the log has grown, up to `through`, which is
+    /// known whole (the new durable floor and [`WalReader::stop_at`]):
+    /// forgets where it ended, and reads again the part of its cached
+    /// segment from its position on (into the same buffer: the bytes
+    /// before are as they were), dropping any later one. A standby's
+    /// replay resumes this way each round, instead of loading the segment
+    /// whole again.
+    pub fn resume(&mut self, through: Lsn) -> Result<(), WalError> {
+        self.end = None;
+        self.durable_floor = self.durable_floor.max(through);
+        self.limit = Some(through);
+        let segno = self.opts.segno(self.next);
+        self.segments.retain(|cached, _| *cached <= segno);
+        let from = (self.opts.offset(self.next) / SECTOR_SIZE * SECTOR_SIZE) as usize;
+        let path = self.opts.path(segno);
+        let Some(Some(data)) = self.segments.get_mut(&segno) else {
+            self.segments.remove(&segno);
+            return Ok(());
+        };
+        let file = self.fs.open(&path).map_err(|e| WalError::io("open", &path, e))?;
+        let len = file.len().map_err(|e| WalError::io("stat", &path, e))?.min(self.opts.segment_size) as usize;
+        match Arc::get_mut(data) {
+            Some(buf) if buf.len() == len => {
+                file.read_exact_at(&mut buf[from..], from as u64).map_err(|e| WalError::io("read", &path, e))?;
+            }
+            // The file's length changed, or the buffer is shared: loaded
+            // whole again when next needed.
+            _ => {
+                self.segments.remove(&segno);
+            }
+        }
+        Ok(())
+    }
+
     /// Where the log ends, once [`next_record`](Self::next_record) has
     /// returned `None`.
     pub fn end(&self) -> Option<LogEnd> {
@@ -98,7 +141,7 @@ impl WalReader {
     pub fn next_record(&mut self) -> Result<Option<(Lsn, Record)>, WalError> {
         let _phase = probe::enter_unless_marked(Phase::WalRecoveryRead);
         loop {
-            if self.end.is_some() {
+            if self.end.is_some() || self.limit.is_some_and(|limit| self.next >= limit) {
                 return Ok(None);
             }
             let at = self.next;
