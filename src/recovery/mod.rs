@@ -457,8 +457,8 @@ impl Replayer {
             return Ok(false);
         }
         let end = lsn.plus(record.encoded_len());
-        // Read whole from disk: a page redo changes may be written once
-        // the log through the record is.
+        // The log through this record is on disk: the pages it changes may
+        // be written back.
         self.store.wal().extend_read_only(end);
         match decode(lsn, &record.payload)? {
             Op::CheckpointBegin => self.begun = Some(lsn),
