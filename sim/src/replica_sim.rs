@@ -55,8 +55,10 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thunderdb::backup::{BackupRequest, Progress as BackupProgress};
-use thunderdb::cluster::raft::{Entry, HardState, Message, RaftConfig, RaftLog};
-use thunderdb::cluster::replica::{ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus};
+use thunderdb::cluster::raft::{Entry, HardState, Message, RaftConfig};
+use thunderdb::cluster::replica::{
+    install_snapshot, RebuildTarget, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus,
+};
 use thunderdb::db::{Database, EngineConfig};
 use thunderdb::env::{Env, FaultConfig, Fs, SimClock, SimDisk};
 use thunderdb::wal::Lsn;
@@ -441,19 +443,18 @@ impl World {
     /// Restores the backup on the node's new disk and adopts the leader's
     /// Raft log, taken once the backup ended.
     fn install(&self, index: usize, entries: &[Entry], hard_state: &HardState) -> Result<(), String> {
-        let fs = self.nodes[index].disk.fs();
         let engine = &self.plan.engine;
-        thunderdb::backup::restore::restore_files(
-            fs.as_ref(),
-            Path::new(SNAPSHOT),
-            fs.as_ref(),
-            &engine.data_dir,
-            &engine.wal_dir,
-        )?;
-        let id = self.nodes[index].id;
         let voters: Vec<u64> = (1..=self.plan.nodes).collect();
-        let mut log = RaftLog::open(fs, Path::new("/raft"), id, &voters).map_err(|e| e.to_string())?;
-        log.adopt(entries, hard_state).map_err(|e| e.to_string())
+        let target = RebuildTarget {
+            data_dir: &engine.data_dir,
+            wal_dir: &engine.wal_dir,
+            raft_dir: Path::new("/raft"),
+            node_id: self.nodes[index].id,
+            voters: &voters,
+        };
+        // As the server's rebuild does it.
+        install_snapshot(self.nodes[index].disk.fs(), Path::new(SNAPSHOT), &target, entries, hard_state)?;
+        Ok(())
     }
 
     fn describe(&self) -> String {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::manifest::{FileEntry, Manifest};
 use super::verify::{read_manifest, restore_entry, Problem};
 use crate::env::Fs;
+use crate::storage::CONTROL_FILE_NAME;
 use crate::wal::{Lsn, RecordKind, WalReader};
 
 /// What a restore put in place.
@@ -103,8 +104,9 @@ impl RestorePlan {
     }
 
     /// Restores the files whose manifest path (`data/…`, `wal/…`) `which`
-    /// selects, each under a temporary name, synced, then renamed; the
-    /// directories are synced at the end. Returns the files written.
+    /// selects, each under a temporary name, synced, then renamed, the
+    /// control file last; the directories are synced at the end. Returns
+    /// the files written.
     pub fn restore(
         &self,
         fs: &dyn Fs,
@@ -114,7 +116,15 @@ impl RestorePlan {
     ) -> Result<usize, String> {
         let mut problems: Vec<Problem> = Vec::new();
         let mut files_written = 0;
-        for (key, entry) in self.wanted.iter().filter(|(_, entry)| which(&entry.restore_path)) {
+        // The control file last: until it is in place the directory holds
+        // no database, so a restore cut short is never opened as one.
+        let control = format!("data/{CONTROL_FILE_NAME}");
+        let (last, first): (Vec<_>, Vec<_>) = self
+            .wanted
+            .iter()
+            .filter(|(_, entry)| which(&entry.restore_path))
+            .partition(|(_, entry)| entry.restore_path == control);
+        for (key, entry) in first.into_iter().chain(last) {
             if self.in_place.contains(key) {
                 continue;
             }

@@ -36,7 +36,7 @@
 //! last chunk is cut, whatever it held.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,9 +44,11 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
-use super::raft::{Entry, HardState, Message, RaftConfig, RaftNode};
+use super::raft::{Entry, HardState, Message, RaftConfig, RaftLog, RaftNode};
+use crate::backup::manifest::Manifest;
+use crate::backup::restore::RestorePlan;
 use crate::db::{Database, DbError, EngineConfig};
-use crate::env::Env;
+use crate::env::{Env, Fs};
 use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Probe};
 use crate::recovery::{on_control_timeline, Replayed, Replayer};
@@ -199,6 +201,40 @@ pub struct ReplicaNode {
     role: Role,
     /// The database, while this node leads and it is open.
     db: Mutex<Option<Arc<Database>>>,
+}
+
+/// Where a node being rebuilt installs a leader's snapshot.
+pub struct RebuildTarget<'a> {
+    pub data_dir: &'a Path,
+    pub wal_dir: &'a Path,
+    /// The node's Raft log's directory.
+    pub raft_dir: &'a Path,
+    pub node_id: u64,
+    /// Every voter's id.
+    pub voters: &'a [u64],
+}
+
+/// Installs a leader's snapshot on a node being rebuilt: the backup in
+/// `staging` (whose data and WAL files may already be in the node's
+/// directories: a file whose checksum matches the manifest's is taken as in
+/// place) is checked, the leader's Raft log is adopted, and the rest of the
+/// backup is restored, the control file last. A node whose install was cut
+/// short holds no control file, so it holds no database and refuses to
+/// start. Returns the backup's manifest and the files written.
+pub fn install_snapshot(
+    fs: Arc<dyn Fs>,
+    staging: &Path,
+    target: &RebuildTarget<'_>,
+    entries: &[Entry],
+    hard_state: &HardState,
+) -> Result<(Manifest, usize), String> {
+    let plan = RestorePlan::new(fs.as_ref(), staging, fs.as_ref(), target.data_dir, target.wal_dir)
+        .map_err(|e| format!("the snapshot does not match its manifest: {e}"))?;
+    let mut log =
+        RaftLog::open(fs.clone(), target.raft_dir, target.node_id, target.voters).map_err(|e| e.to_string())?;
+    log.adopt(entries, hard_state).map_err(|e| e.to_string())?;
+    let written = plan.restore(fs.as_ref(), staging, fs.as_ref(), &|_| true)?;
+    Ok((plan.manifest, written))
 }
 
 /// A replay round's end: the replay to resume (none after a failure), and

@@ -33,10 +33,11 @@ use super::http::{render_metrics, ClusterGauges};
 use super::pg::Group;
 use crate::backup::pitr::clear_dir;
 use crate::backup::registry::{Registry as Backups, Status as BackupStatus};
-use crate::backup::restore::RestorePlan;
-use crate::cluster::raft::{Entry, HardState, RaftLog};
+use crate::cluster::raft::{Entry, HardState};
 use crate::cluster::raft::{Message, RaftConfig};
-use crate::cluster::replica::{MemberLag, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus};
+use crate::cluster::replica::{
+    install_snapshot, MemberLag, RebuildTarget, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus,
+};
 use crate::db::Database;
 use crate::env::{Env, Fs};
 use crate::storage::CONTROL_FILE_NAME;
@@ -637,19 +638,16 @@ pub async fn rebuild(env: &Env, config: &Config) -> Result<(), String> {
         return Err(format!("no peer sent a snapshot within a minute: {}", refusals.join("; ")));
     };
     tracing::info!(from, bytes, "received the leader's snapshot; checking it and restoring the control file");
-    // Every file received is checked against the manifest first; then the
-    // Raft log; the control file last (see `SnapshotDirs`).
-    let plan = RestorePlan::new(fs.as_ref(), &staging, fs.as_ref(), data_dir, wal_dir)
-        .map_err(|e| format!("the snapshot received from node {from} does not match its manifest: {e}"))?;
     let ids: Vec<u64> = voters.iter().map(|(id, _)| *id).collect();
-    let mut log =
-        RaftLog::open(fs.clone(), &data_dir.join("raft"), config.cluster.node_id, &ids).map_err(|e| e.to_string())?;
-    log.adopt(&entries, &hard_state).map_err(|e| e.to_string())?;
-    let written = plan.restore(fs.as_ref(), &staging, fs.as_ref(), &|_| true)?;
+    let raft_dir = data_dir.join("raft");
+    let target =
+        RebuildTarget { data_dir, wal_dir, raft_dir: &raft_dir, node_id: config.cluster.node_id, voters: &ids };
+    let (manifest, written) = install_snapshot(fs.clone(), &staging, &target, &entries, &hard_state)
+        .map_err(|e| format!("installing node {from}'s snapshot: {e}"))?;
     clear_snapshot(fs.as_ref(), &staging)?;
     tracing::info!(
-        backup = %plan.manifest.backup_id,
-        end_lsn = %plan.manifest.end_lsn,
+        backup = %manifest.backup_id,
+        end_lsn = %manifest.end_lsn,
         files = written,
         "rebuilt from the leader's snapshot: catching up from the Raft log"
     );
