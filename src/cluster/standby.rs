@@ -12,8 +12,8 @@
 //!   a replay round ([`crate::recovery::Replayer`]) runs analysis and
 //!   redo, without undo, the first from the control file's redo point,
 //!   each later one from where the last ended; one that replayed a
-//!   checkpoint ends with a *restartpoint*: the pages written and synced, then the
-//!   control file moved to the last checkpoint replayed. A crash or restart
+//!   checkpoint ends with a *restartpoint*: the pages written and synced,
+//!   then the control file moved to the last checkpoint replayed. A crash or restart
 //!   resumes from there. Segments before the restartpoint are removed (the
 //!   archive keeps them). A record that runs into a segment not yet
 //!   archived ends the round; the next round reads it whole.

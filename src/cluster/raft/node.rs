@@ -5,8 +5,8 @@
 //! clock, [`RaftNode::step`] for each message that arrives, and
 //! [`RaftNode::advance`] after either; `advance` hands the messages to send
 //! to the caller's `send`, makes what raft-rs asks durable, and returns the
-//! entries now committed, in order. The simulator is one such caller, the server will be another:
-//! the same code under both.
+//! entries now committed, in order. The simulator is one such caller, the
+//! server's driver another: the same code under both.
 //!
 //! The order inside `advance` is raft-rs's contract: messages a leader may
 //! send before its own append are handed to `send` first (so the append to
