@@ -205,10 +205,13 @@ pub struct ReplicaNode {
 
 /// Where a node being rebuilt installs a leader's snapshot.
 pub struct RebuildTarget<'a> {
+    /// The node's data directory.
     pub data_dir: &'a Path,
+    /// The node's WAL directory.
     pub wal_dir: &'a Path,
     /// The node's Raft log's directory.
     pub raft_dir: &'a Path,
+    /// The node's id.
     pub node_id: u64,
     /// Every voter's id.
     pub voters: &'a [u64],
