@@ -654,7 +654,10 @@ async fn an_operators_checkpoint_lets_writers_commit_between_its_page_writes() {
     let db = Arc::new(Database::open(env(&disk), config).await.unwrap());
     let mut txn = db.begin().await.unwrap();
     let table = txn.create_table("t", b"").await.unwrap();
-    for n in 0..2000 {
+    // Enough pages that the checkpoint writes many batches: with 2,000 rows
+    // some madsim seeds (1795869414795472281) ran its few batches inside
+    // one of the writer's commits.
+    for n in 0..8000 {
         txn.put(&table, &key(n), &value(n, 300)).await.unwrap();
     }
     txn.commit().await.unwrap();
@@ -666,7 +669,7 @@ async fn an_operators_checkpoint_lets_writers_commit_between_its_page_writes() {
             let mut n = 0;
             while !done.load(std::sync::atomic::Ordering::Acquire) {
                 let mut txn = db.begin().await.unwrap();
-                txn.put(&table, &key(n % 2000), &value(n + 1, 300)).await.unwrap();
+                txn.put(&table, &key(n % 8000), &value(n + 1, 300)).await.unwrap();
                 txn.commit().await.unwrap();
                 n += 1;
                 tokio::task::yield_now().await;
