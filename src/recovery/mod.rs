@@ -256,22 +256,19 @@ impl Analysis {
     }
 
     /// Redo (see the module docs): repeats history from the redo point to
-    /// the end into `store`. Returns the records examined and applied, and
-    /// the begin record of the last checkpoint whose end record it passed.
-    async fn redo(&self, fs: &Arc<dyn Fs>, store: &mut Store) -> Result<(u64, u64, Option<Lsn>), StoreError> {
+    /// the end into `store`. Returns the records examined and applied.
+    async fn redo(&self, fs: &Arc<dyn Fs>, store: &mut Store) -> Result<(u64, u64), StoreError> {
         let (mut replayed, mut applied) = (0, 0);
-        let (mut begun, mut completed) = (None, None);
-        let end = self.end;
         let mut reader =
             WalReader::new(fs.clone(), self.opts.wal.clone(), self.start).durable_through(self.durable_floor);
+        // Analysis found the end; the tail past it is not read again.
+        reader.stop_at(self.end);
         while let Some((lsn, record)) = reader.next_record()? {
-            if record.kind != RecordKind::Data || lsn >= end {
+            if record.kind != RecordKind::Data {
                 continue;
             }
-            let op = decode(lsn, &record.payload)?;
-            match op {
-                Op::CheckpointBegin => begun = Some(lsn),
-                Op::CheckpointEnd { .. } => completed = begun.take().or(completed),
+            match decode(lsn, &record.payload)? {
+                Op::CheckpointBegin | Op::CheckpointEnd { .. } => {}
                 op => {
                     replayed += 1;
                     let _phase = probe::enter(Phase::StorageRedo);
@@ -281,7 +278,7 @@ impl Analysis {
                 }
             }
         }
-        Ok((replayed, applied, completed))
+        Ok((replayed, applied))
     }
 }
 
@@ -325,7 +322,7 @@ pub async fn recover(
     let wal =
         Arc::new(Wal::open(fs.clone(), analysis.opts.wal.clone(), end)?.with_replication(opts.replication.clone()));
     let mut store = analysis.store(&fs, wal)?;
-    (report.records_replayed, report.records_applied, _) = analysis.redo(&fs, &mut store).await?;
+    (report.records_replayed, report.records_applied) = analysis.redo(&fs, &mut store).await?;
     if report.crashed {
         report.say(format!(
             "Phase 2 (Redo): Replaying from LSN {start}... {} records replayed",
