@@ -91,6 +91,12 @@ async fn tokio_postgres_with_parameters_and_sqlstates() {
     let balances = client.query("SELECT balance FROM accounts ORDER BY id", &[]).await.unwrap();
     assert_eq!(balances.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(), vec![70, 50, 30]);
 
+    // A parameter counts wherever it stands: typed by its cast, or text.
+    let row = client.query_one("SELECT $1::INT, $2::TEXT || 'x'", &[&7i32, &"y"]).await.unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, String>(1)), (7, "yx".to_string()));
+    let row = client.query_one("SELECT $1", &[&"as text"]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "as text");
+
     // Errors carry SQLSTATEs, and the connection stays usable after each.
     let code = |e: tokio_postgres::Error| e.code().cloned();
     let dup = client.execute(&insert, &[&1i64, &"again", &1i32]).await.unwrap_err();
@@ -406,5 +412,33 @@ async fn connections_past_max_connections_are_refused_with_53300() {
     assert_eq!(two, 2);
     let mut server = server;
     assert!(server.log().contains("refusing a connection: too many clients"));
+    assert_eq!(server.terminate().0, 0);
+}
+
+/// Every session runs on one thread (`env::SessionThread`), so a statement
+/// that looks at a million rows must let the others run between its rows.
+/// A second session connects and runs twenty statements while the long
+/// one (seconds in a debug build) is running; had the long one held the
+/// thread, the second could not even connect until it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_statement_does_not_hold_up_the_other_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = connect(&server).await;
+    client.batch_execute("CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL)").await.unwrap();
+    client.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(1, 1000) AS g").await.unwrap();
+    // A nested-loop join of 1,000 x 1,000 rows that keeps none of them.
+    let long = tokio::spawn(async move {
+        client.query_one("SELECT count(*) FROM t a JOIN t b ON a.v + b.v < 0", &[]).await.unwrap().get::<_, i64>(0)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let other = connect(&server).await;
+    for n in 1..=20i32 {
+        let got: i32 = other.query_one("SELECT v FROM t WHERE id = $1", &[&n]).await.unwrap().get(0);
+        assert_eq!(got, n);
+    }
+    assert!(!long.is_finished(), "the short statements waited for the long one to end");
+    assert_eq!(long.await.unwrap(), 0);
+    let mut server = server;
     assert_eq!(server.terminate().0, 0);
 }

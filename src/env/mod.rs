@@ -17,6 +17,8 @@ mod faults;
 mod overlay;
 mod real;
 mod seam;
+#[cfg(not(madsim))]
+mod sessions;
 mod sim_fs;
 
 pub use clock::{Clock, SimClock};
@@ -27,7 +29,33 @@ pub use overlay::Overlay;
 pub use real::ShellCommands;
 pub use real::{RealClock, RealFs};
 pub use seam::{write_atomically, AtomicWriteError, Env, File, Fs};
+#[cfg(not(madsim))]
+pub use sessions::SessionThread;
 pub use sim_fs::{AtRestLoss, DiskTrace, SimDisk, SimFs, CRASH_MESSAGE, SECTOR_SIZE};
+
+/// Runs `work`, a blocking call that other tasks should not wait for (the
+/// WAL's group-commit `fdatasync`), on a blocking thread, and waits for it
+/// without holding this thread: sessions share their thread
+/// ([`SessionThread`]),
+/// and while one of them syncs the others run. If the caller stops
+/// waiting, `work` still runs to its end. Callers offload only real I/O
+/// ([`Fs::syncs_block`]); in the madsim build it simply runs `work`, since
+/// a thread outside madsim's scheduler would break determinism.
+pub async fn offload<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    #[cfg(not(madsim))]
+    {
+        #[allow(clippy::disallowed_methods)] // production only; see above
+        let task = tokio::task::spawn_blocking(work);
+        match task.await {
+            Ok(value) => value,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }
+    #[cfg(madsim)]
+    {
+        work()
+    }
+}
 
 /// Runs `work`, a long blocking call (a checkpoint's data-file `fdatasync`,
 /// which can take tens of milliseconds), handing the worker thread's other

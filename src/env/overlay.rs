@@ -53,6 +53,10 @@ impl Overlay {
 }
 
 impl Fs for Overlay {
+    fn syncs_block(&self) -> bool {
+        self.upper.syncs_block()
+    }
+
     fn open(&self, path: &Path) -> io::Result<Box<dyn File>> {
         match self.links().get(path) {
             Some(cow) => Ok(Box::new(CowHandle(cow.clone()))),

@@ -73,6 +73,10 @@ impl File for RealFile {
 }
 
 impl Fs for RealFs {
+    fn syncs_block(&self) -> bool {
+        true
+    }
+
     fn open(&self, path: &Path) -> io::Result<Box<dyn File>> {
         let file =
             std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| with_path(e, "open", path))?;

@@ -106,6 +106,14 @@ pub trait Fs: Send + Sync {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Whether a file or directory exists at `path`.
     fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Whether a sync on this file system takes real time, so that a
+    /// caller with other work waiting runs it on a blocking thread
+    /// ([`crate::env::offload`]). The simulated disk's syncs return at
+    /// once, and a thread outside the runtime's scheduler would make the
+    /// simulator's runs differ from one replay to the next.
+    fn syncs_block(&self) -> bool {
+        false
+    }
 }
 
 /// A failed step of [`write_atomically`]: what, on which file, and why.

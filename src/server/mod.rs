@@ -59,7 +59,7 @@ mod serve {
     use super::pg::{Connection, Handlers, Verifier};
     use crate::backup::registry::Registry;
     use crate::db::Database;
-    use crate::env::{Env, Fs, RealClock, RealFs, ShellCommands};
+    use crate::env::{Env, Fs, RealClock, RealFs, SessionThread, ShellCommands};
 
     pub(super) fn non_empty(s: &str) -> Option<String> {
         (!s.is_empty()).then(|| s.to_string())
@@ -132,7 +132,9 @@ mod serve {
 
         let verifier = verifier(&config, db.wall_micros());
         let max = config.max_connections;
-        let mut connections = serve_sql(pg, max, &mut shutdown, || Connection::new(db.clone(), verifier.clone())).await;
+        let session_thread = start_session_thread()?;
+        let mut connections =
+            serve_sql(pg, &session_thread, max, &mut shutdown, || Connection::new(db.clone(), verifier.clone())).await;
         tracing::info!(
             sessions = connections.len(),
             "shutting down: closing sessions, rolling back open transactions, taking a final checkpoint"
@@ -144,6 +146,7 @@ mod serve {
         let result = db.shutdown().await.map_err(|e| format!("clean shutdown failed: {e}"));
         // A running backup sees the shutdown and ends as failed.
         backups.wait().await;
+        drop(session_thread);
         result?;
         tracing::info!("shut down cleanly");
         Ok(())
@@ -159,10 +162,19 @@ mod serve {
         })
     }
 
-    /// Serves SQL on `pg`, each connection made by `connect`, until
-    /// `shutdown` resolves; returns the sessions still running.
+    /// The thread that runs SQL sessions ([`SessionThread`]). It outlives
+    /// the engine's shutdown: a session cut off mid-transaction hands its
+    /// rollback to that thread.
+    fn start_session_thread() -> Result<SessionThread, String> {
+        SessionThread::start().map_err(|e| format!("starting the session thread failed: {e}"))
+    }
+
+    /// Serves SQL on `pg`, each connection made by `connect` and run on
+    /// `thread`, until `shutdown` resolves; returns the sessions still
+    /// running.
     async fn serve_sql(
         pg: TcpListener,
+        thread: &SessionThread,
         max: u32,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
         connect: impl Fn() -> Arc<Connection>,
@@ -180,7 +192,7 @@ mod serve {
                     Ok((socket, peer)) => match sessions.clone().try_acquire_owned() {
                         Ok(permit) => {
                             let connection = connect();
-                            connections.spawn(async move {
+                            thread.spawn(&mut connections, socket, move |socket| async move {
                                 if let Err(error) = super::wire::serve(socket, Handlers(connection.clone())).await {
                                     tracing::debug!(%peer, %error, "connection ended with an error");
                                 }
@@ -249,7 +261,8 @@ mod serve {
             "ThunderDB is up as a node of a Raft group: it serves SQL while it leads"
         );
         let verifier = verifier(&config, env.clock.wall_micros());
-        let mut connections = serve_sql(pg, config.max_connections, &mut shutdown, || {
+        let session_thread = start_session_thread()?;
+        let mut connections = serve_sql(pg, &session_thread, config.max_connections, &mut shutdown, || {
             let db = view.serving().map(|serving| serving.db);
             Connection::in_group(db, verifier.clone(), view.clone())
         })
@@ -258,6 +271,7 @@ mod serve {
         connections.shutdown().await;
         let _ = stop.send(true);
         let _ = driver.await;
+        drop(session_thread);
         http_task.abort();
         tracing::info!("shut down cleanly");
         Ok(())

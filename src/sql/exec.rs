@@ -5,9 +5,11 @@ use std::ops::Bound;
 
 use sqlparser::ast::{
     AlterTableOperation, BinaryOperator, ColumnOption, CopySource, CopyTarget, CreateIndex, CreateTable, Delete, Expr,
-    FromTable, Ident, InTarget, Insert, LimitClause, ObjectName, ObjectNamePart, Set, SetExpr, Statement,
+    FromTable, Ident, InTarget, Insert, LimitClause, ObjectName, ObjectNamePart, SelectItem, Set, SetExpr, Statement,
     TableConstraint, TableFactor, TableObject, TableWithJoins, Update, Value as AstValue,
 };
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::{Token, Tokenizer};
 
 use super::expr::{self, eval, ident_name, Col, Scope};
 use super::index;
@@ -718,6 +720,13 @@ pub async fn describe(
                     }
                 }
             }
+            if let SetExpr::Select(select) = query.body.as_ref() {
+                for item in &select.projection {
+                    if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+                        infer_in(e, &[], &mut inferred);
+                    }
+                }
+            }
             if let Some(LimitClause::LimitOffset { limit, offset, .. }) = &query.limit_clause {
                 for e in limit.iter().chain(offset.as_ref().map(|o| &o.value)) {
                     if let Some(n) = placeholder(e) {
@@ -785,7 +794,9 @@ pub async fn describe(
         }
         _ => {}
     }
-    Ok((param_list(declared, &inferred), columns))
+    let mut types = param_list(declared, &inferred);
+    types.resize(types.len().max(highest_placeholder(statement)), SqlType::Text(None));
+    Ok((types, columns))
 }
 
 fn param_list(declared: &[Option<SqlType>], inferred: &BTreeMap<usize, SqlType>) -> Vec<SqlType> {
@@ -840,9 +851,32 @@ fn infer_in(e: &Expr, cols: &[Col], out: &mut BTreeMap<usize, SqlType>) {
                 pair(expr, item, out);
             }
         }
+        Expr::Cast { expr: inner, data_type, .. } => match placeholder(inner) {
+            Some(n) => {
+                if let Ok(ty) = SqlType::parse(&data_type.to_string()) {
+                    out.entry(n).or_insert(ty);
+                }
+            }
+            None => infer_in(inner, cols, out),
+        },
         Expr::Nested(inner) | Expr::UnaryOp { expr: inner, .. } => infer_in(inner, cols, out),
         _ => {}
     }
+}
+
+/// The highest `$n` in `statement`: a parameter counts wherever it stands,
+/// even where nothing says its type (it is then text).
+fn highest_placeholder(statement: &Statement) -> usize {
+    let text = statement.to_string();
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, &text).tokenize().unwrap_or_default();
+    tokens
+        .iter()
+        .filter_map(|t| match t {
+            Token::Placeholder(p) => p.strip_prefix('$')?.parse().ok(),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------- SET / SHOW

@@ -48,7 +48,10 @@ pub const QUERY_MEMORY: usize = 512 << 20;
 /// must run) [`Runner::keep`].
 macro_rules! keep {
     ($runner:expr, $filter:expr, $subqueries:expr, $cols:expr, $row:expr, $outer:expr) => {
-        match $runner.keep_now($filter, $subqueries, $cols, $row, $outer) {
+        match {
+            $runner.pace().await;
+            $runner.keep_now($filter, $subqueries, $cols, $row, $outer)
+        } {
             Some(kept) => kept?,
             None => $runner.keep($filter, $subqueries, $cols, $row, $outer).await?,
         }
@@ -261,7 +264,12 @@ struct Runner<'c, 'a> {
     /// of many rows: such a scan decodes only columns by these names.
     /// `Some(None)` decodes every column.
     named: Option<Option<BTreeSet<String>>>,
+    /// Rows looked at so far ([`Runner::pace`]).
+    work: u64,
 }
+
+/// How many rows a statement looks at between its yields ([`Runner::pace`]).
+const PACE: u64 = 4096;
 
 impl<'c, 'a> Runner<'c, 'a> {
     fn new(ctx: &'c mut Context<'a>, param_types: Vec<SqlType>, dry: bool) -> Self {
@@ -277,6 +285,22 @@ impl<'c, 'a> Runner<'c, 'a> {
             trace: None,
             source: None,
             named: None,
+            work: 0,
+        }
+    }
+
+    /// Counts a row looked at, and every [`PACE`] rows lets the other
+    /// sessions on this thread run (`env::SessionThread`): a long join,
+    /// filter or aggregate must not hold them up for its whole length.
+    /// Cheap when it does not yield: no `async` state beyond a counter.
+    #[inline]
+    fn pace(&mut self) -> impl Future<Output = ()> {
+        self.work += 1;
+        let due = self.work % PACE == 0;
+        async move {
+            if due {
+                tokio::task::yield_now().await;
+            }
         }
     }
 
@@ -756,6 +780,7 @@ impl<'c, 'a> Runner<'c, 'a> {
             let mut groups: BTreeMap<Vec<u8>, (Vec<Value>, Vec<Acc>)> = BTreeMap::new();
             let mut args = Vec::with_capacity(aggregates.len());
             for row in rows {
+                self.pace().await;
                 let scope = self.scope(&cols, &row, outer.map(|o| o.as_ref()));
                 let mut group_key = Vec::new();
                 for e in &group_by {
@@ -805,6 +830,7 @@ impl<'c, 'a> Runner<'c, 'a> {
                 return Err(SqlError::new("42803", "HAVING needs GROUP BY or an aggregate"));
             }
             for row in rows {
+                self.pace().await;
                 let results = self.subqueries(&output_subqueries, &cols, &row, outer).await?;
                 let scope = Scope { subqueries: &results, ..self.scope(&cols, &row, outer.map(|o| o.as_ref())) };
                 let projected = project(&items, order, &scope)?;

@@ -50,6 +50,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -59,7 +60,7 @@ use super::reader::LogEnd;
 use super::record::{Record, RecordKind, HEADER_LEN, MAX_PAYLOAD_LEN};
 use super::replication::ReplicationGate;
 use super::segment::{parse_segment_file_name, WalOptions};
-use crate::env::{File, Fs, SECTOR_SIZE};
+use crate::env::{self, File, Fs, SECTOR_SIZE};
 use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Phase, Probe};
 
@@ -107,7 +108,10 @@ struct InsertBuffer {
 struct SegmentWriter {
     /// Every byte before this has been written (not necessarily synced).
     written: Lsn,
-    open: BTreeMap<u64, Box<dyn File>>,
+    open: BTreeMap<u64, Arc<dyn File>>,
+    /// Written since their last sync. A segment leaves this set only once
+    /// a sync of it has returned `Ok`, so a flush abandoned mid-sync leaves
+    /// the next flush to sync it again.
     unsynced: BTreeSet<u64>,
 }
 
@@ -125,7 +129,8 @@ pub struct Wal {
     durable_lsn: AtomicU64,
     /// Set on a cluster's leader: durable means durable on a majority.
     gate: Option<Arc<ReplicationGate>>,
-    stopped: Mutex<Option<String>>,
+    /// The fail-stop latch; shared with a sync running on another thread.
+    stopped: Arc<Mutex<Option<String>>>,
     /// A standby's: nothing may be appended or flushed.
     read_only: bool,
     stats: WalStats,
@@ -164,7 +169,7 @@ impl Wal {
             segment_wanted: Arc::new(tokio::sync::Notify::new()),
             durable_lsn: AtomicU64::new(end.0),
             gate: None,
-            stopped: Mutex::new(None),
+            stopped: Arc::new(Mutex::new(None)),
             read_only: false,
             stats: WalStats::default(),
         };
@@ -176,7 +181,7 @@ impl Wal {
             // Padded to a whole sector, so no later write touches it.
             let mut writer = wal.io.try_lock().expect("no one else holds a WAL that is still opening");
             wal.write_buffer(&mut writer, true)?;
-            wal.sync(&mut writer)?;
+            wal.sync_here(&mut writer)?;
             wal.set_durable(writer.written);
         }
         wal.segment_wanted.notify_one();
@@ -200,7 +205,7 @@ impl Wal {
             segment_wanted: Arc::new(tokio::sync::Notify::new()),
             durable_lsn: AtomicU64::new(end.0),
             gate: None,
-            stopped: Mutex::new(None),
+            stopped: Arc::new(Mutex::new(None)),
             read_only: true,
             stats: WalStats::default(),
         }
@@ -363,13 +368,12 @@ impl Wal {
             self.set_durable(writer.written);
         }
         tokio::task::yield_now().await;
-        if let Err(error) = self.sync(&mut writer) {
+        if let Err(error) = self.sync(&mut writer).await {
             if active(PlantedBug::IgnoreFsyncError) {
                 tracing::warn!(%error, "planted bug: ignoring a failed sync");
+                writer.unsynced.clear();
             } else if active(PlantedBug::RetryFsync) {
-                let last = self.opts.segno(Lsn(writer.written.0 - 1));
-                writer.unsynced.insert(last);
-                self.sync(&mut writer).map_err(|e| self.stop(e))?;
+                self.sync(&mut writer).await.map_err(|e| self.stop(e))?;
             } else {
                 return Err(self.stop(error));
             }
@@ -419,7 +423,7 @@ impl Wal {
         assert_eq!(start, writer.written, "the log is written without gaps");
         self.write_out(&mut writer, start, &bytes).map_err(|e| self.stop(e))?;
         writer.written = boundary;
-        self.sync(&mut writer).map_err(|e| self.stop(e))?;
+        self.sync(&mut writer).await.map_err(|e| self.stop(e))?;
         self.set_durable(boundary);
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         probe::hit(Probe::SegmentSwitched);
@@ -558,11 +562,7 @@ impl Wal {
 
     /// Latches the WAL on its first I/O error.
     fn stop(&self, error: WalError) -> WalError {
-        let mut stopped = self.stopped.lock().expect("WAL latch poisoned");
-        if stopped.is_none() {
-            tracing::error!(%error, "WAL stopped: the outcome of a write or sync is unknown; restart to recover");
-            *stopped = Some(error.to_string());
-        }
+        latch(&self.stopped, &error);
         if let Some(gate) = &self.gate {
             gate.wake();
         }
@@ -610,16 +610,57 @@ impl Wal {
         Ok(())
     }
 
-    fn sync(&self, writer: &mut SegmentWriter) -> Result<(), WalError> {
-        let _phase = probe::enter(Phase::WalSync);
-        for segno in std::mem::take(&mut writer.unsynced) {
-            let file = writer.open.get(&segno).expect("unsynced segments stay open");
-            file.sync_data().map_err(|e| WalError::io("sync", self.opts.path(segno), e))?;
+    /// Syncs every segment written since its last sync, on a blocking
+    /// thread ([`env::offload`]) if the disk is real ([`Fs::syncs_block`]),
+    /// so that the sessions sharing this thread
+    /// run (and append the next group's commits) meanwhile. A failure
+    /// latches the WAL from that thread, so that it latches even if this
+    /// flush is abandoned before the sync returns.
+    async fn sync(&self, writer: &mut SegmentWriter) -> Result<(), WalError> {
+        if !self.fs.syncs_block() {
+            return self.sync_here(writer);
         }
-        // Only the segment being written stays open.
-        let current = self.opts.segno(writer.written);
-        writer.open.retain(|segno, _| *segno >= current);
+        let (files, stopped, latches) = self.sync_work(writer);
+        let synced = env::offload(move || sync_files(files, &stopped, latches)).await?;
+        self.synced(writer, synced);
         Ok(())
+    }
+
+    /// [`Wal::sync`] on this thread: on the simulated disk, and for the
+    /// WAL's opening.
+    fn sync_here(&self, writer: &mut SegmentWriter) -> Result<(), WalError> {
+        let (files, stopped, latches) = self.sync_work(writer);
+        let synced = sync_files(files, &stopped, latches)?;
+        self.synced(writer, synced);
+        Ok(())
+    }
+
+    /// What a sync needs, owned so that another thread can run it.
+    #[allow(clippy::type_complexity)]
+    fn sync_work(
+        &self,
+        writer: &SegmentWriter,
+    ) -> (Vec<(u64, Arc<dyn File>, PathBuf)>, Arc<Mutex<Option<String>>>, bool) {
+        let files = writer
+            .unsynced
+            .iter()
+            .map(|&segno| {
+                let file = writer.open.get(&segno).expect("unsynced segments stay open");
+                (segno, file.clone(), self.opts.path(segno))
+            })
+            .collect();
+        let latches = !active(PlantedBug::IgnoreFsyncError) && !active(PlantedBug::RetryFsync);
+        (files, self.stopped.clone(), latches)
+    }
+
+    /// Marks `segnos` synced, and closes every segment before the one
+    /// being written that has nothing left to sync.
+    fn synced(&self, writer: &mut SegmentWriter, segnos: Vec<u64>) {
+        for segno in segnos {
+            writer.unsynced.remove(&segno);
+        }
+        let current = self.opts.segno(writer.written);
+        writer.open.retain(|segno, _| *segno >= current || writer.unsynced.contains(segno));
     }
 
     fn segment_file<'w>(&self, writer: &'w mut SegmentWriter, segno: u64) -> Result<&'w dyn File, WalError> {
@@ -649,7 +690,7 @@ impl Wal {
                 if rotating {
                     self.segment_wanted.notify_one();
                 }
-                &**entry.insert(file)
+                &**entry.insert(Arc::from(file))
             }
         };
         Ok(file)
@@ -660,6 +701,35 @@ impl Drop for Wal {
     fn drop(&mut self) {
         // Wakes the task that prepares segments, so it sees the WAL gone.
         self.segment_wanted.notify_one();
+    }
+}
+
+/// Syncs `files`; returns their segment numbers. The first failure
+/// latches `stopped` when `latches`.
+fn sync_files(
+    files: Vec<(u64, Arc<dyn File>, PathBuf)>,
+    stopped: &Mutex<Option<String>>,
+    latches: bool,
+) -> Result<Vec<u64>, WalError> {
+    let _phase = probe::enter(Phase::WalSync);
+    for (_, file, path) in &files {
+        if let Err(e) = file.sync_data() {
+            let error = WalError::io("sync", path, e);
+            if latches {
+                latch(stopped, &error);
+            }
+            return Err(error);
+        }
+    }
+    Ok(files.into_iter().map(|(segno, _, _)| segno).collect())
+}
+
+/// Latches `stopped` on the WAL's first I/O error.
+fn latch(stopped: &Mutex<Option<String>>, error: &WalError) {
+    let mut stopped = stopped.lock().expect("WAL latch poisoned");
+    if stopped.is_none() {
+        tracing::error!(%error, "WAL stopped: the outcome of a write or sync is unknown; restart to recover");
+        *stopped = Some(error.to_string());
     }
 }
 
