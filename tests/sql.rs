@@ -439,6 +439,5 @@ async fn a_long_statement_does_not_hold_up_the_other_sessions() {
     }
     assert!(!long.is_finished(), "the short statements waited for the long one to end");
     assert_eq!(long.await.unwrap(), 0);
-    let mut server = server;
     assert_eq!(server.terminate().0, 0);
 }
