@@ -612,10 +612,10 @@ impl Wal {
 
     /// Syncs every segment written since its last sync, on a blocking
     /// thread ([`env::offload`]) if the disk is real ([`Fs::syncs_block`]),
-    /// so that the sessions sharing this thread
-    /// run (and append the next group's commits) meanwhile. A failure
-    /// latches the WAL from that thread, so that it latches even if this
-    /// flush is abandoned before the sync returns.
+    /// so that the sessions sharing this thread run (and append the next
+    /// group's commits) meanwhile. A failure latches the WAL from that
+    /// thread, so that it latches even if this flush is abandoned before
+    /// the sync returns.
     async fn sync(&self, writer: &mut SegmentWriter) -> Result<(), WalError> {
         if !self.fs.syncs_block() {
             return self.sync_here(writer);
