@@ -36,11 +36,11 @@ pub use sim_fs::{AtRestLoss, DiskTrace, SimDisk, SimFs, CRASH_MESSAGE, SECTOR_SI
 /// Runs `work`, a blocking call that other tasks should not wait for (the
 /// WAL's group-commit `fdatasync`), on a blocking thread, and waits for it
 /// without holding this thread: sessions share their thread
-/// ([`SessionThread`]),
-/// and while one of them syncs the others run. If the caller stops
-/// waiting, `work` still runs to its end. Callers offload only real I/O
-/// ([`Fs::syncs_block`]); in the madsim build it simply runs `work`, since
-/// a thread outside madsim's scheduler would break determinism.
+/// ([`SessionThread`]), and while one of them syncs the others run. If
+/// the caller stops waiting, `work` still runs to its end. Callers
+/// offload only real I/O ([`Fs::syncs_block`]); in the madsim build it
+/// simply runs `work`, since a thread outside madsim's scheduler would
+/// break determinism.
 pub async fn offload<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     #[cfg(not(madsim))]
     {

@@ -50,7 +50,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -620,42 +619,36 @@ impl Wal {
         if !self.fs.syncs_block() {
             return self.sync_here(writer);
         }
-        let (files, stopped, latches) = self.sync_work(writer);
-        let synced = env::offload(move || sync_files(files, &stopped, latches)).await?;
-        self.synced(writer, synced);
+        let files: Vec<(u64, Arc<dyn File>)> = writer
+            .unsynced
+            .iter()
+            .map(|&segno| (segno, writer.open.get(&segno).expect("unsynced segments stay open").clone()))
+            .collect();
+        let (opts, stopped, latches) = (self.opts.clone(), self.stopped.clone(), latches());
+        let files = env::offload(move || {
+            sync_files(files.iter().map(|(segno, file)| (*segno, &**file)), &opts, &stopped, latches).map(|()| files)
+        })
+        .await?;
+        self.synced(writer, files.into_iter().map(|(segno, _)| segno));
         Ok(())
     }
 
     /// [`Wal::sync`] on this thread: on the simulated disk, and for the
     /// WAL's opening.
     fn sync_here(&self, writer: &mut SegmentWriter) -> Result<(), WalError> {
-        let (files, stopped, latches) = self.sync_work(writer);
-        let synced = sync_files(files, &stopped, latches)?;
+        let files = writer
+            .unsynced
+            .iter()
+            .map(|&segno| (segno, &**writer.open.get(&segno).expect("unsynced segments stay open")));
+        sync_files(files, &self.opts, &self.stopped, latches())?;
+        let synced = std::mem::take(&mut writer.unsynced);
         self.synced(writer, synced);
         Ok(())
     }
 
-    /// What a sync needs, owned so that another thread can run it.
-    #[allow(clippy::type_complexity)]
-    fn sync_work(
-        &self,
-        writer: &SegmentWriter,
-    ) -> (Vec<(u64, Arc<dyn File>, PathBuf)>, Arc<Mutex<Option<String>>>, bool) {
-        let files = writer
-            .unsynced
-            .iter()
-            .map(|&segno| {
-                let file = writer.open.get(&segno).expect("unsynced segments stay open");
-                (segno, file.clone(), self.opts.path(segno))
-            })
-            .collect();
-        let latches = !active(PlantedBug::IgnoreFsyncError) && !active(PlantedBug::RetryFsync);
-        (files, self.stopped.clone(), latches)
-    }
-
     /// Marks `segnos` synced, and closes every segment before the one
     /// being written that has nothing left to sync.
-    fn synced(&self, writer: &mut SegmentWriter, segnos: Vec<u64>) {
+    fn synced(&self, writer: &mut SegmentWriter, segnos: impl IntoIterator<Item = u64>) {
         for segno in segnos {
             writer.unsynced.remove(&segno);
         }
@@ -704,24 +697,31 @@ impl Drop for Wal {
     }
 }
 
-/// Syncs `files`; returns their segment numbers. The first failure
-/// latches `stopped` when `latches`.
-fn sync_files(
-    files: Vec<(u64, Arc<dyn File>, PathBuf)>,
+/// Syncs `files` in order. The first failure latches `stopped` when
+/// `latches`.
+fn sync_files<'f>(
+    files: impl IntoIterator<Item = (u64, &'f dyn File)>,
+    opts: &WalOptions,
     stopped: &Mutex<Option<String>>,
     latches: bool,
-) -> Result<Vec<u64>, WalError> {
+) -> Result<(), WalError> {
     let _phase = probe::enter(Phase::WalSync);
-    for (_, file, path) in &files {
+    for (segno, file) in files {
         if let Err(e) = file.sync_data() {
-            let error = WalError::io("sync", path, e);
+            let error = WalError::io("sync", opts.path(segno), e);
             if latches {
                 latch(stopped, &error);
             }
             return Err(error);
         }
     }
-    Ok(files.into_iter().map(|(segno, _, _)| segno).collect())
+    Ok(())
+}
+
+/// Whether a failed sync latches the WAL where it failed: always, but for
+/// the planted bugs that mishandle the failure themselves.
+fn latches() -> bool {
+    !active(PlantedBug::IgnoreFsyncError) && !active(PlantedBug::RetryFsync)
 }
 
 /// Latches `stopped` on the WAL's first I/O error.
