@@ -17,7 +17,9 @@ fuzz_runs() { case "$1" in crash_schedule) echo 10000 ;; backup_verify) echo 300
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's header gives the minutes and seconds since the start, so a slow
+# step shows in the log.
+step() { printf '\n==> [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 step "format"
 cargo fmt --all --check
@@ -102,4 +104,4 @@ if [ "$passed" -eq 0 ]; then
     echo "no tests ran" >&2
     exit 1
 fi
-printf '\nAll checks passed.\n%s passed, 0 failed\n' "$passed"
+printf '\nAll checks passed in %d:%02d.\n%s passed, 0 failed\n' $((SECONDS / 60)) $((SECONDS % 60)) "$passed"

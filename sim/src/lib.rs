@@ -23,5 +23,5 @@ pub mod runner;
 pub mod standby_sim;
 pub mod wal_run;
 
-pub use runner::{run_seed_checked, run_seed_isolated, Workload};
+pub use runner::{run_seed_checked, run_seed_isolated, run_seeds_parallel, Workload};
 pub use wal_run::{run_wal_seed, SeedFailure, SeedOutcome};

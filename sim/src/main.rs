@@ -18,7 +18,7 @@ use clap::Parser;
 use thunderdb::env::{Clock, FaultKind, Fs, RealClock, RealFs};
 use thunderdb::planted::PlantedBug;
 use thunderdb::probe::Layer;
-use thunderdb_sim::{run_seed_checked, run_seed_isolated, SeedFailure, SeedOutcome, Workload};
+use thunderdb_sim::{run_seed_checked, run_seed_isolated, run_seeds_parallel, SeedFailure, SeedOutcome, Workload};
 
 /// ThunderDB's deterministic simulator.
 #[derive(Parser, Debug)]
@@ -59,6 +59,10 @@ struct Args {
     /// rate (seeds 1 to N).
     #[arg(long, default_value_t = 800)]
     rate_window: u64,
+    /// Seeds run at once, each on its own thread (default: the machine's
+    /// cores). A seed's outcome does not depend on it.
+    #[arg(long)]
+    jobs: Option<usize>,
 }
 
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
@@ -132,7 +136,7 @@ const DETECTION_RATE_MIN: f64 = 0.05;
 /// seeds-to-detect, and measures its detection rate over seeds
 /// `1..=rate_window`. Returns whether every bug was caught in every hunt
 /// and by at least [`DETECTION_RATE_MIN`] of the window's seeds.
-fn planted_report(budget: u64, hunts: u64, rate_window: u64) -> Result<bool, String> {
+fn planted_report(budget: u64, hunts: u64, rate_window: u64, jobs: usize) -> Result<bool, String> {
     // Planted bugs trip assertions; the report says so, without the noise.
     std::panic::set_hook(Box::new(|_| {}));
     println!("| planted bug | caught | median seeds to detect | detection rate | first check failed |");
@@ -150,13 +154,23 @@ fn planted_report(budget: u64, hunts: u64, rate_window: u64) -> Result<bool, Str
         let mut checks = BTreeMap::new();
         for hunt in 0..hunts {
             let start = 1 + hunt * 1_000_000;
-            let found = (start..start + budget).find_map(|seed| run_seed_isolated(seed, workload).err());
+            // The first failing seed, found `jobs` seeds at a time.
+            let seeds: Vec<u64> = (start..start + budget).collect();
+            let found = seeds.chunks(jobs).find_map(|batch| {
+                run_seeds_parallel(batch, jobs, |seed| run_seed_isolated(seed, workload))
+                    .into_iter()
+                    .find_map(Result::err)
+            });
             if let Some(failure) = found {
                 counts.push(failure.seed - start + 1);
                 *checks.entry(failure.check).or_insert(0) += 1;
             }
         }
-        let caught_seeds = (1..=rate_window).filter(|seed| run_seed_isolated(*seed, workload).is_err()).count();
+        let window: Vec<u64> = (1..=rate_window).collect();
+        let caught_seeds = run_seeds_parallel(&window, jobs, |seed| run_seed_isolated(seed, workload).is_err())
+            .into_iter()
+            .filter(|caught| *caught)
+            .count();
         let rate = caught_seeds as f64 / rate_window.max(1) as f64;
         counts.sort_unstable();
         let caught = counts.len() as u64 == hunts;
@@ -239,8 +253,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<bool, String> {
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     if args.planted_report {
-        return planted_report(args.hunt_budget, args.hunts, args.rate_window);
+        return planted_report(args.hunt_budget, args.hunts, args.rate_window, jobs);
     }
     plant(&args.plant.into_iter().collect::<Vec<_>>())?;
     let determinism = !args.no_determinism_check;
@@ -283,8 +298,8 @@ fn run(args: Args) -> Result<bool, String> {
         io_ops: 0,
         failures: Vec::new(),
     };
-    for seed in seeds {
-        match run_seed_checked(seed, determinism, args.workload) {
+    for result in run_seeds_parallel(&seeds, jobs, |seed| run_seed_checked(seed, determinism, args.workload)) {
+        match result {
             Ok(outcome) => summary.add(outcome),
             Err(failure) => {
                 report_failure(&failure, args.plant, args.workload);
