@@ -157,6 +157,24 @@ async fn joins_of_every_kind() {
         &["ann|12|cy|2|90", "bob|13|dee|-|70", "cy|11|bob|1|80", "dee|14|eve|9|60"],
     )
     .await;
+    // Hash keys of every form: one integer against an integral float (1 =
+    // 1.0), two columns, text, and a NULL that matches nothing.
+    for sql in [
+        "CREATE TABLE mix (id INT PRIMARY KEY, f FLOAT, t TEXT, d INT)",
+        "INSERT INTO mix VALUES (1, 1.0, 'eng', 1), (2, 2.5, 'ops', 2), (3, NULL, NULL, NULL), (4, 9.0, 'eng', 2)",
+    ] {
+        rows_of(&mut s, sql).await;
+    }
+    check(
+        &mut s,
+        "SELECT m.id, e.name FROM mix m JOIN emp e ON e.dept_id = m.f ORDER BY 1, 2",
+        &["1|ann", "1|bob", "4|eve"],
+    )
+    .await;
+    check(&mut s, "SELECT m.id, d.id FROM mix m JOIN dept d ON d.name = m.t ORDER BY 1", &["1|1", "2|2", "4|1"]).await;
+    check(&mut s, "SELECT m.id FROM mix m JOIN dept d ON d.name = m.t AND d.id = m.d ORDER BY 1", &["1", "2"]).await;
+    check(&mut s, "SELECT count(*), max(m.id) FROM mix m JOIN dept d ON d.id = m.d + 100", &["0|-"]).await;
+    check(&mut s, "SELECT count(*), sum(m.d) FROM mix m JOIN mix n ON n.d = m.d", &["5|9"]).await;
 }
 
 #[tokio::test]

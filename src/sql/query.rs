@@ -15,6 +15,7 @@
 //! row, seeing that row as [`Outer`]. A dry run (for `Describe`) reads no
 //! rows and evaluates nothing, and so finds every relation's columns.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -790,13 +791,12 @@ impl<'c, 'a> Runner<'c, 'a> {
                 for f in &aggregates {
                     args.push(single_arg(f)?.map(|a| eval(a, &scope)).transpose()?);
                 }
-                let (_, accs) = match groups.entry(group_key) {
-                    std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(entry) => {
-                        let accs = aggregates.iter().map(Acc::new).collect();
-                        entry.insert((row, accs))
-                    }
+                let group = match groups.first_entry() {
+                    // Without GROUP BY, every row is in the one group.
+                    Some(first) if group_by.is_empty() => first.into_mut(),
+                    _ => groups.entry(group_key).or_insert_with(|| (row, aggregates.iter().map(Acc::new).collect())),
                 };
+                let accs = &mut group.1;
                 for (acc, arg) in accs.iter_mut().zip(args.drain(..)) {
                     acc.add(arg)?;
                 }
@@ -1352,21 +1352,16 @@ impl<'c, 'a> Runner<'c, 'a> {
         // costs no list of its own).
         let mut next: Vec<usize> = (1..=right.rows.len()).collect();
         self.memory += 8 * next.len();
-        let mut first = JoinTable::with_capacity_and_hasher(
-            if keys.is_some() { right.rows.len() } else { 0 },
-            BuildHasherDefault::default(),
-        );
+        let mut first = JoinTable::default();
         let mut key = Vec::new();
         if let Some((_, right_keys)) = keys {
             for (i, row) in right.rows.iter().enumerate().rev() {
                 let scope = self.scope(&right.cols, row, outer_row);
                 next[i] = NO_ROW;
-                if join_key(right_keys, &scope, &mut key)? {
-                    if let Some(head) = first.get_mut(key.as_slice()) {
-                        next[i] = std::mem::replace(head, i);
-                    } else {
-                        self.memory += key.len() + 32;
-                        first.insert(JoinKey::from_slice(&key), i);
+                if let Some(key) = join_key(right_keys, &scope, &mut key)? {
+                    match first.push(key, i, i + 1) {
+                        Some(head) => next[i] = head,
+                        None => self.memory += key.size() + 32,
                     }
                 }
             }
@@ -1380,8 +1375,8 @@ impl<'c, 'a> Runner<'c, 'a> {
                 Some((left_keys, _)) => {
                     let scope = self.scope(&left.cols, left_row, outer_row);
                     match join_key(left_keys, &scope, &mut key)? {
-                        true => first.get(key.as_slice()).copied().unwrap_or(NO_ROW),
-                        false => NO_ROW,
+                        Some(key) => first.get(key).unwrap_or(NO_ROW),
+                        None => NO_ROW,
                     }
                 }
             };
@@ -1517,15 +1512,69 @@ impl<'c, 'a> Runner<'c, 'a> {
 /// larger ones hash it (a lookup costs a descent and a row lock).
 const INDEX_JOIN_MAX_OUTER: usize = 1_000;
 
-/// An encoded join key: up to 16 bytes (an integer's take 9) stay inline,
-/// so probing the table does not chase a pointer per entry.
-type JoinKey = smallvec::SmallVec<[u8; 16]>;
+/// One row's hash join key.
+#[derive(Clone, Copy)]
+enum JoinKey<'k> {
+    /// A key of one integer (or timestamp, or integral float): the common
+    /// case, kept apart so that its table holds 16-byte entries and compares
+    /// machine words.
+    Int(i64),
+    /// Any other key, encoded as an index key is.
+    Encoded(&'k [u8]),
+}
+
+impl JoinKey<'_> {
+    /// The bytes the key holds, for the query's memory budget.
+    fn size(&self) -> usize {
+        match self {
+            JoinKey::Int(_) => 8,
+            JoinKey::Encoded(bytes) => bytes.len(),
+        }
+    }
+}
+
+/// An encoded join key in the table: up to 16 bytes stay inline, so probing
+/// does not chase a pointer per entry.
+type EncodedKey = smallvec::SmallVec<[u8; 16]>;
 
 /// A hash join's table: the first row of the build side with each key (the
 /// rest are chained). Its hasher has fixed keys, so even its order is the
 /// same in every run; and it is only probed, never iterated.
+#[derive(Default)]
+struct JoinTable {
+    ints: WordMap<i64>,
+    encoded: WordMap<EncodedKey>,
+}
+
 #[allow(clippy::disallowed_types)]
-type JoinTable = std::collections::HashMap<JoinKey, usize, BuildHasherDefault<WordHash>>;
+type WordMap<K> = std::collections::HashMap<K, usize, BuildHasherDefault<WordHash>>;
+
+impl JoinTable {
+    /// Makes `row` the first row with `key` and returns the row it displaced,
+    /// or None if the key is new. `left` is how many rows may still come, so
+    /// that a map is sized once, on its first key.
+    fn push(&mut self, key: JoinKey, row: usize, left: usize) -> Option<usize> {
+        fn push_in<K: std::hash::Hash + Eq>(map: &mut WordMap<K>, key: K, row: usize, left: usize) -> Option<usize> {
+            if map.is_empty() {
+                map.reserve(left);
+            }
+            map.insert(key, row)
+        }
+        match key {
+            JoinKey::Int(n) => push_in(&mut self.ints, n, row, left),
+            JoinKey::Encoded(bytes) => push_in(&mut self.encoded, EncodedKey::from_slice(bytes), row, left),
+        }
+    }
+
+    /// The first row with `key`.
+    fn get(&self, key: JoinKey) -> Option<usize> {
+        match key {
+            JoinKey::Int(n) => self.ints.get(&n),
+            JoinKey::Encoded(bytes) => self.encoded.get(bytes),
+        }
+        .copied()
+    }
+}
 
 /// The end of a chain of join candidates.
 const NO_ROW: usize = usize::MAX;
@@ -1558,6 +1607,10 @@ impl Hasher for WordHash {
     }
 
     fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn write_i64(&mut self, n: i64) {
         self.add(n as u64);
     }
 
@@ -1600,24 +1653,30 @@ impl JoinKind {
     }
 }
 
-/// Encodes a row's join key into `key`; false if a part is NULL (it
-/// equals nothing).
-fn join_key(parts: &[KeyPart], scope: &Scope, key: &mut Vec<u8>) -> Result<bool, SqlError> {
-    key.clear();
+/// A row's join key, encoded into `buffer` unless it is one integer; None
+/// if a part is NULL (it equals nothing).
+fn join_key<'k>(parts: &[KeyPart], scope: &Scope, buffer: &'k mut Vec<u8>) -> Result<Option<JoinKey<'k>>, SqlError> {
+    buffer.clear();
     for part in parts {
         let value = match part {
-            KeyPart::Column(i) => scope.row[*i].clone(),
-            KeyPart::Expr(e) => eval(e, scope)?,
+            KeyPart::Column(i) => Cow::Borrowed(&scope.row[*i]),
+            KeyPart::Expr(e) => Cow::Owned(eval(e, scope)?),
         };
-        let value = match value {
-            Value::Null => return Ok(false),
-            // 1 = 1.0: integral floats hash as integers.
-            Value::Float(x) if x.fract() == 0.0 && x.abs() < 9e15 => Value::Int(x as i64),
-            v => v,
+        let integer = match *value {
+            Value::Null => return Ok(None),
+            // A timestamp is its microseconds, as in an index key; and
+            // 1 = 1.0, so integral floats hash as integers.
+            Value::Int(n) | Value::Timestamp(n) => Some(n),
+            Value::Float(x) if x.fract() == 0.0 && x.abs() < 9e15 => Some(x as i64),
+            _ => None,
         };
-        encode_key_part(&value, key);
+        match integer {
+            Some(n) if parts.len() == 1 => return Ok(Some(JoinKey::Int(n))),
+            Some(n) => encode_key_part(&Value::Int(n), buffer),
+            None => encode_key_part(&value, buffer),
+        }
     }
-    Ok(true)
+    Ok(Some(JoinKey::Encoded(buffer)))
 }
 
 /// Whether `e` reads columns of `cols` only (at least one), none that
@@ -2193,20 +2252,24 @@ mod tests {
         // A hash join's keys are often consecutive integers, which differ
         // only in their encoding's last bytes. hashbrown picks a bucket by
         // the low bits and filters by the top seven: both must vary.
+        // One integer is hashed as a word; others as encoded keys.
         let hasher = BuildHasherDefault::<WordHash>::default();
         let n = 100_000u64;
-        let hashes: Vec<u64> = (1..=n as i64)
+        let words: Vec<u64> = (1..=n as i64).map(|k| hasher.hash_one(k)).collect();
+        let encoded: Vec<u64> = (1..=n as i64)
             .map(|k| {
                 let mut key = Vec::new();
                 encode_key_part(&Value::Int(k), &mut key);
                 hasher.hash_one(&key)
             })
             .collect();
-        let distinct = |f: &dyn Fn(u64) -> u64| hashes.iter().map(|&h| f(h)).collect::<BTreeSet<_>>().len();
-        assert_eq!(distinct(&|h| h), n as usize);
-        // 100,000 random values fill about 69,960 of 2^17 buckets.
-        assert!(distinct(&|h| h & 0x1_ffff) > 68_000, "{}", distinct(&|h| h & 0x1_ffff));
-        assert_eq!(distinct(&|h| h >> 57), 128);
+        for hashes in [words, encoded] {
+            let distinct = |f: &dyn Fn(u64) -> u64| hashes.iter().map(|&h| f(h)).collect::<BTreeSet<_>>().len();
+            assert_eq!(distinct(&|h| h), n as usize);
+            // 100,000 random values fill about 69,960 of 2^17 buckets.
+            assert!(distinct(&|h| h & 0x1_ffff) > 68_000, "{}", distinct(&|h| h & 0x1_ffff));
+            assert_eq!(distinct(&|h| h >> 57), 128);
+        }
     }
 
     #[test]
