@@ -309,36 +309,39 @@ impl WalReader {
             .map(|(_, segno)| segno)
             .max();
         let Some(last_segno) = last_segno else { return Ok(None) };
-        let mut pos = at.plus(RECORD_ALIGN);
-        let end = Lsn((last_segno + 1) * self.opts.segment_size);
-        while pos < end {
-            let segno = self.opts.segno(pos);
-            let Some(data) = self.segment(segno)? else {
-                pos = Lsn((segno + 1) * self.opts.segment_size);
-                continue;
-            };
-            let offset = self.opts.offset(pos) as usize;
-            if offset >= data.len() {
-                // A short file: nothing more in this segment.
-                pos = Lsn((segno + 1) * self.opts.segment_size);
-                continue;
-            }
-            // Most positions fail the cheap header checks; only plausible
-            // headers pay for a checksum. The evidence sought is a record
-            // appended after `at` was durable, so its `durable_lsn` lies in
-            // (at, pos], on a timeline this log accepts: old contents of a
-            // recycled segment (whose lengths may ask for megabytes of
-            // checksum each) are passed over without one.
-            let plausible = peek_timeline_and_durable(&data[offset..])
-                .is_none_or(|(timeline, durable)| durable > at && durable <= pos && self.opts.accepts(timeline, pos));
-            if plausible && parse_header(&data[offset..]).is_ok() {
-                if let Ok(decoded) = self.decode_at(pos)? {
-                    if decoded.durable_lsn > at {
-                        return Ok(Some((pos, decoded.durable_lsn)));
+        let first = at.plus(RECORD_ALIGN);
+        for segno in self.opts.segno(first)..=last_segno {
+            let segment_start = segno * self.opts.segment_size;
+            // Missing, or a short file: nothing more in this segment.
+            let Some(data) = self.segment(segno)? else { continue };
+            let mut offset = first.0.saturating_sub(segment_start) as usize;
+            while offset < data.len() {
+                let here = &data[offset..];
+                let candidate = Lsn(segment_start + offset as u64);
+                offset += RECORD_ALIGN as usize;
+                // Most positions fail the cheap checks, and only plausible
+                // headers pay for a checksum. A header's kind byte is never
+                // zero, which passes over zeroed space (a segment created
+                // ahead of the writer) one load per position. The evidence
+                // sought is a record appended after `at` was durable, so its
+                // `durable_lsn` lies in (at, candidate], on a timeline this
+                // log accepts: old contents of a recycled segment (whose
+                // lengths may ask for megabytes of checksum each) are passed
+                // over without one.
+                if here.get(8).is_none_or(|kind| *kind == 0) {
+                    continue;
+                }
+                let plausible = peek_timeline_and_durable(here).is_none_or(|(timeline, durable)| {
+                    durable > at && durable <= candidate && self.opts.accepts(timeline, candidate)
+                });
+                if plausible && parse_header(here).is_ok() {
+                    if let Ok(decoded) = self.decode_at(candidate)? {
+                        if decoded.durable_lsn > at {
+                            return Ok(Some((candidate, decoded.durable_lsn)));
+                        }
                     }
                 }
             }
-            pos = pos.plus(RECORD_ALIGN);
         }
         Ok(None)
     }
