@@ -783,27 +783,29 @@ impl Reader<'_> {
             )));
         }
         let kept_len = PAGE_SIZE - hole_len;
+        // The kept bytes land at the image's start, in place (no buffer of
+        // their own), then the hole opens: what follows it moves up.
         let mut image: Box<[u8; PAGE_SIZE]> = Box::new([0; PAGE_SIZE]);
-        let mut place = |kept: &[u8]| {
-            if kept.len() != kept_len {
-                return Err(OpDecodeError(format!("page {page_no}: {} bytes stored, expected {kept_len}", kept.len())));
-            }
-            image[..hole_at].copy_from_slice(&kept[..hole_at]);
-            image[hole_at + hole_len..].copy_from_slice(&kept[hole_at..]);
-            Ok(())
-        };
-        match storage {
+        let placed = match storage {
             STORED_RAW => {
                 probe::hit(Probe::ImageDecodedRaw);
-                place(stored)?;
+                if stored.len() == kept_len {
+                    image[..kept_len].copy_from_slice(stored);
+                }
+                stored.len()
             }
             STORED_ZSTD => {
                 probe::hit(Probe::ImageDecodedCompressed);
-                let kept = ZSTD.with(|codec| codec.borrow_mut().1.decompress(stored, kept_len));
-                place(&kept.map_err(|e| OpDecodeError(format!("page {page_no}: zstd: {e}")))?)?;
+                ZSTD.with(|codec| codec.borrow_mut().1.decompress_to_buffer(stored, &mut image[..kept_len]))
+                    .map_err(|e| OpDecodeError(format!("page {page_no}: zstd: {e}")))?
             }
             other => return Err(OpDecodeError(format!("page {page_no}: unknown image storage {other}"))),
+        };
+        if placed != kept_len {
+            return Err(OpDecodeError(format!("page {page_no}: {placed} bytes stored, expected {kept_len}")));
         }
+        image.copy_within(hole_at..kept_len, hole_at + hole_len);
+        image[hole_at..hole_at + hole_len].fill(0);
         Page::check(&image[..], page_no)
             .map_err(|e| OpDecodeError(format!("page {page_no}: the rebuilt image is not a page: {e:?}")))?;
         Ok((page_no, image))
