@@ -791,10 +791,12 @@ impl<'c, 'a> Runner<'c, 'a> {
                 for f in &aggregates {
                     args.push(single_arg(f)?.map(|a| eval(a, &scope)).transpose()?);
                 }
-                let group = match groups.first_entry() {
-                    // Without GROUP BY, every row is in the one group.
-                    Some(first) if group_by.is_empty() => first.into_mut(),
-                    _ => groups.entry(group_key).or_insert_with(|| (row, aggregates.iter().map(Acc::new).collect())),
+                // Without GROUP BY, every row is in the one group: no key
+                // to look up (and with it, no descent to the first group).
+                let single = if group_by.is_empty() { groups.first_entry() } else { None };
+                let group = match single {
+                    Some(first) => first.into_mut(),
+                    None => groups.entry(group_key).or_insert_with(|| (row, aggregates.iter().map(Acc::new).collect())),
                 };
                 let accs = &mut group.1;
                 for (acc, arg) in accs.iter_mut().zip(args.drain(..)) {
