@@ -78,9 +78,6 @@ pub fn run_seed_checked(seed: u64, determinism: bool, workload: Workload) -> Res
 /// in the seeds' order. Each seed still runs on a fresh thread in its own
 /// runtime ([`run_seed_isolated`]), so its outcome is the same whatever else
 /// runs beside it; only the wall-clock time changes.
-// The harness threads only hand out seeds and collect results; no engine code
-// runs on them.
-#[allow(clippy::disallowed_methods)]
 pub fn run_seeds_parallel<T: Send>(seeds: &[u64], jobs: usize, run: impl Fn(u64) -> T + Sync) -> Vec<T> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut results: Vec<(usize, T)> = std::thread::scope(|scope| {
