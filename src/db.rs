@@ -707,7 +707,11 @@ impl Database {
             wal_segment_size: self.shared.wal.options().segment_size,
             system_id: store.system_id(),
         };
-        Ok(BackupStart { control, wal_from, hold })
+        // Taken under the lock with the checkpoint done: a page free now
+        // that a tree takes later is logged whole when it is taken (a
+        // fresh page's first record is its image), after the redo point.
+        let free_pages = crate::backup::manifest::page_ranges(store.free_page_numbers());
+        Ok(BackupStart { control, wal_from, hold, free_pages })
     }
 
     /// Ends a backup's copy: makes every record appended so far durable and
@@ -809,6 +813,10 @@ pub struct BackupStart {
     pub wal_from: Lsn,
     /// Keeps that WAL from being retired until dropped.
     pub hold: WalHold,
+    /// The data file's pages no tree reached at the start, as ranges
+    /// ([`crate::backup::manifest::page_ranges`]): their bytes are garbage
+    /// a restore never reads, so the copy holds them as zeroes.
+    pub free_pages: Vec<[u32; 2]>,
 }
 
 /// Keeps a range of WAL from being retired while it lives.

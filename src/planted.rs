@@ -123,6 +123,9 @@ pub enum PlantedBug {
     /// A backup reports completion without syncing its files: a crash
     /// afterwards leaves a manifest over missing bytes.
     BackupSkipsFileSync,
+    /// A backup's free-page ranges each take the page after them too, so
+    /// the copy zeroes a page a table may use.
+    BackupZeroesPageAfterFreeRange,
     /// The archiver's retire hook lets the segment being archived go too:
     /// a checkpoint can recycle a segment one ahead of the archive.
     ArchiveRecycleUnarchived,
@@ -184,7 +187,7 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 53] = [
+    pub const ALL: [PlantedBug; 54] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -220,6 +223,7 @@ impl PlantedBug {
         PlantedBug::BackupLiveControlFile,
         PlantedBug::BackupEndBeforeCopy,
         PlantedBug::BackupSkipsFileSync,
+        PlantedBug::BackupZeroesPageAfterFreeRange,
         PlantedBug::ArchiveRecycleUnarchived,
         PlantedBug::ArchiveExistsWithoutCompare,
         PlantedBug::ArchiveWithoutSync,
@@ -278,6 +282,7 @@ impl PlantedBug {
             PlantedBug::BackupLiveControlFile => "backup_live_control_file",
             PlantedBug::BackupEndBeforeCopy => "backup_end_before_copy",
             PlantedBug::BackupSkipsFileSync => "backup_skips_file_sync",
+            PlantedBug::BackupZeroesPageAfterFreeRange => "backup_zeroes_page_after_free_range",
             PlantedBug::ArchiveRecycleUnarchived => "archive_recycle_unarchived",
             PlantedBug::ArchiveExistsWithoutCompare => "archive_exists_without_compare",
             PlantedBug::ArchiveWithoutSync => "archive_without_sync",
@@ -352,6 +357,7 @@ impl PlantedBug {
                 | PlantedBug::BackupLiveControlFile
                 | PlantedBug::BackupEndBeforeCopy
                 | PlantedBug::BackupSkipsFileSync
+                | PlantedBug::BackupZeroesPageAfterFreeRange
                 | PlantedBug::ArchiveRecycleUnarchived
                 | PlantedBug::ArchiveExistsWithoutCompare
                 | PlantedBug::ArchiveWithoutSync

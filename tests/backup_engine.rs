@@ -137,3 +137,48 @@ async fn checkpoints_during_a_backup_keep_the_wal_it_needs() {
     take(&db, disk.fs().as_ref(), "bk-test", &request, &Progress::default()).await.unwrap();
     assert!(verifies(&disk, "/backups/full").await);
 }
+
+#[tokio::test]
+async fn a_dropped_tables_pages_are_copied_as_zeroes_and_the_backup_restores_without_them() {
+    use thunderdb::backup::manifest::in_ranges;
+    use thunderdb::backup::restore::restore_files;
+    let disk = SimDisk::new(4, FaultConfig::none());
+    let db = open(&disk).await;
+    fill(&db, 3000).await;
+    let mut txn = db.begin().await.unwrap();
+    let kept = txn.create_table("kept", b"").await.unwrap();
+    for n in 0..200u32 {
+        txn.put(&kept, &n.to_be_bytes(), &[9; 100]).await.unwrap();
+    }
+    txn.drop_table("t").await.unwrap();
+    txn.commit().await.unwrap();
+    let request = BackupRequest::new("/backups/free", true, false, String::new());
+    let manifest = take(&db, disk.fs().as_ref(), "bk-test", &request, &Progress::default()).await.unwrap();
+    let free: u32 = manifest.free_pages.iter().map(|[first, last]| last - first + 1).sum();
+    assert!(free >= 30, "the dropped table's pages are listed free: {:?}", manifest.free_pages);
+    // Each listed page is zeroes in the copy; every other page is not.
+    let file = disk.fs().open(Path::new("/backups/free/data/main.tdb")).unwrap();
+    let mut page = vec![0u8; PAGE_SIZE];
+    for page_no in 0..manifest.data_pages as u32 {
+        file.read_exact_at(&mut page, u64::from(page_no) * PAGE_SIZE as u64).unwrap();
+        let zero = page.iter().all(|b| *b == 0);
+        assert_eq!(zero, in_ranges(&manifest.free_pages, page_no), "page {page_no}");
+    }
+    assert!(verifies(&disk, "/backups/free").await);
+    // A restore opens with the kept table whole, and the free pages free.
+    Arc::into_inner(db).expect("the only handle").close().await;
+    let fs = disk.fs();
+    restore_files(fs.as_ref(), Path::new("/backups/free"), fs.as_ref(), Path::new("/r/data"), Path::new("/r/wal"))
+        .unwrap();
+    let mut config = EngineConfig::new("/r");
+    config.wal_segment_size = 1 << 12;
+    let env = Env::new(disk.fs(), Arc::new(SimClock::new(1_768_473_045_000_000)), 6);
+    let restored = Database::open(env, config).await.unwrap();
+    let mut txn = restored.begin().await.unwrap();
+    let kept = txn.table("kept").await.unwrap().expect("the kept table");
+    for n in 0..200u32 {
+        assert_eq!(txn.get(&kept, &n.to_be_bytes()).await.unwrap(), Some(vec![9; 100]), "row {n}");
+    }
+    assert!(txn.table("t").await.unwrap().is_none());
+    txn.commit().await.unwrap();
+}

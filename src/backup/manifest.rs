@@ -99,6 +99,12 @@ pub struct Manifest {
     pub compress: bool,
     /// Pages in the data file.
     pub data_pages: u64,
+    /// The data file's pages that no table used when the backup started,
+    /// as inclusive ranges `[first, last]` in ascending order. The copy
+    /// holds them as zeroes (their old bytes are garbage no restore reads),
+    /// and a restored database finds them free again. Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub free_pages: Vec<[u32; 2]>,
     /// Every file of the backup but the manifest.
     pub files: Vec<FileEntry>,
     /// The WAL segments from `wal_start_lsn` to `end_lsn`, in order.
@@ -128,6 +134,25 @@ pub enum ManifestError {
     /// Parses, but a field is missing, unknown or of the wrong type.
     #[error("{MANIFEST_NAME} has bad fields: {0}")]
     Fields(String),
+}
+
+/// Ascending page numbers as inclusive ranges `[first, last]`.
+pub fn page_ranges(pages: impl IntoIterator<Item = u32>) -> Vec<[u32; 2]> {
+    let mut ranges: Vec<[u32; 2]> = Vec::new();
+    for page_no in pages {
+        match ranges.last_mut() {
+            Some(last) if last[1].checked_add(1) == Some(page_no) => last[1] = page_no,
+            _ => ranges.push([page_no, page_no]),
+        }
+    }
+    ranges
+}
+
+/// Whether `page_no` lies in one of `ranges` (ascending, as
+/// [`page_ranges`] gives them).
+pub fn in_ranges(ranges: &[[u32; 2]], page_no: u32) -> bool {
+    let at = ranges.partition_point(|range| range[1] < page_no);
+    ranges.get(at).is_some_and(|range| range[0] <= page_no)
 }
 
 impl Manifest {
@@ -201,6 +226,7 @@ mod tests {
             include_wal: true,
             compress: true,
             data_pages: 3,
+            free_pages: vec![[1, 1]],
             files: vec![FileEntry {
                 path: "data/main.tdb.zst".into(),
                 restore_path: "data/main.tdb".into(),
@@ -240,6 +266,22 @@ mod tests {
         assert!(matches!(Manifest::decode(&text[..text.len() / 2]), Err(ManifestError::Parse(_))));
         let unsigned = text.replace("\"manifest_checksum\"", "\"other\"");
         assert!(matches!(Manifest::decode(&unsigned), Err(ManifestError::Checksum { .. })));
+    }
+
+    #[test]
+    fn free_pages_are_optional_and_ranges_cover_exactly_their_pages() {
+        let mut manifest = sample();
+        manifest.free_pages.clear();
+        let text = manifest.encode();
+        assert!(!text.contains("free_pages"), "no member when nothing is free: {text}");
+        assert_eq!(Manifest::decode(&text), Ok(manifest));
+        let pages = [0, 1, 2, 5, 7, 8, u32::MAX - 1, u32::MAX];
+        let ranges = page_ranges(pages);
+        assert_eq!(ranges, vec![[0, 2], [5, 5], [7, 8], [u32::MAX - 1, u32::MAX]]);
+        for page_no in (0..12).chain([u32::MAX - 2, u32::MAX - 1, u32::MAX]) {
+            assert_eq!(in_ranges(&ranges, page_no), pages.contains(&page_no), "page {page_no}");
+        }
+        assert!(!in_ranges(&[], 0));
     }
 
     proptest! {

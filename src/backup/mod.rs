@@ -176,6 +176,32 @@ pub enum BackupError {
     },
 }
 
+/// Reads a data file with the pages in `free` (ranges, as
+/// [`manifest::page_ranges`] gives them) as zeroes.
+struct FreeZeroed<'a, R> {
+    inner: R,
+    free: &'a [[u32; 2]],
+    offset: u64,
+}
+
+impl<R: Read> Read for FreeZeroed<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        let (start, end) = (self.offset, self.offset + read as u64);
+        let page = PAGE_SIZE as u64;
+        for page_no in start / page..end.div_ceil(page) {
+            let free = u32::try_from(page_no).is_ok_and(|page_no| manifest::in_ranges(self.free, page_no));
+            if free {
+                let from = (page_no * page).max(start) - start;
+                let to = ((page_no + 1) * page).min(end) - start;
+                buf[from as usize..to as usize].fill(0);
+            }
+        }
+        self.offset = end;
+        Ok(read)
+    }
+}
+
 /// Passes a data file's bytes through, checking each page on the way (a
 /// page damaged at rest is copied as it is; the backup then fails unless
 /// its WAL holds an image of the page).
@@ -323,9 +349,15 @@ impl Writer<'_> {
                 }
                 None => chunk,
             };
-            file.write_all_at(out, stored_size).map_err(io_error("write", &temp))?;
+            // Stored as they are, zero blocks (free pages, a segment's
+            // unused tail) are left as holes, and the length set at the end.
+            unflushed += if compress {
+                file.write_all_at(out, stored_size).map_err(io_error("write", &temp))?;
+                out.len()
+            } else {
+                file.write_all_skipping_zeroes_at(out, stored_size).map_err(io_error("write", &temp))?
+            };
             stored_size += out.len() as u64;
-            unflushed += out.len();
             if unflushed >= WRITEBACK_EVERY {
                 // A hint: the copy's bytes trickle to disk as it goes,
                 // instead of piling into the file's final sync, which
@@ -358,6 +390,8 @@ impl Writer<'_> {
             stored.update(&tail);
             file.write_all_at(&tail, stored_size).map_err(io_error("write", &temp))?;
             stored_size += tail.len() as u64;
+        } else {
+            file.set_len(stored_size).map_err(io_error("write", &temp))?;
         }
         if !active(PlantedBug::BackupSkipsFileSync) {
             file.sync_all().map_err(io_error("sync", &temp))?;
@@ -430,6 +464,11 @@ pub async fn take(
 
     let start = db.start_backup(request.yield_to_commits).await?;
     progress.start_lsn.store(start.control.redo_lsn.0, Ordering::Relaxed);
+    let mut free_pages = start.free_pages.clone();
+    if active(PlantedBug::BackupZeroesPageAfterFreeRange) {
+        // An off-by-one: each range takes the page after it too.
+        free_pages.iter_mut().for_each(|range| range[1] = range[1].saturating_add(1));
+    }
     let early_end = if active(PlantedBug::BackupEndBeforeCopy) { Some(db.end_backup().await?) } else { None };
     let mut writer = Writer {
         chunk_bytes: request.chunk_bytes,
@@ -456,7 +495,9 @@ pub async fn take(
         let len = if name == DATA_FILE_NAME { len - len % PAGE_SIZE as u64 } else { len };
         let source = FileReader { file: file.as_ref(), offset: 0 }.take(len);
         let entry = if name == DATA_FILE_NAME {
-            let mut checking = PageChecking { inner: source, pages: verify::PageScan::default() };
+            let source = FreeZeroed { inner: source, free: &free_pages, offset: 0 };
+            let pages = verify::PageScan::with_free(free_pages.clone());
+            let mut checking = PageChecking { inner: source, pages };
             let entry = writer.write(&format!("data/{name}"), true, &mut checking).await?;
             damaged = checking.pages.bad;
             data_pages = entry.size / PAGE_SIZE as u64;
@@ -552,6 +593,7 @@ pub async fn take(
         include_wal: request.include_wal,
         compress: request.compress,
         data_pages,
+        free_pages,
         files,
         wal_segments,
     };

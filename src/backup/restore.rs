@@ -133,7 +133,7 @@ impl RestorePlan {
             if target.exists(&temp).unwrap_or(false) {
                 target.remove(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
             }
-            restore_entry(fs, backup, entry, Some((target, temp.clone())), &mut problems);
+            restore_entry(fs, backup, entry, Some((target, temp.clone())), &self.manifest.free_pages, &mut problems);
             if let Some(problem) = problems.first() {
                 let _ = target.remove(&temp);
                 return Err(format!("the backup is damaged, nothing more was restored: {problem}"));

@@ -33,7 +33,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::manifest::{checksum_text, Compression, FileEntry, Manifest, MANIFEST_NAME};
+use super::manifest::{checksum_text, in_ranges, Compression, FileEntry, Manifest, MANIFEST_NAME};
 use super::{segments_between, FileReader};
 use crate::db::CATALOG;
 use crate::env::{Clock, Fs, Overlay};
@@ -155,9 +155,17 @@ pub(crate) struct PageScan {
     pub(crate) lsns: BTreeMap<u32, Lsn>,
     /// The bytes of the page being assembled.
     page: Vec<u8>,
+    /// Pages the backup left as zeroes because no table used them
+    /// ([`Manifest::free_pages`]): all zeroes is sound for them.
+    free: Vec<[u32; 2]>,
 }
 
 impl PageScan {
+    /// A scan of a data file whose `free` pages may be all zeroes.
+    pub(crate) fn with_free(free: Vec<[u32; 2]>) -> PageScan {
+        PageScan { free, ..PageScan::default() }
+    }
+
     /// Checks the data file's bytes as they stream past, page by page.
     /// Whole pages are checked where they lie in `chunk`; only a page split
     /// between two chunks is assembled.
@@ -187,6 +195,9 @@ impl PageScan {
         match Page::check(page, page_no) {
             Ok(()) => {
                 self.lsns.insert(page_no, Page::lsn_of(page));
+            }
+            Err(PageCheck::Zeroed) if in_ranges(&self.free, page_no) => {
+                self.lsns.insert(page_no, Lsn::ZERO);
             }
             Err(PageCheck::Zeroed) => {
                 self.bad.insert(page_no, "all zeroes".into());
@@ -309,9 +320,10 @@ pub(crate) fn restore_entry(
     dir: &Path,
     entry: &FileEntry,
     target: Option<(&dyn Fs, PathBuf)>,
+    free: &[[u32; 2]],
     problems: &mut Vec<Problem>,
 ) -> PageScan {
-    let mut pages = PageScan::default();
+    let mut pages = PageScan::with_free(free.to_vec());
     let is_data_file = entry.restore_path == format!("data/{DATA_FILE_NAME}");
     let out = match target {
         Some((fs, path)) => match fs.create(&path) {
@@ -428,7 +440,7 @@ pub async fn verify(
         let replayed = restorable && manifest.include_wal;
         if replayed && entry.compression != Compression::None {
             let target = Some((scratch.fs.as_ref(), scratch.dir.join(&entry.restore_path)));
-            let scan = restore_entry(fs, dir, entry, target, problems);
+            let scan = restore_entry(fs, dir, entry, target, &manifest.free_pages, problems);
             check_entry(entry, scan, &manifest, &mut pages, &mut report.data_pages, &mut report.wal_segments, problems);
             done += entry.stored_size;
             progress(done, total);
@@ -453,7 +465,7 @@ pub async fn verify(
         tokio::spawn(async move { replay(&manifest, &scratch, &opts, clock.as_ref()).await })
     });
     for entry in unchecked {
-        let scan = restore_entry(fs, dir, entry, None, problems);
+        let scan = restore_entry(fs, dir, entry, None, &manifest.free_pages, problems);
         check_entry(entry, scan, &manifest, &mut pages, &mut report.data_pages, &mut report.wal_segments, problems);
         done += entry.stored_size;
         progress(done, total);

@@ -26,6 +26,10 @@ use rand_chacha::ChaCha8Rng;
 use super::clock::Clock;
 use super::command::{CommandRunner, NoCommands};
 
+/// The unit [`File::write_all_skipping_zeroes_at`] leaves unwritten: a
+/// file system block.
+pub const HOLE_BLOCK: usize = 4096;
+
 /// An open file: positional I/O, length, sync.
 #[allow(clippy::len_without_is_empty)] // a file's emptiness is not a question the engine asks
 pub trait File: Send + Sync {
@@ -64,6 +68,41 @@ pub trait File: Send + Sync {
             offset += written as u64;
         }
         Ok(())
+    }
+
+    /// Writes `buf` at `offset` as [`File::write_all_at`] does, except each
+    /// block of [`HOLE_BLOCK`] bytes (aligned in the file) that is all
+    /// zeroes: that is left unwritten, a hole once the file's length
+    /// reaches past it ([`File::set_len`]). For a file written from its
+    /// start, whose unwritten bytes read as zeroes: a copy of a data file
+    /// with free pages, or of a WAL segment's unused tail, then costs no
+    /// writes and no disk space for them. Returns the bytes written.
+    fn write_all_skipping_zeroes_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        let mut written = 0;
+        let mut at = 0;
+        while at < buf.len() {
+            // To the next block boundary in the file.
+            let block = HOLE_BLOCK - ((offset + at as u64) % HOLE_BLOCK as u64) as usize;
+            let end = (at + block).min(buf.len());
+            let zero = end - at == block && buf[at..end].iter().all(|b| *b == 0);
+            if !zero {
+                // The run of blocks that are not all zeroes, written at once.
+                let mut run_end = end;
+                while run_end < buf.len() {
+                    let next = (run_end + HOLE_BLOCK).min(buf.len());
+                    if next - run_end == HOLE_BLOCK && buf[run_end..next].iter().all(|b| *b == 0) {
+                        break;
+                    }
+                    run_end = next;
+                }
+                self.write_all_at(&buf[at..run_end], offset + at as u64)?;
+                written += run_end - at;
+                at = run_end;
+            } else {
+                at = end;
+            }
+        }
+        Ok(written)
     }
 
     /// Fills `buf` from `offset`, or fails with `UnexpectedEof` if the file is
@@ -212,5 +251,29 @@ mod tests {
         assert_eq!(env(7).seed(), 7);
         let fresh = draw(&env(7), 3);
         assert!(fresh.windows(2).all(|w| w[0] == w[1]), "each call starts the stream afresh");
+    }
+
+    #[test]
+    fn zero_blocks_are_skipped_and_read_back_as_zeroes() {
+        use crate::env::{FaultConfig, SimDisk};
+        let disk = SimDisk::new(1, FaultConfig::none());
+        let fs = disk.fs();
+        fs.create_dir_all(Path::new("/d")).unwrap();
+        // Blocks: data, zero, zero, data, zero (partial at the end), from an
+        // offset inside a block and from a block boundary.
+        for offset in [0u64, 100, HOLE_BLOCK as u64] {
+            let mut bytes = vec![0u8; HOLE_BLOCK * 5 - 7];
+            bytes[..10].fill(1);
+            bytes[HOLE_BLOCK * 3 + 5] = 2;
+            let path = PathBuf::from(format!("/d/f{offset}"));
+            let file = fs.create(&path).unwrap();
+            let written = file.write_all_skipping_zeroes_at(&bytes, offset).unwrap();
+            file.set_len(offset + bytes.len() as u64).unwrap();
+            let mut back = vec![9u8; bytes.len()];
+            file.read_exact_at(&mut back, offset).unwrap();
+            assert_eq!(back, bytes, "offset {offset}");
+            assert!(written < bytes.len() - HOLE_BLOCK, "offset {offset}: {written} bytes written");
+            assert!(written >= HOLE_BLOCK, "offset {offset}: the data blocks are written");
+        }
     }
 }

@@ -515,6 +515,11 @@ impl Store {
         self.free.len()
     }
 
+    /// The numbers of the pages free for reuse, ascending.
+    pub fn free_page_numbers(&self) -> impl Iterator<Item = u32> + '_ {
+        self.free.iter().copied()
+    }
+
     async fn free_trees(&mut self, trees: Vec<Tree>) {
         for tree in trees {
             match self.tree_pages(tree).await {
