@@ -183,11 +183,15 @@ pub enum PlantedBug {
     /// The log a leader gives a node it rebuilds claims every entry it
     /// holds committed, its uncommitted tail too.
     ReplicaRebuildCommitsWholeLog,
+    /// A rebuilt node's Raft log leaves out every committed entry the
+    /// backup made unneeded, even ones another voter does not hold: once
+    /// it leads, it cannot send them.
+    ReplicaRebuildCutsUnheldLog,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 54] = [
+    pub const ALL: [PlantedBug; 55] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -242,6 +246,7 @@ impl PlantedBug {
         PlantedBug::ReplicaAckOnLocalFlush,
         PlantedBug::ReplicaKeepsUncommittedWal,
         PlantedBug::ReplicaRebuildCommitsWholeLog,
+        PlantedBug::ReplicaRebuildCutsUnheldLog,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -301,6 +306,7 @@ impl PlantedBug {
             PlantedBug::ReplicaAckOnLocalFlush => "replica_ack_on_local_flush",
             PlantedBug::ReplicaKeepsUncommittedWal => "replica_keeps_uncommitted_wal",
             PlantedBug::ReplicaRebuildCommitsWholeLog => "replica_rebuild_commits_whole_log",
+            PlantedBug::ReplicaRebuildCutsUnheldLog => "replica_rebuild_cuts_unheld_log",
         }
     }
 
@@ -320,6 +326,7 @@ impl PlantedBug {
             PlantedBug::ReplicaAckOnLocalFlush
                 | PlantedBug::ReplicaKeepsUncommittedWal
                 | PlantedBug::ReplicaRebuildCommitsWholeLog
+                | PlantedBug::ReplicaRebuildCutsUnheldLog
         ) {
             return Layer::Replication;
         }

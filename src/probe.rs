@@ -355,10 +355,13 @@ pub enum Probe {
     /// A node that lost its disk adopted the leader's Raft log, its
     /// database restored from the leader's online backup.
     ReplicaRebuilt,
+    /// A rebuilt node's Raft log starts after entries the backup made
+    /// unneeded (a snapshot at the last one left out).
+    ReplicaRebuiltAfterBase,
 }
 
 impl Probe {
-    const ALL: [Probe; 73] = [
+    const ALL: [Probe; 74] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -432,6 +435,7 @@ impl Probe {
         Probe::ReplicaReapplied,
         Probe::ReplicaReplayed,
         Probe::ReplicaRebuilt,
+        Probe::ReplicaRebuiltAfterBase,
     ];
 
     fn layer(self) -> Layer {
@@ -460,7 +464,8 @@ impl Probe {
             | Probe::ReplicaCutUncommitted
             | Probe::ReplicaReapplied
             | Probe::ReplicaReplayed
-            | Probe::ReplicaRebuilt => Layer::Replication,
+            | Probe::ReplicaRebuilt
+            | Probe::ReplicaRebuiltAfterBase => Layer::Replication,
             _ => Layer::Storage,
         }
     }
@@ -540,6 +545,7 @@ impl Probe {
             Probe::ReplicaReapplied => "replica_reapplied",
             Probe::ReplicaReplayed => "replica_replayed",
             Probe::ReplicaRebuilt => "replica_rebuilt",
+            Probe::ReplicaRebuiltAfterBase => "replica_rebuilt_after_base",
         }
     }
 }

@@ -55,7 +55,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thunderdb::backup::{BackupRequest, Progress as BackupProgress};
-use thunderdb::cluster::raft::{Entry, HardState, Message, RaftConfig};
+use thunderdb::cluster::raft::{ExportedLog, Message, RaftConfig};
 use thunderdb::cluster::replica::{
     install_snapshot, RebuildTarget, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus,
 };
@@ -161,7 +161,7 @@ enum Rebuild {
     /// Waiting for a leader that serves.
     Waiting,
     /// The leader (by index) is taking its backup onto the new disk.
-    Copying(usize, tokio::task::JoinHandle<Result<(), String>>),
+    Copying(usize, tokio::task::JoinHandle<Result<Lsn, String>>),
 }
 
 /// What the clients did, shared with the world.
@@ -404,7 +404,7 @@ impl World {
                         let progress = BackupProgress::default();
                         thunderdb::backup::take(&db, target.as_ref(), &id, &request, &progress)
                             .await
-                            .map(drop)
+                            .map(|manifest| manifest.start_lsn)
                             .map_err(|e| e.to_string())
                     });
                     self.nodes[index].rebuild = Some(Rebuild::Copying(leader, copy));
@@ -416,16 +416,17 @@ impl World {
                     // The leader may crash, lose its term or hit a disk
                     // fault while it copies: the rebuild starts over.
                     let copied = copy.await.map_err(|e| e.to_string()).and_then(|r| r);
-                    let exported = copied.and_then(|()| match self.nodes[leader].live.as_ref() {
-                        Some(live) => live.export_log(),
+                    let rebuilding = self.nodes[index].id;
+                    let exported = copied.and_then(|start| match self.nodes[leader].live.as_ref() {
+                        Some(live) => live.export_log(rebuilding, start),
                         None => Err("the leader stopped".into()),
                     });
-                    let Ok((entries, hard_state)) = exported else {
+                    let Ok(exported) = exported else {
                         self.lose_disk(index);
                         continue;
                     };
                     // On the node's new disk, without faults: this must work.
-                    if let Err(error) = self.install(index, &entries, &hard_state) {
+                    if let Err(error) = self.install(index, &exported) {
                         let id = self.nodes[index].id;
                         return Err(self.fail("replica_rebuild", format!("rebuilding node {id}: {error}")));
                     }
@@ -442,7 +443,7 @@ impl World {
 
     /// Restores the backup on the node's new disk and adopts the leader's
     /// Raft log, taken once the backup ended.
-    fn install(&self, index: usize, entries: &[Entry], hard_state: &HardState) -> Result<(), String> {
+    fn install(&self, index: usize, exported: &ExportedLog) -> Result<(), String> {
         let engine = &self.plan.engine;
         let voters: Vec<u64> = (1..=self.plan.nodes).collect();
         let target = RebuildTarget {
@@ -453,7 +454,7 @@ impl World {
             voters: &voters,
         };
         // As the server's rebuild does it.
-        install_snapshot(self.nodes[index].disk.fs(), Path::new(SNAPSHOT), &target, entries, hard_state)?;
+        install_snapshot(self.nodes[index].disk.fs(), Path::new(SNAPSHOT), &target, exported)?;
         Ok(())
     }
 

@@ -33,6 +33,7 @@ pub mod manifest;
 pub mod pitr;
 pub mod registry;
 pub mod restore;
+pub mod stream;
 pub mod verify;
 
 use std::io::{self, Read};
@@ -285,14 +286,34 @@ impl Read for FileReader<'_> {
     }
 }
 
+/// Where a backup's files go.
+pub enum Sink<'a> {
+    /// The request's destination directory on this file system (the live
+    /// files are read through the engine's): each file written under a
+    /// temporary name, synced and renamed, the manifest last, and the
+    /// backup recorded in the history.
+    Dir(&'a dyn Fs),
+    /// A peer that writes the files as they arrive ([`stream`]): a Raft
+    /// group rebuilding a node. Nothing is written here, the destination is
+    /// not used, files are never compressed, and no history is recorded
+    /// (the copy is not a backup an operator can restore from here).
+    Stream(&'a mut (dyn tokio::io::AsyncWrite + Unpin + Send)),
+}
+
+/// Where one file of a backup is being written.
+enum Target {
+    /// Under its temporary name in the destination directory.
+    File { file: Box<dyn File>, temp: PathBuf },
+    /// On the stream, after its path.
+    Stream,
+}
+
 /// Writes a backup's files, paced as the request says.
-struct Writer<'a> {
+struct Writer<'a, 's> {
     chunk_bytes: usize,
     pause: Duration,
     yield_to_commits: bool,
-    /// The backup's file system (the live files are read through the
-    /// engine's).
-    fs: &'a dyn Fs,
+    sink: Sink<'s>,
     root: &'a Path,
     phase: Phase,
     compress: bool,
@@ -300,19 +321,31 @@ struct Writer<'a> {
     db: &'a Database,
 }
 
-impl Writer<'_> {
+impl Writer<'_, '_> {
     /// Writes one file crash-safely: to `<name>.tmp`, synced, renamed (the
-    /// caller syncs the directory). Reads `source` to its end, stores it
-    /// compressed (if both `compress` and the request say so) or not, and
-    /// returns its manifest entry.
-    async fn write(&self, restore_path: &str, compress: bool, mut source: impl Read) -> Result<FileEntry, BackupError> {
-        let compress = compress && self.compress;
+    /// caller syncs the directory); or onto the stream. Reads `source` to
+    /// its end, stores it compressed (if both `compress` and the request
+    /// say so) or not, and returns its manifest entry.
+    async fn write(
+        &mut self,
+        restore_path: &str,
+        compress: bool,
+        mut source: impl Read,
+    ) -> Result<FileEntry, BackupError> {
+        let streamed = matches!(self.sink, Sink::Stream(_));
+        let compress = compress && self.compress && !streamed;
         let stored_name = if compress { format!("{restore_path}.zst") } else { restore_path.to_string() };
         let path = self.root.join(&stored_name);
         let temp = self.root.join(format!("{stored_name}.tmp"));
-        let file = {
+        let target = {
             let _phase = probe::enter(self.phase);
-            self.fs.create(&temp).map_err(io_error("create", &temp))?
+            match &mut self.sink {
+                Sink::Dir(fs) => Target::File { file: fs.create(&temp).map_err(io_error("create", &temp))?, temp },
+                Sink::Stream(out) => {
+                    stream::send_path(*out, &stored_name).await.map_err(io_error("send", &path))?;
+                    Target::Stream
+                }
+            }
         };
         let mut encoder = if compress {
             Some(zstd::stream::write::Encoder::new(Vec::new(), 3).map_err(io_error("compress", &path))?)
@@ -351,14 +384,22 @@ impl Writer<'_> {
             };
             // Stored as they are, zero blocks (free pages, a segment's
             // unused tail) are left as holes, and the length set at the end.
-            unflushed += if compress {
-                file.write_all_at(out, stored_size).map_err(io_error("write", &temp))?;
-                out.len()
-            } else {
-                file.write_all_skipping_zeroes_at(out, stored_size).map_err(io_error("write", &temp))?
+            unflushed += match (&target, &mut self.sink) {
+                (Target::File { file, temp }, _) if compress => {
+                    file.write_all_at(out, stored_size).map_err(io_error("write", temp))?;
+                    out.len()
+                }
+                (Target::File { file, temp }, _) => {
+                    file.write_all_skipping_zeroes_at(out, stored_size).map_err(io_error("write", temp))?
+                }
+                (Target::Stream, Sink::Stream(stream)) => {
+                    stream::send_runs(*stream, out, stored_size).await.map_err(io_error("send", &path))?;
+                    0
+                }
+                (Target::Stream, Sink::Dir(_)) => unreachable!("a stream's file goes to the stream"),
             };
             stored_size += out.len() as u64;
-            if unflushed >= WRITEBACK_EVERY {
+            if let (Target::File { file, temp }, true) = (&target, unflushed >= WRITEBACK_EVERY) {
                 // A hint: the copy's bytes trickle to disk as it goes,
                 // instead of piling into the file's final sync, which
                 // commits' WAL syncs would queue behind. The sync reports
@@ -385,19 +426,27 @@ impl Writer<'_> {
             }
         }
         let _phase = probe::enter(self.phase);
-        if let Some(encoder) = encoder {
-            let tail = encoder.finish().map_err(io_error("compress", &path))?;
-            stored.update(&tail);
-            file.write_all_at(&tail, stored_size).map_err(io_error("write", &temp))?;
-            stored_size += tail.len() as u64;
-        } else {
-            file.set_len(stored_size).map_err(io_error("write", &temp))?;
+        match (target, &mut self.sink) {
+            (Target::File { file, temp }, Sink::Dir(fs)) => {
+                if let Some(encoder) = encoder {
+                    let tail = encoder.finish().map_err(io_error("compress", &path))?;
+                    stored.update(&tail);
+                    file.write_all_at(&tail, stored_size).map_err(io_error("write", &temp))?;
+                    stored_size += tail.len() as u64;
+                } else {
+                    file.set_len(stored_size).map_err(io_error("write", &temp))?;
+                }
+                if !active(PlantedBug::BackupSkipsFileSync) {
+                    file.sync_all().map_err(io_error("sync", &temp))?;
+                }
+                drop(file);
+                fs.rename(&temp, &path).map_err(io_error("rename", &temp))?;
+            }
+            (Target::Stream, Sink::Stream(out)) => {
+                stream::send_end(*out, stored_size).await.map_err(io_error("send", &path))?;
+            }
+            _ => unreachable!("a file goes where its backup's sink is"),
         }
-        if !active(PlantedBug::BackupSkipsFileSync) {
-            file.sync_all().map_err(io_error("sync", &temp))?;
-        }
-        drop(file);
-        self.fs.rename(&temp, &path).map_err(io_error("rename", &temp))?;
         let checksum = checksum_text(original.finalize());
         let stored_checksum = if compress { checksum_text(stored.finalize()) } else { checksum.clone() };
         Ok(FileEntry {
@@ -449,15 +498,29 @@ pub async fn take(
     request: &BackupRequest,
     progress: &Progress,
 ) -> Result<Manifest, BackupError> {
+    take_into(db, Sink::Dir(dest), id, request, progress).await
+}
+
+/// [`take`] into any [`Sink`]: a directory, or a stream to a peer.
+pub async fn take_into(
+    db: &Database,
+    mut sink: Sink<'_>,
+    id: &str,
+    request: &BackupRequest,
+    progress: &Progress,
+) -> Result<Manifest, BackupError> {
     let env = db.env();
     let live = env.fs.as_ref();
     let root = request.destination.as_path();
-    check_destination(dest, root).map_err(|reason| BackupError::Destination { path: root.to_path_buf(), reason })?;
     let data_dir = root.join("data");
     let wal_dir = root.join("wal");
-    dest.create_dir_all(&data_dir).map_err(io_error("create directory", &data_dir))?;
-    if request.include_wal {
-        dest.create_dir_all(&wal_dir).map_err(io_error("create directory", &wal_dir))?;
+    if let Sink::Dir(dest) = &mut sink {
+        check_destination(*dest, root)
+            .map_err(|reason| BackupError::Destination { path: root.to_path_buf(), reason })?;
+        dest.create_dir_all(&data_dir).map_err(io_error("create directory", &data_dir))?;
+        if request.include_wal {
+            dest.create_dir_all(&wal_dir).map_err(io_error("create directory", &wal_dir))?;
+        }
     }
     let start_micros = env.clock.wall_micros();
     progress.bytes_total.store(estimate_bytes(db, request.include_wal), Ordering::Relaxed);
@@ -474,7 +537,7 @@ pub async fn take(
         chunk_bytes: request.chunk_bytes,
         pause: request.pause,
         yield_to_commits: request.yield_to_commits,
-        fs: dest,
+        sink,
         root,
         phase: Phase::BackupCopy,
         compress: request.compress,
@@ -574,9 +637,12 @@ pub async fn take(
     writer.phase = Phase::BackupManifest;
     files.push(writer.write(CONFIG_NAME, false, request.config_text.as_bytes()).await?);
     let _phase = probe::enter(Phase::BackupManifest);
-    for dir in [&data_dir, &wal_dir, &root.to_path_buf()] {
-        if dir != &wal_dir || request.include_wal {
-            dest.sync_dir(dir).map_err(io_error("sync directory", dir))?;
+    let streamed = matches!(writer.sink, Sink::Stream(_));
+    if let Sink::Dir(dest) = &writer.sink {
+        for dir in [&data_dir, &wal_dir, &root.to_path_buf()] {
+            if dir != &wal_dir || request.include_wal {
+                dest.sync_dir(dir).map_err(io_error("sync directory", dir))?;
+            }
         }
     }
     let manifest = Manifest {
@@ -591,14 +657,29 @@ pub async fn take(
         timeline: start.control.timeline,
         wal_segment_size: opts.segment_size,
         include_wal: request.include_wal,
-        compress: request.compress,
+        compress: request.compress && !streamed,
         data_pages,
         free_pages,
         files,
         wal_segments,
     };
-    write_atomically(dest, root, MANIFEST_NAME, manifest.encode().as_bytes())?;
+    let encoded = manifest.encode();
+    match &mut writer.sink {
+        Sink::Dir(dest) => write_atomically(*dest, root, MANIFEST_NAME, encoded.as_bytes())?,
+        Sink::Stream(out) => {
+            let sent = async {
+                stream::send_path(*out, MANIFEST_NAME).await?;
+                stream::send_runs(*out, encoded.as_bytes(), 0).await?;
+                stream::send_end(*out, encoded.len() as u64).await?;
+                stream::send_finish(*out).await
+            };
+            sent.await.map_err(io_error("send", &root.join(MANIFEST_NAME)))?;
+        }
+    }
     probe::hit(Probe::BackupCompleted);
+    if streamed {
+        return Ok(manifest);
+    }
     db.record_backup(&BackupHistory {
         backup_id: manifest.backup_id.clone(),
         destination: root.display().to_string(),

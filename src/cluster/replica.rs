@@ -44,7 +44,7 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
-use super::raft::{Entry, HardState, Message, RaftConfig, RaftLog, RaftNode};
+use super::raft::{Entry, ExportedLog, Message, RaftConfig, RaftLog, RaftNode};
 use crate::backup::manifest::Manifest;
 use crate::backup::restore::RestorePlan;
 use crate::db::{Database, DbError, EngineConfig};
@@ -228,14 +228,13 @@ pub fn install_snapshot(
     fs: Arc<dyn Fs>,
     staging: &Path,
     target: &RebuildTarget<'_>,
-    entries: &[Entry],
-    hard_state: &HardState,
+    exported: &ExportedLog,
 ) -> Result<(Manifest, usize), String> {
     let plan = RestorePlan::new(fs.as_ref(), staging, fs.as_ref(), target.data_dir, target.wal_dir)
         .map_err(|e| format!("the snapshot does not match its manifest: {e}"))?;
     let mut log =
         RaftLog::open(fs.clone(), target.raft_dir, target.node_id, target.voters).map_err(|e| e.to_string())?;
-    log.adopt(entries, hard_state).map_err(|e| e.to_string())?;
+    log.adopt(exported).map_err(|e| e.to_string())?;
     let written = plan.restore(fs.as_ref(), staging, fs.as_ref(), &|_| true)?;
     Ok((plan.manifest, written))
 }
@@ -305,13 +304,23 @@ impl ReplicaNode {
         *self.db.lock().expect("database slot poisoned") = db;
     }
 
-    /// On the serving leader, its Raft log and hard state for a node that
-    /// is being rebuilt ([`RaftNode::export`]).
-    pub fn export_log(&self) -> Result<(Vec<Entry>, HardState), String> {
+    /// On the serving leader, its Raft log and hard state for node
+    /// `rebuilding`, which is being rebuilt from a backup of it that starts
+    /// at `start`
+    /// ([`RaftNode::export`]): the committed entries before the first
+    /// chunk that ends past `start` are left out, since the node never
+    /// writes them again (its floor is the backup's start). So the log the
+    /// node receives grows with the WAL since the backup, not with the
+    /// group's age.
+    pub fn export_log(&self, rebuilding: u64, start: Lsn) -> Result<ExportedLog, String> {
         if !matches!(self.role, Role::Leading { .. }) {
             return Err(format!("node {} is not serving as the leader", self.config.raft.node_id));
         }
-        self.raft.export()
+        let mut before_start = |entry: &Entry| {
+            entry.data.is_empty()
+                || decode_chunk(&entry.data).is_ok_and(|(at, bytes)| at.plus(bytes.len() as u64) <= start)
+        };
+        self.raft.export(rebuilding, &mut before_start)
     }
 
     /// The leader this node knows of.

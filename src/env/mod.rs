@@ -28,7 +28,7 @@ pub use overlay::Overlay;
 #[cfg(not(madsim))]
 pub use real::ShellCommands;
 pub use real::{RealClock, RealFs};
-pub use seam::{write_atomically, AtomicWriteError, Env, File, Fs};
+pub use seam::{all_zeroes, write_atomically, zero_runs, AtomicWriteError, Env, File, Fs, HOLE_BLOCK};
 #[cfg(not(madsim))]
 pub use sessions::SessionThread;
 pub use sim_fs::{AtRestLoss, DiskTrace, SimDisk, SimFs, CRASH_MESSAGE, SECTOR_SIZE};

@@ -17,6 +17,7 @@
 //! - `write_at` may write fewer bytes than asked; `write_all_at` loops.
 
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,6 +30,39 @@ use super::command::{CommandRunner, NoCommands};
 /// The unit [`File::write_all_skipping_zeroes_at`] leaves unwritten: a
 /// file system block.
 pub const HOLE_BLOCK: usize = 4096;
+
+/// Whether `bytes` are all zeroes (compared a block at a time, which the
+/// C library does many bytes per instruction).
+pub fn all_zeroes(bytes: &[u8]) -> bool {
+    static ZEROES: [u8; HOLE_BLOCK] = [0; HOLE_BLOCK];
+    bytes.chunks(HOLE_BLOCK).all(|chunk| chunk == &ZEROES[..chunk.len()])
+}
+
+/// Splits `buf`, which lies at `offset` in its file, into runs, in order:
+/// each a range of `buf` and whether it is whole [`HOLE_BLOCK`]s of zeroes
+/// (aligned in the file) or not.
+pub fn zero_runs(buf: &[u8], offset: u64) -> impl Iterator<Item = (Range<usize>, bool)> + '_ {
+    // The end of the block `from` lies in, and whether `from..end` is a
+    // whole block of zeroes.
+    let block = move |from: usize| {
+        let end = (from + HOLE_BLOCK - ((offset + from as u64) % HOLE_BLOCK as u64) as usize).min(buf.len());
+        (end, end - from == HOLE_BLOCK && all_zeroes(&buf[from..end]))
+    };
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let start = at;
+        let (end, zeroes) = (at < buf.len()).then(|| block(at))?;
+        at = end;
+        while at < buf.len() {
+            let (end, next) = block(at);
+            if next != zeroes {
+                break;
+            }
+            at = end;
+        }
+        Some((start..at, zeroes))
+    })
+}
 
 /// An open file: positional I/O, length, sync.
 #[allow(clippy::len_without_is_empty)] // a file's emptiness is not a question the engine asks
@@ -79,27 +113,10 @@ pub trait File: Send + Sync {
     /// writes and no disk space for them. Returns the bytes written.
     fn write_all_skipping_zeroes_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         let mut written = 0;
-        let mut at = 0;
-        while at < buf.len() {
-            // To the next block boundary in the file.
-            let block = HOLE_BLOCK - ((offset + at as u64) % HOLE_BLOCK as u64) as usize;
-            let end = (at + block).min(buf.len());
-            let zero = end - at == block && buf[at..end].iter().all(|b| *b == 0);
-            if !zero {
-                // The run of blocks that are not all zeroes, written at once.
-                let mut run_end = end;
-                while run_end < buf.len() {
-                    let next = (run_end + HOLE_BLOCK).min(buf.len());
-                    if next - run_end == HOLE_BLOCK && buf[run_end..next].iter().all(|b| *b == 0) {
-                        break;
-                    }
-                    run_end = next;
-                }
-                self.write_all_at(&buf[at..run_end], offset + at as u64)?;
-                written += run_end - at;
-                at = run_end;
-            } else {
-                at = end;
+        for (run, zeroes) in zero_runs(buf, offset) {
+            if !zeroes {
+                written += run.len();
+                self.write_all_at(&buf[run.clone()], offset + run.start as u64)?;
             }
         }
         Ok(written)
@@ -274,6 +291,45 @@ mod tests {
             assert_eq!(back, bytes, "offset {offset}");
             assert!(written < bytes.len() - HOLE_BLOCK, "offset {offset}: {written} bytes written");
             assert!(written >= HOLE_BLOCK, "offset {offset}: the data blocks are written");
+        }
+    }
+
+    #[test]
+    fn zero_runs_cover_the_buffer_and_alternate_and_only_whole_aligned_blocks_are_zero_runs() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..200 {
+            let offset = rng.random_range(0..3 * HOLE_BLOCK as u64);
+            let mut buf = vec![0u8; rng.random_range(0..6 * HOLE_BLOCK)];
+            for _ in 0..rng.random_range(0..4) {
+                if !buf.is_empty() {
+                    let at = rng.random_range(0..buf.len());
+                    buf[at] = 1;
+                }
+            }
+            let runs: Vec<_> = zero_runs(&buf, offset).collect();
+            let mut at = 0;
+            for (i, (run, zeroes)) in runs.iter().enumerate() {
+                assert_eq!(run.start, at, "runs are contiguous");
+                assert!(!run.is_empty());
+                if i > 0 {
+                    assert_ne!(runs[i - 1].1, *zeroes, "runs alternate");
+                }
+                if *zeroes {
+                    assert_eq!((offset + run.start as u64) % HOLE_BLOCK as u64, 0, "aligned");
+                    assert_eq!(run.len() % HOLE_BLOCK, 0, "whole blocks");
+                    assert!(all_zeroes(&buf[run.clone()]));
+                }
+                at = run.end;
+            }
+            assert_eq!(at, buf.len(), "the runs cover the buffer");
+            // A whole aligned block of zeroes is never sent as bytes.
+            let first = (HOLE_BLOCK - (offset % HOLE_BLOCK as u64) as usize) % HOLE_BLOCK;
+            for start in (first..buf.len()).step_by(HOLE_BLOCK) {
+                let end = start + HOLE_BLOCK;
+                if end <= buf.len() && all_zeroes(&buf[start..end]) {
+                    assert!(runs.iter().any(|(run, zeroes)| *zeroes && run.start <= start && end <= run.end));
+                }
+            }
         }
     }
 }

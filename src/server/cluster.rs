@@ -32,15 +32,16 @@ use super::config::Config;
 use super::http::{render_metrics, ClusterGauges};
 use super::pg::Group;
 use crate::backup::pitr::clear_dir;
-use crate::backup::registry::{Registry as Backups, Status as BackupStatus};
-use crate::cluster::raft::{Entry, HardState};
-use crate::cluster::raft::{Message, RaftConfig};
+use crate::backup::registry::Registry as Backups;
+use crate::backup::{self, BackupRequest, Progress as BackupProgress, Sink};
+use crate::cluster::raft::{Entry, ExportedLog, HardState, Message, RaftConfig};
 use crate::cluster::replica::{
     install_snapshot, MemberLag, RebuildTarget, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus,
 };
 use crate::db::Database;
 use crate::env::{Env, Fs};
 use crate::storage::CONTROL_FILE_NAME;
+use crate::wal::Lsn;
 
 /// A Raft tick. An election starts after [`ELECTION_TICK`] ticks without
 /// the leader's word (1 s, each tick ±20% from the seed), and the leader
@@ -197,9 +198,9 @@ impl Group for ClusterView {
     }
 }
 
-/// A request for the leader's Raft log (for a node being rebuilt), answered
-/// by the driver.
-type ExportRequest = tokio::sync::oneshot::Sender<Result<(Vec<Entry>, HardState), String>>;
+/// A request for the leader's Raft log (for the node being rebuilt, from a
+/// backup that starts at the LSN), answered by the driver.
+type ExportRequest = (u64, Lsn, tokio::sync::oneshot::Sender<Result<ExportedLog, String>>);
 
 /// Builds the leader's engine-side services once its database opens.
 pub type ServeFn = Box<dyn Fn(Arc<Database>) -> Result<Serving, String> + Send>;
@@ -343,8 +344,8 @@ impl Driver {
                     }
                 }
                 () = async { if let Some(gate) = &gate { gate.local_advanced().await } }, if gate.is_some() => {}
-                Some(request) = self.exports.recv() => {
-                    let _ = request.send(node.export_log());
+                Some((rebuilding, start, answer)) = self.exports.recv() => {
+                    let _ = answer.send(node.export_log(rebuilding, start));
                 }
             }
             let outboxes = &self.outboxes;
@@ -407,7 +408,8 @@ async fn receive(
     loop {
         let len = stream.read_u32_le().await?;
         if std::mem::take(&mut first) && len == SNAPSHOT_REQUEST {
-            return serve_snapshot(stream.into_inner(), &snapshots).await;
+            let rebuilding = stream.read_u64_le().await?;
+            return serve_snapshot(stream.into_inner(), rebuilding, &snapshots).await;
         }
         let len = len as usize;
         if len > MAX_FRAME {
@@ -467,13 +469,11 @@ async fn send_to_peer(addr: String, mut queue: mpsc::Receiver<Message>) {
 }
 
 /// Opens a connection on the Raft port that asks for a snapshot (instead
-/// of a frame's length).
+/// of a frame's length); the id of the node asking (u64) follows.
 const SNAPSHOT_REQUEST: u32 = u32::MAX;
 /// The snapshot's answer: follows, or refused with a message.
 const SNAPSHOT_FOLLOWS: u8 = 0;
 const SNAPSHOT_REFUSED: u8 = 1;
-/// Where the leader takes a snapshot's backup, under its data directory.
-const SNAPSHOT_DIR: &str = "raft/snapshot";
 /// The backup's subdirectories, and its own files (`""`).
 const SNAPSHOT_PARTS: [&str; 3] = ["data", "wal", ""];
 
@@ -485,99 +485,67 @@ struct Snapshots {
 }
 
 impl Snapshots {
-    /// Asks the driver for the leader's Raft log.
-    async fn export(&self) -> Result<(Vec<Entry>, HardState), String> {
+    /// Asks the driver for the leader's Raft log, for node `rebuilding` and
+    /// a backup that starts at `start`.
+    async fn export(&self, rebuilding: u64, start: Lsn) -> Result<ExportedLog, String> {
         let (send, answer) = tokio::sync::oneshot::channel();
-        self.exports.send(send).await.map_err(|_| "the node stopped".to_string())?;
+        self.exports.send((rebuilding, start, send)).await.map_err(|_| "the node stopped".to_string())?;
         answer.await.map_err(|_| "the node stopped".to_string())?
     }
 }
 
 /// Answers a snapshot request: on the leader, an online backup (with its
-/// WAL, uncompressed) taken into [`SNAPSHOT_DIR`] and streamed as a
-/// sequence of files (each its path's length (u32) and path, its length
-/// (u64) and bytes; a zero-length path ends them), then removed; then the
-/// leader's Raft log, taken after the backup ended (its hard state, then
-/// the number of entries (u64) and each entry, every one as its length
-/// (u32) and protobuf). Any other node refuses, naming the leader.
-async fn serve_snapshot(mut stream: TcpStream, snapshots: &Snapshots) -> io::Result<()> {
+/// WAL, uncompressed) streamed as it is taken ([`backup::stream`]: each
+/// file read once here and written once on the node), then the leader's
+/// Raft log, taken after the backup ended and left out before it (its
+/// hard state, the index and term of the last entry left out (u64 each,
+/// zeroes if none), then the number of entries (u64) and each entry, every
+/// one as its length (u32) and protobuf). Any other node refuses, naming
+/// the leader.
+async fn serve_snapshot(mut stream: TcpStream, rebuilding: u64, snapshots: &Snapshots) -> io::Result<()> {
     let view = &snapshots.view;
-    let refuse = |message: String| {
+    let Some(serving) = view.serving() else {
+        let message = view.hint();
         tracing::warn!(%message, "a peer's snapshot request refused");
         let mut out = vec![SNAPSHOT_REFUSED];
         out.extend_from_slice(message.as_bytes());
-        out
+        return stream.write_all(&out).await;
     };
-    let Some(serving) = view.serving() else {
-        return stream.write_all(&refuse(view.hint())).await;
-    };
-    let fs = serving.db.env().fs.clone();
-    let dir = match std::path::absolute(serving.db.config().data_dir.join(SNAPSHOT_DIR)) {
-        Ok(dir) => dir,
-        Err(error) => return stream.write_all(&refuse(error.to_string())).await,
-    };
-    if let Err(error) = clear_snapshot(fs.as_ref(), &dir) {
-        return stream.write_all(&refuse(error)).await;
-    }
-    tracing::info!(dir = %dir.display(), "a peer asked for a snapshot: taking an online backup");
-    let record = match serving.backups.start(dir.clone(), true, false) {
-        Ok((record, _)) => record,
-        Err(error) => return stream.write_all(&refuse(format!("the backup did not start: {error}"))).await,
-    };
-    let record = loop {
-        match serving.backups.status(&record.backup_id) {
-            Some(record) if record.status == BackupStatus::Running => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Some(record) => break record,
-            None => return stream.write_all(&refuse("the backup's record vanished".into())).await,
-        }
-    };
-    if record.status != BackupStatus::Completed {
-        let error = format!("the backup failed: {}", record.error.unwrap_or_default());
-        return stream.write_all(&refuse(error)).await;
-    }
-    let mut out = BufWriter::new(stream);
+    tracing::info!(node = rebuilding, "a peer asked for a snapshot: streaming an online backup");
+    let mut out = BufWriter::with_capacity(1 << 16, stream);
     out.write_u8(SNAPSHOT_FOLLOWS).await?;
-    let mut sent = 0u64;
-    for part in SNAPSHOT_PARTS {
-        let from = dir.join(part);
-        for name in fs.list(&from)? {
-            let path = if part.is_empty() { name.clone() } else { format!("{part}/{name}") };
-            let file = fs.open(&from.join(&name))?;
-            let len = file.len()?;
-            out.write_u32_le(path.len() as u32).await?;
-            out.write_all(path.as_bytes()).await?;
-            out.write_u64_le(len).await?;
-            let mut buf = vec![0; 1 << 20];
-            let mut offset = 0;
-            while offset < len {
-                let n = buf.len().min((len - offset) as usize);
-                file.read_exact_at(&mut buf[..n], offset)?;
-                out.write_all(&buf[..n]).await?;
-                offset += n as u64;
-            }
-            sent += len;
-        }
-    }
-    out.write_u32_le(0).await?;
-    let _ = clear_snapshot(fs.as_ref(), &dir);
+    let db = &serving.db;
+    let id = backup::backup_id(db.env().clock.wall_micros());
+    let request = BackupRequest::new(PathBuf::new(), true, false, String::new());
+    let progress = BackupProgress::default();
+    // A failure cuts the stream short, which the node reports and retries.
+    let manifest = backup::take_into(db, Sink::Stream(&mut out), &id, &request, &progress)
+        .await
+        .map_err(|e| io::Error::other(format!("the snapshot's backup failed: {e}")))?;
     // Taken after the backup ended: the log commits at least the WAL the
     // backup holds (see docs/cluster.md, "Rebuilding a node").
-    let (entries, hard_state) = snapshots.export().await.map_err(io::Error::other)?;
+    let ExportedLog { base, entries, hard_state } =
+        snapshots.export(rebuilding, manifest.start_lsn).await.map_err(io::Error::other)?;
     let encode = |m: &dyn protobuf::Message| m.write_to_bytes().map_err(io::Error::other);
     let state = encode(&hard_state)?;
     out.write_u32_le(state.len() as u32).await?;
     out.write_all(&state).await?;
+    let (base_index, base_term) = base.unwrap_or((0, 0));
+    out.write_u64_le(base_index).await?;
+    out.write_u64_le(base_term).await?;
     out.write_u64_le(entries.len() as u64).await?;
     for entry in &entries {
         let bytes = encode(entry)?;
         out.write_u32_le(bytes.len() as u32).await?;
         out.write_all(&bytes).await?;
-        sent += bytes.len() as u64;
     }
     out.flush().await?;
-    tracing::info!(backup = %record.backup_id, bytes = sent, entries = entries.len(), "sent a snapshot to a peer");
+    tracing::info!(
+        backup = %manifest.backup_id,
+        bytes = progress.bytes_done.load(std::sync::atomic::Ordering::Relaxed),
+        entries = entries.len(),
+        "sent a snapshot to a peer"
+    );
     Ok(())
 }
 
@@ -620,7 +588,7 @@ pub async fn rebuild(env: &Env, config: &Config) -> Result<(), String> {
             // What an attempt cut short left (the directories are this
             // rebuild's own: the node's were moved aside).
             dirs.clear(fs.as_ref())?;
-            match fetch_snapshot(fs.as_ref(), addr, &dirs).await {
+            match fetch_snapshot(fs.as_ref(), addr, config.cluster.node_id, &dirs).await {
                 Ok(snapshot) => {
                     received = Some((*id, snapshot));
                     break;
@@ -634,7 +602,7 @@ pub async fn rebuild(env: &Env, config: &Config) -> Result<(), String> {
         // No leader yet (an election, or the group is still starting).
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let Some((from, (bytes, entries, hard_state))) = received else {
+    let Some((from, (bytes, exported))) = received else {
         return Err(format!("no peer sent a snapshot within a minute: {}", refusals.join("; ")));
     };
     tracing::info!(from, bytes, "received the leader's snapshot; checking it and restoring the control file");
@@ -642,7 +610,7 @@ pub async fn rebuild(env: &Env, config: &Config) -> Result<(), String> {
     let raft_dir = data_dir.join("raft");
     let target =
         RebuildTarget { data_dir, wal_dir, raft_dir: &raft_dir, node_id: config.cluster.node_id, voters: &ids };
-    let (manifest, written) = install_snapshot(fs.clone(), &staging, &target, &entries, &hard_state)
+    let (manifest, written) = install_snapshot(fs.clone(), &staging, &target, &exported)
         .map_err(|e| format!("installing node {from}'s snapshot: {e}"))?;
     clear_snapshot(fs.as_ref(), &staging)?;
     tracing::info!(
@@ -656,7 +624,7 @@ pub async fn rebuild(env: &Env, config: &Config) -> Result<(), String> {
 
 /// What a snapshot brings besides its files: the bytes received, and the
 /// leader's Raft log.
-type Received = (u64, Vec<Entry>, HardState);
+type Received = (u64, ExportedLog);
 
 /// Where a rebuild writes the snapshot's files: the data and WAL files
 /// straight into the node's directories, where the restore then checks them
@@ -688,15 +656,17 @@ impl SnapshotDirs {
     }
 }
 
-/// Asks the node at `addr` for a snapshot and writes its files where
-/// `dirs` says.
-async fn fetch_snapshot(fs: &dyn Fs, addr: &str, dirs: &SnapshotDirs) -> Result<Received, String> {
+/// Asks the node at `addr` for a snapshot for node `me` and writes its
+/// files where `dirs` says.
+async fn fetch_snapshot(fs: &dyn Fs, addr: &str, me: u64, dirs: &SnapshotDirs) -> Result<Received, String> {
     let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
         .await
         .map_err(|_| "connecting timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let mut stream = BufReader::new(stream);
-    stream.get_mut().write_u32_le(SNAPSHOT_REQUEST).await.map_err(|e| e.to_string())?;
+    let mut request = SNAPSHOT_REQUEST.to_le_bytes().to_vec();
+    request.extend_from_slice(&me.to_le_bytes());
+    stream.get_mut().write_all(&request).await.map_err(|e| e.to_string())?;
     match stream.read_u8().await.map_err(|e| e.to_string())? {
         SNAPSHOT_FOLLOWS => {}
         _ => {
@@ -705,39 +675,17 @@ async fn fetch_snapshot(fs: &dyn Fs, addr: &str, dirs: &SnapshotDirs) -> Result<
             return Err(message);
         }
     }
-    let mut total = 0;
-    let mut buf = vec![0; 1 << 20];
-    loop {
-        let len = stream.read_u32_le().await.map_err(|e| format!("the snapshot was cut short: {e}"))? as usize;
-        if len == 0 {
-            break;
-        }
-        if len > 4096 {
-            return Err(format!("a snapshot file's name of {len} bytes"));
-        }
-        let mut name = vec![0; len];
-        stream.read_exact(&mut name).await.map_err(|e| e.to_string())?;
-        let name = String::from_utf8(name).map_err(|e| e.to_string())?;
-        let (part, file_name) = name.rsplit_once('/').unwrap_or(("", name.as_str()));
+    let mut place = |name: &str| {
+        let (part, file_name) = name.rsplit_once('/').unwrap_or(("", name));
         let known = SNAPSHOT_PARTS.contains(&part) && !file_name.is_empty() && !file_name.starts_with('.');
         if !known || file_name.contains(['/', '\\']) {
             return Err(format!("the snapshot holds a file the node does not take: {name:?}"));
         }
         let dir = dirs.of(part, file_name);
         fs.create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let path = dir.join(file_name);
-        let file = fs.create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let size = stream.read_u64_le().await.map_err(|e| e.to_string())?;
-        let mut offset = 0;
-        while offset < size {
-            let n = buf.len().min((size - offset) as usize);
-            stream.read_exact(&mut buf[..n]).await.map_err(|e| format!("the snapshot was cut short: {e}"))?;
-            file.write_all_at(&buf[..n], offset).map_err(|e| format!("{}: {e}", path.display()))?;
-            offset += n as u64;
-        }
-        file.sync_all().map_err(|e| format!("{}: {e}", path.display()))?;
-        total += size;
-    }
+        Ok(dir.join(file_name))
+    };
+    let mut total = backup::stream::receive(&mut stream, fs, &mut place).await?;
     async fn frame(stream: &mut BufReader<TcpStream>) -> Result<Vec<u8>, String> {
         let len = stream.read_u32_le().await.map_err(|e| format!("the snapshot was cut short: {e}"))? as usize;
         if len > MAX_FRAME {
@@ -748,14 +696,19 @@ async fn fetch_snapshot(fs: &dyn Fs, addr: &str, dirs: &SnapshotDirs) -> Result<
         Ok(bytes)
     }
     let hard_state = HardState::parse_from_bytes(&frame(&mut stream).await?).map_err(|e| e.to_string())?;
-    let count = stream.read_u64_le().await.map_err(|e| format!("the snapshot was cut short: {e}"))?;
+    let mut read_u64 = async || stream.read_u64_le().await.map_err(|e| format!("the snapshot was cut short: {e}"));
+    let base = match (read_u64().await?, read_u64().await?) {
+        (0, _) => None,
+        (index, term) => Some((index, term)),
+    };
+    let count = read_u64().await?;
     let mut entries = Vec::new();
     for _ in 0..count {
         let bytes = frame(&mut stream).await?;
         total += bytes.len() as u64;
         entries.push(Entry::parse_from_bytes(&bytes).map_err(|e| e.to_string())?);
     }
-    Ok((total, entries, hard_state))
+    Ok((total, ExportedLog { base, entries, hard_state }))
 }
 
 /// The admin API of a node of a Raft group: its status, health and

@@ -119,7 +119,7 @@ impl Page {
         if bytes.len() != PAGE_SIZE {
             return Err(PageCheck::Damaged(format!("{} bytes, expected {PAGE_SIZE}", bytes.len())));
         }
-        if bytes.iter().all(|b| *b == 0) {
+        if crate::env::all_zeroes(bytes) {
             return Err(PageCheck::Zeroed);
         }
         let stored = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));

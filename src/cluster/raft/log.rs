@@ -367,8 +367,11 @@ impl RaftLog {
 
     /// Gives an empty log a leader's entries and hard state
     /// ([`super::RaftNode::export`]): the node then starts as a follower
-    /// that holds what the leader held. A log that holds anything refuses.
-    pub fn adopt(&mut self, entries: &[Entry], hard_state: &HardState) -> Result<(), RaftLogError> {
+    /// that holds what the leader held. Entries left out before them
+    /// (`exported.base`) become a snapshot the log starts after. A log
+    /// that holds anything refuses.
+    pub fn adopt(&mut self, exported: &super::ExportedLog) -> Result<(), RaftLogError> {
+        let super::ExportedLog { base, entries, hard_state } = exported;
         if self.last_index() > 0 || self.mem.initial_state().map(|s| s.hard_state.term).unwrap_or(0) > 0 {
             return Err(RaftLogError::Io {
                 op: "install a leader's log into",
@@ -376,7 +379,21 @@ impl RaftLog {
                 source: io::Error::other("the log is not empty"),
             });
         }
-        self.persist(entries, Some(hard_state))?;
+        match base {
+            Some((index, term)) => {
+                let mut snapshot = Snapshot::default();
+                *snapshot.mut_metadata() = SnapshotMetadata {
+                    conf_state: Some(ConfState::from((self.voters.clone(), vec![]))).into(),
+                    index: *index,
+                    term: *term,
+                    ..Default::default()
+                };
+                self.install(snapshot, entries)?;
+                self.persist(&[], Some(hard_state))?;
+                probe::hit(Probe::ReplicaRebuiltAfterBase);
+            }
+            None => self.persist(entries, Some(hard_state))?,
+        }
         probe::hit(Probe::ReplicaRebuilt);
         Ok(())
     }

@@ -10,4 +10,4 @@ pub mod node;
 
 pub use ::raft::eraftpb::{Entry, HardState, Message, MessageType};
 pub use log::{RaftLog, RaftLogError, LOG_FILE};
-pub use node::{Advanced, ProposeError, RaftConfig, RaftNode};
+pub use node::{Advanced, ExportedLog, ProposeError, RaftConfig, RaftNode};

@@ -56,6 +56,19 @@ pub struct Advanced {
     pub reads: Vec<(Vec<u8>, u64)>,
 }
 
+/// A leader's log as [`RaftNode::export`] hands it to a node being
+/// rebuilt.
+#[derive(Debug, Clone, Default)]
+pub struct ExportedLog {
+    /// The last entry left out, as (index, term): the node holds what it
+    /// committed by other means. `None` when the entries start at index 1.
+    pub base: Option<(u64, u64)>,
+    /// The entries after it.
+    pub entries: Vec<Entry>,
+    /// The hard state the node starts from.
+    pub hard_state: HardState,
+}
+
 /// Why a proposal was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
@@ -231,20 +244,24 @@ impl RaftNode {
         Some(self.raw.raft.leader_id).filter(|id| *id != 0)
     }
 
-    /// On a leader, what a node that lost its log needs to rejoin as a
-    /// caught-up follower: every durable entry of this log, and a hard
-    /// state in this term that votes for this leader and commits what it
-    /// committed (see [`RaftLog::adopt`]). A log compacted behind a
-    /// snapshot is refused: the entries before it are gone.
-    pub fn export(&self) -> Result<(Vec<Entry>, HardState), String> {
+    /// On a leader, what node `rebuilding`, which lost its log, needs to
+    /// rejoin as a caught-up follower: the durable entries of this log
+    /// after those `skip` says it holds already, and a hard state in this
+    /// term that votes for this leader and commits what it committed (see
+    /// [`RaftLog::adopt`]).
+    ///
+    /// `skip` is handed the entries in order until it returns false; only
+    /// entries every other voter is known to hold are left out, so that
+    /// whichever node leads later never has to send a voter an entry it
+    /// lacks (raft-rs would send a snapshot, which a node cannot take). A
+    /// log that starts after a snapshot (its node was rebuilt itself) leaves
+    /// out at least the entries before it, which every voter held then.
+    pub fn export(&self, rebuilding: u64, skip: &mut dyn FnMut(&Entry) -> bool) -> Result<ExportedLog, String> {
         if !self.is_leader() {
             return Err(format!("node {} is not the leader", self.raw.raft.id));
         }
         let store = self.raw.store();
         let first = store.first_index().map_err(|e| e.to_string())?;
-        if first > 1 {
-            return Err(format!("the Raft log is compacted behind index {first}"));
-        }
         let last = store.last_index();
         let entries =
             store.entries(first, last + 1, None, GetEntriesContext::empty(false)).map_err(|e| e.to_string())?;
@@ -252,7 +269,20 @@ impl RaftNode {
             if planted::active(PlantedBug::ReplicaRebuildCommitsWholeLog) { last } else { self.commit_index() };
         let hard_state =
             HardState { term: self.term(), vote: self.raw.raft.id, commit: commit.min(last), ..HardState::default() };
-        Ok((entries, hard_state))
+        let others = self.raw.raft.prs().iter().filter(|(id, _)| **id != rebuilding);
+        let held = if planted::active(PlantedBug::ReplicaRebuildCutsUnheldLog) {
+            u64::MAX
+        } else {
+            others.map(|(_, progress)| progress.matched).min().unwrap_or(u64::MAX)
+        };
+        let limit = held.min(self.commit_index());
+        let skipped = entries.iter().take_while(|entry| entry.index <= limit && skip(entry)).count();
+        let base = match skipped.checked_sub(1) {
+            Some(at) => Some((entries[at].index, entries[at].term)),
+            None if first > 1 => Some((first - 1, store.term(first - 1).map_err(|e| e.to_string())?)),
+            None => None,
+        };
+        Ok(ExportedLog { base, entries: entries[skipped..].to_vec(), hard_state })
     }
 
     /// Whether the node is campaigning (a candidate, or a pre-candidate
