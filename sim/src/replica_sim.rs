@@ -54,10 +54,10 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use thunderdb::backup::{BackupRequest, Progress as BackupProgress};
+use thunderdb::backup::{stream, take_into, BackupRequest, Progress as BackupProgress, Sink};
 use thunderdb::cluster::raft::{ExportedLog, Message, RaftConfig};
 use thunderdb::cluster::replica::{
-    install_snapshot, RebuildTarget, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus,
+    install_snapshot, RebuildDirs, RebuildTarget, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus,
 };
 use thunderdb::db::{Database, EngineConfig};
 use thunderdb::env::{Env, FaultConfig, Fs, SimClock, SimDisk};
@@ -399,13 +399,26 @@ impl World {
                     let db = self.nodes[leader].live.as_ref().and_then(ReplicaNode::database).expect("it serves");
                     let target = self.nodes[index].disk.fs();
                     let id = format!("rebuild-{}-{}", self.nodes[index].id, self.nodes[index].disks);
+                    let engine = &self.plan.engine;
+                    let dirs = RebuildDirs {
+                        staging: SNAPSHOT.into(),
+                        data: engine.data_dir.clone(),
+                        wal: engine.wal_dir.clone(),
+                    };
+                    // As the server's rebuild does it: the backup streamed
+                    // as it is taken, each file written where it belongs.
                     let copy = tokio::spawn(async move {
-                        let request = BackupRequest::new(SNAPSHOT, true, false, String::new());
+                        let request = BackupRequest::new(PathBuf::new(), true, false, String::new());
                         let progress = BackupProgress::default();
-                        thunderdb::backup::take(&db, target.as_ref(), &id, &request, &progress)
-                            .await
-                            .map(|manifest| manifest.start_lsn)
-                            .map_err(|e| e.to_string())
+                        let (mut sending, mut receiving) = tokio::io::duplex(64 << 10);
+                        let send =
+                            async move { take_into(&db, Sink::Stream(&mut sending), &id, &request, &progress).await };
+                        let fs = target.as_ref();
+                        let mut place = |name: &str| dirs.place(fs, name);
+                        let receive = stream::receive(&mut receiving, fs, &mut place);
+                        let (sent, received) = tokio::join!(send, receive);
+                        let start = sent.map_err(|e| e.to_string())?.start_lsn;
+                        received.map(|_| start)
                     });
                     self.nodes[index].rebuild = Some(Rebuild::Copying(leader, copy));
                 }

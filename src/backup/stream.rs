@@ -79,7 +79,7 @@ pub(super) async fn send_finish(out: &mut (dyn AsyncWrite + Unpin + Send)) -> io
 pub async fn receive(
     input: &mut (impl AsyncRead + Unpin),
     fs: &dyn Fs,
-    place: &mut dyn FnMut(&str) -> Result<PathBuf, String>,
+    place: &mut (dyn FnMut(&str) -> Result<PathBuf, String> + Send),
 ) -> Result<u64, String> {
     let cut = |e: io::Error| format!("the backup's stream was cut short: {e}");
     let mut received = 0;

@@ -46,13 +46,14 @@ use tokio::sync::oneshot;
 
 use super::raft::{Entry, ExportedLog, Message, RaftConfig, RaftLog, RaftNode};
 use crate::backup::manifest::Manifest;
+use crate::backup::pitr::clear_dir;
 use crate::backup::restore::RestorePlan;
 use crate::db::{Database, DbError, EngineConfig};
 use crate::env::{Env, Fs};
 use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Probe};
 use crate::recovery::{on_control_timeline, Replayed, Replayer};
-use crate::storage::ControlFile;
+use crate::storage::{ControlFile, CONTROL_FILE_NAME};
 use crate::wal::{read_wal, Lsn, ReplicationGate, WalCopy, WalOptions, WalReader};
 
 /// How long a deposed leader waits for its clients to let go of the
@@ -215,6 +216,57 @@ pub struct RebuildTarget<'a> {
     pub node_id: u64,
     /// Every voter's id.
     pub voters: &'a [u64],
+}
+
+/// Where a node being rebuilt writes the leader's streamed backup
+/// ([`crate::backup::stream`]): the data and WAL files straight into the
+/// node's directories, where [`install_snapshot`] then checks them
+/// (`RestorePlan` takes a file that matches the manifest's checksum as in
+/// place, so nothing is copied twice); the backup's own files and the
+/// control file into `staging`. The install writes the control file last:
+/// until then the node holds no database and refuses to start, so a
+/// rebuild cut short is never mistaken for one.
+#[derive(Debug, Clone)]
+pub struct RebuildDirs {
+    /// The backup's manifest, its config and the control file.
+    pub staging: PathBuf,
+    /// The node's data directory.
+    pub data: PathBuf,
+    /// The node's WAL directory.
+    pub wal: PathBuf,
+}
+
+impl RebuildDirs {
+    /// Where the backup's file `name` (`data/main.tdb`, `wal/…`,
+    /// `backup_manifest.json`) goes, its directory created; a name that is
+    /// not one a backup holds is refused.
+    pub fn place(&self, fs: &dyn Fs, name: &str) -> Result<PathBuf, String> {
+        let (part, file_name) = name.rsplit_once('/').unwrap_or(("", name));
+        let known = ["data", "wal", ""].contains(&part) && !file_name.is_empty() && !file_name.starts_with('.');
+        if !known || file_name.contains(['/', '\\']) {
+            return Err(format!("the snapshot holds a file the node does not take: {name:?}"));
+        }
+        let dir = match part {
+            "data" if file_name != CONTROL_FILE_NAME => self.data.clone(),
+            "wal" => self.wal.clone(),
+            _ => self.staging.join(part),
+        };
+        fs.create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(dir.join(file_name))
+    }
+
+    /// Removes what an attempt left in `staging`.
+    pub fn clear_staging(&self, fs: &dyn Fs) -> Result<(), String> {
+        ["data", "wal", ""].iter().try_for_each(|part| clear_dir(fs, &self.staging.join(part), ""))
+    }
+
+    /// Removes what an attempt cut short left, the node's directories
+    /// included (the rebuild's own: the node's old files were moved aside).
+    pub fn clear(&self, fs: &dyn Fs) -> Result<(), String> {
+        self.clear_staging(fs)?;
+        clear_dir(fs, &self.data, "")?;
+        clear_dir(fs, &self.wal, "")
+    }
 }
 
 /// Installs a leader's snapshot on a node being rebuilt: the backup in

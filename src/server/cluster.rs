@@ -31,16 +31,14 @@ use tower::ServiceExt;
 use super::config::Config;
 use super::http::{render_metrics, ClusterGauges};
 use super::pg::Group;
-use crate::backup::pitr::clear_dir;
 use crate::backup::registry::Registry as Backups;
 use crate::backup::{self, BackupRequest, Progress as BackupProgress, Sink};
 use crate::cluster::raft::{Entry, ExportedLog, HardState, Message, RaftConfig};
 use crate::cluster::replica::{
-    install_snapshot, MemberLag, RebuildTarget, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus,
+    install_snapshot, MemberLag, RebuildDirs, RebuildTarget, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus,
 };
 use crate::db::Database;
 use crate::env::{Env, Fs};
-use crate::storage::CONTROL_FILE_NAME;
 use crate::wal::Lsn;
 
 /// A Raft tick. An election starts after [`ELECTION_TICK`] ticks without
@@ -474,8 +472,6 @@ const SNAPSHOT_REQUEST: u32 = u32::MAX;
 /// The snapshot's answer: follows, or refused with a message.
 const SNAPSHOT_FOLLOWS: u8 = 0;
 const SNAPSHOT_REFUSED: u8 = 1;
-/// The backup's subdirectories, and its own files (`""`).
-const SNAPSHOT_PARTS: [&str; 3] = ["data", "wal", ""];
 
 /// What a node needs to answer snapshot requests.
 #[derive(Clone)]
@@ -549,11 +545,6 @@ async fn serve_snapshot(mut stream: TcpStream, rebuilding: u64, snapshots: &Snap
     Ok(())
 }
 
-/// Removes the files of an earlier snapshot (a backup never overwrites).
-fn clear_snapshot(fs: &dyn Fs, dir: &Path) -> Result<(), String> {
-    SNAPSHOT_PARTS.iter().try_for_each(|part| clear_dir(fs, &dir.join(part), ""))
-}
-
 /// `thunderdb --rebuild-from-peers`: gives this node a fresh copy of the
 /// group's database. Its directories, if they hold anything, are moved
 /// aside (`<dir>.before-rebuild-<unix time>`, its Raft log with them); the
@@ -579,7 +570,7 @@ pub async fn rebuild(env: &Env, config: &Config) -> Result<(), String> {
         }
     }
     let staging = PathBuf::from(format!("{}.rebuild", data_dir.display()));
-    let dirs = SnapshotDirs { staging: staging.clone(), data: data_dir.clone(), wal: wal_dir.clone() };
+    let dirs = RebuildDirs { staging: staging.clone(), data: data_dir.clone(), wal: wal_dir.clone() };
     let mut refusals = Vec::new();
     let voters = config.cluster.voters()?;
     let mut received = None;
@@ -612,7 +603,7 @@ pub async fn rebuild(env: &Env, config: &Config) -> Result<(), String> {
         RebuildTarget { data_dir, wal_dir, raft_dir: &raft_dir, node_id: config.cluster.node_id, voters: &ids };
     let (manifest, written) = install_snapshot(fs.clone(), &staging, &target, &exported)
         .map_err(|e| format!("installing node {from}'s snapshot: {e}"))?;
-    clear_snapshot(fs.as_ref(), &staging)?;
+    dirs.clear_staging(fs.as_ref())?;
     tracing::info!(
         backup = %manifest.backup_id,
         end_lsn = %manifest.end_lsn,
@@ -626,39 +617,9 @@ pub async fn rebuild(env: &Env, config: &Config) -> Result<(), String> {
 /// leader's Raft log.
 type Received = (u64, ExportedLog);
 
-/// Where a rebuild writes the snapshot's files: the data and WAL files
-/// straight into the node's directories, where the restore then checks them
-/// (`RestorePlan` takes a file that matches the manifest's checksum as in
-/// place, so nothing is copied twice); the backup's own files and the
-/// control file into `staging`. The restore writes the control file last:
-/// until then the node holds no database and refuses to start, so a
-/// rebuild cut short is never mistaken for one.
-struct SnapshotDirs {
-    staging: PathBuf,
-    data: PathBuf,
-    wal: PathBuf,
-}
-
-impl SnapshotDirs {
-    /// The directory a snapshot file (`part`, `name`) is written to.
-    fn of(&self, part: &str, name: &str) -> PathBuf {
-        match part {
-            "data" if name != CONTROL_FILE_NAME => self.data.clone(),
-            "wal" => self.wal.clone(),
-            _ => self.staging.join(part),
-        }
-    }
-
-    fn clear(&self, fs: &dyn Fs) -> Result<(), String> {
-        clear_snapshot(fs, &self.staging)?;
-        clear_dir(fs, &self.data, "")?;
-        clear_dir(fs, &self.wal, "")
-    }
-}
-
 /// Asks the node at `addr` for a snapshot for node `me` and writes its
 /// files where `dirs` says.
-async fn fetch_snapshot(fs: &dyn Fs, addr: &str, me: u64, dirs: &SnapshotDirs) -> Result<Received, String> {
+async fn fetch_snapshot(fs: &dyn Fs, addr: &str, me: u64, dirs: &RebuildDirs) -> Result<Received, String> {
     let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
         .await
         .map_err(|_| "connecting timed out".to_string())?
@@ -675,17 +636,7 @@ async fn fetch_snapshot(fs: &dyn Fs, addr: &str, me: u64, dirs: &SnapshotDirs) -
             return Err(message);
         }
     }
-    let mut place = |name: &str| {
-        let (part, file_name) = name.rsplit_once('/').unwrap_or(("", name));
-        let known = SNAPSHOT_PARTS.contains(&part) && !file_name.is_empty() && !file_name.starts_with('.');
-        if !known || file_name.contains(['/', '\\']) {
-            return Err(format!("the snapshot holds a file the node does not take: {name:?}"));
-        }
-        let dir = dirs.of(part, file_name);
-        fs.create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        Ok(dir.join(file_name))
-    };
-    let mut total = backup::stream::receive(&mut stream, fs, &mut place).await?;
+    let mut total = backup::stream::receive(&mut stream, fs, &mut |name| dirs.place(fs, name)).await?;
     async fn frame(stream: &mut BufReader<TcpStream>) -> Result<Vec<u8>, String> {
         let len = stream.read_u32_le().await.map_err(|e| format!("the snapshot was cut short: {e}"))? as usize;
         if len > MAX_FRAME {
