@@ -123,9 +123,10 @@ pub enum PlantedBug {
     /// A backup reports completion without syncing its files: a crash
     /// afterwards leaves a manifest over missing bytes.
     BackupSkipsFileSync,
-    /// A backup's free-page ranges each take the page after them too, so
-    /// the copy zeroes a page a table may use.
-    BackupZeroesPageAfterFreeRange,
+    /// A backup's free-page ranges are read with exclusive bounds as
+    /// inclusive ones: each takes the page before and after it too, so the
+    /// copy zeroes pages a table may use.
+    BackupWidensFreeRanges,
     /// The archiver's retire hook lets the segment being archived go too:
     /// a checkpoint can recycle a segment one ahead of the archive.
     ArchiveRecycleUnarchived,
@@ -183,15 +184,11 @@ pub enum PlantedBug {
     /// The log a leader gives a node it rebuilds claims every entry it
     /// holds committed, its uncommitted tail too.
     ReplicaRebuildCommitsWholeLog,
-    /// A rebuilt node's Raft log leaves out every committed entry the
-    /// backup made unneeded, even ones another voter does not hold: once
-    /// it leads, it cannot send them.
-    ReplicaRebuildCutsUnheldLog,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 55] = [
+    pub const ALL: [PlantedBug; 54] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -227,7 +224,7 @@ impl PlantedBug {
         PlantedBug::BackupLiveControlFile,
         PlantedBug::BackupEndBeforeCopy,
         PlantedBug::BackupSkipsFileSync,
-        PlantedBug::BackupZeroesPageAfterFreeRange,
+        PlantedBug::BackupWidensFreeRanges,
         PlantedBug::ArchiveRecycleUnarchived,
         PlantedBug::ArchiveExistsWithoutCompare,
         PlantedBug::ArchiveWithoutSync,
@@ -246,7 +243,6 @@ impl PlantedBug {
         PlantedBug::ReplicaAckOnLocalFlush,
         PlantedBug::ReplicaKeepsUncommittedWal,
         PlantedBug::ReplicaRebuildCommitsWholeLog,
-        PlantedBug::ReplicaRebuildCutsUnheldLog,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -287,7 +283,7 @@ impl PlantedBug {
             PlantedBug::BackupLiveControlFile => "backup_live_control_file",
             PlantedBug::BackupEndBeforeCopy => "backup_end_before_copy",
             PlantedBug::BackupSkipsFileSync => "backup_skips_file_sync",
-            PlantedBug::BackupZeroesPageAfterFreeRange => "backup_zeroes_page_after_free_range",
+            PlantedBug::BackupWidensFreeRanges => "backup_widens_free_ranges",
             PlantedBug::ArchiveRecycleUnarchived => "archive_recycle_unarchived",
             PlantedBug::ArchiveExistsWithoutCompare => "archive_exists_without_compare",
             PlantedBug::ArchiveWithoutSync => "archive_without_sync",
@@ -306,7 +302,6 @@ impl PlantedBug {
             PlantedBug::ReplicaAckOnLocalFlush => "replica_ack_on_local_flush",
             PlantedBug::ReplicaKeepsUncommittedWal => "replica_keeps_uncommitted_wal",
             PlantedBug::ReplicaRebuildCommitsWholeLog => "replica_rebuild_commits_whole_log",
-            PlantedBug::ReplicaRebuildCutsUnheldLog => "replica_rebuild_cuts_unheld_log",
         }
     }
 
@@ -326,7 +321,6 @@ impl PlantedBug {
             PlantedBug::ReplicaAckOnLocalFlush
                 | PlantedBug::ReplicaKeepsUncommittedWal
                 | PlantedBug::ReplicaRebuildCommitsWholeLog
-                | PlantedBug::ReplicaRebuildCutsUnheldLog
         ) {
             return Layer::Replication;
         }
@@ -364,7 +358,7 @@ impl PlantedBug {
                 | PlantedBug::BackupLiveControlFile
                 | PlantedBug::BackupEndBeforeCopy
                 | PlantedBug::BackupSkipsFileSync
-                | PlantedBug::BackupZeroesPageAfterFreeRange
+                | PlantedBug::BackupWidensFreeRanges
                 | PlantedBug::ArchiveRecycleUnarchived
                 | PlantedBug::ArchiveExistsWithoutCompare
                 | PlantedBug::ArchiveWithoutSync

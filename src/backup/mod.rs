@@ -528,9 +528,10 @@ pub async fn take_into(
     let start = db.start_backup(request.yield_to_commits).await?;
     progress.start_lsn.store(start.control.redo_lsn.0, Ordering::Relaxed);
     let mut free_pages = start.free_pages.clone();
-    if active(PlantedBug::BackupZeroesPageAfterFreeRange) {
-        // An off-by-one: each range takes the page after it too.
-        free_pages.iter_mut().for_each(|range| range[1] = range[1].saturating_add(1));
+    if active(PlantedBug::BackupWidensFreeRanges) {
+        // Bounds that exclude their page read as inclusive: each range
+        // takes the page before it and the page after it too.
+        free_pages.iter_mut().for_each(|range| *range = [range[0].saturating_sub(1), range[1].saturating_add(1)]);
     }
     let early_end = if active(PlantedBug::BackupEndBeforeCopy) { Some(db.end_backup().await?) } else { None };
     let mut writer = Writer {

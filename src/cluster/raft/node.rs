@@ -270,11 +270,7 @@ impl RaftNode {
         let hard_state =
             HardState { term: self.term(), vote: self.raw.raft.id, commit: commit.min(last), ..HardState::default() };
         let others = self.raw.raft.prs().iter().filter(|(id, _)| **id != rebuilding);
-        let held = if planted::active(PlantedBug::ReplicaRebuildCutsUnheldLog) {
-            u64::MAX
-        } else {
-            others.map(|(_, progress)| progress.matched).min().unwrap_or(u64::MAX)
-        };
+        let held = others.map(|(_, progress)| progress.matched).min().unwrap_or(u64::MAX);
         let limit = held.min(self.commit_index());
         let skipped = entries.iter().take_while(|entry| entry.index <= limit && skip(entry)).count();
         let base = match skipped.checked_sub(1) {
@@ -396,5 +392,68 @@ mod tests {
                 "seed {seed}: node 3 voted for node 1 in term {term}; it must refuse node 2: {answer:?}"
             );
         }
+    }
+
+    /// Delivers the messages `from` sends, and the answers, among `nodes`
+    /// (index = id - 1), dropping any to or from a node `cut` names, until
+    /// no message is left.
+    fn pump(nodes: &mut [RaftNode], cut: &[u64]) {
+        let mut queue: Vec<Message> = Vec::new();
+        loop {
+            for node in nodes.iter_mut() {
+                queue.extend(messages(node));
+            }
+            if queue.is_empty() {
+                return;
+            }
+            for message in std::mem::take(&mut queue) {
+                if !cut.contains(&message.to) && !cut.contains(&message.from) {
+                    nodes[message.to as usize - 1].step(message);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_export_leaves_out_only_committed_entries_every_other_voter_holds() {
+        let disks: Vec<SimDisk> = (0..3).map(|i| SimDisk::new(40 + i, FaultConfig::none())).collect();
+        let mut nodes: Vec<RaftNode> =
+            (0..3).map(|i| RaftNode::open(disks[i].fs(), &dir(), &config(i as u64 + 1)).unwrap()).collect();
+        while !nodes[0].is_leader() {
+            nodes[0].tick();
+            pump(&mut nodes, &[]);
+        }
+        for n in 0..3u8 {
+            nodes[0].propose(vec![n]).unwrap();
+            pump(&mut nodes, &[]);
+        }
+        // Node 3 is cut off while three more entries commit on nodes 1 and 2.
+        for n in 3..6u8 {
+            nodes[0].propose(vec![n]).unwrap();
+            pump(&mut nodes, &[3]);
+        }
+        let held_by_3 = nodes[0].progress().into_iter().find(|(id, _)| *id == 3).unwrap().1;
+        let committed = nodes[0].commit_index();
+        assert!(held_by_3 < committed, "node 3 lags: {held_by_3} of {committed}");
+        let mut everything = |_: &Entry| true;
+        // Rebuilding node 2: node 3 must still be sent what it lacks by
+        // whichever node leads later, node 2 included.
+        let for_2 = nodes[0].export(2, &mut everything).unwrap();
+        assert_eq!(for_2.base.map(|(index, _)| index), Some(held_by_3));
+        assert_eq!(for_2.entries.first().map(|e| e.index), Some(held_by_3 + 1));
+        // Rebuilding node 3: node 2 holds everything committed.
+        let for_3 = nodes[0].export(3, &mut everything).unwrap();
+        assert_eq!(for_3.base.map(|(index, _)| index), Some(committed));
+        assert_eq!(for_3.hard_state.commit, committed);
+        // `skip` stops the cut where it says.
+        let mut first_two = |entry: &Entry| entry.index <= 2;
+        assert_eq!(nodes[0].export(3, &mut first_two).unwrap().base.map(|(index, _)| index), Some(2));
+        // A node rebuilt from that log exports from its first entry on.
+        let disk = SimDisk::new(50, FaultConfig::none());
+        let mut log = RaftLog::open(disk.fs(), &dir(), 3, &[1, 2, 3]).unwrap();
+        log.adopt(&for_3).unwrap();
+        drop(log);
+        let rebuilt = RaftNode::open(disk.fs(), &dir(), &config(3)).unwrap();
+        assert_eq!(rebuilt.snapshot().0, committed, "the log starts after a snapshot at the base");
     }
 }
