@@ -515,9 +515,13 @@ async fn serve_snapshot(mut stream: TcpStream, rebuilding: u64, snapshots: &Snap
     let request = BackupRequest::new(PathBuf::new(), true, false, String::new());
     let progress = BackupProgress::default();
     // A failure cuts the stream short, which the node reports and retries.
-    let manifest = backup::take_into(db, Sink::Stream(&mut out), &id, &request, &progress)
-        .await
-        .map_err(|e| io::Error::other(format!("the snapshot's backup failed: {e}")))?;
+    let manifest = match backup::take_into(db, Sink::Stream(&mut out), &id, &request, &progress).await {
+        Ok(manifest) => manifest,
+        Err(error) => {
+            tracing::warn!(node = rebuilding, %error, "streaming a snapshot to a peer failed");
+            return Err(io::Error::other(error.to_string()));
+        }
+    };
     // Taken after the backup ended: the log commits at least the WAL the
     // backup holds (see docs/cluster.md, "Rebuilding a node").
     let ExportedLog { base, entries, hard_state } =
