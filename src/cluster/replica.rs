@@ -342,9 +342,18 @@ impl ReplicaNode {
         self.raft.tick();
     }
 
-    /// Takes a message from a peer.
+    /// Takes a message from a peer. On a leader, a commit it tells of is
+    /// passed to the gate at once, before [`ReplicaNode::advance`] records
+    /// it durably: that is enough to acknowledge it (a majority holds it),
+    /// not for pages to depend on it.
     pub fn step(&mut self, message: Message) {
         self.raft.step(message);
+        if let Role::Opening { gate, .. } | Role::Leading { gate, .. } = &self.role {
+            let commit = self.raft.commit_index();
+            if let Some((_, (end, _))) = self.proposed.range(..=commit).next_back() {
+                gate.set_committed(*end);
+            }
+        }
     }
 
     /// The database, while this node leads and it is open.
@@ -522,17 +531,17 @@ impl ReplicaNode {
         let (Role::Opening { gate, .. } | Role::Leading { gate, .. }) = &self.role else {
             return Ok(());
         };
-        let local = gate.local();
-        if self.shipped < local {
+        let written = gate.written();
+        if self.shipped < written {
             // Whole flushes: a chunk ends where a record does, so a
             // follower's replay of it ends there too.
-            let bytes = read_wal(self.env.fs.as_ref(), &self.opts, self.shipped, local).map_err(|e| e.to_string())?;
+            let bytes = read_wal(self.env.fs.as_ref(), &self.opts, self.shipped, written).map_err(|e| e.to_string())?;
             // A refusal (not the leader any more, or raft-rs is busy) is
             // retried: the role change sees the first, the next call retries.
             if self.raft.propose(encode_chunk(self.shipped, &bytes)).is_ok() {
-                self.shipped = local;
+                self.shipped = written;
                 let now = self.env.clock.monotonic();
-                self.proposed.insert(self.raft.last_proposed_index(), (local, now));
+                self.proposed.insert(self.raft.last_proposed_index(), (written, now));
                 // What every voter holds is no longer needed to tell lags.
                 let least = self.raft.progress().iter().map(|(_, matched)| *matched).min().unwrap_or(0);
                 if let Some((&floor, _)) = self.proposed.range(..=least).next_back() {

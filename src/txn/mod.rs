@@ -311,7 +311,12 @@ impl Transaction {
                 if commit.clamped {
                     self.shared.stats.commit_time_clamps.fetch_add(1, Ordering::Relaxed);
                 }
-                self.shared.wal.flush(commit.end).await.map(|_| Some(commit.lsn)).map_err(|e| DbError::Store(e.into()))
+                self.shared
+                    .wal
+                    .flush_commit(commit.end)
+                    .await
+                    .map(|_| Some(commit.lsn))
+                    .map_err(|e| DbError::Store(e.into()))
             }
             Ok(None) => Ok(None),
             Err(e) => Err(e.into()),

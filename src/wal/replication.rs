@@ -11,6 +11,16 @@
 //! [`ReplicationGate`] ties the leader's WAL to the group: a flush returns
 //! only once the group has committed what it flushed
 //! ([`super::Wal::with_replication`]).
+//!
+//! A flush's run is shipped as soon as it is written, while the leader's
+//! own sync runs: its bytes never change after (the next run starts on the
+//! next sector), and a commit is acknowledged only once both the leader's
+//! sync and the group's commit cover it. The gate keeps two points for the
+//! group: where it *committed* (a majority's logs hold it, which is all an
+//! acknowledgement needs), and where this node has *recorded* that durably
+//! (its Raft commit index synced), which pages, checkpoints and the
+//! archiver wait for, since a restarted node cuts its WAL back to what it
+//! recorded.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -45,6 +55,8 @@ pub struct ReplicationGate {
 #[derive(Debug)]
 struct GateState {
     local: Lsn,
+    written: Lsn,
+    committed: Lsn,
     replicated: Lsn,
     closed: Option<String>,
 }
@@ -52,7 +64,7 @@ struct GateState {
 impl ReplicationGate {
     /// A gate for a log whose every byte before `end` the group holds.
     pub fn new(end: Lsn) -> Self {
-        let state = GateState { local: end, replicated: end, closed: None };
+        let state = GateState { local: end, written: end, committed: end, replicated: end, closed: None };
         Self { state: Mutex::new(state), changed: Notify::new(), flushed: Notify::new() }
     }
 
@@ -65,7 +77,20 @@ impl ReplicationGate {
         self.lock().local
     }
 
-    /// Every byte before this is durable on a majority.
+    /// Every byte before this is written to the leader's segments in whole
+    /// flushes, synced or being synced: what may be shipped.
+    pub fn written(&self) -> Lsn {
+        self.lock().written
+    }
+
+    /// Every byte before this is durable on a majority: a commit before it
+    /// may be acknowledged.
+    pub fn committed(&self) -> Lsn {
+        self.lock().committed
+    }
+
+    /// Every byte before this is durable on a majority, and this node has
+    /// recorded so durably: what pages and checkpoints may depend on.
     pub fn replicated(&self) -> Lsn {
         self.lock().replicated
     }
@@ -74,22 +99,47 @@ impl ReplicationGate {
         let mut state = self.lock();
         if lsn > state.local {
             state.local = lsn;
+            if lsn > state.written {
+                state.written = lsn;
+                self.flushed.notify_one();
+            }
+        }
+    }
+
+    /// A flush's run, ending on a sector boundary at `lsn`, is written; its
+    /// sync follows.
+    pub(super) fn set_written(&self, lsn: Lsn) {
+        let mut state = self.lock();
+        if lsn > state.written {
+            state.written = lsn;
             self.flushed.notify_one();
         }
     }
 
-    /// Resolves once the local flush point has moved since the last call
+    /// Resolves once the written point has moved since the last call
     /// resolved (at once if it moved meanwhile). One task, the one that
     /// ships the WAL, may wait on it.
     pub async fn local_advanced(&self) {
         self.flushed.notified().await;
     }
 
-    /// The group has committed every byte before `lsn`.
+    /// The group has committed every byte before `lsn` (a majority's logs
+    /// hold it), which this node may not have recorded durably yet.
+    pub fn set_committed(&self, lsn: Lsn) {
+        let mut state = self.lock();
+        if lsn > state.committed {
+            state.committed = lsn;
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The group has committed every byte before `lsn`, and this node has
+    /// recorded so durably.
     pub fn set_replicated(&self, lsn: Lsn) {
         let mut state = self.lock();
         if lsn > state.replicated {
             state.replicated = lsn;
+            state.committed = state.committed.max(lsn);
             self.changed.notify_waiters();
         }
     }
@@ -101,10 +151,16 @@ impl ReplicationGate {
         self.wake();
     }
 
-    /// Waits until the group holds every byte before `upto`, and returns
-    /// where it holds them to. `check` runs first and at every wake-up (the
-    /// WAL's own latch).
-    pub(super) async fn wait(&self, upto: Lsn, check: impl Fn() -> Result<(), WalError>) -> Result<Lsn, WalError> {
+    /// Waits until the group holds every byte before `upto` (`recorded`:
+    /// and this node has recorded so durably), and returns where it holds
+    /// them to. `check` runs first and at every wake-up (the WAL's own
+    /// latch).
+    pub(super) async fn wait(
+        &self,
+        upto: Lsn,
+        recorded: bool,
+        check: impl Fn() -> Result<(), WalError>,
+    ) -> Result<Lsn, WalError> {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -116,8 +172,9 @@ impl ReplicationGate {
                 if let Some(cause) = &state.closed {
                     return Err(WalError::Stopped { cause: cause.clone() });
                 }
-                if state.replicated >= upto {
-                    return Ok(state.replicated);
+                let held = if recorded { state.replicated } else { state.committed };
+                if held >= upto {
+                    return Ok(held);
                 }
             }
             notified.await;

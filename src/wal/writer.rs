@@ -319,18 +319,31 @@ impl Wal {
 
     /// Makes every record before `upto` durable. Concurrent callers share one
     /// sync (group commit). On a cluster's leader it then waits until a
-    /// majority holds them too; if the node loses its leadership first, it
-    /// fails and the caller's outcome is unknown, as after a failed sync.
+    /// majority holds them too, and this node has recorded so
+    /// ([`Wal::durable_lsn`] covers them: a page may depend on them); if
+    /// the node loses its leadership first, it fails and the caller's
+    /// outcome is unknown, as after a failed sync.
     pub async fn flush(&self, upto: Lsn) -> Result<Lsn, WalError> {
+        self.flush_to(upto, true).await
+    }
+
+    /// [`Wal::flush`] for a commit's acknowledgement: on a cluster's leader
+    /// it returns once a majority holds the records, before this node has
+    /// recorded so durably, so what it returns is not for the WAL rule.
+    pub async fn flush_commit(&self, upto: Lsn) -> Result<Lsn, WalError> {
+        self.flush_to(upto, false).await
+    }
+
+    async fn flush_to(&self, upto: Lsn, recorded: bool) -> Result<Lsn, WalError> {
         let local = self.flush_local(upto).await?;
         match &self.gate {
             None => Ok(local),
             Some(_) if active(PlantedBug::ReplicaAckOnLocalFlush) => Ok(local),
             Some(gate) => {
-                if gate.replicated() < upto {
+                if gate.committed() < upto {
                     probe::hit(Probe::FlushWaitsForMajority);
                 }
-                let majority = gate.wait(upto, || self.check_running()).await?;
+                let majority = gate.wait(upto, recorded, || self.check_running()).await?;
                 Ok(majority.min(self.local_durable()))
             }
         }
@@ -360,6 +373,10 @@ impl Wal {
         let target = self.lock_insert().next;
         assert!(upto <= target, "flush({upto}) past the end of the log ({target})");
         self.write_buffer(&mut writer, true).map_err(|e| self.stop(e))?;
+        if let Some(gate) = &self.gate {
+            // Shipped while it syncs (the replication module's docs).
+            gate.set_written(writer.written);
+        }
         // The sync takes time on a real disk, and other tasks run meanwhile.
         // Yielding here gives the simulator that window too, so a bug that
         // leaks state between the write and the sync can be observed.
@@ -391,7 +408,7 @@ impl Wal {
     /// Appends a commit record and waits until it is durable. Returns its LSN.
     pub async fn commit(&self, xid: u64, prev_lsn: Lsn, commit_time_micros: u64) -> Result<Lsn, WalError> {
         let (lsn, end) = self.append(&Record::commit(xid, prev_lsn, commit_time_micros)).await?;
-        self.flush(end).await?;
+        self.flush_commit(end).await?;
         Ok(lsn)
     }
 

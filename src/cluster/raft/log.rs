@@ -48,7 +48,7 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMe
 use raft::storage::MemStorage;
 use raft::{RaftState, Storage};
 
-use crate::env::{write_atomically, AtomicWriteError, File, Fs, SECTOR_SIZE};
+use crate::env::{self, write_atomically, AtomicWriteError, File, Fs, SECTOR_SIZE};
 use crate::planted::{self, PlantedBug};
 use crate::probe::{self, Phase, Probe};
 
@@ -348,7 +348,9 @@ impl RaftLog {
         pad_to_sector(&mut buf);
         self.file.write_all_at(&buf, self.end).map_err(io("write", &self.path))?;
         if !planted::active(PlantedBug::RaftAppendWithoutSync) {
-            self.file.sync_data().map_err(io("sync", &self.path))?;
+            // Off the worker thread's queue: the messages the leader handed
+            // its peers' senders just before this run meanwhile.
+            env::blocking(|| self.file.sync_data()).map_err(io("sync", &self.path))?;
         }
         self.end += buf.len() as u64;
         let last = self.last_index();
