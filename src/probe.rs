@@ -340,8 +340,12 @@ pub enum Probe {
     /// A Raft log reopened after a snapshot dropped entries that did not
     /// continue it.
     RaftStaleLogDropped,
-    /// A cluster leader's flush, durable on its own disk, waited for the group to commit it.
+    /// A cluster leader's flush, written on its own disk, waited for the group to commit it.
     FlushWaitsForMajority,
+    /// A leader learned a commit from a follower's answer, before it recorded it durably: commits up to it may be acknowledged, pages may not depend on it yet.
+    ReplicaCommittedBeforeRecorded,
+    /// A leader synced the WAL its commits wrote (they waited for the group, not for this sync).
+    ReplicaLeaderWalSynced,
     /// A node that won an election applied every earlier entry and opened the database as the leader.
     ReplicaLeaderOpened,
     /// A leader (or a node opening as one) lost its leadership: its waiting commits failed and it went back to following.
@@ -361,7 +365,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 74] = [
+    const ALL: [Probe; 76] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -429,6 +433,8 @@ impl Probe {
         Probe::RaftSnapshotInstalled,
         Probe::RaftStaleLogDropped,
         Probe::FlushWaitsForMajority,
+        Probe::ReplicaCommittedBeforeRecorded,
+        Probe::ReplicaLeaderWalSynced,
         Probe::ReplicaLeaderOpened,
         Probe::ReplicaDemoted,
         Probe::ReplicaCutUncommitted,
@@ -459,6 +465,8 @@ impl Probe {
             | Probe::RaftSnapshotInstalled
             | Probe::RaftStaleLogDropped => Layer::Cluster,
             Probe::FlushWaitsForMajority
+            | Probe::ReplicaCommittedBeforeRecorded
+            | Probe::ReplicaLeaderWalSynced
             | Probe::ReplicaLeaderOpened
             | Probe::ReplicaDemoted
             | Probe::ReplicaCutUncommitted
@@ -539,6 +547,8 @@ impl Probe {
             Probe::RaftSnapshotInstalled => "raft_snapshot_installed",
             Probe::RaftStaleLogDropped => "raft_stale_log_dropped",
             Probe::FlushWaitsForMajority => "flush_waits_for_majority",
+            Probe::ReplicaCommittedBeforeRecorded => "replica_committed_before_recorded",
+            Probe::ReplicaLeaderWalSynced => "replica_leader_wal_synced",
             Probe::ReplicaLeaderOpened => "replica_leader_opened",
             Probe::ReplicaDemoted => "replica_demoted",
             Probe::ReplicaCutUncommitted => "replica_cut_uncommitted",

@@ -56,6 +56,11 @@ use crate::recovery::{on_control_timeline, Replayed, Replayer};
 use crate::storage::{ControlFile, CONTROL_FILE_NAME};
 use crate::wal::{read_wal, Lsn, ReplicationGate, WalCopy, WalOptions, WalReader};
 
+/// How often a leader syncs the WAL it wrote for its commits (which wait
+/// for the group, not for this sync: `Wal::flush_commit`), so that its
+/// archiver and its status follow closely.
+const WAL_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How long a deposed leader waits for its clients to let go of the
 /// database before it follows anyway.
 const RELEASE_WAIT_MS: u64 = 1_000;
@@ -188,6 +193,8 @@ pub struct ReplicaNode {
     /// On a leader, where the next chunk starts: everything before it has
     /// been proposed.
     shipped: Lsn,
+    /// On a leader, when it last synced its WAL (`WAL_SYNC_INTERVAL`).
+    last_wal_sync: Duration,
     /// Where the last replay round ended, and when it ran.
     replayed: Lsn,
     last_replay: Option<Duration>,
@@ -325,6 +332,7 @@ impl ReplicaNode {
             floor: control.redo_lsn,
             applied: 0,
             shipped: control.redo_lsn,
+            last_wal_sync: Duration::ZERO,
             replayed: Lsn::ZERO,
             last_replay: None,
             replayer: None,
@@ -351,6 +359,9 @@ impl ReplicaNode {
         if let Role::Opening { gate, .. } | Role::Leading { gate, .. } = &self.role {
             let commit = self.raft.commit_index();
             if let Some((_, (end, _))) = self.proposed.range(..=commit).next_back() {
+                if *end > gate.committed() && *end > gate.replicated() {
+                    probe::hit(Probe::ReplicaCommittedBeforeRecorded);
+                }
                 gate.set_committed(*end);
             }
         }
@@ -409,7 +420,7 @@ impl ReplicaNode {
         let Some(gate) = self.gate() else {
             return Vec::new();
         };
-        let local = gate.local();
+        let local = gate.written();
         let now = self.env.clock.monotonic();
         self.raft
             .progress()
@@ -446,6 +457,7 @@ impl ReplicaNode {
     /// dropped and reopened from its disk.
     pub async fn advance(&mut self, send: &mut (dyn FnMut(Message) + Send)) -> Result<(), String> {
         self.ship()?;
+        self.sync_wal().await?;
         let advanced = self.raft.advance(send).map_err(|e| e.to_string())?;
         if advanced.snapshot.is_some() {
             // The log is never compacted yet, so no leader sends one.
@@ -489,6 +501,16 @@ impl ReplicaNode {
                 .map_err(|e| format!("reading the WAL from {}: {e}", self.floor))?
                 .lsn();
             self.last_chunk_end = Some(self.wal_end);
+        }
+        if self.wal_end < self.floor {
+            // Pages and checkpoints wait until the node has recorded a
+            // commit durably (`ReplicationGate::replicated`), so a
+            // restarted node knows committed at least what they depend on.
+            return Err(format!(
+                "the WAL this node knows committed ends at {}, before its control file's redo point {}: its \
+                 pages depend on WAL it never recorded as committed",
+                self.wal_end, self.floor
+            ));
         }
         if active(PlantedBug::ReplicaKeepsUncommittedWal) {
             // The log's own end, uncommitted tail and all.
@@ -549,6 +571,23 @@ impl ReplicaNode {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// On a serving leader, syncs the WAL written for commits once every
+    /// `WAL_SYNC_INTERVAL`.
+    async fn sync_wal(&mut self) -> Result<(), String> {
+        let Role::Leading { db, gate, .. } = &self.role else {
+            return Ok(());
+        };
+        let now = self.env.clock.monotonic();
+        if gate.local() >= gate.written() || now.saturating_sub(self.last_wal_sync) < WAL_SYNC_INTERVAL {
+            return Ok(());
+        }
+        self.last_wal_sync = now;
+        probe::hit(Probe::ReplicaLeaderWalSynced);
+        let db = db.clone();
+        db.wal().sync_written().await.map_err(|e| format!("the leader's engine stopped: {e}"))?;
         Ok(())
     }
 

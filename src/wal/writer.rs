@@ -327,15 +327,22 @@ impl Wal {
         self.flush_to(upto, true).await
     }
 
-    /// [`Wal::flush`] for a commit's acknowledgement: on a cluster's leader
-    /// it returns once a majority holds the records, before this node has
-    /// recorded so durably, so what it returns is not for the WAL rule.
+    /// [`Wal::flush`] for a commit's acknowledgement. On a cluster's leader
+    /// it writes the records and returns once a majority holds them: the
+    /// group's Raft logs hold the same bytes, durably, and a restarted node
+    /// writes its WAL again from its own ([`crate::cluster::replica`]). So
+    /// the leader's own sync is left to the next flush that needs it (a
+    /// page's, a checkpoint's) or to [`Wal::sync_written`], and what this
+    /// returns is not for the WAL rule.
     pub async fn flush_commit(&self, upto: Lsn) -> Result<Lsn, WalError> {
         self.flush_to(upto, false).await
     }
 
     async fn flush_to(&self, upto: Lsn, recorded: bool) -> Result<Lsn, WalError> {
-        let local = self.flush_local(upto).await?;
+        let local = match &self.gate {
+            Some(_) if !recorded => self.write_local(upto).await?,
+            _ => self.flush_local(upto).await?,
+        };
         match &self.gate {
             None => Ok(local),
             Some(_) if active(PlantedBug::ReplicaAckOnLocalFlush) => Ok(local),
@@ -344,9 +351,42 @@ impl Wal {
                     probe::hit(Probe::FlushWaitsForMajority);
                 }
                 let majority = gate.wait(upto, recorded, || self.check_running()).await?;
-                Ok(majority.min(self.local_durable()))
+                Ok(majority.min(local))
             }
         }
+    }
+
+    /// On a cluster's leader, makes every byte written for shipping durable
+    /// on this disk too (the leader's periodic sync: commits do not wait
+    /// for it, see [`Wal::flush_commit`]).
+    pub async fn sync_written(&self) -> Result<Lsn, WalError> {
+        match &self.gate {
+            Some(gate) => self.flush_local(gate.written()).await,
+            None => Ok(self.local_durable()),
+        }
+    }
+
+    /// On a cluster's leader, writes every record before `upto` to the
+    /// segments in a whole flush's run (sector-padded, so its bytes never
+    /// change) and hands it to the gate for shipping, without a sync.
+    /// Concurrent callers share one write. Returns where the written log
+    /// ends.
+    async fn write_local(&self, upto: Lsn) -> Result<Lsn, WalError> {
+        let gate = self.gate.as_ref().expect("only a leader's WAL ships unsynced runs");
+        if gate.written() >= upto {
+            return Ok(gate.written());
+        }
+        let mut writer = self.io.lock().await;
+        self.check_running()?;
+        if gate.written() >= upto {
+            probe::hit(Probe::GroupCommitFollower);
+            return Ok(gate.written());
+        }
+        // As in `flush_local`: one write serves the committers ready to run.
+        tokio::task::yield_now().await;
+        self.write_buffer(&mut writer, true).map_err(|e| self.stop(e))?;
+        gate.set_written(writer.written);
+        Ok(writer.written)
     }
 
     async fn flush_local(&self, upto: Lsn) -> Result<Lsn, WalError> {
