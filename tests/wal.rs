@@ -698,6 +698,71 @@ async fn a_gated_flush_waits_for_the_group_and_a_copy_reads_back_as_the_same_log
     assert_eq!(left.last().unwrap().1, record(1));
 }
 
+/// A leader's commit behind the gate: written and shipped without a sync
+/// of the leader's own, it returns once the group has committed it, before
+/// the leader records that; a flush for a page still waits for both the
+/// leader's sync and the record, and the periodic sync makes the written
+/// log durable.
+#[tokio::test]
+async fn a_gated_commit_waits_for_the_group_not_the_leaders_sync_and_pages_wait_for_both() {
+    use thunderdb::wal::ReplicationGate;
+
+    let leader = SimDisk::new(9, FaultConfig::none());
+    let opts = opts();
+    let end = WalReader::new(leader.fs(), opts.clone(), opts.first_lsn()).read_to_end().unwrap();
+    let start = end.lsn();
+    let gate = Arc::new(ReplicationGate::new(start));
+    let wal = Arc::new(Wal::open(leader.fs(), opts.clone(), end).unwrap().with_replication(Some(gate.clone())));
+    let (_, commit_end) = wal.append(&record(1)).await.unwrap();
+    let commit = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.flush_commit(commit_end).await }
+    });
+    while gate.written() < commit_end {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(wal.local_durable(), start, "the commit wrote its run for shipping without syncing it");
+    let page = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.flush(commit_end).await }
+    });
+    while wal.local_durable() < commit_end {
+        tokio::task::yield_now().await;
+    }
+    // A follower's answer tells the leader the group committed it.
+    gate.set_committed(gate.written());
+    assert!(commit.await.unwrap().unwrap() >= commit_end, "the commit is acknowledged");
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!page.is_finished(), "a page waits until the leader has recorded the commit");
+    assert!(wal.durable_lsn() < commit_end);
+    gate.set_replicated(gate.written());
+    assert!(page.await.unwrap().unwrap() >= commit_end);
+    assert!(wal.durable_lsn() >= commit_end);
+
+    // A second commit, acknowledged by the group; the periodic sync then
+    // makes the leader's own copy durable.
+    let (_, second_end) = wal.append(&record(2)).await.unwrap();
+    let second = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.flush_commit(second_end).await }
+    });
+    while gate.written() < second_end {
+        tokio::task::yield_now().await;
+    }
+    gate.set_replicated(gate.written());
+    second.await.unwrap().unwrap();
+    assert!(wal.local_durable() < second_end, "nothing synced the second commit's run yet");
+    assert!(wal.sync_written().await.unwrap() >= second_end);
+    assert!(wal.local_durable() >= second_end);
+    drop(wal);
+    leader.crash();
+    let read = read_all(leader.fs(), &opts).unwrap();
+    let kept: Vec<Record> = read.into_iter().map(|(_, r)| r).filter(|r| r.kind == record(1).kind).collect();
+    assert_eq!(kept, vec![record(1), record(2)], "the synced log survives the power failure");
+}
+
 #[tokio::test]
 async fn a_reader_stopped_at_a_limit_resumes_as_the_log_grows_and_reads_each_record_once() {
     for segment_size in [1024, 64 * 1024] {
