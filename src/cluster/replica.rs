@@ -29,11 +29,15 @@
 //!
 //! **Restarts.** The commit index a node learns is synced before the
 //! entries it commits are applied (`RaftNode::advance`), so a restarted
-//! node knows at least what it had applied. raft-rs hands it every
-//! committed entry again; the chunks that reach past the control file's
-//! redo point are written again (their bytes are the committed ones), and
-//! once it has caught up with what it knew committed, the WAL after the
-//! last chunk is cut, whatever it held.
+//! node knows at least what it had applied. (A leader acknowledges commits
+//! before that, as soon as a follower's answer tells it of them: an
+//! acknowledgement needs only the majority. Its pages wait for the sync.)
+//! raft-rs hands it every committed entry again; the chunks that reach
+//! past the control file's redo point are written again (their bytes are
+//! the committed ones, and this is also what restores a leader's WAL it
+//! wrote for its commits but had not synced), and once it has caught up
+//! with what it knew committed, the WAL after the last chunk is cut,
+//! whatever it held.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -359,7 +363,7 @@ impl ReplicaNode {
         if let Role::Opening { gate, .. } | Role::Leading { gate, .. } = &self.role {
             let commit = self.raft.commit_index();
             if let Some((_, (end, _))) = self.proposed.range(..=commit).next_back() {
-                if *end > gate.committed() && *end > gate.replicated() {
+                if *end > gate.committed() {
                     probe::hit(Probe::ReplicaCommittedBeforeRecorded);
                 }
                 gate.set_committed(*end);
@@ -420,7 +424,7 @@ impl ReplicaNode {
         let Some(gate) = self.gate() else {
             return Vec::new();
         };
-        let local = gate.written();
+        let written = gate.written();
         let now = self.env.clock.monotonic();
         self.raft
             .progress()
@@ -432,7 +436,7 @@ impl ReplicaNode {
                 MemberLag {
                     node_id,
                     match_lsn,
-                    lag_bytes: local.0.saturating_sub(match_lsn.unwrap_or(self.wal_end).0),
+                    lag_bytes: written.0.saturating_sub(match_lsn.unwrap_or(self.wal_end).0),
                     lag_seconds: oldest_missing.map_or(0.0, |at| now.saturating_sub(at).as_secs_f64()),
                 }
             })

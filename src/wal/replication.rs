@@ -12,15 +12,16 @@
 //! only once the group has committed what it flushed
 //! ([`super::Wal::with_replication`]).
 //!
-//! A flush's run is shipped as soon as it is written, while the leader's
-//! own sync runs: its bytes never change after (the next run starts on the
-//! next sector), and a commit is acknowledged only once both the leader's
-//! sync and the group's commit cover it. The gate keeps two points for the
-//! group: where it *committed* (a majority's logs hold it, which is all an
-//! acknowledgement needs), and where this node has *recorded* that durably
-//! (its Raft commit index synced), which pages, checkpoints and the
-//! archiver wait for, since a restarted node cuts its WAL back to what it
-//! recorded.
+//! A flush's run is shipped as soon as it is written, before or while the
+//! leader syncs it: its bytes never change after (the next run starts on
+//! the next sector). A commit is acknowledged once the group has committed
+//! it, without the leader's own sync: a majority's Raft logs hold the same
+//! bytes durably. The gate keeps two points for the group: where it
+//! *committed* (a majority's logs hold it, which is all an acknowledgement
+//! needs), and where this node has *recorded* that durably (its Raft
+//! commit index synced), which pages, checkpoints and the archiver wait
+//! for, with the leader's own sync, since a restarted node cuts its WAL
+//! back to what it recorded.
 
 use std::collections::BTreeMap;
 use std::io;

@@ -12,9 +12,12 @@
 //!
 //! - **Commit rule:** [`Wal::flush`] returns `Ok` only once every byte before
 //!   the requested LSN has been synced. A commit is acknowledged after that.
-//!   On a cluster's leader ([`Wal::with_replication`]), only once the Raft
-//!   group has committed them too; [`Wal::durable_lsn`], which pages,
-//!   checkpoints and the archiver honour, is then the lower of the two.
+//!   On a cluster's leader ([`Wal::with_replication`]), a commit
+//!   ([`Wal::flush_commit`]) is acknowledged once the Raft group has
+//!   committed it, whose logs hold its bytes durably, without waiting for
+//!   the leader's own sync; [`Wal::durable_lsn`], which pages, checkpoints
+//!   and the archiver honour, needs both the leader's sync and its durable
+//!   record of the group's commit.
 //! - **Sector isolation:** every flush ends on a 512-byte sector boundary
 //!   (a `Pad` record fills the gap), so a later torn write can never damage a
 //!   sector holding acknowledged bytes.
