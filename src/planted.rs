@@ -178,6 +178,10 @@ pub enum PlantedBug {
     /// acknowledges commits, and writes pages, before the group holds them,
     /// so a failover loses acknowledged commits.
     ReplicaAckOnLocalFlush,
+    /// A restarted node does not write again the committed chunks it
+    /// catches up on, taking its own WAL to hold them: a leader's commits
+    /// never synced its WAL, so a power failure loses them from it.
+    ReplicaRestartTrustsOwnWal,
     /// A deposed leader keeps the WAL it wrote past what the group
     /// committed, and follows on from its end.
     ReplicaKeepsUncommittedWal,
@@ -188,7 +192,7 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 54] = [
+    pub const ALL: [PlantedBug; 55] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -241,6 +245,7 @@ impl PlantedBug {
         PlantedBug::RaftReadWithoutQuorum,
         PlantedBug::RaftLogCutBeforeSnapshot,
         PlantedBug::ReplicaAckOnLocalFlush,
+        PlantedBug::ReplicaRestartTrustsOwnWal,
         PlantedBug::ReplicaKeepsUncommittedWal,
         PlantedBug::ReplicaRebuildCommitsWholeLog,
     ];
@@ -300,6 +305,7 @@ impl PlantedBug {
             PlantedBug::RaftReadWithoutQuorum => "raft_read_without_quorum",
             PlantedBug::RaftLogCutBeforeSnapshot => "raft_log_cut_before_snapshot",
             PlantedBug::ReplicaAckOnLocalFlush => "replica_ack_on_local_flush",
+            PlantedBug::ReplicaRestartTrustsOwnWal => "replica_restart_trusts_own_wal",
             PlantedBug::ReplicaKeepsUncommittedWal => "replica_keeps_uncommitted_wal",
             PlantedBug::ReplicaRebuildCommitsWholeLog => "replica_rebuild_commits_whole_log",
         }
@@ -319,6 +325,7 @@ impl PlantedBug {
         if matches!(
             self,
             PlantedBug::ReplicaAckOnLocalFlush
+                | PlantedBug::ReplicaRestartTrustsOwnWal
                 | PlantedBug::ReplicaKeepsUncommittedWal
                 | PlantedBug::ReplicaRebuildCommitsWholeLog
         ) {

@@ -540,6 +540,12 @@ impl ReplicaNode {
         if end > self.floor {
             if self.catching_up_to.is_some() {
                 probe::hit(Probe::ReplicaReapplied);
+                if active(PlantedBug::ReplicaRestartTrustsOwnWal) {
+                    // Taken as on disk already: the node wrote it once.
+                    self.last_chunk_end = Some(end);
+                    self.wal_end = end;
+                    return Ok(());
+                }
             }
             // Only from the floor on: a segment before it is either whole
             // on disk already or not needed, and a part of one written
@@ -590,7 +596,6 @@ impl ReplicaNode {
         }
         self.last_wal_sync = now;
         probe::hit(Probe::ReplicaLeaderWalSynced);
-        let db = db.clone();
         db.wal().sync_written().await.map_err(|e| format!("the leader's engine stopped: {e}"))?;
         Ok(())
     }

@@ -387,9 +387,18 @@ impl Wal {
         }
         // As in `flush_local`: one write serves the committers ready to run.
         tokio::task::yield_now().await;
-        self.write_buffer(&mut writer, true).map_err(|e| self.stop(e))?;
-        gate.set_written(writer.written);
+        self.write_run(&mut writer)?;
         Ok(writer.written)
+    }
+
+    /// Writes the buffer as a flush's run (sector-padded) and, on a
+    /// cluster's leader, hands it to the gate for shipping.
+    fn write_run(&self, writer: &mut SegmentWriter) -> Result<(), WalError> {
+        self.write_buffer(writer, true).map_err(|e| self.stop(e))?;
+        if let Some(gate) = &self.gate {
+            gate.set_written(writer.written);
+        }
+        Ok(())
     }
 
     async fn flush_local(&self, upto: Lsn) -> Result<Lsn, WalError> {
@@ -415,11 +424,8 @@ impl Wal {
         tokio::task::yield_now().await;
         let target = self.lock_insert().next;
         assert!(upto <= target, "flush({upto}) past the end of the log ({target})");
-        self.write_buffer(&mut writer, true).map_err(|e| self.stop(e))?;
-        if let Some(gate) = &self.gate {
-            // Shipped while it syncs (the replication module's docs).
-            gate.set_written(writer.written);
-        }
+        // Shipped while it syncs (the replication module's docs).
+        self.write_run(&mut writer)?;
         // The sync takes time on a real disk, and other tasks run meanwhile.
         // Yielding here gives the simulator that window too, so a bug that
         // leaks state between the write and the sync can be observed.
