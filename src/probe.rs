@@ -340,12 +340,16 @@ pub enum Probe {
     /// A Raft log reopened after a snapshot dropped entries that did not
     /// continue it.
     RaftStaleLogDropped,
+    /// A Raft leader recorded a commit index durably with its next append, not with a sync of its own.
+    RaftCommitRecordedWithAppend,
     /// A cluster leader's flush, written on its own disk, waited for the group to commit it.
     FlushWaitsForMajority,
     /// A leader learned a commit from a follower's answer, before it recorded it durably: commits up to it may be acknowledged, pages may not depend on it yet.
     ReplicaCommittedBeforeRecorded,
     /// A leader synced the WAL its commits wrote (they waited for the group, not for this sync).
     ReplicaLeaderWalSynced,
+    /// A leader recorded the group's commit index at once because a page, a checkpoint or the archiver waited for it.
+    ReplicaCommitRecordedOnDemand,
     /// A node that won an election applied every earlier entry and opened the database as the leader.
     ReplicaLeaderOpened,
     /// A leader (or a node opening as one) lost its leadership: its waiting commits failed and it went back to following.
@@ -365,7 +369,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    const ALL: [Probe; 76] = [
+    const ALL: [Probe; 78] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -432,9 +436,11 @@ impl Probe {
         Probe::RaftCompacted,
         Probe::RaftSnapshotInstalled,
         Probe::RaftStaleLogDropped,
+        Probe::RaftCommitRecordedWithAppend,
         Probe::FlushWaitsForMajority,
         Probe::ReplicaCommittedBeforeRecorded,
         Probe::ReplicaLeaderWalSynced,
+        Probe::ReplicaCommitRecordedOnDemand,
         Probe::ReplicaLeaderOpened,
         Probe::ReplicaDemoted,
         Probe::ReplicaCutUncommitted,
@@ -463,10 +469,12 @@ impl Probe {
             | Probe::RaftReadConfirmed
             | Probe::RaftCompacted
             | Probe::RaftSnapshotInstalled
-            | Probe::RaftStaleLogDropped => Layer::Cluster,
+            | Probe::RaftStaleLogDropped
+            | Probe::RaftCommitRecordedWithAppend => Layer::Cluster,
             Probe::FlushWaitsForMajority
             | Probe::ReplicaCommittedBeforeRecorded
             | Probe::ReplicaLeaderWalSynced
+            | Probe::ReplicaCommitRecordedOnDemand
             | Probe::ReplicaLeaderOpened
             | Probe::ReplicaDemoted
             | Probe::ReplicaCutUncommitted
@@ -542,6 +550,8 @@ impl Probe {
             Probe::RaftReopenedWithEntries => "raft_reopened_with_entries",
             Probe::RaftConflictOverwritten => "raft_conflict_overwritten",
             Probe::RaftLeaderElected => "raft_leader_elected",
+            Probe::RaftCommitRecordedWithAppend => "raft_commit_recorded_with_append",
+            Probe::ReplicaCommitRecordedOnDemand => "replica_commit_recorded_on_demand",
             Probe::RaftReadConfirmed => "raft_read_confirmed",
             Probe::RaftCompacted => "raft_compacted",
             Probe::RaftSnapshotInstalled => "raft_snapshot_installed",

@@ -737,9 +737,11 @@ async fn a_gated_commit_waits_for_the_group_not_the_leaders_sync_and_pages_wait_
     }
     assert!(!page.is_finished(), "a page waits until the leader has recorded the commit");
     assert!(wal.durable_lsn() < commit_end);
+    assert!(gate.recording_wanted(), "the waiting page asks the driver to record the commit now");
     gate.set_replicated(gate.written());
     assert!(page.await.unwrap().unwrap() >= commit_end);
     assert!(wal.durable_lsn() >= commit_end);
+    assert!(!gate.recording_wanted());
 
     // A second commit, acknowledged by the group; the periodic sync then
     // makes the leader's own copy durable.

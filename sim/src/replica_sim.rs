@@ -527,7 +527,7 @@ impl World {
     /// have replayed past the most any of them knew.
     fn check_replayed(&mut self, id: u64, status: ReplicaStatus) -> Result<(), SeedFailure> {
         if status.role != ReplicaRole::Follower {
-            self.committed = self.committed.max(status.replicated);
+            self.committed = self.committed.max(status.committed);
         } else if status.replayed > self.committed {
             return Err(self.fail(
                 "replica_replayed_uncommitted",

@@ -27,11 +27,14 @@
 //! nothing outside the log ran ahead of the gate, that tail is cut off
 //! ([`WalCopy::cut`]) before it replays or leads again.
 //!
-//! **Restarts.** The commit index a node learns is synced before the
-//! entries it commits are applied (`RaftNode::advance`), so a restarted
-//! node knows at least what it had applied. (A leader acknowledges commits
-//! before that, as soon as a follower's answer tells it of them: an
-//! acknowledgement needs only the majority. Its pages wait for the sync.)
+//! **Restarts.** A follower syncs the commit index it learns before it
+//! applies the entries it commits (`RaftNode::advance`), so a restarted
+//! node knows at least what it had applied. A leader acknowledges commits
+//! as soon as a follower's answer tells it of them (an acknowledgement
+//! needs only the majority), and records the commit index with its next
+//! append; its pages, checkpoints and archiver wait for that record
+//! ([`ReplicationGate::replicated`]), and a flush waiting for it has it
+//! recorded at once. A deposed leader records it before it follows.
 //! raft-rs hands it every committed entry again; the chunks that reach
 //! past the control file's redo point are written again (their bytes are
 //! the committed ones, and this is also what restores a leader's WAL it
@@ -39,7 +42,7 @@
 //! with what it knew committed, the WAL after the last chunk is cut,
 //! whatever it held.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,8 +64,9 @@ use crate::storage::{ControlFile, CONTROL_FILE_NAME};
 use crate::wal::{read_wal, Lsn, ReplicationGate, WalCopy, WalOptions, WalReader};
 
 /// How often a leader syncs the WAL it wrote for its commits (which wait
-/// for the group, not for this sync: `Wal::flush_commit`), so that its
-/// archiver and its status follow closely.
+/// for the group, not for this sync: `Wal::flush_commit`), and records the
+/// group's commit index if no append has carried it, so that its archiver
+/// and its status follow closely.
 const WAL_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long a deposed leader waits for its clients to let go of the
@@ -151,6 +155,10 @@ pub struct ReplicaStatus {
     pub wal_end: Lsn,
     /// Every byte before this is committed by the group, as far as the
     /// node knows (on a follower, `wal_end`).
+    pub committed: Lsn,
+    /// Every byte before this is committed by the group, and the node has
+    /// recorded so durably: what its pages may depend on (on a follower,
+    /// `wal_end`).
     pub replicated: Lsn,
     /// Where the last replay round ended.
     pub replayed: Lsn,
@@ -199,6 +207,11 @@ pub struct ReplicaNode {
     shipped: Lsn,
     /// On a leader, when it last synced its WAL (`WAL_SYNC_INTERVAL`).
     last_wal_sync: Duration,
+    /// On a leader, the chunks it applied as committed that it has not
+    /// recorded durably yet: each entry's index and where its chunk ends.
+    unrecorded: VecDeque<(u64, Lsn)>,
+    /// When the leader last passed a recorded commit to its gate.
+    last_record: Duration,
     /// Where the last replay round ended, and when it ran.
     replayed: Lsn,
     last_replay: Option<Duration>,
@@ -337,6 +350,8 @@ impl ReplicaNode {
             applied: 0,
             shipped: control.redo_lsn,
             last_wal_sync: Duration::ZERO,
+            unrecorded: VecDeque::new(),
+            last_record: Duration::ZERO,
             replayed: Lsn::ZERO,
             last_replay: None,
             replayer: None,
@@ -360,10 +375,15 @@ impl ReplicaNode {
     /// not for pages to depend on it.
     pub fn step(&mut self, message: Message) {
         self.raft.step(message);
+        self.note_commit();
+    }
+
+    /// On a leader, passes what the group committed to the gate.
+    fn note_commit(&self) {
         if let Role::Opening { gate, .. } | Role::Leading { gate, .. } = &self.role {
             let commit = self.raft.commit_index();
             if let Some((_, (end, _))) = self.proposed.range(..=commit).next_back() {
-                if *end > gate.committed() {
+                if *end > gate.replicated() {
                     probe::hit(Probe::ReplicaCommittedBeforeRecorded);
                 }
                 gate.set_committed(*end);
@@ -445,13 +465,20 @@ impl ReplicaNode {
 
     /// What the node reports.
     pub fn status(&self) -> ReplicaStatus {
-        let (role, replicated) = match &self.role {
-            Role::Follower => (ReplicaRole::Follower, self.wal_end),
-            Role::Starting { .. } => (ReplicaRole::Starting, self.wal_end),
-            Role::Opening { gate, .. } => (ReplicaRole::Opening, gate.replicated()),
-            Role::Leading { gate, .. } => (ReplicaRole::Leading, gate.replicated()),
+        let (role, committed, replicated) = match &self.role {
+            Role::Follower => (ReplicaRole::Follower, self.wal_end, self.wal_end),
+            Role::Starting { .. } => (ReplicaRole::Starting, self.wal_end, self.wal_end),
+            Role::Opening { gate, .. } => (ReplicaRole::Opening, gate.committed(), gate.replicated()),
+            Role::Leading { gate, .. } => (ReplicaRole::Leading, gate.committed(), gate.replicated()),
         };
-        ReplicaStatus { role, term: self.raft.term(), wal_end: self.wal_end, replicated, replayed: self.replayed }
+        ReplicaStatus {
+            role,
+            term: self.raft.term(),
+            wal_end: self.wal_end,
+            committed,
+            replicated,
+            replayed: self.replayed,
+        }
     }
 
     /// Ships what the leader flushed, makes durable what raft-rs asks,
@@ -475,10 +502,12 @@ impl ReplicaNode {
             let (start, bytes) = decode_chunk(&entry.data)?;
             let end = start.plus(bytes.len() as u64);
             match &self.role {
-                Role::Opening { gate, .. } | Role::Leading { gate, .. } => gate.set_replicated(end),
+                Role::Opening { .. } | Role::Leading { .. } => self.unrecorded.push_back((entry.index, end)),
                 Role::Follower | Role::Starting { .. } => self.apply_chunk(entry.index, start, bytes)?,
             }
         }
+        self.note_commit();
+        self.record_commit(false)?;
         // The chunks written are synced only before they are replayed or
         // led on: until then the Raft log, durable, holds them, and a
         // restart writes them again (from the floor on).
@@ -558,6 +587,31 @@ impl ReplicaNode {
         Ok(())
     }
 
+    /// On a leader, records the group's commit index durably if a flush
+    /// waits for it, the interval has passed, or `now`, and passes what it
+    /// recorded to the gate (pages may depend on it).
+    fn record_commit(&mut self, now: bool) -> Result<(), String> {
+        let (Role::Opening { gate, .. } | Role::Leading { gate, .. }) = &self.role else {
+            return Ok(());
+        };
+        let wanted = gate.recording_wanted();
+        let clock = self.env.clock.monotonic();
+        let due = clock.saturating_sub(self.last_record) >= WAL_SYNC_INTERVAL;
+        if (now || wanted || due) && !self.unrecorded.is_empty() {
+            self.raft.record_commit().map_err(|e| e.to_string())?;
+            if wanted {
+                probe::hit(Probe::ReplicaCommitRecordedOnDemand);
+            }
+        }
+        let recorded = self.raft.recorded_commit();
+        while let Some(&(_, end)) = self.unrecorded.front().filter(|(index, _)| *index <= recorded) {
+            gate.set_replicated(end);
+            self.unrecorded.pop_front();
+            self.last_record = clock;
+        }
+        Ok(())
+    }
+
     /// On a leader, proposes what its WAL flushed since the last proposal.
     fn ship(&mut self) -> Result<(), String> {
         let (Role::Opening { gate, .. } | Role::Leading { gate, .. }) = &self.role else {
@@ -612,7 +666,7 @@ impl ReplicaNode {
             Role::Starting { term, .. } | Role::Opening { term, .. } | Role::Leading { term, .. } => Some(*term),
         };
         if role_term.is_some_and(|role_term| !leader || role_term != term) {
-            self.demote().await;
+            self.demote().await?;
         }
         match &mut self.role {
             Role::Follower if leader && self.catching_up_to.is_none() => {
@@ -633,6 +687,7 @@ impl ReplicaNode {
                 let gate = Arc::new(ReplicationGate::new(self.wal_end));
                 self.shipped = self.wal_end;
                 self.proposed.clear();
+                self.unrecorded.clear();
                 let engine = EngineConfig { replication: Some(gate.clone()), ..self.config.engine.clone() };
                 let (send, opened) = oneshot::channel();
                 let env = self.env.clone();
@@ -661,12 +716,15 @@ impl ReplicaNode {
         Ok(())
     }
 
-    /// Leaves the leader's role (see the module docs).
-    async fn demote(&mut self) {
+    /// Leaves the leader's role (see the module docs), once it has
+    /// recorded every commit it applied: it follows from there.
+    async fn demote(&mut self) -> Result<(), String> {
+        self.record_commit(true)?;
+        self.unrecorded.clear();
         probe::hit(Probe::ReplicaDemoted);
         let cause = format!("node {} is no longer the leader", self.config.raft.node_id);
         let replicated = match std::mem::replace(&mut self.role, Role::Follower) {
-            Role::Follower | Role::Starting { .. } => return,
+            Role::Follower | Role::Starting { .. } => return Ok(()),
             Role::Opening { gate, opened, .. } => {
                 gate.close(&cause);
                 if let Ok(Ok(db)) = opened.await {
@@ -703,6 +761,7 @@ impl ReplicaNode {
         self.shipped = replicated;
         // Cut before anything replays: the engine wrote past `replicated`.
         self.catching_up_to = Some(self.applied);
+        Ok(())
     }
 
     /// A replay round, when the WAL grew and the interval has passed: run

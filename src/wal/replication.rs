@@ -59,13 +59,15 @@ struct GateState {
     written: Lsn,
     committed: Lsn,
     replicated: Lsn,
+    /// The furthest a flush waits to be recorded (pages, checkpoints).
+    wanted: Lsn,
     closed: Option<String>,
 }
 
 impl ReplicationGate {
     /// A gate for a log whose every byte before `end` the group holds.
     pub fn new(end: Lsn) -> Self {
-        let state = GateState { local: end, written: end, committed: end, replicated: end, closed: None };
+        let state = GateState { local: end, written: end, committed: end, replicated: end, wanted: end, closed: None };
         Self { state: Mutex::new(state), changed: Notify::new(), flushed: Notify::new() }
     }
 
@@ -117,9 +119,18 @@ impl ReplicationGate {
         }
     }
 
+    /// Whether a flush waits for this node to record a commit the group
+    /// made: the driver then records it at once, instead of with its next
+    /// append.
+    pub fn recording_wanted(&self) -> bool {
+        let state = self.lock();
+        state.wanted > state.replicated && state.committed > state.replicated
+    }
+
     /// Resolves once the written point has moved since the last call
-    /// resolved (at once if it moved meanwhile). One task, the one that
-    /// ships the WAL, may wait on it.
+    /// resolved (at once if it moved meanwhile), or a flush began to wait
+    /// for a commit to be recorded. One task, the one that ships the WAL,
+    /// may wait on it.
     pub async fn local_advanced(&self) {
         self.flushed.notified().await;
     }
@@ -169,13 +180,17 @@ impl ReplicationGate {
             notified.as_mut().enable();
             check()?;
             {
-                let state = self.lock();
+                let mut state = self.lock();
                 if let Some(cause) = &state.closed {
                     return Err(WalError::Stopped { cause: cause.clone() });
                 }
                 let held = if recorded { state.replicated } else { state.committed };
                 if held >= upto {
                     return Ok(held);
+                }
+                if recorded && upto > state.wanted {
+                    state.wanted = upto;
+                    self.flushed.notify_one();
                 }
             }
             notified.await;

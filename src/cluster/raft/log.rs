@@ -405,6 +405,11 @@ impl RaftLog {
         self.mem.rl().hard_state().commit
     }
 
+    /// The durable hard state.
+    pub fn hard_state(&self) -> HardState {
+        self.mem.rl().hard_state().clone()
+    }
+
     /// The index of the last entry.
     pub fn last_index(&self) -> u64 {
         Storage::last_index(&self.mem).expect("an in-memory log always has a last index")

@@ -174,14 +174,10 @@ impl RaftNode {
         if ready.ss().is_some_and(|soft| soft.raft_state == StateRole::Leader) {
             probe::hit(Probe::RaftLeaderElected);
         }
-        // Sent before the writes, unless they tell of a commit this node has
-        // not made durable yet: a node must know what the group committed
-        // before any other node can apply it.
-        let mut early = ready.take_messages();
-        let commits = ready.hs().is_some_and(|hs| hs.commit > self.raw.store().commit());
-        if !commits {
-            early.drain(..).for_each(&mut *send);
-        }
+        // A leader's messages go out before its writes (raft-rs allows it),
+        // commit indexes it has not recorded yet included: a commit is a
+        // majority's durable fact, not this node's.
+        ready.take_messages().into_iter().for_each(&mut *send);
         for read in ready.take_read_states() {
             probe::hit(Probe::RaftReadConfirmed);
             out.reads.push((read.request_ctx, read.index));
@@ -192,27 +188,58 @@ impl RaftNode {
             out.snapshot = Some((snapshot.get_metadata().index, snapshot.data.to_vec()));
         }
         out.committed.extend(ready.take_committed_entries());
-        self.raw.mut_store().persist(ready.entries(), ready.hs())?;
+        let hard_state = self.hard_state_to_persist(ready.hs(), !ready.entries().is_empty());
+        self.raw.mut_store().persist(ready.entries(), hard_state.as_ref())?;
         if planted::active(PlantedBug::RaftAckBeforeMajority) && self.is_leader() {
             // The leader's own durable append taken as the commit.
             out.committed.extend(ready.entries().iter().cloned());
         }
-        early.into_iter().for_each(&mut *send);
         ready.take_persisted_messages().into_iter().for_each(&mut *send);
         let mut light = self.raw.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            // Synced before the entries it commits are applied: a leader
-            // tells its clients, and its pages, that they are committed,
-            // and after a restart it must not know less (a replicated WAL
-            // is cut back to what its node knows committed).
-            let mut hard_state = self.raw.raft.hard_state();
-            hard_state.commit = commit;
-            self.raw.mut_store().persist(&[], Some(&hard_state))?;
+        if light.commit_index().is_some() && !self.is_leader() {
+            self.record_commit()?;
         }
         light.take_messages().into_iter().for_each(&mut *send);
         out.committed.extend(light.take_committed_entries());
         self.raw.advance_apply();
         Ok(out)
+    }
+
+    /// The hard state a ready's write must carry, if any: a new term or
+    /// vote always (no message may promise one before it is durable), and
+    /// a commit index this node has not recorded yet, on a follower with
+    /// every write (it applies the entries next), on a leader only with an
+    /// append. A leader's commit index is for its own restart: it tells
+    /// pages and checkpoints what they may depend on
+    /// ([`RaftNode::recorded_commit`]), and riding on the next append it
+    /// costs no sync of its own; [`RaftNode::record_commit`] records it
+    /// sooner when they wait for it.
+    fn hard_state_to_persist(&self, changed: Option<&HardState>, appends: bool) -> Option<HardState> {
+        let durable = self.raw.store().hard_state();
+        let current = self.raw.raft.hard_state();
+        let promises = changed.is_some_and(|hs| hs.term != durable.term || hs.vote != durable.vote);
+        let unrecorded = current.commit > durable.commit;
+        if unrecorded && appends && self.is_leader() {
+            probe::hit(Probe::RaftCommitRecordedWithAppend);
+        }
+        (promises || (unrecorded && (appends || !self.is_leader()))).then_some(current)
+    }
+
+    /// Makes the commit index durable if this node has not recorded it
+    /// yet; whether it wrote.
+    pub fn record_commit(&mut self) -> Result<bool, RaftLogError> {
+        let current = self.raw.raft.hard_state();
+        if current.commit <= self.raw.store().commit() {
+            return Ok(false);
+        }
+        self.raw.mut_store().persist(&[], Some(&current))?;
+        Ok(true)
+    }
+
+    /// The commit index this node has recorded durably: after a restart it
+    /// knows the group committed at least this much.
+    pub fn recorded_commit(&self) -> u64 {
+        self.raw.store().commit()
     }
 
     /// Compacts the log behind `index`, which the caller has applied and
@@ -459,5 +486,46 @@ mod tests {
         drop(log);
         let rebuilt = RaftNode::open(disk.fs(), &dir(), &config(3)).unwrap();
         assert_eq!(rebuilt.snapshot().0, committed, "the log starts after a snapshot at the base");
+    }
+
+    #[test]
+    fn a_leader_records_its_commit_index_with_its_next_append_and_followers_with_every_write() {
+        let disks: Vec<SimDisk> = (0..3).map(|i| SimDisk::new(60 + i, FaultConfig::power_loss())).collect();
+        let mut nodes: Vec<RaftNode> =
+            (0..3).map(|i| RaftNode::open(disks[i].fs(), &dir(), &config(i as u64 + 1)).unwrap()).collect();
+        while !nodes[0].is_leader() {
+            nodes[0].tick();
+            pump(&mut nodes, &[]);
+        }
+        nodes[0].record_commit().unwrap();
+        // One entry, one round: the followers' answers commit it on the
+        // leader, which has nothing to append after it.
+        nodes[0].propose(vec![1]).unwrap();
+        pump(&mut nodes, &[]);
+        let committed = nodes[0].commit_index();
+        assert_eq!(committed, nodes[0].last_index(), "the entry is committed");
+        assert!(nodes[0].recorded_commit() < committed, "a commit alone costs the leader no write");
+        // The next append carries it.
+        nodes[0].propose(vec![2]).unwrap();
+        let appends = messages(&mut nodes[0]);
+        assert_eq!(nodes[0].recorded_commit(), committed, "recorded with the append");
+        for message in appends {
+            nodes[message.to as usize - 1].step(message);
+        }
+        pump(&mut nodes, &[]);
+        // Followers record each commit they learn with the write that
+        // learns it, before they apply what it commits.
+        for follower in &nodes[1..] {
+            assert_eq!(follower.recorded_commit(), follower.commit_index());
+        }
+        // Asked, the leader records at once; a power failure keeps it.
+        let committed = nodes[0].commit_index();
+        assert!(nodes[0].recorded_commit() < committed);
+        assert!(nodes[0].record_commit().unwrap());
+        assert!(!nodes[0].record_commit().unwrap(), "nothing left to record");
+        drop(nodes);
+        disks[0].crash();
+        let reopened = RaftNode::open(disks[0].fs(), &dir(), &config(1)).unwrap();
+        assert_eq!(reopened.recorded_commit(), committed);
     }
 }
