@@ -135,6 +135,9 @@ pub struct RaftLog {
     voters: Vec<u64>,
     /// The last snapshot, durable in [`SNAPSHOT_FILE`]; index 0 if none.
     snapshot: Snapshot,
+    /// Whether a sync hands the worker thread's other tasks to another
+    /// thread meanwhile ([`RaftLog::sync_off_worker`]).
+    sync_off_worker: bool,
 }
 
 /// Maps an I/O error of step `op` on `path` to [`RaftLogError::Io`].
@@ -261,7 +264,18 @@ impl RaftLog {
             hard_state.term = hard_state.term.max(base_term);
             core.set_hardstate(hard_state);
         }
-        Ok(Self { fs, dir: dir.to_path_buf(), path, file, end, mem, node, voters: voters.to_vec(), snapshot })
+        Ok(Self {
+            fs,
+            dir: dir.to_path_buf(),
+            path,
+            file,
+            end,
+            mem,
+            node,
+            voters: voters.to_vec(),
+            snapshot,
+            sync_off_worker: true,
+        })
     }
 
     /// Replaces the entries up to `index` (applied by the caller, whose
@@ -348,9 +362,11 @@ impl RaftLog {
         pad_to_sector(&mut buf);
         self.file.write_all_at(&buf, self.end).map_err(io("write", &self.path))?;
         if !planted::active(PlantedBug::RaftAppendWithoutSync) {
-            // Off the worker thread's queue: the messages the leader handed
-            // its peers' senders just before this run meanwhile.
-            env::blocking(|| self.file.sync_data()).map_err(io("sync", &self.path))?;
+            let synced = match self.sync_off_worker {
+                true => env::blocking(|| self.file.sync_data()),
+                false => self.file.sync_data(),
+            };
+            synced.map_err(io("sync", &self.path))?;
         }
         self.end += buf.len() as u64;
         let last = self.last_index();
@@ -365,6 +381,15 @@ impl RaftLog {
             core.set_hardstate(state.clone());
         }
         Ok(())
+    }
+
+    /// Whether [`RaftLog::persist`] syncs off the worker thread's queue
+    /// (`env::blocking`), as a leader does: the messages it handed its
+    /// peers' senders just before run meanwhile. A follower answers only
+    /// after its sync, so handing the thread over, two context switches a
+    /// write, would buy it nothing.
+    pub fn sync_off_worker(&mut self, off: bool) {
+        self.sync_off_worker = off;
     }
 
     /// Gives an empty log a leader's entries and hard state

@@ -189,7 +189,10 @@ impl RaftNode {
         }
         out.committed.extend(ready.take_committed_entries());
         let hard_state = self.hard_state_to_persist(ready.hs(), !ready.entries().is_empty());
-        self.raw.mut_store().persist(ready.entries(), hard_state.as_ref())?;
+        let leader = self.is_leader();
+        let store = self.raw.mut_store();
+        store.sync_off_worker(leader);
+        store.persist(ready.entries(), hard_state.as_ref())?;
         if planted::active(PlantedBug::RaftAckBeforeMajority) && self.is_leader() {
             // The leader's own durable append taken as the commit.
             out.committed.extend(ready.entries().iter().cloned());
