@@ -467,7 +467,7 @@ impl ReplicaNode {
     pub fn status(&self) -> ReplicaStatus {
         let (role, committed, replicated) = match &self.role {
             Role::Follower => (ReplicaRole::Follower, self.wal_end, self.wal_end),
-            Role::Starting { .. } => (ReplicaRole::Starting, self.wal_end, self.wal_end),
+            Role::Starting { .. } => (ReplicaRole::Starting, self.committed_end(), self.wal_end),
             Role::Opening { gate, .. } => (ReplicaRole::Opening, gate.committed(), gate.replicated()),
             Role::Leading { gate, .. } => (ReplicaRole::Leading, gate.committed(), gate.replicated()),
         };
@@ -479,6 +479,19 @@ impl ReplicaNode {
             replicated,
             replayed: self.replayed,
         }
+    }
+
+    /// Where the WAL the group committed ends as far as this node knows:
+    /// the end of the last chunk at or before its commit index. A node
+    /// that leads but does not serve yet knows it before it applies it
+    /// (and its appends tell followers).
+    fn committed_end(&self) -> Lsn {
+        let chunk_end = |index| {
+            let entry = self.raft.entry(index)?;
+            let (start, bytes) = decode_chunk(&entry.data).ok()?;
+            Some(start.plus(bytes.len() as u64))
+        };
+        (self.applied + 1..=self.raft.commit_index()).rev().find_map(chunk_end).unwrap_or(self.wal_end)
     }
 
     /// Ships what the leader flushed, makes durable what raft-rs asks,
@@ -493,6 +506,17 @@ impl ReplicaNode {
         if advanced.snapshot.is_some() {
             // The log is never compacted yet, so no leader sends one.
             return Err("a Raft snapshot arrived: rebuilding a node from a snapshot is not built yet".into());
+        }
+        if !advanced.committed.is_empty() && matches!(self.role, Role::Follower | Role::Starting { .. }) {
+            // Chunks written into the WAL need their commit recorded first,
+            // on a node that leads but does not serve yet too (a follower's
+            // always is): a restart that knew only an earlier commit would
+            // cut them, or, knowing no chunk committed, take the whole WAL
+            // for the log the group started from, the WAL of a database
+            // this node then opened included (found by replica seeds 523,
+            // 619 and 878, once a leader's record began to wait for its next
+            // append).
+            self.raft.record_commit().map_err(|e| e.to_string())?;
         }
         for entry in &advanced.committed {
             self.applied = entry.index;

@@ -140,7 +140,7 @@ impl ClusterView {
             "role": role,
             "term": status.map_or(0, |s| s.term),
             "leader_id": state.leader,
-            "commit_lsn": status.map(|s| s.replicated.to_string()),
+            "commit_lsn": status.map(|s| s.committed.to_string()),
             "serving": state.serving.is_some(),
             "wal_end": status.map(|s| s.wal_end.to_string()),
             "replay_lsn": status.map(|s| s.replayed.to_string()),

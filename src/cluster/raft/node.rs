@@ -239,6 +239,12 @@ impl RaftNode {
         Ok(true)
     }
 
+    /// The entry at `index`, if the log holds it.
+    pub fn entry(&self, index: u64) -> Option<Entry> {
+        let store = self.raw.store();
+        store.entries(index, index + 1, None, GetEntriesContext::empty(false)).ok()?.pop()
+    }
+
     /// The commit index this node has recorded durably: after a restart it
     /// knows the group committed at least this much.
     pub fn recorded_commit(&self) -> u64 {
