@@ -628,9 +628,9 @@ impl ReplicaNode {
             }
         }
         let recorded = self.raft.recorded_commit();
-        while let Some(&(_, end)) = self.unrecorded.front().filter(|(index, _)| *index <= recorded) {
+        let held = self.unrecorded.partition_point(|(index, _)| *index <= recorded);
+        if let Some((_, end)) = self.unrecorded.drain(..held).next_back() {
             gate.set_replicated(end);
-            self.unrecorded.pop_front();
             self.last_record = clock;
         }
         Ok(())

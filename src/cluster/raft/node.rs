@@ -454,15 +454,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_export_leaves_out_only_committed_entries_every_other_voter_holds() {
-        let disks: Vec<SimDisk> = (0..3).map(|i| SimDisk::new(40 + i, FaultConfig::none())).collect();
+    /// Three nodes on `disks`, node 1 elected.
+    fn group_led_by_node_1(disks: &[SimDisk]) -> Vec<RaftNode> {
         let mut nodes: Vec<RaftNode> =
             (0..3).map(|i| RaftNode::open(disks[i].fs(), &dir(), &config(i as u64 + 1)).unwrap()).collect();
         while !nodes[0].is_leader() {
             nodes[0].tick();
             pump(&mut nodes, &[]);
         }
+        nodes
+    }
+
+    #[test]
+    fn an_export_leaves_out_only_committed_entries_every_other_voter_holds() {
+        let disks: Vec<SimDisk> = (0..3).map(|i| SimDisk::new(40 + i, FaultConfig::none())).collect();
+        let mut nodes = group_led_by_node_1(&disks);
         for n in 0..3u8 {
             nodes[0].propose(vec![n]).unwrap();
             pump(&mut nodes, &[]);
@@ -500,12 +506,7 @@ mod tests {
     #[test]
     fn a_leader_records_its_commit_index_with_its_next_append_and_followers_with_every_write() {
         let disks: Vec<SimDisk> = (0..3).map(|i| SimDisk::new(60 + i, FaultConfig::power_loss())).collect();
-        let mut nodes: Vec<RaftNode> =
-            (0..3).map(|i| RaftNode::open(disks[i].fs(), &dir(), &config(i as u64 + 1)).unwrap()).collect();
-        while !nodes[0].is_leader() {
-            nodes[0].tick();
-            pump(&mut nodes, &[]);
-        }
+        let mut nodes = group_led_by_node_1(&disks);
         nodes[0].record_commit().unwrap();
         // One entry, one round: the followers' answers commit it on the
         // leader, which has nothing to append after it.
