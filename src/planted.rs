@@ -188,11 +188,18 @@ pub enum PlantedBug {
     /// The log a leader gives a node it rebuilds claims every entry it
     /// holds committed, its uncommitted tail too.
     ReplicaRebuildCommitsWholeLog,
+    /// A node compacts its Raft log up to its commit index, entries some
+    /// voter lacks included: a leader must then send that voter a
+    /// snapshot, which no node can take.
+    ReplicaCompactsPastPeers,
+    /// A node compacts its Raft log past the chunks its WAL holds
+    /// durably: a power failure loses WAL that no restart writes again.
+    ReplicaCompactsUnsyncedWal,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 55] = [
+    pub const ALL: [PlantedBug; 57] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckOnWritten,
         PlantedBug::SkipSegmentDirSync,
@@ -248,6 +255,8 @@ impl PlantedBug {
         PlantedBug::ReplicaRestartTrustsOwnWal,
         PlantedBug::ReplicaKeepsUncommittedWal,
         PlantedBug::ReplicaRebuildCommitsWholeLog,
+        PlantedBug::ReplicaCompactsPastPeers,
+        PlantedBug::ReplicaCompactsUnsyncedWal,
     ];
 
     /// The bug's name, as `--plant` takes it.
@@ -308,6 +317,8 @@ impl PlantedBug {
             PlantedBug::ReplicaRestartTrustsOwnWal => "replica_restart_trusts_own_wal",
             PlantedBug::ReplicaKeepsUncommittedWal => "replica_keeps_uncommitted_wal",
             PlantedBug::ReplicaRebuildCommitsWholeLog => "replica_rebuild_commits_whole_log",
+            PlantedBug::ReplicaCompactsPastPeers => "replica_compacts_past_peers",
+            PlantedBug::ReplicaCompactsUnsyncedWal => "replica_compacts_unsynced_wal",
         }
     }
 
@@ -328,6 +339,8 @@ impl PlantedBug {
                 | PlantedBug::ReplicaRestartTrustsOwnWal
                 | PlantedBug::ReplicaKeepsUncommittedWal
                 | PlantedBug::ReplicaRebuildCommitsWholeLog
+                | PlantedBug::ReplicaCompactsPastPeers
+                | PlantedBug::ReplicaCompactsUnsyncedWal
         ) {
             return Layer::Replication;
         }

@@ -366,10 +366,19 @@ pub enum Probe {
     /// A rebuilt node's Raft log starts after entries the backup made
     /// unneeded (a snapshot at the last one left out).
     ReplicaRebuiltAfterBase,
+    /// A node dropped entries every voter holds, and whose chunks its WAL
+    /// holds durably, from its Raft log.
+    ReplicaLogCompacted,
+    /// A node opened on a Raft log it had compacted, and continued from
+    /// the WAL end its snapshot records.
+    ReplicaReopenedCompacted,
+    /// A leader dropped a follower's rejection that would have sent it back
+    /// before entries the follower is known to hold (a late message).
+    RaftStaleRejectionDropped,
 }
 
 impl Probe {
-    const ALL: [Probe; 78] = [
+    const ALL: [Probe; 81] = [
         Probe::GroupCommitFollower,
         Probe::GroupCommitSpansSegments,
         Probe::WriteBehind,
@@ -448,6 +457,9 @@ impl Probe {
         Probe::ReplicaReplayed,
         Probe::ReplicaRebuilt,
         Probe::ReplicaRebuiltAfterBase,
+        Probe::ReplicaLogCompacted,
+        Probe::ReplicaReopenedCompacted,
+        Probe::RaftStaleRejectionDropped,
     ];
 
     fn layer(self) -> Layer {
@@ -481,7 +493,10 @@ impl Probe {
             | Probe::ReplicaReapplied
             | Probe::ReplicaReplayed
             | Probe::ReplicaRebuilt
-            | Probe::ReplicaRebuiltAfterBase => Layer::Replication,
+            | Probe::ReplicaRebuiltAfterBase
+            | Probe::ReplicaLogCompacted
+            | Probe::ReplicaReopenedCompacted
+            | Probe::RaftStaleRejectionDropped => Layer::Replication,
             _ => Layer::Storage,
         }
     }
@@ -566,6 +581,9 @@ impl Probe {
             Probe::ReplicaReplayed => "replica_replayed",
             Probe::ReplicaRebuilt => "replica_rebuilt",
             Probe::ReplicaRebuiltAfterBase => "replica_rebuilt_after_base",
+            Probe::ReplicaLogCompacted => "replica_log_compacted",
+            Probe::ReplicaReopenedCompacted => "replica_reopened_compacted",
+            Probe::RaftStaleRejectionDropped => "raft_stale_rejection_dropped",
         }
     }
 }

@@ -69,7 +69,14 @@ impl Group {
     fn config(&self, index: usize) -> String {
         let peers: Vec<String> =
             self.raft_ports.iter().enumerate().map(|(i, port)| format!("\"{}@127.0.0.1:{port}\"", i + 1)).collect();
-        format!("{}[cluster]\nnode_id = {}\npeers = [{}]\n", self.storage, index + 1, peers.join(", "))
+        // Compacting often, so that failovers, restarts and rebuilds run on
+        // compacted Raft logs.
+        format!(
+            "{}[cluster]\nnode_id = {}\npeers = [{}]\nraft_log_compact_entries = 64\n",
+            self.storage,
+            index + 1,
+            peers.join(", ")
+        )
     }
 
     fn restart(&mut self, index: usize) {
@@ -217,6 +224,12 @@ fn a_group_fails_over_after_kill_9_of_its_leader_and_keeps_every_acknowledged_co
     let leader = group.leader();
     let before = balances(&group);
     assert!(before.iter().all(|b| *b == before[0]), "balances {before:?}");
+    // Every node dropped what every voter holds from its Raft log.
+    for status in group.statuses() {
+        let log = &status["raft_log"];
+        assert!(log["first_index"].as_u64().unwrap() > 64, "never compacted: {status}");
+        assert!(log["last_index"].as_u64().unwrap() >= log["first_index"].as_u64().unwrap() - 1, "{status}");
+    }
 
     // Followers: read-only to libpq, refuse writes naming the leader, and
     // send admin requests that need the engine to it.
@@ -235,6 +248,7 @@ fn a_group_fails_over_after_kill_9_of_its_leader_and_keeps_every_acknowledged_co
     let metrics = group.node(leader).http("GET", "/metrics", None).1;
     assert!(metrics.contains("thunderdb_cluster_leader 1"), "{metrics}");
     assert!(metrics.contains("thunderdb_cluster_replication_lag_bytes{node_id=\"2\"}"), "{metrics}");
+    assert!(metrics.contains("thunderdb_cluster_raft_log_entries "), "{metrics}");
     let status = group.node(leader).json("/admin/cluster/status");
     assert_eq!(status["role"], "leader", "{status}");
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3), "{status}");

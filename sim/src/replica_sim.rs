@@ -57,7 +57,7 @@ use rand_chacha::ChaCha8Rng;
 use thunderdb::backup::{stream, take_into, BackupRequest, Progress as BackupProgress, Sink};
 use thunderdb::cluster::raft::{ExportedLog, Message, RaftConfig};
 use thunderdb::cluster::replica::{
-    install_snapshot, RebuildDirs, RebuildTarget, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus,
+    install_snapshot, LogPin, RebuildDirs, RebuildTarget, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus,
 };
 use thunderdb::db::{Database, EngineConfig};
 use thunderdb::env::{Env, FaultConfig, Fs, SimClock, SimDisk};
@@ -108,6 +108,9 @@ struct Plan {
     faults: FaultConfig,
     engine: EngineConfig,
     replay_interval: Duration,
+    /// A node compacts its Raft log once this many entries it may drop
+    /// have gathered (`u64::MAX`: never).
+    compact_every: u64,
 }
 
 impl Plan {
@@ -141,6 +144,7 @@ impl Plan {
             faults,
             engine,
             replay_interval: Duration::from_millis(rng.random_range(10..300)),
+            compact_every: u64::MAX,
         }
     }
 }
@@ -160,8 +164,9 @@ struct Node {
 enum Rebuild {
     /// Waiting for a leader that serves.
     Waiting,
-    /// The leader (by index) is taking its backup onto the new disk.
-    Copying(usize, tokio::task::JoinHandle<Result<Lsn, String>>),
+    /// The leader (by index) is taking its backup onto the new disk, its
+    /// Raft log pinned until it is exported.
+    Copying(usize, tokio::task::JoinHandle<Result<Lsn, String>>, LogPin),
 }
 
 /// What the clients did, shared with the world.
@@ -212,7 +217,13 @@ struct World {
 impl World {
     fn new(seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7e91_1ca5);
-        let plan = Plan::draw(&mut rng);
+        let mut plan = Plan::draw(&mut rng);
+        // From a generator of its own, so that a seed that never compacts
+        // runs as it did before compaction was built.
+        let mut compaction = ChaCha8Rng::seed_from_u64(seed ^ 0xc0_4ac7);
+        if compaction.random_bool(0.7) {
+            plan.compact_every = compaction.random_range(2..64);
+        }
         let nodes = (1..=plan.nodes)
             .map(|id| Node {
                 id,
@@ -263,6 +274,8 @@ impl World {
             engine: self.plan.engine.clone(),
             replay_interval: self.plan.replay_interval,
             background_replay: false,
+            compact_every: self.plan.compact_every,
+            log_pins: Default::default(),
         }
     }
 
@@ -396,7 +409,8 @@ impl World {
                         self.nodes[index].rebuild = Some(Rebuild::Waiting);
                         continue;
                     };
-                    let db = self.nodes[leader].live.as_ref().and_then(ReplicaNode::database).expect("it serves");
+                    let live = self.nodes[leader].live.as_ref().expect("it serves");
+                    let (db, pin) = (live.database().expect("it serves"), live.pin_log());
                     let target = self.nodes[index].disk.fs();
                     let id = format!("rebuild-{}-{}", self.nodes[index].id, self.nodes[index].disks);
                     let engine = &self.plan.engine;
@@ -420,12 +434,12 @@ impl World {
                         let start = sent.map_err(|e| e.to_string())?.start_lsn;
                         received.map(|_| start)
                     });
-                    self.nodes[index].rebuild = Some(Rebuild::Copying(leader, copy));
+                    self.nodes[index].rebuild = Some(Rebuild::Copying(leader, copy, pin));
                 }
-                Some(Rebuild::Copying(leader, copy)) if !copy.is_finished() => {
-                    self.nodes[index].rebuild = Some(Rebuild::Copying(leader, copy));
+                Some(Rebuild::Copying(leader, copy, pin)) if !copy.is_finished() => {
+                    self.nodes[index].rebuild = Some(Rebuild::Copying(leader, copy, pin));
                 }
-                Some(Rebuild::Copying(leader, copy)) => {
+                Some(Rebuild::Copying(leader, copy, _pin)) => {
                     // The leader may crash, lose its term or hit a disk
                     // fault while it copies: the rebuild starts over.
                     let copied = copy.await.map_err(|e| e.to_string()).and_then(|r| r);

@@ -41,9 +41,18 @@
 //! wrote for its commits but had not synced), and once it has caught up
 //! with what it knew committed, the WAL after the last chunk is cut,
 //! whatever it held.
+//!
+//! **Compaction.** Every node drops the entries it no longer needs from its
+//! Raft log ([`ReplicaNode::advance`] calls `compact`): those every voter
+//! holds and the group committed ([`RaftNode::held_by_all`]), that this
+//! node recorded as committed, and whose chunks are durable in its own WAL.
+//! The snapshot that replaces them holds where the last one's chunk ended,
+//! which a restart continues from. A snapshot being streamed to a node
+//! that is rebuilt pins the log ([`ReplicaNode::pin_log`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +90,44 @@ fn encode_chunk(start: Lsn, bytes: &[u8]) -> Vec<u8> {
     data
 }
 
+/// A compaction's snapshot data: where the WAL of the entries it replaces
+/// ends.
+fn encode_snapshot_end(end: Lsn) -> Vec<u8> {
+    end.0.to_le_bytes().to_vec()
+}
+
+fn decode_snapshot_end(data: &[u8]) -> Option<Lsn> {
+    Some(Lsn(u64::from_le_bytes(data.try_into().ok()?)))
+}
+
+/// Holds a node's Raft log uncompacted while a snapshot is streamed from
+/// it: the log it exports once the backup ends must reach back to the
+/// backup's start ([`ReplicaNode::pin_log`]).
+#[derive(Debug, Clone, Default)]
+pub struct LogPins(Arc<AtomicUsize>);
+
+/// One pin of [`LogPins`], released when dropped.
+#[derive(Debug)]
+pub struct LogPin(Arc<AtomicUsize>);
+
+impl LogPins {
+    /// Pins the log until the pin is dropped.
+    pub fn pin(&self) -> LogPin {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        LogPin(self.0.clone())
+    }
+
+    fn held(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+}
+
+impl Drop for LogPin {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn decode_chunk(data: &[u8]) -> Result<(Lsn, &[u8]), String> {
     let (start, bytes) =
         data.split_first_chunk::<8>().ok_or_else(|| format!("a WAL chunk of {} bytes has no start LSN", data.len()))?;
@@ -104,6 +151,11 @@ pub struct ReplicaConfig {
     /// acknowledgements: the server's choice. The simulator replays inside
     /// [`ReplicaNode::advance`], where a crash stops it with its node.
     pub background_replay: bool,
+    /// A node compacts its Raft log once this many entries it may drop have
+    /// gathered.
+    pub compact_every: u64,
+    /// Pins on the log, shared with whoever streams snapshots from it.
+    pub log_pins: LogPins,
 }
 
 enum Role {
@@ -162,6 +214,9 @@ pub struct ReplicaStatus {
     pub replicated: Lsn,
     /// Where the last replay round ended.
     pub replayed: Lsn,
+    /// The first and the last entry the node's Raft log holds (the first
+    /// moves as it compacts).
+    pub raft_log: (u64, u64),
 }
 
 /// On a leader, what it knows of one voter's copy.
@@ -202,6 +257,8 @@ pub struct ReplicaNode {
     floor: Lsn,
     /// The index of the last entry applied.
     applied: u64,
+    /// On a follower, every byte of its WAL before this is durable.
+    synced: Lsn,
     /// On a leader, where the next chunk starts: everything before it has
     /// been proposed.
     shipped: Lsn,
@@ -338,16 +395,25 @@ impl ReplicaNode {
             .map_err(|e| e.to_string())?;
         let raft = RaftNode::open(fs.clone(), &config.raft_dir, &config.raft).map_err(|e| e.to_string())?;
         let catching_up_to = Some(raft.commit_index());
+        // A log compacted by this node continues where its snapshot's
+        // entries ended (a rebuilt node's log starts after a snapshot
+        // without data: its chunks continue the backup's WAL).
+        let (snapshot_index, data) = raft.snapshot();
+        let compacted = decode_snapshot_end(&data);
+        if compacted.is_some() {
+            probe::hit(Probe::ReplicaReopenedCompacted);
+        }
         Ok(ReplicaNode {
             copy: WalCopy::new(fs, opts.clone()),
             opts,
             raft,
             // Known once the node has caught up (see `caught_up`).
-            wal_end: control.redo_lsn,
-            last_chunk_end: None,
+            wal_end: compacted.unwrap_or(control.redo_lsn),
+            last_chunk_end: compacted,
             catching_up_to,
             floor: control.redo_lsn,
-            applied: 0,
+            applied: compacted.map_or(0, |_| snapshot_index),
+            synced: control.redo_lsn,
             shipped: control.redo_lsn,
             last_wal_sync: Duration::ZERO,
             unrecorded: VecDeque::new(),
@@ -411,6 +477,15 @@ impl ReplicaNode {
     pub fn export_log(&self, rebuilding: u64, start: Lsn) -> Result<ExportedLog, String> {
         if !matches!(self.role, Role::Leading { .. }) {
             return Err(format!("node {} is not serving as the leader", self.config.raft.node_id));
+        }
+        // The node's chunks continue the backup's WAL only if the log
+        // reaches back to its start (`pin_log` sees to it).
+        if let Some(end) = decode_snapshot_end(&self.raft.snapshot().1).filter(|end| *end > start) {
+            return Err(format!(
+                "node {}'s Raft log was compacted up to WAL {end}, past the backup's start {start}: the rebuild \
+                 starts over",
+                self.config.raft.node_id
+            ));
         }
         let mut before_start = |entry: &Entry| {
             entry.data.is_empty()
@@ -478,6 +553,7 @@ impl ReplicaNode {
             committed,
             replicated,
             replayed: self.replayed,
+            raft_log: (self.raft.snapshot_index() + 1, self.raft.last_index()),
         }
     }
 
@@ -503,9 +579,13 @@ impl ReplicaNode {
         self.ship()?;
         self.sync_wal().await?;
         let advanced = self.raft.advance(send).map_err(|e| e.to_string())?;
-        if advanced.snapshot.is_some() {
-            // The log is never compacted yet, so no leader sends one.
-            return Err("a Raft snapshot arrived: rebuilding a node from a snapshot is not built yet".into());
+        if let Some((index, _)) = advanced.snapshot {
+            // Nodes compact only what every voter holds, so no leader
+            // should ever send one.
+            return Err(format!(
+                "the leader sent a Raft snapshot at entry {index}: this node lacks entries the group's logs no \
+                 longer hold; rebuild it from its peers with thunderdb --rebuild-from-peers"
+            ));
         }
         if !advanced.committed.is_empty() && matches!(self.role, Role::Follower | Role::Starting { .. }) {
             // Chunks written into the WAL need their commit recorded first,
@@ -519,16 +599,19 @@ impl ReplicaNode {
             self.raft.record_commit().map_err(|e| e.to_string())?;
         }
         for entry in &advanced.committed {
+            if !entry.data.is_empty() {
+                let (start, bytes) = decode_chunk(&entry.data)?;
+                let end = start.plus(bytes.len() as u64);
+                match &self.role {
+                    Role::Opening { .. } | Role::Leading { .. } => self.unrecorded.push_back((entry.index, end)),
+                    Role::Follower | Role::Starting { .. } => self.apply_chunk(entry.index, start, bytes)?,
+                }
+            }
+            // Only once it is written: a write that fails leaves it to the
+            // committed point a `Starting` leader reports (found by replica
+            // seed 951, whose leader reported the WAL before the chunk it
+            // failed to write as all it knew committed).
             self.applied = entry.index;
-            if entry.data.is_empty() {
-                continue;
-            }
-            let (start, bytes) = decode_chunk(&entry.data)?;
-            let end = start.plus(bytes.len() as u64);
-            match &self.role {
-                Role::Opening { .. } | Role::Leading { .. } => self.unrecorded.push_back((entry.index, end)),
-                Role::Follower | Role::Starting { .. } => self.apply_chunk(entry.index, start, bytes)?,
-            }
         }
         self.note_commit();
         self.record_commit(false)?;
@@ -542,7 +625,70 @@ impl ReplicaNode {
         if matches!(self.role, Role::Follower) {
             self.replay().await?;
         }
+        if self.catching_up_to.is_none() {
+            self.compact()?;
+        }
         Ok(())
+    }
+
+    /// Drops from the Raft log the entries this node no longer needs, once
+    /// `compact_every` of them have gathered and no snapshot is being
+    /// streamed from it: entries every voter holds and the group committed
+    /// (so no leader ever has to send them), that this node recorded as
+    /// committed and applied, and whose chunks are durable in its WAL (a
+    /// restart writes again only what comes after them). The snapshot's
+    /// data is where the last chunk it replaces ended.
+    fn compact(&mut self) -> Result<(), String> {
+        let base = self.raft.snapshot_index();
+        let held = match active(PlantedBug::ReplicaCompactsPastPeers) {
+            true => self.raft.commit_index(),
+            false => self.raft.held_by_all(),
+        };
+        let upto = held.min(self.raft.recorded_commit()).min(self.applied);
+        if upto < base + self.config.compact_every || self.config.log_pins.held() {
+            return Ok(());
+        }
+        let data = self.raft.snapshot().1;
+        let durable = match &self.role {
+            _ if active(PlantedBug::ReplicaCompactsUnsyncedWal) => Lsn(u64::MAX),
+            Role::Follower | Role::Starting { .. } => self.synced,
+            Role::Opening { gate, .. } | Role::Leading { gate, .. } => gate.local(),
+        };
+        // The last entry whose chunk, and every chunk before it, is
+        // durable here: up to the first chunk that is not, from the end.
+        let mut index = upto;
+        let mut end = None;
+        for at in (base + 1..=upto).rev() {
+            let Some(entry) = self.raft.entry(at) else { break };
+            if entry.data.is_empty() {
+                continue;
+            }
+            let (start, bytes) = decode_chunk(&entry.data)?;
+            let chunk_end = start.plus(bytes.len() as u64);
+            if chunk_end <= durable {
+                end = Some(chunk_end);
+                break;
+            }
+            index = at - 1;
+        }
+        // Only empty entries since the snapshot: its own end holds.
+        let Some(end) = end.or_else(|| decode_snapshot_end(&data)) else {
+            return Ok(());
+        };
+        if index > base {
+            self.raft.compact(index, encode_snapshot_end(end)).map_err(|e| e.to_string())?;
+            probe::hit(Probe::ReplicaLogCompacted);
+        }
+        Ok(())
+    }
+
+    /// Holds the Raft log uncompacted until the pin is dropped: a snapshot
+    /// streamed to a node being rebuilt takes one before its backup starts,
+    /// so the log it exports after the backup reaches back to the backup's
+    /// start (every entry dropped before ended before the backup's
+    /// checkpoint).
+    pub fn pin_log(&self) -> LogPin {
+        self.config.log_pins.pin()
     }
 
     /// The node has applied every entry it knew committed when it started
@@ -575,8 +721,11 @@ impl ReplicaNode {
                 .read_to_end()
                 .map_err(|e| e.to_string())?
                 .lsn();
-        } else if self.copy.cut(self.wal_end).map_err(|e| e.to_string())? {
-            probe::hit(Probe::ReplicaCutUncommitted);
+        } else {
+            if self.copy.cut(self.wal_end).map_err(|e| e.to_string())? {
+                probe::hit(Probe::ReplicaCutUncommitted);
+            }
+            self.synced = self.wal_end;
         }
         self.shipped = self.wal_end;
         Ok(())
@@ -807,6 +956,7 @@ impl ReplicaNode {
         // floor past it, and nothing before the floor is written again (an
         // archiver would read those segments if this node came to lead).
         self.copy.sync().map_err(|e| e.to_string())?;
+        self.synced = self.wal_end;
         let (fs, opts, end) = (self.env.fs.clone(), self.config.engine.store_options(0), self.wal_end);
         let replayer = self.replayer.take();
         let round = async move {

@@ -35,7 +35,8 @@ use crate::backup::registry::Registry as Backups;
 use crate::backup::{self, BackupRequest, Progress as BackupProgress, Sink};
 use crate::cluster::raft::{Entry, ExportedLog, HardState, Message, RaftConfig};
 use crate::cluster::replica::{
-    install_snapshot, MemberLag, RebuildDirs, RebuildTarget, ReplicaConfig, ReplicaNode, ReplicaRole, ReplicaStatus,
+    install_snapshot, LogPins, MemberLag, RebuildDirs, RebuildTarget, ReplicaConfig, ReplicaNode, ReplicaRole,
+    ReplicaStatus,
 };
 use crate::db::Database;
 use crate::env::{Env, Fs};
@@ -144,6 +145,7 @@ impl ClusterView {
             "serving": state.serving.is_some(),
             "wal_end": status.map(|s| s.wal_end.to_string()),
             "replay_lsn": status.map(|s| s.replayed.to_string()),
+            "raft_log": status.map(|s| json!({"first_index": s.raft_log.0, "last_index": s.raft_log.1})),
             "members": members,
             "last_error": state.last_error,
         })
@@ -155,6 +157,7 @@ impl ClusterView {
             leader: state.serving.is_some(),
             term: state.status.map_or(0, |s| s.term),
             members: state.members.iter().map(|m| (m.node_id, m.lag_bytes, m.lag_seconds)).collect(),
+            raft_log_entries: state.status.map_or(0, |s| (s.raft_log.1 + 1).saturating_sub(s.raft_log.0)),
         }
     }
 
@@ -228,7 +231,8 @@ pub async fn start(
     }
     let view = ClusterView::new(cluster.node_id, voters);
     let (export_send, exports) = mpsc::channel(4);
-    let snapshots = Snapshots { view: view.clone(), exports: export_send };
+    let log_pins = LogPins::default();
+    let snapshots = Snapshots { view: view.clone(), exports: export_send, log_pins: log_pins.clone() };
     tokio::spawn(listen_for_peers(listener, cluster.node_id, ids.clone(), inbox_send, snapshots));
     let replica = ReplicaConfig {
         raft: RaftConfig {
@@ -241,6 +245,8 @@ pub async fn start(
         engine: config.engine(),
         replay_interval: REPLAY_INTERVAL,
         background_replay: true,
+        compact_every: cluster.raft_log_compact_entries,
+        log_pins,
     };
     let driver = Driver { env, replica, view: view.clone(), inbox, outboxes, serve, stop, exports };
     Ok((view, tokio::spawn(driver.run())))
@@ -478,6 +484,8 @@ const SNAPSHOT_REFUSED: u8 = 1;
 struct Snapshots {
     view: Arc<ClusterView>,
     exports: mpsc::Sender<ExportRequest>,
+    /// The node's Raft log is not compacted while a snapshot is streamed.
+    log_pins: LogPins,
 }
 
 impl Snapshots {
@@ -508,6 +516,7 @@ async fn serve_snapshot(mut stream: TcpStream, rebuilding: u64, snapshots: &Snap
         return stream.write_all(&out).await;
     };
     tracing::info!(node = rebuilding, "a peer asked for a snapshot: streaming an online backup");
+    let _pin = snapshots.log_pins.pin();
     let mut out = BufWriter::with_capacity(1 << 16, stream);
     out.write_u8(SNAPSHOT_FOLLOWS).await?;
     let db = &serving.db;

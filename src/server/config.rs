@@ -54,6 +54,7 @@ node_id   = 1
 raft_addr = ""
 peers     = []
 standby   = false
+raft_log_compact_entries = 4096
 "#;
 
 /// A size in bytes, written with a unit or as a plain integer.
@@ -156,6 +157,9 @@ pub struct ClusterConfig {
     /// Follow the WAL archive (`wal_archive_dir` or `wal_restore_command`)
     /// as a standby, until promoted.
     pub standby: bool,
+    /// The node compacts its Raft log once this many entries it may drop
+    /// have gathered.
+    pub raft_log_compact_entries: u64,
 }
 
 /// The `[security]` section.
@@ -436,6 +440,9 @@ fn validate(table: toml::Table) -> Result<Config, String> {
     }
     if config.storage.checkpoint_interval.0 < Duration::from_millis(100) {
         return Err("`storage.checkpoint_interval` must be at least 100ms".into());
+    }
+    if config.cluster.raft_log_compact_entries == 0 {
+        return Err("`cluster.raft_log_compact_entries` must be at least 1".into());
     }
     Ok(config)
 }

@@ -246,6 +246,8 @@ pub struct ClusterGauges {
     pub term: u64,
     /// On a leader, each voter's id, lag in bytes and lag in seconds.
     pub members: Vec<(u64, u64, f64)>,
+    /// The entries the node's Raft log holds (0: not in a Raft group).
+    pub raft_log_entries: u64,
 }
 
 fn cluster_gauges(registry: &mut Registry, cluster: &ClusterGauges) {
@@ -256,6 +258,12 @@ fn cluster_gauges(registry: &mut Registry, cluster: &ClusterGauges) {
         "cluster_leader",
         "1 on the node that serves writes (a Raft group's leader, or a single node), 0 on others",
         if cluster.leader { 1.0 } else { 0.0 },
+    );
+    gauge(
+        registry,
+        "cluster_raft_log_entries",
+        "The entries this node's Raft log holds; compaction drops those every voter holds (0: not in a Raft group)",
+        cluster.raft_log_entries as f64,
     );
     let bytes = Family::<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     let seconds = Family::<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
@@ -369,7 +377,7 @@ pub fn metrics_response(text: String) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let single = ClusterGauges { leader: true, term: 0, members: Vec::new() };
+    let single = ClusterGauges { leader: true, term: 0, members: Vec::new(), raft_log_entries: 0 };
     metrics_response(render_metrics(Some((&state.db, &state.backups)), &single).await)
 }
 

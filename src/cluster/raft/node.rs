@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use raft::eraftpb::{Entry, HardState, Message};
+use raft::eraftpb::{Entry, HardState, Message, MessageType};
 use raft::{Config, GetEntriesContext, RawNode, SnapshotStatus, StateRole, Storage};
 
 use super::log::{RaftLog, RaftLogError};
@@ -88,6 +88,9 @@ pub struct RaftNode {
     raw: RawNode<RaftLog>,
     /// Reads answered without asking the group (only under a planted bug).
     local_reads: Vec<(Vec<u8>, u64)>,
+    /// On a follower, the highest index a leader said every voter holds
+    /// and the group committed ([`RaftNode::held_by_all`]).
+    told_held: u64,
 }
 
 impl RaftNode {
@@ -116,7 +119,7 @@ impl RaftNode {
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw = RawNode::new(&raft_config, log, &logger).expect("a validated configuration over a readable log");
-        Ok(Self { raw, local_reads: Vec::new() })
+        Ok(Self { raw, local_reads: Vec::new(), told_held: 0 })
     }
 
     /// One tick of the node's clock.
@@ -128,7 +131,51 @@ impl RaftNode {
     /// removed peer, or local kinds) are dropped, as the network may drop
     /// any message.
     pub fn step(&mut self, message: Message) {
+        if message.msg_type == MessageType::MsgAppend {
+            if let Ok(held) = <[u8; 8]>::try_from(message.context.as_ref()) {
+                self.told_held = self.told_held.max(u64::from_le_bytes(held));
+            }
+        }
+        if self.is_stale_rejection(&message) {
+            probe::hit(Probe::RaftStaleRejectionDropped);
+            return;
+        }
         let _ = self.raw.step(message);
+    }
+
+    /// Whether `message` is a follower's rejection of an append, in this
+    /// leader's term, that would send it back to entries it is known to
+    /// hold: sent before a later append matched, and delayed. In this term a
+    /// follower never loses the entries it acknowledged, so the rejection
+    /// is stale. raft-rs takes it in its probe state, where it moves the
+    /// follower's next index back to the rejection's hint whatever the
+    /// follower matched, and that may be before the first entry a compacted
+    /// log holds: raft-rs then sends a snapshot, which no node can take
+    /// (found by replica seed 2557).
+    fn is_stale_rejection(&self, message: &Message) -> bool {
+        if message.msg_type != MessageType::MsgAppendResponse || !message.reject || !self.is_leader() {
+            return false;
+        }
+        let Some(progress) = self.raw.raft.prs().get(message.from) else {
+            return false;
+        };
+        message.term == self.term() && message.index.min(message.reject_hint + 1) <= progress.matched
+    }
+
+    /// The highest index that every voter holds and the group committed:
+    /// the entries up to it may leave any voter's log, since no leader will
+    /// ever have to send them to anyone (raft-rs would send a snapshot,
+    /// which a node cannot take). A leader knows it from its followers'
+    /// progress and tells them with each append (in the message's
+    /// `context`, which raft-rs does not use on appends); a follower knows
+    /// what its leaders told it. It only grows: committed entries never
+    /// leave a voter's log but by compaction, which keeps them held.
+    pub fn held_by_all(&self) -> u64 {
+        if !self.is_leader() {
+            return self.told_held.min(self.commit_index());
+        }
+        let matched = self.raw.raft.prs().iter().map(|(_, progress)| progress.matched).min().unwrap_or(0);
+        matched.min(self.commit_index())
     }
 
     /// Proposes `data` as a new entry; it is committed once a later
@@ -174,10 +221,18 @@ impl RaftNode {
         if ready.ss().is_some_and(|soft| soft.raft_state == StateRole::Leader) {
             probe::hit(Probe::RaftLeaderElected);
         }
+        // A leader's appends tell what every voter holds.
+        let held = if self.is_leader() { self.held_by_all() } else { 0 };
+        let mut send = |mut message: Message| {
+            if message.msg_type == MessageType::MsgAppend && held > 0 {
+                message.context = held.to_le_bytes().to_vec().into();
+            }
+            send(message)
+        };
         // A leader's messages go out before its writes (raft-rs allows it),
         // commit indexes it has not recorded yet included: a commit is a
         // majority's durable fact, not this node's.
-        ready.take_messages().into_iter().for_each(&mut *send);
+        ready.take_messages().into_iter().for_each(&mut send);
         for read in ready.take_read_states() {
             probe::hit(Probe::RaftReadConfirmed);
             out.reads.push((read.request_ctx, read.index));
@@ -197,12 +252,12 @@ impl RaftNode {
             // The leader's own durable append taken as the commit.
             out.committed.extend(ready.entries().iter().cloned());
         }
-        ready.take_persisted_messages().into_iter().for_each(&mut *send);
+        ready.take_persisted_messages().into_iter().for_each(&mut send);
         let mut light = self.raw.advance(ready);
         if light.commit_index().is_some() && !self.is_leader() {
             self.record_commit()?;
         }
-        light.take_messages().into_iter().for_each(&mut *send);
+        light.take_messages().into_iter().for_each(&mut send);
         out.committed.extend(light.take_committed_entries());
         self.raw.advance_apply();
         Ok(out)
@@ -263,6 +318,12 @@ impl RaftNode {
     pub fn snapshot(&self) -> (u64, Vec<u8>) {
         let (index, data) = self.raw.store().snapshot();
         (index, data.to_vec())
+    }
+
+    /// The index of the node's last snapshot (0 if it has none): its log
+    /// holds the entries after it.
+    pub fn snapshot_index(&self) -> u64 {
+        self.raw.store().snapshot().0
     }
 
     /// Tells raft-rs whether the snapshot it sent to `peer` arrived, as a
@@ -537,5 +598,59 @@ mod tests {
         disks[0].crash();
         let reopened = RaftNode::open(disks[0].fs(), &dir(), &config(1)).unwrap();
         assert_eq!(reopened.recorded_commit(), committed);
+    }
+
+    #[test]
+    fn followers_learn_what_every_voter_holds_and_a_late_rejection_never_sends_a_leader_back_past_it() {
+        let disks: Vec<SimDisk> = (0..3).map(|i| SimDisk::new(70 + i, FaultConfig::none())).collect();
+        let mut nodes = group_led_by_node_1(&disks);
+        nodes[0].propose(vec![0]).unwrap();
+        pump(&mut nodes, &[]);
+        let all = nodes[0].commit_index();
+        assert_eq!(nodes[0].held_by_all(), all);
+        // Node 3 is cut off while three more entries commit: what every
+        // voter holds stays where node 3 stopped, on the leader and, told
+        // with each append, on node 2.
+        for n in 1..4u8 {
+            nodes[0].propose(vec![n]).unwrap();
+            pump(&mut nodes, &[3]);
+        }
+        assert!(nodes[0].commit_index() > all);
+        assert_eq!(nodes[0].held_by_all(), all);
+        assert_eq!(nodes[1].held_by_all(), all);
+        // Back, node 3 catches up; the next append tells the followers.
+        for _ in 0..4 {
+            nodes[0].tick();
+            pump(&mut nodes, &[]);
+        }
+        nodes[0].propose(vec![4]).unwrap();
+        pump(&mut nodes, &[]);
+        let held = nodes[0].held_by_all();
+        assert_eq!(held, nodes[0].last_index(), "every voter holds every entry");
+        assert!(nodes[1..].iter().all(|node| node.held_by_all() == held - 1), "told with the last append");
+        // The leader drops what everyone holds. A rejection of the next
+        // index puts node 3 in raft-rs's probe state at `held`; then a late
+        // one arrives, sent before node 3 held `held`. raft-rs would move
+        // node 3 back to its hint, before the log's first entry, and send
+        // it a snapshot, which no node takes.
+        nodes[0].compact(held, Vec::new()).unwrap();
+        let rejection = |index, hint| Message {
+            msg_type: MessageType::MsgAppendResponse,
+            from: 3,
+            to: 1,
+            term: nodes[0].term(),
+            index,
+            reject: true,
+            reject_hint: hint,
+            ..Message::default()
+        };
+        let (news, late) = (rejection(held + 1, held), rejection(held, held - 3));
+        assert!(!nodes[0].is_stale_rejection(&news));
+        assert!(nodes[0].is_stale_rejection(&late));
+        for message in [news, late] {
+            nodes[0].step(message);
+            let sent = messages(&mut nodes[0]);
+            assert!(sent.iter().all(|m| m.msg_type != MessageType::MsgSnapshot), "{sent:?}");
+        }
     }
 }
