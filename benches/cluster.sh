@@ -88,6 +88,15 @@ done
 pgbench -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" "$MULTI" >"$WORK/group.txt" 2>&1
 group_tps=$(tps_of "$WORK/group.txt")
 latency=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$WORK/group.txt")
+# What each node holds after the run: its memory, and its Raft log (which
+# compaction keeps to what some voter may still need).
+held=""
+for i in 1 2 3; do
+  rss=$(awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/${NODE_PIDS[$i]}/status")
+  entries=$(status "$i" | jq -r '.raft_log | .last_index - .first_index + 1')
+  log_kb=$(du -sk "$WORK/node$i/data/raft" | cut -f1)
+  held="$held node $i: $rss MB, $entries entries, $((log_kb / 1024)) MB on disk;"
+done
 
 echo "thunderdb: kill -9 of the leader (node $first)..." >&2
 kill -9 "${NODE_PIDS[$first]}"
@@ -179,6 +188,7 @@ cat <<EOF
 |---|---|---|---|
 | pgbench tps, $CLIENTS clients, scale $SCALE, ${DURATION} s | $group_tps (three nodes; latency $latency ms) | $single_tps (one node) | $(ratio "$group_tps" "$single_tps") |
 | PostgreSQL 15, the same pgbench: a primary and two standbys, quorum commit (\`ANY 1 (*)\`) | $pg_group_tps (latency $pg_latency ms) | $pg_single_tps (the primary alone) | $(ratio "$pg_group_tps" "$pg_single_tps") |
+| after the three-node run: each node's resident memory, Raft log entries and Raft directory |${held% ;} | | |
 | failover after \`kill -9\` of the leader, to the first committed write | ${failover} s | | |
 | rebuilding a node from its peers, to caught up | ${tdb_rebuild} s ($(mb "$tdb_size") MB) | ${pg_rebuild} s (PostgreSQL 15: pg_basebackup -X stream + standby catch-up, $(mb "$pg_size") MB) | $(ratio "$pg_rebuild" "$tdb_rebuild")× PostgreSQL's speed |
 EOF

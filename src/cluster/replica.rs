@@ -648,37 +648,42 @@ impl ReplicaNode {
         if upto < base + self.config.compact_every || self.config.log_pins.held() {
             return Ok(());
         }
-        let data = self.raft.snapshot().1;
         let durable = match &self.role {
             _ if active(PlantedBug::ReplicaCompactsUnsyncedWal) => Lsn(u64::MAX),
             Role::Follower | Role::Starting { .. } => self.synced,
             Role::Opening { gate, .. } | Role::Leading { gate, .. } => gate.local(),
         };
-        // The last entry whose chunk, and every chunk before it, is
-        // durable here: up to the first chunk that is not, from the end.
-        let mut index = upto;
-        let mut end = None;
-        for at in (base + 1..=upto).rev() {
-            let Some(entry) = self.raft.entry(at) else { break };
-            if entry.data.is_empty() {
-                continue;
+        // The last entry whose chunk, and every chunk before it, is durable
+        // here. Chunk ends grow with the index, so a binary search finds it
+        // in a few reads however far the durable point lags.
+        let chunk_end = |index: u64| -> Result<Option<Lsn>, String> {
+            for at in (base + 1..=index).rev() {
+                let entry = self.raft.entry(at).ok_or_else(|| format!("the Raft log lacks entry {at}"))?;
+                if !entry.data.is_empty() {
+                    let (start, bytes) = decode_chunk(&entry.data)?;
+                    return Ok(Some(start.plus(bytes.len() as u64)));
+                }
             }
-            let (start, bytes) = decode_chunk(&entry.data)?;
-            let chunk_end = start.plus(bytes.len() as u64);
-            if chunk_end <= durable {
-                end = Some(chunk_end);
-                break;
+            Ok(None)
+        };
+        let (mut durable_up_to, mut past) = (base, upto + 1);
+        while past - durable_up_to > 1 {
+            let mid = durable_up_to + (past - durable_up_to) / 2;
+            match chunk_end(mid)? {
+                Some(end) if end > durable => past = mid,
+                _ => durable_up_to = mid,
             }
-            index = at - 1;
         }
-        // Only empty entries since the snapshot: its own end holds.
-        let Some(end) = end.or_else(|| decode_snapshot_end(&data)) else {
+        if durable_up_to < base + self.config.compact_every {
+            return Ok(());
+        }
+        // Only empty entries since the snapshot: its own end holds (none
+        // on a rebuilt node's, which waits for a chunk).
+        let Some(end) = chunk_end(durable_up_to)?.or_else(|| decode_snapshot_end(&self.raft.snapshot().1)) else {
             return Ok(());
         };
-        if index > base {
-            self.raft.compact(index, encode_snapshot_end(end)).map_err(|e| e.to_string())?;
-            probe::hit(Probe::ReplicaLogCompacted);
-        }
+        self.raft.compact(durable_up_to, encode_snapshot_end(end)).map_err(|e| e.to_string())?;
+        probe::hit(Probe::ReplicaLogCompacted);
         Ok(())
     }
 
