@@ -69,8 +69,8 @@ cargo sim -- --workload db --seeds 0..2500 --require-probes
 step "simulator: cluster workload (a Raft group under partitions, crashes and power loss), seeds 0..2000"
 cargo sim -- --workload cluster --seeds 0..2000 --require-probes
 
-step "simulator: replica workload (databases replicating their WAL through Raft, with failovers), seeds 0..1000"
-cargo sim -- --workload replica --seeds 0..1000 --require-probes
+step "simulator: replica workload (databases replicating their WAL through Raft, with failovers), seeds 0..2000"
+cargo sim -- --workload replica --seeds 0..2000 --require-probes
 
 step "simulator: regression seeds"
 cargo sim -- --regressions sim/regressions.txt
