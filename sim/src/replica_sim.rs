@@ -218,8 +218,8 @@ impl World {
     fn new(seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7e91_1ca5);
         let mut plan = Plan::draw(&mut rng);
-        // From a generator of its own, so that a seed that never compacts
-        // runs as it did before compaction was built.
+        // From a generator of its own, so that drawing it leaves the rest
+        // of every seed's plan as it was before compaction was built.
         let mut compaction = ChaCha8Rng::seed_from_u64(seed ^ 0xc0_4ac7);
         if compaction.random_bool(0.7) {
             plan.compact_every = compaction.random_range(2..64);

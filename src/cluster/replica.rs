@@ -645,14 +645,20 @@ impl ReplicaNode {
             false => self.raft.held_by_all(),
         };
         let upto = held.min(self.raft.recorded_commit()).min(self.applied);
-        if upto < base + self.config.compact_every || self.config.log_pins.held() {
+        if upto < base + self.config.compact_every {
             return Ok(());
         }
+        // Read before the pins: a pin taken after this read came before the
+        // backup's checkpoint, whose redo point is past every byte durable
+        // now, so what this compaction drops ends before the backup starts.
         let durable = match &self.role {
             _ if active(PlantedBug::ReplicaCompactsUnsyncedWal) => Lsn(u64::MAX),
             Role::Follower | Role::Starting { .. } => self.synced,
             Role::Opening { gate, .. } | Role::Leading { gate, .. } => gate.local(),
         };
+        if self.config.log_pins.held() {
+            return Ok(());
+        }
         // The last entry whose chunk, and every chunk before it, is durable
         // here. Chunk ends grow with the index, so a binary search finds it
         // in a few reads however far the durable point lags.

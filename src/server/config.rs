@@ -612,5 +612,8 @@ mod tests {
         let both = load(Some((path, &standby)), &[], &[]).unwrap_err().to_string();
         assert!(both.contains("give it no peers"), "{both}");
         assert!(!load(None, &[], &[]).unwrap().cluster.is_raft());
+        assert_eq!(load(None, &[], &[]).unwrap().cluster.raft_log_compact_entries, 4096);
+        let never = group(&format!("node_id = 1\n{peers}\nraft_log_compact_entries = 0")).unwrap_err().to_string();
+        assert!(never.contains("`cluster.raft_log_compact_entries` must be at least 1"), "{never}");
     }
 }
