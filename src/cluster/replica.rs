@@ -645,7 +645,7 @@ impl ReplicaNode {
             false => self.raft.held_by_all(),
         };
         let upto = held.min(self.raft.recorded_commit()).min(self.applied);
-        if upto < base + self.config.compact_every {
+        if upto < base.saturating_add(self.config.compact_every) {
             return Ok(());
         }
         // Read before the pins: a pin taken after this read came before the
@@ -680,7 +680,7 @@ impl ReplicaNode {
                 _ => durable_up_to = mid,
             }
         }
-        if durable_up_to < base + self.config.compact_every {
+        if durable_up_to < base.saturating_add(self.config.compact_every) {
             return Ok(());
         }
         // Only empty entries since the snapshot: its own end holds (none

@@ -159,7 +159,7 @@ impl RaftNode {
         let Some(progress) = self.raw.raft.prs().get(message.from) else {
             return false;
         };
-        message.term == self.term() && message.index.min(message.reject_hint + 1) <= progress.matched
+        message.term == self.term() && message.index.min(message.reject_hint.saturating_add(1)) <= progress.matched
     }
 
     /// The highest index that every voter holds and the group committed:
