@@ -562,12 +562,21 @@ impl ReplicaNode {
     /// that leads but does not serve yet knows it before it applies it
     /// (and its appends tell followers).
     fn committed_end(&self) -> Lsn {
-        let chunk_end = |index| {
-            let entry = self.raft.entry(index)?;
-            let (start, bytes) = decode_chunk(&entry.data).ok()?;
-            Some(start.plus(bytes.len() as u64))
-        };
-        (self.applied + 1..=self.raft.commit_index()).rev().find_map(chunk_end).unwrap_or(self.wal_end)
+        let after = self.applied.max(self.raft.snapshot_index());
+        self.last_chunk_end(after, self.raft.commit_index()).ok().flatten().unwrap_or(self.wal_end)
+    }
+
+    /// Where the last chunk among the entries after `after`, up to `upto`,
+    /// ends; `None` if they hold no chunk.
+    fn last_chunk_end(&self, after: u64, upto: u64) -> Result<Option<Lsn>, String> {
+        for index in (after + 1..=upto).rev() {
+            let entry = self.raft.entry(index).ok_or_else(|| format!("the Raft log lacks entry {index}"))?;
+            if !entry.data.is_empty() {
+                let (start, bytes) = decode_chunk(&entry.data)?;
+                return Ok(Some(start.plus(bytes.len() as u64)));
+            }
+        }
+        Ok(None)
     }
 
     /// Ships what the leader flushed, makes durable what raft-rs asks,
@@ -662,20 +671,10 @@ impl ReplicaNode {
         // The last entry whose chunk, and every chunk before it, is durable
         // here. Chunk ends grow with the index, so a binary search finds it
         // in a few reads however far the durable point lags.
-        let chunk_end = |index: u64| -> Result<Option<Lsn>, String> {
-            for at in (base + 1..=index).rev() {
-                let entry = self.raft.entry(at).ok_or_else(|| format!("the Raft log lacks entry {at}"))?;
-                if !entry.data.is_empty() {
-                    let (start, bytes) = decode_chunk(&entry.data)?;
-                    return Ok(Some(start.plus(bytes.len() as u64)));
-                }
-            }
-            Ok(None)
-        };
         let (mut durable_up_to, mut past) = (base, upto + 1);
         while past - durable_up_to > 1 {
             let mid = durable_up_to + (past - durable_up_to) / 2;
-            match chunk_end(mid)? {
+            match self.last_chunk_end(base, mid)? {
                 Some(end) if end > durable => past = mid,
                 _ => durable_up_to = mid,
             }
@@ -685,7 +684,9 @@ impl ReplicaNode {
         }
         // Only empty entries since the snapshot: its own end holds (none
         // on a rebuilt node's, which waits for a chunk).
-        let Some(end) = chunk_end(durable_up_to)?.or_else(|| decode_snapshot_end(&self.raft.snapshot().1)) else {
+        let Some(end) =
+            self.last_chunk_end(base, durable_up_to)?.or_else(|| decode_snapshot_end(&self.raft.snapshot().1))
+        else {
             return Ok(());
         };
         self.raft.compact(durable_up_to, encode_snapshot_end(end)).map_err(|e| e.to_string())?;
