@@ -88,7 +88,7 @@ async fn thunderdb_replay(dir: &std::path::Path, wal_mb: u64) -> Replay {
     for line in &report.lines {
         eprintln!("  {line}");
     }
-    eprintln!("  phases (analysis, redo, undo): {:?}", report.phases);
+    eprintln!("  phases (analysis and redo in one pass, undo): {:?}", report.phases);
     Replay { wal_bytes: report.wal_bytes, records: report.records_replayed, seconds: report.duration.as_secs_f64() }
 }
 

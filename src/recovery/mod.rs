@@ -17,6 +17,13 @@
 //!    changes and compensation records included). A page torn by the crash
 //!    is rebuilt, because its first change after the checkpoint logged its
 //!    full image, and redo installs images without reading the disk.
+//!
+//!    Analysis and redo are one pass over the log, since both start at the
+//!    redo point and redo needs nothing analysis learns further on: each
+//!    record is read and checked once, taken into the tables, then redone.
+//!    Redo runs over a read-only WAL whose durable point follows the pass
+//!    (a page may be written back once the log through its LSN is read);
+//!    the WAL is opened for appends, cutting the tail, after the pass.
 //! 3. **Undo** rolls each loser back through the store's own rollback: newest
 //!    change first, each undone by key and logged as a compensation record
 //!    whose undo-next LSN skips what it undid, then an abort record. A crash
@@ -41,7 +48,7 @@ use crate::probe::{self, Phase, Probe};
 use crate::storage::{
     ActiveTxnEntry, BufferError, BufferPool, ControlFile, ControlState, Op, Redo, Store, StoreError, DATA_FILE_NAME,
 };
-use crate::wal::{read_history, LogEnd, Lsn, Record, RecordKind, ReplicationGate, Wal, WalOptions, WalReader};
+use crate::wal::{read_history, Lsn, Record, RecordKind, ReplicationGate, Wal, WalOptions, WalReader};
 
 /// Where a store lives and how much memory its pool gets.
 #[derive(Debug, Clone)]
@@ -88,8 +95,9 @@ pub struct RecoveryReport {
     pub end_lsn: Lsn,
     /// Wall time from start to end.
     pub duration: Duration,
-    /// Of which: analysis, redo and undo.
-    pub phases: [Duration; 3],
+    /// Of which: the pass of analysis and redo (with opening the log for
+    /// appends), and undo.
+    pub phases: [Duration; 2],
     /// The log lines, as logged.
     pub lines: Vec<String>,
 }
@@ -154,47 +162,32 @@ pub fn on_control_timeline(
     Ok(wal_opts)
 }
 
-/// Analysis (see the module docs): reads the log from the control file's
-/// redo point to its end. A bad record before `durable_through` is
-/// corruption.
-fn analyze(fs: &Arc<dyn Fs>, opts: &StoreOptions, durable_through: Lsn) -> Result<(Analysis, LogEnd), StoreError> {
-    let control = ControlFile::load(fs.as_ref(), &opts.data_dir)?;
-    let (start, durable_floor) = match control {
-        Some(control) => (control.redo_lsn, control.checkpoint_lsn.plus(1)),
-        None => (opts.wal.first_lsn(), Lsn::ZERO),
-    };
-    let durable_floor = durable_floor.max(durable_through);
-    let wal_opts = on_control_timeline(fs.as_ref(), &opts.wal, control.as_ref())?;
-    let opts = StoreOptions { wal: wal_opts, ..opts.clone() };
-    let next_xid = control.map_or(1, |control| control.next_xid);
-    let mut analysis = Analysis {
-        opts,
-        control,
-        start,
-        durable_floor,
-        losers: BTreeMap::new(),
-        ended: BTreeSet::new(),
-        dirty: BTreeMap::new(),
-        next_xid,
-        last_commit_micros: 0,
-        changes: 0,
-        end: start,
-    };
-    let mut reader = WalReader::new(fs.clone(), analysis.opts.wal.clone(), start).durable_through(durable_floor);
-    loop {
-        let next = {
-            let _phase = probe::enter(Phase::RecoveryAnalysis);
-            reader.next_record()?
-        };
-        let Some((lsn, record)) = next else { break };
-        analysis.note(lsn, &record)?;
-    }
-    let end = reader.end().expect("the reader reached the end");
-    analysis.end = end.lsn();
-    Ok((analysis, end))
-}
-
 impl Analysis {
+    /// Analysis before its first record (see the module docs): the control
+    /// file, the options on its timeline and the redo point, where the log
+    /// is read from. A bad record before `durable_through` is corruption.
+    fn begin(fs: &Arc<dyn Fs>, opts: &StoreOptions, durable_through: Lsn) -> Result<Analysis, StoreError> {
+        let control = ControlFile::load(fs.as_ref(), &opts.data_dir)?;
+        let (start, durable_floor) = match control {
+            Some(control) => (control.redo_lsn, control.checkpoint_lsn.plus(1)),
+            None => (opts.wal.first_lsn(), Lsn::ZERO),
+        };
+        let wal_opts = on_control_timeline(fs.as_ref(), &opts.wal, control.as_ref())?;
+        Ok(Analysis {
+            opts: StoreOptions { wal: wal_opts, ..opts.clone() },
+            control,
+            start,
+            durable_floor: durable_floor.max(durable_through),
+            losers: BTreeMap::new(),
+            ended: BTreeSet::new(),
+            dirty: BTreeMap::new(),
+            next_xid: control.map_or(1, |control| control.next_xid),
+            last_commit_micros: 0,
+            changes: 0,
+            end: start,
+        })
+    }
+
     /// Takes one record into the transaction and dirty page tables;
     /// whether it was a checkpoint's end record.
     fn note(&mut self, lsn: Lsn, record: &Record) -> Result<bool, StoreError> {
@@ -243,47 +236,28 @@ impl Analysis {
         Ok(false)
     }
 
-    /// The store over the data file and `wal`, before redo.
-    fn store(&self, fs: &Arc<dyn Fs>, wal: Arc<Wal>) -> Result<Store, StoreError> {
+    /// The store over the data file, before redo, with a read-only WAL at
+    /// the redo point: the pass moves its durable point as it reads, so
+    /// that a page redo changed may be written back (the WAL rule), and
+    /// crash recovery gives the store its writable WAL once the pass has
+    /// found where the log ends.
+    fn store(&self, fs: &Arc<dyn Fs>) -> Result<Store, StoreError> {
         let data_path = self.opts.data_dir.join(DATA_FILE_NAME);
         let pool = BufferPool::open(fs.clone(), &data_path, self.opts.pool_bytes).map_err(BufferError::from)?;
         let system_id =
             self.control.map(|control| control.system_id).filter(|id| *id != 0).unwrap_or(self.opts.new_system_id);
-        let mut store =
-            Store::new(fs.clone(), &self.opts.data_dir, pool, wal, self.next_xid, self.opts.undo_memory, system_id)?;
-        store.recovered_commit_time(self.last_commit_micros);
-        Ok(store)
-    }
-
-    /// Redo (see the module docs): repeats history from the redo point to
-    /// the end into `store`. Returns the records examined and applied.
-    async fn redo(&self, fs: &Arc<dyn Fs>, store: &mut Store) -> Result<(u64, u64), StoreError> {
-        let (mut replayed, mut applied) = (0, 0);
-        let mut reader =
-            WalReader::new(fs.clone(), self.opts.wal.clone(), self.start).durable_through(self.durable_floor);
-        // Analysis found the end; the tail past it is not read again.
-        reader.stop_at(self.end);
-        while let Some((lsn, record)) = reader.next_record()? {
-            if record.kind != RecordKind::Data {
-                continue;
-            }
-            match decode(lsn, &record.payload)? {
-                Op::CheckpointBegin | Op::CheckpointEnd { .. } => {}
-                op => {
-                    replayed += 1;
-                    let _phase = probe::enter(Phase::StorageRedo);
-                    if store.redo(lsn.plus(record.encoded_len()), op).await? == Redo::Applied {
-                        applied += 1;
-                    }
-                }
-            }
-        }
-        Ok((replayed, applied))
+        let wal = Arc::new(Wal::read_only(fs.clone(), self.opts.wal.clone(), self.start));
+        Store::new(fs.clone(), &self.opts.data_dir, pool, wal, self.next_xid, self.opts.undo_memory, system_id)
     }
 }
 
 /// Recovers the store in `opts` (see the module docs) and returns it open,
 /// with every loser rolled back, and what recovery did. `clock` times it.
+///
+/// Analysis and redo share one pass over the log: both start at the redo
+/// point, and redo needs nothing analysis learns later in the log (a
+/// page's LSN says whether a record is already there). Each record is
+/// read and checked once, and taken into the tables before it is redone.
 pub async fn recover(
     fs: Arc<dyn Fs>,
     clock: &dyn Clock,
@@ -292,8 +266,11 @@ pub async fn recover(
     let started = clock.monotonic();
     let mut report = RecoveryReport::default();
 
-    // Phase 1: analysis.
-    let (analysis, end) = analyze(&fs, opts, Lsn::ZERO)?;
+    // Phases 1 and 2: analysis and redo.
+    let mut replayer = Replayer::new(fs.clone(), opts, Lsn::ZERO)?;
+    let pass = replayer.pass(Phase::RecoveryAnalysis).await?;
+    let end = replayer.reader.end().expect("the pass reads to the end of the log");
+    let Replayer { analysis, mut store, .. } = replayer;
     let (start, control) = (analysis.start, analysis.control);
     report.checkpoint_lsn = control.map(|control| control.checkpoint_lsn);
     report.redo_from = start;
@@ -301,6 +278,7 @@ pub async fn recover(
     report.wal_bytes = end.lsn().0.saturating_sub(start.0);
     report.dirty_pages = analysis.dirty.len();
     report.losers = analysis.losers.len();
+    (report.records_replayed, report.records_applied) = (pass.replayed, pass.applied);
     let clean = control.is_some_and(|control| control.state == ControlState::ShutDown);
     report.crashed = !clean && (control.is_some() || analysis.changes > 0);
     if report.crashed {
@@ -314,23 +292,17 @@ pub async fn recover(
             thousands(report.dirty_pages as u64),
             thousands(report.losers as u64)
         ));
-    }
-
-    report.phases[0] = clock.monotonic().saturating_sub(started);
-
-    // Phase 2: redo.
-    let wal =
-        Arc::new(Wal::open(fs.clone(), analysis.opts.wal.clone(), end)?.with_replication(opts.replication.clone()));
-    let mut store = analysis.store(&fs, wal)?;
-    (report.records_replayed, report.records_applied) = analysis.redo(&fs, &mut store).await?;
-    if report.crashed {
         report.say(format!(
             "Phase 2 (Redo): Replaying from LSN {start}... {} records replayed",
             thousands(report.records_replayed)
         ));
     }
-
-    report.phases[1] = clock.monotonic().saturating_sub(started) - report.phases[0];
+    // The log is opened for appends where the pass found its end, cutting
+    // the torn tail durably; undo appends after it.
+    let wal =
+        Arc::new(Wal::open(fs.clone(), analysis.opts.wal.clone(), end)?.with_replication(opts.replication.clone()));
+    store.recovered(wal, analysis.next_xid, analysis.last_commit_micros);
+    report.phases[0] = clock.monotonic().saturating_sub(started);
 
     // Phase 3: undo.
     {
@@ -348,7 +320,7 @@ pub async fn recover(
         wal.flush(wal.end_lsn()).await?;
     }
     report.duration = clock.monotonic().saturating_sub(started);
-    report.phases[2] = report.duration.saturating_sub(report.phases[0] + report.phases[1]);
+    report.phases[1] = report.duration.saturating_sub(report.phases[0]);
     if report.crashed {
         report.say(format!(
             "Phase 3 (Undo): Rolling back {} active transactions... done",
@@ -357,6 +329,15 @@ pub async fn recover(
         report.say(format!("Recovery complete in {:.2}s", report.duration.as_secs_f64()));
     }
     Ok((store, report))
+}
+
+/// What one pass of analysis and redo did.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pass {
+    /// Storage records that change pages, examined by redo.
+    replayed: u64,
+    /// Of those, records applied to a page (the rest were already there).
+    applied: u64,
 }
 
 /// What one round of a standby's replay did.
@@ -404,6 +385,17 @@ pub struct Replayer {
 }
 
 impl Replayer {
+    /// Analysis and redo before their pass: the store, and a reader at the
+    /// control file's redo point (see [`Replayer::start`] for
+    /// `complete_through`).
+    fn new(fs: Arc<dyn Fs>, opts: &StoreOptions, complete_through: Lsn) -> Result<Replayer, StoreError> {
+        let analysis = Analysis::begin(&fs, opts, complete_through)?;
+        let store = analysis.store(&fs)?;
+        let reader = WalReader::new(fs.clone(), analysis.opts.wal.clone(), analysis.start)
+            .durable_through(analysis.durable_floor);
+        Ok(Replayer { fs, analysis, store, reader, begun: None, completed: None })
+    }
+
     /// The first round: from the control file's redo point to the end of
     /// the log. The log before `complete_through` is in segments known
     /// whole: a bad record there is corruption, never the end of the log.
@@ -412,20 +404,9 @@ impl Replayer {
         opts: &StoreOptions,
         complete_through: Lsn,
     ) -> Result<(Replayer, Replayed), StoreError> {
-        let (analysis, end) = analyze(&fs, opts, complete_through)?;
-        let wal = Arc::new(Wal::read_only(fs.clone(), analysis.opts.wal.clone(), end.lsn()));
-        let store = analysis.store(&fs, wal)?;
-        let reader = WalReader::new(fs.clone(), analysis.opts.wal.clone(), analysis.start)
-            .durable_through(analysis.durable_floor);
-        let mut replayer = Replayer { fs, analysis, store, reader, begun: None, completed: None };
-        let mut applied = 0;
-        // The log may have grown since analysis read it: the next round
-        // takes the rest.
-        replayer.reader.stop_at(end.lsn());
-        while let Some((lsn, record)) = replayer.reader.next_record()? {
-            applied += u64::from(replayer.redo(lsn, record).await?);
-        }
-        let replayed = replayer.restartpoint(applied).await?;
+        let mut replayer = Replayer::new(fs, opts, complete_through)?;
+        let pass = replayer.pass(Phase::RecoveryAnalysis).await?;
+        let replayed = replayer.restartpoint(pass.applied).await?;
         Ok((replayer, replayed))
     }
 
@@ -434,24 +415,41 @@ impl Replayer {
     /// runs into a segment not fetched yet waits for the next round).
     pub async fn round(&mut self, complete_through: Lsn) -> Result<Replayed, StoreError> {
         self.reader.resume(complete_through)?;
-        let mut applied = 0;
-        while let Some((lsn, record)) = self.reader.next_record()? {
-            if self.analysis.note(lsn, &record)? {
-                // This transaction table only reports (a promotion's
-                // recovery builds its own); a later checkpoint lists only
-                // transactions open after this record.
-                self.analysis.ended.clear();
-            }
-            applied += u64::from(self.redo(lsn, record).await?);
-        }
-        self.analysis.end = self.reader.end().map_or(self.reader.position(), |end| end.lsn());
-        self.restartpoint(applied).await
+        let pass = self.pass(Phase::WalRecoveryRead).await?;
+        self.restartpoint(pass.applied).await
     }
 
-    /// Redoes one record; whether it changed a page.
-    async fn redo(&mut self, lsn: Lsn, record: Record) -> Result<bool, StoreError> {
+    /// Reads the log from the reader's position to where it stops (its end,
+    /// or the round's limit), `reading` being the phase of the reads; takes
+    /// each record into the tables, then redoes it.
+    async fn pass(&mut self, reading: Phase) -> Result<Pass, StoreError> {
+        let mut pass = Pass::default();
+        loop {
+            let next = {
+                let _phase = probe::enter(reading);
+                self.reader.next_record()?
+            };
+            let Some((lsn, record)) = next else { break };
+            if self.analysis.note(lsn, &record)? {
+                // A later checkpoint lists only transactions open after
+                // this record.
+                self.analysis.ended.clear();
+            }
+            if let Some(redo) = self.redo(lsn, record).await? {
+                pass.replayed += 1;
+                pass.applied += u64::from(redo == Redo::Applied);
+            }
+        }
+        self.analysis.end = self.reader.end().map_or(self.reader.position(), |end| end.lsn());
+        self.store.wal().extend_read_only(self.analysis.end);
+        Ok(pass)
+    }
+
+    /// Redoes one record: what redo did, if it is a storage record that
+    /// changes pages.
+    async fn redo(&mut self, lsn: Lsn, record: Record) -> Result<Option<Redo>, StoreError> {
         if record.kind != RecordKind::Data {
-            return Ok(false);
+            return Ok(None);
         }
         let end = lsn.plus(record.encoded_len());
         // The log through this record is on disk: the pages it changes may
@@ -462,10 +460,10 @@ impl Replayer {
             Op::CheckpointEnd { .. } => self.completed = self.begun.take().or(self.completed),
             op => {
                 let _phase = probe::enter(Phase::StorageRedo);
-                return Ok(self.store.redo(end, op).await? == Redo::Applied);
+                return Ok(Some(self.store.redo(end, op).await?));
             }
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// Ends a round: a restartpoint if a checkpoint newer than the control

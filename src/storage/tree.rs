@@ -474,10 +474,16 @@ impl Store {
         Ok(Some(CommitAppended { lsn, end, clamped }))
     }
 
-    /// Recovery tells the store the newest commit time it found in the log
-    /// (or in the checkpoint): the floor for the next commit's time.
-    pub(crate) fn recovered_commit_time(&mut self, micros: u64) {
-        self.last_commit_micros = self.last_commit_micros.max(micros);
+    /// Crash recovery, after redo, gives the store what its pass over the
+    /// log found: the WAL opened for appends where the log ends (in place
+    /// of the read-only one redo ran over), the lowest transaction id not
+    /// used in the log, and the newest commit time (the floor for the next
+    /// commit's).
+    pub(crate) fn recovered(&mut self, wal: Arc<Wal>, next_xid: u64, last_commit_micros: u64) {
+        debug_assert!(wal.end_lsn() >= self.wal.end_lsn(), "the log opened for appends holds what redo read");
+        self.wal = wal;
+        self.next_xid = self.next_xid.max(next_xid);
+        self.last_commit_micros = self.last_commit_micros.max(last_commit_micros);
     }
 
     /// Frees `tree`'s pages when transaction `xid` commits (a table it

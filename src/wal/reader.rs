@@ -35,7 +35,7 @@ use super::record::{
     decode, parse_header, peek_timeline_and_durable, DecodeError, Decoded, Record, RecordKind, HEADER_LEN, RECORD_ALIGN,
 };
 use super::segment::{parse_segment_file_name, WalOptions};
-use crate::env::{Fs, SECTOR_SIZE};
+use crate::env::{File, Fs, SECTOR_SIZE};
 use crate::planted::{active, PlantedBug};
 use crate::probe::{self, Phase, Probe};
 
@@ -64,7 +64,21 @@ pub struct WalReader {
     limit: Option<Lsn>,
     end: Option<LogEnd>,
     /// Loaded segments; `None` marks a missing one.
-    segments: BTreeMap<u64, Option<Arc<[u8]>>>,
+    segments: BTreeMap<u64, Option<Loaded>>,
+}
+
+/// How much of a segment file the reader reads at a time.
+const PIECE: usize = 1 << 20;
+
+/// A segment file as read so far: `data` holds its first bytes, and the
+/// rest, up to the file's length `len`, is read a piece at a time when a
+/// record reaches it. Memory costs a page fault per 4 KiB the first time it
+/// is written, so the part of a segment past the log's end is never read
+/// (and its memory never touched) unless the torn-tail check must scan it.
+struct Loaded {
+    file: Box<dyn File>,
+    data: Arc<Vec<u8>>,
+    len: usize,
 }
 
 impl WalReader {
@@ -98,7 +112,7 @@ impl WalReader {
 
     /// Goes on reading after the log has grown, up to `through`, which is
     /// known whole (the new durable floor and [`WalReader::stop_at`]):
-    /// forgets where it ended, and reads again the part of its cached
+    /// forgets where it ended, and will read again the part of its cached
     /// segment from its position on (into the same buffer: the bytes
     /// before are as they were), dropping any later one. A standby's
     /// replay resumes this way each round, instead of loading the segment
@@ -111,21 +125,24 @@ impl WalReader {
         self.segments.retain(|cached, _| *cached <= segno);
         let from = (self.opts.offset(self.next) / SECTOR_SIZE * SECTOR_SIZE) as usize;
         let path = self.opts.path(segno);
-        let Some(Some(data)) = self.segments.get_mut(&segno) else {
+        let Some(Some(loaded)) = self.segments.get_mut(&segno) else {
             self.segments.remove(&segno);
             return Ok(());
         };
         let file = self.fs.open(&path).map_err(|e| WalError::io("open", &path, e))?;
         let len = file.len().map_err(|e| WalError::io("stat", &path, e))?.min(self.opts.segment_size) as usize;
-        match Arc::get_mut(data) {
-            Some(buf) if buf.len() == len => {
-                file.read_exact_at(&mut buf[from..], from as u64).map_err(|e| WalError::io("read", &path, e))?;
+        if loaded.len == len {
+            // The path may name a new file now (a segment restored again):
+            // the rest is read from what it names.
+            loaded.file = file;
+            if let Some(data) = Arc::get_mut(&mut loaded.data) {
+                data.truncate(from);
+            } else {
+                loaded.data = Arc::new(loaded.data[..from.min(loaded.data.len())].to_vec());
             }
-            // The file's length changed, or the buffer is shared: loaded
-            // whole again when next needed.
-            _ => {
-                self.segments.remove(&segno);
-            }
+        } else {
+            // The file's length changed: loaded again when next needed.
+            self.segments.remove(&segno);
         }
         Ok(())
     }
@@ -212,18 +229,21 @@ impl WalReader {
     }
 
     fn decode_at(&mut self, at: Lsn) -> Result<Result<Decoded, DecodeError>, WalError> {
-        // Fast path: the record lies inside one loaded segment; decode it in place.
-        let offset = self.opts.offset(at) as usize;
-        if let Some(data) = self.segment(self.opts.segno(at))? {
-            if let Some(rest) = data.get(offset..).filter(|rest| rest.len() >= HEADER_LEN) {
-                let len = match parse_header(rest) {
-                    Ok(header) => header.len as usize,
-                    Err(why) => return Ok(Err(why)),
-                };
-                if len <= rest.len() {
-                    return Ok(self.on_timeline(decode(&rest[..len], at), at));
+        // Fast path: the record lies inside one segment; decode it in place.
+        let (segno, offset) = (self.opts.segno(at), self.opts.offset(at) as usize);
+        let header = self
+            .segment(segno, offset + HEADER_LEN)?
+            .filter(|data| data.len() >= offset + HEADER_LEN)
+            .map(|data| parse_header(&data[offset..]));
+        match header {
+            Some(Err(why)) => return Ok(Err(why)),
+            Some(Ok(header)) => {
+                let end = offset + header.len as usize;
+                if let Some(record) = self.segment(segno, end)?.filter(|data| data.len() >= end) {
+                    return Ok(self.on_timeline(decode(&record[offset..end], at), at));
                 }
             }
+            None => {}
         }
         let header = match self.read_span(at, HEADER_LEN as u64)? {
             Ok(bytes) => bytes,
@@ -313,7 +333,7 @@ impl WalReader {
         for segno in self.opts.segno(first)..=last_segno {
             let segment_start = segno * self.opts.segment_size;
             // Missing, or a short file: nothing more in this segment.
-            let Some(data) = self.segment(segno)? else { continue };
+            let Some(data) = self.segment(segno, usize::MAX)? else { continue };
             let mut offset = first.0.saturating_sub(segment_start) as usize;
             while offset < data.len() {
                 let here = &data[offset..];
@@ -353,13 +373,14 @@ impl WalReader {
         while (out.len() as u64) < len {
             let segno = self.opts.segno(pos);
             let offset = self.opts.offset(pos) as usize;
-            let Some(data) = self.segment(segno)? else {
+            let wanted = (len - out.len() as u64) as usize;
+            let Some(data) = self.segment(segno, offset.saturating_add(wanted))? else {
                 return Ok(Err(DecodeError::SegmentMissing { segno }));
             };
             if offset >= data.len() {
                 return Ok(Err(DecodeError::Truncated { needed: len, available: out.len() as u64 }));
             }
-            let take = ((len - out.len() as u64) as usize).min(data.len() - offset);
+            let take = wanted.min(data.len() - offset);
             out.extend_from_slice(&data[offset..offset + take]);
             pos = pos.plus(take as u64);
             if offset + take < self.opts.segment_size as usize && (out.len() as u64) < len {
@@ -370,38 +391,56 @@ impl WalReader {
         Ok(Ok(out))
     }
 
-    fn segment(&mut self, segno: u64) -> Result<Option<Arc<[u8]>>, WalError> {
-        if let Some(cached) = self.segments.get(&segno) {
-            return Ok(cached.clone());
+    /// Segment `segno`'s bytes, read at least up to `upto` (or to its end,
+    /// if shorter); `None` if the segment is missing.
+    fn segment(&mut self, segno: u64, upto: usize) -> Result<Option<Arc<Vec<u8>>>, WalError> {
+        if !self.segments.contains_key(&segno) {
+            let loaded = self.open_segment(segno)?;
+            self.segments.insert(segno, loaded);
         }
-        // Keep at most the previous segment, for records that span a boundary;
-        // an evicted one's memory is reused (a fresh 16 MiB buffer costs a
-        // page fault per 4 KiB, more than reading into it). A fresh one is
-        // built in place, not copied from a `Vec`.
+        let Some(Some(loaded)) = self.segments.get_mut(&segno) else { return Ok(None) };
+        let (from, wanted) = (loaded.data.len(), upto.min(loaded.len));
+        if from < wanted {
+            // Whole pieces, so that reading a segment record by record
+            // costs a read per piece.
+            let to = wanted.next_multiple_of(PIECE).min(loaded.len);
+            let data = Arc::make_mut(&mut loaded.data);
+            data.resize(to, 0);
+            if let Err(e) = loaded.file.read_exact_at(&mut data[from..], from as u64) {
+                data.truncate(from);
+                return Err(WalError::io("read", self.opts.path(segno), e));
+            }
+        }
+        Ok(Some(loaded.data.clone()))
+    }
+
+    /// Segment `segno`, nothing read from it yet; `None` if it is missing.
+    fn open_segment(&mut self, segno: u64) -> Result<Option<Loaded>, WalError> {
+        // Keep at most the previous segment, for records that span a
+        // boundary; an evicted one's memory is reused (its pages are
+        // already faulted in).
         let mut spare = None;
-        self.segments.retain(|cached, data| {
+        self.segments.retain(|cached, loaded| {
             let keep = cached + 1 >= segno && *cached <= segno;
             if !keep {
-                spare = spare.take().or(data.take());
+                spare = spare.take().or(loaded.take());
             }
             keep
         });
         let path = self.opts.path(segno);
-        let loaded = match self.fs.open(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        let file = match self.fs.open(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(WalError::io("open", path, e)),
-            Ok(file) => {
-                let len = file.len().map_err(|e| WalError::io("stat", &path, e))?;
-                let len = len.min(self.opts.segment_size) as usize;
-                let mut data = spare
-                    .filter(|spare: &Arc<[u8]>| spare.len() == len && Arc::strong_count(spare) == 1)
-                    .unwrap_or_else(|| std::iter::repeat_n(0, len).collect());
-                let buf = Arc::get_mut(&mut data).expect("a spare segment buffer is not shared");
-                file.read_exact_at(buf, 0).map_err(|e| WalError::io("read", &path, e))?;
-                Some(data)
-            }
+            Ok(file) => file,
         };
-        self.segments.insert(segno, loaded.clone());
-        Ok(loaded)
+        let len = file.len().map_err(|e| WalError::io("stat", &path, e))?.min(self.opts.segment_size) as usize;
+        let data = match spare.and_then(|spare| Arc::into_inner(spare.data)) {
+            Some(mut data) => {
+                data.clear();
+                data
+            }
+            None => Vec::with_capacity(len),
+        };
+        Ok(Some(Loaded { file, data: Arc::new(data), len }))
     }
 }

@@ -843,6 +843,9 @@ pub(super) fn create_segment(fs: &dyn Fs, opts: &WalOptions, segno: u64) -> Resu
     Ok(file)
 }
 
+/// How much of a segment's tail [`cut_tail`] reads or zeroes at a time.
+const TAIL_PIECE: u64 = 1 << 20;
+
 /// Makes the valid log durable up to `end`, then durably removes everything
 /// from `resume_at` on: zeroes the rest of its segment and deletes later
 /// segments and leftover temporary files. Returns whether anything was
@@ -877,13 +880,28 @@ pub(super) fn cut_tail(fs: &dyn Fs, opts: &WalOptions, end: Lsn, resume_at: Lsn)
         };
         let from = if segno == opts.segno(resume_at) { opts.offset(resume_at) } else { opts.segment_size };
         let len = file.len().map_err(|e| WalError::io("stat", &path, e))?;
-        let mut tail = vec![0; len.saturating_sub(from) as usize];
-        file.read_exact_at(&mut tail, from).map_err(|e| WalError::io("read", &path, e))?;
-        if tail.iter().any(|b| *b != 0) {
+        // A piece at a time: a whole segment's tail would cost as much
+        // fresh memory (each page faulted in and zeroed) as reading it.
+        let mut piece = vec![0; TAIL_PIECE.min(len.saturating_sub(from)) as usize];
+        let pieces =
+            |from: u64| (from..len).step_by(TAIL_PIECE as usize).map(move |at| (at, (len - at).min(TAIL_PIECE)));
+        let mut torn = false;
+        for (at, n) in pieces(from) {
+            let piece = &mut piece[..n as usize];
+            file.read_exact_at(piece, at).map_err(|e| WalError::io("read", &path, e))?;
+            torn = piece.iter().any(|b| *b != 0);
+            if torn {
+                break;
+            }
+        }
+        if torn {
             removed = true;
             probe::hit(Probe::TailZeroed);
             tracing::info!(segment = %opts.file_name(segno), lsn = %resume_at, "cutting off the torn WAL tail");
-            file.write_all_at(&vec![0; tail.len()], from).map_err(|e| WalError::io("zero", &path, e))?;
+            piece.fill(0);
+            for (at, n) in pieces(from) {
+                file.write_all_at(&piece[..n as usize], at).map_err(|e| WalError::io("zero", &path, e))?;
+            }
         }
         // Also makes what recovery read before `end` durable.
         file.sync_data().map_err(|e| WalError::io("sync", &path, e))?;
