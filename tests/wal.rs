@@ -793,3 +793,60 @@ async fn a_reader_stopped_at_a_limit_resumes_as_the_log_grows_and_reads_each_rec
         }
     }
 }
+
+/// When the log ends in a torn record mid-sector, the writer goes on at the
+/// next sector with a Resume record naming the end. If the torn record ran
+/// into that sector, the Resume record's bytes may complete it by chance,
+/// and it decodes again: the reader must follow the Resume record, not take
+/// the revived record and then the Resume record's middle for damage before
+/// durable records (wal seed 397, under another I/O schedule, reported
+/// corruption there and the log could not be opened again).
+#[tokio::test]
+async fn a_torn_record_that_the_resume_record_completes_by_chance_stays_cut_off() {
+    use thunderdb::env::SECTOR_SIZE;
+    use thunderdb::wal::{RecordKind, HEADER_LEN};
+    let disk = SimDisk::new(11, FaultConfig::none());
+    let (fs, opts) = (disk.fs(), opts());
+    let start = opts.first_lsn();
+    // The log: one record up to `end`, mid-sector; then one that runs four
+    // bytes into the next sector, torn there.
+    let end = start.plus(0x1b0);
+    let boundary = Lsn(end.0.next_multiple_of(SECTOR_SIZE));
+    let first = Record::data(1, Lsn::ZERO, vec![1; 0x1b0 - HEADER_LEN]);
+    let resume =
+        Record { kind: RecordKind::Resume, xid: 0, prev_lsn: Lsn::ZERO, payload: end.0.to_le_bytes().to_vec() };
+    let mut resume_bytes = Vec::new();
+    resume.encode_into(&mut resume_bytes, boundary, opts.timeline, end);
+    // Its last four bytes are what the Resume record will write there.
+    let mut payload = vec![2; (boundary.0 + 4 - end.0) as usize - HEADER_LEN];
+    let tail = payload.len() - 4;
+    payload[tail..].copy_from_slice(&resume_bytes[..4]);
+    let torn = Record::data(2, Lsn::ZERO, payload);
+    let mut bytes = Vec::new();
+    first.encode_into(&mut bytes, start, opts.timeline, start);
+    torn.encode_into(&mut bytes, end, opts.timeline, end);
+    let at = (boundary.0 - start.0) as usize;
+    bytes[at..at + 4].copy_from_slice(&[0xA5; 4]);
+    bytes.resize(opts.segment_size as usize, 0);
+    fs.create_dir_all(&opts.dir).unwrap();
+    let file = fs.create(&opts.path(opts.segno(start))).unwrap();
+    file.write_all_at(&bytes, 0).unwrap();
+    file.sync_data().unwrap();
+    drop(file);
+    fs.sync_dir(&opts.dir).unwrap();
+    assert_eq!(read_all(fs.clone(), &opts).unwrap(), vec![(start, first.clone())], "the torn record is the end");
+
+    // Recovery ends the log there; the Resume record completes the torn
+    // one, and what is acknowledged after it must survive a crash.
+    let wal = open_wal(fs.clone(), &opts);
+    let file = fs.open(&opts.path(opts.segno(start))).unwrap();
+    let mut revived = vec![0; 4];
+    file.read_exact_at(&mut revived, opts.offset(boundary)).unwrap();
+    assert_eq!(revived, resume_bytes[..4], "the torn record's bytes are whole again");
+    let acknowledged = write_records(&wal, 10..13).await;
+    drop(wal);
+    disk.crash();
+    let mut expected = vec![(start, first)];
+    expected.extend(acknowledged);
+    assert_eq!(read_all(disk.fs(), &opts).unwrap(), expected);
+}

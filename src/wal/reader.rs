@@ -164,6 +164,20 @@ impl WalReader {
             let at = self.next;
             match self.decode_at(at)? {
                 Ok(decoded) => {
+                    if at.plus(decoded.encoded_len) > Lsn(at.0.next_multiple_of(SECTOR_SIZE)) {
+                        // A record that runs into the next sector, where a
+                        // Resume record names its start: recovery once found
+                        // the log ending here, this record torn, and the
+                        // writer went on past the sector. The bytes written
+                        // there since completed it by chance (the Resume
+                        // record's own first bytes did, in wal seed 397 under
+                        // another I/O schedule). It is not part of the log.
+                        if let Some(resumed) = self.resume_after(at)? {
+                            probe::hit(Probe::ResumeLinkFollowed);
+                            self.next = resumed;
+                            continue;
+                        }
+                    }
                     self.next = if decoded.record.kind == RecordKind::Switch {
                         // The rest of the segment the switch ends in is
                         // unused. A switch appended within a header's length
@@ -277,6 +291,16 @@ impl WalReader {
             return Ok(None);
         }
         let boundary = Lsn(at.0.next_multiple_of(SECTOR_SIZE));
+        // Only a header that frames a Resume record pays for a checksum.
+        let (segno, offset) = (self.opts.segno(boundary), self.opts.offset(boundary) as usize);
+        let resume_len = (HEADER_LEN + 8) as u32;
+        let framed = self.segment(segno, offset + HEADER_LEN)?.is_some_and(|data| {
+            data.get(offset..offset + HEADER_LEN)
+                .is_some_and(|header| header[4..8] == resume_len.to_le_bytes() && header[8] == RecordKind::Resume as u8)
+        });
+        if !framed {
+            return Ok(None);
+        }
         match self.decode_at(boundary)? {
             Ok(d) if d.record.kind == RecordKind::Resume && d.record.payload == at.0.to_le_bytes() => {
                 Ok(Some(boundary.plus(d.encoded_len)))
