@@ -135,11 +135,7 @@ impl WalReader {
             // The path may name a new file now (a segment restored again):
             // the rest is read from what it names.
             loaded.file = file;
-            if let Some(data) = Arc::get_mut(&mut loaded.data) {
-                data.truncate(from);
-            } else {
-                loaded.data = Arc::new(loaded.data[..from.min(loaded.data.len())].to_vec());
-            }
+            Arc::make_mut(&mut loaded.data).truncate(from);
         } else {
             // The file's length changed: loaded again when next needed.
             self.segments.remove(&segno);
@@ -293,10 +289,10 @@ impl WalReader {
         let boundary = Lsn(at.0.next_multiple_of(SECTOR_SIZE));
         // Only a header that frames a Resume record pays for a checksum.
         let (segno, offset) = (self.opts.segno(boundary), self.opts.offset(boundary) as usize);
-        let resume_len = (HEADER_LEN + 8) as u32;
         let framed = self.segment(segno, offset + HEADER_LEN)?.is_some_and(|data| {
-            data.get(offset..offset + HEADER_LEN)
-                .is_some_and(|header| header[4..8] == resume_len.to_le_bytes() && header[8] == RecordKind::Resume as u8)
+            data.get(offset..)
+                .and_then(|here| parse_header(here).ok())
+                .is_some_and(|header| header.kind == RecordKind::Resume && header.len as usize == HEADER_LEN + 8)
         });
         if !framed {
             return Ok(None);

@@ -236,6 +236,7 @@ pub struct Decoded {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Header {
     pub(crate) len: u32,
+    pub(crate) kind: RecordKind,
 }
 
 pub(crate) fn parse_header(bytes: &[u8]) -> Result<Header, DecodeError> {
@@ -249,11 +250,11 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<Header, DecodeError> {
     if (len as usize) < HEADER_LEN || len as usize > HEADER_LEN + MAX_PAYLOAD_LEN {
         return Err(DecodeError::BadLength(len));
     }
-    RecordKind::from_u8(bytes[8]).ok_or(DecodeError::BadKind(bytes[8]))?;
+    let kind = RecordKind::from_u8(bytes[8]).ok_or(DecodeError::BadKind(bytes[8]))?;
     if bytes[9..12] != [0, 0, 0] {
         return Err(DecodeError::BadReserved);
     }
-    Ok(Header { len })
+    Ok(Header { len, kind })
 }
 
 /// The `timeline` and `durable_lsn` fields of a would-be header, unchecked
@@ -279,7 +280,7 @@ pub fn decode(bytes: &[u8], lsn: Lsn) -> Result<Decoded, DecodeError> {
         return Err(DecodeError::BadChecksum { stored, computed });
     }
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-    let kind = RecordKind::from_u8(bytes[8]).expect("checked by parse_header");
+    let kind = header.kind;
     let payload = bytes[HEADER_LEN..len].to_vec();
     let payload_fits = match kind {
         RecordKind::Commit | RecordKind::Resume => payload.len() == 8,
